@@ -1,0 +1,218 @@
+"""Kernel backends: one interface, three implementations.
+
+- ``numpy``:  fastrnn.reference, the plain spec (slow, obviously correct).
+- ``cython``: fastrnn.kernels._cykernels, ahead-of-time compiled C (the default when built).
+- ``numba``:  fastrnn.kernels.numba_kernels, JIT (used when the extension is not built);
+  imported lazily, so the default path never triggers JIT compilation.
+
+A backend runs whole layers: ``backend.recurrent(layer, x, lengths, state) -> (y, state)``.
+Inputs reaching a backend have been validated by fastrnn.model (dtype float32, shapes, lengths
+in range); backends only compute. The compiled backends share the code below: the input
+projection of all time steps is one GEMM (NumPy/BLAS), then one kernel call per direction runs
+the whole time loop with the GIL released.
+
+The backend is chosen by ``fastrnn.set_backend(name)``, else the ``FASTRNN_BACKEND`` environment
+variable, else the first available of cython, numba, numpy.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import threading
+
+import numpy as np
+
+from . import reference
+from .layers import Recurrent
+
+f32 = np.float32
+BACKEND_NAMES = ("cython", "numba", "numpy")
+_KERNEL_MODULES = {"cython": "fastrnn.kernels._cykernels", "numba": "fastrnn.kernels.numba_kernels"}
+
+
+class NumpyBackend:
+    """The reference implementation, used as a backend."""
+
+    name = "numpy"
+
+    def recurrent(self, layer: Recurrent, x, lengths, state):
+        return reference.recurrent(layer, x, lengths, state)
+
+
+class CompiledBackend:
+    """Drives a kernel module that implements the contract in kernels/README.md."""
+
+    def __init__(self, name, module):
+        self.name = name
+        self.kernels = module
+        self._lock = threading.Lock()
+
+    # -- weight packing (once per layer and backend, cached on the weights object) --------
+    def packed(self, layer: Recurrent, d: int):
+        w = layer.directions[d]
+        cache = w.__dict__.setdefault("_packed", {})
+        entry = cache.get(self.name)
+        if entry is None:
+            with self._lock:
+                entry = cache.get(self.name)
+                if entry is None:
+                    entry = self._pack(layer, w)
+                    cache[self.name] = entry
+        return entry
+
+    def _pack(self, layer, w):
+        G, H = layer.gates, layer.hidden_size
+        k = self.kernels
+        b_ih = np.zeros(G * H, f32) if w.b_ih is None else w.b_ih
+        b_hh = np.zeros(G * H, f32) if w.b_hh is None else w.b_hh
+        entry = {"w_ih_t": np.ascontiguousarray(w.w_ih.T)}  # (I, G*H): xproj = x @ w_ih_t + bias
+        if layer.cell == "gru":
+            # b_hr, b_hz fold into the projection; b_hn stays inside the reset product
+            entry["bias"] = (b_ih + np.concatenate([b_hh[: 2 * H], np.zeros(H, f32)])).astype(f32)
+            entry["w_hh_rz"] = k.pack_weight(np.ascontiguousarray(w.w_hh[: 2 * H]))
+            entry["w_hh_n"] = k.pack_weight(np.ascontiguousarray(w.w_hh[2 * H:]))
+            entry["b_hn"] = np.ascontiguousarray(b_hh[2 * H:])
+        else:
+            entry["bias"] = (b_ih + b_hh).astype(f32)
+            entry["w_hh"] = k.pack_weight(w.w_hh)
+            entry["w_hr"] = None if w.w_hr is None else k.pack_weight(w.w_hr)
+            entry["peephole"] = w.peephole
+        return entry
+
+    @staticmethod
+    def cell_options(layer: Recurrent):
+        acts = list(layer.activations) + [layer.activations[-1]] * (3 - len(layer.activations))
+        codes = np.array([a.code for a in acts], np.int32)
+        params = np.array([[a.alpha, a.beta] for a in acts], f32)
+        clip = float("inf") if layer.clip is None else float(layer.clip)
+        return (codes, params, clip, int(layer.input_forget), int(layer.linear_before_reset))
+
+    # -- one layer ---------------------------------------------------------------------------
+    def recurrent(self, layer: Recurrent, x, lengths, state):
+        B, T, I = x.shape
+        D, Ho, H, G = layer.num_directions, layer.output_size_per_direction, layer.hidden_size, layer.gates
+        lengths = np.full(B, T, np.int64) if lengths is None else np.ascontiguousarray(lengths, np.int64)
+        if state is None:
+            h_all = np.zeros((D, B, Ho), f32)
+            c_all = np.zeros((D, B, H), f32) if layer.cell == "lstm" else None
+        elif layer.cell == "lstm":
+            h_all, c_all = (np.array(s, dtype=f32, order="C") for s in state)  # copies: INOUT
+        else:
+            h_all, c_all = np.array(state, dtype=f32, order="C"), None
+        cell = self.cell_options(layer)
+        y = np.empty((B, T, D * Ho), f32)
+        x2 = x.reshape(B * T, I)
+        for d in range(D):
+            p = self.packed(layer, d)
+            xproj = (x2 @ p["w_ih_t"]).reshape(B, T, G * H)  # all steps in one GEMM
+            xproj += p["bias"]
+            backward = int(d == 1 or layer.reverse or layer.go_backwards)
+            h = h_all[d]
+            if layer.cell == "lstm":
+                self.kernels.lstm_sequence(xproj, p["w_hh"], p["w_hr"], p["peephole"], lengths, backward,
+                                           h, c_all[d], y, d * Ho, cell)
+            elif layer.cell == "gru":
+                self.kernels.gru_sequence(xproj, p["w_hh_rz"], p["w_hh_n"], p["b_hn"], lengths, backward,
+                                          h, y, d * Ho, cell)
+            else:
+                self.kernels.rnn_sequence(xproj, p["w_hh"], lengths, backward, h, y, d * Ho, cell)
+        new_state = (h_all, c_all) if layer.cell == "lstm" else h_all
+        return finish_recurrent(layer, y, h_all, lengths), new_state
+
+
+def finish_recurrent(layer: Recurrent, y, h_all, lengths):
+    """From the per-direction outputs y (B, T, D*H_out) and final states h_all (D, B, H_out) to
+    the layer's output: go_backwards order, 'hold' padding, last state, merge."""
+    B, T = y.shape[:2]
+    Ho = layer.output_size_per_direction
+    if layer.return_sequences:
+        if layer.go_backwards:
+            y = np.ascontiguousarray(y[:, ::-1])
+        elif layer.masked_output == "hold" and not (layer.reverse or layer.bidirectional):
+            for b in np.nonzero((lengths > 0) & (lengths < T))[0]:
+                y[b, lengths[b]:] = y[b, lengths[b] - 1]
+        if not layer.bidirectional or layer.merge_mode == "concat":
+            return y
+        outs = [y[..., :Ho], y[..., Ho:]]
+    else:
+        if not layer.bidirectional:
+            return np.ascontiguousarray(h_all[0])
+        outs = [h_all[0], h_all[1]]
+        if layer.merge_mode == "concat":
+            return np.concatenate(outs, axis=-1)
+    if layer.merge_mode == "sum":
+        return outs[0] + outs[1]
+    if layer.merge_mode == "mul":
+        return outs[0] * outs[1]
+    return ((outs[0] + outs[1]) / 2).astype(f32)
+
+
+# -- selection -------------------------------------------------------------------------------
+_instances = {}
+_current = None
+_import_errors = {}
+
+
+def _load(name):
+    if name in _instances:
+        return _instances[name]
+    if name == "numpy":
+        backend = NumpyBackend()
+    elif name in _KERNEL_MODULES:
+        try:
+            module = importlib.import_module(_KERNEL_MODULES[name])
+        except ImportError as exc:  # extension not built / numba missing
+            _import_errors[name] = exc
+            return None
+        backend = CompiledBackend(name, module)
+    else:
+        raise ValueError(f"unknown backend {name!r}; choose one of {BACKEND_NAMES}")
+    _instances[name] = backend
+    return backend
+
+
+def _is_available(name):
+    if name in _instances:
+        return True
+    if name == "numpy":
+        return True
+    if name == "numba":
+        return importlib.util.find_spec("numba") is not None  # no import: no JIT start-up cost
+    return _load(name) is not None
+
+
+def available_backends():
+    """Names of the backends that can run here, fastest first."""
+    return [n for n in BACKEND_NAMES if _is_available(n)]
+
+
+def set_backend(name):
+    """Use backend ``name`` ("cython", "numba" or "numpy") from now on, process-wide."""
+    global _current
+    if name not in BACKEND_NAMES:
+        raise ValueError(f"unknown backend {name!r}; choose one of {BACKEND_NAMES}")
+    backend = _load(name)
+    if backend is None:
+        raise RuntimeError(f"backend {name!r} is not available here: {_import_errors.get(name)}")
+    _current = backend
+
+
+def get_backend(name=None):
+    """The backend object for ``name``, or the current one (FASTRNN_BACKEND, else the fastest)."""
+    global _current
+    if name is not None:
+        backend = _load(name)
+        if backend is None:
+            raise RuntimeError(f"backend {name!r} is not available here: {_import_errors.get(name)}")
+        return backend
+    if _current is None:
+        env = os.environ.get("FASTRNN_BACKEND")
+        if env:
+            set_backend(env.strip().lower())
+        else:
+            for n in BACKEND_NAMES:
+                backend = _load(n)
+                if backend is not None:
+                    _current = backend
+                    break
+    return _current

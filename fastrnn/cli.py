@@ -1,0 +1,129 @@
+"""The ``fastrnn`` command line.
+
+    fastrnn summary MODEL
+    fastrnn convert SRC DST [--cell lstm|gru|rnn_tanh|rnn_relu] [--last] [--activation A] [--vocab FILE]
+    fastrnn generate ...     (fastrnn/generate.py adds it)
+    fastrnn classify ...     (fastrnn/classify.py adds it)
+
+Each feature module that owns a subcommand exposes ``add_cli(subparsers)``; the subparser's
+``func`` default receives the parsed arguments and returns the exit code.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from .errors import ModelFormatError
+
+# Feature modules that contribute subcommands (imported lazily only to build the parser).
+FEATURE_MODULES = ("fastrnn.generate", "fastrnn.classify")
+
+
+def _ensure_utf8_stdio():
+    """Hangul prompts and outputs must survive a C/POSIX locale terminal or a pipe."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure") and (stream.encoding or "").lower().replace("-", "") != "utf8":
+            try:
+                stream.reconfigure(encoding="utf-8", errors="replace")
+            except (ValueError, OSError):  # pragma: no cover - detached streams
+                pass
+    if hasattr(sys.stdin, "reconfigure") and (sys.stdin.encoding or "").lower().replace("-", "") != "utf8":
+        try:
+            sys.stdin.reconfigure(encoding="utf-8", errors="replace")
+        except (ValueError, OSError):  # pragma: no cover
+            pass
+
+
+def cmd_summary(args):
+    from . import load
+
+    model = load(args.model)
+    model.summary()
+    return 0
+
+
+def cmd_convert(args):
+    from . import load, save
+
+    src = args.src
+    lower = src.lower()
+    if lower.endswith((".pt", ".pth", ".bin")):
+        if not args.cell:
+            raise SystemExit("fastrnn convert: a PyTorch state_dict needs --cell lstm|gru|rnn_tanh|rnn_relu")
+        from .formats.torch import from_state_dict, read_state_dict
+        from .vocab import Vocabulary
+
+        vocab = None
+        if args.vocab:
+            with open(args.vocab, encoding="utf-8") as f:
+                text = f.read()
+            tokens = text.split("\n") if args.vocab_level == "word" else list(text.rstrip("\n")) if "\n" not in text.rstrip("\n") else text.rstrip("\n").split("\n")
+            vocab = Vocabulary(tokens, level=args.vocab_level)
+        model = from_state_dict(read_state_dict(src), args.cell, return_sequences=not args.last,
+                                activation=args.activation, vocabulary=vocab,
+                                name=os.path.splitext(os.path.basename(src))[0], source=src)
+    else:
+        model = load(src)
+    save(model, args.dst)
+    print(f"wrote {args.dst}: {len(model.layers)} layers, {model.count_params():,} parameters")
+    return 0
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="fastrnn", description="Fast CPU inference for RNN, LSTM and GRU models.")
+    parser.add_argument("--backend", choices=["cython", "numba", "numpy"], help="kernel backend (default: fastest available)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("summary", help="print a model's layers, output shapes and parameter counts")
+    p.add_argument("model", help="model file (.safetensors, .keras, .h5, .onnx)")
+    p.set_defaults(func=cmd_summary)
+
+    p = sub.add_parser("convert", help="convert a model to fastrnn's native .safetensors file")
+    p.add_argument("src", help="native file, .keras/.h5, .onnx, or a PyTorch state_dict (.pt/.pth)")
+    p.add_argument("dst", help="output .safetensors file")
+    p.add_argument("--cell", choices=["lstm", "gru", "rnn_tanh", "rnn_relu"],
+                   help="cell type of the RNN modules in a PyTorch state_dict")
+    p.add_argument("--last", action="store_true",
+                   help="state_dict: apply the final Linear to the last state (classifier) instead of every step")
+    p.add_argument("--activation", default="linear", help="activation after the final Linear (e.g. softmax)")
+    p.add_argument("--vocab", help="state_dict: vocabulary file, one token per line (UTF-8)")
+    p.add_argument("--vocab-level", choices=["char", "word"], default="char")
+    p.set_defaults(func=cmd_convert)
+
+    for name in FEATURE_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        if hasattr(module, "add_cli"):
+            module.add_cli(sub)
+    return parser
+
+
+def main(argv=None):
+    _ensure_utf8_stdio()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.backend:
+        from . import set_backend
+
+        set_backend(args.backend)
+    try:
+        return args.func(args)
+    except (ModelFormatError, ValueError, IndexError, FileNotFoundError) as exc:
+        print(f"fastrnn {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
