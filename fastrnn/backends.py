@@ -17,6 +17,7 @@ variable, else the first available of cython, numba, numpy.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import threading
 
@@ -177,7 +178,12 @@ def _is_available(name):
     if name == "numpy":
         return True
     if name == "numba":
-        return importlib.util.find_spec("numba") is not None  # no import: no JIT start-up cost
+        # No import of numba here: listing backends must not pay numba's start-up cost.
+        try:
+            return (importlib.util.find_spec("numba") is not None
+                    and importlib.util.find_spec(_KERNEL_MODULES["numba"]) is not None)
+        except (ImportError, ValueError):
+            return False
     return _load(name) is not None
 
 

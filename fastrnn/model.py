@@ -253,6 +253,26 @@ class Model:
         return (h, states_out) if return_state else h
 
 
+    # -- features implemented in their own modules ----------------------------------------
+    def generate(self, prompt, **kwargs):
+        """Sample a continuation of ``prompt``; see fastrnn.generate.generate."""
+        from .generate import generate
+
+        return generate(self, prompt, **kwargs)
+
+    def session(self, **kwargs):
+        """A stateful token-by-token session; see fastrnn.generate.Session."""
+        from .generate import Session
+
+        return Session(self, **kwargs)
+
+    def classify(self, texts_or_ids, **kwargs):
+        """Label each input lazily, in input order; see fastrnn.classify.classify."""
+        from .classify import classify
+
+        return classify(self, texts_or_ids, **kwargs)
+
+
 def lengths_from_mask(mask, what):
     """Per-row lengths from a (B, T) validity mask that must be right-padded."""
     mask = np.asarray(mask, bool)

@@ -33,16 +33,15 @@ def write(path, tensors: dict, metadata: dict | None = None):
     header = {}
     blobs = []
     offset = 0
-    for name, arr in tensors.items():
+    # No gaps between tensors (the format forbids them); wider dtypes first keeps every tensor
+    # aligned to its item size, as the data section itself starts 64-byte aligned.
+    items = sorted(tensors.items(), key=lambda kv: -np.asarray(kv[1]).dtype.itemsize)
+    for name, arr in items:
         arr = np.ascontiguousarray(arr)
         key = DTYPE_NAMES.get(arr.dtype.newbyteorder("<").str if arr.dtype.byteorder == ">" else arr.dtype.str)
         if key is None:
             raise ValueError(f"tensor {name!r}: dtype {arr.dtype} cannot be stored")
         arr = arr.astype(arr.dtype.newbyteorder("<"), copy=False)
-        pad = (-offset) % ALIGN
-        if pad:
-            blobs.append(b"\0" * pad)
-            offset += pad
         data = arr.tobytes()
         header[name] = {"dtype": key, "shape": list(arr.shape), "data_offsets": [offset, offset + len(data)]}
         blobs.append(data)

@@ -1,0 +1,53 @@
+"""Shared tolerances and fixtures for the fastrnn tests.
+
+Tolerances (float32 everywhere):
+- KERNEL: a compiled backend against the NumPy reference, same math in another order.
+- FRAMEWORK: fastrnn against PyTorch / Keras / ONNX Runtime (the project's promise: 1e-4).
+- LONG_SEQUENCE: T = 5000 steps, where rounding differences accumulate through the state.
+"""
+import os
+
+import numpy as np
+import pytest
+
+import fastrnn
+
+try:  # the compiled kernels live in the installed package, not in the source tree
+    import fastrnn.kernels  # noqa: F401
+except ImportError:  # pragma: no cover - a setup mistake, not a test result
+    pytest.exit("fastrnn is imported from the source tree without its kernels: install it with "
+                "`pip install .[test]` and run `pytest` (not `python -m pytest`) from the repository root",
+                returncode=4)
+
+KERNEL_ATOL, KERNEL_RTOL = 2e-5, 1e-4
+FRAMEWORK_ATOL, FRAMEWORK_RTOL = 1e-4, 1e-4
+LONG_SEQUENCE_ATOL = 1e-3
+
+BACKENDS = fastrnn.available_backends()
+COMPILED_BACKENDS = [b for b in BACKENDS if b != "numpy"]
+
+
+def assert_close(actual, expected, atol=KERNEL_ATOL, rtol=KERNEL_RTOL, what=""):
+    actual = np.asarray(actual)
+    expected = np.asarray(expected)
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
+    np.testing.assert_allclose(actual, expected, atol=atol, rtol=rtol, err_msg=what)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    return request.param
+
+
+@pytest.fixture(params=COMPILED_BACKENDS)
+def compiled_backend(request):
+    return request.param
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
+
+
+def in_ci():
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
