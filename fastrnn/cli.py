@@ -58,8 +58,9 @@ def cmd_convert(args):
         vocab = None
         if args.vocab:
             with open(args.vocab, encoding="utf-8") as f:
-                text = f.read()
-            tokens = text.split("\n") if args.vocab_level == "word" else list(text.rstrip("\n")) if "\n" not in text.rstrip("\n") else text.rstrip("\n").split("\n")
+                tokens = f.read().split("\n")
+            if tokens and tokens[-1] == "":
+                tokens.pop()  # trailing newline
             vocab = Vocabulary(tokens, level=args.vocab_level)
         model = from_state_dict(read_state_dict(src), args.cell, return_sequences=not args.last,
                                 activation=args.activation, vocabulary=vocab,
