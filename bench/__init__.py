@@ -1,0 +1,1 @@
+"""Benchmarks (never run in CI). See README "Performance" for the workflow."""

@@ -1,0 +1,341 @@
+"""Side-by-side comparison of fastrnn, PyTorch and ONNX Runtime on the standard workloads
+(../shared/BENCH.md), in one process, same thread count, medians over repeats.
+
+    python -m bench.compare                       # all workloads, 1 and 2 threads
+    python -m bench.compare -w gen512 cls -t 1    # a subset
+    python -m bench.compare --plot ratios.png     # also draw the ratios (needs matplotlib)
+
+Peers that are not installed are reported as "not installed", never silently dropped.
+Every ratio compares runs made in this process a few seconds apart: absolute times drift on a
+shared machine, ratios hold. Models have random weights (speed does not depend on their values).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+import fastrnn
+
+WORKLOADS = ("gen256", "gen512", "batchgen", "cls", "seq", "startup")
+UNITS = {"gen256": "us/token", "gen512": "us/token", "batchgen": "tokens/s", "cls": "seq/s", "seq": "us/step",
+         "startup": "s"}
+HIGHER_IS_BETTER = {"batchgen", "cls"}
+VOCAB, EMB = 96, 64
+
+
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def median_time(fn, repeats, warmup=1):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def try_import(name):
+    try:
+        return __import__(name)
+    except ImportError:
+        return None
+
+
+torch = try_import("torch")
+ort = try_import("onnxruntime")
+onnx = try_import("onnx")
+
+
+def set_threads(n):
+    if hasattr(fastrnn, "set_num_threads"):
+        fastrnn.set_num_threads(n)
+    if torch is not None:
+        torch.set_num_threads(n)
+
+
+def ort_session(path, threads):
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+
+
+# -- models ---------------------------------------------------------------------------------
+class CharLSTM(torch.nn.Module if torch else object):
+    def __init__(self, hidden):
+        super().__init__()
+        self.embed = torch.nn.Embedding(VOCAB, EMB)
+        self.lstm = torch.nn.LSTM(EMB, hidden, num_layers=2, batch_first=True)
+        self.head = torch.nn.Linear(hidden, VOCAB)
+
+    def forward(self, ids, h, c):
+        out, (h, c) = self.lstm(self.embed(ids), (h, c))
+        return self.head(out), h, c
+
+
+class ClsModel(torch.nn.Module if torch else object):
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Embedding(20000, 128)
+        self.lstm = torch.nn.LSTM(128, 128, batch_first=True, bidirectional=True)
+        self.head = torch.nn.Linear(256, 2)
+
+    def forward(self, ids):
+        _, (h, _) = self.lstm(self.embed(ids))
+        return torch.softmax(self.head(torch.cat([h[-2], h[-1]], dim=1)), dim=1)
+
+
+def build(kind, hidden=None):
+    torch.manual_seed(0)
+    if kind == "char":
+        module = CharLSTM(hidden).eval()
+        vocab = fastrnn.Vocabulary([chr(32 + i) for i in range(VOCAB)])
+        return module, fastrnn.from_torch(module, vocabulary=vocab)
+    module = ClsModel().eval()
+    return module, fastrnn.from_torch(module, return_sequences=False, activation="softmax")
+
+
+def torch_sample(logits, temperature, gen):
+    probs = torch.softmax(logits / temperature, dim=-1)
+    return torch.multinomial(probs, 1, generator=gen)
+
+
+# -- workloads --------------------------------------------------------------------------------
+def bench_gen(hidden, threads, repeats, tmp, batch=1, tokens=300):
+    module, model = build("char", hidden)
+    prompts = [[1, 2, 3, 4] for _ in range(batch)]
+    results = {}
+
+    def run_fastrnn():
+        model.generate(prompts if batch > 1 else prompts[0], max_new_tokens=tokens, temperature=0.8, seed=0)
+
+    t = median_time(run_fastrnn, repeats)
+    results["fastrnn"] = t
+
+    if torch is None:
+        results["pytorch"] = None
+    else:
+        gen = torch.Generator().manual_seed(0)
+
+        @torch.no_grad()
+        def run_torch():
+            h = torch.zeros(2, batch, hidden)
+            c = torch.zeros(2, batch, hidden)
+            ids = torch.tensor(prompts)
+            logits, h, c = module(ids, h, c)
+            nxt = torch_sample(logits[:, -1], 0.8, gen)
+            for _ in range(tokens - 1):
+                logits, h, c = module(nxt, h, c)
+                nxt = torch_sample(logits[:, -1], 0.8, gen)
+
+        results["pytorch"] = median_time(run_torch, max(1, repeats // 2))
+
+    if ort is None or onnx is None or torch is None:
+        results["onnxruntime"] = None
+    else:
+        path = os.path.join(tmp, f"char{hidden}_{batch}.onnx")
+        if not os.path.exists(path):
+            torch.onnx.export(module, (torch.zeros(batch, 1, dtype=torch.long), torch.zeros(2, batch, hidden),
+                                       torch.zeros(2, batch, hidden)), path, dynamo=False,
+                              input_names=["ids", "h0", "c0"], output_names=["logits", "h", "c"],
+                              dynamic_axes={"ids": {1: "T"}})
+        sess = ort_session(path, threads)
+        rng = np.random.default_rng(0)
+
+        def run_ort():
+            h = np.zeros((2, batch, hidden), np.float32)
+            c = np.zeros((2, batch, hidden), np.float32)
+            ids = np.array(prompts, np.int64)
+            for _ in range(tokens):
+                logits, h, c = sess.run(None, {"ids": ids, "h0": h, "c0": c})
+                z = logits[:, -1] / 0.8
+                p = np.exp(z - z.max(-1, keepdims=True))
+                p /= p.sum(-1, keepdims=True)
+                ids = np.array([[rng.choice(VOCAB, p=row)] for row in p], np.int64)
+
+        results["onnxruntime"] = median_time(run_ort, max(1, repeats // 2))
+    if batch == 1:
+        return {k: None if v is None else v / tokens * 1e6 for k, v in results.items()}
+    return {k: None if v is None else batch * tokens / v for k, v in results.items()}
+
+
+def bench_cls(threads, repeats, tmp):
+    module, model = build("cls")
+    ids = np.random.default_rng(0).integers(1, 20000, (64, 100))
+    out = {"fastrnn": 64 / median_time(lambda: model.predict(ids), repeats)}
+    if torch is None:
+        out["pytorch"] = None
+    else:
+        t_ids = torch.from_numpy(ids)
+
+        @torch.no_grad()
+        def run_torch():
+            module(t_ids)
+
+        out["pytorch"] = 64 / median_time(run_torch, repeats)
+    if ort is None or onnx is None or torch is None:
+        out["onnxruntime"] = None
+    else:
+        path = os.path.join(tmp, "cls.onnx")
+        if not os.path.exists(path):
+            torch.onnx.export(module, (torch.from_numpy(ids),), path, dynamo=False, input_names=["ids"],
+                              output_names=["probs"], dynamic_axes={"ids": {0: "B", 1: "T"}})
+        sess = ort_session(path, threads)
+        out["onnxruntime"] = 64 / median_time(lambda: sess.run(None, {"ids": ids}), repeats)
+    return out
+
+
+def bench_seq(threads, repeats, tmp):
+    torch.manual_seed(0)
+    module = torch.nn.GRU(128, 512, batch_first=True).eval()
+    model = fastrnn.from_torch(module)
+    x = np.random.default_rng(0).standard_normal((1, 1000, 128)).astype(np.float32)
+    out = {"fastrnn": median_time(lambda: model.predict(x), repeats) / 1000 * 1e6}
+    xt = torch.from_numpy(x)
+
+    @torch.no_grad()
+    def run_torch():
+        module(xt)
+
+    out["pytorch"] = median_time(run_torch, repeats) / 1000 * 1e6
+    if ort is None or onnx is None:
+        out["onnxruntime"] = None
+    else:
+        path = os.path.join(tmp, "seq.onnx")
+        if not os.path.exists(path):
+            torch.onnx.export(module, (xt,), path, dynamo=False, input_names=["x"], output_names=["y", "h"])
+        sess = ort_session(path, threads)
+        out["onnxruntime"] = median_time(lambda: sess.run(None, {"x": x}), repeats) / 1000 * 1e6
+    return out
+
+
+def bench_startup(threads, repeats, tmp):
+    """Wall time and peak RSS of `fastrnn generate -n 1` (bundled model) vs `python -c 'import torch'`."""
+    env = dict(os.environ, FASTRNN_NUM_THREADS=str(threads))
+
+    def run(cmd):
+        t0 = time.perf_counter()
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=env, cwd=tmp)
+        return time.perf_counter() - t0
+
+    fast_cmd = [sys.executable, "-m", "fastrnn.cli", "generate", "-n", "1", "--seed", "1", "--prompt", "a"]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    t_fast = statistics.median(run(fast_cmd) for _ in range(repeats))
+    peak_fast = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # MB (max over children so far)
+    t_torch = statistics.median(run([sys.executable, "-c", "import torch"]) for _ in range(repeats)) if torch else None
+    del before
+    return {"fastrnn": t_fast, "pytorch": t_torch, "onnxruntime": None, "fastrnn_peak_mb": peak_fast}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m bench.compare", description=__doc__.split("\n\n")[0])
+    ap.add_argument("-w", "--workloads", nargs="+", default=list(WORKLOADS), choices=WORKLOADS)
+    ap.add_argument("-t", "--threads", nargs="+", type=int, default=[1, 2])
+    ap.add_argument("-r", "--repeats", type=int, default=5)
+    ap.add_argument("--plot", help="write a bar chart of the ratios to this PNG")
+    args = ap.parse_args(argv)
+
+    print(f"CPU: {cpu_name()} ({os.cpu_count()} logical cores); fastrnn {fastrnn.__version__} "
+          f"backend={fastrnn.get_backend().name}; torch {getattr(torch, '__version__', 'not installed')}; "
+          f"onnxruntime {getattr(ort, '__version__', 'not installed')}")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for threads in args.threads:
+            set_threads(threads)
+            for w in args.workloads:
+                if w in ("gen256", "gen512"):
+                    res = bench_gen(int(w[3:]), threads, args.repeats, tmp)
+                elif w == "batchgen":
+                    res = bench_gen(512, threads, max(1, args.repeats // 2), tmp, batch=64, tokens=200)
+                elif w == "cls":
+                    res = bench_cls(threads, args.repeats, tmp)
+                elif w == "seq":
+                    res = bench_seq(threads, args.repeats, tmp)
+                else:
+                    res = bench_startup(threads, args.repeats, tmp)
+                rows.append((w, threads, res))
+                print_row(w, threads, res, flush=True)
+    if args.plot:
+        plot(rows, args.plot)
+    return 0
+
+
+def speedup(w, fast, peer):
+    if fast is None or peer is None:
+        return None
+    return fast / peer if w in HIGHER_IS_BETTER else peer / fast
+
+
+def fmt(v, digits=1):
+    return "not installed" if v is None else f"{v:,.{digits}f}"
+
+
+_header_done = False
+
+
+def print_row(w, threads, res, flush=False):
+    global _header_done
+    if not _header_done:
+        print(f"\n{'workload':<9} {'thr':>3} {'unit':>9} {'fastrnn':>10} {'pytorch':>13} {'onnxruntime':>13} "
+              f"{'x pytorch':>10} {'x onnxrt':>9}")
+        _header_done = True
+    digits = 2 if w == "startup" else 1
+    s_pt = speedup(w, res["fastrnn"], res["pytorch"])
+    s_ort = speedup(w, res["fastrnn"], res["onnxruntime"])
+    ort_txt = "n/a" if w == "startup" else fmt(res["onnxruntime"], digits)
+    print(f"{w:<9} {threads:>3} {UNITS[w]:>9} {fmt(res['fastrnn'], digits):>10} {fmt(res['pytorch'], digits):>13} "
+          f"{ort_txt:>13} {('-' if s_pt is None else f'{s_pt:.2f}x'):>10} "
+          f"{('-' if s_ort is None else f'{s_ort:.2f}x'):>9}"
+          + (f"   peak {res['fastrnn_peak_mb']:.0f} MB" if "fastrnn_peak_mb" in res else ""), flush=flush)
+
+
+def plot(rows, path):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("--plot needs matplotlib: pip install matplotlib", file=sys.stderr)
+        return
+    labels, vs_pt, vs_ort = [], [], []
+    for w, threads, res in rows:
+        labels.append(f"{w}\n{threads}t")
+        vs_pt.append(speedup(w, res["fastrnn"], res["pytorch"]) or 0)
+        vs_ort.append(speedup(w, res["fastrnn"], res["onnxruntime"]) or 0)
+    x = np.arange(len(labels))
+    fig, ax = plt.subplots(figsize=(max(6, len(labels) * 0.9), 4))
+    ax.bar(x - 0.2, vs_pt, 0.4, label="vs PyTorch")
+    ax.bar(x + 0.2, vs_ort, 0.4, label="vs ONNX Runtime")
+    ax.axhline(1, color="k", lw=0.8)
+    ax.set_yscale("log")
+    ax.set_xticks(x, labels)
+    ax.set_ylabel("fastrnn speed-up (x, higher is better)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
