@@ -1,0 +1,237 @@
+"""Cython front end of the C kernels (rnn_core.c): the entry points of kernels/README.md.
+
+Thin on purpose: take typed memoryviews, fill the small C structs, release the GIL around one C
+call that runs the whole sequence. No input validation here (fastrnn.backends and fastrnn.model
+check shapes, dtypes, contiguity and ranges before calling); scratch memory is allocated once per
+call inside the C function. Cython directives are set in setup.py.
+"""
+import numpy as np
+
+from libc.stdint cimport int32_t, int64_t, uintptr_t
+
+cdef extern from "rnn_core.h" nogil:
+    enum: RNN_PANEL
+
+    ctypedef struct rnn_packed:
+        const float *data
+        Py_ssize_t rows
+        Py_ssize_t cols
+
+    ctypedef struct rnn_activation:
+        int code
+        float alpha
+        float beta
+
+    ctypedef struct rnn_cell:
+        rnn_activation act[3]
+        float clip
+        int input_forget
+        int linear_before_reset
+
+    ctypedef struct rnn_sequence_io:
+        Py_ssize_t batch
+        Py_ssize_t steps
+        const int64_t *lengths
+        int reverse
+        float *y
+        Py_ssize_t y_cols
+        Py_ssize_t y_offset
+
+    ctypedef struct rnn_lstm_weights:
+        rnn_packed w_hh
+        rnn_packed w_hr
+        const float *peephole
+
+    ctypedef struct rnn_gru_weights:
+        rnn_packed w_hh_rz
+        rnn_packed w_hh_n
+        const float *b_hn
+
+    size_t rnn_packed_size(Py_ssize_t rows, Py_ssize_t cols)
+    void rnn_pack_weight(const float *w, Py_ssize_t rows, Py_ssize_t cols, float *packed)
+    int rnn_sequence_f32(const rnn_sequence_io *io, const float *xproj, const rnn_packed *w_hh,
+                         float *h, const rnn_cell *cell)
+    int lstm_sequence_f32(const rnn_sequence_io *io, const float *xproj, const rnn_lstm_weights *w,
+                          float *h, float *c, const rnn_cell *cell)
+    int gru_sequence_f32(const rnn_sequence_io *io, const float *xproj, const rnn_gru_weights *w,
+                         float *h, const rnn_cell *cell)
+    int rnn_simd_enabled()
+    int rnn_select_simd(int allow)
+
+
+rnn_select_simd(1)  # decide once, at import, with the GIL held
+
+
+# -- weights -----------------------------------------------------------------------------------
+cdef class PackedWeight:
+    """A weight matrix W (rows, cols), used as ``out = W @ in``, in the layout of the C kernels
+    (column panels of RNN_PANEL rows, see rnn_core.h). Made by ``pack_weight``; read-only."""
+
+    cdef readonly object data        # ndarray float32 (panels * cols * RNN_PANEL,), 64-byte aligned
+    cdef readonly Py_ssize_t rows    # N
+    cdef readonly Py_ssize_t cols    # K
+    cdef const float[::1] _view
+
+    def __init__(self, data, Py_ssize_t rows, Py_ssize_t cols):
+        self._view = data
+        if rows < 0 or cols < 0 or self._view.shape[0] != <Py_ssize_t>rnn_packed_size(rows, cols):
+            # the kernels trust rows and cols: keep the object consistent (e.g. when unpickled)
+            raise ValueError(f"packed data of {self._view.shape[0]} floats does not hold a "
+                             f"({rows}, {cols}) matrix; make it with pack_weight(W)")
+        self.data = data
+        self.rows = rows
+        self.cols = cols
+
+    def __reduce__(self):
+        return (PackedWeight, (self.data, self.rows, self.cols))
+
+    def __repr__(self):
+        return f"PackedWeight(rows={self.rows}, cols={self.cols}, panel={RNN_PANEL})"
+
+    cdef rnn_packed packed(self):
+        cdef rnn_packed p
+        p.data = &self._view[0] if self._view.shape[0] > 0 else NULL
+        p.rows = self.rows
+        p.cols = self.cols
+        return p
+
+
+def pack_weight(W):
+    """Pack W, ndarray of shape (N, K) float32 (out = W @ in), for this backend. Done once at
+    load time; the result is opaque to callers and only handed back to this module."""
+    cdef const float[:, ::1] w = np.ascontiguousarray(W, dtype=np.float32)
+    cdef Py_ssize_t rows = w.shape[0], cols = w.shape[1]
+    cdef Py_ssize_t size = <Py_ssize_t>rnn_packed_size(rows, cols)
+    raw = np.zeros(size + 16, dtype=np.float32)  # sliced below to start on 64 bytes
+    cdef Py_ssize_t shift = ((64 - <uintptr_t>raw.ctypes.data % 64) % 64) // 4
+    data = raw[shift:shift + size]
+    cdef float[::1] out = data
+    if size > 0:
+        with nogil:
+            rnn_pack_weight(&w[0, 0], rows, cols, &out[0])
+    data.flags.writeable = False
+    return PackedWeight(data, rows, cols)
+
+
+# -- shared helpers ----------------------------------------------------------------------------
+cdef int read_cell(tuple cell, rnn_cell *out) except -1:
+    """cell = (acts int32 (3,), act_params float32 (3, 2), clip, input_forget, linear_before_reset)"""
+    cdef const int32_t[::1] acts = cell[0]
+    cdef const float[:, ::1] params = cell[1]
+    cdef int i
+    for i in range(3):
+        out.act[i].code = acts[i]
+        out.act[i].alpha = params[i, 0]
+        out.act[i].beta = params[i, 1]
+    out.clip = cell[2]
+    out.input_forget = cell[3]
+    out.linear_before_reset = cell[4]
+    return 0
+
+
+cdef int fill_io(rnn_sequence_io *io, Py_ssize_t batch, Py_ssize_t steps,
+                 const int64_t[::1] lengths, int reverse, float[:, :, ::1] y,
+                 Py_ssize_t y_offset) except -1:
+    io.batch = batch
+    io.steps = steps
+    io.lengths = &lengths[0]
+    io.reverse = reverse
+    io.y = &y[0, 0, 0]
+    io.y_cols = y.shape[2]
+    io.y_offset = y_offset
+    return 0
+
+
+# -- entry points ------------------------------------------------------------------------------
+def rnn_sequence(const float[:, :, ::1] xproj, PackedWeight w_hh not None, const int64_t[::1] lengths,
+                 int reverse, float[:, ::1] h, float[:, :, ::1] y, Py_ssize_t y_offset, tuple cell):
+    """Whole-sequence RNN: h' = f(xp + W_hh h).
+
+    xproj (B, T, H) IN; w_hh packed (H <- H); lengths (B,) int64; reverse 0/1;
+    h (B, H) INOUT; y (B, T, Y) OUT, columns [y_offset, y_offset + H) written; cell as in README."""
+    cdef Py_ssize_t B = xproj.shape[0], T = xproj.shape[1]
+    if B == 0 or T == 0:
+        return
+    cdef rnn_cell c_cell
+    read_cell(cell, &c_cell)
+    cdef rnn_sequence_io io
+    fill_io(&io, B, T, lengths, reverse, y, y_offset)
+    cdef rnn_packed w = w_hh.packed()
+    cdef int rc
+    with nogil:
+        rc = rnn_sequence_f32(&io, &xproj[0, 0, 0], &w, &h[0, 0], &c_cell)
+    if rc != 0:
+        raise MemoryError("rnn_sequence: out of memory for the scratch buffers")
+
+
+def lstm_sequence(const float[:, :, ::1] xproj, PackedWeight w_hh not None, PackedWeight w_hr,
+                  peephole, const int64_t[::1] lengths, int reverse, float[:, ::1] h, float[:, ::1] c,
+                  float[:, :, ::1] y, Py_ssize_t y_offset, tuple cell):
+    """Whole-sequence LSTM (README cell math).
+
+    xproj (B, T, 4H) IN, gates i|f|g|o; w_hh packed (4H <- H_out); w_hr packed (H_out <- H) or
+    None; peephole (3, H) rows i|f|o or None; lengths (B,) int64; reverse 0/1;
+    h (B, H_out), c (B, H) INOUT; y (B, T, Y) OUT, columns [y_offset, y_offset + H_out)."""
+    cdef Py_ssize_t B = xproj.shape[0], T = xproj.shape[1]
+    if B == 0 or T == 0:
+        return
+    cdef rnn_cell c_cell
+    read_cell(cell, &c_cell)
+    cdef rnn_sequence_io io
+    fill_io(&io, B, T, lengths, reverse, y, y_offset)
+    cdef rnn_lstm_weights w
+    w.w_hh = w_hh.packed()
+    if w_hr is None:
+        w.w_hr.data = NULL
+        w.w_hr.rows = 0
+        w.w_hr.cols = 0
+    else:
+        w.w_hr = w_hr.packed()
+    cdef const float[:, ::1] p
+    w.peephole = NULL
+    if peephole is not None:
+        p = peephole
+        w.peephole = &p[0, 0]
+    cdef int rc
+    with nogil:
+        rc = lstm_sequence_f32(&io, &xproj[0, 0, 0], &w, &h[0, 0], &c[0, 0], &c_cell)
+    if rc != 0:
+        raise MemoryError("lstm_sequence: out of memory for the scratch buffers")
+
+
+def gru_sequence(const float[:, :, ::1] xproj, PackedWeight w_hh_rz not None, PackedWeight w_hh_n not None,
+                 const float[::1] b_hn, const int64_t[::1] lengths, int reverse, float[:, ::1] h,
+                 float[:, :, ::1] y, Py_ssize_t y_offset, tuple cell):
+    """Whole-sequence GRU (README cell math, both linear_before_reset variants).
+
+    xproj (B, T, 3H) IN, gates r|z|n; w_hh_rz packed (2H <- H); w_hh_n packed (H <- H);
+    b_hn (H,); lengths (B,) int64; reverse 0/1; h (B, H) INOUT;
+    y (B, T, Y) OUT, columns [y_offset, y_offset + H) written."""
+    cdef Py_ssize_t B = xproj.shape[0], T = xproj.shape[1]
+    if B == 0 or T == 0:
+        return
+    cdef rnn_cell c_cell
+    read_cell(cell, &c_cell)
+    cdef rnn_sequence_io io
+    fill_io(&io, B, T, lengths, reverse, y, y_offset)
+    cdef rnn_gru_weights w
+    w.w_hh_rz = w_hh_rz.packed()
+    w.w_hh_n = w_hh_n.packed()
+    w.b_hn = &b_hn[0]
+    cdef int rc
+    with nogil:
+        rc = gru_sequence_f32(&io, &xproj[0, 0, 0], &w, &h[0, 0], &c_cell)
+    if rc != 0:
+        raise MemoryError("gru_sequence: out of memory for the scratch buffers")
+
+
+# -- instruction set (for tests and reports) -----------------------------------------------------
+def simd_enabled():
+    """True when the AVX2+FMA kernels are in use, False for the plain-C fallback."""
+    return bool(rnn_simd_enabled())
+
+
+def _select_simd(bint allow):
+    """Tests only: False forces the plain-C kernels process-wide, True restores what the CPU
+    supports. Returns whether SIMD is now in use. Not thread-safe against running kernels."""
+    return bool(rnn_select_simd(allow))

@@ -1,0 +1,762 @@
+/* rnn_core.c — the C kernels of fastrnn (contract: kernels/README.md, declarations: rnn_core.h).
+ *
+ * Sections, in order:
+ *   1. instruction set: AVX2+FMA chosen at run time on x86 (gcc/clang), plain C everywhere else
+ *   2. activations: plain C (libm expf/tanhf), and AVX2 sigmoid/tanh as accurate as libm's
+ *      (measured against float64: sigmoid <= 2.5 ulp like 1/(1+expf(-x)), tanh <= 1.3 ulp)
+ *   3. packed weights and the matrix multiply: plain C, and AVX2 micro-kernels
+ *   4. sequence plumbing: workspace, rows sorted by length, outputs
+ *   5. the three cells: rnn, lstm, gru
+ *
+ * The time loop of every cell has the same shape. Rows are sorted by length, longest first,
+ * so at step s the rows still running are a prefix of the batch: the matrix multiply covers
+ * only those rows. Row b takes t = s (forward) or t = len_b - 1 - s (reverse) at step s.
+ * Working state (h, c) lives in the workspace in sorted order and is copied back at the end.
+ *
+ * Denormals are flushed to zero (MXCSR FTZ/DAZ) for the duration of a call on x86.
+ *
+ * Summation order: every matmul path computes out[n] = out[n] + sum_k in[k] W[n, k] as one
+ * chain over k = 0..K-1, whatever the batch size, so a row's result does not depend on the
+ * other rows of the batch.
+ */
+#include "rnn_core.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Build with -DRNN_NO_SIMD for plain C only (libm expf/tanhf everywhere). */
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__)) && \
+    !defined(RNN_NO_SIMD)
+#define RNN_X86_SIMD 1
+#include <immintrin.h>
+#define RNN_AVX2 __attribute__((target("avx2,fma")))
+#define RNN_AVX2_INLINE __attribute__((target("avx2,fma"), always_inline)) inline
+#else
+#define RNN_X86_SIMD 0
+#endif
+
+/* ============================================================================================
+ * 1. instruction set
+ * ========================================================================================== */
+
+static int simd_state = -1; /* -1: not decided yet, 0: plain C, 1: AVX2+FMA */
+
+static int cpu_has_avx2_fma(void)
+{
+#if RNN_X86_SIMD
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+    return 0;
+#endif
+}
+
+int rnn_simd_enabled(void)
+{
+    if (simd_state < 0)
+        simd_state = cpu_has_avx2_fma();
+    return simd_state;
+}
+
+int rnn_select_simd(int allow)
+{
+    simd_state = allow ? cpu_has_avx2_fma() : 0;
+    return simd_state;
+}
+
+/* Denormals flushed to zero for the duration of a sequence call (x86 MXCSR, per thread):
+ * a decaying state must not fall onto the slow denormal path. */
+static unsigned denormals_off(void)
+{
+#if RNN_X86_SIMD && defined(__SSE__)
+    unsigned saved = _mm_getcsr();
+    _mm_setcsr(saved | 0x8040); /* FTZ | DAZ */
+    return saved;
+#else
+    return 0;
+#endif
+}
+
+static void denormals_restore(unsigned saved)
+{
+#if RNN_X86_SIMD && defined(__SSE__)
+    _mm_setcsr(saved);
+#else
+    (void)saved;
+#endif
+}
+
+/* ============================================================================================
+ * 2. activations
+ * ========================================================================================== */
+
+#define SELU_SCALE 1.0507009873554805f
+#define SELU_ALPHA 1.6732632423543772f
+
+/* x (n,) <- clip(x) to [-clip, clip]; NaN stays NaN */
+static void clip_plain(float clip, float *x, ptrdiff_t n)
+{
+    for (ptrdiff_t i = 0; i < n; i++)
+        x[i] = x[i] < -clip ? -clip : (x[i] > clip ? clip : x[i]);
+}
+
+/* x (n,) <- act(x), libm only; the loop is inside each case */
+static void activate_plain(const rnn_activation *act, float *x, ptrdiff_t n)
+{
+    const float a = act->alpha, b = act->beta;
+    ptrdiff_t i;
+    switch (act->code) {
+    case 0: for (i = 0; i < n; i++) x[i] = 1.0f / (1.0f + expf(-x[i])); break;
+    case 1: for (i = 0; i < n; i++) x[i] = tanhf(x[i]); break;
+    case 2: for (i = 0; i < n; i++) x[i] = x[i] > 0.0f ? x[i] : 0.0f; break;
+    case 3: for (i = 0; i < n; i++) x[i] = a * x[i] + b; break;
+    case 4:
+        for (i = 0; i < n; i++) {
+            float v = a * x[i] + b;
+            x[i] = v < 0.0f ? 0.0f : (v > 1.0f ? 1.0f : v);
+        }
+        break;
+    case 5: for (i = 0; i < n; i++) x[i] = x[i] >= 0.0f ? x[i] : a * x[i]; break;
+    case 6: for (i = 0; i < n; i++) x[i] = x[i] > a ? x[i] : 0.0f; break;
+    case 7: for (i = 0; i < n; i++) x[i] = a * tanhf(b * x[i]); break;
+    case 8: for (i = 0; i < n; i++) x[i] = x[i] >= 0.0f ? x[i] : a * (expf(x[i]) - 1.0f); break;
+    case 9: for (i = 0; i < n; i++) x[i] = x[i] / (1.0f + fabsf(x[i])); break;
+    case 10: /* log(1 + exp(x)) = max(x, 0) + log1p(exp(-|x|)) */
+        for (i = 0; i < n; i++) x[i] = fmaxf(x[i], 0.0f) + log1pf(expf(-fabsf(x[i])));
+        break;
+    case 11: for (i = 0; i < n; i++) x[i] = expf(x[i]); break;
+    case 12:
+        for (i = 0; i < n; i++)
+            x[i] = SELU_SCALE * (x[i] > 0.0f ? x[i] : SELU_ALPHA * (expf(x[i]) - 1.0f));
+        break;
+    case 13: for (i = 0; i < n; i++) x[i] = x[i] / (1.0f + expf(-x[i])); break;
+    default: break; /* codes are checked by the Python API */
+    }
+}
+
+#if RNN_X86_SIMD
+/* exp(x) for 8 lanes: Cephes expf (Cody-Waite reduction, degree-6 polynomial), ~1 ulp.
+ * 2^n is applied in two halves so that overflow gives inf and underflow gives 0/denormal. */
+static RNN_AVX2_INLINE __m256 exp_avx2(__m256 x)
+{
+    x = _mm256_max_ps(_mm256_set1_ps(-104.0f), x); /* x second: NaN passes through */
+    x = _mm256_min_ps(_mm256_set1_ps(89.0f), x);
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r);
+    p = _mm256_add_ps(p, _mm256_set1_ps(1.0f)); /* exp(r), r in [-ln2/2, ln2/2] */
+    __m256i k = _mm256_cvtps_epi32(n);
+    __m256i k1 = _mm256_srai_epi32(k, 1);
+    __m256i k2 = _mm256_sub_epi32(k, k1);
+    __m256 s1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(k1, _mm256_set1_epi32(127)), 23));
+    __m256 s2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(k2, _mm256_set1_epi32(127)), 23));
+    return _mm256_mul_ps(_mm256_mul_ps(p, s1), s2);
+}
+
+/* tanh(x) for 8 lanes: Cephes tanhf, ~2 ulp. |x| <= 0.625: x + x^3 P(x^2);
+ * else sign(x) (1 - 2 / (exp(2|x|) + 1)). */
+static RNN_AVX2_INLINE __m256 tanh_avx2(__m256 x)
+{
+    const __m256 sign = _mm256_set1_ps(-0.0f), one = _mm256_set1_ps(1.0f);
+    __m256 ax = _mm256_andnot_ps(sign, x);
+    __m256 e = exp_avx2(_mm256_add_ps(ax, ax));
+    __m256 big = _mm256_sub_ps(one, _mm256_div_ps(_mm256_set1_ps(2.0f), _mm256_add_ps(e, one)));
+    big = _mm256_or_ps(big, _mm256_and_ps(sign, x));
+    __m256 z = _mm256_mul_ps(x, x);
+    __m256 p = _mm256_set1_ps(-5.70498872745e-3f);
+    p = _mm256_fmadd_ps(p, z, _mm256_set1_ps(2.06390887954e-2f));
+    p = _mm256_fmadd_ps(p, z, _mm256_set1_ps(-5.37397155531e-2f));
+    p = _mm256_fmadd_ps(p, z, _mm256_set1_ps(1.33314422036e-1f));
+    p = _mm256_fmadd_ps(p, z, _mm256_set1_ps(-3.33332819422e-1f));
+    __m256 small = _mm256_fmadd_ps(_mm256_mul_ps(p, z), x, x);
+    return _mm256_blendv_ps(small, big, _mm256_cmp_ps(ax, _mm256_set1_ps(0.625f), _CMP_GT_OQ));
+}
+
+/* 1 / (1 + exp(-x)), true division */
+static RNN_AVX2_INLINE __m256 sigmoid_avx2(__m256 x)
+{
+    const __m256 one = _mm256_set1_ps(1.0f);
+    return _mm256_div_ps(one, _mm256_add_ps(one, exp_avx2(_mm256_sub_ps(_mm256_setzero_ps(), x))));
+}
+
+/* lanes [0, count) set, count in 1..8 */
+static RNN_AVX2_INLINE __m256i tail_mask(ptrdiff_t count)
+{
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)count), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+static RNN_AVX2_INLINE __m256 activate8(int code, __m256 v, __m256 alpha, __m256 beta)
+{
+    switch (code) {
+    case 0: return sigmoid_avx2(v);
+    case 1: return tanh_avx2(v);
+    case 7: return _mm256_mul_ps(alpha, tanh_avx2(_mm256_mul_ps(beta, v)));
+    default: /* 13 */
+        return _mm256_div_ps(v, _mm256_add_ps(_mm256_set1_ps(1.0f),
+                                              exp_avx2(_mm256_sub_ps(_mm256_setzero_ps(), v))));
+    }
+}
+
+/* x (n,) <- act(clip(x)); sigmoid, tanh, scaled_tanh, swish vectorised, the rest plain C */
+RNN_AVX2 static void activate_avx2(const rnn_activation *act, float clip, float *x, ptrdiff_t n)
+{
+    const int code = act->code, do_clip = clip < INFINITY;
+    if (code != 0 && code != 1 && code != 7 && code != 13) {
+        if (do_clip)
+            clip_plain(clip, x, n);
+        activate_plain(act, x, n);
+        return;
+    }
+    const __m256 alpha = _mm256_set1_ps(act->alpha), beta = _mm256_set1_ps(act->beta);
+    const __m256 hi = _mm256_set1_ps(clip), lo = _mm256_set1_ps(-clip);
+    ptrdiff_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 v = _mm256_loadu_ps(x + i);
+        if (do_clip)
+            v = _mm256_min_ps(hi, _mm256_max_ps(lo, v));
+        _mm256_storeu_ps(x + i, activate8(code, v, alpha, beta));
+    }
+    if (i < n) { /* the tail goes through the same vector code */
+        __m256i mask = tail_mask(n - i);
+        __m256 v = _mm256_maskload_ps(x + i, mask);
+        if (do_clip)
+            v = _mm256_min_ps(hi, _mm256_max_ps(lo, v));
+        _mm256_maskstore_ps(x + i, mask, activate8(code, v, alpha, beta));
+    }
+}
+#endif
+
+void rnn_activate(const rnn_activation *act, float clip, float *x, ptrdiff_t n)
+{
+#if RNN_X86_SIMD
+    if (rnn_simd_enabled()) {
+        activate_avx2(act, clip, x, n);
+        return;
+    }
+#endif
+    if (clip < INFINITY)
+        clip_plain(clip, x, n);
+    activate_plain(act, x, n);
+}
+
+/* ============================================================================================
+ * 3. packed weights and the matrix multiply
+ * ========================================================================================== */
+
+size_t rnn_packed_size(ptrdiff_t rows, ptrdiff_t cols)
+{
+    size_t panels = (size_t)(rows + RNN_PANEL - 1) / RNN_PANEL;
+    return panels * (size_t)cols * RNN_PANEL;
+}
+
+/* w (rows, cols) -> packed[p, k, j] = w[p*RNN_PANEL + j, k], zero past the last row */
+void rnn_pack_weight(const float *w, ptrdiff_t rows, ptrdiff_t cols, float *packed)
+{
+    ptrdiff_t panels = (rows + RNN_PANEL - 1) / RNN_PANEL;
+    for (ptrdiff_t p = 0; p < panels; p++)
+        for (ptrdiff_t k = 0; k < cols; k++)
+            for (ptrdiff_t j = 0; j < RNN_PANEL; j++) {
+                ptrdiff_t n = p * RNN_PANEL + j;
+                packed[(p * cols + k) * RNN_PANEL + j] = n < rows ? w[n * cols + k] : 0.0f;
+            }
+}
+
+/* out (m, N) += in (m, K) @ W.T, plain C: one panel at a time, one row at a time. With gcc or
+ * clang the panel row is four 4-float vectors (SSE2 / NEON without any target flag); otherwise
+ * scalar loops. Both keep the summation order: one chain over k per output. */
+#if defined(__GNUC__) || defined(__clang__)
+typedef float vec4 __attribute__((vector_size(16)));
+
+static void panel_row_plain(const float *panel, ptrdiff_t K, const float *x, float *o, ptrdiff_t valid)
+{
+    float buf[RNN_PANEL] = {0}; /* the panel's 16 outputs, zero past valid */
+    vec4 acc0, acc1, acc2, acc3;
+    memcpy(buf, o, (size_t)valid * sizeof(float));
+    memcpy(&acc0, buf, sizeof(vec4));
+    memcpy(&acc1, buf + 4, sizeof(vec4));
+    memcpy(&acc2, buf + 8, sizeof(vec4));
+    memcpy(&acc3, buf + 12, sizeof(vec4));
+    for (ptrdiff_t k = 0; k < K; k++) {
+        const float *wk = panel + k * RNN_PANEL;
+        vec4 w0, w1, w2, w3, a = {x[k], x[k], x[k], x[k]};
+        memcpy(&w0, wk, sizeof(vec4));
+        memcpy(&w1, wk + 4, sizeof(vec4));
+        memcpy(&w2, wk + 8, sizeof(vec4));
+        memcpy(&w3, wk + 12, sizeof(vec4));
+        acc0 += a * w0;
+        acc1 += a * w1;
+        acc2 += a * w2;
+        acc3 += a * w3;
+    }
+    memcpy(buf, &acc0, sizeof(vec4));
+    memcpy(buf + 4, &acc1, sizeof(vec4));
+    memcpy(buf + 8, &acc2, sizeof(vec4));
+    memcpy(buf + 12, &acc3, sizeof(vec4));
+    memcpy(o, buf, (size_t)valid * sizeof(float));
+}
+#else
+static void panel_row_plain(const float *panel, ptrdiff_t K, const float *x, float *o, ptrdiff_t valid)
+{
+    float acc[RNN_PANEL] = {0};
+    for (ptrdiff_t j = 0; j < valid; j++)
+        acc[j] = o[j];
+    for (ptrdiff_t k = 0; k < K; k++)
+        for (int j = 0; j < RNN_PANEL; j++)
+            acc[j] += x[k] * panel[k * RNN_PANEL + j];
+    for (ptrdiff_t j = 0; j < valid; j++)
+        o[j] = acc[j];
+}
+#endif
+
+static void matmul_plain(const rnn_packed *w, const float *in, ptrdiff_t ld_in,
+                         float *out, ptrdiff_t ld_out, ptrdiff_t m)
+{
+    const ptrdiff_t N = w->rows, K = w->cols, panels = (N + RNN_PANEL - 1) / RNN_PANEL;
+    for (ptrdiff_t p = 0; p < panels; p++) {
+        const ptrdiff_t n0 = p * RNN_PANEL, valid = N - n0 < RNN_PANEL ? N - n0 : RNN_PANEL;
+        for (ptrdiff_t r = 0; r < m; r++)
+            panel_row_plain(w->data + p * K * RNN_PANEL, K, in + r * ld_in, out + r * ld_out + n0, valid);
+    }
+}
+
+#if RNN_X86_SIMD
+/* The micro-kernel: out (MR, NPG*16) += in (MR, kb) @ NPG panels (kb, 16), accumulators in
+ * 2*MR*NPG ymm registers (at most 12). For each k: broadcast in[r, k], FMA with the panel
+ * vectors. MR and NPG are literal constants at every call, so the loops unroll fully.
+ * Only NPG == 1 handles a partial last panel (valid < 16, masked load/store of out). */
+#define MR_MAX 6
+/* the small loops over rows and panels must unroll fully, so that acc lives in registers */
+#define UNROLL _Pragma("GCC unroll 16")
+#define NPG_MAX 4
+static RNN_AVX2_INLINE void tile_avx2(const int MR, const int NPG,
+                                      const float *panel,     /* (NPG, K, 16), kb rows used */
+                                      ptrdiff_t panel_stride, /* K*16: from one panel to the next */
+                                      ptrdiff_t kb,
+                                      const float *in, ptrdiff_t ld_in,  /* (MR, kb) */
+                                      float *out, ptrdiff_t ld_out,      /* (MR, NPG*16) */
+                                      ptrdiff_t valid)
+{
+    __m256 acc[MR_MAX][2 * NPG_MAX];
+    const int full = valid >= RNN_PANEL;
+    const __m256i mask0 = tail_mask(valid > 8 ? 8 : valid);
+    const __m256i mask1 = tail_mask(valid > 8 ? valid - 8 : 1); /* unused when valid <= 8 */
+    UNROLL for (int r = 0; r < MR; r++)
+        UNROLL for (int g = 0; g < NPG; g++) {
+            float *o = out + r * ld_out + g * RNN_PANEL;
+            if (full) {
+                acc[r][2 * g] = _mm256_loadu_ps(o);
+                acc[r][2 * g + 1] = _mm256_loadu_ps(o + 8);
+            } else {
+                acc[r][2 * g] = _mm256_maskload_ps(o, mask0);
+                acc[r][2 * g + 1] = valid > 8 ? _mm256_maskload_ps(o + 8, mask1) : _mm256_setzero_ps();
+            }
+        }
+    for (ptrdiff_t k = 0; k < kb; k++) {
+        __m256 wv[2 * NPG_MAX];
+        UNROLL for (int g = 0; g < NPG; g++) {
+            wv[2 * g] = _mm256_loadu_ps(panel + g * panel_stride + k * RNN_PANEL);
+            wv[2 * g + 1] = _mm256_loadu_ps(panel + g * panel_stride + k * RNN_PANEL + 8);
+        }
+        UNROLL for (int r = 0; r < MR; r++) {
+            __m256 a = _mm256_broadcast_ss(in + r * ld_in + k);
+            UNROLL for (int v = 0; v < 2 * NPG; v++)
+                acc[r][v] = _mm256_fmadd_ps(a, wv[v], acc[r][v]);
+        }
+    }
+    UNROLL for (int r = 0; r < MR; r++)
+        UNROLL for (int g = 0; g < NPG; g++) {
+            float *o = out + r * ld_out + g * RNN_PANEL;
+            if (full) {
+                _mm256_storeu_ps(o, acc[r][2 * g]);
+                _mm256_storeu_ps(o + 8, acc[r][2 * g + 1]);
+            } else {
+                _mm256_maskstore_ps(o, mask0, acc[r][2 * g]);
+                if (valid > 8)
+                    _mm256_maskstore_ps(o + 8, mask1, acc[r][2 * g + 1]);
+            }
+        }
+}
+
+/* one block of MR rows (m <= 5) over every panel, the whole of K: NPG panels at a time while
+ * whole groups fit, then one at a time */
+#define ROW_BLOCK(MR, NPG)                                                                     \
+    static RNN_AVX2 void row_block_##MR(const rnn_packed *w, const float *in, ptrdiff_t ld_in, \
+                                        float *out, ptrdiff_t ld_out)                          \
+    {                                                                                          \
+        const ptrdiff_t N = w->rows, K = w->cols, stride = K * RNN_PANEL;                      \
+        const ptrdiff_t full_panels = N / RNN_PANEL, panels = (N + RNN_PANEL - 1) / RNN_PANEL; \
+        ptrdiff_t p = 0;                                                                       \
+        for (; p + NPG <= full_panels; p += NPG)                                               \
+            tile_avx2(MR, NPG, w->data + p * stride, stride, K, in, ld_in,                     \
+                      out + p * RNN_PANEL, ld_out, RNN_PANEL);                                 \
+        for (; p < panels; p++)                                                                \
+            tile_avx2(MR, 1, w->data + p * stride, stride, K, in, ld_in,                       \
+                      out + p * RNN_PANEL, ld_out, N - p * RNN_PANEL);                         \
+    }
+/* registers: 2 * MR * NPG accumulators <= 12, plus 2 * NPG panel vectors and a broadcast */
+ROW_BLOCK(1, 4)
+ROW_BLOCK(2, 2)
+ROW_BLOCK(3, 2)
+ROW_BLOCK(4, 1)
+ROW_BLOCK(5, 1)
+
+/* MR rows on one panel (MR = 3..6): 2*MR accumulators */
+#define PANEL_ROWS(MR)                                                                         \
+    static RNN_AVX2 void panel_rows_##MR(const float *panel, ptrdiff_t kb, const float *in,   \
+                                         ptrdiff_t ld_in, float *out, ptrdiff_t ld_out,       \
+                                         ptrdiff_t valid)                                     \
+    {                                                                                          \
+        tile_avx2(MR, 1, panel, 0, kb, in, ld_in, out, ld_out, valid);                         \
+    }
+PANEL_ROWS(3)
+PANEL_ROWS(4)
+PANEL_ROWS(5)
+PANEL_ROWS(6)
+
+/* With more than 6 rows K is cut into blocks of KC, so that a panel's block (KC x 16 floats =
+ * 16 KiB) stays in L1 while every block of rows goes over it. */
+#define KC 256
+
+/* out (m, N) += in (m, K) @ W.T */
+static RNN_AVX2 void matmul_avx2(const rnn_packed *w, const float *in, ptrdiff_t ld_in,
+                                 float *out, ptrdiff_t ld_out, ptrdiff_t m)
+{
+    const ptrdiff_t N = w->rows, K = w->cols, panels = (N + RNN_PANEL - 1) / RNN_PANEL;
+    if (m <= 5) { /* one block of rows */
+        switch (m) {
+        case 1: row_block_1(w, in, ld_in, out, ld_out); break;
+        case 2: row_block_2(w, in, ld_in, out, ld_out); break;
+        case 3: row_block_3(w, in, ld_in, out, ld_out); break;
+        case 4: row_block_4(w, in, ld_in, out, ld_out); break;
+        default: row_block_5(w, in, ld_in, out, ld_out); break;
+        }
+        return;
+    }
+    /* blocks of 6 rows; a remainder of 1..3 rows joins the last 6 and the two split evenly
+     * (7 = 4 + 3, 8 = 4 + 4, 9 = 5 + 4), so every block has at least 3 rows */
+    ptrdiff_t n6 = m / 6, tail1 = m % 6, tail2 = 0;
+    if (tail1 > 0 && tail1 < 4) {
+        n6--;
+        tail2 = (6 + tail1) / 2;
+        tail1 = 6 + tail1 - tail2;
+    }
+    const ptrdiff_t kc_size = m > 6 ? KC : K;
+    for (ptrdiff_t k0 = 0; k0 < K; k0 += kc_size) {
+        const ptrdiff_t kb = K - k0 < kc_size ? K - k0 : kc_size;
+        for (ptrdiff_t p = 0; p < panels; p++) {
+            const float *panel = w->data + p * K * RNN_PANEL + k0 * RNN_PANEL;
+            const ptrdiff_t valid = N - p * RNN_PANEL;
+            const float *x = in + k0;
+            float *o = out + p * RNN_PANEL;
+            for (ptrdiff_t b = 0; b < n6; b++, x += 6 * ld_in, o += 6 * ld_out)
+                panel_rows_6(panel, kb, x, ld_in, o, ld_out, valid);
+            for (int t = 0; t < 2; t++) {
+                const ptrdiff_t rows = t == 0 ? tail1 : tail2;
+                switch (rows) {
+                case 3: panel_rows_3(panel, kb, x, ld_in, o, ld_out, valid); break;
+                case 4: panel_rows_4(panel, kb, x, ld_in, o, ld_out, valid); break;
+                case 5: panel_rows_5(panel, kb, x, ld_in, o, ld_out, valid); break;
+                default: break;
+                }
+                x += rows * ld_in;
+                o += rows * ld_out;
+            }
+        }
+    }
+}
+#endif
+
+void rnn_matmul_packed(const rnn_packed *w, const float *in, ptrdiff_t ld_in,
+                       float *out, ptrdiff_t ld_out, ptrdiff_t m)
+{
+    if (m <= 0 || w->rows <= 0)
+        return;
+#if RNN_X86_SIMD
+    if (rnn_simd_enabled()) {
+        matmul_avx2(w, in, ld_in, out, ld_out, m);
+        return;
+    }
+#endif
+    matmul_plain(w, in, ld_in, out, ld_out, m);
+}
+
+/* ============================================================================================
+ * 4. sequence plumbing
+ * ========================================================================================== */
+
+/* Everything a sequence call needs besides its arguments, allocated once per call. */
+typedef struct {
+    void *block;          /* the one malloc */
+    ptrdiff_t *order;     /* (B,) rows by length, longest first (stable) */
+    ptrdiff_t *length;    /* (B,) length of order[i] */
+    float *h;             /* (B, H_out) running h, sorted rows */
+    float *c;             /* (B, H) running c (LSTM), sorted rows */
+    float *gates;         /* (B, G*H) one step's pre-activations */
+    float *extra;         /* (B, H) LSTM: m = o * h(c'); GRU: W_hn h or W_hn (r * h) */
+    float *extra2;        /* (B, H) GRU linear_before_reset = 0: r * h */
+} workspace;
+
+static size_t round_up16(size_t n) { return (n + 15) / 16 * 16; }
+
+/* one malloc for all buffers, each 64-byte aligned; returns 0 or -1 */
+static int workspace_alloc(workspace *ws, ptrdiff_t B, ptrdiff_t T, ptrdiff_t h_out, ptrdiff_t c_size,
+                           ptrdiff_t gates, ptrdiff_t extra, ptrdiff_t extra2)
+{
+    size_t idx = round_up16((size_t)(2 * B + T + 1)); /* order, length, counting-sort counts */
+    size_t nh = round_up16((size_t)(B * h_out)), nc = round_up16((size_t)(B * c_size));
+    size_t ng = round_up16((size_t)(B * gates)), ne = round_up16((size_t)(B * extra));
+    size_t ne2 = round_up16((size_t)(B * extra2));
+    size_t bytes = idx * sizeof(ptrdiff_t) + (nh + nc + ng + ne + ne2) * sizeof(float) + 64;
+    ws->block = malloc(bytes);
+    if (!ws->block)
+        return -1;
+    char *p = (char *)(((uintptr_t)ws->block + 63) & ~(uintptr_t)63);
+    ws->order = (ptrdiff_t *)p;
+    ws->length = ws->order + B;
+    p += idx * sizeof(ptrdiff_t);
+    ws->h = (float *)p;
+    ws->c = ws->h + nh;
+    ws->gates = ws->c + nc;
+    ws->extra = ws->gates + ng;
+    ws->extra2 = ws->extra + ne;
+    return 0;
+}
+
+/* Sort rows by length, longest first, stable (counting sort); zero y at t >= len; copy the
+ * initial state into the workspace in sorted order. Returns the longest length. */
+static ptrdiff_t sequence_begin(const rnn_sequence_io *io, workspace *ws, ptrdiff_t h_out,
+                                const float *h, ptrdiff_t H, const float *c)
+{
+    const ptrdiff_t B = io->batch, T = io->steps;
+    ptrdiff_t *count = ws->length + B; /* (T + 1,) */
+    for (ptrdiff_t l = 0; l <= T; l++)
+        count[l] = 0;
+    for (ptrdiff_t b = 0; b < B; b++) {
+        int64_t l = io->lengths[b];
+        count[l < 0 ? 0 : (l > T ? T : l)]++; /* clamped for memory safety only */
+    }
+    for (ptrdiff_t l = T, start = 0; l >= 0; l--) {
+        ptrdiff_t n = count[l];
+        count[l] = start;
+        start += n;
+    }
+    for (ptrdiff_t b = 0; b < B; b++) {
+        int64_t l64 = io->lengths[b];
+        ptrdiff_t l = l64 < 0 ? 0 : (l64 > T ? T : (ptrdiff_t)l64);
+        ptrdiff_t i = count[l]++;
+        ws->order[i] = b;
+        ws->length[i] = l;
+    }
+    for (ptrdiff_t i = 0; i < B; i++) {
+        const ptrdiff_t b = ws->order[i];
+        memcpy(ws->h + i * h_out, h + b * h_out, (size_t)h_out * sizeof(float));
+        if (c)
+            memcpy(ws->c + i * H, c + b * H, (size_t)H * sizeof(float));
+        for (ptrdiff_t t = ws->length[i]; t < T; t++)
+            memset(io->y + (b * T + t) * io->y_cols + io->y_offset, 0, (size_t)h_out * sizeof(float));
+    }
+    return B > 0 ? ws->length[0] : 0;
+}
+
+/* rows still running at step s: a prefix of the sorted rows */
+static ptrdiff_t rows_active(const workspace *ws, ptrdiff_t n_active, ptrdiff_t s)
+{
+    while (n_active > 0 && ws->length[n_active - 1] <= s)
+        n_active--;
+    return n_active;
+}
+
+/* the time index of sorted row i at step s */
+static ptrdiff_t step_time(const rnn_sequence_io *io, const workspace *ws, ptrdiff_t i, ptrdiff_t s)
+{
+    return io->reverse ? ws->length[i] - 1 - s : s;
+}
+
+/* gates (n_active, width) <- xproj[b, t] for every running row */
+static void load_xproj(const rnn_sequence_io *io, const workspace *ws, const float *xproj,
+                       ptrdiff_t width, ptrdiff_t n_active, ptrdiff_t s)
+{
+    for (ptrdiff_t i = 0; i < n_active; i++) {
+        const ptrdiff_t b = ws->order[i], t = step_time(io, ws, i, s);
+        memcpy(ws->gates + i * width, xproj + (b * io->steps + t) * width, (size_t)width * sizeof(float));
+    }
+}
+
+/* y[b, t, y_offset:] <- h of every running row */
+static void store_outputs(const rnn_sequence_io *io, const workspace *ws, ptrdiff_t h_out,
+                          ptrdiff_t n_active, ptrdiff_t s)
+{
+    for (ptrdiff_t i = 0; i < n_active; i++) {
+        const ptrdiff_t b = ws->order[i], t = step_time(io, ws, i, s);
+        memcpy(io->y + (b * io->steps + t) * io->y_cols + io->y_offset, ws->h + i * h_out,
+               (size_t)h_out * sizeof(float));
+    }
+}
+
+/* final states back to the caller's rows, then free */
+static void sequence_end(const rnn_sequence_io *io, workspace *ws, ptrdiff_t h_out, float *h,
+                         ptrdiff_t H, float *c)
+{
+    for (ptrdiff_t i = 0; i < io->batch; i++) {
+        const ptrdiff_t b = ws->order[i];
+        memcpy(h + b * h_out, ws->h + i * h_out, (size_t)h_out * sizeof(float));
+        if (c)
+            memcpy(c + b * H, ws->c + i * H, (size_t)H * sizeof(float));
+    }
+    free(ws->block);
+}
+
+/* ============================================================================================
+ * 5. cells
+ * ========================================================================================== */
+
+int rnn_sequence_f32(const rnn_sequence_io *io, const float *xproj, const rnn_packed *w_hh,
+                     float *h, const rnn_cell *cell)
+{
+    const ptrdiff_t H = w_hh->rows;
+    workspace ws;
+    if (workspace_alloc(&ws, io->batch, io->steps, H, 0, H, 0, 0))
+        return -1;
+    const unsigned csr = denormals_off();
+    const ptrdiff_t longest = sequence_begin(io, &ws, H, h, 0, NULL);
+    ptrdiff_t n_active = io->batch;
+    for (ptrdiff_t s = 0; s < longest; s++) {
+        n_active = rows_active(&ws, n_active, s);
+        load_xproj(io, &ws, xproj, H, n_active, s);
+        rnn_matmul_packed(w_hh, ws.h, H, ws.gates, H, n_active); /* a = xp + W_hh h */
+        for (ptrdiff_t i = 0; i < n_active; i++) {               /* h' = f(a) */
+            float *a = ws.gates + i * H;
+            rnn_activate(&cell->act[0], cell->clip, a, H);
+            memcpy(ws.h + i * H, a, (size_t)H * sizeof(float));
+        }
+        store_outputs(io, &ws, H, n_active, s);
+    }
+    sequence_end(io, &ws, H, h, 0, NULL);
+    denormals_restore(csr);
+    return 0;
+}
+
+/* One LSTM row after the matmul: a (4H) pre-activations i|f|g|o = xp + W_hh h, c (H) INOUT,
+ * m (H) OUT = o * h(c'). a is overwritten (the g block ends up holding h(c')). */
+static void lstm_pointwise(float *a, float *c, float *m, const float *peephole,
+                           const rnn_cell *cell, ptrdiff_t H)
+{
+    float *a_i = a, *a_f = a + H, *a_g = a + 2 * H, *a_o = a + 3 * H;
+    const rnn_activation *f = &cell->act[0], *g = &cell->act[1], *hact = &cell->act[2];
+    if (peephole) { /* i = f(a_i + p_i c), ff = f(a_f + p_f c) */
+        const float *p_i = peephole, *p_f = peephole + H;
+        for (ptrdiff_t j = 0; j < H; j++)
+            a_i[j] += p_i[j] * c[j];
+        if (!cell->input_forget)
+            for (ptrdiff_t j = 0; j < H; j++)
+                a_f[j] += p_f[j] * c[j];
+    }
+    if (cell->input_forget) { /* ff = 1 - i */
+        rnn_activate(f, cell->clip, a_i, H);
+        for (ptrdiff_t j = 0; j < H; j++)
+            a_f[j] = 1.0f - a_i[j];
+    } else {
+        rnn_activate(f, cell->clip, a_i, 2 * H); /* i and f blocks are adjacent */
+    }
+    rnn_activate(g, cell->clip, a_g, H);
+    for (ptrdiff_t j = 0; j < H; j++) /* c' = ff*c + i*g */
+        c[j] = a_f[j] * c[j] + a_i[j] * a_g[j];
+    if (peephole) { /* o = f(a_o + p_o c') */
+        const float *p_o = peephole + 2 * H;
+        for (ptrdiff_t j = 0; j < H; j++)
+            a_o[j] += p_o[j] * c[j];
+    }
+    rnn_activate(f, cell->clip, a_o, H);
+    memcpy(a_g, c, (size_t)H * sizeof(float)); /* m = o * h(c'), not clipped */
+    rnn_activate(hact, INFINITY, a_g, H);
+    for (ptrdiff_t j = 0; j < H; j++)
+        m[j] = a_o[j] * a_g[j];
+}
+
+int lstm_sequence_f32(const rnn_sequence_io *io, const float *xproj, const rnn_lstm_weights *w,
+                      float *h, float *c, const rnn_cell *cell)
+{
+    const ptrdiff_t G4 = w->w_hh.rows, H = G4 / 4, h_out = w->w_hh.cols;
+    const int proj = w->w_hr.data != NULL;
+    workspace ws;
+    if (workspace_alloc(&ws, io->batch, io->steps, h_out, H, G4, proj ? H : 0, 0))
+        return -1;
+    const unsigned csr = denormals_off();
+    const ptrdiff_t longest = sequence_begin(io, &ws, h_out, h, H, c);
+    ptrdiff_t n_active = io->batch;
+    for (ptrdiff_t s = 0; s < longest; s++) {
+        n_active = rows_active(&ws, n_active, s);
+        load_xproj(io, &ws, xproj, G4, n_active, s);
+        rnn_matmul_packed(&w->w_hh, ws.h, h_out, ws.gates, G4, n_active); /* a = xp + W_hh h */
+        for (ptrdiff_t i = 0; i < n_active; i++) /* without projection, m is h' itself */
+            lstm_pointwise(ws.gates + i * G4, ws.c + i * H, proj ? ws.extra + i * H : ws.h + i * h_out,
+                           w->peephole, cell, H);
+        if (proj) { /* h' = W_hr m */
+            memset(ws.h, 0, (size_t)(n_active * h_out) * sizeof(float));
+            rnn_matmul_packed(&w->w_hr, ws.extra, H, ws.h, h_out, n_active);
+        }
+        store_outputs(io, &ws, h_out, n_active, s);
+    }
+    sequence_end(io, &ws, h_out, h, H, c);
+    denormals_restore(csr);
+    return 0;
+}
+
+int gru_sequence_f32(const rnn_sequence_io *io, const float *xproj, const rnn_gru_weights *w,
+                     float *h, const rnn_cell *cell)
+{
+    const ptrdiff_t H = w->w_hh_n.rows, G3 = 3 * H;
+    const int lbr = cell->linear_before_reset;
+    workspace ws;
+    if (workspace_alloc(&ws, io->batch, io->steps, H, 0, G3, H, lbr ? 0 : H))
+        return -1;
+    const unsigned csr = denormals_off();
+    const ptrdiff_t longest = sequence_begin(io, &ws, H, h, 0, NULL);
+    ptrdiff_t n_active = io->batch;
+    for (ptrdiff_t s = 0; s < longest; s++) {
+        n_active = rows_active(&ws, n_active, s);
+        load_xproj(io, &ws, xproj, G3, n_active, s);
+        /* r = f(xp_r + W_hr h), z = f(xp_z + W_hz h) */
+        rnn_matmul_packed(&w->w_hh_rz, ws.h, H, ws.gates, G3, n_active);
+        for (ptrdiff_t i = 0; i < n_active; i++)
+            rnn_activate(&cell->act[0], cell->clip, ws.gates + i * G3, 2 * H);
+        memset(ws.extra, 0, (size_t)(n_active * H) * sizeof(float));
+        if (lbr) { /* extra = W_hn h */
+            rnn_matmul_packed(&w->w_hh_n, ws.h, H, ws.extra, H, n_active);
+        } else { /* extra = W_hn (r * h) */
+            for (ptrdiff_t i = 0; i < n_active; i++) {
+                const float *r = ws.gates + i * G3, *hi = ws.h + i * H;
+                float *rh = ws.extra2 + i * H;
+                for (ptrdiff_t j = 0; j < H; j++)
+                    rh[j] = r[j] * hi[j];
+            }
+            rnn_matmul_packed(&w->w_hh_n, ws.extra2, H, ws.extra, H, n_active);
+        }
+        for (ptrdiff_t i = 0; i < n_active; i++) {
+            const float *r = ws.gates + i * G3, *z = r + H, *hn = ws.extra + i * H;
+            float *n = ws.gates + i * G3 + 2 * H, *hi = ws.h + i * H;
+            if (lbr) /* n = g(xp_n + r * (W_hn h + b_hn)) */
+                for (ptrdiff_t j = 0; j < H; j++)
+                    n[j] = n[j] + r[j] * (hn[j] + w->b_hn[j]);
+            else /* n = g(xp_n + W_hn (r * h) + b_hn) */
+                for (ptrdiff_t j = 0; j < H; j++)
+                    n[j] = (n[j] + hn[j]) + w->b_hn[j];
+            rnn_activate(&cell->act[1], cell->clip, n, H);
+            for (ptrdiff_t j = 0; j < H; j++) /* h' = (1 - z) * n + z * h */
+                hi[j] = (1.0f - z[j]) * n[j] + z[j] * hi[j];
+        }
+        store_outputs(io, &ws, H, n_active, s);
+    }
+    sequence_end(io, &ws, H, h, 0, NULL);
+    denormals_restore(csr);
+    return 0;
+}

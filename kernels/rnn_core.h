@@ -1,0 +1,118 @@
+/* rnn_core.h — the C kernels of fastrnn: activations, packed matrix multiply, and the
+ * whole-sequence loops of the RNN, LSTM and GRU cells (contract: kernels/README.md).
+ *
+ * Everything is float32. Gate orders are PyTorch's: LSTM i|f|g|o, GRU r|z|n, RNN one block.
+ * B = batch, T = steps, H = hidden size, H_out = projection size or H, G = gates (1, 4, 3).
+ * Nothing here validates user input (the Python API does), nothing allocates per step, and no
+ * function ever exits the process: the sequence functions return 0, or -1 when malloc fails.
+ */
+#ifndef FASTRNN_RNN_CORE_H
+#define FASTRNN_RNN_CORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- weights ----------------------------------------------------------------------------
+ * A matrix W (N, K), used as out (N) = W @ in (K), is packed once into column panels of
+ * RNN_PANEL output rows: packed[p, k, j] = W[p*RNN_PANEL + j, k], zero-padded to a whole
+ * number of panels. A panel is contiguous (K, RNN_PANEL), so the matmul streams it once. */
+#define RNN_PANEL 16
+
+typedef struct {
+    const float *data; /* (ceil(N / RNN_PANEL), K, RNN_PANEL), see above */
+    ptrdiff_t rows;    /* N: outputs */
+    ptrdiff_t cols;    /* K: inputs */
+} rnn_packed;
+
+/* number of floats in the packed form of a (rows, cols) matrix */
+size_t rnn_packed_size(ptrdiff_t rows, ptrdiff_t cols);
+
+/* w (rows, cols) row-major -> packed (rnn_packed_size floats) */
+void rnn_pack_weight(const float *w, ptrdiff_t rows, ptrdiff_t cols, float *packed);
+
+/* out (M, N) += in (M, K) @ W.T for W packed; rows of in are ld_in apart, rows of out ld_out */
+void rnn_matmul_packed(const rnn_packed *w, const float *in, ptrdiff_t ld_in,
+                       float *out, ptrdiff_t ld_out, ptrdiff_t m);
+
+/* ---- activations ------------------------------------------------------------------------
+ * Codes (shared with fastrnn/activations.py): 0 sigmoid, 1 tanh, 2 relu, 3 affine,
+ * 4 hard_sigmoid, 5 leaky_relu, 6 thresholded_relu, 7 scaled_tanh, 8 elu, 9 softsign,
+ * 10 softplus, 11 exponential, 12 selu, 13 swish. */
+typedef struct {
+    int code;
+    float alpha;
+    float beta;
+} rnn_activation;
+
+/* x (n,) <- act(clip(x)), clip to [-clip, clip] first unless clip is inf */
+void rnn_activate(const rnn_activation *act, float clip, float *x, ptrdiff_t n);
+
+/* the options of a cell: activations [f, g, h] as in the README, clip, LSTM/GRU flags */
+typedef struct {
+    rnn_activation act[3];   /* f (gates), g (cell input / candidate), h (LSTM output) */
+    float clip;              /* pre-activation clip, inf = none */
+    int input_forget;        /* LSTM: ff = 1 - i */
+    int linear_before_reset; /* GRU: n = g(xp_n + r * (W_hn h + b_hn)) */
+} rnn_cell;
+
+/* ---- sequences --------------------------------------------------------------------------
+ * Where the steps come from and where the outputs go; shared by the three cells. */
+typedef struct {
+    ptrdiff_t batch;        /* B */
+    ptrdiff_t steps;        /* T */
+    const int64_t *lengths; /* (B,) in [0, T]: row b runs steps 0..len-1 */
+    int reverse;            /* 1: row b runs t = len-1 .. 0, outputs at original positions */
+    float *y;               /* (B, T, y_cols): columns [y_offset, y_offset + H_out) written,
+                               0 at t >= len */
+    ptrdiff_t y_cols;       /* Y */
+    ptrdiff_t y_offset;
+} rnn_sequence_io;
+
+typedef struct {
+    rnn_packed w_hh;        /* (4H <- H_out), gates i|f|g|o */
+    rnn_packed w_hr;        /* (H_out <- H) projection; data == NULL when proj_size == 0 */
+    const float *peephole;  /* (3, H) rows i|f|o, or NULL */
+} rnn_lstm_weights;
+
+typedef struct {
+    rnn_packed w_hh_rz;     /* (2H <- H), rows r|z of W_hh */
+    rnn_packed w_hh_n;      /* (H <- H), rows n of W_hh */
+    const float *b_hn;      /* (H,) */
+} rnn_gru_weights;
+
+/* h' = f(xp + W_hh h) over the whole sequence; returns 0, -1 if out of memory */
+int rnn_sequence_f32(const rnn_sequence_io *io,
+                     const float *xproj,        /* IN    (B, T, H) */
+                     const rnn_packed *w_hh,    /* IN    packed (H <- H) */
+                     float *h,                  /* INOUT (B, H) */
+                     const rnn_cell *cell);
+
+/* LSTM (README cell math) over the whole sequence; returns 0, -1 if out of memory */
+int lstm_sequence_f32(const rnn_sequence_io *io,
+                      const float *xproj,       /* IN    (B, T, 4H), gates i|f|g|o */
+                      const rnn_lstm_weights *w,
+                      float *h,                 /* INOUT (B, H_out) */
+                      float *c,                 /* INOUT (B, H) */
+                      const rnn_cell *cell);
+
+/* GRU (README cell math) over the whole sequence; returns 0, -1 if out of memory */
+int gru_sequence_f32(const rnn_sequence_io *io,
+                     const float *xproj,        /* IN    (B, T, 3H), gates r|z|n */
+                     const rnn_gru_weights *w,
+                     float *h,                  /* INOUT (B, H) */
+                     const rnn_cell *cell);
+
+/* ---- instruction set ----------------------------------------------------------------------
+ * 1 when the AVX2+FMA kernels are in use, 0 for plain C. rnn_select_simd(0) forces plain C
+ * (for tests), rnn_select_simd(1) goes back to what the CPU supports; returns the new value. */
+int rnn_simd_enabled(void);
+int rnn_select_simd(int allow);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* FASTRNN_RNN_CORE_H */
