@@ -31,12 +31,97 @@ BACKEND_NAMES = ("cython", "numba", "numpy")
 _KERNEL_MODULES = {"cython": "fastrnn.kernels._cykernels", "numba": "fastrnn.kernels.numba_kernels"}
 
 
+# -- threads ---------------------------------------------------------------------------------
+# Compiled backends split independent work (the two directions of a layer, blocks of batch rows)
+# across a persistent pool of worker threads; each kernel call releases the GIL. Every row's
+# result is bitwise identical however the batch is split, so results never depend on the thread
+# count. Idle workers block on a queue: no thread spins after a call returns.
+_num_threads = None
+_pool = None
+_pool_size = 0
+_pool_lock = threading.Lock()
+MIN_ROWS_PER_TASK = 4
+
+
+def _default_threads():
+    env = os.environ.get("FASTRNN_NUM_THREADS")
+    if env:
+        try:
+            n = int(env)
+        except ValueError:
+            raise ValueError(f"FASTRNN_NUM_THREADS must be a positive integer, got {env!r}") from None
+        if n >= 1:
+            return n
+        raise ValueError(f"FASTRNN_NUM_THREADS must be a positive integer, got {env!r}")
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def set_num_threads(n):
+    """Threads used by compiled backends from now on (default: all cores, or FASTRNN_NUM_THREADS)."""
+    global _num_threads
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"threads must be a positive integer, got {n!r}")
+    _num_threads = int(n)
+
+
+def get_num_threads():
+    global _num_threads
+    if _num_threads is None:
+        _num_threads = _default_threads()
+    return _num_threads
+
+
+def check_threads(threads):
+    """``threads`` argument of the API: None = the process setting; else a positive integer."""
+    if threads is None:
+        return get_num_threads()
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
+        raise ValueError(f"threads must be a positive integer, got {threads!r}")
+    return int(threads)
+
+
+def run_tasks(tasks, threads):
+    """Run zero-argument callables, using up to ``threads`` threads (the caller's included)."""
+    global _pool, _pool_size
+    if threads <= 1 or len(tasks) <= 1:
+        for t in tasks:
+            t()
+        return
+    with _pool_lock:
+        if _pool is None or _pool_size < threads - 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            old = _pool
+            _pool = ThreadPoolExecutor(max_workers=threads - 1, thread_name_prefix="fastrnn")
+            _pool_size = threads - 1
+            if old is not None:
+                old.shutdown(wait=False)
+        pool = _pool
+    # the calling thread takes every `threads`-th task itself; the pool runs the rest
+    futures = [pool.submit(t) for i, t in enumerate(tasks) if i % threads]
+    for i, t in enumerate(tasks):
+        if i % threads == 0:
+            t()
+    for f in futures:
+        f.result()
+
+
+def split_rows(batch, parts):
+    """Row blocks [(start, stop)] for ``parts`` workers, at least MIN_ROWS_PER_TASK rows each."""
+    parts = max(1, min(parts, batch // MIN_ROWS_PER_TASK))
+    edges = np.linspace(0, batch, parts + 1).astype(int)
+    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
+
+
 class NumpyBackend:
     """The reference implementation, used as a backend."""
 
     name = "numpy"
 
-    def recurrent(self, layer: Recurrent, x, lengths, state):
+    def recurrent(self, layer: Recurrent, x, lengths, state, threads=1):
         return reference.recurrent(layer, x, lengths, state)
 
 
@@ -89,7 +174,7 @@ class CompiledBackend:
         return (codes, params, clip, int(layer.input_forget), int(layer.linear_before_reset))
 
     # -- one layer ---------------------------------------------------------------------------
-    def recurrent(self, layer: Recurrent, x, lengths, state):
+    def recurrent(self, layer: Recurrent, x, lengths, state, threads=1):
         B, T, I = x.shape
         D, Ho, H, G = layer.num_directions, layer.output_size_per_direction, layer.hidden_size, layer.gates
         lengths = np.full(B, T, np.int64) if lengths is None else np.ascontiguousarray(lengths, np.int64)
@@ -103,22 +188,30 @@ class CompiledBackend:
         cell = self.cell_options(layer)
         y = np.empty((B, T, D * Ho), f32)
         x2 = x.reshape(B * T, I)
+        tasks = []
+        blocks = split_rows(B, max(1, threads // D))
         for d in range(D):
             p = self.packed(layer, d)
             xproj = (x2 @ p["w_ih_t"]).reshape(B, T, G * H)  # all steps in one GEMM
             xproj += p["bias"]
             backward = int(d == 1 or layer.reverse or layer.go_backwards)
-            h = h_all[d]
-            if layer.cell == "lstm":
-                self.kernels.lstm_sequence(xproj, p["w_hh"], p["w_hr"], p["peephole"], lengths, backward,
-                                           h, c_all[d], y, d * Ho, cell)
-            elif layer.cell == "gru":
-                self.kernels.gru_sequence(xproj, p["w_hh_rz"], p["w_hh_n"], p["b_hn"], lengths, backward,
-                                          h, y, d * Ho, cell)
-            else:
-                self.kernels.rnn_sequence(xproj, p["w_hh"], lengths, backward, h, y, d * Ho, cell)
+            for b0, b1 in blocks:
+                tasks.append(self._task(layer, p, xproj[b0:b1], lengths[b0:b1], backward, h_all[d, b0:b1],
+                                        None if c_all is None else c_all[d, b0:b1], y[b0:b1], d * Ho, cell))
+        run_tasks(tasks, threads)
         new_state = (h_all, c_all) if layer.cell == "lstm" else h_all
         return finish_recurrent(layer, y, h_all, lengths), new_state
+
+    def _task(self, layer, p, xproj, lengths, backward, h, c, y, y_offset, cell):
+        """One kernel call over a block of rows of one direction (row slices stay C-contiguous)."""
+        k = self.kernels
+        if layer.cell == "lstm":
+            return lambda: k.lstm_sequence(xproj, p["w_hh"], p["w_hr"], p["peephole"], lengths, backward,
+                                           h, c, y, y_offset, cell)
+        if layer.cell == "gru":
+            return lambda: k.gru_sequence(xproj, p["w_hh_rz"], p["w_hh_n"], p["b_hn"], lengths, backward,
+                                          h, y, y_offset, cell)
+        return lambda: k.rnn_sequence(xproj, p["w_hh"], lengths, backward, h, y, y_offset, cell)
 
 
 def finish_recurrent(layer: Recurrent, y, h_all, lengths):

@@ -175,3 +175,28 @@ def test_empty_batch_and_zero_steps(backend, rng):
     y, st = model.predict(np.zeros((2, 0, 5), np.float32), return_state=True, backend=backend)
     assert y.shape == (2, 0, 14)
     assert not np.any(st[0][0])
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_thread_count_does_not_change_results(compiled_backend, cell, bidirectional):
+    rng = np.random.default_rng(21)
+    model = fastrnn.Model([random_recurrent(rng, cell, input_size=6, hidden_size=40, bidirectional=bidirectional)])
+    x = rng.standard_normal((37, 20, 6)).astype(np.float32)
+    lengths = rng.integers(0, 21, 37)
+    one = model.predict(x, lengths=lengths, threads=1, backend=compiled_backend, return_state=True)
+    for threads in (2, 3, 8):
+        many = model.predict(x, lengths=lengths, threads=threads, backend=compiled_backend, return_state=True)
+        assert np.array_equal(one[0], many[0]), threads
+        for a, b in zip(np.atleast_1d(one[1][0]), np.atleast_1d(many[1][0])):
+            assert np.array_equal(a, b)
+
+
+def test_threads_argument_validated(rng):
+    model = fastrnn.Model([random_recurrent(rng, "gru")])
+    x = np.zeros((1, 2, 5), np.float32)
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="threads"):
+            model.predict(x, threads=bad)
+    with pytest.raises(ValueError, match="threads"):
+        fastrnn.set_num_threads(0)
