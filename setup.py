@@ -37,6 +37,13 @@ extensions = [
         extra_compile_args=C_FLAGS,
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     ),
+    Extension(
+        "fastrnn.kernels._cygenerate",
+        sources=["kernels/_cygenerate.pyx", "kernels/generate_core.c", "kernels/rnn_core.c"],
+        include_dirs=[numpy.get_include(), "kernels"],
+        extra_compile_args=C_FLAGS,
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+    ),
 ]
 
 setup(

@@ -1,0 +1,845 @@
+/* generate_core.c — the compiled generation loop (declarations and contract: generate_core.h).
+ *
+ * Sections, in order:
+ *   1. random numbers: SplitMix64
+ *   2. logit processing and the sampler (repetition penalty, temperature, top-k, top-p, inverse CDF)
+ *   3. the matrix multiply: float32 (rnn_core), float16 (F16C) or int8 weights
+ *   4. workspace layout
+ *   5. one recurrent layer for the rows being fed, and the output Dense
+ *   6. the lockstep generation loop
+ *
+ * The sampler works in float64 and follows fastrnn/generate.py's NumPy reference operation by
+ * operation (same sums in the same order), so the same logits and seed give the same token.
+ */
+#include "generate_core.h"
+
+#include <math.h>
+#include <string.h>
+
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define GEN_X86 1
+#else
+#define GEN_X86 0
+#endif
+
+/* ============================================================================================
+ * 1. random numbers
+ * ========================================================================================== */
+
+double gen_uniform(uint64_t *state)
+{
+    uint64_t z = (*state += 0x9E3779B97F4A7C15ULL);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    z ^= z >> 31;
+    return (double)(z >> 11) * (1.0 / 9007199254740992.0); /* 2^-53 */
+}
+
+/* ============================================================================================
+ * 2. logit processing and the sampler
+ * ========================================================================================== */
+
+/* the value at position idx of a (n,) sorted ascending; a is reordered (Hoare quickselect) */
+static double select_nth(double *a, ptrdiff_t n, ptrdiff_t idx)
+{
+    ptrdiff_t lo = 0, hi = n - 1;
+    while (lo < hi) {
+        const ptrdiff_t mid = lo + (hi - lo) / 2;
+        double x = a[lo], y = a[mid], z = a[hi], pivot;
+        if (x < y)
+            pivot = y < z ? y : (x < z ? z : x);
+        else
+            pivot = x < z ? x : (y < z ? z : y);
+        ptrdiff_t i = lo, j = hi;
+        while (i <= j) {
+            while (i <= hi && a[i] < pivot)
+                i++;
+            while (j >= lo && a[j] > pivot)
+                j--;
+            if (i <= j) {
+                double t = a[i];
+                a[i] = a[j];
+                a[j] = t;
+                i++;
+                j--;
+            }
+        }
+        if (idx <= j)
+            hi = j;
+        else if (idx >= i)
+            lo = i;
+        else
+            return a[idx]; /* j < idx < i: equal to the pivot */
+    }
+    return a[idx];
+}
+
+/* max-heap of indices keyed by key[]: move heap[at] down to its place among n entries */
+static void sift_down(ptrdiff_t *heap, ptrdiff_t n, ptrdiff_t at, const double *key)
+{
+    const ptrdiff_t item = heap[at];
+    for (;;) {
+        ptrdiff_t child = 2 * at + 1;
+        if (child >= n)
+            break;
+        if (child + 1 < n && key[heap[child + 1]] > key[heap[child]])
+            child++;
+        if (key[heap[child]] <= key[item])
+            break;
+        heap[at] = heap[child];
+        at = child;
+    }
+    heap[at] = item;
+}
+
+void gen_process_logits(const float *logits, const uint8_t *seen, ptrdiff_t V, const gen_sampling *s,
+                        gen_sample_scratch *w)
+{
+    double *y = w->y, *e = w->e;
+    const double penalty = s->repetition_penalty, T = s->temperature;
+    /* repetition penalty (CTRL): a seen token's positive logit / penalty, negative * penalty */
+    for (ptrdiff_t i = 0; i < V; i++) {
+        double x = (double)logits[i];
+        if (seen && penalty != 1.0 && seen[i])
+            x = x > 0.0 ? x / penalty : x * penalty;
+        y[i] = x;
+    }
+    if (T == 0.0) /* greedy: the penalised logits are all that matters */
+        return;
+    /* temperature: y = (x - max x) / T  (the shift keeps exp finite for a tiny T) */
+    double top = y[0];
+    for (ptrdiff_t i = 1; i < V; i++)
+        if (y[i] > top)
+            top = y[i];
+    for (ptrdiff_t i = 0; i < V; i++)
+        y[i] = (y[i] - top) / T;
+    /* top-k: keep y >= the k-th largest (ties kept) */
+    if (s->top_k > 0 && s->top_k < V) {
+        memcpy(w->tmp, y, (size_t)V * sizeof(double));
+        const double kth = select_nth(w->tmp, V, V - s->top_k);
+        for (ptrdiff_t i = 0; i < V; i++)
+            if (y[i] < kth)
+                y[i] = -INFINITY;
+    }
+    double Z = 0.0; /* in index order, like the reference's cumsum */
+    for (ptrdiff_t i = 0; i < V; i++) {
+        e[i] = exp(y[i]);
+        Z += e[i];
+    }
+    /* top-p: walk the tokens by decreasing e; the first whose running sum reaches p * Z is the
+     * last kept (with its ties); if rounding never reaches it, everything stays */
+    if (s->top_p < 1.0) {
+        const double target = s->top_p * Z;
+        ptrdiff_t n = 0;
+        for (ptrdiff_t i = 0; i < V; i++)
+            if (e[i] > 0.0)
+                w->heap[n++] = i;
+        for (ptrdiff_t at = n / 2 - 1; at >= 0; at--)
+            sift_down(w->heap, n, at, e);
+        double cum = 0.0, threshold = -1.0;
+        while (n > 0) {
+            const ptrdiff_t best = w->heap[0];
+            cum += e[best];
+            if (cum >= target) {
+                threshold = e[best];
+                break;
+            }
+            w->heap[0] = w->heap[--n];
+            sift_down(w->heap, n, 0, e);
+        }
+        if (threshold > 0.0)
+            for (ptrdiff_t i = 0; i < V; i++)
+                if (e[i] < threshold) {
+                    e[i] = 0.0;
+                    y[i] = -INFINITY;
+                }
+    }
+}
+
+int32_t gen_sample_token(const float *logits, const uint8_t *seen, ptrdiff_t V, const gen_sampling *s,
+                         uint64_t *rng, gen_sample_scratch *w)
+{
+    gen_process_logits(logits, seen, V, s, w);
+    const double *y = w->y, *e = w->e;
+    if (s->temperature == 0.0) { /* greedy: the first largest */
+        ptrdiff_t best = 0;
+        for (ptrdiff_t i = 1; i < V; i++)
+            if (y[i] > y[best])
+                best = i;
+        return (int32_t)best;
+    }
+    /* inverse CDF: the first token whose running sum exceeds u * (sum of e) */
+    const double u = gen_uniform(rng);
+    double total = 0.0;
+    for (ptrdiff_t i = 0; i < V; i++)
+        total += e[i];
+    const double target = u * total;
+    double cum = 0.0;
+    ptrdiff_t last = 0;
+    for (ptrdiff_t i = 0; i < V; i++) {
+        if (e[i] > 0.0) {
+            cum += e[i];
+            last = i;
+            if (cum > target)
+                return (int32_t)i;
+        }
+    }
+    return (int32_t)last; /* u * total rounded up to total: the last token with weight */
+}
+
+/* ============================================================================================
+ * 3. the matrix multiply
+ * ========================================================================================== */
+
+#if GEN_X86
+#define GEN_HALF __attribute__((target("avx2,fma,f16c")))
+#define GEN_HALF_INLINE __attribute__((target("avx2,fma,f16c"), always_inline)) inline
+
+static int half_state = -1; /* -1: not decided, 0: no F16C, 1: F16C */
+
+static int half_supported(void)
+{
+    if (half_state < 0) {
+        __builtin_cpu_init();
+        half_state = __builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx2") &&
+                     __builtin_cpu_supports("fma");
+    }
+    return half_state && rnn_simd_enabled(); /* rnn_select_simd(0) turns this path off too */
+}
+
+static GEN_HALF_INLINE __m256i lanes(ptrdiff_t count) /* lanes [0, count) set, count in 1..8 */
+{
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)count), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+/* out (MR, NPG*16) += in (MR, K) @ NPG half panels, each (K, 16): for every k, the panel rows
+ * are converted to floats and fused-multiply-added into accumulators that were loaded from out,
+ * k = 0 .. K-1 in order: the chain rnn_core's AVX2 kernel computes for the same values.
+ * Only NPG == 1 handles a partial last panel (valid < 16). */
+static GEN_HALF_INLINE void half_tile(const int MR, const int NPG, const uint16_t *panel, ptrdiff_t panel_stride,
+                                      ptrdiff_t K, const float *in, ptrdiff_t ld_in, float *out, ptrdiff_t ld_out,
+                                      ptrdiff_t valid)
+{
+    __m256 acc[4][8];
+    const int full = valid >= RNN_PANEL;
+    const __m256i mask0 = lanes(valid > 8 ? 8 : valid), mask1 = lanes(valid > 8 ? valid - 8 : 1);
+    for (int r = 0; r < MR; r++)
+        for (int g = 0; g < NPG; g++) {
+            float *o = out + r * ld_out + g * RNN_PANEL;
+            if (full) {
+                acc[r][2 * g] = _mm256_loadu_ps(o);
+                acc[r][2 * g + 1] = _mm256_loadu_ps(o + 8);
+            } else {
+                acc[r][2 * g] = _mm256_maskload_ps(o, mask0);
+                acc[r][2 * g + 1] = valid > 8 ? _mm256_maskload_ps(o + 8, mask1) : _mm256_setzero_ps();
+            }
+        }
+    for (ptrdiff_t k = 0; k < K; k++) {
+        __m256 wv[8];
+        for (int g = 0; g < NPG; g++) {
+            const __m256i both = _mm256_loadu_si256((const __m256i *)(panel + g * panel_stride + k * RNN_PANEL));
+            wv[2 * g] = _mm256_cvtph_ps(_mm256_castsi256_si128(both));
+            wv[2 * g + 1] = _mm256_cvtph_ps(_mm256_extracti128_si256(both, 1));
+        }
+        for (int r = 0; r < MR; r++) {
+            const __m256 a = _mm256_broadcast_ss(in + r * ld_in + k);
+            for (int v = 0; v < 2 * NPG; v++)
+                acc[r][v] = _mm256_fmadd_ps(a, wv[v], acc[r][v]);
+        }
+    }
+    for (int r = 0; r < MR; r++)
+        for (int g = 0; g < NPG; g++) {
+            float *o = out + r * ld_out + g * RNN_PANEL;
+            if (full) {
+                _mm256_storeu_ps(o, acc[r][2 * g]);
+                _mm256_storeu_ps(o + 8, acc[r][2 * g + 1]);
+            } else {
+                _mm256_maskstore_ps(o, mask0, acc[r][2 * g]);
+                if (valid > 8)
+                    _mm256_maskstore_ps(o + 8, mask1, acc[r][2 * g + 1]);
+            }
+        }
+}
+
+/* MR rows over every panel: NPG panels at a time while whole groups fit, then one at a time */
+#define HALF_ROWS(MR, NPG)                                                                        \
+    static GEN_HALF void half_rows_##MR(const gen_matrix *w, const float *in, ptrdiff_t ld_in, float *out, \
+                                        ptrdiff_t ld_out)                                         \
+    {                                                                                             \
+        const ptrdiff_t N = w->f32.rows, K = w->f32.cols, stride = K * RNN_PANEL;                 \
+        const ptrdiff_t full_panels = N / RNN_PANEL, panels = (N + RNN_PANEL - 1) / RNN_PANEL;    \
+        ptrdiff_t p = 0;                                                                          \
+        for (; p + NPG <= full_panels; p += NPG)                                                  \
+            half_tile(MR, NPG, w->half + p * stride, stride, K, in, ld_in, out + p * RNN_PANEL, ld_out, \
+                      RNN_PANEL);                                                                 \
+        for (; p < panels; p++)                                                                   \
+            half_tile(MR, 1, w->half + p * stride, stride, K, in, ld_in, out + p * RNN_PANEL, ld_out, \
+                      N - p * RNN_PANEL);                                                         \
+    }
+HALF_ROWS(1, 4)
+HALF_ROWS(2, 2)
+HALF_ROWS(3, 2)
+HALF_ROWS(4, 1)
+
+/* int8: acc (MR, NPG*16) int32 = q (NPG pair panels) @ xq (MR, K2) int16, exact; then
+ * out = out + float(acc) * (scale * xs[r]). One vpmaddwd per 8 outputs and pair of inputs. */
+static GEN_HALF_INLINE void int8_tile(const int MR, const int NPG, const int8_t *panel, ptrdiff_t panel_stride,
+                                      ptrdiff_t K2, const int16_t *xq, const float *xs, float *out,
+                                      ptrdiff_t ld_out, ptrdiff_t valid, const float *scale)
+{
+    __m256i acc[4][8];
+    for (int r = 0; r < MR; r++)
+        for (int v = 0; v < 2 * NPG; v++)
+            acc[r][v] = _mm256_setzero_si256();
+    for (ptrdiff_t k2 = 0; k2 < K2 / 2; k2++) {
+        __m256i wv[8];
+        for (int g = 0; g < NPG; g++) {
+            const int8_t *p = panel + g * panel_stride + k2 * 2 * RNN_PANEL;
+            wv[2 * g] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)p));
+            wv[2 * g + 1] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(p + 16)));
+        }
+        for (int r = 0; r < MR; r++) {
+            int32_t pair;
+            memcpy(&pair, xq + r * K2 + 2 * k2, sizeof pair);
+            const __m256i xp = _mm256_set1_epi32(pair);
+            for (int v = 0; v < 2 * NPG; v++)
+                acc[r][v] = _mm256_add_epi32(acc[r][v], _mm256_madd_epi16(wv[v], xp));
+        }
+    }
+    const int full = valid >= RNN_PANEL;
+    const __m256i mask0 = lanes(valid > 8 ? 8 : valid), mask1 = lanes(valid > 8 ? valid - 8 : 1);
+    for (int r = 0; r < MR; r++) {
+        const __m256 sx = _mm256_set1_ps(xs[r]);
+        for (int g = 0; g < NPG; g++) {
+            float *o = out + r * ld_out + g * RNN_PANEL;
+            const __m256 w0 = _mm256_mul_ps(_mm256_loadu_ps(scale + g * RNN_PANEL), sx);
+            const __m256 w1 = _mm256_mul_ps(_mm256_loadu_ps(scale + g * RNN_PANEL + 8), sx);
+            const __m256 t0 = _mm256_mul_ps(_mm256_cvtepi32_ps(acc[r][2 * g]), w0);
+            const __m256 t1 = _mm256_mul_ps(_mm256_cvtepi32_ps(acc[r][2 * g + 1]), w1);
+            if (full) {
+                _mm256_storeu_ps(o, _mm256_add_ps(_mm256_loadu_ps(o), t0));
+                _mm256_storeu_ps(o + 8, _mm256_add_ps(_mm256_loadu_ps(o + 8), t1));
+            } else {
+                _mm256_maskstore_ps(o, mask0, _mm256_add_ps(_mm256_maskload_ps(o, mask0), t0));
+                if (valid > 8)
+                    _mm256_maskstore_ps(o + 8, mask1, _mm256_add_ps(_mm256_maskload_ps(o + 8, mask1), t1));
+            }
+        }
+    }
+}
+
+/* MR rows over every panel of an int8 matrix */
+#define INT8_ROWS(MR, NPG)                                                                        \
+    static GEN_HALF void int8_rows_##MR(const gen_matrix *w, const int16_t *xq, const float *xs, float *out, \
+                                        ptrdiff_t ld_out)                                         \
+    {                                                                                             \
+        const ptrdiff_t N = w->f32.rows, K2 = (w->f32.cols + 1) / 2 * 2, stride = K2 * RNN_PANEL; \
+        const ptrdiff_t full_panels = N / RNN_PANEL, panels = (N + RNN_PANEL - 1) / RNN_PANEL;    \
+        ptrdiff_t p = 0;                                                                          \
+        for (; p + NPG <= full_panels; p += NPG)                                                  \
+            int8_tile(MR, NPG, w->q8 + p * stride, stride, K2, xq, xs, out + p * RNN_PANEL, ld_out, RNN_PANEL, \
+                      w->scale + p * RNN_PANEL);                                                  \
+        for (; p < panels; p++)                                                                   \
+            int8_tile(MR, 1, w->q8 + p * stride, stride, K2, xq, xs, out + p * RNN_PANEL, ld_out, \
+                      N - p * RNN_PANEL, w->scale + p * RNN_PANEL);                               \
+    }
+INT8_ROWS(1, 4)
+INT8_ROWS(2, 2)
+INT8_ROWS(3, 2)
+INT8_ROWS(4, 1)
+
+/* many rows: panel by panel, so that a panel stays in L1 while every block of rows reads it */
+static GEN_HALF void int8_many(const gen_matrix *w, const int16_t *xq, const float *xs, float *out,
+                               ptrdiff_t ld_out, ptrdiff_t m)
+{
+    const ptrdiff_t N = w->f32.rows, K2 = (w->f32.cols + 1) / 2 * 2, stride = K2 * RNN_PANEL;
+    const ptrdiff_t panels = (N + RNN_PANEL - 1) / RNN_PANEL;
+    for (ptrdiff_t p = 0; p < panels; p++) {
+        const int8_t *panel = w->q8 + p * stride;
+        const ptrdiff_t valid = N - p * RNN_PANEL < RNN_PANEL ? N - p * RNN_PANEL : RNN_PANEL;
+        const float *scale = w->scale + p * RNN_PANEL;
+        float *o = out + p * RNN_PANEL;
+        ptrdiff_t r = 0;
+        for (; r + 4 <= m; r += 4)
+            int8_tile(4, 1, panel, stride, K2, xq + r * K2, xs + r, o + r * ld_out, ld_out, valid, scale);
+        switch (m - r) {
+        case 1: int8_tile(1, 1, panel, stride, K2, xq + r * K2, xs + r, o + r * ld_out, ld_out, valid, scale); break;
+        case 2: int8_tile(2, 1, panel, stride, K2, xq + r * K2, xs + r, o + r * ld_out, ld_out, valid, scale); break;
+        case 3: int8_tile(3, 1, panel, stride, K2, xq + r * K2, xs + r, o + r * ld_out, ld_out, valid, scale); break;
+        default: break;
+        }
+    }
+}
+#endif
+
+int32_t gen_int8_xmax(ptrdiff_t K)
+{
+    const ptrdiff_t K2 = (K + 1) / 2 * 2;
+    const int64_t limit = (int64_t)2147483647 / (127 * (int64_t)(K2 > 0 ? K2 : 1));
+    return (int32_t)(limit < 32767 ? limit : 32767);
+}
+
+/* x (K,) -> q (K,) int16 and its scale s: s = max|x| / xmax, q = clamp(rint(x / s)) (0 if s = 0) */
+static float quantize_plain(const float *x, ptrdiff_t K, float xmax, int16_t *q)
+{
+    float top = 0.0f;
+    for (ptrdiff_t k = 0; k < K; k++) {
+        const float a = fabsf(x[k]);
+        top = a > top ? a : top;
+    }
+    const float s = top / xmax;
+    for (ptrdiff_t k = 0; k < K; k++) {
+        float v = s > 0.0f ? rintf(x[k] / s) : 0.0f;
+        v = v > xmax ? xmax : (v < -xmax ? -xmax : v);
+        q[k] = (int16_t)v;
+    }
+    return s;
+}
+
+#if GEN_X86
+/* the same numbers, 16 at a time (the division and the rounding are exact IEEE operations) */
+static GEN_HALF float quantize_avx2(const float *x, ptrdiff_t K, float xmax, int16_t *q)
+{
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    __m256 vtop = _mm256_setzero_ps();
+    ptrdiff_t k = 0;
+    for (; k + 8 <= K; k += 8)
+        vtop = _mm256_max_ps(vtop, _mm256_andnot_ps(sign, _mm256_loadu_ps(x + k)));
+    float lanes_top[8], top = 0.0f;
+    _mm256_storeu_ps(lanes_top, vtop);
+    for (int j = 0; j < 8; j++)
+        top = lanes_top[j] > top ? lanes_top[j] : top;
+    for (; k < K; k++) {
+        const float a = fabsf(x[k]);
+        top = a > top ? a : top;
+    }
+    const float s = top / xmax;
+    if (!(s > 0.0f)) {
+        memset(q, 0, (size_t)K * sizeof(int16_t));
+        return s;
+    }
+    const __m256 vs = _mm256_set1_ps(s), hi = _mm256_set1_ps(xmax), lo = _mm256_set1_ps(-xmax);
+    for (k = 0; k + 16 <= K; k += 16) {
+        __m256 a = _mm256_round_ps(_mm256_div_ps(_mm256_loadu_ps(x + k), vs), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        __m256 b = _mm256_round_ps(_mm256_div_ps(_mm256_loadu_ps(x + k + 8), vs),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        a = _mm256_min_ps(hi, _mm256_max_ps(lo, a));
+        b = _mm256_min_ps(hi, _mm256_max_ps(lo, b));
+        const __m256i packed = _mm256_packs_epi32(_mm256_cvtps_epi32(a), _mm256_cvtps_epi32(b));
+        _mm256_storeu_si256((__m256i *)(q + k), _mm256_permute4x64_epi64(packed, 0xD8));
+    }
+    for (; k < K; k++) {
+        float v = rintf(x[k] / s);
+        v = v > xmax ? xmax : (v < -xmax ? -xmax : v);
+        q[k] = (int16_t)v;
+    }
+    return s;
+}
+#endif
+
+/* xq (m, K2) int16, xs (m,) <- the int8 form's quantization of in (m, K) */
+static void quantize_rows(const float *in, ptrdiff_t ld_in, ptrdiff_t m, ptrdiff_t K, int16_t *xq, float *xs)
+{
+    const ptrdiff_t K2 = (K + 1) / 2 * 2;
+    const float xmax = (float)gen_int8_xmax(K);
+    for (ptrdiff_t r = 0; r < m; r++) {
+        int16_t *q = xq + r * K2;
+#if GEN_X86
+        if (rnn_simd_enabled())
+            xs[r] = quantize_avx2(in + r * ld_in, K, xmax, q);
+        else
+#endif
+            xs[r] = quantize_plain(in + r * ld_in, K, xmax, q);
+        if (K2 > K)
+            q[K] = 0;
+    }
+}
+
+/* out (m, N) += int8 W @ in, plain C: the same integers, the same two float operations */
+static void int8_plain(const gen_matrix *w, const int16_t *xq, const float *xs, float *out, ptrdiff_t ld_out,
+                       ptrdiff_t m)
+{
+    const ptrdiff_t N = w->f32.rows, K2 = (w->f32.cols + 1) / 2 * 2, panels = (N + RNN_PANEL - 1) / RNN_PANEL;
+    for (ptrdiff_t p = 0; p < panels; p++) {
+        const int8_t *panel = w->q8 + p * K2 * RNN_PANEL;
+        const ptrdiff_t n0 = p * RNN_PANEL, valid = N - n0 < RNN_PANEL ? N - n0 : RNN_PANEL;
+        for (ptrdiff_t r = 0; r < m; r++) {
+            int32_t acc[RNN_PANEL] = {0};
+            const int16_t *x = xq + r * K2;
+            for (ptrdiff_t k2 = 0; k2 < K2 / 2; k2++)
+                for (int j = 0; j < RNN_PANEL; j++)
+                    acc[j] += panel[(k2 * RNN_PANEL + j) * 2] * x[2 * k2] +
+                              panel[(k2 * RNN_PANEL + j) * 2 + 1] * x[2 * k2 + 1];
+            float *o = out + r * ld_out + n0;
+            for (ptrdiff_t j = 0; j < valid; j++) {
+                const float ws = w->scale[n0 + j] * xs[r];
+                const float t = (float)acc[j] * ws;
+                o[j] = o[j] + t;
+            }
+        }
+    }
+}
+
+void gen_matmul(const gen_matrix *w, const float *in, ptrdiff_t ld_in, float *out, ptrdiff_t ld_out, ptrdiff_t m,
+                int16_t *xq, float *xs)
+{
+    if (m <= 0 || w->f32.rows <= 0)
+        return;
+    if (w->q8) {
+        quantize_rows(in, ld_in, m, w->f32.cols, xq, xs);
+#if GEN_X86
+        if (rnn_simd_enabled()) {
+            switch (m) {
+            case 1: int8_rows_1(w, xq, xs, out, ld_out); break;
+            case 2: int8_rows_2(w, xq, xs, out, ld_out); break;
+            case 3: int8_rows_3(w, xq, xs, out, ld_out); break;
+            case 4: int8_rows_4(w, xq, xs, out, ld_out); break;
+            default: int8_many(w, xq, xs, out, ld_out, m); break;
+            }
+            return;
+        }
+#endif
+        int8_plain(w, xq, xs, out, ld_out, m);
+        return;
+    }
+#if GEN_X86
+    if (w->half && m <= GEN_SMALL_ROWS && half_supported()) {
+        switch (m) {
+        case 1: half_rows_1(w, in, ld_in, out, ld_out); return;
+        case 2: half_rows_2(w, in, ld_in, out, ld_out); return;
+        case 3: half_rows_3(w, in, ld_in, out, ld_out); return;
+        default: half_rows_4(w, in, ld_in, out, ld_out); return;
+        }
+    }
+#endif
+    rnn_matmul_packed(&w->f32, in, ld_in, out, ld_out, m);
+}
+
+/* ============================================================================================
+ * 4. workspace layout
+ * ========================================================================================== */
+
+typedef struct {
+    float *xin;        /* (B, k_max) gathered matmul inputs */
+    float *gates;      /* (B, g_max) one step's pre-activations */
+    float *ext1;       /* (B, x_max) GRU W_hn h (+ b_hn); LSTM m before the projection */
+    float *ext2;       /* (B, x_max) GRU r * h; LSTM projected h */
+    float *dense_out;  /* (B, V) */
+    int16_t *xq;       /* (B, k2_max) int8 form: quantized inputs */
+    float *xs;         /* (B,) their scales */
+    ptrdiff_t *rows;   /* (B,) rows fed this step */
+    ptrdiff_t *lrows;  /* (B,) rows that compute logits this step */
+    int32_t *inputs;   /* (B,) their input tokens */
+    gen_sample_scratch sampler;
+    ptrdiff_t k_max, g_max;
+} workspace;
+
+static size_t align64(size_t n) { return (n + 63) / 64 * 64; }
+
+/* sizes (and, when base != NULL, pointers) of the workspace; returns the total bytes */
+static size_t layout(const gen_model *m, ptrdiff_t B, workspace *w, char *base)
+{
+    ptrdiff_t k_max = 1, g_max = 1, x_max = 1;
+    for (ptrdiff_t l = 0; l < m->n_layers; l++) {
+        const gen_layer *L = &m->layers[l];
+        const ptrdiff_t G = L->cell == GEN_LSTM ? 4 : (L->cell == GEN_GRU ? 3 : 1);
+        const ptrdiff_t k = L->input_size + L->output_size;
+        k_max = k > k_max ? k : k_max;
+        g_max = G * L->hidden_size > g_max ? G * L->hidden_size : g_max;
+        x_max = L->hidden_size > x_max ? L->hidden_size : x_max;
+        x_max = L->output_size > x_max ? L->output_size : x_max;
+    }
+    const ptrdiff_t V = m->vocab_size;
+    size_t off = 0;
+#define TAKE(field, type, count)                                  \
+    do {                                                          \
+        if (base)                                                 \
+            w->field = (type *)(base + off);                      \
+        off += align64((size_t)(count) * sizeof(type));           \
+    } while (0)
+    TAKE(xin, float, B * k_max);
+    TAKE(gates, float, B * g_max);
+    TAKE(ext1, float, B * x_max);
+    TAKE(ext2, float, B * x_max);
+    TAKE(dense_out, float, B * V);
+    TAKE(xq, int16_t, B * ((k_max > x_max ? k_max : x_max) + 1));
+    TAKE(xs, float, B);
+    TAKE(rows, ptrdiff_t, B);
+    TAKE(lrows, ptrdiff_t, B);
+    TAKE(inputs, int32_t, B);
+    TAKE(sampler.y, double, V);
+    TAKE(sampler.e, double, V);
+    TAKE(sampler.tmp, double, V);
+    TAKE(sampler.heap, ptrdiff_t, V);
+#undef TAKE
+    if (base) {
+        w->k_max = k_max;
+        w->g_max = g_max;
+    }
+    return off;
+}
+
+size_t gen_workspace_bytes(const gen_model *m, ptrdiff_t batch)
+{
+    return layout(m, batch, NULL, NULL);
+}
+
+/* ============================================================================================
+ * 5. one layer, and the output Dense
+ * ========================================================================================== */
+
+/* Denormals flushed to zero while the layers run (x86 MXCSR, this thread), restored before
+ * the sampler so that its float64 arithmetic is the reference's. */
+static unsigned denormals_off(void)
+{
+#if GEN_X86 && defined(__SSE__)
+    unsigned saved = _mm_getcsr();
+    _mm_setcsr(saved | 0x8040); /* FTZ | DAZ */
+    return saved;
+#else
+    return 0;
+#endif
+}
+
+static void denormals_restore(unsigned saved)
+{
+#if GEN_X86 && defined(__SSE__)
+    _mm_setcsr(saved);
+#else
+    (void)saved;
+#endif
+}
+
+/* One LSTM row after the matmul: a (4H) pre-activations i|f|g|o, c (H) INOUT, m (H) OUT =
+ * o * h(c'). a is overwritten. (kernels/README.md cell math) */
+static void lstm_pointwise(float *a, float *c, float *m, const float *peephole, const rnn_cell *cell,
+                           ptrdiff_t H)
+{
+    float *a_i = a, *a_f = a + H, *a_g = a + 2 * H, *a_o = a + 3 * H;
+    const rnn_activation *f = &cell->act[0], *g = &cell->act[1], *hact = &cell->act[2];
+    if (peephole) { /* i = f(a_i + p_i c), ff = f(a_f + p_f c) */
+        for (ptrdiff_t j = 0; j < H; j++)
+            a_i[j] += peephole[j] * c[j];
+        if (!cell->input_forget)
+            for (ptrdiff_t j = 0; j < H; j++)
+                a_f[j] += peephole[H + j] * c[j];
+    }
+    if (cell->input_forget) { /* ff = 1 - i */
+        rnn_activate(f, cell->clip, a_i, H);
+        for (ptrdiff_t j = 0; j < H; j++)
+            a_f[j] = 1.0f - a_i[j];
+    } else {
+        rnn_activate(f, cell->clip, a_i, 2 * H); /* i and f blocks are adjacent */
+    }
+    rnn_activate(g, cell->clip, a_g, H);
+    for (ptrdiff_t j = 0; j < H; j++) /* c' = ff*c + i*g */
+        c[j] = a_f[j] * c[j] + a_i[j] * a_g[j];
+    if (peephole) /* o = f(a_o + p_o c') */
+        for (ptrdiff_t j = 0; j < H; j++)
+            a_o[j] += peephole[2 * H + j] * c[j];
+    rnn_activate(f, cell->clip, a_o, H);
+    memcpy(a_g, c, (size_t)H * sizeof(float)); /* m = o * h(c'), not clipped */
+    rnn_activate(hact, INFINITY, a_g, H);
+    for (ptrdiff_t j = 0; j < H; j++)
+        m[j] = a_o[j] * a_g[j];
+}
+
+/* layer L for the n rows in w->rows (inputs w->inputs); prev = the layer below or NULL */
+static void layer_step(const gen_model *m, const gen_layer *L, const gen_layer *prev, float *state,
+                       workspace *w, ptrdiff_t n)
+{
+    const ptrdiff_t S = m->state_size, H = L->hidden_size, H_out = L->output_size;
+    const ptrdiff_t I = prev ? L->input_size : 0, K = I + H_out;
+    const ptrdiff_t G = L->cell == GEN_LSTM ? 4 : (L->cell == GEN_GRU ? 3 : 1), NG = G * H;
+    const ptrdiff_t NA = L->w_a.f32.rows;
+    /* gates <- W_ih x + biases: a table row for the first layer, the bias otherwise */
+    for (ptrdiff_t i = 0; i < n; i++) {
+        float *g = w->gates + i * NG;
+        if (!prev) {
+            memcpy(g, m->table + (ptrdiff_t)w->inputs[i] * NG, (size_t)NG * sizeof(float));
+            continue;
+        }
+        if (L->b_a)
+            memcpy(g, L->b_a, (size_t)NA * sizeof(float));
+        else
+            memset(g, 0, (size_t)NA * sizeof(float));
+        if (L->cell == GEN_GRU) {
+            if (L->b_xn)
+                memcpy(g + 2 * H, L->b_xn, (size_t)H * sizeof(float));
+            else
+                memset(g + 2 * H, 0, (size_t)H * sizeof(float));
+        }
+    }
+    /* xin <- [x | h] per row (x = the new h of the layer below) */
+    for (ptrdiff_t i = 0; i < n; i++) {
+        const float *st = state + w->rows[i] * S;
+        float *x = w->xin + i * K;
+        if (prev)
+            memcpy(x, st + prev->h_offset, (size_t)I * sizeof(float));
+        memcpy(x + I, st + L->h_offset, (size_t)H_out * sizeof(float));
+    }
+    /* gates[:, :NA] += W_a [x | h];  GRU: gates[:, 2H:] += W_in x */
+    gen_matmul(&L->w_a, w->xin, K, w->gates, NG, n, w->xq, w->xs);
+    if (L->cell == GEN_GRU && prev)
+        gen_matmul(&L->w_xn, w->xin, K, w->gates + 2 * H, NG, n, w->xq, w->xs);
+
+    if (L->cell == GEN_RNN) { /* h' = f(a) */
+        for (ptrdiff_t i = 0; i < n; i++) {
+            float *a = w->gates + i * NG;
+            rnn_activate(&L->opts.act[0], L->opts.clip, a, H);
+            memcpy(state + w->rows[i] * S + L->h_offset, a, (size_t)H * sizeof(float));
+        }
+        return;
+    }
+    if (L->cell == GEN_LSTM) {
+        const int proj = L->w_hr.f32.rows > 0;
+        for (ptrdiff_t i = 0; i < n; i++) {
+            float *st = state + w->rows[i] * S;
+            lstm_pointwise(w->gates + i * NG, st + L->c_offset, proj ? w->ext1 + i * H : st + L->h_offset,
+                           L->peephole, &L->opts, H);
+        }
+        if (proj) { /* h' = W_hr m */
+            memset(w->ext2, 0, (size_t)(n * H_out) * sizeof(float));
+            gen_matmul(&L->w_hr, w->ext1, H, w->ext2, H_out, n, w->xq, w->xs);
+            for (ptrdiff_t i = 0; i < n; i++)
+                memcpy(state + w->rows[i] * S + L->h_offset, w->ext2 + i * H_out,
+                       (size_t)H_out * sizeof(float));
+        }
+        return;
+    }
+    /* GRU: r = f(.), z = f(.) */
+    for (ptrdiff_t i = 0; i < n; i++)
+        rnn_activate(&L->opts.act[0], L->opts.clip, w->gates + i * NG, 2 * H);
+    const int lbr = L->opts.linear_before_reset;
+    for (ptrdiff_t i = 0; i < n; i++)
+        memcpy(w->ext1 + i * H, L->b_hn, (size_t)H * sizeof(float));
+    if (lbr) { /* ext1 = W_hn h + b_hn */
+        gen_matmul(&L->w_hn, w->xin + I, K, w->ext1, H, n, w->xq, w->xs);
+    } else { /* ext1 = W_hn (r * h) + b_hn */
+        for (ptrdiff_t i = 0; i < n; i++) {
+            const float *r = w->gates + i * NG, *h = w->xin + i * K + I;
+            float *rh = w->ext2 + i * H;
+            for (ptrdiff_t j = 0; j < H; j++)
+                rh[j] = r[j] * h[j];
+        }
+        gen_matmul(&L->w_hn, w->ext2, H, w->ext1, H, n, w->xq, w->xs);
+    }
+    for (ptrdiff_t i = 0; i < n; i++) {
+        float *g = w->gates + i * NG, *nn = g + 2 * H;
+        const float *r = g, *z = g + H, *hn = w->ext1 + i * H, *h = w->xin + i * K + I;
+        if (lbr) /* n = g(x_n + r * (W_hn h + b_hn)) */
+            for (ptrdiff_t j = 0; j < H; j++)
+                nn[j] = nn[j] + r[j] * hn[j];
+        else /* n = g(x_n + W_hn (r * h) + b_hn) */
+            for (ptrdiff_t j = 0; j < H; j++)
+                nn[j] = nn[j] + hn[j];
+        rnn_activate(&L->opts.act[1], L->opts.clip, nn, H);
+        float *h_new = state + w->rows[i] * S + L->h_offset;
+        for (ptrdiff_t j = 0; j < H; j++) /* h' = (1 - z) * n + z * h */
+            h_new[j] = (1.0f - z[j]) * nn[j] + z[j] * h[j];
+    }
+}
+
+/* logits[b] = W h_last + bias for the n rows in w->lrows */
+static void dense_step(const gen_model *m, float *state, float *logits, workspace *w, ptrdiff_t n)
+{
+    const gen_layer *last = &m->layers[m->n_layers - 1];
+    const ptrdiff_t S = m->state_size, V = m->vocab_size, K = last->output_size;
+    for (ptrdiff_t i = 0; i < n; i++) {
+        memcpy(w->xin + i * K, state + w->lrows[i] * S + last->h_offset, (size_t)K * sizeof(float));
+        if (m->dense_bias)
+            memcpy(w->dense_out + i * V, m->dense_bias, (size_t)V * sizeof(float));
+        else
+            memset(w->dense_out + i * V, 0, (size_t)V * sizeof(float));
+    }
+    gen_matmul(&m->dense, w->xin, K, w->dense_out, V, n, w->xq, w->xs);
+    for (ptrdiff_t i = 0; i < n; i++)
+        memcpy(logits + w->lrows[i] * V, w->dense_out + i * V, (size_t)V * sizeof(float));
+}
+
+/* ============================================================================================
+ * 6. the generation loop
+ * ========================================================================================== */
+
+/* length of the longest stop sequence that out (n,) ends with, 0 if none */
+static ptrdiff_t stop_match(const gen_stops *stops, const int32_t *out, ptrdiff_t n)
+{
+    ptrdiff_t best = 0;
+    for (ptrdiff_t j = 0; j < stops->count; j++) {
+        const ptrdiff_t a = (ptrdiff_t)stops->offsets[j], len = (ptrdiff_t)stops->offsets[j + 1] - a;
+        if (len > 0 && len <= n && len > best &&
+            memcmp(out + n - len, stops->tokens + a, (size_t)len * sizeof(int32_t)) == 0)
+            best = len;
+    }
+    return best;
+}
+
+ptrdiff_t gen_run(const gen_model *m, const gen_sampling *s, const gen_stops *stops, gen_rows *r,
+                  void *workspace_memory, ptrdiff_t max_steps)
+{
+    workspace w;
+    layout(m, r->batch, &w, (char *)workspace_memory);
+    const ptrdiff_t B = r->batch, V = m->vocab_size, max_new = r->max_new;
+    for (ptrdiff_t step = 0; step < max_steps; step++) {
+        /* (a) sample where logits are ready; choose every row's input */
+        ptrdiff_t n_feed = 0;
+        for (ptrdiff_t b = 0; b < B; b++) {
+            int64_t *st = r->status + b * GEN_STATUS_COLS;
+            if (st[GEN_FINISHED])
+                continue;
+            int32_t input;
+            if (st[GEN_HAS_LOGITS]) {
+                if (st[GEN_NOUT] >= max_new) {
+                    st[GEN_FINISHED] = 1;
+                    continue;
+                }
+                int32_t *out = r->out + b * max_new;
+                const int32_t tok = gen_sample_token(r->logits + b * V, r->seen + b * V, V, s, r->rng + b,
+                                                     &w.sampler);
+                out[st[GEN_NOUT]++] = tok;
+                st[GEN_HAS_LOGITS] = 0;
+                r->seen[b * V + tok] = 1;
+                const ptrdiff_t stop_len = stop_match(stops, out, (ptrdiff_t)st[GEN_NOUT]);
+                if (stop_len || st[GEN_NOUT] >= max_new) {
+                    st[GEN_FINISHED] = 1;
+                    st[GEN_STOP_LEN] = stop_len;
+                    continue;
+                }
+                input = tok;
+            } else if (st[GEN_POS] < st[GEN_LEN]) {
+                input = r->prompt[b * r->prompt_cols + st[GEN_POS]++];
+                if (input < V)
+                    r->seen[b * V + input] = 1;
+            } else { /* no logits and nothing to feed */
+                st[GEN_FINISHED] = 1;
+                continue;
+            }
+            w.rows[n_feed] = b;
+            w.inputs[n_feed] = input;
+            n_feed++;
+        }
+        if (n_feed == 0)
+            break;
+        /* (b) the recurrent layers for every fed row */
+        const unsigned csr = denormals_off();
+        for (ptrdiff_t l = 0; l < m->n_layers; l++)
+            layer_step(m, &m->layers[l], l ? &m->layers[l - 1] : NULL, r->state, &w, n_feed);
+        /* (c) logits for the rows whose prompt is used up */
+        ptrdiff_t n_logits = 0;
+        for (ptrdiff_t i = 0; i < n_feed; i++) {
+            int64_t *st = r->status + w.rows[i] * GEN_STATUS_COLS;
+            if (st[GEN_POS] >= st[GEN_LEN]) {
+                w.lrows[n_logits++] = w.rows[i];
+                st[GEN_HAS_LOGITS] = 1;
+            }
+        }
+        if (n_logits)
+            dense_step(m, r->state, r->logits, &w, n_logits);
+        denormals_restore(csr);
+    }
+    ptrdiff_t active = 0;
+    for (ptrdiff_t b = 0; b < B; b++)
+        active += r->status[b * GEN_STATUS_COLS + GEN_FINISHED] == 0;
+    return active;
+}
