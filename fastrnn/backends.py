@@ -41,6 +41,7 @@ _pool = None
 _pool_size = 0
 _pool_lock = threading.Lock()
 MIN_ROWS_PER_TASK = 4
+MAX_FOLDED_TABLE_BYTES = 96 * 1024 * 1024  # per direction
 
 
 def _default_threads():
@@ -121,7 +122,10 @@ class NumpyBackend:
 
     name = "numpy"
 
-    def recurrent(self, layer: Recurrent, x, lengths, state, threads=1):
+    def can_fold_embedding(self, embedding, layer):
+        return False
+
+    def recurrent(self, layer: Recurrent, x, lengths, state, threads=1, tokens=None):
         return reference.recurrent(layer, x, lengths, state)
 
 
@@ -165,6 +169,22 @@ class CompiledBackend:
             entry["peephole"] = w.peephole
         return entry
 
+    def can_fold_embedding(self, embedding, layer):
+        """Fold Embedding -> first layer's input projection into one lookup table per direction,
+        table[v] = W_ih @ E[v] + bias (computed once, cached with the packed weights), when the
+        table stays small."""
+        return embedding.vocab_size * layer.gates * layer.hidden_size * 4 <= MAX_FOLDED_TABLE_BYTES
+
+    def folded_table(self, layer, d, embedding):
+        p = self.packed(layer, d)
+        table = p.get("table")
+        if table is None or p.get("table_for") is not embedding.weight:
+            table = embedding.weight @ p["w_ih_t"]
+            table += p["bias"]
+            table.flags.writeable = False
+            p["table"], p["table_for"] = table, embedding.weight
+        return table
+
     @staticmethod
     def cell_options(layer: Recurrent):
         acts = list(layer.activations) + [layer.activations[-1]] * (3 - len(layer.activations))
@@ -174,8 +194,9 @@ class CompiledBackend:
         return (codes, params, clip, int(layer.input_forget), int(layer.linear_before_reset))
 
     # -- one layer ---------------------------------------------------------------------------
-    def recurrent(self, layer: Recurrent, x, lengths, state, threads=1):
-        B, T, I = x.shape
+    def recurrent(self, layer: Recurrent, x, lengths, state, threads=1, tokens=None):
+        """tokens: (Embedding, ids (B, T)) when x is token ids of an embedding folded into this layer."""
+        B, T = x.shape[:2]
         D, Ho, H, G = layer.num_directions, layer.output_size_per_direction, layer.hidden_size, layer.gates
         lengths = np.full(B, T, np.int64) if lengths is None else np.ascontiguousarray(lengths, np.int64)
         if state is None:
@@ -187,13 +208,16 @@ class CompiledBackend:
             h_all, c_all = np.array(state, dtype=f32, order="C"), None
         cell = self.cell_options(layer)
         y = np.empty((B, T, D * Ho), f32)
-        x2 = x.reshape(B * T, I)
+        x2 = None if tokens is not None else x.reshape(B * T, x.shape[2])
         tasks = []
         blocks = split_rows(B, max(1, threads // D))
         for d in range(D):
             p = self.packed(layer, d)
-            xproj = (x2 @ p["w_ih_t"]).reshape(B, T, G * H)  # all steps in one GEMM
-            xproj += p["bias"]
+            if tokens is not None:
+                xproj = self.folded_table(layer, d, tokens[0])[tokens[1]]  # (B, T, G*H) lookup
+            else:
+                xproj = (x2 @ p["w_ih_t"]).reshape(B, T, G * H)  # all steps in one GEMM
+                xproj += p["bias"]
             backward = int(d == 1 or layer.reverse or layer.go_backwards)
             for b0, b1 in blocks:
                 tasks.append(self._task(layer, p, xproj[b0:b1], lengths[b0:b1], backward, h_all[d, b0:b1],

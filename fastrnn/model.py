@@ -9,7 +9,7 @@ import numbers
 import numpy as np
 
 from . import reference
-from .backends import get_backend
+from .backends import check_threads, get_backend
 from .layers import Dense, Embedding, Masking, Recurrent
 from .vocab import Vocabulary
 
@@ -135,81 +135,96 @@ class Model:
 
     # -- input validation ------------------------------------------------------------------
     def _check_inputs(self, x, lengths):
+        """x -> C-contiguous int64 ids (B, T) or float32 features (B, T, F); lengths -> int64 (B,)
+        or None. Every error names the argument and says what was expected."""
+        x = _as_array(x, "x")
         if self.takes_tokens:
-            x = np.asarray(x)
-            if x.ndim == 1:
-                raise ValueError(f"token ids must be 2-D (batch, time); got shape {x.shape} - wrap one sequence as [ids]")
             if x.ndim != 2:
-                raise ValueError(f"token ids must be 2-D (batch, time); got shape {x.shape}")
+                hint = " - wrap one sequence as [ids]" if x.ndim == 1 else ""
+                raise ValueError(f"x: token ids must be 2-D (batch, time); got shape {x.shape}{hint}")
             if x.size == 0 and x.dtype == np.float64:
-                x = x.astype(np.int64)
-            if not np.issubdtype(x.dtype, np.integer):
-                raise ValueError(f"token ids must be integers, got dtype {x.dtype}")
+                x = x.astype(np.int64)  # np.zeros((0, T)) and [] default to float64
+            if not _is_integer(x.dtype):
+                raise ValueError(f"x: token ids must have an integer dtype, got {x.dtype}")
             V = self.layers[0].vocab_size
-            if x.size and (x.min() < 0 or x.max() >= V):
-                bad = x[(x < 0) | (x >= V)].flat[0]
-                raise IndexError(f"token id {bad} is out of range for a vocabulary of {V} (valid: 0..{V - 1})")
+            if x.size:
+                low, high = x.min(), x.max()
+                if low < 0 or high >= V:
+                    bad = low if low < 0 else high
+                    raise IndexError(f"x: token id {bad} is out of range for a vocabulary of {V} (valid: 0..{V - 1})")
             x = np.ascontiguousarray(x, dtype=np.int64)
         else:
-            x = np.asarray(x)
             if x.ndim != 3:
-                raise ValueError(f"inputs must be 3-D (batch, time, features); got shape {x.shape}")
-            if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
-                raise ValueError(f"inputs must be numeric, got dtype {x.dtype}")
+                raise ValueError(f"x: features must be 3-D (batch, time, features); got shape {x.shape}")
+            if not (_is_integer(x.dtype) or np.issubdtype(x.dtype, np.floating)):
+                raise ValueError(f"x: features must be real numbers, got dtype {x.dtype}")
             if x.shape[2] != self.input_size:
-                raise ValueError(f"inputs have {x.shape[2]} features, the model expects {self.input_size}")
+                raise ValueError(f"x has {x.shape[2]} features, the model expects {self.input_size}")
             x = np.ascontiguousarray(x, dtype=f32)
         B, T = x.shape[:2]
         if lengths is not None:
-            lengths = np.asarray(lengths)
+            lengths = _as_array(lengths, "lengths")
             if lengths.ndim != 1 or lengths.shape[0] != B:
-                raise ValueError(f"lengths must have shape ({B},) - one per batch row; got {lengths.shape}")
-            if lengths.size and not np.issubdtype(lengths.dtype, np.integer):
-                if not np.all(np.mod(lengths, 1) == 0):
-                    raise ValueError("lengths must be integers")
-            lengths = lengths.astype(np.int64)
+                raise ValueError(f"lengths must have shape ({B},) - one per batch row; got shape {lengths.shape}")
+            if np.issubdtype(lengths.dtype, np.floating):
+                if not np.all(np.isfinite(lengths) & (lengths == np.floor(lengths))):
+                    raise ValueError(f"lengths must be whole numbers of steps; got {lengths}")
+            elif not _is_integer(lengths.dtype):
+                raise ValueError(f"lengths must be integers, got dtype {lengths.dtype}")
             if lengths.size and (lengths.min() < 0 or lengths.max() > T):
-                raise ValueError(f"lengths must be within 0..{T} (the sequence length); got {lengths.min()}..{lengths.max()}")
+                raise ValueError(
+                    f"lengths must be within 0..{T} (the sequence length); got {lengths.min()}..{lengths.max()}")
+            lengths = np.ascontiguousarray(lengths, dtype=np.int64)
         return x, lengths
 
     def _check_states(self, initial_state, batch):
+        """initial_state -> one entry per recurrent layer: None, h (D, B, H_out) float32, or for
+        LSTM a tuple (h, c). A (B, size) array is accepted for a one-direction layer."""
         rec = self.recurrent_layers
         if initial_state is None:
             return [None] * len(rec)
         if isinstance(initial_state, np.ndarray) or (
-            len(rec) == 1 and isinstance(initial_state, tuple) and rec[0].cell == "lstm"
+            len(rec) == 1 and rec[0].cell == "lstm" and isinstance(initial_state, tuple)
             and len(initial_state) == 2 and isinstance(initial_state[0], np.ndarray)
         ):
-            initial_state = [initial_state]
-        initial_state = list(initial_state)
+            initial_state = [initial_state]  # the bare state of a one-layer model
+        if not isinstance(initial_state, (list, tuple)):
+            raise ValueError(f"initial_state must be a list with one entry per recurrent layer ({len(rec)}), "
+                             f"got {type(initial_state).__name__}")
         if len(initial_state) != len(rec):
             raise ValueError(
                 f"initial_state needs one entry per recurrent layer ({len(rec)}), got {len(initial_state)}"
             )
         out = []
-        for layer, st in zip(rec, initial_state):
+        for i, (layer, st) in enumerate(zip(rec, initial_state)):
             if st is None:
                 out.append(None)
                 continue
-            parts = list(st) if layer.cell == "lstm" else [st]
-            shapes = layer.state_shapes(batch)
-            if len(parts) != len(shapes):
-                raise ValueError(f"{layer.name}: an LSTM state is a pair (h, c)" if layer.cell == "lstm"
-                                 else f"{layer.name}: state must be one array h")
+            where = f"initial_state[{i}] ({layer.name})"
+            if layer.cell == "lstm":
+                if not (isinstance(st, (tuple, list)) and len(st) == 2):
+                    raise ValueError(f"{where}: an LSTM state is a pair (h, c) given as a tuple; got "
+                                     f"{type(st).__name__}" + (f" of length {len(st)}" if hasattr(st, "__len__") else ""))
+                parts = st
+            else:
+                parts = [st]
             arrs = []
-            for name, part, shape in zip(("h", "c"), parts, shapes):
-                a = np.asarray(part, dtype=f32)
+            for name, part, shape in zip(("h", "c"), parts, layer.state_shapes(batch)):
+                try:
+                    a = np.asarray(part, dtype=f32)
+                except (ValueError, TypeError) as exc:
+                    raise ValueError(f"{where}: {name} must be an array of numbers ({exc})") from None
                 if a.ndim == 2 and shape[0] == 1:
                     a = a[None]
                 if a.shape != shape:
-                    raise ValueError(f"{layer.name}: initial {name} has shape {a.shape}, expected {shape} "
+                    raise ValueError(f"{where}: {name} has shape {a.shape}, expected {shape} "
                                      "(directions, batch, size)")
                 arrs.append(np.ascontiguousarray(a))
             out.append(tuple(arrs) if layer.cell == "lstm" else arrs[0])
         return out
 
     # -- running -----------------------------------------------------------------------------
-    def predict(self, x, lengths=None, initial_state=None, return_state=False, backend=None):
+    def predict(self, x, lengths=None, initial_state=None, return_state=False, backend=None, threads=None):
         """Run the model on a batch.
 
         x : int array (B, T) of token ids when the first layer is an Embedding, else float
@@ -220,6 +235,8 @@ class Model:
             h (D, B, H_out) for RNN/GRU or a pair (h, c) for LSTM, D = 1 or 2 directions.
         return_state : also return the final states in the same structure.
         backend : "cython" | "numba" | "numpy" for this call (default: the current backend).
+        threads : threads for this call (default: fastrnn.set_num_threads / FASTRNN_NUM_THREADS /
+            all cores). Results are identical for any thread count.
 
         Returns (B, T, F') for sequence outputs or (B, F') when the last recurrent layer returns
         its final state; with return_state=True, (outputs, states).
@@ -228,13 +245,19 @@ class Model:
         B = x.shape[0]
         states_in = self._check_states(initial_state, B)
         be = get_backend(backend)
+        threads = check_threads(threads)
         h = x
         states_out = []
         r = 0
-        for layer in self.layers:
+        tokens = None  # (Embedding, ids) when the embedding is folded into the next layer
+        for i, layer in enumerate(self.layers):
             if isinstance(layer, Embedding):
                 if layer.mask_zero and lengths is None:
                     lengths = lengths_from_mask(h != 0, "token id 0 (mask_zero)")
+                following = self.layers[i + 1] if i + 1 < len(self.layers) else None
+                if isinstance(following, Recurrent) and be.can_fold_embedding(layer, following):
+                    tokens = (layer, h)  # h stays the ids: the recurrent layer looks up its projection
+                    continue
                 h = reference.embedding(layer, h)
             elif isinstance(layer, Masking):
                 if lengths is None:
@@ -243,7 +266,8 @@ class Model:
                 if B == 0:
                     h, st = _empty_recurrent(layer, h)
                 else:
-                    h, st = be.recurrent(layer, h, lengths, states_in[r])
+                    h, st = be.recurrent(layer, h, lengths, states_in[r], threads=threads, tokens=tokens)
+                tokens = None
                 states_out.append(st)
                 r += 1
                 if not layer.return_sequences:
@@ -271,6 +295,18 @@ class Model:
         from .classify import classify
 
         return classify(self, texts_or_ids, **kwargs)
+
+
+def _as_array(value, name):
+    """np.asarray(value), with an error naming the argument (ragged lists, odd objects)."""
+    try:
+        return np.asarray(value)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{name} cannot be read as an array: {exc}") from None
+
+
+def _is_integer(dtype):
+    return np.issubdtype(dtype, np.integer)  # bool is not an integer dtype in NumPy
 
 
 def lengths_from_mask(mask, what):

@@ -51,3 +51,14 @@ def rng():
 
 def in_ci():
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _run_away_from_source_tree(tmp_path_factory):
+    """Tests (and the subprocesses they start) run in a scratch directory: from the repository
+    root, `python -c`/`python -m` would import the source tree's fastrnn/, which has no compiled
+    kernels, instead of the installed package under test."""
+    old = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("cwd"))
+    yield
+    os.chdir(old)
