@@ -239,11 +239,14 @@ def bench_startup(threads, repeats, tmp):
         return time.perf_counter() - t0
 
     fast_cmd = [sys.executable, "-m", "fastrnn.cli", "generate", "-n", "1", "--seed", "1", "--prompt", "a"]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     t_fast = statistics.median(run(fast_cmd) for _ in range(repeats))
-    peak_fast = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # MB (max over children so far)
+    # peak RSS of the fastrnn command alone: measured by a fresh parent that runs only it
+    probe = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, "
+             "stdout=subprocess.DEVNULL); print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+    out = subprocess.run([sys.executable, "-c", probe, *fast_cmd], check=True, capture_output=True, text=True,
+                         env=env, cwd=tmp)
+    peak_fast = int(out.stdout.strip()) / 1024  # MB
     t_torch = statistics.median(run([sys.executable, "-c", "import torch"]) for _ in range(repeats)) if torch else None
-    del before
     return {"fastrnn": t_fast, "pytorch": t_torch, "onnxruntime": None, "fastrnn_peak_mb": peak_fast}
 
 
