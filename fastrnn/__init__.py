@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-from .backends import available_backends, get_backend, set_backend
+from .backends import available_backends, get_backend, get_num_threads, set_backend, set_num_threads
 from .errors import ModelFormatError, UnsupportedLayerError
 from .layers import Dense, DirectionWeights, Embedding, Masking, Recurrent
 from .model import Model
@@ -22,6 +22,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Model", "Embedding", "Masking", "Dense", "Recurrent", "DirectionWeights", "Vocabulary",
     "load", "save", "from_torch", "available_backends", "set_backend", "get_backend",
+    "set_num_threads", "get_num_threads",
     "ModelFormatError", "UnsupportedLayerError", "__version__",
 ]
 
@@ -34,23 +35,24 @@ def save(model: Model, path):
 
 
 def load(path, mmap: bool = True) -> Model:
-    """Load a model file. Native ``.safetensors`` files are read with NumPy only (weights
-    memory-mapped when ``mmap``); other formats are dispatched to their importer."""
+    """Load a model file. Native fastrnn ``.safetensors`` files are read with NumPy only (weights
+    memory-mapped when ``mmap``); Keras and ONNX files go to their importers.
+
+    The format is recognised from the file's first bytes (a native file renamed ``.onnx`` still
+    loads), the extension decides only for formats without a signature (ONNX). A directory is
+    read as an unzipped Keras archive if it holds config.json. Anything that is not a model file
+    raises ModelFormatError naming the file; a missing file FileNotFoundError."""
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(path)
-    with open(path, "rb") as f:
-        head = f.read(8)
-    lower = path.lower()
-    if lower.endswith((".keras", ".h5", ".hdf5")):
+    kind = _sniff(path)
+    if kind == "keras":
         from .formats import keras
 
         return keras.load(path)
-    if lower.endswith(".onnx"):
+    if kind == "onnx":
         from .formats import onnx
 
         return onnx.load_model(path)
-    if lower.endswith((".pt", ".pth", ".bin")) or head[:2] == b"PK" or head[:1] == b"\x80":
+    if kind == "torch":
         raise ModelFormatError(
             "a PyTorch file holds weights but no architecture; convert it with "
             "`fastrnn convert FILE out.safetensors --cell lstm|gru|rnn_tanh|rnn_relu`, or build the module "
@@ -58,6 +60,51 @@ def load(path, mmap: bool = True) -> Model:
     from .formats import native
 
     return native.load(path, mmap=mmap)
+
+
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+_KERAS_EXTENSIONS = (".keras", ".h5", ".hdf5")
+_TORCH_EXTENSIONS = (".pt", ".pth", ".bin")
+
+
+def _sniff(path) -> str:
+    """The kind of model file at ``path``: "native", "keras", "onnx" or "torch"."""
+    import zipfile
+
+    from .formats.safetensors import open_regular_file
+
+    if os.path.isdir(path) and os.path.isfile(os.path.join(path, "config.json")):
+        return "keras"  # an unzipped .keras archive
+    f, size = open_regular_file(path)  # refuses other directories, pipes and devices
+    with f:
+        head = f.read(16)
+        if size == 0:
+            raise ModelFormatError("file is empty", path)
+        if head.startswith(_HDF5_MAGIC):
+            return "keras"  # Keras 2 / legacy .h5
+        if head[:1] == b"\x80":
+            return "torch"  # a pickle: legacy torch.save (never unpickled here)
+        if head.startswith(b"PK"):
+            f.seek(0)
+            try:
+                names = zipfile.ZipFile(f).namelist()
+            except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as exc:
+                raise ModelFormatError(f"broken zip archive: {exc}", path) from None
+            if any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
+                return "torch"
+            if "config.json" in names or "model.weights.h5" in names:
+                return "keras"  # Keras 3 .keras archive
+            raise ModelFormatError("a zip archive that is neither a Keras .keras file nor a torch.save file", path)
+        if len(head) > 8 and head[8:9] == b"{":
+            return "native"  # safetensors: 8-byte header length, then a JSON object
+    lower = path.lower()
+    if lower.endswith(".onnx"):
+        return "onnx"  # protobuf has no signature
+    if lower.endswith(_KERAS_EXTENSIONS):
+        return "keras"
+    if lower.endswith(_TORCH_EXTENSIONS):
+        raise ModelFormatError("neither a torch.save file (zip archive) nor a fastrnn .safetensors file", path)
+    return "native"  # the native reader says precisely what is wrong
 
 
 def from_torch(obj, **kwargs) -> Model:

@@ -95,11 +95,10 @@ def run_tasks(tasks, threads):
         if _pool is None or _pool_size < threads - 1:
             from concurrent.futures import ThreadPoolExecutor
 
-            old = _pool
+            # Not shut down: another caller may still be submitting to the old pool; its idle
+            # workers exit once nothing refers to it.
             _pool = ThreadPoolExecutor(max_workers=threads - 1, thread_name_prefix="fastrnn")
             _pool_size = threads - 1
-            if old is not None:
-                old.shutdown(wait=False)
         pool = _pool
     # the calling thread takes every `threads`-th task itself; the pool runs the rest
     futures = [pool.submit(t) for i, t in enumerate(tasks) if i % threads]

@@ -150,6 +150,29 @@ def _load(path) -> Model:
     raise ModelFormatError("neither a Keras .keras archive (zip) nor an HDF5 .h5 file", path)
 
 
+MAX_JSON_MEMBER_BYTES = 64 * 1024 * 1024
+MAX_EXPANSION = 100  # Keras itself refuses archives expanding more than this
+
+
+def _read_member(zf, name, path) -> bytes:
+    """Read one archive member, checking the sizes its directory claims against the real file
+    before anything is allocated (a hostile archive cannot make us allocate without bound)."""
+    info = zf.getinfo(name)
+    archive_size = os.path.getsize(path)
+    if info.header_offset + info.compress_size > archive_size:
+        raise ModelFormatError(f"{name}: the archive claims more bytes than the file holds (truncated?)", path)
+    limit = info.compress_size if info.compress_type == zipfile.ZIP_STORED else info.compress_size * MAX_EXPANSION
+    if info.file_size > max(limit, 1024):
+        raise ModelFormatError(f"{name}: claims {info.file_size} bytes from {info.compress_size} stored", path)
+    if name.endswith(".json") and info.file_size > MAX_JSON_MEMBER_BYTES:
+        raise ModelFormatError(f"{name} is implausibly large ({info.file_size} bytes)", path)
+    with zf.open(info) as f:
+        data = f.read(info.file_size + 1)
+    if len(data) != info.file_size:
+        raise ModelFormatError(f"{name}: content size differs from the archive directory", path)
+    return data
+
+
 def _load_keras_zip(path) -> Model:
     h5py = _h5py()
     try:
@@ -160,14 +183,15 @@ def _load_keras_zip(path) -> Model:
         names = set(zf.namelist())
         if "config.json" not in names:
             raise ModelFormatError("the .keras archive has no config.json", path)
-        config = _parse_json(zf.read("config.json"), "config.json", path)
-        meta = _parse_json(zf.read("metadata.json"), "metadata.json", path) if "metadata.json" in names else {}
+        config = _parse_json(_read_member(zf, "config.json", path), "config.json", path)
+        meta = (_parse_json(_read_member(zf, "metadata.json", path), "metadata.json", path)
+                if "metadata.json" in names else {})
         if "model.weights.h5" not in names:
             if "model.weights.npz" in names or "model.weights.json" in names:
                 raise ModelFormatError("the .keras archive stores its weights as npz or in shards; fastrnn reads "
                                        "the default single model.weights.h5", path)
             raise ModelFormatError("the .keras archive has no model.weights.h5", path)
-        weights = zf.read("model.weights.h5")
+        weights = _read_member(zf, "model.weights.h5", path)
     version = str(meta.get("keras_version", "3")) if isinstance(meta, dict) else "3"
     with h5py.File(io.BytesIO(weights), "r") as h5:
         return _build(config, _Keras3Weights(h5, path), version, "keras", path)

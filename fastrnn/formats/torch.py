@@ -23,50 +23,78 @@ from __future__ import annotations
 import io
 import pickle
 import re
+import struct
 import zipfile
+from collections import OrderedDict
 
 import numpy as np
 
 from ..errors import ModelFormatError, UnsupportedLayerError
 from ..layers import Dense, DirectionWeights, Embedding, Recurrent
 from ..model import Model
+from .safetensors import open_regular_file
 
 CELLS = {"RNN": "rnn", "LSTM": "lstm", "GRU": "gru"}
 
 
-def _np(t):
-    return t.detach().cpu().float().numpy().copy()
+def _np(t, name="parameter"):
+    arr = t.detach().cpu().float().numpy().copy()
+    _check_finite(arr, name)
+    return arr
+
+
+def _check_finite(arr, name, source=None):
+    if not np.all(np.isfinite(arr)):
+        raise ModelFormatError(f"{name} contains NaN or infinite values", source)
 
 
 def _module_params(module) -> dict:
-    return {k: _np(v) for k, v in module.state_dict().items()}
+    return {k: _np(v, k) for k, v in module.state_dict().items()}
 
 
 def recurrent_layers_from_params(params, cell, num_layers, bidirectional, nonlinearity="tanh",
-                                 prefix="", name="rnn", last_returns_sequences=True):
+                                 prefix="", name="rnn", last_returns_sequences=True, source=None):
     """Build one fastrnn Recurrent layer per PyTorch layer from PyTorch-named parameters."""
+    G = {"rnn": 1, "lstm": 4, "gru": 3}[cell]
     layers = []
     for k in range(num_layers):
         dirs = []
         for suffix in ([""] + (["_reverse"] if bidirectional else [])):
-            def get(key, required=True):
+            def get(key, ndim, required=True):
                 full = f"{prefix}{key}_l{k}{suffix}"
                 if full not in params:
                     if required:
-                        raise ModelFormatError(f"missing parameter {full!r}")
+                        raise ModelFormatError(f"missing parameter {full!r}", source)
                     return None
-                return params[full]
+                arr = params[full]
+                if arr.ndim != ndim:
+                    raise ModelFormatError(f"parameter {full!r} has shape {arr.shape}, expected {ndim} dimensions",
+                                           source)
+                return arr
 
-            dirs.append(DirectionWeights(w_ih=get("weight_ih"), w_hh=get("weight_hh"),
-                                         b_ih=get("bias_ih", False), b_hh=get("bias_hh", False),
-                                         w_hr=get("weight_hr", False)))
-        G = {"rnn": 1, "lstm": 4, "gru": 3}[cell]
-        hidden = dirs[0].w_ih.shape[0] // G
+            dirs.append(DirectionWeights(w_ih=get("weight_ih", 2), w_hh=get("weight_hh", 2),
+                                         b_ih=get("bias_ih", 1, False), b_hh=get("bias_hh", 1, False),
+                                         w_hr=get("weight_hr", 2, False)))
+        rows = dirs[0].w_ih.shape[0]
+        if rows == 0 or rows % G:
+            raise ModelFormatError(f"parameter {prefix}weight_ih_l{k} has {rows} rows; a {cell.upper()} needs a "
+                                   f"positive multiple of {G} (gates x hidden_size)", source)
+        hidden = rows // G
         proj = 0 if dirs[0].w_hr is None else dirs[0].w_hr.shape[0]
+        expected = {"weight_ih": (G * hidden, dirs[0].w_ih.shape[1]), "weight_hh": (G * hidden, proj or hidden),
+                    "bias_ih": (G * hidden,), "bias_hh": (G * hidden,), "weight_hr": (proj, hidden)}
+        for suffix, w in zip(["", "_reverse"], dirs):
+            for key, arr in zip(expected, (w.w_ih, w.w_hh, w.b_ih, w.b_hh, w.w_hr)):
+                if arr is not None and arr.shape != expected[key]:
+                    raise ModelFormatError(f"parameter {prefix}{key}_l{k}{suffix} has shape {arr.shape}, expected "
+                                           f"{expected[key]} (hidden_size {hidden} from weight_ih_l{k})", source)
         acts = (nonlinearity,) if cell == "rnn" else ()
-        layers.append(Recurrent(cell=cell, hidden_size=hidden, directions=dirs, proj_size=proj, activations=acts,
-                                return_sequences=last_returns_sequences or k < num_layers - 1,
-                                name=f"{name}_l{k}" if num_layers > 1 else name))
+        try:
+            layers.append(Recurrent(cell=cell, hidden_size=hidden, directions=dirs, proj_size=proj, activations=acts,
+                                    return_sequences=last_returns_sequences or k < num_layers - 1,
+                                    name=f"{name}_l{k}" if num_layers > 1 else name))
+        except ValueError as exc:
+            raise ModelFormatError(f"{prefix}*_l{k}: {exc}", source) from None
     return layers
 
 
@@ -109,12 +137,13 @@ def from_torch(obj, return_sequences=True, activation="linear", vocabulary=None,
         if isinstance(child, nn.Embedding) and i == 0:
             if child.max_norm is not None:
                 raise UnsupportedLayerError(f"{kind}.{cname}: nn.Embedding with max_norm changes weights at run time")
-            layers.append(Embedding(_np(child.weight), name=cname))
+            layers.append(Embedding(_np(child.weight, f"{cname}.weight"), name=cname))
         elif i in rnn_positions and i <= rnn_positions[-1] and all(p in rnn_positions for p in range(rnn_positions[0], i + 1)):
             last = i == rnn_positions[-1]
             layers += _layers_from_rnn_module(child, cname, last_returns_sequences=return_sequences or not last)
         elif isinstance(child, nn.Linear) and i == len(children) - 1 and i > rnn_positions[-1]:
-            layers.append(Dense(_np(child.weight), None if child.bias is None else _np(child.bias), activation, cname))
+            layers.append(Dense(_np(child.weight, f"{cname}.weight"),
+                                None if child.bias is None else _np(child.bias, f"{cname}.bias"), activation, cname))
         else:
             raise UnsupportedLayerError(
                 f"{kind}.{cname} ({ckind}) at position {i} is not understood: fastrnn reads modules whose children "
@@ -124,6 +153,12 @@ def from_torch(obj, return_sequences=True, activation="linear", vocabulary=None,
 
 
 # -- state_dict files without torch and without arbitrary unpickling ------------------------
+# A torch.save file is a zip archive (entries stored uncompressed) holding ``<prefix>/data.pkl``
+# (a pickle of the dict, whose tensors refer to storages by key) and one ``<prefix>/data/<key>``
+# entry of raw little-endian bytes per storage. The pickle is read by a pure-Python unpickler
+# that resolves only the handful of globals a state_dict needs (anything else is refused before
+# it is called), so reading runs no code from the file. Every size that comes from the file is
+# checked against the bytes really present before anything of that size is allocated.
 _STORAGE_DTYPES = {
     "FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
     "LongStorage": np.int64, "IntStorage": np.int32, "ShortStorage": np.int16,
@@ -133,36 +168,135 @@ _TORCH_DTYPES = {"float32": np.float32, "float": np.float32, "float64": np.float
                  "float16": np.float16, "half": np.float16, "int64": np.int64, "long": np.int64,
                  "int32": np.int32, "int": np.int32, "int16": np.int16, "int8": np.int8, "uint8": np.uint8,
                  "bool": np.bool_}
-MAX_PICKLE_BYTES = 64 * 1024 * 1024
+MAX_PICKLE_BYTES = 16 * 1024 * 1024  # data.pkl of a state_dict: ~200 bytes per tensor
+WHOLE_MODULE_ADVICE = (
+    "fastrnn reads plain state_dicts only and never unpickles other objects (that would run code "
+    "from the file). If this is a whole model saved with torch.save(model, path), save its weights "
+    "instead: torch.save(model.state_dict(), path), and convert that file")
 
 
-class _Storage:
-    def __init__(self, dtype, data):
-        self.dtype, self.data = dtype, data
+class _Storage(tuple):
+    """(np_dtype, data): a storage read from the archive. A tuple, so a pickle cannot alter it."""
+
+    __slots__ = ()
 
 
-class _DType:
-    def __init__(self, np_dtype):
-        self.np_dtype = np_dtype
+class _DType(tuple):
+    """(np_dtype,): what the pickle's ``torch.FloatStorage`` / ``torch.float32`` names resolve to."""
+
+    __slots__ = ()
 
 
-def _rebuild_tensor(storage, offset, size, stride, *unused):
-    if not isinstance(storage, _Storage):
-        raise ModelFormatError("tensor without storage")
-    if not (isinstance(offset, int) and isinstance(size, tuple) and isinstance(stride, tuple) and len(size) == len(stride)):
-        raise ModelFormatError("malformed tensor record")
-    if any((not isinstance(s, int)) or s < 0 for s in size + stride) or offset < 0:
-        raise ModelFormatError("negative tensor size/stride")
-    n = storage.data.size
-    if 0 in size:
-        return np.zeros(size, storage.dtype)
-    last = offset + sum((s - 1) * st for s, st in zip(size, stride))
-    if last >= n:
-        raise ModelFormatError(f"tensor of size {size} reads past its storage of {n} elements")
-    item = storage.data.itemsize
-    arr = np.lib.stride_tricks.as_strided(storage.data[offset:], shape=size,
-                                          strides=tuple(st * item for st in stride), writeable=False)
-    return np.array(arr)  # own, contiguous copy
+class _StateDictUnpickler(pickle._Unpickler):
+    """Unpickler that only builds dicts and tensors; any other global is refused.
+
+    Pure Python (pickle._Unpickler) on purpose: the C unpickler allocates a counted opcode's
+    claimed length before reading it, this one reads only the bytes that are there."""
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+
+    def __init__(self, data, zf, prefix, archive_size, source):
+        super().__init__(io.BytesIO(data))
+        self.zf, self.prefix, self.source = zf, prefix, source
+        self.archive_size = archive_size
+        # Tensors are copied out of their storages; a state_dict's tensors never hold more than
+        # the archive's bytes (tied weights are one pickled object), so budget twice that.
+        self.bytes_left = 2 * archive_size
+        self.storages = {}
+
+    def error(self, message):
+        return ModelFormatError(message, self.source)
+
+    def find_class(self, module, name):
+        allowed = {
+            ("collections", "OrderedDict"): _ordered_dict,
+            ("torch._utils", "_rebuild_tensor_v2"): self.rebuild_tensor,
+            ("torch._utils", "_rebuild_tensor"): self.rebuild_tensor,
+            ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+        }
+        fn = allowed.get((module, name))
+        if fn is not None:
+            return fn
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return _DType((_STORAGE_DTYPES[name],))
+        if module == "torch" and name in _TORCH_DTYPES:
+            return _DType((_TORCH_DTYPES[name],))
+        raise self.error(f"the pickle references {module}.{name}, which a state_dict never contains; refused. "
+                         + WHOLE_MODULE_ADVICE)
+
+    def load_build(self):
+        # BUILD sets an object's state. A state_dict uses it for one thing only: the _metadata
+        # attribute of its OrderedDict. Refuse it on anything else.
+        state = self.stack[-1]
+        inst = self.stack[-2] if len(self.stack) > 1 else None
+        if not (type(inst) is OrderedDict and type(state) is dict):
+            raise self.error("the pickle sets the state of an object other than a dict; refused")
+        self.stack.pop()
+        inst.__dict__.update({k: v for k, v in state.items() if isinstance(k, str)})
+
+    dispatch[pickle.BUILD[0]] = load_build
+
+    def load_out_of_band(self):
+        # Protocol-5 buffers: BYTEARRAY8 would allocate (and zero) a size read from the file
+        # before reading the bytes. torch.save never writes these opcodes.
+        raise self.error("the pickle uses out-of-band buffer opcodes, which a state_dict never contains")
+
+    for _op in (pickle.BYTEARRAY8, pickle.NEXT_BUFFER, pickle.READONLY_BUFFER):
+        dispatch[_op[0]] = load_out_of_band
+    del _op
+
+    def persistent_load(self, pid):
+        if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"):
+            raise self.error(f"unexpected persistent record {pid!r:.80}")
+        _, dtype, key, _location, numel = pid[:5]
+        if not isinstance(dtype, _DType) or not isinstance(key, str) or not _is_count(numel):
+            raise self.error("malformed storage record")
+        if key in self.storages:
+            return self.storages[key]
+        entry = f"{self.prefix}data/{key}"
+        try:
+            info = self.zf.getinfo(entry)
+        except KeyError:
+            raise self.error(f"storage {entry!r} is missing from the archive") from None
+        item = np.dtype(dtype[0]).itemsize
+        if info.file_size != numel * item:
+            raise self.error(f"storage {key!r}: {info.file_size} bytes, the pickle claims {numel * item}")
+        data = np.frombuffer(_read_entry(self.zf, info, self.archive_size, self.source), dtype=dtype[0])
+        storage = _Storage((dtype[0], data))
+        self.storages[key] = storage
+        return storage
+
+    def rebuild_tensor(self, storage, offset, size, stride, *unused):
+        """torch._utils._rebuild_tensor_v2: a tensor viewing ``storage`` -> an owned ndarray."""
+        if not isinstance(storage, _Storage):
+            raise self.error("tensor without storage")
+        if not (_is_count(offset) and isinstance(size, tuple) and isinstance(stride, tuple)
+                and len(size) == len(stride) and all(_is_count(v) for v in size + stride)):
+            raise self.error(f"malformed tensor record (offset {offset!r:.40}, size {size!r:.60}, "
+                             f"stride {stride!r:.60})")
+        dtype, data = storage
+        count = 1
+        for s in size:
+            count *= s
+        if count == 0:
+            if len(size) > 32 or any(s > 2**31 for s in size):
+                raise self.error(f"malformed empty tensor of size {size!r:.60}")
+            return np.zeros(size, dtype)
+        if count > data.size:
+            raise self.error(f"tensor of size {size} has more elements than its storage ({data.size})")
+        last = offset + sum((s - 1) * st for s, st in zip(size, stride))
+        if last >= data.size:
+            raise self.error(f"tensor of size {size} reads past its storage of {data.size} elements")
+        self.bytes_left -= count * data.itemsize
+        if self.bytes_left < 0:
+            raise self.error("the tensors would hold more than twice the bytes of the file (overlapping views)")
+        arr = np.lib.stride_tricks.as_strided(data[offset:], shape=size,
+                                              strides=tuple(st * data.itemsize for st in stride), writeable=False)
+        return np.array(arr)  # own, contiguous copy
+
+
+def _is_count(v):
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
 def _rebuild_parameter(data, requires_grad=None, backward_hooks=None, *unused):
@@ -170,98 +304,70 @@ def _rebuild_parameter(data, requires_grad=None, backward_hooks=None, *unused):
 
 
 def _ordered_dict(*args):
-    from collections import OrderedDict
     return OrderedDict(*args)
 
 
-class _StateDictUnpickler(pickle.Unpickler):
-    """Unpickler that only builds dicts and tensors; any other global is refused."""
-
-    ALLOWED = {
-        ("collections", "OrderedDict"): _ordered_dict,
-        ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
-        ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
-        ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    }
-
-    def __init__(self, data, zf, prefix, source):
-        super().__init__(io.BytesIO(data))
-        self.zf, self.prefix, self.source = zf, prefix, source
-        self.storages = {}
-
-    def find_class(self, module, name):
-        fn = self.ALLOWED.get((module, name))
-        if fn is not None:
-            return fn
-        if module == "torch" and name in _STORAGE_DTYPES:
-            return _DType(_STORAGE_DTYPES[name])
-        if module == "torch" and name in _TORCH_DTYPES:
-            return _DType(_TORCH_DTYPES[name])
-        if module.startswith("torch.nn") or module.startswith("__main__") or "." in module and not module.startswith("torch"):
-            raise ModelFormatError(
-                f"the file holds a pickled object of class {module}.{name}, not a state_dict. fastrnn never "
-                "unpickles whole modules (that would run code from the file). Save the weights with "
-                "torch.save(model.state_dict(), path) and convert that file", self.source)
-        raise ModelFormatError(f"the pickle references {module}.{name}, which a state_dict never needs; refused",
-                               self.source)
-
-    def persistent_load(self, pid):
-        if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"):
-            raise ModelFormatError(f"unexpected persistent record {pid!r:.80}", self.source)
-        _, dtype, key, _location, numel = pid[:5]
-        if not isinstance(dtype, _DType) or not isinstance(key, str) or not isinstance(numel, int) or numel < 0:
-            raise ModelFormatError("malformed storage record", self.source)
-        if key in self.storages:
-            return self.storages[key]
-        entry = f"{self.prefix}data/{key}"
-        try:
-            info = self.zf.getinfo(entry)
-        except KeyError:
-            raise ModelFormatError(f"storage {entry!r} is missing from the archive", self.source) from None
-        item = np.dtype(dtype.np_dtype).itemsize
-        if info.file_size != numel * item:
-            raise ModelFormatError(f"storage {key!r}: {info.file_size} bytes, the pickle claims {numel * item}",
-                                   self.source)
-        data = np.frombuffer(self.zf.read(entry), dtype=dtype.np_dtype)
-        st = _Storage(dtype.np_dtype, data)
-        self.storages[key] = st
-        return st
+def _read_entry(zf, info, archive_size, source):
+    """The bytes of one archive entry, refusing compressed entries and sizes past the file's end
+    (so no allocation is sized by the archive's directory alone)."""
+    if info.compress_type != zipfile.ZIP_STORED:
+        raise ModelFormatError(f"archive entry {info.filename!r} is compressed; torch.save writes uncompressed "
+                               "archives (re-save the file with torch.save)", source)
+    if info.compress_size != info.file_size or info.header_offset + info.compress_size > archive_size:
+        raise ModelFormatError(f"archive entry {info.filename!r} claims {info.file_size} bytes, more than the "
+                               f"file holds (truncated or corrupt archive)", source)
+    return zf.read(info)
 
 
 def read_state_dict(path) -> dict:
     """Read a ``torch.save(state_dict)`` file into {name: ndarray} without torch and without
-    running code from the file."""
+    running code from the file. Raises ModelFormatError naming the file for anything else."""
     path = str(path)
-    try:
-        zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
-        with open(path, "rb") as f:
-            head = f.read(2)
-        if head[:1] == b"\x80":
-            raise ModelFormatError(
-                "legacy (non-zip) torch.save format; re-save with a current PyTorch: "
-                "torch.save(model.state_dict(), path)", path) from None
-        raise ModelFormatError(f"not a PyTorch state_dict file (zip archive expected): {exc}", path) from None
-    with zf:
-        pkl = [n for n in zf.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
-        if len(pkl) != 1:
-            raise ModelFormatError("archive has no single data.pkl: not a torch.save file", path)
-        prefix = pkl[0][: -len("data.pkl")]
-        if zf.getinfo(pkl[0]).file_size > MAX_PICKLE_BYTES:
-            raise ModelFormatError("data.pkl is implausibly large for a state_dict", path)
+    f, size = open_regular_file(path)
+    with f:
+        head = f.read(2)
+        f.seek(0)
         try:
-            obj = _StateDictUnpickler(zf.read(pkl[0]), zf, prefix, path).load()
-        except ModelFormatError:
-            raise
-        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
-                zipfile.BadZipFile, RecursionError, MemoryError, OSError) as exc:
-            raise ModelFormatError(f"corrupt state_dict pickle: {exc.__class__.__name__}: {exc}", path) from None
+            zf = zipfile.ZipFile(f)
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as exc:
+            if head[:1] == b"\x80":
+                raise ModelFormatError(
+                    "legacy (non-zip) torch.save format, which fastrnn does not unpickle; re-save it with a "
+                    "current PyTorch: torch.save(model.state_dict(), path)", path) from None
+            what = "file is empty" if size == 0 else f"not a PyTorch state_dict file (zip archive expected): {exc}"
+            raise ModelFormatError(what, path) from None
+        with zf:
+            try:
+                return _read_archive(zf, size, path)
+            except ModelFormatError:
+                raise
+            except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
+                    zipfile.BadZipFile, RecursionError, OSError, struct.error, UnicodeDecodeError,
+                    NotImplementedError) as exc:
+                raise ModelFormatError(f"corrupt state_dict file: {exc.__class__.__name__}: {exc}", path) from None
+
+
+def _read_archive(zf, size, path):
+    pkl = [n for n in zf.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
+    if len(pkl) != 1:
+        raise ModelFormatError("archive has no single data.pkl: not a torch.save file", path)
+    prefix = pkl[0][: -len("data.pkl")]
+    if f"{prefix}byteorder" in zf.namelist():
+        order = _read_entry(zf, zf.getinfo(f"{prefix}byteorder"), size, path)
+        if order != b"little":
+            raise ModelFormatError(f"tensors are stored with byte order {order[:16]!r}; fastrnn reads little-endian "
+                                   "files only", path)
+    info = zf.getinfo(pkl[0])
+    if info.file_size > MAX_PICKLE_BYTES:
+        raise ModelFormatError("data.pkl is implausibly large for a state_dict", path)
+    obj = _StateDictUnpickler(_read_entry(zf, info, size, path), zf, prefix, size, path).load()
     if not isinstance(obj, dict):
         raise ModelFormatError(f"the file holds a {type(obj).__name__}, not a state_dict", path)
     out = {}
     for k, v in obj.items():
         if not isinstance(k, str) or not isinstance(v, np.ndarray):
-            raise ModelFormatError(f"entry {k!r} is not a tensor", path)
+            raise ModelFormatError(
+                f"entry {k!r:.60} is not a tensor (a training checkpoint? save model.state_dict() on its own)", path)
         out[k] = v
     return out
 
@@ -273,12 +379,20 @@ def from_state_dict(params, cell, return_sequences=True, activation="linear", vo
                     source=None) -> Model:
     """Build a Model from a PyTorch state_dict ({name: array}) of the chain
     [Embedding] -> RNN modules -> [Linear]. ``cell``: "lstm" | "gru" | "rnn_tanh" | "rnn_relu".
-    Layer count, sizes, direction and projection come from the tensor names and shapes."""
+    Layer count, sizes, direction and projection come from the tensor names and shapes.
+    ``source`` (the file name) is named in every ModelFormatError."""
     cell_kind, nonlinearity = {"lstm": ("lstm", "tanh"), "gru": ("gru", "tanh"), "rnn": ("rnn", "tanh"),
                                "rnn_tanh": ("rnn", "tanh"), "rnn_relu": ("rnn", "relu")}.get(cell, (None, None))
     if cell_kind is None:
         raise ValueError(f"cell must be lstm, gru, rnn_tanh or rnn_relu; got {cell!r}")
-    params = {k: np.asarray(v, dtype=np.float32) for k, v in params.items()}
+    converted = {}
+    for k, v in params.items():
+        try:
+            converted[k] = np.asarray(v, dtype=np.float32)
+        except (TypeError, ValueError) as exc:
+            raise ModelFormatError(f"entry {k!r} is not a numeric tensor: {exc}", source) from None
+        _check_finite(converted[k], f"tensor {k!r}", source)
+    params = converted
     groups = []  # (prefix, kind) in order of first appearance
     for key in params:
         m = _KEY.match(key)
@@ -298,13 +412,25 @@ def from_state_dict(params, cell, return_sequences=True, activation="linear", vo
             bidir = any(k.startswith(prefix) and k.endswith("_reverse") for k in params)
             last = prefix == rnn_groups[-1][0]
             layers += recurrent_layers_from_params(params, cell_kind, max(nums) + 1, bidir, nonlinearity, prefix, label,
-                                                   last_returns_sequences=return_sequences or not last)
+                                                   last_returns_sequences=return_sequences or not last, source=source)
         elif gi == 0 and set(k for k in params if k.startswith(prefix)) == {prefix + "weight"}:
-            layers.append(Embedding(params[prefix + "weight"], name=label))
+            layers.append(_layer(Embedding, source, params[prefix + "weight"], name=label))
         elif gi == len(groups) - 1 and prefix + "weight" in params:
-            layers.append(Dense(params[prefix + "weight"], params.get(prefix + "bias"), activation, label))
+            layers.append(_layer(Dense, source, params[prefix + "weight"], params.get(prefix + "bias"), activation,
+                                 label))
         else:
             keys = sorted(k for k in params if k.startswith(prefix))
             raise UnsupportedLayerError(
                 f"state_dict entries {keys} are not an Embedding (first), RNN weights or a Linear (last)", source)
-    return Model(layers, vocabulary=vocabulary, name=name, metadata={"source": "torch-state-dict"})
+    try:
+        return Model(layers, vocabulary=vocabulary, name=name, metadata={"source": "torch-state-dict"})
+    except (ValueError, TypeError) as exc:
+        raise ModelFormatError(str(exc), source) from None
+
+
+def _layer(cls, source, *args, **kwargs):
+    """Construct a layer; a shape that does not fit becomes a ModelFormatError naming the file."""
+    try:
+        return cls(*args, **kwargs)
+    except (ValueError, TypeError) as exc:
+        raise ModelFormatError(str(exc), source) from None
