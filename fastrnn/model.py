@@ -290,12 +290,6 @@ class Model:
 
         return Session(self, **kwargs)
 
-    def classify(self, texts_or_ids, **kwargs):
-        """Label each input lazily, in input order; see fastrnn.classify.classify."""
-        from .classify import classify
-
-        return classify(self, texts_or_ids, **kwargs)
-
 
 def _as_array(value, name):
     """np.asarray(value), with an error naming the argument (ragged lists, odd objects)."""
