@@ -27,11 +27,12 @@ __all__ = [
 ]
 
 
-def save(model: Model, path):
-    """Save ``model`` as a native fastrnn file (safetensors + JSON architecture)."""
+def save(model: Model, path, quantize=None):
+    """Save ``model`` as a native fastrnn file (safetensors + JSON architecture). ``quantize`` =
+    "float16" or "int8" (per-row scales) stores the weight matrices in 2 or 1 bytes per value."""
     from .formats import native
 
-    return native.save(model, path)
+    return native.save(model, path, quantize=quantize)
 
 
 def load(path, mmap: bool = True) -> Model:

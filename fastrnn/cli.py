@@ -2,6 +2,7 @@
 
     fastrnn summary MODEL
     fastrnn convert SRC DST [--cell lstm|gru|rnn_tanh|rnn_relu] [--last] [--activation A] [--vocab FILE]
+                            [--quantize float16|int8]
     fastrnn generate ...     (fastrnn/generate.py adds it)
     fastrnn classify ...     (fastrnn/classify.py adds it)
 
@@ -67,8 +68,9 @@ def cmd_convert(args):
                                 name=os.path.splitext(os.path.basename(src))[0], source=src)
     else:
         model = load(src)
-    save(model, args.dst)
-    print(f"wrote {args.dst}: {len(model.layers)} layers, {model.count_params():,} parameters")
+    save(model, args.dst, quantize=args.quantize)
+    kind = f", weight matrices stored as {args.quantize}" if args.quantize else ""
+    print(f"wrote {args.dst}: {len(model.layers)} layers, {model.count_params():,} parameters{kind}")
     return 0
 
 
@@ -91,6 +93,9 @@ def build_parser():
     p.add_argument("--activation", default="linear", help="activation after the final Linear (e.g. softmax)")
     p.add_argument("--vocab", help="state_dict: vocabulary file, one token per line (UTF-8)")
     p.add_argument("--vocab-level", choices=["char", "word"], default="char")
+    p.add_argument("--quantize", choices=["float16", "int8"],
+                   help="store the weight matrices as float16 or as int8 with per-row scales (2x / 4x "
+                        "smaller); generation then runs on them directly")
     p.set_defaults(func=cmd_convert)
 
     for name in FEATURE_MODULES:

@@ -220,12 +220,18 @@ def to_half(a, name="weights"):
 
 
 def to_int8(a):
-    """a (N, K) float32 -> (q int8 (N, K), scale float32 (N,)): a[n] ~ scale[n] * q[n],
-    scale = max |a[n]| / 127 (1 for an all-zero row), q = round(a / scale)."""
-    top = np.abs(a).max(axis=1) if a.size else np.zeros(a.shape[0], f32)
-    scale = np.where(top > 0, top / 127.0, 1.0).astype(f32)
-    q = np.clip(np.rint(a / scale[:, None]), -127, 127).astype(np.int8)
-    return q, scale
+    """a (N, K) float32 -> (q int8 (N, K), scale float32 (N,)); the same rule as int8 model
+    files (fastrnn.formats.native.quantize_int8), so weights read from such a file are kept."""
+    from .formats.native import quantize_int8
+
+    return quantize_int8(a)
+
+
+def default_weights(model, weights):
+    """weights=None -> the kind the model file was quantized to ("float32" if it was not)."""
+    if weights is None:
+        weights = (model.metadata or {}).get("quantized") or "float32"
+    return weights
 
 
 class Matrix:
@@ -929,7 +935,7 @@ def bundled_model():
 
 def generate(model, prompt, max_new_tokens=100, temperature=1.0, top_k=None, top_p=None,
              repetition_penalty=None, seed=None, stop=None, stream=False, initial_state=None, backend=None,
-             weights="float32", threads=None):
+             weights=None, threads=None):
     """Sample a continuation of ``prompt`` from ``model`` (None = the bundled character model).
 
     Parameters
@@ -945,8 +951,8 @@ def generate(model, prompt, max_new_tokens=100, temperature=1.0, top_k=None, top
         whose concatenation is the result for the same seed.
     initial_state : recurrent states as in Model.predict (batch = number of prompts), or None.
     backend : "cython" | "numba" | "numpy" for this call (default: the current backend).
-    weights : "float32" (exact), "float16" or "int8": the matrices read at every step rounded
-        once (half / a quarter of the bytes: faster at small batch, logits change slightly; see
+    weights : "float32" (exact), "float16" or "int8" (default: "float32", or the kind a file
+        saved with ``quantize=`` was stored in): the matrices read at every step rounded once (half / a quarter of the bytes: faster at small batch, logits change slightly; see
         GenerationPlan and the README's accuracy note).
     threads : threads for a batch (blocks of rows run in parallel; None = fastrnn's setting).
         The result is the same for any thread count.
@@ -958,7 +964,7 @@ def generate(model, prompt, max_new_tokens=100, temperature=1.0, top_k=None, top
 
     if model is None:
         model = bundled_model()
-    plan = generation_plan(model, weights)
+    plan = generation_plan(model, default_weights(model, weights))
     threads = check_threads(threads)
     sampling = Sampling(temperature, top_k, top_p, repetition_penalty)
     max_new = _count(max_new_tokens)
@@ -997,9 +1003,9 @@ class Session:
     """
 
     def __init__(self, model=None, seed=None, initial_state=None, temperature=1.0, top_k=None, top_p=None,
-                 repetition_penalty=None, backend=None, weights="float32"):
+                 repetition_penalty=None, backend=None, weights=None):
         self.model = bundled_model() if model is None else model
-        self.plan = generation_plan(self.model, weights)
+        self.plan = generation_plan(self.model, default_weights(self.model, weights))
         self.defaults = dict(temperature=temperature, top_k=top_k, top_p=top_p,
                              repetition_penalty=repetition_penalty)
         Sampling(**self.defaults)  # validate now
@@ -1150,9 +1156,12 @@ def add_cli(subparsers):
     p.add_argument("--stop", action="append", default=None, help="stop string (repeatable; not printed)")
     p.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
                    help="print tokens as they are produced (default: when stdout is a terminal)")
-    p.add_argument("--weights", choices=WEIGHT_KINDS, default="float32",
+    p.add_argument("--weights", choices=WEIGHT_KINDS, default=None,
                    help="float16 / int8 store the weights read at every step in half / a quarter of the "
-                        "bytes: faster, with slightly different logits (default float32)")
+                        "bytes: faster, with slightly different logits (default: float32, or the kind the model file "
+                        "was quantized to by `fastrnn convert --quantize`)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="threads for a --batch of prompts (default: all cores; results do not depend on it)")
     p.add_argument("--batch", metavar="FILE",
                    help="one prompt per line ('-' = stdin); writes one JSON object per line, in order: "
                         '{"prompt": ..., "text": ...}')
@@ -1166,7 +1175,8 @@ def cmd_generate(args):
     if model.vocabulary is None:
         raise ValueError("this model has no vocabulary, so the command line cannot read or print text")
     kw = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-              top_p=args.top_p, repetition_penalty=args.repetition_penalty, stop=args.stop, weights=args.weights)
+              top_p=args.top_p, repetition_penalty=args.repetition_penalty, stop=args.stop, weights=args.weights,
+              threads=args.threads)
     seed = args.seed if args.seed is not None else secrets.randbits(63)
     out = sys.stdout
     if args.batch:

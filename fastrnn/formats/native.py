@@ -6,6 +6,13 @@ Metadata keys: ``format`` = "fastrnn", ``format_version`` = "1", ``model`` = JSO
                  "config": {...}, "tensors": {field: tensor name}}]}
 Recurrent tensors are named ``layers.{i}.d{direction}.{w_ih|w_hh|b_ih|b_hh|w_hr|peephole}`` in the
 internal layout (fastrnn.layers). Loading parses JSON and maps arrays: it runs no code.
+
+Reduced-precision files (``save(..., quantize=...)``, ``fastrnn convert --quantize``): every weight
+matrix (2-D: embedding, W_ih, W_hh, W_hr, Dense weight; biases and peepholes stay float32) is
+stored as F16, or as I8 ``q`` with a float32 tensor ``<name>.scale`` (N,) of per-row scales, the
+matrix being ``scale[:, None] * q``. Loading turns them back into float32 (exactly the stored
+values); the model's metadata "quantized" records the kind, and generation then runs with that
+weight kind by default (fastrnn.generate, ``weights=``).
 """
 from __future__ import annotations
 
@@ -25,21 +32,47 @@ FORMAT_NAME = "fastrnn"
 FORMAT_VERSION = 1
 
 
-def save(model: Model, path):
-    """Write ``model`` to ``path`` as a fastrnn safetensors file."""
+QUANTIZE_KINDS = ("float16", "int8")
+
+
+def quantize_int8(a):
+    """a (N, K) float32 -> (q int8 (N, K), scale float32 (N,)): a[n] ~ scale[n] * q[n], with
+    scale = max |a[n]| / 127 (1 for an all-zero row) and q = round(a / scale)."""
+    top = np.abs(a).max(axis=1) if a.size else np.zeros(a.shape[0], np.float32)
+    scale = np.where(top > 0, top / 127.0, 1.0).astype(np.float32)
+    q = np.clip(np.rint(a / scale[:, None]), -127, 127).astype(np.int8)
+    return q, scale
+
+
+def save(model: Model, path, quantize=None):
+    """Write ``model`` to ``path`` as a fastrnn safetensors file; ``quantize`` = None (float32),
+    "float16" or "int8" stores the weight matrices in reduced precision (see the module doc)."""
+    if quantize not in (None, "float32") + QUANTIZE_KINDS:
+        raise ValueError(f"quantize must be one of float16, int8 (or None), got {quantize!r}")
+    quantize = None if quantize == "float32" else quantize
     tensors = {}
     layers = []
     for i, layer in enumerate(model.layers):
         names = {}
         for field, arr in layer.arrays().items():
             key = f"layers.{i}.{field}"
+            if quantize and arr.ndim == 2:
+                if quantize == "float16":
+                    if arr.size and float(np.abs(arr).max()) > 65504.0:
+                        raise ValueError(f"{layer.name}.{field} has weights beyond the float16 range (65504)")
+                    arr = arr.astype(np.float16)
+                else:
+                    arr, tensors[key + ".scale"] = quantize_int8(arr)
             tensors[key] = arr
             names[field] = key
         layers.append({"kind": layer.kind, "name": layer.name, "config": layer.config(), "tensors": names})
+    metadata = dict(model.metadata)
+    if quantize:
+        metadata["quantized"] = quantize
     spec = {
         "name": model.name,
         "input_shape": list(model.input_shape),
-        "metadata": model.metadata,
+        "metadata": metadata,
         "vocabulary": None if model.vocabulary is None else model.vocabulary.to_json(),
         "layers": layers,
     }
@@ -149,8 +182,19 @@ def _tensor(tensors, names, field, path, required=True):
     if key not in tensors:
         raise ModelFormatError(f"tensor {key!r} named in the architecture is not in the file", path)
     arr = tensors[key]
-    if arr.dtype != np.float32:
-        raise ModelFormatError(f"tensor {key!r} has dtype {arr.dtype}, expected float32", path)
+    if arr.dtype == np.float16 and arr.ndim == 2:
+        arr = arr.astype(np.float32)
+    elif arr.dtype == np.int8 and arr.ndim == 2:
+        scale = tensors.get(key + ".scale")
+        if scale is None or scale.dtype != np.float32 or scale.shape != arr.shape[:1]:
+            raise ModelFormatError(f"int8 tensor {key!r} needs a float32 tensor {key + '.scale'!r} of shape "
+                                   f"({arr.shape[0]},)", path)
+        if not np.all(np.isfinite(scale)):
+            raise ModelFormatError(f"tensor {key + '.scale'!r} contains NaN or infinite values", path)
+        arr = scale[:, None] * arr.astype(np.float32)
+    elif arr.dtype != np.float32:
+        raise ModelFormatError(f"tensor {key!r} has dtype {arr.dtype}, expected float32 (or a float16/int8 "
+                               "weight matrix)", path)
     if not np.all(np.isfinite(arr)):
         raise ModelFormatError(f"tensor {key!r} contains NaN or infinite values", path)
     return arr
