@@ -13,6 +13,13 @@ the whole time loop with the GIL released.
 
 The backend is chosen by ``fastrnn.set_backend(name)``, else the ``FASTRNN_BACKEND`` environment
 variable, else the first available of cython, numba, numpy.
+
+Batch invariance: in the compiled backends every matmul (input projections, Dense layers, the
+recurrent steps) goes through the kernels' packed matmul, whose outputs are each one FMA chain
+over k. A row's result is therefore bitwise identical whatever else is in the batch and however
+the rows are split across threads (BLAS does not promise that: its gemv path for one row and its
+gemm edge kernels round differently). Classification relies on it: bucketed batches give
+exactly the results of running each input alone.
 """
 from __future__ import annotations
 
@@ -24,7 +31,7 @@ import threading
 import numpy as np
 
 from . import reference
-from .layers import Recurrent
+from .layers import Dense, Recurrent
 
 f32 = np.float32
 BACKEND_NAMES = ("cython", "numba", "numpy")
@@ -127,6 +134,9 @@ class NumpyBackend:
     def recurrent(self, layer: Recurrent, x, lengths, state, threads=1, tokens=None):
         return reference.recurrent(layer, x, lengths, state)
 
+    def dense(self, layer: Dense, x, threads=1):
+        return reference.dense(layer, x)
+
 
 class CompiledBackend:
     """Drives a kernel module that implements the contract in kernels/README.md."""
@@ -154,7 +164,8 @@ class CompiledBackend:
         k = self.kernels
         b_ih = np.zeros(G * H, f32) if w.b_ih is None else w.b_ih
         b_hh = np.zeros(G * H, f32) if w.b_hh is None else w.b_hh
-        entry = {"w_ih_t": np.ascontiguousarray(w.w_ih.T)}  # (I, G*H): xproj = x @ w_ih_t + bias
+        entry = {"w_ih_t": np.ascontiguousarray(w.w_ih.T),  # (I, G*H): the folded table's GEMM
+                 "w_ih": k.pack_weight(w.w_ih)}  # (G*H <- I): xproj = x @ W_ih.T + bias
         if layer.cell == "gru":
             # b_hr, b_hz fold into the projection; b_hn stays inside the reset product
             entry["bias"] = (b_ih + np.concatenate([b_hh[: 2 * H], np.zeros(H, f32)])).astype(f32)
@@ -167,6 +178,31 @@ class CompiledBackend:
             entry["w_hr"] = None if w.w_hr is None else k.pack_weight(w.w_hr)
             entry["peephole"] = w.peephole
         return entry
+
+    def matmul(self, x, packed, n_out, bias, threads=1):
+        """x (M, K) @ W.T + bias -> (M, N = n_out) float32, W (N, K) packed by this backend;
+        row blocks of x run on the thread pool. Batch-invariant (see the module doc)."""
+        M = x.shape[0]
+        out = np.empty((M, n_out), f32)
+        out[:] = 0.0 if bias is None else bias
+        x = np.ascontiguousarray(x, dtype=f32)
+        k = self.kernels
+        tasks = [(lambda a=a, b=b: k.matmul_packed(x[a:b], packed, out[a:b]))
+                 for a, b in split_rows(M, threads if M >= 64 * threads else 1)]
+        run_tasks(tasks, threads)
+        return out
+
+    def dense(self, layer: Dense, x, threads=1):
+        """Dense on (..., in) through the packed matmul; then the activation (element-wise, or
+        a per-row softmax) as in the reference."""
+        cache = layer.__dict__.setdefault("_packed", {})
+        packed = cache.get(self.name)
+        if packed is None:
+            packed = cache[self.name] = self.kernels.pack_weight(layer.weight)
+        shape = x.shape
+        y = self.matmul(x.reshape(-1, shape[-1]), packed, layer.output_size, layer.bias, threads)
+        y = y.reshape(shape[:-1] + (layer.output_size,))
+        return reference.dense_activation(layer, y)
 
     def can_fold_embedding(self, embedding, layer):
         """Fold Embedding -> first layer's input projection into one lookup table per direction,
@@ -215,8 +251,7 @@ class CompiledBackend:
             if tokens is not None:
                 xproj = self.folded_table(layer, d, tokens[0])[tokens[1]]  # (B, T, G*H) lookup
             else:
-                xproj = (x2 @ p["w_ih_t"]).reshape(B, T, G * H)  # all steps in one GEMM
-                xproj += p["bias"]
+                xproj = self.matmul(x2, p["w_ih"], G * H, p["bias"], threads).reshape(B, T, G * H)  # all steps
             backward = int(d == 1 or layer.reverse or layer.go_backwards)
             for b0, b1 in blocks:
                 tasks.append(self._task(layer, p, xproj[b0:b1], lengths[b0:b1], backward, h_all[d, b0:b1],

@@ -273,7 +273,7 @@ class Model:
                 if not layer.return_sequences:
                     lengths = None
             else:
-                h = reference.dense(layer, h)
+                h = be.dense(layer, h, threads=threads)
         return (h, states_out) if return_state else h
 
 
@@ -283,6 +283,13 @@ class Model:
         from .generate import generate
 
         return generate(self, prompt, **kwargs)
+
+    def classify(self, inputs, **kwargs):
+        """Label every input (texts, id sequences or feature arrays), lazily and in input order,
+        with length-bucketed batches; see fastrnn.classify.classify."""
+        from .classify import classify
+
+        return classify(self, inputs, **kwargs)
 
     def session(self, **kwargs):
         """A stateful token-by-token session; see fastrnn.generate.Session."""

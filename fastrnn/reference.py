@@ -31,7 +31,11 @@ def dense(layer: Dense, x: np.ndarray) -> np.ndarray:
     y = x @ layer.weight.T
     if layer.bias is not None:
         y = y + layer.bias
-    y = y.astype(f32)
+    return dense_activation(layer, y.astype(f32))
+
+
+def dense_activation(layer: Dense, y: np.ndarray) -> np.ndarray:
+    """The activation of a Dense layer on its affine output y (..., out) float32."""
     if layer.activation == "softmax":
         return softmax(y)
     if layer.activation == "linear":

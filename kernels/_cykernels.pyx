@@ -235,3 +235,23 @@ def _select_simd(bint allow):
     """Tests only: False forces the plain-C kernels process-wide, True restores what the CPU
     supports. Returns whether SIMD is now in use. Not thread-safe against running kernels."""
     return bool(rnn_select_simd(allow))
+
+
+# -- batch-invariant matmul (input projections and Dense layers) ----------------------------------
+cdef extern from "rnn_core.h" nogil:
+    void rnn_matmul_packed(const rnn_packed *w, const float *inp, Py_ssize_t ld_in,
+                           float *out, Py_ssize_t ld_out, Py_ssize_t m)
+
+
+def matmul_packed(const float[:, ::1] inp, PackedWeight w not None, float[:, ::1] out):
+    """out (M, N) += inp (M, K) @ W.T, w = pack_weight(W (N, K)). Each output is one FMA chain
+    over k, so a row's result does not depend on the other rows (see kernels/README.md)."""
+    cdef rnn_packed p = w.packed()
+    cdef Py_ssize_t m = inp.shape[0]
+    if inp.shape[1] != p.cols or out.shape[0] != m or out.shape[1] != p.rows:  # memory safety
+        raise ValueError(f"matmul_packed: ({m}, {inp.shape[1]}) @ ({p.rows}, {p.cols}).T into "
+                         f"({out.shape[0]}, {out.shape[1]})")
+    if m == 0 or p.rows == 0 or p.cols == 0:
+        return
+    with nogil:
+        rnn_matmul_packed(&p, &inp[0, 0], inp.shape[1], &out[0, 0], out.shape[1], m)

@@ -241,3 +241,20 @@ def gru_sequence(xproj, w_hh_rz, w_hh_n, b_hn, lengths, reverse, h, y, y_offset,
     acts, params, clip, _, lbr = cell
     _gru(xproj, w_hh_rz, w_hh_n, b_hn, lengths, bool(reverse), h, y, int(y_offset), acts, params,
          np.float32(clip), bool(lbr))
+
+
+@njit(**JIT)
+def _matmul_rows(inp, Wt, out):
+    """out[b, :] += inp[b, :] @ Wt for every row b.   inp (M, K), Wt (K, N), out (M, N).
+    Each output is one sum over k in increasing order: a row's result never depends on M."""
+    K, N = Wt.shape
+    for b in range(inp.shape[0]):
+        for k in range(K):
+            v = inp[b, k]
+            for j in range(N):
+                out[b, j] += v * Wt[k, j]
+
+
+def matmul_packed(inp, w, out):
+    """out (M, N) += inp (M, K) @ W.T, with w = pack_weight(W).   All float32 C-contiguous."""
+    _matmul_rows(inp, w, out)

@@ -1,0 +1,398 @@
+"""Classification of many inputs: one label per text (or id sequence), lazily, in input order.
+
+    model = fastrnn.load("sentiment.safetensors")       # any model whose output is per sequence
+    for r in model.classify(open("reviews.txt", encoding="utf-8")):
+        print(r.label, r.probabilities)
+
+    fastrnn classify reviews.txt                          # the command line (see add_cli)
+
+How a batch is formed (``classify``): inputs are read a window at a time (``window`` inputs,
+default 16 batches), tokenized with the model's stored vocabulary, sorted by length inside the
+window and cut into batches of at most ``batch_size`` rows and ``max_batch_tokens`` padded tokens.
+Each batch runs with exact per-row lengths, so padding costs nothing and changes nothing: a
+row's result is bitwise identical to running it alone (the kernels sum in the same order
+whatever the batch; tests/test_classify.py checks it). Results are then yielded in input order.
+Memory is bounded by the window, whatever the number of inputs.
+
+What counts as a classifier: a model whose last recurrent layer returns its final state (not a
+sequence), followed by at least one Dense layer. Probabilities come from the last Dense layer:
+softmax outputs as they are; a linear output is treated as logits and soft-maxed; a single
+sigmoid unit gives two classes [1 - p, p]; several sigmoid units give independent per-class
+probabilities (multi-label; ``label`` is then the most probable class). Label names are read
+from the model's metadata ``"labels"`` (a list, one per class); without it labels are class ids.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import sys
+import time
+from typing import Iterable, Iterator, NamedTuple, Optional
+
+import numpy as np
+
+from .layers import Dense, Recurrent
+from .model import Model
+
+BUNDLED_CLASSIFIER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "langid.safetensors")
+DEFAULT_BATCH_SIZE = 64
+DEFAULT_MAX_BATCH_TOKENS = 64 * 512  # padded tokens per batch: bounds the (B, T, ...) buffers
+
+
+class Classification(NamedTuple):
+    """One input's result. ``probabilities``: float32 (classes,), None when return_probs=False."""
+
+    label: object  # the label name (str) from the model's metadata, or the class id (int)
+    index: int  # class id: position of ``label`` in ``labels``
+    probabilities: Optional[np.ndarray]
+
+
+def labels_of(model: Model) -> list:
+    """The class names stored with ``model`` (metadata "labels"), or the class ids 0..C-1."""
+    n = class_count(model)
+    labels = (model.metadata or {}).get("labels")
+    if labels is None:
+        return list(range(n))
+    if not isinstance(labels, (list, tuple)) or len(labels) != n:
+        raise ValueError(f"model metadata 'labels' must be a list of {n} class names, got {labels!r}")
+    return [str(x) for x in labels]
+
+
+def check_classifier(model: Model):
+    """Raise ValueError saying why ``model`` cannot classify; return the last Dense layer."""
+    if not isinstance(model, Model):
+        raise TypeError(f"expected a fastrnn.Model, got {type(model).__name__}")
+    rec = model.recurrent_layers
+    name = model.name
+    if not rec:
+        raise ValueError(f"model {name!r} is not a classifier: it has no recurrent layer")
+    if rec[-1].return_sequences:
+        raise ValueError(
+            f"model {name!r} is not a classifier: its last recurrent layer ({rec[-1].name}) returns a "
+            "sequence, so the model gives one output per time step (a language or sequence-labelling "
+            "model). Use model.predict for per-step outputs or model.generate for text; a classifier "
+            "ends with a recurrent layer that returns its final state, then Dense layers.")
+    last = model.layers[-1]
+    if not isinstance(last, Dense):
+        raise ValueError(f"model {name!r} is not a classifier: it must end with a Dense layer, "
+                         f"ends with {type(last).__name__} ({last.name})")
+    return last
+
+
+def class_count(model: Model) -> int:
+    last = check_classifier(model)
+    n = last.output_size
+    return 2 if (last.activation == "sigmoid" and n == 1) else n
+
+
+def probabilities_from_output(out: np.ndarray, activation: str) -> np.ndarray:
+    """The last Dense layer's output (B, C) -> class probabilities (B, C') (see module doc)."""
+    out = np.asarray(out, dtype=np.float32)
+    if activation == "softmax":
+        return out
+    if activation == "sigmoid":
+        if out.shape[1] == 1:
+            return np.concatenate([1.0 - out, out], axis=1)
+        return out
+    if activation == "linear":
+        z = out - out.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+    raise ValueError(f"cannot read class probabilities from a Dense layer with activation {activation!r} "
+                     "(expected softmax, sigmoid or linear logits)")
+
+
+def _encoder(model: Model, max_length):
+    """input -> 1-D array (ids (T,) int64, or features (T, F) float32), truncated to max_length."""
+    vocab = model.vocabulary
+    takes_tokens = model.takes_tokens
+
+    def encode(item, position):
+        if isinstance(item, str):
+            if not takes_tokens:
+                raise ValueError(f"input {position} is text, but the model takes feature vectors, not tokens")
+            if vocab is None:
+                raise ValueError("the model has no vocabulary stored with it, so it cannot read text: "
+                                 "pass token ids instead (lists of ints)")
+            if max_length is not None:
+                # bound the work on giant lines before tokenizing (a char is at most one token)
+                item = item[: max_length] if vocab.level == "char" else item
+            ids = vocab.encode(item)
+            arr = np.asarray(ids, dtype=np.int64)
+        else:
+            arr = np.asarray(item)
+            if takes_tokens:
+                if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
+                    raise ValueError(f"input {position}: token ids must be a 1-D sequence of ints, "
+                                     f"got shape {arr.shape} dtype {arr.dtype}")
+                arr = arr.astype(np.int64, copy=False)
+            else:
+                if arr.ndim != 2:
+                    raise ValueError(f"input {position}: features must be 2-D (time, features), got shape {arr.shape}")
+                arr = arr.astype(np.float32, copy=False)
+        if max_length is not None and arr.shape[0] > max_length:
+            arr = arr[:max_length]
+        return arr
+
+    return encode
+
+
+def _batches(order, lengths, batch_size, max_batch_tokens):
+    """Cut ``order`` (indices sorted by length) into runs of <= batch_size rows whose padded size
+    (rows x longest) stays <= max_batch_tokens (one row always fits)."""
+    start = 0
+    n = len(order)
+    while start < n:
+        stop = start + 1
+        while stop < n and stop - start < batch_size and (stop - start + 1) * lengths[order[stop]] <= max_batch_tokens:
+            stop += 1
+        yield order[start:stop]
+        start = stop
+
+
+def classify(model: Model, inputs: Iterable, batch_size: int = DEFAULT_BATCH_SIZE, return_probs: bool = True,
+             window: Optional[int] = None, max_length: Optional[int] = None,
+             max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS, threads=None, backend=None) -> Iterator[Classification]:
+    """Classify every input of ``inputs``; yields one ``Classification`` per input, in input order.
+
+    inputs : an iterable or generator of texts (str, tokenized with the model's vocabulary), of
+        token-id sequences (models starting with an Embedding) or of (T, F) feature arrays.
+        Read lazily, ``window`` inputs at a time.
+    batch_size : rows run together (default 64).
+    return_probs : include the class probabilities (float32 (C,)).
+    window : inputs sorted by length together (default 16 * batch_size); memory is bounded by it.
+    max_length : keep only the first max_length tokens of each input (default: all).
+    max_batch_tokens : upper bound of rows x padded length per batch (long inputs run in smaller
+        batches), default 32768.
+    threads, backend : as for Model.predict.
+
+    An empty input is classified from the initial (zero) state. Results are bitwise identical for
+    any batch_size, window and thread count.
+    """
+    last = check_classifier(model)
+    labels = labels_of(model)
+    batch_size = _positive(batch_size, "batch_size")
+    window = _positive(window if window is not None else 16 * batch_size, "window")
+    max_batch_tokens = _positive(max_batch_tokens, "max_batch_tokens")
+    if max_length is not None:
+        max_length = _positive(max_length, "max_length")
+    if isinstance(inputs, (str, bytes)):
+        raise TypeError("inputs must be an iterable of texts; wrap a single text as [text]")
+    return _classify_iter(model, iter(inputs), last.activation, labels, batch_size, return_probs, window,
+                          max_length, max_batch_tokens, threads, backend)
+
+
+def _classify_iter(model, it, activation, labels, batch_size, return_probs, window, max_length,
+                   max_batch_tokens, threads, backend):
+    encode = _encoder(model, max_length)
+    feature_shape = None if model.takes_tokens else (model.input_size,)
+    position = 0
+    while True:
+        chunk = [encode(item, position + k) for k, item in enumerate(itertools.islice(it, window))]
+        if not chunk:
+            return
+        position += len(chunk)
+        lengths = np.array([a.shape[0] for a in chunk], dtype=np.int64)
+        order = np.argsort(lengths, kind="stable")
+        probs = np.empty((len(chunk), len(labels)), dtype=np.float32)
+        for rows in _batches(order, lengths, batch_size, max_batch_tokens):
+            T = max(1, int(lengths[rows[-1]]))
+            if feature_shape is None:
+                x = np.zeros((len(rows), T), dtype=np.int64)
+            else:
+                x = np.zeros((len(rows), T) + feature_shape, dtype=np.float32)
+            for j, r in enumerate(rows):
+                x[j, : lengths[r]] = chunk[r]
+            out = model.predict(x, lengths=lengths[rows], threads=threads, backend=backend)
+            probs[rows] = probabilities_from_output(out, activation)
+        best = np.argmax(probs, axis=1)
+        for k in range(len(chunk)):
+            i = int(best[k])
+            yield Classification(labels[i], i, probs[k].copy() if return_probs else None)
+
+
+def _positive(value, name):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+# =============================================================================================
+# Bundled classifier
+# =============================================================================================
+
+_bundled = None
+
+
+def bundled_classifier() -> Model:
+    """The language-identification GRU shipped with fastrnn (trained by tools/train_langid.py on
+    the Debian word lists), loaded once."""
+    global _bundled
+    if _bundled is None:
+        from . import load
+
+        if not os.path.exists(BUNDLED_CLASSIFIER):
+            raise FileNotFoundError(f"the bundled classifier is missing ({BUNDLED_CLASSIFIER}); reinstall fastrnn")
+        _bundled = load(BUNDLED_CLASSIFIER)
+    return _bundled
+
+
+# =============================================================================================
+# Command line: fastrnn classify
+# =============================================================================================
+
+class Progress:
+    """A one-line progress bar on a terminal stream: lines, rate, and percent of the file's bytes
+    when its size is known. Redrawn at most 10 times a second; nothing is printed when the
+    stream is not a terminal (pipes, CI logs)."""
+
+    def __init__(self, stream, total_bytes=None, enabled=None):
+        self.stream = stream
+        self.enabled = stream.isatty() if enabled is None else enabled
+        self.total = total_bytes
+        self.start = time.monotonic()
+        self.last = 0.0
+        self.lines = 0
+        self.done_bytes = 0
+
+    def update(self, lines, done_bytes=None, force=False):
+        self.lines = lines
+        if done_bytes is not None:
+            self.done_bytes = done_bytes
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if not force and now - self.last < 0.1:
+            return
+        self.last = now
+        elapsed = max(now - self.start, 1e-9)
+        rate = lines / elapsed
+        if self.total:
+            frac = min(1.0, self.done_bytes / self.total)
+            width = 30
+            filled = int(frac * width)
+            bar = "#" * filled + "-" * (width - filled)
+            text = f"\r[{bar}] {100 * frac:5.1f}% {lines:,} lines {rate:,.0f}/s"
+        else:
+            text = f"\r{lines:,} lines {rate:,.0f}/s {elapsed:,.0f}s"
+        self.stream.write(text)
+        self.stream.flush()
+
+    def close(self):
+        if self.enabled:
+            self.update(self.lines, force=True)
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+class LineReader:
+    """Lines of a binary stream as text (UTF-8, newline and a final CR removed), counting bytes
+    read for the progress bar. A line that is not UTF-8 raises ValueError naming its number."""
+
+    def __init__(self, raw, name):
+        self.raw = raw
+        self.name = name
+        self.bytes = 0
+        self.count = 0
+
+    def __iter__(self):
+        for line in self.raw:
+            self.bytes += len(line)
+            self.count += 1
+            if line.endswith(b"\n"):
+                line = line[:-1]
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            try:
+                yield line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ValueError(f"{self.name}: line {self.count} is not valid UTF-8 ({exc.reason} at byte "
+                                 f"{exc.start})") from None
+
+
+def add_cli(subparsers):
+    import argparse
+
+    p = subparsers.add_parser(
+        "classify", help="label every line of a file or stdin (default: the bundled language identifier)",
+        description="Classify one input per line (UTF-8), writing one output line per input in the same "
+                    "order. Without --model the bundled language-identification GRU is used.")
+    p.add_argument("file", nargs="?", default="-", help="input file, one text per line ('-' = stdin, the default)")
+    p.add_argument("--model", help="classifier model file (.safetensors, .keras, .h5, .onnx)")
+    p.add_argument("--format", choices=["jsonl", "csv"], default="jsonl",
+                   help="jsonl: {\"text\", \"label\", \"probabilities\": {label: p}} per line (default); "
+                        "csv: a header, then text,label,one column per class")
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="rows run together (default 64)")
+    p.add_argument("--threads", type=int, default=None, help="threads (default: all cores)")
+    p.add_argument("--max-length", type=int, default=None,
+                   help="use only the first N tokens of each line (default: the whole line)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bar on stderr (default: when stderr is a terminal)")
+    p.set_defaults(func=cmd_classify)
+
+
+def cmd_classify(args):
+    import csv
+
+    from . import load
+
+    model = load(args.model) if args.model else bundled_classifier()
+    labels = labels_of(model)  # checks it is a classifier before any input is read
+    if args.file == "-":
+        raw, name, total = sys.stdin.buffer, "<stdin>", None
+    else:
+        raw = open(args.file, "rb")
+        name = args.file
+        try:
+            total = os.fstat(raw.fileno()).st_size or None
+        except OSError:
+            total = None
+    reader = LineReader(raw, name)
+    progress = Progress(sys.stderr, total, enabled=args.progress)
+    out = sys.stdout
+    writer = None
+    if args.format == "csv":
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(["text", "label"] + [str(x) for x in labels])
+    texts = _remember(reader)
+    try:
+        results = classify(model, texts, batch_size=args.batch_size, threads=args.threads, max_length=args.max_length)
+        for n, r in enumerate(results, 1):
+            text = texts.pop()
+            p = r.probabilities
+            if writer is not None:
+                writer.writerow([text, r.label] + [f"{v:.6g}" for v in p.tolist()])
+            else:
+                out.write(json.dumps({"text": text, "label": r.label,
+                                      "probabilities": {str(k): round(float(v), 6) for k, v in zip(labels, p.tolist())}},
+                                     ensure_ascii=False) + "\n")
+            progress.update(n, reader.bytes)
+        out.flush()
+    finally:
+        progress.close()
+        if raw is not sys.stdin.buffer:
+            raw.close()
+    return 0
+
+
+class _remember:
+    """Pass items through while keeping those not yet consumed by the caller's output loop (the
+    classifier reads a window ahead); memory is bounded by that window."""
+
+    def __init__(self, iterable):
+        from collections import deque
+
+        self.it = iter(iterable)
+        self.pending = deque()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        item = next(self.it)
+        self.pending.append(item)
+        return item
+
+    def pop(self):
+        return self.pending.popleft()
