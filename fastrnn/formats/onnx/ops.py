@@ -1,0 +1,326 @@
+"""The glue operators of exported RNN models, in NumPy (ONNX semantics, opset 7-22).
+
+Each op is ``f(node, inputs) -> list of outputs``: ``inputs`` are arrays, None for an omitted
+optional input. The recurrent ops themselves run on fastrnn's kernels (recurrent.py). An op that
+is not here raises UnsupportedLayerError naming the node (see session.py).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .graph import ONNX_DTYPES
+
+OPS = {}
+
+
+def op(*names):
+    def register(f):
+        for n in names:
+            OPS[n] = f
+        return f
+    return register
+
+
+def _axes(node, inputs, index=1):
+    """Axes from the attribute (older opsets) or from input ``index`` (opset 13+)."""
+    if "axes" in node.attrs:
+        return list(node.attrs["axes"])
+    if len(inputs) > index and inputs[index] is not None:
+        return [int(a) for a in np.asarray(inputs[index]).reshape(-1)]
+    return None
+
+
+def _int_list(a):
+    return [int(v) for v in np.asarray(a).reshape(-1)]
+
+
+@op("Identity", "Dropout")
+def _identity(node, x):
+    out = [x[0]]
+    if node.op_type == "Dropout" and len(node.outputs) > 1:
+        out.append(np.ones(np.shape(x[0]), dtype=bool))
+    return out
+
+
+@op("Constant")
+def _constant(node, x):
+    a = node.attrs
+    for key in ("value", "value_float", "value_floats", "value_int", "value_ints"):
+        if key in a:
+            v = a[key]
+            if key.startswith("value_float"):
+                v = np.array(v, dtype=np.float32)
+            elif key.startswith("value_int"):
+                v = np.array(v, dtype=np.int64)
+            return [np.asarray(v)]
+    raise ValueError(f"{node.where()}: Constant without a supported value attribute")
+
+
+@op("ConstantOfShape")
+def _constant_of_shape(node, x):
+    shape = _int_list(x[0])
+    value = node.attrs.get("value", np.zeros(1, np.float32))
+    if int(np.prod(shape, dtype=np.int64)) > 1 << 28:
+        raise ValueError(f"{node.where()}: refusing to allocate a tensor of shape {shape}")
+    return [np.full(shape, np.asarray(value).reshape(-1)[0], dtype=np.asarray(value).dtype)]
+
+
+@op("Shape")
+def _shape(node, x):
+    s = np.array(np.shape(x[0]), dtype=np.int64)
+    start, end = node.attrs.get("start", 0), node.attrs.get("end", None)
+    return [s[start:end]]
+
+
+@op("Size")
+def _size(node, x):
+    return [np.array(np.size(x[0]), dtype=np.int64)]
+
+
+@op("Cast")
+def _cast(node, x):
+    to = node.attrs["to"]
+    if to not in ONNX_DTYPES:
+        raise ValueError(f"{node.where()}: Cast to unsupported type {to}")
+    return [np.asarray(x[0]).astype(ONNX_DTYPES[to])]
+
+
+@op("Gather")
+def _gather(node, x):
+    data, idx = np.asarray(x[0]), np.asarray(x[1]).astype(np.int64)
+    axis = node.attrs.get("axis", 0)
+    n = data.shape[axis]
+    if idx.size and (idx.min() < -n or idx.max() >= n):
+        bad = idx.min() if idx.min() < -n else idx.max()
+        raise IndexError(f"{node.where()}: index {bad} is out of range for axis {axis} of size {n}")
+    return [np.take(data, np.where(idx < 0, idx + n, idx), axis=axis)]
+
+
+@op("Transpose")
+def _transpose(node, x):
+    perm = node.attrs.get("perm")
+    return [np.transpose(x[0], perm)]
+
+
+@op("Reshape")
+def _reshape(node, x):
+    data, shape = np.asarray(x[0]), _int_list(x[1])
+    if not node.attrs.get("allowzero", 0):
+        shape = [data.shape[i] if s == 0 else s for i, s in enumerate(shape)]
+    return [data.reshape(shape)]
+
+
+@op("Flatten")
+def _flatten(node, x):
+    data = np.asarray(x[0])
+    axis = node.attrs.get("axis", 1)
+    axis = axis + data.ndim if axis < 0 else axis
+    return [data.reshape(int(np.prod(data.shape[:axis], dtype=np.int64)), -1)]
+
+
+@op("Squeeze")
+def _squeeze(node, x):
+    axes = _axes(node, x)
+    return [np.squeeze(x[0], axis=tuple(axes)) if axes else np.squeeze(x[0])]
+
+
+@op("Unsqueeze")
+def _unsqueeze(node, x):
+    axes = _axes(node, x)
+    out = np.asarray(x[0])
+    ndim = out.ndim + len(axes)
+    for a in sorted(a + ndim if a < 0 else a for a in axes):
+        out = np.expand_dims(out, a)
+    return [out]
+
+
+@op("Concat")
+def _concat(node, x):
+    return [np.concatenate([np.asarray(v) for v in x if v is not None], axis=node.attrs["axis"])]
+
+
+@op("Split")
+def _split(node, x):
+    data = np.asarray(x[0])
+    axis = node.attrs.get("axis", 0)
+    split = node.attrs.get("split")
+    if split is None and len(x) > 1 and x[1] is not None:
+        split = _int_list(x[1])
+    n_out = len(node.outputs)
+    if split is None:
+        num = node.attrs.get("num_outputs", n_out)
+        size = -(-data.shape[axis] // num)
+        split = [min(size, data.shape[axis] - i * size) for i in range(num)]
+    return list(np.split(data, np.cumsum(split)[:-1], axis=axis))
+
+
+@op("Slice")
+def _slice(node, x):
+    data = np.asarray(x[0])
+    if "starts" in node.attrs:  # opset < 10
+        starts, ends = node.attrs["starts"], node.attrs["ends"]
+        axes, steps = node.attrs.get("axes"), None
+    else:
+        starts, ends = _int_list(x[1]), _int_list(x[2])
+        axes = _int_list(x[3]) if len(x) > 3 and x[3] is not None else None
+        steps = _int_list(x[4]) if len(x) > 4 and x[4] is not None else None
+    axes = list(range(len(starts))) if axes is None else axes
+    steps = [1] * len(starts) if steps is None else steps
+    index = [slice(None)] * data.ndim
+    for s, e, a, st in zip(starts, ends, axes, steps):
+        if st == 0:
+            raise ValueError(f"{node.where()}: Slice step 0")
+        n = data.shape[a]
+        s = s + n if s < 0 else s
+        e = e + n if e < 0 else e
+        if st > 0:
+            s, e = min(max(s, 0), n), min(max(e, 0), n)
+        else:
+            s, e = min(max(s, 0), n - 1), min(max(e, -1), n - 1)
+        index[a] = slice(s, None if e < 0 else e, st)
+    return [data[tuple(index)]]
+
+
+@op("Expand")
+def _expand(node, x):
+    data = np.asarray(x[0])
+    shape = np.broadcast_shapes(data.shape, tuple(_int_list(x[1])))
+    return [np.broadcast_to(data, shape).copy()]
+
+
+@op("Tile")
+def _tile(node, x):
+    return [np.tile(x[0], _int_list(x[1]))]
+
+
+@op("Range")
+def _range(node, x):
+    start, limit, delta = (np.asarray(v).reshape(()) for v in x[:3])
+    return [np.arange(start, limit, delta, dtype=np.result_type(start))]
+
+
+def _binary(f):
+    def run(node, x):
+        a, b = np.asarray(x[0]), np.asarray(x[1])
+        return [f(a, b).astype(np.result_type(a, b), copy=False)]
+    return run
+
+
+OPS["Add"] = _binary(np.add)
+OPS["Sub"] = _binary(np.subtract)
+OPS["Mul"] = _binary(np.multiply)
+OPS["Pow"] = _binary(np.power)
+OPS["Max"] = lambda node, x: [np.maximum.reduce([np.asarray(v) for v in x])]
+OPS["Min"] = lambda node, x: [np.minimum.reduce([np.asarray(v) for v in x])]
+
+
+@op("Div")
+def _div(node, x):
+    a, b = np.asarray(x[0]), np.asarray(x[1])
+    if np.issubdtype(a.dtype, np.integer):
+        return [np.trunc(a / b).astype(a.dtype)]
+    return [(a / b).astype(np.result_type(a, b), copy=False)]
+
+
+@op("Equal")
+def _equal(node, x):
+    return [np.equal(x[0], x[1])]
+
+
+@op("Less")
+def _less(node, x):
+    return [np.less(x[0], x[1])]
+
+
+@op("Greater")
+def _greater(node, x):
+    return [np.greater(x[0], x[1])]
+
+
+@op("Not")
+def _not(node, x):
+    return [np.logical_not(x[0])]
+
+
+@op("Where")
+def _where(node, x):
+    return [np.where(x[0], x[1], x[2])]
+
+
+@op("MatMul")
+def _matmul(node, x):
+    return [np.matmul(x[0], x[1]).astype(np.float32, copy=False)]
+
+
+@op("Gemm")
+def _gemm(node, x):
+    a, b = np.asarray(x[0]), np.asarray(x[1])
+    if node.attrs.get("transA", 0):
+        a = a.T
+    if node.attrs.get("transB", 0):
+        b = b.T
+    y = node.attrs.get("alpha", 1.0) * (a @ b)
+    if len(x) > 2 and x[2] is not None:
+        y = y + node.attrs.get("beta", 1.0) * np.asarray(x[2])
+    return [y.astype(np.float32, copy=False)]
+
+
+def _softmax_like(log):
+    def run(node, x):
+        data = np.asarray(x[0], dtype=np.float32)
+        default = -1 if _opset_13(node) else 1
+        axis = node.attrs.get("axis", default)
+        if not _opset_13(node):  # opset < 13: flatten to 2-D at axis
+            shape = data.shape
+            axis = axis + data.ndim if axis < 0 else axis
+            flat = data.reshape(int(np.prod(shape[:axis], dtype=np.int64)), -1)
+            return [run_axis(flat, 1, log).reshape(shape)]
+        return [run_axis(data, axis, log)]
+    return run
+
+
+def run_axis(data, axis, log):
+    z = data - data.max(axis=axis, keepdims=True)
+    e = np.exp(z)
+    s = e.sum(axis=axis, keepdims=True)
+    return (z - np.log(s) if log else e / s).astype(np.float32)
+
+
+def _opset_13(node):
+    return node.attrs.get("_opset", 13) >= 13
+
+
+OPS["Softmax"] = _softmax_like(False)
+OPS["LogSoftmax"] = _softmax_like(True)
+
+
+def _unary(f):
+    return lambda node, x: [f(np.asarray(x[0])).astype(np.asarray(x[0]).dtype, copy=False)]
+
+
+OPS["Sigmoid"] = _unary(lambda a: 1.0 / (1.0 + np.exp(-a)))
+OPS["Tanh"] = _unary(np.tanh)
+OPS["Relu"] = _unary(lambda a: np.maximum(a, 0))
+OPS["Neg"] = _unary(np.negative)
+OPS["Exp"] = _unary(np.exp)
+OPS["Log"] = _unary(np.log)
+OPS["Sqrt"] = _unary(np.sqrt)
+OPS["Abs"] = _unary(np.abs)
+
+
+@op("ReduceMean", "ReduceMax", "ReduceSum")
+def _reduce(node, x):
+    f = {"ReduceMean": np.mean, "ReduceMax": np.max, "ReduceSum": np.sum}[node.op_type]
+    axes = _axes(node, x)
+    keep = bool(node.attrs.get("keepdims", 1))
+    if axes is None and node.attrs.get("noop_with_empty_axes", 0):
+        return [np.asarray(x[0])]
+    data = np.asarray(x[0])
+    return [f(data, axis=None if axes is None else tuple(axes), keepdims=keep).astype(data.dtype, copy=False)]
+
+
+@op("ArgMax")
+def _argmax(node, x):
+    axis, keep = node.attrs.get("axis", 0), node.attrs.get("keepdims", 1)
+    out = np.argmax(x[0], axis=axis)
+    return [np.expand_dims(out, axis).astype(np.int64) if keep else out.astype(np.int64)]

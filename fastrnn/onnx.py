@@ -1,0 +1,8 @@
+"""ONNX models in fastrnn (needs the ``onnx`` package to read the files).
+
+    sess = fastrnn.onnx.InferenceSession("model.onnx")   # drop-in for onnxruntime's run/get_inputs/get_outputs
+    model = fastrnn.onnx.load_model("model.onnx")        # a plain layer chain -> fastrnn.Model (= fastrnn.load)
+"""
+from .formats.onnx import InferenceSession, load_model
+
+__all__ = ["InferenceSession", "load_model"]
