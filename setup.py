@@ -32,7 +32,7 @@ else:
 extensions = [
     Extension(
         "fastrnn.kernels._cykernels",
-        sources=["kernels/_cykernels.pyx", "kernels/rnn_core.c"],
+        sources=["kernels/_cykernels.pyx", "kernels/rnn_core.c", "kernels/rnn_split.c"],
         include_dirs=[numpy.get_include(), "kernels"],
         extra_compile_args=C_FLAGS,
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],

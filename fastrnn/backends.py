@@ -48,6 +48,7 @@ _pool = None
 _pool_size = 0
 _pool_lock = threading.Lock()
 MIN_ROWS_PER_TASK = 4
+MIN_SPLIT_HIDDEN = 128  # batch 1: split the hidden units across threads from this size on
 MAX_FOLDED_TABLE_BYTES = 96 * 1024 * 1024  # per direction
 
 
@@ -253,12 +254,36 @@ class CompiledBackend:
             else:
                 xproj = self.matmul(x2, p["w_ih"], G * H, p["bias"], threads).reshape(B, T, G * H)  # all steps
             backward = int(d == 1 or layer.reverse or layer.go_backwards)
+            parts = self._split_parts(layer, B, T, threads)
+            if parts > 1:  # batch 1, one direction: the hidden units across threads
+                tasks += self._split_tasks(layer, p, xproj, lengths, backward, h_all[d], None if c_all is None
+                                           else c_all[d], y, cell, parts)
+                continue
             for b0, b1 in blocks:
                 tasks.append(self._task(layer, p, xproj[b0:b1], lengths[b0:b1], backward, h_all[d, b0:b1],
                                         None if c_all is None else c_all[d, b0:b1], y[b0:b1], d * Ho, cell))
         run_tasks(tasks, threads)
         new_state = (h_all, c_all) if layer.cell == "lstm" else h_all
         return finish_recurrent(layer, y, h_all, lengths), new_state
+
+    def _split_parts(self, layer, B, T, threads):
+        """Threads for a batch-1 call split over the hidden units (kernels/rnn_split.h), or 1."""
+        H = layer.hidden_size
+        if (B != 1 or T == 0 or threads < 2 or layer.num_directions != 1 or layer.proj_size
+                or H < MIN_SPLIT_HIDDEN or H % 16 or not hasattr(self.kernels, "split_sequence")):
+            return 1
+        return min(threads, H // 16)
+
+    def _split_tasks(self, layer, p, xproj, lengths, backward, h, c, y, cell, parts):
+        """``parts`` calls that run together (each waits for the others after every step)."""
+        k = self.kernels
+        ctx = k.SplitContext(parts, h)
+        if layer.cell == "gru":
+            args = ("gru", xproj, p["w_hh_rz"], p["w_hh_n"], p["b_hn"], None)
+        else:
+            args = (layer.cell, xproj, p["w_hh"], None, None, p["peephole"] if layer.cell == "lstm" else None)
+        return [(lambda part=part: k.split_sequence(ctx, part, *args, lengths, backward, h, c, y, 0, cell))
+                for part in range(parts)]
 
     def _task(self, layer, p, xproj, lengths, backward, h, c, y, y_offset, cell):
         """One kernel call over a block of rows of one direction (row slices stay C-contiguous)."""

@@ -255,3 +255,98 @@ def matmul_packed(const float[:, ::1] inp, PackedWeight w not None, float[:, ::1
         return
     with nogil:
         rnn_matmul_packed(&p, &inp[0, 0], inp.shape[1], &out[0, 0], out.shape[1], m)
+
+
+# -- batch 1 with the hidden units split across threads (kernels/rnn_split.h) --------------------
+cdef extern from "rnn_split.h" nogil:
+    enum:
+        RNN_SPLIT_RNN
+        RNN_SPLIT_LSTM
+        RNN_SPLIT_GRU
+    ctypedef struct rnn_split_shared:
+        int parts
+        int arrived
+        int phase
+        int failed
+        float *h2
+        float *shared_rh
+    ctypedef struct rnn_split_weights:
+        int cell
+        const rnn_packed *w_a
+        const rnn_packed *w_n
+        const float *b_hn
+        const float *peephole
+    int rnn_split_sequence(const rnn_sequence_io *io, const float *xproj, const rnn_split_weights *w,
+                           float *h, float *c, const rnn_cell *cell, rnn_split_shared *shared, int part)
+
+
+cdef class SplitContext:
+    """What the P parts of one split call share: the barrier and the double-buffered h (2, H),
+    whose first half is the initial h. Made once per call by fastrnn.backends; each part then
+    runs split_sequence(ctx, part, ...) on its own thread, all P at the same time."""
+
+    cdef rnn_split_shared shared
+    cdef float[:, ::1] _h2
+    cdef float[::1] _rh
+
+    def __init__(self, int parts, const float[:, ::1] h0):
+        cdef Py_ssize_t H = h0.shape[1]
+        if parts < 1 or h0.shape[0] != 1:
+            raise ValueError("SplitContext: parts >= 1 and an initial h of shape (1, H)")
+        self._h2 = np.zeros((2, H), dtype=np.float32)
+        self._h2[0, :] = h0[0, :]
+        self._rh = np.zeros(H, dtype=np.float32)
+        self.shared.parts = parts
+        self.shared.arrived = 0
+        self.shared.phase = 0
+        self.shared.failed = 0
+        self.shared.h2 = &self._h2[0, 0]
+        self.shared.shared_rh = &self._rh[0]
+
+
+def split_sequence(SplitContext ctx not None, int part, str kind, const float[:, :, ::1] xproj,
+                   PackedWeight w_a not None, PackedWeight w_n, b_hn, peephole, const int64_t[::1] lengths,
+                   int reverse, float[:, ::1] h, c, float[:, :, ::1] y, Py_ssize_t y_offset, tuple cell):
+    """One part of a batch-1 sequence split over the hidden units (kernels/rnn_split.h).
+
+    kind "rnn" | "lstm" | "gru"; xproj (1, T, G*H) IN; w_a packed: rnn W_hh (H <- H), lstm W_hh
+    (4H <- H), gru rows r|z (2H <- H); w_n gru rows n (H <- H) else None; b_hn (H,) for gru;
+    peephole (3, H) or None; h (1, H) OUT (own units); c (1, H) INOUT for lstm else None; y
+    (1, T, Y) OUT, own columns of [y_offset, y_offset + H)."""
+    cdef Py_ssize_t T = xproj.shape[1]
+    cdef rnn_cell c_cell
+    read_cell(cell, &c_cell)
+    cdef rnn_sequence_io io
+    fill_io(&io, 1, T, lengths, reverse, y, y_offset)
+    cdef rnn_packed pa = w_a.packed()
+    cdef rnn_packed pn
+    cdef rnn_split_weights w
+    cdef const float[::1] bhn_view
+    cdef const float[:, ::1] peep_view
+    cdef float[:, ::1] c_view
+    w.w_a = &pa
+    w.w_n = NULL
+    w.b_hn = NULL
+    w.peephole = NULL
+    if kind == "gru":
+        w.cell = RNN_SPLIT_GRU
+        pn = w_n.packed()
+        w.w_n = &pn
+        bhn_view = b_hn
+        w.b_hn = &bhn_view[0]
+    elif kind == "lstm":
+        w.cell = RNN_SPLIT_LSTM
+        if peephole is not None:
+            peep_view = peephole
+            w.peephole = &peep_view[0, 0]
+    else:
+        w.cell = RNN_SPLIT_RNN
+    cdef float *c_ptr = NULL
+    if c is not None:
+        c_view = c
+        c_ptr = &c_view[0, 0]
+    cdef int rc
+    with nogil:
+        rc = rnn_split_sequence(&io, &xproj[0, 0, 0], &w, &h[0, 0], c_ptr, &c_cell, &ctx.shared, part)
+    if rc != 0:
+        raise MemoryError("split_sequence: out of memory for the scratch buffers")
