@@ -56,10 +56,27 @@ cdef extern from "rnn_core.h" nogil:
     int gru_sequence_f32(const rnn_sequence_io *io, const float *xproj, const rnn_gru_weights *w,
                          float *h, const rnn_cell *cell)
     int rnn_simd_enabled()
-    int rnn_select_simd(int allow)
+    int rnn_select_simd(int level)
 
 
-rnn_select_simd(1)  # decide once, at import, with the GIL held
+SIMD_LEVELS = ("plain", "avx2", "avx512")
+
+
+def _simd_cap():
+    """FASTRNN_SIMD=plain|avx2|avx512 caps the instruction set (default: the best the CPU has)."""
+    import os
+    import warnings
+
+    name = os.environ.get("FASTRNN_SIMD", "").strip().lower()
+    if not name:
+        return -1
+    if name not in SIMD_LEVELS:
+        warnings.warn(f"FASTRNN_SIMD={name!r} is not one of {SIMD_LEVELS}; using the best available", RuntimeWarning)
+        return -1
+    return SIMD_LEVELS.index(name)
+
+
+rnn_select_simd(_simd_cap())  # decide once, at import, with the GIL held
 
 
 # -- weights -----------------------------------------------------------------------------------
@@ -227,14 +244,19 @@ def gru_sequence(const float[:, :, ::1] xproj, PackedWeight w_hh_rz not None, Pa
 
 # -- instruction set (for tests and reports) -----------------------------------------------------
 def simd_enabled():
-    """True when the AVX2+FMA kernels are in use, False for the plain-C fallback."""
+    """True when SIMD kernels (AVX2 or AVX-512) are in use, False for the plain-C fallback."""
     return bool(rnn_simd_enabled())
 
 
-def _select_simd(bint allow):
-    """Tests only: False forces the plain-C kernels process-wide, True restores what the CPU
-    supports. Returns whether SIMD is now in use. Not thread-safe against running kernels."""
-    return bool(rnn_select_simd(allow))
+def simd_level():
+    """The instruction set in use: "plain", "avx2" or "avx512"."""
+    return SIMD_LEVELS[rnn_simd_enabled()]
+
+
+def _select_simd(level):
+    """Tests only: cap the instruction set process-wide ("plain", "avx2", "avx512", or None for
+    the best available); returns the level now in use. Not thread-safe against running kernels."""
+    return SIMD_LEVELS[rnn_select_simd(-1 if level is None else SIMD_LEVELS.index(level))]
 
 
 # -- batch-invariant matmul (input projections and Dense layers) ----------------------------------

@@ -32,6 +32,8 @@
 #include <immintrin.h>
 #define RNN_AVX2 __attribute__((target("avx2,fma")))
 #define RNN_AVX2_INLINE __attribute__((target("avx2,fma"), always_inline)) inline
+#define RNN_AVX512 __attribute__((target("avx512f,fma")))
+#define RNN_AVX512_INLINE __attribute__((target("avx512f,fma"), always_inline)) inline
 #else
 #define RNN_X86_SIMD 0
 #endif
@@ -40,28 +42,31 @@
  * 1. instruction set
  * ========================================================================================== */
 
-static int simd_state = -1; /* -1: not decided yet, 0: plain C, 1: AVX2+FMA */
+static int simd_state = -1; /* -1: not decided yet, else the level in use (RNN_SIMD_*) */
 
-static int cpu_has_avx2_fma(void)
+static int cpu_simd_level(void)
 {
 #if RNN_X86_SIMD
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")))
+        return RNN_SIMD_PLAIN;
+    return __builtin_cpu_supports("avx512f") ? RNN_SIMD_AVX512 : RNN_SIMD_AVX2;
 #else
-    return 0;
+    return RNN_SIMD_PLAIN;
 #endif
 }
 
 int rnn_simd_enabled(void)
 {
     if (simd_state < 0)
-        simd_state = cpu_has_avx2_fma();
+        simd_state = cpu_simd_level();
     return simd_state;
 }
 
-int rnn_select_simd(int allow)
+int rnn_select_simd(int level)
 {
-    simd_state = allow ? cpu_has_avx2_fma() : 0;
+    const int best = cpu_simd_level();
+    simd_state = level < 0 || level > best ? best : level;
     return simd_state;
 }
 
@@ -475,13 +480,97 @@ static RNN_AVX2 void matmul_avx2(const rnn_packed *w, const float *in, ptrdiff_t
 }
 #endif
 
+#if RNN_X86_SIMD
+/* The AVX-512 micro-kernel: one panel row (16 outputs) is one zmm register. out (MR, NPG*16)
+ * += in (MR, kb) @ NPG panels (kb, 16), MR*NPG accumulators (at most 24 of the 32 registers).
+ * Every output is the same chain of FMAs over k as in tile_avx2 (starting from out, k in
+ * increasing order), so both paths give the same bits. Only NPG == 1 handles a partial panel. */
+static RNN_AVX512_INLINE void tile_avx512(const int MR, const int NPG, const float *panel, ptrdiff_t panel_stride,
+                                          ptrdiff_t kb, const float *in, ptrdiff_t ld_in, float *out,
+                                          ptrdiff_t ld_out, ptrdiff_t valid)
+{
+    __m512 acc[12][4];
+    const __mmask16 mask = valid >= RNN_PANEL ? (__mmask16)0xFFFF : (__mmask16)((1u << valid) - 1u);
+    UNROLL for (int r = 0; r < MR; r++)
+        UNROLL for (int g = 0; g < NPG; g++)
+            acc[r][g] = _mm512_maskz_loadu_ps(mask, out + r * ld_out + g * RNN_PANEL);
+    for (ptrdiff_t k = 0; k < kb; k++) {
+        __m512 wv[4];
+        UNROLL for (int g = 0; g < NPG; g++)
+            wv[g] = _mm512_loadu_ps(panel + g * panel_stride + k * RNN_PANEL);
+        UNROLL for (int r = 0; r < MR; r++) {
+            const __m512 a = _mm512_set1_ps(in[r * ld_in + k]);
+            UNROLL for (int g = 0; g < NPG; g++)
+                acc[r][g] = _mm512_fmadd_ps(a, wv[g], acc[r][g]);
+        }
+    }
+    UNROLL for (int r = 0; r < MR; r++)
+        UNROLL for (int g = 0; g < NPG; g++)
+            _mm512_mask_storeu_ps(out + r * ld_out + g * RNN_PANEL, mask, acc[r][g]);
+}
+
+/* MR rows over panels [0, panels): NPG full panels at a time, then one at a time */
+#define ROWS512(MR, NPG)                                                                          \
+    static RNN_AVX512 void rows512_##MR(const rnn_packed *w, ptrdiff_t k0, ptrdiff_t kb,         \
+                                        const float *in, ptrdiff_t ld_in, float *out,            \
+                                        ptrdiff_t ld_out)                                         \
+    {                                                                                             \
+        const ptrdiff_t N = w->rows, K = w->cols, stride = K * RNN_PANEL;                         \
+        const ptrdiff_t full = N / RNN_PANEL, panels = (N + RNN_PANEL - 1) / RNN_PANEL;           \
+        const float *base = w->data + k0 * RNN_PANEL;                                             \
+        ptrdiff_t p = 0;                                                                          \
+        for (; p + NPG <= full; p += NPG)                                                         \
+            tile_avx512(MR, NPG, base + p * stride, stride, kb, in + k0, ld_in,                   \
+                        out + p * RNN_PANEL, ld_out, RNN_PANEL);                                  \
+        for (; p < panels; p++)                                                                   \
+            tile_avx512(MR, 1, base + p * stride, stride, kb, in + k0, ld_in,                     \
+                        out + p * RNN_PANEL, ld_out, N - p * RNN_PANEL);                          \
+    }
+ROWS512(1, 4)
+ROWS512(2, 4)
+ROWS512(3, 4)
+ROWS512(4, 4)
+ROWS512(5, 4)
+ROWS512(6, 4)
+
+/* out (m, N) += in (m, K) @ W.T: blocks of 6 rows (the last block 1..6 rows), each over every
+ * panel, with K cut into blocks of KC512 so that a group of 4 panels' block (64 KiB... 4 * KC512
+ * * 64 bytes) is reused by the rows from L1/L2. Up to 5 rows the whole of K is one block. */
+#define KC512 128
+static RNN_AVX512 void matmul_avx512(const rnn_packed *w, const float *in, ptrdiff_t ld_in,
+                                     float *out, ptrdiff_t ld_out, ptrdiff_t m)
+{
+    const ptrdiff_t K = w->cols, kc = m > 5 ? KC512 : K;
+    for (ptrdiff_t k0 = 0; k0 < K; k0 += kc) {
+        const ptrdiff_t kb = K - k0 < kc ? K - k0 : kc;
+        for (ptrdiff_t r0 = 0; r0 < m; r0 += 6) {
+            const float *x = in + r0 * ld_in;
+            float *o = out + r0 * ld_out;
+            switch (m - r0 < 6 ? m - r0 : 6) {
+            case 1: rows512_1(w, k0, kb, x, ld_in, o, ld_out); break;
+            case 2: rows512_2(w, k0, kb, x, ld_in, o, ld_out); break;
+            case 3: rows512_3(w, k0, kb, x, ld_in, o, ld_out); break;
+            case 4: rows512_4(w, k0, kb, x, ld_in, o, ld_out); break;
+            case 5: rows512_5(w, k0, kb, x, ld_in, o, ld_out); break;
+            default: rows512_6(w, k0, kb, x, ld_in, o, ld_out); break;
+            }
+        }
+    }
+}
+#endif
+
 void rnn_matmul_packed(const rnn_packed *w, const float *in, ptrdiff_t ld_in,
                        float *out, ptrdiff_t ld_out, ptrdiff_t m)
 {
     if (m <= 0 || w->rows <= 0)
         return;
 #if RNN_X86_SIMD
-    if (rnn_simd_enabled()) {
+    const int level = rnn_simd_enabled();
+    if (level == RNN_SIMD_AVX512) {
+        matmul_avx512(w, in, ld_in, out, ld_out, m);
+        return;
+    }
+    if (level == RNN_SIMD_AVX2) {
         matmul_avx2(w, in, ld_in, out, ld_out, m);
         return;
     }

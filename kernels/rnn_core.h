@@ -107,10 +107,14 @@ int gru_sequence_f32(const rnn_sequence_io *io,
                      const rnn_cell *cell);
 
 /* ---- instruction set ----------------------------------------------------------------------
- * 1 when the AVX2+FMA kernels are in use, 0 for plain C. rnn_select_simd(0) forces plain C
- * (for tests), rnn_select_simd(1) goes back to what the CPU supports; returns the new value. */
+ * The instruction set in use: RNN_SIMD_PLAIN (plain C), RNN_SIMD_AVX2 (AVX2 + FMA kernels) or
+ * RNN_SIMD_AVX512 (the matrix multiply in AVX-512F, the rest AVX2), the best the CPU has unless
+ * capped. The AVX2 and AVX-512 levels give the same bits (the matrix multiply is one FMA chain
+ * per output on both; plain C multiplies and adds separately, so it rounds differently). rnn_select_simd(level) caps the level (-1: the
+ * best available; for tests and FASTRNN_SIMD) and returns the level now in use. */
+enum { RNN_SIMD_PLAIN = 0, RNN_SIMD_AVX2 = 1, RNN_SIMD_AVX512 = 2 };
 int rnn_simd_enabled(void);
-int rnn_select_simd(int allow);
+int rnn_select_simd(int level);
 
 #ifdef __cplusplus
 }
