@@ -597,6 +597,9 @@ class NumpyEngine:
     def compile(self, plan):
         return None
 
+    def split_parts(self, plan, batch, threads):
+        return 1
+
     def runner(self, plan, sampling, stops, rows, prompt, out):
         return NumpyRunner(plan, sampling, stops, rows, prompt, out)
 
@@ -629,6 +632,22 @@ class CompiledEngine:
     def runner(self, plan, sampling, stops, rows, prompt, out):
         return self.module.Runner(plan.compiled_for(self), sampling, stops, rows.state, rows.logits, rows.seen,
                                   rows.rng, rows.status, prompt, out)
+
+    def split_parts(self, plan, batch, threads):
+        """Threads for one row split over the hidden units (generate_core.h, gen_run_split), or 1:
+        batch 1, the Cython loop, float32 weights (float16/int8 slices are too small to pay for
+        the barriers: measured slower), every layer's H a multiple of 16 and >= 64, no projection."""
+        if batch != 1 or threads < 2 or plan.weights != "float32" or not hasattr(self.module, "SplitRunner"):
+            return 1
+        hidden = [lp.layer.hidden_size for lp in plan.layers]
+        if any(h % 16 or h < 64 for h in hidden) or any(lp.layer.proj_size for lp in plan.layers):
+            return 1
+        return min(threads, min(hidden) // 16)
+
+    def split_runner(self, plan, sampling, stops, rows, prompt, out, parts):
+        return self.module.SplitRunner(plan.compiled_for(self), sampling, stops, rows.state, rows.logits, rows.seen,
+                                       rows.rng, rows.status, prompt, out, parts,
+                                       max(lp.layer.hidden_size for lp in plan.layers))
 
     def process_logits(self, logits, seen, sampling):
         return self.module.process_logits(logits, seen, sampling)
@@ -820,15 +839,30 @@ class _Job:
         self.out = np.zeros((B, max_new), np.int32)
         self.stops = stops
         self.stop_seqs = [list(s) for s in stops_list(stops)]
-        self.runners = [engine.runner(plan, sampling.as_tuple(), stops, rows.view(a, b), self.prompt[a:b],
-                                      self.out[a:b]) for a, b in row_blocks(B, threads)]
+        self.parts = engine.split_parts(plan, B, threads)
+        if self.parts > 1:  # one row: the hidden units of every layer split across threads
+            self.runners = [engine.split_runner(plan, sampling.as_tuple(), stops, rows, self.prompt, self.out,
+                                                self.parts)]
+        else:
+            self.runners = [engine.runner(plan, sampling.as_tuple(), stops, rows.view(a, b), self.prompt[a:b],
+                                          self.out[a:b]) for a, b in row_blocks(B, threads)]
         self.threads = threads
         self.active = B
 
     def run(self, steps):
         """At most ``steps`` lockstep steps (each block of rows on its own thread); rows left."""
         if self.active:
-            if len(self.runners) == 1:
+            if self.parts > 1:
+                from .backends import run_tasks
+
+                runner, left = self.runners[0], [0] * self.parts
+
+                def part(p):
+                    left[p] = runner.run_part(p, steps)
+
+                run_tasks([lambda p=p: part(p) for p in range(self.parts)], self.parts)
+                self.active = left[0]
+            elif len(self.runners) == 1:
                 self.active = self.runners[0].run(steps)
             else:
                 from .backends import run_tasks

@@ -100,6 +100,18 @@ cdef extern from "generate_core.h" nogil:
     size_t gen_workspace_bytes(const gen_model *m, ptrdiff_t batch)
     ptrdiff_t gen_run(const gen_model *m, const gen_sampling *s, const gen_stops *stops, gen_rows *rows,
                       void *workspace, ptrdiff_t max_steps)
+    ctypedef struct gen_split_shared:
+        int parts
+        int arrived
+        int phase
+        ptrdiff_t n_feed
+        ptrdiff_t n_logits
+        ptrdiff_t *rows
+        ptrdiff_t *lrows
+        int32_t *inputs
+        float *rh
+    ptrdiff_t gen_run_split(const gen_model *m, const gen_sampling *s, const gen_stops *stops, gen_rows *rows,
+                            void *workspace, ptrdiff_t max_steps, gen_split_shared *shared, int part)
 
 
 STATUS_COLS = GEN_STATUS_COLS
@@ -293,6 +305,48 @@ cdef class Runner:
         with nogil:
             active = gen_run(&self.compiled.model, &self.sampling, &self.stops, &self.rows,
                              self.workspace_ptr, max_steps)
+        return active
+
+
+cdef class SplitRunner(Runner):
+    """A Runner whose steps are computed by ``parts`` threads, each owning whole panels of every
+    layer's hidden units (generate_core.h, gen_run_split). ``run_part(part, n)`` must be called
+    for every part at the same time, on different threads; part 0's value is the result."""
+
+    cdef gen_split_shared shared
+    cdef list part_workspaces
+    cdef object rh
+    cdef size_t part_ptrs[64]
+
+    def __init__(self, CompiledModel compiled, sampling, stops, state, logits, seen, rng, status, prompt, out,
+                 int parts, Py_ssize_t max_hidden):
+        Runner.__init__(self, compiled, sampling, stops, state, logits, seen, rng, status, prompt, out)
+        cdef float[::1] rh_v
+        cdef size_t addr
+        if not 1 <= parts <= 64:
+            raise ValueError("SplitRunner: parts must be in 1..64")
+        self.rh = np.zeros(max(1, self.rows.batch * max_hidden), np.float32)
+        rh_v = self.rh
+        memset(&self.shared, 0, sizeof(gen_split_shared))
+        self.shared.parts = parts
+        self.shared.rh = &rh_v[0]
+        self.part_workspaces = [self.workspace]
+        self.part_ptrs[0] = <size_t>self.workspace_ptr
+        nbytes = gen_workspace_bytes(&compiled.model, self.rows.batch) + 64
+        for i in range(1, parts):
+            buf = np.empty(nbytes, np.uint8)
+            addr = <size_t>cnp.PyArray_DATA(buf)
+            self.part_ptrs[i] = (addr + 63) // 64 * 64
+            self.part_workspaces.append(buf)
+
+    def run_part(self, int part, Py_ssize_t max_steps):
+        cdef ptrdiff_t active
+        cdef void *ws = <void *>self.part_ptrs[part]
+        if not 0 <= part < self.shared.parts:
+            raise ValueError("run_part: no such part")
+        with nogil:
+            active = gen_run_split(&self.compiled.model, &self.sampling, &self.stops, &self.rows, ws, max_steps,
+                                   &self.shared, part)
         return active
 
 

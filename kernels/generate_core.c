@@ -14,6 +14,7 @@
 #include "generate_core.h"
 
 #include <math.h>
+#include <sched.h>
 #include <string.h>
 
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
@@ -611,37 +612,38 @@ static void denormals_restore(unsigned saved)
 #endif
 }
 
-/* One LSTM row after the matmul: a (4H) pre-activations i|f|g|o, c (H) INOUT, m (H) OUT =
- * o * h(c'). a is overwritten. (kernels/README.md cell math) */
+/* One LSTM row after the matmul, units [u0, u0 + nu): a (4H) pre-activations i|f|g|o, c (H)
+ * INOUT, m (H) OUT = o * h(c'). a is overwritten. (kernels/README.md cell math) */
 static void lstm_pointwise(float *a, float *c, float *m, const float *peephole, const rnn_cell *cell,
-                           ptrdiff_t H)
+                           ptrdiff_t H, ptrdiff_t u0, ptrdiff_t nu)
 {
-    float *a_i = a, *a_f = a + H, *a_g = a + 2 * H, *a_o = a + 3 * H;
+    float *a_i = a + u0, *a_f = a + H + u0, *a_g = a + 2 * H + u0, *a_o = a + 3 * H + u0;
     const rnn_activation *f = &cell->act[0], *g = &cell->act[1], *hact = &cell->act[2];
+    c += u0;
+    m += u0;
     if (peephole) { /* i = f(a_i + p_i c), ff = f(a_f + p_f c) */
-        for (ptrdiff_t j = 0; j < H; j++)
-            a_i[j] += peephole[j] * c[j];
+        for (ptrdiff_t j = 0; j < nu; j++)
+            a_i[j] += peephole[u0 + j] * c[j];
         if (!cell->input_forget)
-            for (ptrdiff_t j = 0; j < H; j++)
-                a_f[j] += peephole[H + j] * c[j];
+            for (ptrdiff_t j = 0; j < nu; j++)
+                a_f[j] += peephole[H + u0 + j] * c[j];
     }
-    if (cell->input_forget) { /* ff = 1 - i */
-        rnn_activate(f, cell->clip, a_i, H);
-        for (ptrdiff_t j = 0; j < H; j++)
+    rnn_activate(f, cell->clip, a_i, nu);
+    if (cell->input_forget) /* ff = 1 - i */
+        for (ptrdiff_t j = 0; j < nu; j++)
             a_f[j] = 1.0f - a_i[j];
-    } else {
-        rnn_activate(f, cell->clip, a_i, 2 * H); /* i and f blocks are adjacent */
-    }
-    rnn_activate(g, cell->clip, a_g, H);
-    for (ptrdiff_t j = 0; j < H; j++) /* c' = ff*c + i*g */
+    else
+        rnn_activate(f, cell->clip, a_f, nu);
+    rnn_activate(g, cell->clip, a_g, nu);
+    for (ptrdiff_t j = 0; j < nu; j++) /* c' = ff*c + i*g */
         c[j] = a_f[j] * c[j] + a_i[j] * a_g[j];
     if (peephole) /* o = f(a_o + p_o c') */
-        for (ptrdiff_t j = 0; j < H; j++)
-            a_o[j] += peephole[2 * H + j] * c[j];
-    rnn_activate(f, cell->clip, a_o, H);
-    memcpy(a_g, c, (size_t)H * sizeof(float)); /* m = o * h(c'), not clipped */
-    rnn_activate(hact, INFINITY, a_g, H);
-    for (ptrdiff_t j = 0; j < H; j++)
+        for (ptrdiff_t j = 0; j < nu; j++)
+            a_o[j] += peephole[2 * H + u0 + j] * c[j];
+    rnn_activate(f, cell->clip, a_o, nu);
+    memcpy(a_g, c, (size_t)nu * sizeof(float)); /* m = o * h(c'), not clipped */
+    rnn_activate(hact, INFINITY, a_g, nu);
+    for (ptrdiff_t j = 0; j < nu; j++)
         m[j] = a_o[j] * a_g[j];
 }
 
@@ -697,7 +699,7 @@ static void layer_step(const gen_model *m, const gen_layer *L, const gen_layer *
         for (ptrdiff_t i = 0; i < n; i++) {
             float *st = state + w->rows[i] * S;
             lstm_pointwise(w->gates + i * NG, st + L->c_offset, proj ? w->ext1 + i * H : st + L->h_offset,
-                           L->peephole, &L->opts, H);
+                           L->peephole, &L->opts, H, 0, H);
         }
         if (proj) { /* h' = W_hr m */
             memset(w->ext2, 0, (size_t)(n * H_out) * sizeof(float));
@@ -775,71 +777,293 @@ static ptrdiff_t stop_match(const gen_stops *stops, const int32_t *out, ptrdiff_
     return best;
 }
 
+/* (a) of a step: sample where logits are ready; choose every row's input (w->rows, w->inputs).
+ * Returns the number of rows fed. */
+static ptrdiff_t choose_inputs(const gen_model *m, const gen_sampling *s, const gen_stops *stops, gen_rows *r,
+                               workspace *w)
+{
+    const ptrdiff_t B = r->batch, V = m->vocab_size, max_new = r->max_new;
+    ptrdiff_t n_feed = 0;
+    for (ptrdiff_t b = 0; b < B; b++) {
+        int64_t *st = r->status + b * GEN_STATUS_COLS;
+        if (st[GEN_FINISHED])
+            continue;
+        int32_t input;
+        if (st[GEN_HAS_LOGITS]) {
+            if (st[GEN_NOUT] >= max_new) {
+                st[GEN_FINISHED] = 1;
+                continue;
+            }
+            int32_t *out = r->out + b * max_new;
+            const int32_t tok = gen_sample_token(r->logits + b * V, r->seen + b * V, V, s, r->rng + b,
+                                                 &w->sampler);
+            out[st[GEN_NOUT]++] = tok;
+            st[GEN_HAS_LOGITS] = 0;
+            r->seen[b * V + tok] = 1;
+            const ptrdiff_t stop_len = stop_match(stops, out, (ptrdiff_t)st[GEN_NOUT]);
+            if (stop_len || st[GEN_NOUT] >= max_new) {
+                st[GEN_FINISHED] = 1;
+                st[GEN_STOP_LEN] = stop_len;
+                continue;
+            }
+            input = tok;
+        } else if (st[GEN_POS] < st[GEN_LEN]) {
+            input = r->prompt[b * r->prompt_cols + st[GEN_POS]++];
+            if (input < V)
+                r->seen[b * V + input] = 1;
+        } else { /* no logits and nothing to feed */
+            st[GEN_FINISHED] = 1;
+            continue;
+        }
+        w->rows[n_feed] = b;
+        w->inputs[n_feed] = input;
+        n_feed++;
+    }
+    return n_feed;
+}
+
+/* (c) of a step: the fed rows whose prompt is used up compute logits (w->lrows); their count */
+static ptrdiff_t logit_rows(gen_rows *r, workspace *w, ptrdiff_t n_feed)
+{
+    ptrdiff_t n_logits = 0;
+    for (ptrdiff_t i = 0; i < n_feed; i++) {
+        int64_t *st = r->status + w->rows[i] * GEN_STATUS_COLS;
+        if (st[GEN_POS] >= st[GEN_LEN]) {
+            w->lrows[n_logits++] = w->rows[i];
+            st[GEN_HAS_LOGITS] = 1;
+        }
+    }
+    return n_logits;
+}
+
+static ptrdiff_t rows_active(const gen_rows *r)
+{
+    ptrdiff_t active = 0;
+    for (ptrdiff_t b = 0; b < r->batch; b++)
+        active += r->status[b * GEN_STATUS_COLS + GEN_FINISHED] == 0;
+    return active;
+}
+
 ptrdiff_t gen_run(const gen_model *m, const gen_sampling *s, const gen_stops *stops, gen_rows *r,
                   void *workspace_memory, ptrdiff_t max_steps)
 {
     workspace w;
     layout(m, r->batch, &w, (char *)workspace_memory);
-    const ptrdiff_t B = r->batch, V = m->vocab_size, max_new = r->max_new;
     for (ptrdiff_t step = 0; step < max_steps; step++) {
-        /* (a) sample where logits are ready; choose every row's input */
-        ptrdiff_t n_feed = 0;
-        for (ptrdiff_t b = 0; b < B; b++) {
-            int64_t *st = r->status + b * GEN_STATUS_COLS;
-            if (st[GEN_FINISHED])
-                continue;
-            int32_t input;
-            if (st[GEN_HAS_LOGITS]) {
-                if (st[GEN_NOUT] >= max_new) {
-                    st[GEN_FINISHED] = 1;
-                    continue;
-                }
-                int32_t *out = r->out + b * max_new;
-                const int32_t tok = gen_sample_token(r->logits + b * V, r->seen + b * V, V, s, r->rng + b,
-                                                     &w.sampler);
-                out[st[GEN_NOUT]++] = tok;
-                st[GEN_HAS_LOGITS] = 0;
-                r->seen[b * V + tok] = 1;
-                const ptrdiff_t stop_len = stop_match(stops, out, (ptrdiff_t)st[GEN_NOUT]);
-                if (stop_len || st[GEN_NOUT] >= max_new) {
-                    st[GEN_FINISHED] = 1;
-                    st[GEN_STOP_LEN] = stop_len;
-                    continue;
-                }
-                input = tok;
-            } else if (st[GEN_POS] < st[GEN_LEN]) {
-                input = r->prompt[b * r->prompt_cols + st[GEN_POS]++];
-                if (input < V)
-                    r->seen[b * V + input] = 1;
-            } else { /* no logits and nothing to feed */
-                st[GEN_FINISHED] = 1;
-                continue;
-            }
-            w.rows[n_feed] = b;
-            w.inputs[n_feed] = input;
-            n_feed++;
-        }
+        const ptrdiff_t n_feed = choose_inputs(m, s, stops, r, &w); /* (a) */
         if (n_feed == 0)
             break;
-        /* (b) the recurrent layers for every fed row */
-        const unsigned csr = denormals_off();
+        const unsigned csr = denormals_off(); /* (b) the recurrent layers for every fed row */
         for (ptrdiff_t l = 0; l < m->n_layers; l++)
             layer_step(m, &m->layers[l], l ? &m->layers[l - 1] : NULL, r->state, &w, n_feed);
-        /* (c) logits for the rows whose prompt is used up */
-        ptrdiff_t n_logits = 0;
-        for (ptrdiff_t i = 0; i < n_feed; i++) {
-            int64_t *st = r->status + w.rows[i] * GEN_STATUS_COLS;
-            if (st[GEN_POS] >= st[GEN_LEN]) {
-                w.lrows[n_logits++] = w.rows[i];
-                st[GEN_HAS_LOGITS] = 1;
-            }
-        }
+        const ptrdiff_t n_logits = logit_rows(r, &w, n_feed); /* (c) */
         if (n_logits)
             dense_step(m, r->state, r->logits, &w, n_logits);
         denormals_restore(csr);
     }
-    ptrdiff_t active = 0;
-    for (ptrdiff_t b = 0; b < B; b++)
-        active += r->status[b * GEN_STATUS_COLS + GEN_FINISHED] == 0;
-    return active;
+    return rows_active(r);
+}
+
+/* ============================================================================================
+ * 7. the loop with the hidden units split across threads (gen_run_split)
+ * ========================================================================================== */
+
+#define SPLIT_SPINS_BEFORE_YIELD (1u << 14)
+
+static void split_barrier(gen_split_shared *sh)
+{
+    const int phase = __atomic_load_n(&sh->phase, __ATOMIC_ACQUIRE);
+    if (__atomic_add_fetch(&sh->arrived, 1, __ATOMIC_ACQ_REL) == sh->parts) {
+        __atomic_store_n(&sh->arrived, 0, __ATOMIC_RELAXED);
+        __atomic_store_n(&sh->phase, phase + 1, __ATOMIC_RELEASE);
+        return;
+    }
+    unsigned spins = 0;
+    while (__atomic_load_n(&sh->phase, __ATOMIC_ACQUIRE) == phase) {
+        if (spins < SPLIT_SPINS_BEFORE_YIELD) {
+            spins++;
+#if GEN_X86
+            _mm_pause();
+#endif
+        } else {
+            sched_yield();
+        }
+    }
+}
+
+/* rows [r0, r0 + n) of w (r0 a multiple of RNN_PANEL) as a matrix of its own: a run of panels */
+static gen_matrix matrix_rows(const gen_matrix *w, ptrdiff_t r0, ptrdiff_t n)
+{
+    gen_matrix sub = *w;
+    const ptrdiff_t K = w->f32.cols, K2 = (K + 1) / 2 * 2, p0 = r0 / RNN_PANEL;
+    sub.f32.rows = n;
+    if (w->f32.data)
+        sub.f32.data = w->f32.data + p0 * K * RNN_PANEL;
+    if (w->half)
+        sub.half = w->half + p0 * K * RNN_PANEL;
+    if (w->q8) {
+        sub.q8 = w->q8 + p0 * K2 * RNN_PANEL;
+        sub.scale = w->scale + r0;
+    }
+    return sub;
+}
+
+/* whole panels [part/P, (part+1)/P) of `count` rows -> [*a, *b) */
+static void part_range(ptrdiff_t count, int part, int parts, ptrdiff_t *a, ptrdiff_t *b)
+{
+    const ptrdiff_t panels = (count + RNN_PANEL - 1) / RNN_PANEL;
+    *a = panels * part / parts * RNN_PANEL;
+    *b = panels * (part + 1) / parts * RNN_PANEL;
+    *b = *b < count ? *b : count;
+}
+
+/* layer_step for this part's units [u0, u1); the same operations per unit as layer_step */
+static void layer_step_part(const gen_model *m, const gen_layer *L, const gen_layer *prev, float *state,
+                            workspace *w, ptrdiff_t n, gen_split_shared *sh, int part)
+{
+    const ptrdiff_t S = m->state_size, H = L->hidden_size, H_out = L->output_size;
+    const ptrdiff_t I = prev ? L->input_size : 0, K = I + H_out;
+    const ptrdiff_t G = L->cell == GEN_LSTM ? 4 : (L->cell == GEN_GRU ? 3 : 1), NG = G * H;
+    const ptrdiff_t GA = L->cell == GEN_GRU ? 2 : G; /* gate blocks in w_a */
+    ptrdiff_t u0, u1;
+    part_range(H, part, sh->parts, &u0, &u1);
+    const ptrdiff_t nu = u1 - u0;
+    for (ptrdiff_t i = 0; i < n; i++) { /* own gates <- table row, or biases */
+        float *g = w->gates + i * NG;
+        for (ptrdiff_t b = 0; b < G; b++) {
+            float *dst = g + b * H + u0;
+            const float *src = !prev ? m->table + (ptrdiff_t)w->inputs[i] * NG + b * H + u0
+                             : (b < GA ? (L->b_a ? L->b_a + b * H + u0 : NULL) : (L->b_xn ? L->b_xn + u0 : NULL));
+            if (src)
+                memcpy(dst, src, (size_t)nu * sizeof(float));
+            else
+                memset(dst, 0, (size_t)nu * sizeof(float));
+        }
+    }
+    for (ptrdiff_t i = 0; i < n; i++) { /* xin <- [x | h], all of it */
+        const float *st = state + w->rows[i] * S;
+        float *x = w->xin + i * K;
+        if (prev)
+            memcpy(x, st + prev->h_offset, (size_t)I * sizeof(float));
+        memcpy(x + I, st + L->h_offset, (size_t)H_out * sizeof(float));
+    }
+    split_barrier(sh); /* every part has read the old h before any part writes the new one */
+    if (nu > 0) {
+        for (ptrdiff_t b = 0; b < GA; b++) {
+            const gen_matrix sub = matrix_rows(&L->w_a, b * H + u0, nu);
+            gen_matmul(&sub, w->xin, K, w->gates + b * H + u0, NG, n, w->xq, w->xs);
+        }
+        if (L->cell == GEN_GRU && prev) {
+            const gen_matrix sub = matrix_rows(&L->w_xn, u0, nu);
+            gen_matmul(&sub, w->xin, K, w->gates + 2 * H + u0, NG, n, w->xq, w->xs);
+        }
+    }
+    if (L->cell == GEN_RNN) {
+        for (ptrdiff_t i = 0; i < n; i++) {
+            float *a = w->gates + i * NG + u0;
+            rnn_activate(&L->opts.act[0], L->opts.clip, a, nu);
+            memcpy(state + w->rows[i] * S + L->h_offset + u0, a, (size_t)nu * sizeof(float));
+        }
+    } else if (L->cell == GEN_LSTM) { /* no projection (checked by the caller) */
+        for (ptrdiff_t i = 0; i < n; i++) {
+            float *st = state + w->rows[i] * S;
+            lstm_pointwise(w->gates + i * NG, st + L->c_offset, st + L->h_offset, L->peephole, &L->opts, H, u0, nu);
+        }
+    } else {
+        const int lbr = L->opts.linear_before_reset;
+        for (ptrdiff_t i = 0; i < n; i++) {
+            rnn_activate(&L->opts.act[0], L->opts.clip, w->gates + i * NG + u0, nu);     /* r */
+            rnn_activate(&L->opts.act[0], L->opts.clip, w->gates + i * NG + H + u0, nu); /* z */
+            memcpy(w->ext1 + i * H + u0, L->b_hn + u0, (size_t)nu * sizeof(float));
+        }
+        if (lbr) { /* ext1 = W_hn h + b_hn */
+            const gen_matrix sub = matrix_rows(&L->w_hn, u0, nu);
+            if (nu > 0)
+                gen_matmul(&sub, w->xin + I, K, w->ext1 + u0, H, n, w->xq, w->xs);
+        } else { /* ext1 = W_hn (r * h) + b_hn: the whole r * h first */
+            for (ptrdiff_t i = 0; i < n; i++) {
+                const float *r = w->gates + i * NG, *h = w->xin + i * K + I;
+                for (ptrdiff_t j = u0; j < u1; j++)
+                    sh->rh[i * H + j] = r[j] * h[j];
+            }
+            split_barrier(sh);
+            const gen_matrix sub = matrix_rows(&L->w_hn, u0, nu);
+            if (nu > 0)
+                gen_matmul(&sub, sh->rh, H, w->ext1 + u0, H, n, w->xq, w->xs);
+        }
+        for (ptrdiff_t i = 0; i < n; i++) {
+            float *g = w->gates + i * NG, *nn = g + 2 * H;
+            const float *r = g, *z = g + H, *hn = w->ext1 + i * H, *h = w->xin + i * K + I;
+            if (lbr)
+                for (ptrdiff_t j = u0; j < u1; j++)
+                    nn[j] = nn[j] + r[j] * hn[j];
+            else
+                for (ptrdiff_t j = u0; j < u1; j++)
+                    nn[j] = nn[j] + hn[j];
+            rnn_activate(&L->opts.act[1], L->opts.clip, nn + u0, nu);
+            float *h_new = state + w->rows[i] * S + L->h_offset;
+            for (ptrdiff_t j = u0; j < u1; j++)
+                h_new[j] = (1.0f - z[j]) * nn[j] + z[j] * h[j];
+        }
+    }
+    split_barrier(sh); /* the new h is whole before the next layer or the Dense reads it */
+}
+
+/* dense_step for this part's output rows */
+static void dense_part(const gen_model *m, float *state, float *logits, workspace *w, ptrdiff_t n,
+                       gen_split_shared *sh, int part)
+{
+    const gen_layer *last = &m->layers[m->n_layers - 1];
+    const ptrdiff_t S = m->state_size, V = m->vocab_size, K = last->output_size;
+    ptrdiff_t v0, v1;
+    part_range(V, part, sh->parts, &v0, &v1);
+    if (v1 <= v0)
+        return;
+    for (ptrdiff_t i = 0; i < n; i++) {
+        memcpy(w->xin + i * K, state + w->lrows[i] * S + last->h_offset, (size_t)K * sizeof(float));
+        if (m->dense_bias)
+            memcpy(w->dense_out + i * V + v0, m->dense_bias + v0, (size_t)(v1 - v0) * sizeof(float));
+        else
+            memset(w->dense_out + i * V + v0, 0, (size_t)(v1 - v0) * sizeof(float));
+    }
+    const gen_matrix sub = matrix_rows(&m->dense, v0, v1 - v0);
+    gen_matmul(&sub, w->xin, K, w->dense_out + v0, V, n, w->xq, w->xs);
+    for (ptrdiff_t i = 0; i < n; i++)
+        memcpy(logits + w->lrows[i] * V + v0, w->dense_out + i * V + v0, (size_t)(v1 - v0) * sizeof(float));
+}
+
+ptrdiff_t gen_run_split(const gen_model *m, const gen_sampling *s, const gen_stops *stops, gen_rows *r,
+                        void *workspace_memory, ptrdiff_t max_steps, gen_split_shared *sh, int part)
+{
+    workspace w;
+    layout(m, r->batch, &w, (char *)workspace_memory);
+    if (part == 0) { /* part 0 chooses the inputs and the logit rows; everyone reads them */
+        sh->rows = w.rows;
+        sh->lrows = w.lrows;
+        sh->inputs = w.inputs;
+    }
+    split_barrier(sh);
+    w.rows = sh->rows;
+    w.lrows = sh->lrows;
+    w.inputs = sh->inputs;
+    for (ptrdiff_t step = 0; step < max_steps; step++) {
+        if (part == 0)
+            sh->n_feed = choose_inputs(m, s, stops, r, &w); /* (a), sampling included */
+        split_barrier(sh);
+        const ptrdiff_t n_feed = sh->n_feed;
+        if (n_feed == 0)
+            break;
+        const unsigned csr = denormals_off();
+        for (ptrdiff_t l = 0; l < m->n_layers; l++)
+            layer_step_part(m, &m->layers[l], l ? &m->layers[l - 1] : NULL, r->state, &w, n_feed, sh, part);
+        if (part == 0)
+            sh->n_logits = logit_rows(r, &w, n_feed);
+        split_barrier(sh);
+        if (sh->n_logits)
+            dense_part(m, r->state, r->logits, &w, sh->n_logits, sh, part);
+        denormals_restore(csr);
+        split_barrier(sh); /* all logits written before part 0 samples */
+    }
+    split_barrier(sh); /* everyone has read n_feed == 0 (or hit max_steps) before a next call */
+    return part == 0 ? rows_active(r) : 0;
 }

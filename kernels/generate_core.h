@@ -168,6 +168,28 @@ size_t gen_workspace_bytes(const gen_model *m, ptrdiff_t batch);
 ptrdiff_t gen_run(const gen_model *m, const gen_sampling *s, const gen_stops *stops, gen_rows *rows,
                   void *workspace, ptrdiff_t max_steps);
 
+/* ---- the same loop with the hidden units split across threads -------------------------------
+ * For small batches (one row), where a step is bound by streaming the weights: P calls of
+ * gen_run_split (part = 0..P-1) run at the same time on P threads, sharing one gen_split_shared
+ * (zeroed, parts = P, rh: (batch, max H) floats) and the rows; each has its own workspace. Part p
+ * computes the units of whole panels [p/P, (p+1)/P) of every layer (and of the Dense's outputs);
+ * part 0 alone samples and keeps the rows' bookkeeping. The parts meet at a barrier (spin with
+ * pause, then yield) after reading each layer's input, after writing its output (and before
+ * W_hn (r * h) of a GRU with linear_before_reset = 0), and around the Dense. Conditions (checked
+ * by fastrnn/generate.py): every layer's H a multiple of RNN_PANEL, no LSTM projection. The
+ * results are bitwise those of gen_run. Returns gen_run's value in part 0, 0 in the others. */
+typedef struct {
+    int parts;                 /* P */
+    int arrived, phase;        /* the barrier (atomic) */
+    ptrdiff_t n_feed, n_logits; /* published by part 0 */
+    ptrdiff_t *rows, *lrows;   /* part 0's workspace lists, read by all */
+    int32_t *inputs;
+    float *rh;                 /* (batch, max H) GRU r * h, shared */
+} gen_split_shared;
+
+ptrdiff_t gen_run_split(const gen_model *m, const gen_sampling *s, const gen_stops *stops, gen_rows *rows,
+                        void *workspace, ptrdiff_t max_steps, gen_split_shared *shared, int part);
+
 #ifdef __cplusplus
 }
 #endif
