@@ -1,13 +1,14 @@
 """Generation of one row with the hidden units split across threads (generate_core.h,
 gen_run_split): the same tokens as one thread, for every cell, both GRU reset variants, sampling
 options, stops and streaming; and the cases that must not split."""
-import numpy as np
 import pytest
 import torch
 from torch import nn
 
 import fastrnn
 from fastrnn.generate import generation_plan, get_engine
+
+pytest.importorskip("fastrnn.kernels._cykernels")  # the C kernels (checked_kernels.sh also runs without them)
 
 VOCAB = fastrnn.Vocabulary(list("abcdefghij klmnopqrstuvwxyz.,\n가나다라"), level="char")
 

@@ -7,6 +7,8 @@ import fastrnn
 from fastrnn.backends import MIN_SPLIT_HIDDEN, get_backend
 from helpers import random_recurrent, random_state
 
+pytest.importorskip("fastrnn.kernels._cykernels")  # the C kernels (checked_kernels.sh also runs without them)
+
 CASES = [
     ("rnn", {}), ("rnn", {"clip": 0.7, "activations": ("relu",)}), ("rnn", {"reverse": True}),
     ("lstm", {}), ("lstm", {"peephole": True, "clip": 0.9}), ("lstm", {"input_forget": True, "reverse": True}),
