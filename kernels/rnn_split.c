@@ -1,0 +1,177 @@
+/* rnn_split.c — batch-1 sequences with the hidden units split across threads (see rnn_split.h).
+ *
+ * Part p owns units [u0, u1) (whole panels). For each gate block b its rows b*H + [u0, u1) are a
+ * contiguous run of panels of the packed matrix, i.e. a smaller rnn_packed starting at panel
+ * (b*H + u0) / RNN_PANEL: the matmul code is rnn_core's, on a slice. The element-wise steps
+ * below repeat rnn_core.c's per unit, in the same order (the spec: fastrnn/reference.py).
+ */
+#include "rnn_split.h"
+
+#include <math.h>
+#include <sched.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define SPIN_PAUSE() _mm_pause()
+#define HAVE_MXCSR 1
+#else
+#define SPIN_PAUSE() ((void)0)
+#define HAVE_MXCSR 0
+#endif
+
+#define SPINS_BEFORE_YIELD (1u << 14)
+
+/* every part waits here until all P have arrived (sense by phase counter) */
+static void barrier_wait(rnn_split_shared *s)
+{
+    const int phase = __atomic_load_n(&s->phase, __ATOMIC_ACQUIRE);
+    if (__atomic_add_fetch(&s->arrived, 1, __ATOMIC_ACQ_REL) == s->parts) {
+        __atomic_store_n(&s->arrived, 0, __ATOMIC_RELAXED);
+        __atomic_store_n(&s->phase, phase + 1, __ATOMIC_RELEASE);
+        return;
+    }
+    unsigned spins = 0;
+    while (__atomic_load_n(&s->phase, __ATOMIC_ACQUIRE) == phase) {
+        if (spins < SPINS_BEFORE_YIELD) {
+            spins++;
+            SPIN_PAUSE();
+        } else {
+            sched_yield();
+        }
+    }
+}
+
+/* denormals flushed to zero on this thread for the call, as rnn_core does (MXCSR is per thread) */
+static unsigned denormals_off(void)
+{
+#if HAVE_MXCSR
+    const unsigned saved = _mm_getcsr();
+    _mm_setcsr(saved | 0x8040); /* FTZ | DAZ */
+    return saved;
+#else
+    return 0;
+#endif
+}
+
+static void denormals_restore(unsigned saved)
+{
+#if HAVE_MXCSR
+    _mm_setcsr(saved);
+#else
+    (void)saved;
+#endif
+}
+
+/* out[0, 0..n) += W[rows r0 .. r0+n) @ in, for a panel-aligned r0 */
+static void matmul_rows(const rnn_packed *w, ptrdiff_t r0, ptrdiff_t n, const float *in, float *out)
+{
+    rnn_packed sub;
+    sub.data = w->data + (r0 / RNN_PANEL) * w->cols * RNN_PANEL;
+    sub.rows = n;
+    sub.cols = w->cols;
+    rnn_matmul_packed(&sub, in, w->cols, out, n, 1);
+}
+
+int rnn_split_sequence(const rnn_sequence_io *io, const float *xproj, const rnn_split_weights *w, float *h,
+                       float *c, const rnn_cell *cell, rnn_split_shared *shared, int part)
+{
+    const int P = shared->parts;
+    const ptrdiff_t G = w->cell == RNN_SPLIT_LSTM ? 4 : (w->cell == RNN_SPLIT_GRU ? 3 : 1);
+    const ptrdiff_t H = w->cell == RNN_SPLIT_GRU ? w->w_n->rows : w->w_a->rows / G;
+    const ptrdiff_t panels = H / RNN_PANEL;
+    const ptrdiff_t u0 = panels * part / P * RNN_PANEL, u1 = panels * (part + 1) / P * RNN_PANEL;
+    const ptrdiff_t n = u1 - u0, T = io->steps, len = io->lengths[0];
+
+    /* scratch: gates (G, n) for the own units, hn (n), c (n), tmp (n) */
+    float *scratch = (float *)malloc((size_t)(G + 3) * (size_t)(n > 0 ? n : 1) * sizeof(float));
+    if (!scratch)
+        __atomic_store_n(&shared->failed, 1, __ATOMIC_RELEASE);
+    barrier_wait(shared);
+    if (__atomic_load_n(&shared->failed, __ATOMIC_ACQUIRE)) {
+        free(scratch);
+        return -1;
+    }
+    float *gates = scratch, *hn = scratch + G * n, *cs = hn + n, *tmp = cs + n;
+    if (c)
+        memcpy(cs, c + u0, (size_t)n * sizeof(float));
+    const unsigned csr = denormals_off();
+    const rnn_activation *f = &cell->act[0], *g = &cell->act[1], *hact = &cell->act[2];
+    float *y = io->y + io->y_offset + u0;
+    ptrdiff_t s;
+    for (s = 0; s < len; s++) {
+        const ptrdiff_t t = io->reverse ? len - 1 - s : s;
+        const float *xp = xproj + t * G * H;
+        const float *hc = shared->h2 + (s & 1) * H; /* whole h of the previous step */
+        float *hx = shared->h2 + ((s + 1) & 1) * H; /* own units of the new h */
+        const ptrdiff_t ga = w->cell == RNN_SPLIT_GRU ? 2 : G; /* gate blocks in w_a */
+        for (ptrdiff_t b = 0; b < G; b++)
+            memcpy(gates + b * n, xp + b * H + u0, (size_t)n * sizeof(float));
+        for (ptrdiff_t b = 0; b < ga; b++)
+            matmul_rows(w->w_a, b * H + u0, n, hc, gates + b * n);
+        if (w->cell == RNN_SPLIT_RNN) {
+            rnn_activate(f, cell->clip, gates, n);
+            memcpy(hx + u0, gates, (size_t)n * sizeof(float));
+        } else if (w->cell == RNN_SPLIT_LSTM) {
+            float *a_i = gates, *a_f = gates + n, *a_g = gates + 2 * n, *a_o = gates + 3 * n;
+            const float *peep = w->peephole;
+            if (peep) {
+                for (ptrdiff_t j = 0; j < n; j++)
+                    a_i[j] += peep[u0 + j] * cs[j];
+                if (!cell->input_forget)
+                    for (ptrdiff_t j = 0; j < n; j++)
+                        a_f[j] += peep[H + u0 + j] * cs[j];
+            }
+            rnn_activate(f, cell->clip, a_i, n);
+            if (cell->input_forget)
+                for (ptrdiff_t j = 0; j < n; j++)
+                    a_f[j] = 1.0f - a_i[j];
+            else
+                rnn_activate(f, cell->clip, a_f, n);
+            rnn_activate(g, cell->clip, a_g, n);
+            for (ptrdiff_t j = 0; j < n; j++)
+                cs[j] = a_f[j] * cs[j] + a_i[j] * a_g[j];
+            if (peep)
+                for (ptrdiff_t j = 0; j < n; j++)
+                    a_o[j] += peep[2 * H + u0 + j] * cs[j];
+            rnn_activate(f, cell->clip, a_o, n);
+            memcpy(tmp, cs, (size_t)n * sizeof(float));
+            rnn_activate(hact, INFINITY, tmp, n);
+            for (ptrdiff_t j = 0; j < n; j++)
+                hx[u0 + j] = a_o[j] * tmp[j];
+        } else { /* GRU */
+            float *r = gates, *z = gates + n, *nn = gates + 2 * n;
+            rnn_activate(f, cell->clip, r, n);
+            rnn_activate(f, cell->clip, z, n);
+            memset(hn, 0, (size_t)n * sizeof(float));
+            if (cell->linear_before_reset) {
+                matmul_rows(w->w_n, u0, n, hc, hn); /* W_hn h */
+            } else {
+                for (ptrdiff_t j = 0; j < n; j++)
+                    shared->shared_rh[u0 + j] = r[j] * hc[u0 + j];
+                barrier_wait(shared); /* the whole r * h is needed */
+                matmul_rows(w->w_n, u0, n, shared->shared_rh, hn); /* W_hn (r * h) */
+            }
+            if (cell->linear_before_reset)
+                for (ptrdiff_t j = 0; j < n; j++)
+                    nn[j] = nn[j] + r[j] * (hn[j] + w->b_hn[u0 + j]);
+            else
+                for (ptrdiff_t j = 0; j < n; j++)
+                    nn[j] = (nn[j] + hn[j]) + w->b_hn[u0 + j];
+            rnn_activate(g, cell->clip, nn, n);
+            for (ptrdiff_t j = 0; j < n; j++)
+                hx[u0 + j] = (1.0f - z[j]) * nn[j] + z[j] * hc[u0 + j];
+        }
+        memcpy(y + t * io->y_cols, hx + u0, (size_t)n * sizeof(float));
+        barrier_wait(shared); /* the next step reads the whole new h */
+    }
+    for (ptrdiff_t t = len; t < T; t++) /* padded steps: zeros */
+        memset(y + t * io->y_cols, 0, (size_t)n * sizeof(float));
+    memcpy(h + u0, shared->h2 + (s & 1) * H + u0, (size_t)n * sizeof(float));
+    if (c)
+        memcpy(c + u0, cs, (size_t)n * sizeof(float));
+    denormals_restore(csr);
+    free(scratch);
+    return 0;
+}
