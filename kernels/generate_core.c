@@ -12,9 +12,9 @@
  * operation (same sums in the same order), so the same logits and seed give the same token.
  */
 #include "generate_core.h"
+#include "spin_barrier.h"
 
 #include <math.h>
-#include <sched.h>
 #include <string.h>
 
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
@@ -868,27 +868,9 @@ ptrdiff_t gen_run(const gen_model *m, const gen_sampling *s, const gen_stops *st
  * 7. the loop with the hidden units split across threads (gen_run_split)
  * ========================================================================================== */
 
-#define SPLIT_SPINS_BEFORE_YIELD (1u << 14)
-
 static void split_barrier(gen_split_shared *sh)
 {
-    const int phase = __atomic_load_n(&sh->phase, __ATOMIC_ACQUIRE);
-    if (__atomic_add_fetch(&sh->arrived, 1, __ATOMIC_ACQ_REL) == sh->parts) {
-        __atomic_store_n(&sh->arrived, 0, __ATOMIC_RELAXED);
-        __atomic_store_n(&sh->phase, phase + 1, __ATOMIC_RELEASE);
-        return;
-    }
-    unsigned spins = 0;
-    while (__atomic_load_n(&sh->phase, __ATOMIC_ACQUIRE) == phase) {
-        if (spins < SPLIT_SPINS_BEFORE_YIELD) {
-            spins++;
-#if GEN_X86
-            _mm_pause();
-#endif
-        } else {
-            sched_yield();
-        }
-    }
+    spin_barrier_wait(&sh->arrived, &sh->phase, sh->parts);
 }
 
 /* rows [r0, r0 + n) of w (r0 a multiple of RNN_PANEL) as a matrix of its own: a run of panels */

@@ -6,41 +6,22 @@
  * below repeat rnn_core.c's per unit, in the same order (the spec: fastrnn/reference.py).
  */
 #include "rnn_split.h"
+#include "spin_barrier.h"
 
 #include <math.h>
-#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
-#define SPIN_PAUSE() _mm_pause()
 #define HAVE_MXCSR 1
 #else
-#define SPIN_PAUSE() ((void)0)
 #define HAVE_MXCSR 0
 #endif
 
-#define SPINS_BEFORE_YIELD (1u << 14)
-
-/* every part waits here until all P have arrived (sense by phase counter) */
 static void barrier_wait(rnn_split_shared *s)
 {
-    const int phase = __atomic_load_n(&s->phase, __ATOMIC_ACQUIRE);
-    if (__atomic_add_fetch(&s->arrived, 1, __ATOMIC_ACQ_REL) == s->parts) {
-        __atomic_store_n(&s->arrived, 0, __ATOMIC_RELAXED);
-        __atomic_store_n(&s->phase, phase + 1, __ATOMIC_RELEASE);
-        return;
-    }
-    unsigned spins = 0;
-    while (__atomic_load_n(&s->phase, __ATOMIC_ACQUIRE) == phase) {
-        if (spins < SPINS_BEFORE_YIELD) {
-            spins++;
-            SPIN_PAUSE();
-        } else {
-            sched_yield();
-        }
-    }
+    spin_barrier_wait(&s->arrived, &s->phase, s->parts);
 }
 
 /* denormals flushed to zero on this thread for the call, as rnn_core does (MXCSR is per thread) */
