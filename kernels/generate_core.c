@@ -590,27 +590,8 @@ size_t gen_workspace_bytes(const gen_model *m, ptrdiff_t batch)
  * 5. one layer, and the output Dense
  * ========================================================================================== */
 
-/* Denormals flushed to zero while the layers run (x86 MXCSR, this thread), restored before
- * the sampler so that its float64 arithmetic is the reference's. */
-static unsigned denormals_off(void)
-{
-#if GEN_X86 && defined(__SSE__)
-    unsigned saved = _mm_getcsr();
-    _mm_setcsr(saved | 0x8040); /* FTZ | DAZ */
-    return saved;
-#else
-    return 0;
-#endif
-}
-
-static void denormals_restore(unsigned saved)
-{
-#if GEN_X86 && defined(__SSE__)
-    _mm_setcsr(saved);
-#else
-    (void)saved;
-#endif
-}
+/* Denormals are flushed to zero while the layers run (rnn_denormals_off), restored before the
+ * sampler so that its float64 arithmetic is the reference's. */
 
 /* One LSTM row after the matmul, units [u0, u0 + nu): a (4H) pre-activations i|f|g|o, c (H)
  * INOUT, m (H) OUT = o * h(c'). a is overwritten. (kernels/README.md cell math) */
@@ -853,13 +834,13 @@ ptrdiff_t gen_run(const gen_model *m, const gen_sampling *s, const gen_stops *st
         const ptrdiff_t n_feed = choose_inputs(m, s, stops, r, &w); /* (a) */
         if (n_feed == 0)
             break;
-        const unsigned csr = denormals_off(); /* (b) the recurrent layers for every fed row */
+        const unsigned csr = rnn_denormals_off(); /* (b) the recurrent layers for every fed row */
         for (ptrdiff_t l = 0; l < m->n_layers; l++)
             layer_step(m, &m->layers[l], l ? &m->layers[l - 1] : NULL, r->state, &w, n_feed);
         const ptrdiff_t n_logits = logit_rows(r, &w, n_feed); /* (c) */
         if (n_logits)
             dense_step(m, r->state, r->logits, &w, n_logits);
-        denormals_restore(csr);
+        rnn_denormals_restore(csr);
     }
     return rows_active(r);
 }
@@ -1035,7 +1016,7 @@ ptrdiff_t gen_run_split(const gen_model *m, const gen_sampling *s, const gen_sto
         const ptrdiff_t n_feed = sh->n_feed;
         if (n_feed == 0)
             break;
-        const unsigned csr = denormals_off();
+        const unsigned csr = rnn_denormals_off();
         for (ptrdiff_t l = 0; l < m->n_layers; l++)
             layer_step_part(m, &m->layers[l], l ? &m->layers[l - 1] : NULL, r->state, &w, n_feed, sh, part);
         if (part == 0)
@@ -1043,7 +1024,7 @@ ptrdiff_t gen_run_split(const gen_model *m, const gen_sampling *s, const gen_sto
         split_barrier(sh);
         if (sh->n_logits)
             dense_part(m, r->state, r->logits, &w, sh->n_logits, sh, part);
-        denormals_restore(csr);
+        rnn_denormals_restore(csr);
         split_barrier(sh); /* all logits written before part 0 samples */
     }
     split_barrier(sh); /* everyone has read n_feed == 0 (or hit max_steps) before a next call */

@@ -72,7 +72,7 @@ int rnn_select_simd(int level)
 
 /* Denormals flushed to zero for the duration of a sequence call (x86 MXCSR, per thread):
  * a decaying state must not fall onto the slow denormal path. */
-static unsigned denormals_off(void)
+unsigned rnn_denormals_off(void)
 {
 #if RNN_X86_SIMD && defined(__SSE__)
     unsigned saved = _mm_getcsr();
@@ -83,7 +83,7 @@ static unsigned denormals_off(void)
 #endif
 }
 
-static void denormals_restore(unsigned saved)
+void rnn_denormals_restore(unsigned saved)
 {
 #if RNN_X86_SIMD && defined(__SSE__)
     _mm_setcsr(saved);
@@ -715,7 +715,7 @@ int rnn_sequence_f32(const rnn_sequence_io *io, const float *xproj, const rnn_pa
     workspace ws;
     if (workspace_alloc(&ws, io->batch, io->steps, H, 0, H, 0, 0))
         return -1;
-    const unsigned csr = denormals_off();
+    const unsigned csr = rnn_denormals_off();
     const ptrdiff_t longest = sequence_begin(io, &ws, H, h, 0, NULL);
     ptrdiff_t n_active = io->batch;
     for (ptrdiff_t s = 0; s < longest; s++) {
@@ -730,7 +730,7 @@ int rnn_sequence_f32(const rnn_sequence_io *io, const float *xproj, const rnn_pa
         store_outputs(io, &ws, H, n_active, s);
     }
     sequence_end(io, &ws, H, h, 0, NULL);
-    denormals_restore(csr);
+    rnn_denormals_restore(csr);
     return 0;
 }
 
@@ -779,7 +779,7 @@ int lstm_sequence_f32(const rnn_sequence_io *io, const float *xproj, const rnn_l
     workspace ws;
     if (workspace_alloc(&ws, io->batch, io->steps, h_out, H, G4, proj ? H : 0, 0))
         return -1;
-    const unsigned csr = denormals_off();
+    const unsigned csr = rnn_denormals_off();
     const ptrdiff_t longest = sequence_begin(io, &ws, h_out, h, H, c);
     ptrdiff_t n_active = io->batch;
     for (ptrdiff_t s = 0; s < longest; s++) {
@@ -796,7 +796,7 @@ int lstm_sequence_f32(const rnn_sequence_io *io, const float *xproj, const rnn_l
         store_outputs(io, &ws, h_out, n_active, s);
     }
     sequence_end(io, &ws, h_out, h, H, c);
-    denormals_restore(csr);
+    rnn_denormals_restore(csr);
     return 0;
 }
 
@@ -808,7 +808,7 @@ int gru_sequence_f32(const rnn_sequence_io *io, const float *xproj, const rnn_gr
     workspace ws;
     if (workspace_alloc(&ws, io->batch, io->steps, H, 0, G3, H, lbr ? 0 : H))
         return -1;
-    const unsigned csr = denormals_off();
+    const unsigned csr = rnn_denormals_off();
     const ptrdiff_t longest = sequence_begin(io, &ws, H, h, 0, NULL);
     ptrdiff_t n_active = io->batch;
     for (ptrdiff_t s = 0; s < longest; s++) {
@@ -846,6 +846,6 @@ int gru_sequence_f32(const rnn_sequence_io *io, const float *xproj, const rnn_gr
         store_outputs(io, &ws, H, n_active, s);
     }
     sequence_end(io, &ws, H, h, 0, NULL);
-    denormals_restore(csr);
+    rnn_denormals_restore(csr);
     return 0;
 }

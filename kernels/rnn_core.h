@@ -113,6 +113,11 @@ int gru_sequence_f32(const rnn_sequence_io *io,
  * per output on both; plain C multiplies and adds separately, so it rounds differently). rnn_select_simd(level) caps the level (-1: the
  * best available; for tests and FASTRNN_SIMD) and returns the level now in use. */
 enum { RNN_SIMD_PLAIN = 0, RNN_SIMD_AVX2 = 1, RNN_SIMD_AVX512 = 2 };
+
+/* Flush denormals to zero on the calling thread (x86 MXCSR FTZ|DAZ) for the duration of a
+ * kernel call; returns the previous setting for rnn_denormals_restore. No-op elsewhere. */
+unsigned rnn_denormals_off(void);
+void rnn_denormals_restore(unsigned saved);
 int rnn_simd_enabled(void);
 int rnn_select_simd(int level);
 

@@ -12,37 +12,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
-#include <immintrin.h>
-#define HAVE_MXCSR 1
-#else
-#define HAVE_MXCSR 0
-#endif
 
 static void barrier_wait(rnn_split_shared *s)
 {
     spin_barrier_wait(&s->arrived, &s->phase, s->parts);
-}
-
-/* denormals flushed to zero on this thread for the call, as rnn_core does (MXCSR is per thread) */
-static unsigned denormals_off(void)
-{
-#if HAVE_MXCSR
-    const unsigned saved = _mm_getcsr();
-    _mm_setcsr(saved | 0x8040); /* FTZ | DAZ */
-    return saved;
-#else
-    return 0;
-#endif
-}
-
-static void denormals_restore(unsigned saved)
-{
-#if HAVE_MXCSR
-    _mm_setcsr(saved);
-#else
-    (void)saved;
-#endif
 }
 
 /* out[0, 0..n) += W[rows r0 .. r0+n) @ in, for a panel-aligned r0 */
@@ -77,7 +50,7 @@ int rnn_split_sequence(const rnn_sequence_io *io, const float *xproj, const rnn_
     float *gates = scratch, *hn = scratch + G * n, *cs = hn + n, *tmp = cs + n;
     if (c)
         memcpy(cs, c + u0, (size_t)n * sizeof(float));
-    const unsigned csr = denormals_off();
+    const unsigned csr = rnn_denormals_off(); /* MXCSR is per thread */
     const rnn_activation *f = &cell->act[0], *g = &cell->act[1], *hact = &cell->act[2];
     float *y = io->y + io->y_offset + u0;
     ptrdiff_t s;
@@ -152,7 +125,7 @@ int rnn_split_sequence(const rnn_sequence_io *io, const float *xproj, const rnn_
     memcpy(h + u0, shared->h2 + (s & 1) * H + u0, (size_t)n * sizeof(float));
     if (c)
         memcpy(c + u0, cs, (size_t)n * sizeof(float));
-    denormals_restore(csr);
+    rnn_denormals_restore(csr);
     free(scratch);
     return 0;
 }
