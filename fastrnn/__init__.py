@@ -27,6 +27,19 @@ __all__ = [
 ]
 
 
+_BUNDLED = {}
+
+
+def load_bundled(path, what) -> Model:
+    """A model file shipped inside the package (fastrnn/data), loaded once per process."""
+    model = _BUNDLED.get(path)
+    if model is None:
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"the bundled {what} is missing ({path}); reinstall fastrnn")
+        model = _BUNDLED[path] = load(path)
+    return model
+
+
 def save(model: Model, path, quantize=None):
     """Save ``model`` as a native fastrnn file (safetensors + JSON architecture). ``quantize`` =
     "float16" or "int8" (per-row scales) stores the weight matrices in 2 or 1 bytes per value."""

@@ -222,20 +222,12 @@ def _positive(value, name):
 # Bundled classifier
 # =============================================================================================
 
-_bundled = None
-
-
 def bundled_classifier() -> Model:
     """The language-identification GRU shipped with fastrnn (trained by tools/train_langid.py on
     the Debian word lists), loaded once."""
-    global _bundled
-    if _bundled is None:
-        from . import load
+    from . import load_bundled
 
-        if not os.path.exists(BUNDLED_CLASSIFIER):
-            raise FileNotFoundError(f"the bundled classifier is missing ({BUNDLED_CLASSIFIER}); reinstall fastrnn")
-        _bundled = load(BUNDLED_CLASSIFIER)
-    return _bundled
+    return load_bundled(BUNDLED_CLASSIFIER, "classifier")
 
 
 # =============================================================================================

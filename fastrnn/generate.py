@@ -951,20 +951,12 @@ def _stream_pieces(job, fmt, batch):
 # Public API
 # =============================================================================================
 
-_bundled = None
-
-
 def bundled_model():
     """The character-level LSTM shipped with fastrnn (trained by tools/train_char_model.py on
     the CPython standard library sources), loaded once."""
-    global _bundled
-    if _bundled is None:
-        from . import load
+    from . import load_bundled
 
-        if not os.path.exists(BUNDLED_MODEL):
-            raise FileNotFoundError(f"the bundled model is missing ({BUNDLED_MODEL}); reinstall fastrnn")
-        _bundled = load(BUNDLED_MODEL)
-    return _bundled
+    return load_bundled(BUNDLED_MODEL, "character model")
 
 
 def generate(model, prompt, max_new_tokens=100, temperature=1.0, top_k=None, top_p=None,
