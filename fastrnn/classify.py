@@ -9,9 +9,9 @@
 How a batch is formed (``classify``): inputs are read a window at a time (``window`` inputs,
 default 16 batches), tokenized with the model's stored vocabulary, sorted by length inside the
 window and cut into batches of at most ``batch_size`` rows and ``max_batch_tokens`` padded tokens.
-Each batch runs with exact per-row lengths, so padding costs nothing and changes nothing: a
-row's result is bitwise identical to running it alone (the kernels sum in the same order
-whatever the batch; tests/test_classify.py checks it). Results are then yielded in input order.
+Each batch runs with exact per-row lengths, so padding costs nothing and changes nothing: with
+the compiled backends a row's result is bitwise identical to running it alone (their matmuls sum
+in the same order whatever the batch; tests/test_classify.py checks it). Results are then yielded in input order.
 Memory is bounded by the window, whatever the number of inputs.
 
 What counts as a classifier: a model whose last recurrent layer returns its final state (not a
@@ -167,8 +167,9 @@ def classify(model: Model, inputs: Iterable, batch_size: int = DEFAULT_BATCH_SIZ
         batches), default 32768.
     threads, backend : as for Model.predict.
 
-    An empty input is classified from the initial (zero) state. Results are bitwise identical for
-    any batch_size, window and thread count.
+    An empty input is classified from the initial (zero) state. With the compiled backends the
+    results are bitwise identical for any batch_size, window and thread count (the NumPy
+    reference backend uses BLAS, whose rounding depends on the batch).
     """
     last = check_classifier(model)
     labels = labels_of(model)
