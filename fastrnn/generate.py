@@ -1206,21 +1206,27 @@ def cmd_generate(args):
     seed = args.seed if args.seed is not None else secrets.randbits(63)
     out = sys.stdout
     if args.batch:
-        if args.batch == "-":
-            lines = sys.stdin.read().splitlines()
-        else:
-            with open(args.batch, encoding="utf-8") as f:
-                lines = f.read().splitlines()
-        for i, line in enumerate(lines):
-            if line == "":
-                raise ValueError(f"{args.batch}: line {i + 1} is empty (every line is a prompt)")
-        chunk = 256  # rows decoded together; bounds memory for long files
-        for start in range(0, len(lines), chunk):
-            prompts = lines[start:start + chunk]
-            texts = generate(model, prompts, seed=seed, **kw)
-            for prompt, text in zip(prompts, texts):
-                out.write(json.dumps({"prompt": prompt, "text": text}, ensure_ascii=False) + "\n")
-        out.flush()
+        import itertools
+
+        f = sys.stdin if args.batch == "-" else open(args.batch, encoding="utf-8")
+        try:
+            lines = (line.rstrip("\r\n") for line in f)  # read lazily: memory stays flat on long files
+            number = 0
+            while True:
+                prompts = list(itertools.islice(lines, 256))  # rows decoded together
+                if not prompts:
+                    break
+                for i, line in enumerate(prompts):
+                    if line == "":
+                        raise ValueError(f"{args.batch}: line {number + i + 1} is empty (every line is a prompt)")
+                number += len(prompts)
+                texts = generate(model, prompts, seed=seed, **kw)
+                for prompt, text in zip(prompts, texts):
+                    out.write(json.dumps({"prompt": prompt, "text": text}, ensure_ascii=False) + "\n")
+            out.flush()
+        finally:
+            if f is not sys.stdin:
+                f.close()
         return 0
     prompt = "\n" if args.prompt is None else args.prompt
     stream = args.stream if args.stream is not None else out.isatty()
