@@ -238,12 +238,98 @@ RNN_AVX2 static void activate_avx2(const rnn_activation *act, float clip, float 
         _mm256_maskstore_ps(x + i, mask, activate8(code, v, alpha, beta));
     }
 }
+
+/* The same functions for 16 lanes (AVX-512F): exactly the operations of the AVX2 versions in
+ * the same order, lane by lane, so both paths give the same bits. */
+static RNN_AVX512_INLINE __m512 and512(__m512 a, __m512 b)
+{
+    return _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(a), _mm512_castps_si512(b)));
+}
+
+static RNN_AVX512_INLINE __m512 exp_avx512(__m512 x)
+{
+    x = _mm512_max_ps(_mm512_set1_ps(-104.0f), x); /* x second: NaN passes through */
+    x = _mm512_min_ps(_mm512_set1_ps(89.0f), x);
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r);
+    p = _mm512_add_ps(p, _mm512_set1_ps(1.0f));
+    __m512i k = _mm512_cvtps_epi32(n);
+    __m512i k1 = _mm512_srai_epi32(k, 1);
+    __m512i k2 = _mm512_sub_epi32(k, k1);
+    __m512 s1 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(k1, _mm512_set1_epi32(127)), 23));
+    __m512 s2 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(k2, _mm512_set1_epi32(127)), 23));
+    return _mm512_mul_ps(_mm512_mul_ps(p, s1), s2);
+}
+
+static RNN_AVX512_INLINE __m512 tanh_avx512(__m512 x)
+{
+    const __m512 sign = _mm512_set1_ps(-0.0f), one = _mm512_set1_ps(1.0f);
+    const __m512 ax = _mm512_castsi512_ps(_mm512_andnot_si512(_mm512_castps_si512(sign), _mm512_castps_si512(x)));
+    __m512 e = exp_avx512(_mm512_add_ps(ax, ax));
+    __m512 big = _mm512_sub_ps(one, _mm512_div_ps(_mm512_set1_ps(2.0f), _mm512_add_ps(e, one)));
+    big = _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(big), _mm512_castps_si512(and512(sign, x))));
+    __m512 z = _mm512_mul_ps(x, x);
+    __m512 p = _mm512_set1_ps(-5.70498872745e-3f);
+    p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(2.06390887954e-2f));
+    p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(-5.37397155531e-2f));
+    p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(1.33314422036e-1f));
+    p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(-3.33332819422e-1f));
+    __m512 small = _mm512_fmadd_ps(_mm512_mul_ps(p, z), x, x);
+    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(ax, _mm512_set1_ps(0.625f), _CMP_GT_OQ), small, big);
+}
+
+static RNN_AVX512_INLINE __m512 activate16(int code, __m512 v, __m512 alpha, __m512 beta)
+{
+    const __m512 one = _mm512_set1_ps(1.0f);
+    switch (code) {
+    case 0: return _mm512_div_ps(one, _mm512_add_ps(one, exp_avx512(_mm512_sub_ps(_mm512_setzero_ps(), v))));
+    case 1: return tanh_avx512(v);
+    case 7: return _mm512_mul_ps(alpha, tanh_avx512(_mm512_mul_ps(beta, v)));
+    default: /* 13 */
+        return _mm512_div_ps(v, _mm512_add_ps(one, exp_avx512(_mm512_sub_ps(_mm512_setzero_ps(), v))));
+    }
+}
+
+/* activate_avx2 in 16 lanes; the other activations go to the same plain C */
+RNN_AVX512 static void activate_avx512(const rnn_activation *act, float clip, float *x, ptrdiff_t n)
+{
+    const int code = act->code, do_clip = clip < INFINITY;
+    if (code != 0 && code != 1 && code != 7 && code != 13) {
+        if (do_clip)
+            clip_plain(clip, x, n);
+        activate_plain(act, x, n);
+        return;
+    }
+    const __m512 alpha = _mm512_set1_ps(act->alpha), beta = _mm512_set1_ps(act->beta);
+    const __m512 hi = _mm512_set1_ps(clip), lo = _mm512_set1_ps(-clip);
+    for (ptrdiff_t i = 0; i < n; i += 16) {
+        const __mmask16 mask = n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1u);
+        __m512 v = _mm512_maskz_loadu_ps(mask, x + i);
+        if (do_clip)
+            v = _mm512_min_ps(hi, _mm512_max_ps(lo, v));
+        _mm512_mask_storeu_ps(x + i, mask, activate16(code, v, alpha, beta));
+    }
+}
 #endif
 
 void rnn_activate(const rnn_activation *act, float clip, float *x, ptrdiff_t n)
 {
 #if RNN_X86_SIMD
-    if (rnn_simd_enabled()) {
+    const int level = rnn_simd_enabled();
+    if (level == RNN_SIMD_AVX512) {
+        activate_avx512(act, clip, x, n);
+        return;
+    }
+    if (level == RNN_SIMD_AVX2) {
         activate_avx2(act, clip, x, n);
         return;
     }

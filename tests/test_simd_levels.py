@@ -59,6 +59,8 @@ def test_matmul_levels(N, K, m, at_level, rng):
 @pytest.mark.parametrize("cell,options", [
     ("lstm", {"peephole": True, "clip": 0.9}), ("lstm", {"proj_size": 19}), ("gru", {}),
     ("gru", {"linear_before_reset": False}), ("rnn", {"activations": ("relu",)}), ("lstm", {"bidirectional": True}),
+    ("rnn", {"activations": (("scaled_tanh", 0.7, 1.3),), "clip": 1.5}), ("rnn", {"activations": ("swish",)}),
+    ("gru", {"activations": ("sigmoid", "softsign")}),
 ])
 @pytest.mark.parametrize("batch", [1, 6, 13, 64])
 def test_sequence_levels(cell, options, batch, at_level, rng):
