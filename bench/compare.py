@@ -44,6 +44,9 @@ def cpu_name():
 
 
 def median_time(fn, repeats, warmup=1):
+    # let the previous engine's worker threads go idle first: PyTorch's OpenMP threads and
+    # ONNX Runtime's intra-op threads spin for a while after a run and would take the second core
+    time.sleep(0.3)
     for _ in range(warmup):
         fn()
     times = []

@@ -249,18 +249,21 @@ class CompiledBackend:
         blocks = split_rows(B, max(1, threads // D))
         for d in range(D):
             p = self.packed(layer, d)
-            if tokens is not None:
-                xproj = self.folded_table(layer, d, tokens[0])[tokens[1]]  # (B, T, G*H) lookup
-            else:
-                xproj = self.matmul(x2, p["w_ih"], G * H, p["bias"], threads).reshape(B, T, G * H)  # all steps
             backward = int(d == 1 or layer.reverse or layer.go_backwards)
             parts = self._split_parts(layer, B, T, threads)
+            if tokens is not None:  # the folded table: each task looks up its own rows (in parallel)
+                table = self.folded_table(layer, d, tokens[0])
+                xproj = None
+            else:
+                xproj = self.matmul(x2, p["w_ih"], G * H, p["bias"], threads).reshape(B, T, G * H)  # all steps
             if parts > 1:  # batch 1, one direction: the hidden units across threads
-                tasks += self._split_tasks(layer, p, xproj, lengths, backward, h_all[d], None if c_all is None
+                xp = table[tokens[1]] if xproj is None else xproj
+                tasks += self._split_tasks(layer, p, xp, lengths, backward, h_all[d], None if c_all is None
                                            else c_all[d], y, cell, parts)
                 continue
             for b0, b1 in blocks:
-                tasks.append(self._task(layer, p, xproj[b0:b1], lengths[b0:b1], backward, h_all[d, b0:b1],
+                xp = (lambda b0=b0, b1=b1, table=table: table[tokens[1][b0:b1]]) if xproj is None else xproj[b0:b1]
+                tasks.append(self._task(layer, p, xp, lengths[b0:b1], backward, h_all[d, b0:b1],
                                         None if c_all is None else c_all[d, b0:b1], y[b0:b1], d * Ho, cell))
         run_tasks(tasks, threads)
         new_state = (h_all, c_all) if layer.cell == "lstm" else h_all
@@ -286,15 +289,22 @@ class CompiledBackend:
                 for part in range(parts)]
 
     def _task(self, layer, p, xproj, lengths, backward, h, c, y, y_offset, cell):
-        """One kernel call over a block of rows of one direction (row slices stay C-contiguous)."""
+        """One kernel call over a block of rows of one direction (row slices stay C-contiguous).
+        ``xproj`` is the (b, T, G*H) block, or a function that makes it (a folded-table lookup,
+        done on the task's thread)."""
         k = self.kernels
         if layer.cell == "lstm":
-            return lambda: k.lstm_sequence(xproj, p["w_hh"], p["w_hr"], p["peephole"], lengths, backward,
-                                           h, c, y, y_offset, cell)
-        if layer.cell == "gru":
-            return lambda: k.gru_sequence(xproj, p["w_hh_rz"], p["w_hh_n"], p["b_hn"], lengths, backward,
-                                          h, y, y_offset, cell)
-        return lambda: k.rnn_sequence(xproj, p["w_hh"], lengths, backward, h, y, y_offset, cell)
+            def run(xp):
+                k.lstm_sequence(xp, p["w_hh"], p["w_hr"], p["peephole"], lengths, backward, h, c, y, y_offset, cell)
+        elif layer.cell == "gru":
+            def run(xp):
+                k.gru_sequence(xp, p["w_hh_rz"], p["w_hh_n"], p["b_hn"], lengths, backward, h, y, y_offset, cell)
+        else:
+            def run(xp):
+                k.rnn_sequence(xp, p["w_hh"], lengths, backward, h, y, y_offset, cell)
+        if callable(xproj):
+            return lambda: run(xproj())
+        return lambda: run(xproj)
 
 
 def finish_recurrent(layer: Recurrent, y, h_all, lengths):
