@@ -326,3 +326,43 @@ def test_external_data_is_refused(tmp_path):
                     location="weights.bin", size_threshold=0)
     with pytest.raises(fastrnn.ModelFormatError, match="external data"):
         fonnx.InferenceSession(tmp_path / "ext.onnx")
+
+
+def test_glue_ops_against_onnxruntime():
+    """A graph of glue operators (broadcasting Max, negative-step Slice, Split, Unsqueeze,
+    Where, Gemm, LogSoftmax, Expand, Range, ReduceMean) equals onnxruntime."""
+    rng = np.random.default_rng(7)
+    a, b = rng.standard_normal((3, 4)).astype(np.float32), rng.standard_normal((4,)).astype(np.float32)
+    w = rng.standard_normal((5, 4)).astype(np.float32)
+    consts = [numpy_helper.from_array(v, n) for n, v in [
+        ("w", w), ("starts", np.array([3], np.int64)), ("ends", np.array([-10], np.int64)),
+        ("axes", np.array([1], np.int64)), ("steps", np.array([-2], np.int64)), ("ax0", np.array([0], np.int64)),
+        ("shape", np.array([2, 3, 4], np.int64)), ("r0", np.array(0, np.int64)), ("r1", np.array(6, np.int64)),
+        ("r2", np.array(2, np.int64)), ("split", np.array([1, 2], np.int64))]]
+    nodes = [
+        helper.make_node("Max", ["a", "b"], ["mx"]),
+        helper.make_node("Slice", ["mx", "starts", "ends", "axes", "steps"], ["sl"]),
+        helper.make_node("Split", ["a", "split"], ["s1", "s2"], axis=0),
+        helper.make_node("Unsqueeze", ["s1", "ax0"], ["us"]),
+        helper.make_node("Greater", ["a", "b"], ["gt"]),
+        helper.make_node("Where", ["gt", "a", "mx"], ["wh"]),
+        helper.make_node("Gemm", ["wh", "w"], ["gm"], transB=1, alpha=0.5),
+        helper.make_node("LogSoftmax", ["gm"], ["ls"], axis=1),
+        helper.make_node("Expand", ["a", "shape"], ["ex"]),
+        helper.make_node("ReduceMean", ["ex"], ["rm"], axes=[0, 2], keepdims=0),
+        helper.make_node("Range", ["r0", "r1", "r2"], ["rg"]),
+    ]
+    outs = ["sl", "s2", "us", "ls", "rm", "rg"]
+    graph = helper.make_graph(nodes, "glue", [helper.make_tensor_value_info("a", TensorProto.FLOAT, [3, 4]),
+                                              helper.make_tensor_value_info("b", TensorProto.FLOAT, [4])],
+                              [helper.make_tensor_value_info(o, TensorProto.INT64 if o == "rg" else TensorProto.FLOAT,
+                                                             None) for o in outs],
+                              initializer=consts)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 10
+    feed = {"a": a, "b": b}
+    want = ort_run(model, feed)
+    got = fonnx.InferenceSession(model.SerializeToString()).run(None, feed)
+    for name, g, w_ in zip(outs, got, want):
+        assert g.shape == w_.shape, name
+        np.testing.assert_allclose(g, w_, atol=1e-5, rtol=1e-5, err_msg=name)

@@ -6,6 +6,8 @@ is not here raises UnsupportedLayerError naming the node (see session.py).
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from .graph import ONNX_DTYPES
@@ -210,8 +212,8 @@ OPS["Add"] = _binary(np.add)
 OPS["Sub"] = _binary(np.subtract)
 OPS["Mul"] = _binary(np.multiply)
 OPS["Pow"] = _binary(np.power)
-OPS["Max"] = lambda node, x: [np.maximum.reduce([np.asarray(v) for v in x])]
-OPS["Min"] = lambda node, x: [np.minimum.reduce([np.asarray(v) for v in x])]
+OPS["Max"] = lambda node, x: [functools.reduce(np.maximum, [np.asarray(v) for v in x])]  # broadcasting
+OPS["Min"] = lambda node, x: [functools.reduce(np.minimum, [np.asarray(v) for v in x])]
 
 
 @op("Div")
