@@ -44,11 +44,14 @@ def cpu_name():
 
 
 def median_time(fn, repeats, warmup=1):
-    # let the previous engine's worker threads go idle first: PyTorch's OpenMP threads and
-    # ONNX Runtime's intra-op threads spin for a while after a run and would take the second core
+    # Let worker threads go idle before timing: PyTorch's OpenMP threads, ONNX Runtime's intra-op
+    # threads and OpenBLAS's threads spin for a while after a run and would take the second core.
+    # The pause comes after the warm-up too, whose one-time work (packing, tables, sessions) may
+    # leave such threads spinning into the timed runs.
     time.sleep(0.3)
     for _ in range(warmup):
         fn()
+    time.sleep(0.3)
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()

@@ -165,8 +165,7 @@ class CompiledBackend:
         k = self.kernels
         b_ih = np.zeros(G * H, f32) if w.b_ih is None else w.b_ih
         b_hh = np.zeros(G * H, f32) if w.b_hh is None else w.b_hh
-        entry = {"w_ih_t": np.ascontiguousarray(w.w_ih.T),  # (I, G*H): the folded table's GEMM
-                 "w_ih": k.pack_weight(w.w_ih)}  # (G*H <- I): xproj = x @ W_ih.T + bias
+        entry = {"w_ih": k.pack_weight(w.w_ih)}  # (G*H <- I): xproj = x @ W_ih.T + bias, or the folded table
         if layer.cell == "gru":
             # b_hr, b_hz fold into the projection; b_hn stays inside the reset product
             entry["bias"] = (b_ih + np.concatenate([b_hh[: 2 * H], np.zeros(H, f32)])).astype(f32)
@@ -211,12 +210,13 @@ class CompiledBackend:
         table stays small."""
         return embedding.vocab_size * layer.gates * layer.hidden_size * 4 <= MAX_FOLDED_TABLE_BYTES
 
-    def folded_table(self, layer, d, embedding):
+    def folded_table(self, layer, d, embedding, threads=1):
         p = self.packed(layer, d)
         table = p.get("table")
         if table is None or p.get("table_for") is not embedding.weight:
-            table = embedding.weight @ p["w_ih_t"]
-            table += p["bias"]
+            # the same packed matmul as an unfolded input projection, so folding changes no bit
+            # (and no BLAS call leaves its threads spinning after predict returns)
+            table = self.matmul(embedding.weight, p["w_ih"], layer.gates * layer.hidden_size, p["bias"], threads)
             table.flags.writeable = False
             p["table"], p["table_for"] = table, embedding.weight
         return table
@@ -245,25 +245,26 @@ class CompiledBackend:
         cell = self.cell_options(layer)
         y = np.empty((B, T, D * Ho), f32)
         x2 = None if tokens is not None else x.reshape(B * T, x.shape[2])
+        token_ids = None if tokens is None else np.ascontiguousarray(tokens[1], np.int64)
         tasks = []
         blocks = split_rows(B, max(1, threads // D))
         for d in range(D):
             p = self.packed(layer, d)
             backward = int(d == 1 or layer.reverse or layer.go_backwards)
             parts = self._split_parts(layer, B, T, threads)
-            if tokens is not None:  # the folded table: each task looks up its own rows (in parallel)
-                table = self.folded_table(layer, d, tokens[0])
+            if tokens is not None:  # the folded table
+                table = self.folded_table(layer, d, tokens[0], threads)
                 xproj = None
             else:
                 xproj = self.matmul(x2, p["w_ih"], G * H, p["bias"], threads).reshape(B, T, G * H)  # all steps
             if parts > 1:  # batch 1, one direction: the hidden units across threads
-                xp = table[tokens[1]] if xproj is None else xproj
+                xp = table[token_ids] if xproj is None else xproj
                 tasks += self._split_tasks(layer, p, xp, lengths, backward, h_all[d], None if c_all is None
                                            else c_all[d], y, cell, parts)
                 continue
-            for b0, b1 in blocks:
-                xp = (lambda b0=b0, b1=b1, table=table: table[tokens[1][b0:b1]]) if xproj is None else xproj[b0:b1]
-                tasks.append(self._task(layer, p, xp, lengths[b0:b1], backward, h_all[d, b0:b1],
+            for b0, b1 in blocks:  # the folded table is read in place by the kernel (tokens=ids)
+                xp, ids = (table, token_ids[b0:b1]) if xproj is None else (xproj[b0:b1], None)
+                tasks.append(self._task(layer, p, xp, ids, lengths[b0:b1], backward, h_all[d, b0:b1],
                                         None if c_all is None else c_all[d, b0:b1], y[b0:b1], d * Ho, cell))
         run_tasks(tasks, threads)
         new_state = (h_all, c_all) if layer.cell == "lstm" else h_all
@@ -288,23 +289,17 @@ class CompiledBackend:
         return [(lambda part=part: k.split_sequence(ctx, part, *args, lengths, backward, h, c, y, 0, cell))
                 for part in range(parts)]
 
-    def _task(self, layer, p, xproj, lengths, backward, h, c, y, y_offset, cell):
+    def _task(self, layer, p, xproj, token_ids, lengths, backward, h, c, y, y_offset, cell):
         """One kernel call over a block of rows of one direction (row slices stay C-contiguous).
-        ``xproj`` is the (b, T, G*H) block, or a function that makes it (a folded-table lookup,
-        done on the task's thread)."""
+        ``xproj`` is the (b, T, G*H) block, or with ``token_ids`` (b, T) the folded table."""
         k = self.kernels
         if layer.cell == "lstm":
-            def run(xp):
-                k.lstm_sequence(xp, p["w_hh"], p["w_hr"], p["peephole"], lengths, backward, h, c, y, y_offset, cell)
-        elif layer.cell == "gru":
-            def run(xp):
-                k.gru_sequence(xp, p["w_hh_rz"], p["w_hh_n"], p["b_hn"], lengths, backward, h, y, y_offset, cell)
-        else:
-            def run(xp):
-                k.rnn_sequence(xp, p["w_hh"], lengths, backward, h, y, y_offset, cell)
-        if callable(xproj):
-            return lambda: run(xproj())
-        return lambda: run(xproj)
+            return lambda: k.lstm_sequence(xproj, p["w_hh"], p["w_hr"], p["peephole"], lengths, backward, h, c, y,
+                                           y_offset, cell, tokens=token_ids)
+        if layer.cell == "gru":
+            return lambda: k.gru_sequence(xproj, p["w_hh_rz"], p["w_hh_n"], p["b_hn"], lengths, backward, h, y,
+                                          y_offset, cell, tokens=token_ids)
+        return lambda: k.rnn_sequence(xproj, p["w_hh"], lengths, backward, h, y, y_offset, cell, tokens=token_ids)
 
 
 def finish_recurrent(layer: Recurrent, y, h_all, lengths):

@@ -36,6 +36,7 @@ cdef extern from "rnn_core.h" nogil:
         float *y
         Py_ssize_t y_cols
         Py_ssize_t y_offset
+        const int64_t *tokens
 
     ctypedef struct rnn_lstm_weights:
         rnn_packed w_hh
@@ -156,46 +157,71 @@ cdef int fill_io(rnn_sequence_io *io, Py_ssize_t batch, Py_ssize_t steps,
     io.y = &y[0, 0, 0]
     io.y_cols = y.shape[2]
     io.y_offset = y_offset
+    io.tokens = NULL
     return 0
 
 
+cdef int sequence_args(rnn_sequence_io *io, const float **xp, rnn_cell *c_cell, xproj, tokens,
+                       const int64_t[::1] lengths, int reverse, float[:, :, ::1] y, Py_ssize_t y_offset,
+                       tuple cell) except -1:
+    """Fill io, *xp and c_cell for a sequence call; returns 0 when there is nothing to run.
+    xproj (B, T, G*H) with tokens None, else a table (V, G*H) read at rows tokens (B, T) int64.
+    The pointers stay valid while the caller holds xproj and tokens."""
+    cdef const float[:, :, ::1] steps
+    cdef const float[:, ::1] table
+    cdef const int64_t[:, ::1] ids
+    if tokens is None:
+        steps = xproj
+        fill_io(io, steps.shape[0], steps.shape[1], lengths, reverse, y, y_offset)
+        if io.batch == 0 or io.steps == 0:
+            return 0
+        xp[0] = &steps[0, 0, 0]
+    else:
+        table, ids = xproj, tokens
+        fill_io(io, ids.shape[0], ids.shape[1], lengths, reverse, y, y_offset)
+        if io.batch == 0 or io.steps == 0:
+            return 0
+        io.tokens = &ids[0, 0]
+        xp[0] = &table[0, 0]
+    read_cell(cell, c_cell)
+    return 1
+
+
 # -- entry points ------------------------------------------------------------------------------
-def rnn_sequence(const float[:, :, ::1] xproj, PackedWeight w_hh not None, const int64_t[::1] lengths,
-                 int reverse, float[:, ::1] h, float[:, :, ::1] y, Py_ssize_t y_offset, tuple cell):
+# xproj is (B, T, G*H), or with tokens=(B, T) int64 the folded table (V, G*H) read in place.
+def rnn_sequence(xproj, PackedWeight w_hh not None, const int64_t[::1] lengths, int reverse,
+                 float[:, ::1] h, float[:, :, ::1] y, Py_ssize_t y_offset, tuple cell, tokens=None):
     """Whole-sequence RNN: h' = f(xp + W_hh h).
 
-    xproj (B, T, H) IN; w_hh packed (H <- H); lengths (B,) int64; reverse 0/1;
-    h (B, H) INOUT; y (B, T, Y) OUT, columns [y_offset, y_offset + H) written; cell as in README."""
-    cdef Py_ssize_t B = xproj.shape[0], T = xproj.shape[1]
-    if B == 0 or T == 0:
-        return
-    cdef rnn_cell c_cell
-    read_cell(cell, &c_cell)
+    xproj (B, T, H) IN (or a table, see above); w_hh packed (H <- H); lengths (B,) int64;
+    reverse 0/1; h (B, H) INOUT; y (B, T, Y) OUT, columns [y_offset, y_offset + H) written; cell
+    as in README."""
     cdef rnn_sequence_io io
-    fill_io(&io, B, T, lengths, reverse, y, y_offset)
+    cdef const float *xp
+    cdef rnn_cell c_cell
+    if not sequence_args(&io, &xp, &c_cell, xproj, tokens, lengths, reverse, y, y_offset, cell):
+        return
     cdef rnn_packed w = w_hh.packed()
     cdef int rc
     with nogil:
-        rc = rnn_sequence_f32(&io, &xproj[0, 0, 0], &w, &h[0, 0], &c_cell)
+        rc = rnn_sequence_f32(&io, xp, &w, &h[0, 0], &c_cell)
     if rc != 0:
         raise MemoryError("rnn_sequence: out of memory for the scratch buffers")
 
 
-def lstm_sequence(const float[:, :, ::1] xproj, PackedWeight w_hh not None, PackedWeight w_hr,
-                  peephole, const int64_t[::1] lengths, int reverse, float[:, ::1] h, float[:, ::1] c,
-                  float[:, :, ::1] y, Py_ssize_t y_offset, tuple cell):
+def lstm_sequence(xproj, PackedWeight w_hh not None, PackedWeight w_hr, peephole,
+                  const int64_t[::1] lengths, int reverse, float[:, ::1] h, float[:, ::1] c,
+                  float[:, :, ::1] y, Py_ssize_t y_offset, tuple cell, tokens=None):
     """Whole-sequence LSTM (README cell math).
 
-    xproj (B, T, 4H) IN, gates i|f|g|o; w_hh packed (4H <- H_out); w_hr packed (H_out <- H) or
-    None; peephole (3, H) rows i|f|o or None; lengths (B,) int64; reverse 0/1;
-    h (B, H_out), c (B, H) INOUT; y (B, T, Y) OUT, columns [y_offset, y_offset + H_out)."""
-    cdef Py_ssize_t B = xproj.shape[0], T = xproj.shape[1]
-    if B == 0 or T == 0:
-        return
-    cdef rnn_cell c_cell
-    read_cell(cell, &c_cell)
+    xproj (B, T, 4H) IN, gates i|f|g|o (or a table, see above); w_hh packed (4H <- H_out); w_hr
+    packed (H_out <- H) or None; peephole (3, H) rows i|f|o or None; lengths (B,) int64;
+    reverse 0/1; h (B, H_out), c (B, H) INOUT; y (B, T, Y) OUT, columns [y_offset, y_offset + H_out)."""
     cdef rnn_sequence_io io
-    fill_io(&io, B, T, lengths, reverse, y, y_offset)
+    cdef const float *xp
+    cdef rnn_cell c_cell
+    if not sequence_args(&io, &xp, &c_cell, xproj, tokens, lengths, reverse, y, y_offset, cell):
+        return
     cdef rnn_lstm_weights w
     w.w_hh = w_hh.packed()
     if w_hr is None:
@@ -211,33 +237,31 @@ def lstm_sequence(const float[:, :, ::1] xproj, PackedWeight w_hh not None, Pack
         w.peephole = &p[0, 0]
     cdef int rc
     with nogil:
-        rc = lstm_sequence_f32(&io, &xproj[0, 0, 0], &w, &h[0, 0], &c[0, 0], &c_cell)
+        rc = lstm_sequence_f32(&io, xp, &w, &h[0, 0], &c[0, 0], &c_cell)
     if rc != 0:
         raise MemoryError("lstm_sequence: out of memory for the scratch buffers")
 
 
-def gru_sequence(const float[:, :, ::1] xproj, PackedWeight w_hh_rz not None, PackedWeight w_hh_n not None,
+def gru_sequence(xproj, PackedWeight w_hh_rz not None, PackedWeight w_hh_n not None,
                  const float[::1] b_hn, const int64_t[::1] lengths, int reverse, float[:, ::1] h,
-                 float[:, :, ::1] y, Py_ssize_t y_offset, tuple cell):
+                 float[:, :, ::1] y, Py_ssize_t y_offset, tuple cell, tokens=None):
     """Whole-sequence GRU (README cell math, both linear_before_reset variants).
 
-    xproj (B, T, 3H) IN, gates r|z|n; w_hh_rz packed (2H <- H); w_hh_n packed (H <- H);
-    b_hn (H,); lengths (B,) int64; reverse 0/1; h (B, H) INOUT;
+    xproj (B, T, 3H) IN, gates r|z|n (or a table, see above); w_hh_rz packed (2H <- H); w_hh_n
+    packed (H <- H); b_hn (H,); lengths (B,) int64; reverse 0/1; h (B, H) INOUT;
     y (B, T, Y) OUT, columns [y_offset, y_offset + H) written."""
-    cdef Py_ssize_t B = xproj.shape[0], T = xproj.shape[1]
-    if B == 0 or T == 0:
-        return
-    cdef rnn_cell c_cell
-    read_cell(cell, &c_cell)
     cdef rnn_sequence_io io
-    fill_io(&io, B, T, lengths, reverse, y, y_offset)
+    cdef const float *xp
+    cdef rnn_cell c_cell
+    if not sequence_args(&io, &xp, &c_cell, xproj, tokens, lengths, reverse, y, y_offset, cell):
+        return
     cdef rnn_gru_weights w
     w.w_hh_rz = w_hh_rz.packed()
     w.w_hh_n = w_hh_n.packed()
     w.b_hn = &b_hn[0]
     cdef int rc
     with nogil:
-        rc = gru_sequence_f32(&io, &xproj[0, 0, 0], &w, &h[0, 0], &c_cell)
+        rc = gru_sequence_f32(&io, xp, &w, &h[0, 0], &c_cell)
     if rc != 0:
         raise MemoryError("gru_sequence: out of memory for the scratch buffers")
 

@@ -593,41 +593,6 @@ size_t gen_workspace_bytes(const gen_model *m, ptrdiff_t batch)
 /* Denormals are flushed to zero while the layers run (rnn_denormals_off), restored before the
  * sampler so that its float64 arithmetic is the reference's. */
 
-/* One LSTM row after the matmul, units [u0, u0 + nu): a (4H) pre-activations i|f|g|o, c (H)
- * INOUT, m (H) OUT = o * h(c'). a is overwritten. (kernels/README.md cell math) */
-static void lstm_pointwise(float *a, float *c, float *m, const float *peephole, const rnn_cell *cell,
-                           ptrdiff_t H, ptrdiff_t u0, ptrdiff_t nu)
-{
-    float *a_i = a + u0, *a_f = a + H + u0, *a_g = a + 2 * H + u0, *a_o = a + 3 * H + u0;
-    const rnn_activation *f = &cell->act[0], *g = &cell->act[1], *hact = &cell->act[2];
-    c += u0;
-    m += u0;
-    if (peephole) { /* i = f(a_i + p_i c), ff = f(a_f + p_f c) */
-        for (ptrdiff_t j = 0; j < nu; j++)
-            a_i[j] += peephole[u0 + j] * c[j];
-        if (!cell->input_forget)
-            for (ptrdiff_t j = 0; j < nu; j++)
-                a_f[j] += peephole[H + u0 + j] * c[j];
-    }
-    rnn_activate(f, cell->clip, a_i, nu);
-    if (cell->input_forget) /* ff = 1 - i */
-        for (ptrdiff_t j = 0; j < nu; j++)
-            a_f[j] = 1.0f - a_i[j];
-    else
-        rnn_activate(f, cell->clip, a_f, nu);
-    rnn_activate(g, cell->clip, a_g, nu);
-    for (ptrdiff_t j = 0; j < nu; j++) /* c' = ff*c + i*g */
-        c[j] = a_f[j] * c[j] + a_i[j] * a_g[j];
-    if (peephole) /* o = f(a_o + p_o c') */
-        for (ptrdiff_t j = 0; j < nu; j++)
-            a_o[j] += peephole[2 * H + u0 + j] * c[j];
-    rnn_activate(f, cell->clip, a_o, nu);
-    memcpy(a_g, c, (size_t)nu * sizeof(float)); /* m = o * h(c'), not clipped */
-    rnn_activate(hact, INFINITY, a_g, nu);
-    for (ptrdiff_t j = 0; j < nu; j++)
-        m[j] = a_o[j] * a_g[j];
-}
-
 /* layer L for the n rows in w->rows (inputs w->inputs); prev = the layer below or NULL */
 static void layer_step(const gen_model *m, const gen_layer *L, const gen_layer *prev, float *state,
                        workspace *w, ptrdiff_t n)
@@ -679,8 +644,8 @@ static void layer_step(const gen_model *m, const gen_layer *L, const gen_layer *
         const int proj = L->w_hr.f32.rows > 0;
         for (ptrdiff_t i = 0; i < n; i++) {
             float *st = state + w->rows[i] * S;
-            lstm_pointwise(w->gates + i * NG, st + L->c_offset, proj ? w->ext1 + i * H : st + L->h_offset,
-                           L->peephole, &L->opts, H, 0, H);
+            rnn_lstm_pointwise(w->gates + i * NG, H, st + L->c_offset, proj ? w->ext1 + i * H : st + L->h_offset,
+                               L->peephole, H, &L->opts, H);
         }
         if (proj) { /* h' = W_hr m */
             memset(w->ext2, 0, (size_t)(n * H_out) * sizeof(float));
@@ -930,7 +895,8 @@ static void layer_step_part(const gen_model *m, const gen_layer *L, const gen_la
     } else if (L->cell == GEN_LSTM) { /* no projection (checked by the caller) */
         for (ptrdiff_t i = 0; i < n; i++) {
             float *st = state + w->rows[i] * S;
-            lstm_pointwise(w->gates + i * NG, st + L->c_offset, st + L->h_offset, L->peephole, &L->opts, H, u0, nu);
+            rnn_lstm_pointwise(w->gates + i * NG + u0, H, st + L->c_offset + u0, st + L->h_offset + u0,
+                               L->peephole ? L->peephole + u0 : NULL, H, &L->opts, nu);
         }
     } else {
         const int lbr = L->opts.linear_before_reset;

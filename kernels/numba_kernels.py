@@ -225,21 +225,26 @@ _EMPTY2 = np.zeros((1, 1), np.float32)
 _EMPTY_PEEP = np.zeros((3, 1), np.float32)
 
 
-def rnn_sequence(xproj, w_hh, lengths, reverse, h, y, y_offset, cell):
+def _steps(xproj, tokens):
+    """xproj (B, T, G*H), or with tokens (B, T) the folded table (V, G*H): here a gather."""
+    return xproj if tokens is None else xproj[tokens]
+
+
+def rnn_sequence(xproj, w_hh, lengths, reverse, h, y, y_offset, cell, tokens=None):
     acts, params, clip, _, _ = cell
-    _rnn(xproj, w_hh, lengths, bool(reverse), h, y, int(y_offset), acts, params, np.float32(clip))
+    _rnn(_steps(xproj, tokens), w_hh, lengths, bool(reverse), h, y, int(y_offset), acts, params, np.float32(clip))
 
 
-def lstm_sequence(xproj, w_hh, w_hr, peephole, lengths, reverse, h, c, y, y_offset, cell):
+def lstm_sequence(xproj, w_hh, w_hr, peephole, lengths, reverse, h, c, y, y_offset, cell, tokens=None):
     acts, params, clip, input_forget, _ = cell
-    _lstm(xproj, w_hh, _EMPTY2 if w_hr is None else w_hr, w_hr is not None,
+    _lstm(_steps(xproj, tokens), w_hh, _EMPTY2 if w_hr is None else w_hr, w_hr is not None,
           _EMPTY_PEEP if peephole is None else peephole, peephole is not None, lengths, bool(reverse), h, c, y,
           int(y_offset), acts, params, np.float32(clip), bool(input_forget))
 
 
-def gru_sequence(xproj, w_hh_rz, w_hh_n, b_hn, lengths, reverse, h, y, y_offset, cell):
+def gru_sequence(xproj, w_hh_rz, w_hh_n, b_hn, lengths, reverse, h, y, y_offset, cell, tokens=None):
     acts, params, clip, _, lbr = cell
-    _gru(xproj, w_hh_rz, w_hh_n, b_hn, lengths, bool(reverse), h, y, int(y_offset), acts, params,
+    _gru(_steps(xproj, tokens), w_hh_rz, w_hh_n, b_hn, lengths, bool(reverse), h, y, int(y_offset), acts, params,
          np.float32(clip), bool(lbr))
 
 

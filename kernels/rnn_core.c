@@ -287,11 +287,17 @@ static RNN_AVX512_INLINE __m512 tanh_avx512(__m512 x)
     return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(ax, _mm512_set1_ps(0.625f), _CMP_GT_OQ), small, big);
 }
 
+static RNN_AVX512_INLINE __m512 sigmoid_avx512(__m512 x)
+{ /* 1 / (1 + exp(-x)), true division */
+    const __m512 one = _mm512_set1_ps(1.0f);
+    return _mm512_div_ps(one, _mm512_add_ps(one, exp_avx512(_mm512_sub_ps(_mm512_setzero_ps(), x))));
+}
+
 static RNN_AVX512_INLINE __m512 activate16(int code, __m512 v, __m512 alpha, __m512 beta)
 {
     const __m512 one = _mm512_set1_ps(1.0f);
     switch (code) {
-    case 0: return _mm512_div_ps(one, _mm512_add_ps(one, exp_avx512(_mm512_sub_ps(_mm512_setzero_ps(), v))));
+    case 0: return sigmoid_avx512(v);
     case 1: return tanh_avx512(v);
     case 7: return _mm512_mul_ps(alpha, tanh_avx512(_mm512_mul_ps(beta, v)));
     default: /* 13 */
@@ -756,13 +762,14 @@ static ptrdiff_t step_time(const rnn_sequence_io *io, const workspace *ws, ptrdi
     return io->reverse ? ws->length[i] - 1 - s : s;
 }
 
-/* gates (n_active, width) <- xproj[b, t] for every running row */
+/* gates (n_active, width) <- xproj[b, t] (or table[tokens[b, t]]) for every running row */
 static void load_xproj(const rnn_sequence_io *io, const workspace *ws, const float *xproj,
                        ptrdiff_t width, ptrdiff_t n_active, ptrdiff_t s)
 {
     for (ptrdiff_t i = 0; i < n_active; i++) {
-        const ptrdiff_t b = ws->order[i], t = step_time(io, ws, i, s);
-        memcpy(ws->gates + i * width, xproj + (b * io->steps + t) * width, (size_t)width * sizeof(float));
+        const ptrdiff_t b = ws->order[i], bt = b * io->steps + step_time(io, ws, i, s);
+        const ptrdiff_t row = io->tokens ? (ptrdiff_t)io->tokens[bt] : bt;
+        memcpy(ws->gates + i * width, xproj + row * width, (size_t)width * sizeof(float));
     }
 }
 
@@ -820,41 +827,107 @@ int rnn_sequence_f32(const rnn_sequence_io *io, const float *xproj, const rnn_pa
     return 0;
 }
 
-/* One LSTM row after the matmul: a (4H) pre-activations i|f|g|o = xp + W_hh h, c (H) INOUT,
- * m (H) OUT = o * h(c'). a is overwritten (the g block ends up holding h(c')). */
-static void lstm_pointwise(float *a, float *c, float *m, const float *peephole,
-                           const rnn_cell *cell, ptrdiff_t H)
+/* The generic LSTM pointwise part: any activations, clip, peepholes, input_forget. One
+ * operation at a time over the n units; a is overwritten (the g block ends up holding h(c')). */
+static void lstm_pointwise_any(float *a, ptrdiff_t a_stride, float *c, float *m, const float *peephole,
+                               ptrdiff_t p_stride, const rnn_cell *cell, ptrdiff_t n)
 {
-    float *a_i = a, *a_f = a + H, *a_g = a + 2 * H, *a_o = a + 3 * H;
+    float *a_i = a, *a_f = a + a_stride, *a_g = a + 2 * a_stride, *a_o = a + 3 * a_stride;
     const rnn_activation *f = &cell->act[0], *g = &cell->act[1], *hact = &cell->act[2];
     if (peephole) { /* i = f(a_i + p_i c), ff = f(a_f + p_f c) */
-        const float *p_i = peephole, *p_f = peephole + H;
-        for (ptrdiff_t j = 0; j < H; j++)
+        const float *p_i = peephole, *p_f = peephole + p_stride;
+        for (ptrdiff_t j = 0; j < n; j++)
             a_i[j] += p_i[j] * c[j];
         if (!cell->input_forget)
-            for (ptrdiff_t j = 0; j < H; j++)
+            for (ptrdiff_t j = 0; j < n; j++)
                 a_f[j] += p_f[j] * c[j];
     }
-    if (cell->input_forget) { /* ff = 1 - i */
-        rnn_activate(f, cell->clip, a_i, H);
-        for (ptrdiff_t j = 0; j < H; j++)
+    rnn_activate(f, cell->clip, a_i, n);
+    if (cell->input_forget) /* ff = 1 - i */
+        for (ptrdiff_t j = 0; j < n; j++)
             a_f[j] = 1.0f - a_i[j];
-    } else {
-        rnn_activate(f, cell->clip, a_i, 2 * H); /* i and f blocks are adjacent */
-    }
-    rnn_activate(g, cell->clip, a_g, H);
-    for (ptrdiff_t j = 0; j < H; j++) /* c' = ff*c + i*g */
+    else
+        rnn_activate(f, cell->clip, a_f, n);
+    rnn_activate(g, cell->clip, a_g, n);
+    for (ptrdiff_t j = 0; j < n; j++) /* c' = ff*c + i*g */
         c[j] = a_f[j] * c[j] + a_i[j] * a_g[j];
     if (peephole) { /* o = f(a_o + p_o c') */
-        const float *p_o = peephole + 2 * H;
-        for (ptrdiff_t j = 0; j < H; j++)
+        const float *p_o = peephole + 2 * p_stride;
+        for (ptrdiff_t j = 0; j < n; j++)
             a_o[j] += p_o[j] * c[j];
     }
-    rnn_activate(f, cell->clip, a_o, H);
-    memcpy(a_g, c, (size_t)H * sizeof(float)); /* m = o * h(c'), not clipped */
-    rnn_activate(hact, INFINITY, a_g, H);
-    for (ptrdiff_t j = 0; j < H; j++)
+    rnn_activate(f, cell->clip, a_o, n);
+    memcpy(a_g, c, (size_t)n * sizeof(float)); /* m = o * h(c'), not clipped */
+    rnn_activate(hact, INFINITY, a_g, n);
+    for (ptrdiff_t j = 0; j < n; j++)
         m[j] = a_o[j] * a_g[j];
+}
+
+#if RNN_X86_SIMD
+/* The usual cell (sigmoid, tanh, tanh; no clip, no input_forget; peepholes or not) in one
+ * pass: each group of 8 (16) units goes through all four gates while it is in registers. Every
+ * unit sees exactly the operations of lstm_pointwise_any, in the same order, so the bits are
+ * the same. a is not written. */
+static RNN_AVX2 void lstm_pointwise_avx2(const float *a, ptrdiff_t a_stride, float *c, float *m,
+                                         const float *peephole, ptrdiff_t p_stride, ptrdiff_t n)
+{
+    for (ptrdiff_t j = 0; j < n; j += 8) {
+        const __m256i mask = tail_mask(n - j < 8 ? n - j : 8);
+        __m256 a_i = _mm256_maskload_ps(a + j, mask), a_f = _mm256_maskload_ps(a + a_stride + j, mask);
+        __m256 a_g = _mm256_maskload_ps(a + 2 * a_stride + j, mask);
+        __m256 a_o = _mm256_maskload_ps(a + 3 * a_stride + j, mask), cv = _mm256_maskload_ps(c + j, mask);
+        if (peephole) {
+            a_i = _mm256_add_ps(a_i, _mm256_mul_ps(_mm256_maskload_ps(peephole + j, mask), cv));
+            a_f = _mm256_add_ps(a_f, _mm256_mul_ps(_mm256_maskload_ps(peephole + p_stride + j, mask), cv));
+        }
+        const __m256 i = sigmoid_avx2(a_i), f = sigmoid_avx2(a_f), g = tanh_avx2(a_g);
+        cv = _mm256_add_ps(_mm256_mul_ps(f, cv), _mm256_mul_ps(i, g)); /* c' = ff*c + i*g */
+        if (peephole)
+            a_o = _mm256_add_ps(a_o, _mm256_mul_ps(_mm256_maskload_ps(peephole + 2 * p_stride + j, mask), cv));
+        _mm256_maskstore_ps(c + j, mask, cv);
+        _mm256_maskstore_ps(m + j, mask, _mm256_mul_ps(sigmoid_avx2(a_o), tanh_avx2(cv)));
+    }
+}
+
+static RNN_AVX512 void lstm_pointwise_avx512(const float *a, ptrdiff_t a_stride, float *c, float *m,
+                                             const float *peephole, ptrdiff_t p_stride, ptrdiff_t n)
+{
+    for (ptrdiff_t j = 0; j < n; j += 16) {
+        const __mmask16 mask = n - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - j)) - 1u);
+        __m512 a_i = _mm512_maskz_loadu_ps(mask, a + j), a_f = _mm512_maskz_loadu_ps(mask, a + a_stride + j);
+        __m512 a_g = _mm512_maskz_loadu_ps(mask, a + 2 * a_stride + j);
+        __m512 a_o = _mm512_maskz_loadu_ps(mask, a + 3 * a_stride + j), cv = _mm512_maskz_loadu_ps(mask, c + j);
+        if (peephole) {
+            a_i = _mm512_add_ps(a_i, _mm512_mul_ps(_mm512_maskz_loadu_ps(mask, peephole + j), cv));
+            a_f = _mm512_add_ps(a_f, _mm512_mul_ps(_mm512_maskz_loadu_ps(mask, peephole + p_stride + j), cv));
+        }
+        const __m512 i = sigmoid_avx512(a_i), f = sigmoid_avx512(a_f), g = tanh_avx512(a_g);
+        cv = _mm512_add_ps(_mm512_mul_ps(f, cv), _mm512_mul_ps(i, g));
+        if (peephole)
+            a_o = _mm512_add_ps(a_o, _mm512_mul_ps(_mm512_maskz_loadu_ps(mask, peephole + 2 * p_stride + j), cv));
+        _mm512_mask_storeu_ps(c + j, mask, cv);
+        _mm512_mask_storeu_ps(m + j, mask, _mm512_mul_ps(sigmoid_avx512(a_o), tanh_avx512(cv)));
+    }
+}
+#endif
+
+void rnn_lstm_pointwise(float *a, ptrdiff_t a_stride, float *c, float *m, const float *peephole,
+                        ptrdiff_t p_stride, const rnn_cell *cell, ptrdiff_t n)
+{
+#if RNN_X86_SIMD
+    const int usual = cell->act[0].code == 0 && cell->act[1].code == 1 && cell->act[2].code == 1 &&
+                      !(cell->clip < INFINITY) && !cell->input_forget;
+    const int level = rnn_simd_enabled();
+    if (usual && level == RNN_SIMD_AVX512) {
+        lstm_pointwise_avx512(a, a_stride, c, m, peephole, p_stride, n);
+        return;
+    }
+    if (usual && level == RNN_SIMD_AVX2) {
+        lstm_pointwise_avx2(a, a_stride, c, m, peephole, p_stride, n);
+        return;
+    }
+#endif
+    lstm_pointwise_any(a, a_stride, c, m, peephole, p_stride, cell, n);
 }
 
 int lstm_sequence_f32(const rnn_sequence_io *io, const float *xproj, const rnn_lstm_weights *w,
@@ -873,8 +946,8 @@ int lstm_sequence_f32(const rnn_sequence_io *io, const float *xproj, const rnn_l
         load_xproj(io, &ws, xproj, G4, n_active, s);
         rnn_matmul_packed(&w->w_hh, ws.h, h_out, ws.gates, G4, n_active); /* a = xp + W_hh h */
         for (ptrdiff_t i = 0; i < n_active; i++) /* without projection, m is h' itself */
-            lstm_pointwise(ws.gates + i * G4, ws.c + i * H, proj ? ws.extra + i * H : ws.h + i * h_out,
-                           w->peephole, cell, H);
+            rnn_lstm_pointwise(ws.gates + i * G4, H, ws.c + i * H, proj ? ws.extra + i * H : ws.h + i * h_out,
+                               w->peephole, H, cell, H);
         if (proj) { /* h' = W_hr m */
             memset(ws.h, 0, (size_t)(n_active * h_out) * sizeof(float));
             rnn_matmul_packed(&w->w_hr, ws.extra, H, ws.h, h_out, n_active);

@@ -59,6 +59,14 @@ typedef struct {
     int linear_before_reset; /* GRU: n = g(xp_n + r * (W_hn h + b_hn)) */
 } rnn_cell;
 
+/* One row's LSTM step after the matrix multiply (README cell math), units [0, n):
+ * a: the pre-activations of gates i|f|g|o, gate k's n values at a + k*a_stride (overwritten);
+ * c (n) INOUT; m (n) OUT = o * h(c'); peephole: rows i|f|o at peephole + k*p_stride, or NULL.
+ * The usual cell (sigmoid, tanh, tanh, no clip, no input_forget) runs in one fused SIMD pass;
+ * any other cell one operation at a time. Both give the same bits. */
+void rnn_lstm_pointwise(float *a, ptrdiff_t a_stride, float *c, float *m, const float *peephole,
+                        ptrdiff_t p_stride, const rnn_cell *cell, ptrdiff_t n);
+
 /* ---- sequences --------------------------------------------------------------------------
  * Where the steps come from and where the outputs go; shared by the three cells. */
 typedef struct {
@@ -70,6 +78,9 @@ typedef struct {
                                0 at t >= len */
     ptrdiff_t y_cols;       /* Y */
     ptrdiff_t y_offset;
+    const int64_t *tokens;  /* NULL: xproj is (B, T, G*H). Else (B, T) row indices in [0, V):
+                               xproj is a table (V, G*H) and step (b, t) reads row tokens[b, t]
+                               (the folded embedding, looked up in place) */
 } rnn_sequence_io;
 
 typedef struct {
@@ -86,14 +97,14 @@ typedef struct {
 
 /* h' = f(xp + W_hh h) over the whole sequence; returns 0, -1 if out of memory */
 int rnn_sequence_f32(const rnn_sequence_io *io,
-                     const float *xproj,        /* IN    (B, T, H) */
+                     const float *xproj,        /* IN    (B, T, H), or a table (see io->tokens) */
                      const rnn_packed *w_hh,    /* IN    packed (H <- H) */
                      float *h,                  /* INOUT (B, H) */
                      const rnn_cell *cell);
 
 /* LSTM (README cell math) over the whole sequence; returns 0, -1 if out of memory */
 int lstm_sequence_f32(const rnn_sequence_io *io,
-                      const float *xproj,       /* IN    (B, T, 4H), gates i|f|g|o */
+                      const float *xproj,       /* IN    (B, T, 4H), gates i|f|g|o, or a table */
                       const rnn_lstm_weights *w,
                       float *h,                 /* INOUT (B, H_out) */
                       float *c,                 /* INOUT (B, H) */
@@ -101,7 +112,7 @@ int lstm_sequence_f32(const rnn_sequence_io *io,
 
 /* GRU (README cell math) over the whole sequence; returns 0, -1 if out of memory */
 int gru_sequence_f32(const rnn_sequence_io *io,
-                     const float *xproj,        /* IN    (B, T, 3H), gates r|z|n */
+                     const float *xproj,        /* IN    (B, T, 3H), gates r|z|n, or a table */
                      const rnn_gru_weights *w,
                      float *h,                  /* INOUT (B, H) */
                      const rnn_cell *cell);

@@ -38,8 +38,8 @@ int rnn_split_sequence(const rnn_sequence_io *io, const float *xproj, const rnn_
     const ptrdiff_t u0 = panels * part / P * RNN_PANEL, u1 = panels * (part + 1) / P * RNN_PANEL;
     const ptrdiff_t n = u1 - u0, T = io->steps, len = io->lengths[0];
 
-    /* scratch: gates (G, n) for the own units, hn (n), c (n), tmp (n) */
-    float *scratch = (float *)malloc((size_t)(G + 3) * (size_t)(n > 0 ? n : 1) * sizeof(float));
+    /* scratch: gates (G, n) for the own units, hn (n), c (n) */
+    float *scratch = (float *)malloc((size_t)(G + 2) * (size_t)(n > 0 ? n : 1) * sizeof(float));
     if (!scratch)
         __atomic_store_n(&shared->failed, 1, __ATOMIC_RELEASE);
     barrier_wait(shared);
@@ -47,11 +47,11 @@ int rnn_split_sequence(const rnn_sequence_io *io, const float *xproj, const rnn_
         free(scratch);
         return -1;
     }
-    float *gates = scratch, *hn = scratch + G * n, *cs = hn + n, *tmp = cs + n;
+    float *gates = scratch, *hn = scratch + G * n, *cs = hn + n;
     if (c)
         memcpy(cs, c + u0, (size_t)n * sizeof(float));
     const unsigned csr = rnn_denormals_off(); /* MXCSR is per thread */
-    const rnn_activation *f = &cell->act[0], *g = &cell->act[1], *hact = &cell->act[2];
+    const rnn_activation *f = &cell->act[0], *g = &cell->act[1];
     float *y = io->y + io->y_offset + u0;
     ptrdiff_t s;
     for (s = 0; s < len; s++) {
@@ -68,32 +68,7 @@ int rnn_split_sequence(const rnn_sequence_io *io, const float *xproj, const rnn_
             rnn_activate(f, cell->clip, gates, n);
             memcpy(hx + u0, gates, (size_t)n * sizeof(float));
         } else if (w->cell == RNN_SPLIT_LSTM) {
-            float *a_i = gates, *a_f = gates + n, *a_g = gates + 2 * n, *a_o = gates + 3 * n;
-            const float *peep = w->peephole;
-            if (peep) {
-                for (ptrdiff_t j = 0; j < n; j++)
-                    a_i[j] += peep[u0 + j] * cs[j];
-                if (!cell->input_forget)
-                    for (ptrdiff_t j = 0; j < n; j++)
-                        a_f[j] += peep[H + u0 + j] * cs[j];
-            }
-            rnn_activate(f, cell->clip, a_i, n);
-            if (cell->input_forget)
-                for (ptrdiff_t j = 0; j < n; j++)
-                    a_f[j] = 1.0f - a_i[j];
-            else
-                rnn_activate(f, cell->clip, a_f, n);
-            rnn_activate(g, cell->clip, a_g, n);
-            for (ptrdiff_t j = 0; j < n; j++)
-                cs[j] = a_f[j] * cs[j] + a_i[j] * a_g[j];
-            if (peep)
-                for (ptrdiff_t j = 0; j < n; j++)
-                    a_o[j] += peep[2 * H + u0 + j] * cs[j];
-            rnn_activate(f, cell->clip, a_o, n);
-            memcpy(tmp, cs, (size_t)n * sizeof(float));
-            rnn_activate(hact, INFINITY, tmp, n);
-            for (ptrdiff_t j = 0; j < n; j++)
-                hx[u0 + j] = a_o[j] * tmp[j];
+            rnn_lstm_pointwise(gates, n, cs, hx + u0, w->peephole ? w->peephole + u0 : NULL, H, cell, n);
         } else { /* GRU */
             float *r = gates, *z = gates + n, *nn = gates + 2 * n;
             rnn_activate(f, cell->clip, r, n);

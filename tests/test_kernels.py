@@ -200,3 +200,28 @@ def test_threads_argument_validated(rng):
             model.predict(x, threads=bad)
     with pytest.raises(ValueError, match="threads"):
         fastrnn.set_num_threads(0)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_folded_embedding_equals_unfolded(compiled_backend, cell, bidirectional, monkeypatch):
+    """Token ids through an Embedding: the kernel reads the folded table W_ih E[v] + b in place
+    (tokens=ids). It must give the same bits as embedding the ids and projecting every step,
+    with variable lengths and every row's ids different, and match the NumPy reference."""
+    from fastrnn import backends
+    rng = np.random.default_rng(5)
+    emb = fastrnn.Embedding(rng.standard_normal((50, 6)).astype(np.float32))
+    layer = random_recurrent(rng, cell, input_size=6, hidden_size=24, bidirectional=bidirectional)
+    model = fastrnn.Model([emb, layer])
+    ids = rng.integers(0, 50, (9, 13))
+    lengths = rng.integers(0, 14, 9)
+    assert get_backend(compiled_backend).can_fold_embedding(emb, layer)
+    folded = model.predict(ids, lengths=lengths, backend=compiled_backend, return_state=True)
+    monkeypatch.setattr(backends, "MAX_FOLDED_TABLE_BYTES", 0)  # no table: x = E[ids], then x @ W_ih.T
+    assert not get_backend(compiled_backend).can_fold_embedding(emb, layer)
+    unfolded = model.predict(ids, lengths=lengths, backend=compiled_backend, return_state=True)
+    assert np.array_equal(folded[0], unfolded[0])
+    for a, b in zip(np.atleast_1d(folded[1][0]), np.atleast_1d(unfolded[1][0])):
+        assert np.array_equal(a, b)
+    want = model.predict(ids, lengths=lengths, backend="numpy")
+    assert_close(folded[0], want, what="output")
