@@ -773,6 +773,23 @@ static void load_xproj(const rnn_sequence_io *io, const workspace *ws, const flo
     }
 }
 
+/* Ask for the rows step s will load, while step s - 1 computes: folded-table rows are scattered
+ * over a table of many MB, and each would otherwise be a cache miss at load_xproj. */
+static void prefetch_xproj(const rnn_sequence_io *io, const workspace *ws, const float *xproj,
+                           ptrdiff_t width, ptrdiff_t n_active, ptrdiff_t s)
+{
+#if defined(__GNUC__) || defined(__clang__)
+    for (ptrdiff_t i = 0; i < n_active && ws->length[i] > s; i++) {
+        const ptrdiff_t bt = ws->order[i] * io->steps + step_time(io, ws, i, s);
+        const char *row = (const char *)(xproj + (io->tokens ? (ptrdiff_t)io->tokens[bt] : bt) * width);
+        for (ptrdiff_t off = 0; off < width * (ptrdiff_t)sizeof(float); off += 64)
+            __builtin_prefetch(row + off, 0, 2);
+    }
+#else
+    (void)io, (void)ws, (void)xproj, (void)width, (void)n_active, (void)s;
+#endif
+}
+
 /* y[b, t, y_offset:] <- h of every running row */
 static void store_outputs(const rnn_sequence_io *io, const workspace *ws, ptrdiff_t h_out,
                           ptrdiff_t n_active, ptrdiff_t s)
@@ -814,6 +831,7 @@ int rnn_sequence_f32(const rnn_sequence_io *io, const float *xproj, const rnn_pa
     for (ptrdiff_t s = 0; s < longest; s++) {
         n_active = rows_active(&ws, n_active, s);
         load_xproj(io, &ws, xproj, H, n_active, s);
+        prefetch_xproj(io, &ws, xproj, H, n_active, s + 1);
         rnn_matmul_packed(w_hh, ws.h, H, ws.gates, H, n_active); /* a = xp + W_hh h */
         for (ptrdiff_t i = 0; i < n_active; i++) {               /* h' = f(a) */
             float *a = ws.gates + i * H;
@@ -944,6 +962,7 @@ int lstm_sequence_f32(const rnn_sequence_io *io, const float *xproj, const rnn_l
     for (ptrdiff_t s = 0; s < longest; s++) {
         n_active = rows_active(&ws, n_active, s);
         load_xproj(io, &ws, xproj, G4, n_active, s);
+        prefetch_xproj(io, &ws, xproj, G4, n_active, s + 1);
         rnn_matmul_packed(&w->w_hh, ws.h, h_out, ws.gates, G4, n_active); /* a = xp + W_hh h */
         for (ptrdiff_t i = 0; i < n_active; i++) /* without projection, m is h' itself */
             rnn_lstm_pointwise(ws.gates + i * G4, H, ws.c + i * H, proj ? ws.extra + i * H : ws.h + i * h_out,
@@ -973,6 +992,7 @@ int gru_sequence_f32(const rnn_sequence_io *io, const float *xproj, const rnn_gr
     for (ptrdiff_t s = 0; s < longest; s++) {
         n_active = rows_active(&ws, n_active, s);
         load_xproj(io, &ws, xproj, G3, n_active, s);
+        prefetch_xproj(io, &ws, xproj, G3, n_active, s + 1);
         /* r = f(xp_r + W_hr h), z = f(xp_z + W_hz h) */
         rnn_matmul_packed(&w->w_hh_rz, ws.h, H, ws.gates, G3, n_active);
         for (ptrdiff_t i = 0; i < n_active; i++)
