@@ -31,9 +31,12 @@ import time
 
 import numpy as np
 
-import fastrnn
+# the repository root, for bench.models; bench/__init__ imports the installed fastrnn first
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench.models import VOCAB, CharLSTM  # noqa: E402
 
-VOCAB, EMB = 96, 64
+import fastrnn  # noqa: E402
+
 WORKLOADS = {"gen256": (256, 1, 300), "gen512": (512, 1, 300), "batchgen": (512, 64, 200)}
 
 try:
@@ -44,18 +47,6 @@ try:
     import onnxruntime as ort
 except ImportError:  # pragma: no cover
     ort = None
-
-
-class CharLSTM(torch.nn.Module if torch else object):
-    def __init__(self, hidden):
-        super().__init__()
-        self.embed = torch.nn.Embedding(VOCAB, EMB)
-        self.lstm = torch.nn.LSTM(EMB, hidden, num_layers=2, batch_first=True)
-        self.head = torch.nn.Linear(hidden, VOCAB)
-
-    def forward(self, ids, h, c):
-        out, (h, c) = self.lstm(self.embed(ids), (h, c))
-        return self.head(out), h, c
 
 
 def prompts_for(batch):

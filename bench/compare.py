@@ -25,11 +25,12 @@ import numpy as np
 
 import fastrnn
 
+from .models import VOCAB, CharLSTM, ClsModel
+
 WORKLOADS = ("gen256", "gen512", "batchgen", "cls", "seq", "startup")
 UNITS = {"gen256": "us/token", "gen512": "us/token", "batchgen": "tokens/s", "cls": "seq/s", "seq": "us/step",
          "startup": "s"}
 HIGHER_IS_BETTER = {"batchgen", "cls"}
-VOCAB, EMB = 96, 64
 
 
 def cpu_name():
@@ -43,17 +44,22 @@ def cpu_name():
     return platform.processor() or "unknown CPU"
 
 
-def median_time(fn, repeats, warmup=1):
-    # Let worker threads go idle before timing: PyTorch's OpenMP threads, ONNX Runtime's intra-op
-    # threads and OpenBLAS's threads spin for a while after a run and would take the second core.
-    # The pause comes after the warm-up too, whose one-time work (packing, tables, sessions) may
-    # leave such threads spinning into the timed runs.
+def median_time(fn, repeats, warmup_s=0.3, min_total_s=0.5, max_runs=200):
+    """Median seconds per call of fn. Every engine is measured the same way:
+    1. an idle pause, so that the previous engine's worker threads stop spinning (PyTorch's
+       OpenMP threads, ONNX Runtime's intra-op threads and OpenBLAS's spin after a run and would
+       take the second core);
+    2. warm-up calls for at least warmup_s: one-time work (packing, tables, sessions) is done, and
+       the cores are busy again (on this VM a core that was idle runs the next ~0.1 s slowly,
+       which a single warm-up call followed by a pause would leave in the timed runs);
+    3. at least `repeats` timed calls and at least min_total_s of them (at most max_runs)."""
     time.sleep(0.3)
-    for _ in range(warmup):
+    t_end = time.perf_counter() + warmup_s
+    fn()
+    while time.perf_counter() < t_end:
         fn()
-    time.sleep(0.3)
     times = []
-    for _ in range(repeats):
+    while len(times) < repeats or (sum(times) < min_total_s and len(times) < max_runs):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
@@ -87,30 +93,6 @@ def ort_session(path, threads):
 
 
 # -- models ---------------------------------------------------------------------------------
-class CharLSTM(torch.nn.Module if torch else object):
-    def __init__(self, hidden):
-        super().__init__()
-        self.embed = torch.nn.Embedding(VOCAB, EMB)
-        self.lstm = torch.nn.LSTM(EMB, hidden, num_layers=2, batch_first=True)
-        self.head = torch.nn.Linear(hidden, VOCAB)
-
-    def forward(self, ids, h, c):
-        out, (h, c) = self.lstm(self.embed(ids), (h, c))
-        return self.head(out), h, c
-
-
-class ClsModel(torch.nn.Module if torch else object):
-    def __init__(self):
-        super().__init__()
-        self.embed = torch.nn.Embedding(20000, 128)
-        self.lstm = torch.nn.LSTM(128, 128, batch_first=True, bidirectional=True)
-        self.head = torch.nn.Linear(256, 2)
-
-    def forward(self, ids):
-        _, (h, _) = self.lstm(self.embed(ids))
-        return torch.softmax(self.head(torch.cat([h[-2], h[-1]], dim=1)), dim=1)
-
-
 def build(kind, hidden=None):
     torch.manual_seed(0)
     if kind == "char":
