@@ -601,51 +601,43 @@ static RNN_AVX512_INLINE void tile_avx512(const int MR, const int NPG, const flo
             _mm512_mask_storeu_ps(out + r * ld_out + g * RNN_PANEL, mask, acc[r][g]);
 }
 
-/* MR rows over panels [0, panels): NPG full panels at a time, then one at a time */
-#define ROWS512(MR, NPG)                                                                          \
-    static RNN_AVX512 void rows512_##MR(const rnn_packed *w, ptrdiff_t k0, ptrdiff_t kb,         \
-                                        const float *in, ptrdiff_t ld_in, float *out,            \
-                                        ptrdiff_t ld_out)                                         \
-    {                                                                                             \
-        const ptrdiff_t N = w->rows, K = w->cols, stride = K * RNN_PANEL;                         \
-        const ptrdiff_t full = N / RNN_PANEL, panels = (N + RNN_PANEL - 1) / RNN_PANEL;           \
-        const float *base = w->data + k0 * RNN_PANEL;                                             \
-        ptrdiff_t p = 0;                                                                          \
-        for (; p + NPG <= full; p += NPG)                                                         \
-            tile_avx512(MR, NPG, base + p * stride, stride, kb, in + k0, ld_in,                   \
-                        out + p * RNN_PANEL, ld_out, RNN_PANEL);                                  \
-        for (; p < panels; p++)                                                                   \
-            tile_avx512(MR, 1, base + p * stride, stride, kb, in + k0, ld_in,                     \
-                        out + p * RNN_PANEL, ld_out, N - p * RNN_PANEL);                          \
+/* tile_avx512 with literal MR (1..6) and NPG (4 full panels, or 1 possibly partial panel) */
+#define TILE512_CASES(NPG, valid)                                                                       \
+    switch (rows) {                                                                                    \
+    case 1: tile_avx512(1, NPG, panel, stride, kb, x, ld_in, o, ld_out, valid); break;                \
+    case 2: tile_avx512(2, NPG, panel, stride, kb, x, ld_in, o, ld_out, valid); break;                \
+    case 3: tile_avx512(3, NPG, panel, stride, kb, x, ld_in, o, ld_out, valid); break;                \
+    case 4: tile_avx512(4, NPG, panel, stride, kb, x, ld_in, o, ld_out, valid); break;                \
+    case 5: tile_avx512(5, NPG, panel, stride, kb, x, ld_in, o, ld_out, valid); break;                \
+    default: tile_avx512(6, NPG, panel, stride, kb, x, ld_in, o, ld_out, valid); break;               \
     }
-ROWS512(1, 4)
-ROWS512(2, 4)
-ROWS512(3, 4)
-ROWS512(4, 4)
-ROWS512(5, 4)
-ROWS512(6, 4)
 
-/* out (m, N) += in (m, K) @ W.T: blocks of 6 rows (the last block 1..6 rows), each over every
- * panel, with K cut into blocks of KC512 so that a group of 4 panels' block (64 KiB... 4 * KC512
- * * 64 bytes) is reused by the rows from L1/L2. Up to 5 rows the whole of K is one block. */
+/* out (m, N) += in (m, K) @ W.T. K is cut into blocks of KC512 (up to 5 rows: the whole of K);
+ * within a block, for each group of 4 panels, every block of 6 rows goes over the group's
+ * (KC512, 64) weights, which stay in L1 (32 KiB) while the rows pass. */
 #define KC512 128
 static RNN_AVX512 void matmul_avx512(const rnn_packed *w, const float *in, ptrdiff_t ld_in,
                                      float *out, ptrdiff_t ld_out, ptrdiff_t m)
 {
-    const ptrdiff_t K = w->cols, kc = m > 5 ? KC512 : K;
+    const ptrdiff_t N = w->rows, K = w->cols, kc = m > 5 ? KC512 : K, stride = K * RNN_PANEL;
+    const ptrdiff_t full = N / RNN_PANEL, panels = (N + RNN_PANEL - 1) / RNN_PANEL;
     for (ptrdiff_t k0 = 0; k0 < K; k0 += kc) {
         const ptrdiff_t kb = K - k0 < kc ? K - k0 : kc;
-        for (ptrdiff_t r0 = 0; r0 < m; r0 += 6) {
-            const float *x = in + r0 * ld_in;
-            float *o = out + r0 * ld_out;
-            switch (m - r0 < 6 ? m - r0 : 6) {
-            case 1: rows512_1(w, k0, kb, x, ld_in, o, ld_out); break;
-            case 2: rows512_2(w, k0, kb, x, ld_in, o, ld_out); break;
-            case 3: rows512_3(w, k0, kb, x, ld_in, o, ld_out); break;
-            case 4: rows512_4(w, k0, kb, x, ld_in, o, ld_out); break;
-            case 5: rows512_5(w, k0, kb, x, ld_in, o, ld_out); break;
-            default: rows512_6(w, k0, kb, x, ld_in, o, ld_out); break;
+        for (ptrdiff_t p = 0; p < panels;) {
+            const int group = p + 4 <= full; /* 4 full panels, else one panel */
+            const float *panel = w->data + p * stride + k0 * RNN_PANEL;
+            const ptrdiff_t valid = N - p * RNN_PANEL;
+            for (ptrdiff_t r0 = 0; r0 < m; r0 += 6) {
+                const ptrdiff_t rows = m - r0 < 6 ? m - r0 : 6;
+                const float *x = in + r0 * ld_in + k0;
+                float *o = out + r0 * ld_out + p * RNN_PANEL;
+                if (group) {
+                    TILE512_CASES(4, RNN_PANEL)
+                } else {
+                    TILE512_CASES(1, valid)
+                }
             }
+            p += group ? 4 : 1;
         }
     }
 }
