@@ -4,7 +4,6 @@
     python bench/bench_generate.py -t 1 2 -r 7     # 1 and 2 threads, 7 repeats
     python bench/bench_generate.py -w gen512 --backend numba
     python bench/bench_generate.py --weights float32 float16 int8   # the storage modes side by side
-    python bench/bench_generate.py --accuracy      # held-out bits per char of the bundled model per mode
 
 Not part of the test suite. Workloads (random weights; speed does not depend on them):
 - gen256 / gen512: Embedding(96, 64) -> LSTM(H, 2 layers) -> Linear(96), batch 1, a 4-token
@@ -161,40 +160,6 @@ def measure(workload, threads, repeats, backend, weight_kinds, tmp):
     return {name: batch * tokens / t for name, t in med.items()}, "tokens/s", True
 
 
-def accuracy(chars=4000):
-    """Held-out bits per character of the bundled model with each weight storage, and the
-    largest logit difference from float32, over the first `chars` characters of each module
-    tools/train_char_model.py holds out (one session per module)."""
-    import importlib.util
-
-    from fastrnn.generate import bundled_model
-
-    spec = importlib.util.spec_from_file_location(
-        "train_char_model", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools",
-                                         "train_char_model.py"))
-    tcm = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tcm)
-    model = bundled_model()
-    texts = [model.vocabulary.encode(tcm.read_corpus([name])[:chars]) for name in tcm.HELD_OUT]
-    logits = {}
-    for weights in ("float32", "float16", "int8"):
-        rows = []
-        for ids in texts:
-            s = model.session(weights=weights)
-            for t in ids[:-1]:
-                s.feed([t])
-                rows.append(s.logits())
-        logits[weights] = np.array(rows, np.float64)
-    target = np.concatenate([ids[1:] for ids in texts])
-    print(f"bundled model, {len(target):,} held-out characters")
-    print(f"{'weights':<8} {'bits/char':>9} {'max |logit - float32|':>22}")
-    for weights, lg in logits.items():
-        lse = np.log(np.exp(lg - lg.max(1, keepdims=True)).sum(1)) + lg.max(1)
-        bpc = np.mean(lse - lg[np.arange(len(target)), target]) / np.log(2)
-        diff = np.abs(lg - logits["float32"]).max()
-        print(f"{weights:<8} {bpc:>9.4f} {diff:>22.2e}")
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-w", "--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
@@ -203,11 +168,7 @@ def main(argv=None):
     ap.add_argument("--backend", default=None, help="fastrnn backend (default: the fastest available)")
     ap.add_argument("--weights", nargs="+", default=["float32", "int8"], choices=["float32", "float16", "int8"],
                     help="fastrnn weight storage modes to measure (default: float32 int8)")
-    ap.add_argument("--accuracy", action="store_true", help="print the bundled model's accuracy per mode and exit")
     args = ap.parse_args(argv)
-    if args.accuracy:
-        accuracy()
-        return 0
     from fastrnn.generate import get_engine
 
     print(f"fastrnn {fastrnn.__version__}, generation engine: {get_engine(args.backend).name}; "

@@ -673,19 +673,10 @@ static void layer_step(const gen_model *m, const gen_layer *L, const gen_layer *
         }
         gen_matmul(&L->w_hn, w->ext2, H, w->ext1, H, n, w->xq, w->xs);
     }
-    for (ptrdiff_t i = 0; i < n; i++) {
-        float *g = w->gates + i * NG, *nn = g + 2 * H;
-        const float *r = g, *z = g + H, *hn = w->ext1 + i * H, *h = w->xin + i * K + I;
-        if (lbr) /* n = g(x_n + r * (W_hn h + b_hn)) */
-            for (ptrdiff_t j = 0; j < H; j++)
-                nn[j] = nn[j] + r[j] * hn[j];
-        else /* n = g(x_n + W_hn (r * h) + b_hn) */
-            for (ptrdiff_t j = 0; j < H; j++)
-                nn[j] = nn[j] + hn[j];
-        rnn_activate(&L->opts.act[1], L->opts.clip, nn, H);
-        float *h_new = state + w->rows[i] * S + L->h_offset;
-        for (ptrdiff_t j = 0; j < H; j++) /* h' = (1 - z) * n + z * h */
-            h_new[j] = (1.0f - z[j]) * nn[j] + z[j] * h[j];
+    for (ptrdiff_t i = 0; i < n; i++) { /* n = g(x_n + ...), h' = (1 - z) * n + z * h; b_hn is in ext1 */
+        float *a = w->gates + i * NG;
+        rnn_gru_pointwise(a + 2 * H, a, a + H, w->ext1 + i * H, NULL, w->xin + i * K + I,
+                          state + w->rows[i] * S + L->h_offset, &L->opts, H);
     }
 }
 
@@ -920,19 +911,10 @@ static void layer_step_part(const gen_model *m, const gen_layer *L, const gen_la
             if (nu > 0)
                 gen_matmul(&sub, sh->rh, H, w->ext1 + u0, H, n, w->xq, w->xs);
         }
-        for (ptrdiff_t i = 0; i < n; i++) {
-            float *g = w->gates + i * NG, *nn = g + 2 * H;
-            const float *r = g, *z = g + H, *hn = w->ext1 + i * H, *h = w->xin + i * K + I;
-            if (lbr)
-                for (ptrdiff_t j = u0; j < u1; j++)
-                    nn[j] = nn[j] + r[j] * hn[j];
-            else
-                for (ptrdiff_t j = u0; j < u1; j++)
-                    nn[j] = nn[j] + hn[j];
-            rnn_activate(&L->opts.act[1], L->opts.clip, nn + u0, nu);
-            float *h_new = state + w->rows[i] * S + L->h_offset;
-            for (ptrdiff_t j = u0; j < u1; j++)
-                h_new[j] = (1.0f - z[j]) * nn[j] + z[j] * h[j];
+        for (ptrdiff_t i = 0; i < n; i++) { /* as in layer_step, units [u0, u1) */
+            float *a = w->gates + i * NG + u0;
+            rnn_gru_pointwise(a + 2 * H, a, a + H, w->ext1 + i * H + u0, NULL, w->xin + i * K + I + u0,
+                              state + w->rows[i] * S + L->h_offset + u0, &L->opts, nu);
         }
     }
     split_barrier(sh); /* the new h is whole before the next layer or the Dense reads it */

@@ -940,6 +940,93 @@ void rnn_lstm_pointwise(float *a, ptrdiff_t a_stride, float *c, float *m, const 
     lstm_pointwise_any(a, a_stride, c, m, peephole, p_stride, cell, n);
 }
 
+/* The generic GRU pointwise part after both matrix multiplies: any activation g, clip. */
+static void gru_pointwise_any(float *n, const float *r, const float *z, const float *hn, const float *b_hn,
+                              const float *h, float *h_new, const rnn_cell *cell, ptrdiff_t count)
+{
+    if (cell->linear_before_reset) { /* n = xp_n + r * (W_hn h + b_hn) */
+        if (b_hn)
+            for (ptrdiff_t j = 0; j < count; j++)
+                n[j] = n[j] + r[j] * (hn[j] + b_hn[j]);
+        else
+            for (ptrdiff_t j = 0; j < count; j++)
+                n[j] = n[j] + r[j] * hn[j];
+    } else { /* n = xp_n + W_hn (r * h) + b_hn */
+        if (b_hn)
+            for (ptrdiff_t j = 0; j < count; j++)
+                n[j] = (n[j] + hn[j]) + b_hn[j];
+        else
+            for (ptrdiff_t j = 0; j < count; j++)
+                n[j] = n[j] + hn[j];
+    }
+    rnn_activate(&cell->act[1], cell->clip, n, count);
+    for (ptrdiff_t j = 0; j < count; j++) /* h' = (1 - z) * n + z * h */
+        h_new[j] = (1.0f - z[j]) * n[j] + z[j] * h[j];
+}
+
+#if RNN_X86_SIMD
+/* The usual candidate activation (tanh, no clip) in one pass: the operations of
+ * gru_pointwise_any per unit, in the same order, so the same bits. n is not written. */
+static RNN_AVX2 void gru_pointwise_avx2(const float *n, const float *r, const float *z, const float *hn,
+                                        const float *b_hn, const float *h, float *h_new, int lbr, ptrdiff_t count)
+{
+    const __m256 one = _mm256_set1_ps(1.0f);
+    for (ptrdiff_t j = 0; j < count; j += 8) {
+        const __m256i mask = tail_mask(count - j < 8 ? count - j : 8);
+        const __m256 rv = _mm256_maskload_ps(r + j, mask), zv = _mm256_maskload_ps(z + j, mask);
+        __m256 a = _mm256_maskload_ps(n + j, mask), hv = _mm256_maskload_ps(hn + j, mask);
+        const __m256 bv = b_hn ? _mm256_maskload_ps(b_hn + j, mask) : _mm256_setzero_ps();
+        if (lbr)
+            a = _mm256_add_ps(a, _mm256_mul_ps(rv, b_hn ? _mm256_add_ps(hv, bv) : hv));
+        else
+            a = b_hn ? _mm256_add_ps(_mm256_add_ps(a, hv), bv) : _mm256_add_ps(a, hv);
+        const __m256 nv = tanh_avx2(a);
+        const __m256 out = _mm256_add_ps(_mm256_mul_ps(_mm256_sub_ps(one, zv), nv),
+                                         _mm256_mul_ps(zv, _mm256_maskload_ps(h + j, mask)));
+        _mm256_maskstore_ps(h_new + j, mask, out);
+    }
+}
+
+static RNN_AVX512 void gru_pointwise_avx512(const float *n, const float *r, const float *z, const float *hn,
+                                            const float *b_hn, const float *h, float *h_new, int lbr,
+                                            ptrdiff_t count)
+{
+    const __m512 one = _mm512_set1_ps(1.0f);
+    for (ptrdiff_t j = 0; j < count; j += 16) {
+        const __mmask16 mask = count - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (count - j)) - 1u);
+        const __m512 rv = _mm512_maskz_loadu_ps(mask, r + j), zv = _mm512_maskz_loadu_ps(mask, z + j);
+        __m512 a = _mm512_maskz_loadu_ps(mask, n + j), hv = _mm512_maskz_loadu_ps(mask, hn + j);
+        const __m512 bv = b_hn ? _mm512_maskz_loadu_ps(mask, b_hn + j) : _mm512_setzero_ps();
+        if (lbr)
+            a = _mm512_add_ps(a, _mm512_mul_ps(rv, b_hn ? _mm512_add_ps(hv, bv) : hv));
+        else
+            a = b_hn ? _mm512_add_ps(_mm512_add_ps(a, hv), bv) : _mm512_add_ps(a, hv);
+        const __m512 nv = tanh_avx512(a);
+        const __m512 out = _mm512_add_ps(_mm512_mul_ps(_mm512_sub_ps(one, zv), nv),
+                                         _mm512_mul_ps(zv, _mm512_maskz_loadu_ps(mask, h + j)));
+        _mm512_mask_storeu_ps(h_new + j, mask, out);
+    }
+}
+#endif
+
+void rnn_gru_pointwise(float *n, const float *r, const float *z, const float *hn, const float *b_hn,
+                       const float *h, float *h_new, const rnn_cell *cell, ptrdiff_t count)
+{
+#if RNN_X86_SIMD
+    const int usual = cell->act[1].code == 1 && !(cell->clip < INFINITY);
+    const int level = rnn_simd_enabled();
+    if (usual && level == RNN_SIMD_AVX512) {
+        gru_pointwise_avx512(n, r, z, hn, b_hn, h, h_new, cell->linear_before_reset, count);
+        return;
+    }
+    if (usual && level == RNN_SIMD_AVX2) {
+        gru_pointwise_avx2(n, r, z, hn, b_hn, h, h_new, cell->linear_before_reset, count);
+        return;
+    }
+#endif
+    gru_pointwise_any(n, r, z, hn, b_hn, h, h_new, cell, count);
+}
+
 int lstm_sequence_f32(const rnn_sequence_io *io, const float *xproj, const rnn_lstm_weights *w,
                       float *h, float *c, const rnn_cell *cell)
 {
@@ -1001,18 +1088,9 @@ int gru_sequence_f32(const rnn_sequence_io *io, const float *xproj, const rnn_gr
             }
             rnn_matmul_packed(&w->w_hh_n, ws.extra2, H, ws.extra, H, n_active);
         }
-        for (ptrdiff_t i = 0; i < n_active; i++) {
-            const float *r = ws.gates + i * G3, *z = r + H, *hn = ws.extra + i * H;
-            float *n = ws.gates + i * G3 + 2 * H, *hi = ws.h + i * H;
-            if (lbr) /* n = g(xp_n + r * (W_hn h + b_hn)) */
-                for (ptrdiff_t j = 0; j < H; j++)
-                    n[j] = n[j] + r[j] * (hn[j] + w->b_hn[j]);
-            else /* n = g(xp_n + W_hn (r * h) + b_hn) */
-                for (ptrdiff_t j = 0; j < H; j++)
-                    n[j] = (n[j] + hn[j]) + w->b_hn[j];
-            rnn_activate(&cell->act[1], cell->clip, n, H);
-            for (ptrdiff_t j = 0; j < H; j++) /* h' = (1 - z) * n + z * h */
-                hi[j] = (1.0f - z[j]) * n[j] + z[j] * hi[j];
+        for (ptrdiff_t i = 0; i < n_active; i++) { /* n = g(...), h' = (1 - z) * n + z * h */
+            float *a = ws.gates + i * G3, *hi = ws.h + i * H;
+            rnn_gru_pointwise(a + 2 * H, a, a + H, ws.extra + i * H, w->b_hn, hi, hi, cell, H);
         }
         store_outputs(io, &ws, H, n_active, s);
     }

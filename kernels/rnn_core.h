@@ -67,6 +67,14 @@ typedef struct {
 void rnn_lstm_pointwise(float *a, ptrdiff_t a_stride, float *c, float *m, const float *peephole,
                         ptrdiff_t p_stride, const rnn_cell *cell, ptrdiff_t n);
 
+/* One row's GRU step after both matrix multiplies (README cell math), units [0, count):
+ * n (count) the candidate's pre-activation xp_n, overwritten; r, z (count) the activated gates;
+ * hn (count): W_hn h (linear_before_reset) or W_hn (r * h), plus b_hn already when b_hn is
+ * NULL; h (count) the previous state; h_new (count) OUT = (1 - z) * n + z * h (may be h).
+ * The usual candidate (tanh, no clip) runs in one fused SIMD pass, with the same bits. */
+void rnn_gru_pointwise(float *n, const float *r, const float *z, const float *hn, const float *b_hn,
+                       const float *h, float *h_new, const rnn_cell *cell, ptrdiff_t count);
+
 /* ---- sequences --------------------------------------------------------------------------
  * Where the steps come from and where the outputs go; shared by the three cells. */
 typedef struct {

@@ -51,7 +51,7 @@ int rnn_split_sequence(const rnn_sequence_io *io, const float *xproj, const rnn_
     if (c)
         memcpy(cs, c + u0, (size_t)n * sizeof(float));
     const unsigned csr = rnn_denormals_off(); /* MXCSR is per thread */
-    const rnn_activation *f = &cell->act[0], *g = &cell->act[1];
+    const rnn_activation *f = &cell->act[0];
     float *y = io->y + io->y_offset + u0;
     ptrdiff_t s;
     for (s = 0; s < len; s++) {
@@ -82,15 +82,7 @@ int rnn_split_sequence(const rnn_sequence_io *io, const float *xproj, const rnn_
                 barrier_wait(shared); /* the whole r * h is needed */
                 matmul_rows(w->w_n, u0, n, shared->shared_rh, hn); /* W_hn (r * h) */
             }
-            if (cell->linear_before_reset)
-                for (ptrdiff_t j = 0; j < n; j++)
-                    nn[j] = nn[j] + r[j] * (hn[j] + w->b_hn[u0 + j]);
-            else
-                for (ptrdiff_t j = 0; j < n; j++)
-                    nn[j] = (nn[j] + hn[j]) + w->b_hn[u0 + j];
-            rnn_activate(g, cell->clip, nn, n);
-            for (ptrdiff_t j = 0; j < n; j++)
-                hx[u0 + j] = (1.0f - z[j]) * nn[j] + z[j] * hc[u0 + j];
+            rnn_gru_pointwise(nn, r, z, hn, w->b_hn + u0, hc + u0, hx + u0, cell, n);
         }
         memcpy(y + t * io->y_cols, hx + u0, (size_t)n * sizeof(float));
         barrier_wait(shared); /* the next step reads the whole new h */

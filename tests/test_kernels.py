@@ -1,5 +1,6 @@
 """Every compiled backend against the NumPy reference, over every cell, variant, direction,
 lengths and initial-state combination, plus memory layouts, threads and a long sequence."""
+import dataclasses
 import threading
 
 import numpy as np
@@ -225,3 +226,24 @@ def test_folded_embedding_equals_unfolded(compiled_backend, cell, bidirectional,
         assert np.array_equal(a, b)
     want = model.predict(ids, lengths=lengths, backend="numpy")
     assert_close(folded[0], want, what="output")
+
+
+@pytest.mark.parametrize("cell,opts", [("lstm", {}), ("lstm", dict(peephole=True)), ("gru", {}),
+                                       ("gru", dict(linear_before_reset=False))], ids=str)
+@pytest.mark.parametrize("hidden_size", [7, 16, 40])
+def test_fused_pointwise_equals_generic(compiled_backend, cell, opts, hidden_size):
+    """The usual cell (sigmoid/tanh, no clip) runs its element-wise step in one fused SIMD pass
+    (rnn_lstm_pointwise / rnn_gru_pointwise); any other cell one operation at a time. A clip of
+    1e30 changes no value but takes the generic path: the bits must be the same."""
+    rng = np.random.default_rng(8)
+    layer = random_recurrent(rng, cell, input_size=5, hidden_size=hidden_size, **opts)
+    clipped = dataclasses.replace(layer, clip=1e30)
+    x = rng.standard_normal((6, 9, 5)).astype(np.float32) * 3
+    lengths = rng.integers(0, 10, 6)
+    state = random_state(rng, layer, 6)
+    fused = get_backend(compiled_backend).recurrent(layer, x, lengths, state)
+    generic = get_backend(compiled_backend).recurrent(clipped, x, lengths, state)
+    assert np.array_equal(fused[0], generic[0])
+    for a, b in zip(np.atleast_1d(fused[1]), np.atleast_1d(generic[1])):
+        assert np.array_equal(a, b)
+    check(fused, reference.recurrent(layer, x, lengths, state))

@@ -1,0 +1,111 @@
+"""What float16 / int8 weights cost in accuracy, on the two bundled models (issue: reduced
+precision). Not part of the test suite (reads the Debian word lists and the held-out stdlib
+modules; about a minute).
+
+    python bench/quantize_accuracy.py                 # both models
+    python bench/quantize_accuracy.py --chars 20000   # more held-out text for the char model
+
+Character model (fastrnn/data/char_model, tools/train_char_model.py's held-out modules), one
+generation session per module, teacher-forced, with each weight kind the generation loop runs on:
+- bits per character of the true next character;
+- the largest |logit - float32 logit|;
+- next-token agreement: how often the most likely next character equals float32's.
+Language classifier (fastrnn/data/langid.safetensors, tools/train_langid.py's held-out words):
+the model saved with `quantize=` and loaded again, then
+- held-out accuracy, and its change from float32;
+- how often the label equals float32's, and the largest probability difference.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import sys
+import tempfile
+
+import numpy as np
+
+# the repository root, for bench/ and tools/; bench/__init__ imports the installed fastrnn first
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import bench  # noqa: E402,F401
+
+import fastrnn  # noqa: E402
+
+KINDS = ("float32", "float16", "int8")
+
+
+def tool(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "tools", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def char_model(chars):
+    from fastrnn.generate import bundled_model
+
+    tcm = tool("train_char_model")
+    model = bundled_model()
+    texts = [model.vocabulary.encode(tcm.read_corpus([name])[:chars]) for name in tcm.HELD_OUT]
+    logits = {}
+    for weights in KINDS:
+        rows = []
+        for ids in texts:
+            s = model.session(weights=weights)
+            for t in ids[:-1]:
+                s.feed([t])
+                rows.append(s.logits())
+        logits[weights] = np.array(rows, np.float64)
+    target = np.concatenate([ids[1:] for ids in texts])
+    print(f"character model, {len(target):,} held-out characters ({', '.join(tcm.HELD_OUT)})")
+    print(f"{'weights':<8} {'bits/char':>9} {'change':>9} {'max |logit - f32|':>18} {'next-token agreement':>21}")
+    top32 = logits["float32"].argmax(1)
+    bpc32 = None
+    for weights, lg in logits.items():
+        lse = np.log(np.exp(lg - lg.max(1, keepdims=True)).sum(1)) + lg.max(1)
+        bpc = np.mean(lse - lg[np.arange(len(target)), target]) / np.log(2)
+        bpc32 = bpc if bpc32 is None else bpc32
+        diff = np.abs(lg - logits["float32"]).max()
+        agree = np.mean(lg.argmax(1) == top32)
+        print(f"{weights:<8} {bpc:>9.4f} {bpc - bpc32:>+9.1e} {diff:>18.2e} {agree:>20.2%}")
+
+
+def classifier():
+    from fastrnn.classify import bundled_classifier
+
+    tl = tool("train_langid")
+    model = bundled_classifier()
+    meta = model.metadata.get("training", {})
+    _, held = tl.load_data(meta.get("words_per_language", 40000), meta.get("seed", 0))
+    words, labels = [w for w, _ in held], np.array([y for _, y in held])
+    probs = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for kind in KINDS:
+            path = os.path.join(tmp, f"langid-{kind}.safetensors")
+            fastrnn.save(model, path, quantize=None if kind == "float32" else kind)
+            m = fastrnn.load(path)
+            probs[kind] = np.array([r.probabilities for r in m.classify(words, return_probs=True)])
+    print(f"\nlanguage classifier, {len(words):,} held-out words")
+    print(f"{'weights':<8} {'accuracy':>9} {'change':>8} {'same label':>11} {'max |p - f32|':>14}")
+    acc32 = np.mean(probs["float32"].argmax(1) == labels)
+    for kind, p in probs.items():
+        acc = np.mean(p.argmax(1) == labels)
+        same = np.mean(p.argmax(1) == probs["float32"].argmax(1))
+        print(f"{kind:<8} {acc:>9.2%} {(acc - acc32) * 100:>+7.2f}pt {same:>11.2%} "
+              f"{np.abs(p - probs['float32']).max():>14.2e}")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--chars", type=int, default=4000, help="held-out characters per module (char model)")
+    ap.add_argument("--only", choices=["char", "classifier"], help="one model only")
+    args = ap.parse_args(argv)
+    if args.only != "classifier":
+        char_model(args.chars)
+    if args.only != "char":
+        classifier()
+
+
+if __name__ == "__main__":
+    main()
