@@ -6,7 +6,8 @@
  *      (measured against float64: sigmoid <= 2.5 ulp like 1/(1+expf(-x)), tanh <= 1.3 ulp)
  *   3. packed weights and the matrix multiply: plain C, and AVX2 micro-kernels
  *   4. sequence plumbing: workspace, rows sorted by length, outputs
- *   5. the three cells: rnn, lstm, gru
+ *   5. the three cells: rnn, lstm, gru, and the LSTM/GRU element-wise step (generic, and fused in
+ *      AVX2 / AVX-512 for the usual cell), shared with rnn_split.c and generate_core.c
  *
  * The time loop of every cell has the same shape. Rows are sorted by length, longest first,
  * so at step s the rows still running are a prefix of the batch: the matrix multiply covers
