@@ -219,3 +219,44 @@ def test_load_release_cycles_do_not_leak(tmp_path):
     assert rss1 - rss0 < RSS_GROWTH_LIMIT, f"RSS grew by {(rss1 - rss0) / 2**20:.1f} MiB over {LEAK_CYCLES} cycles"
     assert maps1 - maps0 < 10, f"{maps1 - maps0} memory maps left behind (mmaps not released)"
     assert fds1 == fds0, f"{fds1 - fds0} file descriptors left open"
+
+
+IDLE_SECONDS = 0.5
+IDLE_CPU_LIMIT = 0.1  # CPU seconds the whole process may use while idle for IDLE_SECONDS
+
+
+def test_no_thread_keeps_a_core_busy_after_a_call(tmp_path):
+    """threads=2 runs on persistent workers and, at batch 1, on parts that spin at a barrier
+    between steps. Once a call has returned nothing may keep running: over half a second of
+    idling, the process (all its threads) uses almost no CPU. A worker left spinning would use
+    the whole half second. In a fresh interpreter, so that no other library's threads count."""
+    script = textwrap.dedent("""
+        import sys, time
+        import numpy as np
+        import fastrnn
+        from fastrnn.classify import bundled_classifier
+        from fastrnn.generate import bundled_model
+        sys.path.insert(0, sys.argv[1])
+        from helpers import random_recurrent
+
+        rng = np.random.default_rng(0)
+        lstm = fastrnn.Model([random_recurrent(rng, "lstm", input_size=8, hidden_size=128)])
+        char, langid = bundled_model(), bundled_classifier()
+        calls = {
+            "predict batch 64 (rows split)": lambda: lstm.predict(rng.standard_normal((64, 50, 8), np.float32), threads=2),
+            "predict batch 1 (hidden units split)": lambda: lstm.predict(rng.standard_normal((1, 200, 8), np.float32), threads=2),
+            "generate batch 1 (hidden units split)": lambda: char.generate("def ", max_new_tokens=100, seed=1, threads=2),
+            "generate batch 8 (rows split)": lambda: char.generate(["a"] * 8, max_new_tokens=50, seed=1, threads=2),
+            "classify": lambda: langid.classify(["house", "maison"] * 100, threads=2),
+        }
+        for name, call in calls.items():
+            call()
+            c0 = time.process_time()
+            time.sleep(float(sys.argv[2]))
+            print(f"{name}\\t{time.process_time() - c0:.4f}")
+    """)
+    out = run_python(script, os.path.dirname(os.path.abspath(__file__)), IDLE_SECONDS, cwd=tmp_path, timeout=300)
+    rows = [line.split("\t") for line in out.stdout.strip().splitlines()]
+    assert len(rows) == 5, out.stdout
+    for name, cpu in rows:
+        assert float(cpu) < IDLE_CPU_LIMIT, f"{name}: {cpu} s of CPU while idle for {IDLE_SECONDS} s"
