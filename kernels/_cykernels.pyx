@@ -172,15 +172,15 @@ cdef int sequence_args(rnn_sequence_io *io, const float **xp, rnn_cell *c_cell, 
     cdef const int64_t[:, ::1] ids
     if tokens is None:
         steps = xproj
-        fill_io(io, steps.shape[0], steps.shape[1], lengths, reverse, y, y_offset)
-        if io.batch == 0 or io.steps == 0:
+        if steps.shape[0] == 0 or steps.shape[1] == 0:  # nothing to run (and no element to point at)
             return 0
+        fill_io(io, steps.shape[0], steps.shape[1], lengths, reverse, y, y_offset)
         xp[0] = &steps[0, 0, 0]
     else:
         table, ids = xproj, tokens
-        fill_io(io, ids.shape[0], ids.shape[1], lengths, reverse, y, y_offset)
-        if io.batch == 0 or io.steps == 0:
+        if ids.shape[0] == 0 or ids.shape[1] == 0:
             return 0
+        fill_io(io, ids.shape[0], ids.shape[1], lengths, reverse, y, y_offset)
         io.tokens = &ids[0, 0]
         xp[0] = &table[0, 0]
     read_cell(cell, c_cell)
