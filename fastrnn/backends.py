@@ -248,10 +248,10 @@ class CompiledBackend:
         token_ids = None if tokens is None else np.ascontiguousarray(tokens[1], np.int64)
         tasks = []
         blocks = split_rows(B, max(1, threads // D))
+        parts = self._split_parts(layer, B, T, threads)
         for d in range(D):
             p = self.packed(layer, d)
             backward = int(d == 1 or layer.reverse or layer.go_backwards)
-            parts = self._split_parts(layer, B, T, threads)
             if tokens is not None:  # the folded table
                 table = self.folded_table(layer, d, tokens[0], threads)
                 xproj = None

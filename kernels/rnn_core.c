@@ -755,15 +755,20 @@ static ptrdiff_t step_time(const rnn_sequence_io *io, const workspace *ws, ptrdi
     return io->reverse ? ws->length[i] - 1 - s : s;
 }
 
-/* gates (n_active, width) <- xproj[b, t] (or table[tokens[b, t]]) for every running row */
+/* sorted row i's input at step s: xproj[b, t], or table[tokens[b, t]] (width floats) */
+static const float *step_row(const rnn_sequence_io *io, const workspace *ws, const float *xproj,
+                             ptrdiff_t width, ptrdiff_t i, ptrdiff_t s)
+{
+    const ptrdiff_t bt = ws->order[i] * io->steps + step_time(io, ws, i, s);
+    return xproj + (io->tokens ? (ptrdiff_t)io->tokens[bt] : bt) * width;
+}
+
+/* gates (n_active, width) <- every running row's input at step s */
 static void load_xproj(const rnn_sequence_io *io, const workspace *ws, const float *xproj,
                        ptrdiff_t width, ptrdiff_t n_active, ptrdiff_t s)
 {
-    for (ptrdiff_t i = 0; i < n_active; i++) {
-        const ptrdiff_t b = ws->order[i], bt = b * io->steps + step_time(io, ws, i, s);
-        const ptrdiff_t row = io->tokens ? (ptrdiff_t)io->tokens[bt] : bt;
-        memcpy(ws->gates + i * width, xproj + row * width, (size_t)width * sizeof(float));
-    }
+    for (ptrdiff_t i = 0; i < n_active; i++)
+        memcpy(ws->gates + i * width, step_row(io, ws, xproj, width, i, s), (size_t)width * sizeof(float));
 }
 
 /* Ask for the rows step s will load, while step s - 1 computes: folded-table rows are scattered
@@ -773,8 +778,7 @@ static void prefetch_xproj(const rnn_sequence_io *io, const workspace *ws, const
 {
 #if defined(__GNUC__) || defined(__clang__)
     for (ptrdiff_t i = 0; i < n_active && ws->length[i] > s; i++) {
-        const ptrdiff_t bt = ws->order[i] * io->steps + step_time(io, ws, i, s);
-        const char *row = (const char *)(xproj + (io->tokens ? (ptrdiff_t)io->tokens[bt] : bt) * width);
+        const char *row = (const char *)step_row(io, ws, xproj, width, i, s);
         for (ptrdiff_t off = 0; off < width * (ptrdiff_t)sizeof(float); off += 64)
             __builtin_prefetch(row + off, 0, 2);
     }

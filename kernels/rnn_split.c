@@ -2,13 +2,13 @@
  *
  * Part p owns units [u0, u1) (whole panels). For each gate block b its rows b*H + [u0, u1) are a
  * contiguous run of panels of the packed matrix, i.e. a smaller rnn_packed starting at panel
- * (b*H + u0) / RNN_PANEL: the matmul code is rnn_core's, on a slice. The element-wise steps
- * below repeat rnn_core.c's per unit, in the same order (the spec: fastrnn/reference.py).
+ * (b*H + u0) / RNN_PANEL: the matmul code is rnn_core's, on a slice. The element-wise steps are
+ * rnn_core's too (rnn_activate, rnn_lstm_pointwise, rnn_gru_pointwise) on the own units, so every
+ * unit gets the same bits as in the one-thread loop (the spec: fastrnn/reference.py).
  */
 #include "rnn_split.h"
 #include "spin_barrier.h"
 
-#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -71,8 +71,7 @@ int rnn_split_sequence(const rnn_sequence_io *io, const float *xproj, const rnn_
             rnn_lstm_pointwise(gates, n, cs, hx + u0, w->peephole ? w->peephole + u0 : NULL, H, cell, n);
         } else { /* GRU */
             float *r = gates, *z = gates + n, *nn = gates + 2 * n;
-            rnn_activate(f, cell->clip, r, n);
-            rnn_activate(f, cell->clip, z, n);
+            rnn_activate(f, cell->clip, r, 2 * n); /* r and z blocks are adjacent */
             memset(hn, 0, (size_t)n * sizeof(float));
             if (cell->linear_before_reset) {
                 matmul_rows(w->w_n, u0, n, hc, hn); /* W_hn h */
