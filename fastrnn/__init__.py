@@ -13,14 +13,20 @@ import os
 
 from .backends import available_backends, get_backend, get_num_threads, set_backend, set_num_threads
 from .errors import ModelFormatError, UnsupportedLayerError
-from .layers import Dense, DirectionWeights, Embedding, Masking, Recurrent
+from .graph import Graph, Input, Node
+from .layers import (Activation, Attention, BatchNormalization, Concatenate, Conv1D, CustomLayer, Dense,
+                     DirectionWeights, Dot, Embedding, Flatten, GlobalPooling1D, Identity, LayerNormalization,
+                     Masking, Merge, Permute, Pooling1D, Recurrent, RepeatVector, Reshape, Select, Slice)
 from .model import Model
 from .vocab import Vocabulary
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Model", "Embedding", "Masking", "Dense", "Recurrent", "DirectionWeights", "Vocabulary",
+    "Model", "Graph", "Node", "Input", "Embedding", "Masking", "Dense", "Recurrent", "DirectionWeights",
+    "Activation", "Attention", "BatchNormalization", "Concatenate", "Conv1D", "CustomLayer", "Dot", "Flatten",
+    "GlobalPooling1D", "Identity", "LayerNormalization", "Merge", "Permute", "Pooling1D", "RepeatVector",
+    "Reshape", "Select", "Slice", "Vocabulary",
     "load", "save", "from_torch", "available_backends", "set_backend", "get_backend",
     "set_num_threads", "get_num_threads",
     "ModelFormatError", "UnsupportedLayerError", "__version__",
@@ -48,20 +54,23 @@ def save(model: Model, path, quantize=None):
     return native.save(model, path, quantize=quantize)
 
 
-def load(path, mmap: bool = True) -> Model:
+def load(path, mmap: bool = True, custom_layers=None) -> Model:
     """Load a model file. Native fastrnn ``.safetensors`` files are read with NumPy only (weights
     memory-mapped when ``mmap``); Keras and ONNX files go to their importers.
 
     The format is recognised from the file's first bytes (a native file renamed ``.onnx`` still
     loads), the extension decides only for formats without a signature (ONNX). A directory is
     read as an unzipped Keras archive if it holds config.json. Anything that is not a model file
-    raises ModelFormatError naming the file; a missing file FileNotFoundError."""
+    raises ModelFormatError naming the file; a missing file FileNotFoundError.
+
+    ``custom_layers``: {name: factory} for user-defined layers and activation functions (Keras
+    custom classes, a Dense with a user-defined activation): see fastrnn.layers.custom."""
     path = os.fspath(path)
     kind = _sniff(path)
     if kind == "keras":
         from .formats import keras
 
-        return keras.load(path)
+        return keras.load(path, custom_layers=custom_layers)
     if kind == "onnx":
         from .formats import onnx
 
@@ -73,7 +82,7 @@ def load(path, mmap: bool = True) -> Model:
             "in Python, load the state_dict into it and call fastrnn.from_torch(module)", path)
     from .formats import native
 
-    return native.load(path, mmap=mmap)
+    return native.load(path, mmap=mmap, custom_layers=custom_layers)
 
 
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"

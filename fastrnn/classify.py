@@ -32,7 +32,7 @@ from typing import Iterable, Iterator, NamedTuple, Optional
 
 import numpy as np
 
-from .layers import Dense, Recurrent
+from .layers import Activation, Dense
 from .model import Model
 
 BUNDLED_CLASSIFIER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "langid.safetensors")
@@ -59,25 +59,44 @@ def labels_of(model: Model) -> list:
     return [str(x) for x in labels]
 
 
+class _Head:
+    """What classify needs to know of a model's output: its size and how to read probabilities."""
+
+    def __init__(self, size, activation):
+        self.output_size, self.activation = size, activation
+
+
 def check_classifier(model: Model):
-    """Raise ValueError saying why ``model`` cannot classify; return the last Dense layer."""
+    """Raise ValueError saying why ``model`` cannot classify; return its output head (size and
+    activation: softmax, sigmoid, linear logits or log_softmax)."""
     if not isinstance(model, Model):
         raise TypeError(f"expected a fastrnn.Model, got {type(model).__name__}")
-    rec = model.recurrent_layers
     name = model.name
-    if not rec:
-        raise ValueError(f"model {name!r} is not a classifier: it has no recurrent layer")
-    if rec[-1].return_sequences:
-        raise ValueError(
-            f"model {name!r} is not a classifier: its last recurrent layer ({rec[-1].name}) returns a "
-            "sequence, so the model gives one output per time step (a language or sequence-labelling "
-            "model). Use model.predict for per-step outputs or model.generate for text; a classifier "
-            "ends with a recurrent layer that returns its final state, then Dense layers.")
-    last = model.layers[-1]
-    if not isinstance(last, Dense):
-        raise ValueError(f"model {name!r} is not a classifier: it must end with a Dense layer, "
-                         f"ends with {type(last).__name__} ({last.name})")
-    return last
+    if len(model.inputs) != 1:
+        raise ValueError(f"model {name!r} has {len(model.inputs)} inputs {model.input_names}: classify reads one "
+                         "text, id sequence or feature array per example; call model.predict with all the inputs")
+    if len(model.graph.outputs) != 1:
+        raise ValueError(f"model {name!r} has {len(model.graph.outputs)} outputs {model.output_names}: classify "
+                         "needs one output of shape (batch, classes)")
+    shape = model.output_shape
+    if len(shape) != 1:
+        rec = model.recurrent_layers
+        if rec and rec[-1].return_sequences and len(shape) == 2:
+            raise ValueError(
+                f"model {name!r} is not a classifier: its last recurrent layer ({rec[-1].name}) returns a "
+                "sequence, so the model gives one output per time step (a language or sequence-labelling "
+                "model). Use model.predict for per-step outputs or model.generate for text; a classifier "
+                "ends with a recurrent layer that returns its final state, then Dense layers.")
+        raise ValueError(f"model {name!r} is not a classifier: its output has shape {(None,) + tuple(shape)}, "
+                         "classify needs (batch, classes)")
+    last = model.output_layer()
+    if isinstance(last, Dense):
+        activation = last.activation
+    elif isinstance(last, Activation) and not last.custom and last.function in ("softmax", "log_softmax", "sigmoid"):
+        activation = last.function
+    else:
+        activation = "linear"  # logits from any other layer (a merge, pooling, custom layer...)
+    return _Head(shape[0], activation)
 
 
 def class_count(model: Model) -> int:
@@ -87,10 +106,12 @@ def class_count(model: Model) -> int:
 
 
 def probabilities_from_output(out: np.ndarray, activation: str) -> np.ndarray:
-    """The last Dense layer's output (B, C) -> class probabilities (B, C') (see module doc)."""
+    """The model's output (B, C) -> class probabilities (B, C') (see module doc)."""
     out = np.asarray(out, dtype=np.float32)
     if activation == "softmax":
         return out
+    if activation == "log_softmax":
+        return np.exp(out).astype(np.float32)
     if activation == "sigmoid":
         if out.shape[1] == 1:
             return np.concatenate([1.0 - out, out], axis=1)
@@ -99,8 +120,8 @@ def probabilities_from_output(out: np.ndarray, activation: str) -> np.ndarray:
         z = out - out.max(axis=1, keepdims=True)
         e = np.exp(z)
         return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
-    raise ValueError(f"cannot read class probabilities from a Dense layer with activation {activation!r} "
-                     "(expected softmax, sigmoid or linear logits)")
+    raise ValueError(f"cannot read class probabilities from an output with activation {activation!r} "
+                     "(expected softmax, log_softmax, sigmoid or linear logits)")
 
 
 def _encoder(model: Model, max_length):

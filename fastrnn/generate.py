@@ -350,10 +350,20 @@ class GenerationPlan:
             raise ValueError(f"weights must be one of {WEIGHT_KINDS}, got {weights!r}")
         self.model = model
         self.weights = weights
-        layers = list(model.layers)
+        graph = model.plan().graph  # after the passes: Dropout gone, Dense + activation fused
+        layers = [n.layer for n in graph.nodes]
         shape = " -> ".join(model.layer_type_name(layer) for layer in layers)
         need = ("generation needs a model [Embedding] -> recurrent layers -> Dense (over the vocabulary, "
                 f"applied at every step); this model is {shape}")
+        if not graph.is_chain():
+            raise ValueError(f"{need}: generation runs a chain of layers (one input, one output, each layer "
+                             f"reading the previous one); this model is a graph with inputs {model.input_names} "
+                             f"and outputs {model.output_names}")
+        causal = [n.name for n in graph.nodes if not getattr(n.layer, "per_step", False)
+                  and not isinstance(n.layer, Recurrent)]
+        if causal:
+            raise ValueError(f"{need}: layer(s) {causal} mix time steps (they look at the whole sequence), so "
+                             "the model cannot be run one token at a time")
         self.embedding = layers[0] if isinstance(layers[0], Embedding) else None
         body = layers[1:] if self.embedding is not None else layers
         if len(body) < 2 or not isinstance(body[-1], Dense) or not all(isinstance(x, Recurrent) for x in body[:-1]):
@@ -442,7 +452,7 @@ def generation_plan(model, weights="float32") -> GenerationPlan:
     """The model's GenerationPlan for ``weights``, built on first use and cached on the model."""
     if weights not in WEIGHT_KINDS:
         raise ValueError(f"weights must be one of {WEIGHT_KINDS}, got {weights!r}")
-    key = tuple(id(layer) for layer in model.layers)
+    key = id(model.plan())
     plans = model.__dict__.setdefault("_generation_plans", {})
     entry = plans.get(weights)
     if entry is None or entry[0] != key:

@@ -1,125 +1,187 @@
-"""fastrnn.Model: an ordered list of layers, an optional vocabulary and metadata.
+"""fastrnn.Model: a graph of layers (a chain at its simplest), an optional vocabulary and metadata.
 
 All validation of user input happens here; backends and kernels only compute.
 """
 from __future__ import annotations
 
-import numbers
+import threading
 
 import numpy as np
 
-from . import reference
 from .backends import check_threads, get_backend
-from .layers import Dense, Embedding, Masking, Recurrent
-from .vocab import Vocabulary
+from .graph import Plan, chain, ref_str, summary_rows, type_name
+from .layers import LAYER_TYPES, Embedding, Recurrent
+from .layers.embedding import lengths_from_mask  # noqa: F401  (public since 0.1)
+
+LAYER_CLASSES = tuple(LAYER_TYPES.values())
 
 f32 = np.float32
 
 
 class Model:
-    """A network of Embedding / Masking / Recurrent / Dense layers, run batch-major.
+    """A network of layers: a graph with named inputs and outputs (fastrnn.graph), a chain being
+    its simplest case, plus an optional vocabulary and metadata.
+
+    Build it from a list of layers (a chain) or from a graph::
+
+        fastrnn.Model([Embedding(...), Recurrent(...), Dense(...)], vocabulary=vocab)
+        fastrnn.Model(graph=fastrnn.graph.Graph(inputs, nodes, outputs))
 
     Parameters
     ----------
-    layers : list of layers from fastrnn.layers, in order.
+    layers : list of layers from fastrnn.layers, in order (a chain); or None with ``graph``.
     vocabulary : fastrnn.vocab.Vocabulary or None (text <-> ids for generation/classification).
     metadata : dict of JSON-serialisable values (source framework, labels, ...).
-    input_shape : the per-example input shape without the batch, e.g. (T, F) or (T,) for token
-        ids; None entries are free. Used by summary() only.
+    name : the model's name.
+    input_shape : a chain's per-example input shape without the batch, e.g. (T, F) or (T,) for
+        token ids; None entries are free.
+    graph : a fastrnn.graph.Graph (any number of inputs, outputs, shared layers).
     """
 
-    def __init__(self, layers, vocabulary=None, metadata=None, name="model", input_shape=None):
-        self.layers = list(layers)
-        if not self.layers:
-            raise ValueError("a Model needs at least one layer")
+    def __init__(self, layers=None, vocabulary=None, metadata=None, name="model", input_shape=None, *, graph=None):
+        if graph is None:
+            if layers is None:
+                raise ValueError("a Model needs layers (a chain) or graph=")
+            layers = list(layers)
+            for i, layer in enumerate(layers):
+                if not isinstance(layer, LAYER_CLASSES):
+                    raise TypeError(f"layer {i}: unsupported layer object {type(layer).__name__}")
+            graph = chain(layers, input_shape=None if input_shape is None else tuple(input_shape))
+        elif layers is not None:
+            raise ValueError("give a Model either layers (a chain) or graph=, not both")
+        self.graph = graph
         self.vocabulary = vocabulary
         self.metadata = dict(metadata or {})
         self.name = name
-        self._check_chain()
-        if input_shape is None:
-            input_shape = (None,) if self.takes_tokens else (None, self.input_size)
-        self.input_shape = tuple(input_shape)
+        self._plan = None
+        self._plan_lock = threading.Lock()
+        if self.vocabulary is not None and self.takes_tokens:
+            rows = min(n.layer.vocab_size for n in self._token_readers(0))
+            if len(self.vocabulary) > rows:
+                raise ValueError(f"vocabulary has {len(self.vocabulary)} tokens but the embedding only {rows} rows")
 
     # -- structure -------------------------------------------------------------------------
-    def _check_chain(self):
-        """Each layer's input size must equal the previous layer's output size."""
-        size, has_time = None, True
-        for i, layer in enumerate(self.layers):
-            if isinstance(layer, Embedding):
-                if i != 0:
-                    raise ValueError(f"layer {i} ({layer.name}): an Embedding must be the first layer")
-                size = layer.output_size
-            elif isinstance(layer, Masking):
-                continue
-            elif isinstance(layer, Recurrent):
-                if not has_time:
-                    raise ValueError(
-                        f"layer {i} ({layer.name}) needs a sequence but the layer before returns its last state only"
-                    )
-                if size is not None and layer.input_size != size:
-                    raise ValueError(f"layer {i} ({layer.name}) expects {layer.input_size} features, gets {size}")
-                size = layer.output_size
-                has_time = layer.return_sequences
-            elif isinstance(layer, Dense):
-                if size is not None and layer.input_size != size:
-                    raise ValueError(f"layer {i} ({layer.name}) expects {layer.input_size} features, gets {size}")
-                size = layer.output_size
-            else:
-                raise TypeError(f"layer {i}: unsupported layer object {type(layer).__name__}")
-        if self.vocabulary is not None and self.takes_tokens and len(self.vocabulary) > self.layers[0].vocab_size:
-            raise ValueError(
-                f"vocabulary has {len(self.vocabulary)} tokens but the embedding only {self.layers[0].vocab_size} rows"
-            )
+    @property
+    def layers(self):
+        """Each distinct layer once, in execution order (for a chain: the layers as given)."""
+        return self.graph.layers
+
+    @property
+    def nodes(self):
+        return self.graph.nodes
+
+    @property
+    def inputs(self):
+        return self.graph.inputs
+
+    @property
+    def input_names(self):
+        return [i.name for i in self.graph.inputs]
+
+    @property
+    def output_names(self):
+        return [ref_str(r) for r in self.graph.outputs]
+
+    def is_chain(self) -> bool:
+        return self.graph.is_chain()
+
+    def plan(self) -> Plan:
+        """The optimized execution plan (built once, on first use)."""
+        if self._plan is None:
+            with self._plan_lock:
+                if self._plan is None:
+                    self._plan = Plan(self.graph)
+        return self._plan
+
+    def _token_readers(self, i):
+        name = self.graph.inputs[i].name
+        return [n for n, _ in self.graph.consumers.get((name, 0), []) if isinstance(n.layer, Embedding)]
+
+    def _single_input(self, what):
+        if len(self.graph.inputs) != 1:
+            raise ValueError(f"{what} is defined for a model with one input; this one has "
+                             f"{len(self.graph.inputs)}: {self.input_names}")
+        return self.graph.inputs[0]
 
     @property
     def takes_tokens(self) -> bool:
-        return isinstance(self.layers[0], Embedding)
+        """The (single) input is token ids."""
+        return len(self.graph.inputs) == 1 and self.graph.inputs[0].dtype == "int64"
+
+    @property
+    def input_shape(self):
+        return self._single_input("input_shape").shape
 
     @property
     def input_size(self) -> int:
         """Number of input features (the vocabulary size for token models)."""
-        for layer in self.layers:
-            if isinstance(layer, Embedding):
-                return layer.vocab_size
-            if isinstance(layer, (Recurrent, Dense)):
-                return layer.input_size
+        inp = self._single_input("input_size")
+        if inp.dtype == "int64":
+            readers = self._token_readers(0)
+            if readers:
+                return min(n.layer.vocab_size for n in readers)
+        if inp.shape and inp.shape[-1] is not None:
+            return inp.shape[-1]
         raise ValueError("model has no layer with an input size")
 
     @property
+    def recurrent_nodes(self):
+        return [n for n in self.graph.nodes if isinstance(n.layer, Recurrent)]
+
+    @property
     def recurrent_layers(self):
-        return [layer for layer in self.layers if isinstance(layer, Recurrent)]
+        """The layer of every recurrent node, in execution order (one entry per state)."""
+        return [n.layer for n in self.recurrent_nodes]
+
+    @property
+    def output_shape(self):
+        if len(self.graph.outputs) != 1:
+            raise ValueError(f"output_shape is defined for a model with one output; this one has "
+                             f"{len(self.graph.outputs)}: {self.output_names}")
+        return self.graph.shapes[self.graph.outputs[0]]
 
     @property
     def output_size(self) -> int:
-        for layer in reversed(self.layers):
-            if not isinstance(layer, Masking):
-                return layer.output_size
-        raise ValueError("model has no layer with an output size")
+        shape = self.output_shape
+        if not shape or shape[-1] is None:
+            raise ValueError("model has no layer with an output size")
+        return shape[-1]
+
+    def output_layer(self):
+        """The layer that produces the (single) output, after the graph passes (e.g. a Dense
+        with its softmax fused in)."""
+        g = self.plan().graph
+        if len(g.outputs) != 1:
+            raise ValueError(f"model {self.name!r} has {len(g.outputs)} outputs")
+        node = g.producer(g.outputs[0])
+        return None if node is None else node.layer
 
     def count_params(self) -> int:
         return int(sum(layer.count_params() for layer in self.layers))
 
     def layer_type_name(self, layer) -> str:
-        if isinstance(layer, Recurrent):
-            base = {"rnn": "SimpleRNN", "lstm": "LSTM", "gru": "GRU"}[layer.cell]
-            return f"Bidirectional({base})" if layer.bidirectional else base
-        return type(layer).__name__
+        return type_name(layer)
 
     def summary(self, print_fn=print) -> str:
-        """Print (and return) a Keras-style table: layer, output shape, parameters."""
-        rows = []
-        shape = tuple(self.input_shape)
-        for layer in self.layers:
-            shape = layer.output_shape(shape)
-            shown = "(" + ", ".join(["None"] + ["None" if s is None else str(s) for s in shape]) + ")"
-            rows.append((f"{layer.name} ({self.layer_type_name(layer)})", shown, f"{layer.count_params():,}"))
-        w0 = max(28, max(len(r[0]) for r in rows) + 2)
-        w1 = max(26, max(len(r[1]) for r in rows) + 2)
-        width = w0 + w1 + 12
-        lines = [f'Model: "{self.name}"', "_" * width, f"{'Layer (type)':<{w0}}{'Output Shape':<{w1}}Param #",
-                 "=" * width]
+        """Print (and return) a Keras-style table: layer (type), output shape, parameters, and for
+        a graph the "Connected to" column of Keras functional models."""
+        rows = summary_rows(self.graph)
+        graph_view = not self.is_chain()
+        if not graph_view:
+            rows = rows[1:]  # a chain shows its layers only, as Keras's Sequential summary
+        cols = ["Layer (type)", "Output Shape", "Param #"] + (["Connected to"] if graph_view else [])
+        widths = [max(28, max(len(r[0]) for r in rows) + 2), max(26, max(len(r[1]) for r in rows) + 2),
+                  max(12, max(len(r[2]) for r in rows) + 2)]
+        if graph_view:
+            widths.append(max(14, max(len(r[3]) for r in rows)))
+        width = sum(widths)
+
+        def line(cells):
+            return "".join(f"{c:<{w}}" for c, w in zip(cells, widths)).rstrip()
+
+        lines = [f'Model: "{self.name}"', "_" * width, line(cols), "=" * width]
         for i, r in enumerate(rows):
-            lines.append(f"{r[0]:<{w0}}{r[1]:<{w1}}{r[2]}")
+            lines.append(line(r[:len(cols)]))
             lines.append("_" * width if i < len(rows) - 1 else "=" * width)
         lines.append(f"Total params: {self.count_params():,}")
         if self.vocabulary is not None:
@@ -130,55 +192,106 @@ class Model:
         return text
 
     def __repr__(self):
-        kinds = ", ".join(f"{layer.name}:{self.layer_type_name(layer)}" for layer in self.layers)
+        kinds = ", ".join(f"{n.name}:{type_name(n.layer)}" for n in self.graph.nodes)
         return f"<fastrnn.Model {self.name!r} [{kinds}] params={self.count_params():,}>"
 
     # -- input validation ------------------------------------------------------------------
-    def _check_inputs(self, x, lengths):
-        """x -> C-contiguous int64 ids (B, T) or float32 features (B, T, F); lengths -> int64 (B,)
-        or None. Every error names the argument and says what was expected."""
-        x = _as_array(x, "x")
-        if self.takes_tokens:
-            if x.ndim != 2:
-                hint = " - wrap one sequence as [ids]" if x.ndim == 1 else ""
-                raise ValueError(f"x: token ids must be 2-D (batch, time); got shape {x.shape}{hint}")
+    def _by_input(self, value, what, allow_none):
+        """One entry per model input from an array (one-input models), a list/tuple in input
+        order or a dict by input name."""
+        names = self.input_names
+        if isinstance(value, dict):
+            unknown = sorted(set(value) - set(names))
+            if unknown:
+                raise ValueError(f"{what}: unknown input name(s) {unknown}; the model's inputs are {names}")
+            missing = [n for n in names if n not in value]
+            if missing and not allow_none:
+                raise ValueError(f"{what}: missing input(s) {missing}; the model's inputs are {names}")
+            return [value.get(n) for n in names]
+        if len(names) == 1:
+            return [value]
+        if isinstance(value, (list, tuple)) and len(value) == len(names):
+            return list(value)
+        if value is None and allow_none:
+            return [None] * len(names)
+        if allow_none and not isinstance(value, (list, tuple)):
+            return [value] * len(names)  # one lengths array for every sequence input
+        raise ValueError(f"{what}: this model has {len(names)} inputs {names}: pass a list in that order or a "
+                         f"dict by name")
+
+    def _check_input(self, i, x):
+        """One input -> C-contiguous int64 ids or float32 features, shape checked."""
+        inp = self.graph.inputs[i]
+        where = "x" if len(self.graph.inputs) == 1 else f"x[{inp.name!r}]"
+        x = _as_array(x, where)
+        want = len(inp.shape) + 1
+        if inp.dtype == "int64":
+            if x.ndim != want:
+                hint = " - wrap one sequence as [ids]" if x.ndim == want - 1 else ""
+                raise ValueError(f"{where}: token ids must be {want}-D (batch, time); got shape {x.shape}{hint}")
             if x.size == 0 and x.dtype == np.float64:
                 x = x.astype(np.int64)  # np.zeros((0, T)) and [] default to float64
             if not _is_integer(x.dtype):
-                raise ValueError(f"x: token ids must have an integer dtype, got {x.dtype}")
-            V = self.layers[0].vocab_size
-            if x.size:
+                raise ValueError(f"{where}: token ids must have an integer dtype, got {x.dtype}")
+            readers = self._token_readers(i)
+            if readers and x.size:
+                V = min(n.layer.vocab_size for n in readers)
                 low, high = x.min(), x.max()
                 if low < 0 or high >= V:
                     bad = low if low < 0 else high
-                    raise IndexError(f"x: token id {bad} is out of range for a vocabulary of {V} (valid: 0..{V - 1})")
+                    raise IndexError(f"{where}: token id {bad} is out of range for a vocabulary of {V} "
+                                     f"(valid: 0..{V - 1})")
             x = np.ascontiguousarray(x, dtype=np.int64)
         else:
-            if x.ndim != 3:
-                raise ValueError(f"x: features must be 3-D (batch, time, features); got shape {x.shape}")
+            if x.ndim != want:
+                names = "3-D (batch, time, features)" if want == 3 else f"{want}-D (batch first)"
+                raise ValueError(f"{where}: features must be {names}; got shape {x.shape}")
             if not (_is_integer(x.dtype) or np.issubdtype(x.dtype, np.floating)):
-                raise ValueError(f"x: features must be real numbers, got dtype {x.dtype}")
-            if x.shape[2] != self.input_size:
-                raise ValueError(f"x has {x.shape[2]} features, the model expects {self.input_size}")
+                raise ValueError(f"{where}: features must be real numbers, got dtype {x.dtype}")
+            for axis, size in enumerate(inp.shape[1:] if want == 3 else inp.shape, start=2 if want == 3 else 1):
+                if size is not None and x.shape[axis] != size:
+                    what = "features" if axis == want - 1 else f"entries on axis {axis}"
+                    raise ValueError(f"{where} has {x.shape[axis]} {what}, the model expects {size}")
             x = np.ascontiguousarray(x, dtype=f32)
+        return x
+
+    def _check_lengths(self, lengths, x, where="lengths"):
+        if lengths is None:
+            return None
+        if x.ndim < 2:
+            raise ValueError(f"{where}: this input has no time axis to give lengths for")
         B, T = x.shape[:2]
-        if lengths is not None:
-            lengths = _as_array(lengths, "lengths")
-            if lengths.ndim != 1 or lengths.shape[0] != B:
-                raise ValueError(f"lengths must have shape ({B},) - one per batch row; got shape {lengths.shape}")
-            if np.issubdtype(lengths.dtype, np.floating):
-                if not np.all(np.isfinite(lengths) & (lengths == np.floor(lengths))):
-                    raise ValueError(f"lengths must be whole numbers of steps; got {lengths}")
-            elif not _is_integer(lengths.dtype):
-                raise ValueError(f"lengths must be integers, got dtype {lengths.dtype}")
-            if lengths.size and (lengths.min() < 0 or lengths.max() > T):
-                raise ValueError(
-                    f"lengths must be within 0..{T} (the sequence length); got {lengths.min()}..{lengths.max()}")
-            lengths = np.ascontiguousarray(lengths, dtype=np.int64)
-        return x, lengths
+        lengths = _as_array(lengths, where)
+        if lengths.ndim != 1 or lengths.shape[0] != B:
+            raise ValueError(f"{where} must have shape ({B},) - one per batch row; got shape {lengths.shape}")
+        if np.issubdtype(lengths.dtype, np.floating):
+            if not np.all(np.isfinite(lengths) & (lengths == np.floor(lengths))):
+                raise ValueError(f"{where} must be whole numbers of steps; got {lengths}")
+        elif not _is_integer(lengths.dtype):
+            raise ValueError(f"{where} must be integers, got dtype {lengths.dtype}")
+        if lengths.size and (lengths.min() < 0 or lengths.max() > T):
+            raise ValueError(
+                f"{where} must be within 0..{T} (the sequence length); got {lengths.min()}..{lengths.max()}")
+        return np.ascontiguousarray(lengths, dtype=np.int64)
+
+    def _check_inputs(self, x, lengths):
+        """x -> one checked array per input; lengths -> one (B,) int64 array or None per input.
+        Every error names the argument and says what was expected."""
+        xs = [self._check_input(i, v) for i, v in enumerate(self._by_input(x, "x", allow_none=False))]
+        batch = {a.shape[0] for a in xs}
+        if len(batch) > 1:
+            raise ValueError(f"x: every input needs the same batch size, got {[a.shape[0] for a in xs]}")
+        ls = self._by_input(lengths, "lengths", allow_none=True)
+        names = self.input_names
+        out = []
+        for i, (a, L) in enumerate(zip(xs, ls)):
+            if L is not None and a.ndim < 2 and lengths is not None and not isinstance(lengths, (dict, list, tuple)):
+                L = None  # one lengths array for a model whose other inputs are vectors
+            out.append(self._check_lengths(L, a, "lengths" if len(names) == 1 else f"lengths[{names[i]!r}]"))
+        return xs, out
 
     def _check_states(self, initial_state, batch):
-        """initial_state -> one entry per recurrent layer: None, h (D, B, H_out) float32, or for
+        """initial_state -> one entry per recurrent node: None, h (D, B, H_out) float32, or for
         LSTM a tuple (h, c). A (B, size) array is accepted for a one-direction layer."""
         rec = self.recurrent_layers
         if initial_state is None:
@@ -227,55 +340,37 @@ class Model:
     def predict(self, x, lengths=None, initial_state=None, return_state=False, backend=None, threads=None):
         """Run the model on a batch.
 
-        x : int array (B, T) of token ids when the first layer is an Embedding, else float
-            array (B, T, F). Any layout/dtype convertible to that; it is never modified.
-        lengths : optional int array (B,) of valid steps per row (right padding). Padded steps
-            leave the state alone; backward directions start at each row's last valid step.
-        initial_state : optional list, one entry per recurrent layer (None = zeros): an array
+        x : for a one-input model, int array (B, T) of token ids when the input feeds an
+            Embedding, else float array (B, T, F) (or the input's declared shape). For several
+            inputs: a list in input order or a dict by input name (``model.input_names``).
+            Never modified.
+        lengths : optional int array (B,) of valid steps per row (right padding), or a list /
+            dict per input. Padded steps leave the state alone; backward directions start at
+            each row's last valid step; masks then flow along the graph as Keras's do.
+        initial_state : optional list, one entry per recurrent node (None = zeros): an array
             h (D, B, H_out) for RNN/GRU or a pair (h, c) for LSTM, D = 1 or 2 directions.
         return_state : also return the final states in the same structure.
         backend : "cython" | "numba" | "numpy" for this call (default: the current backend).
         threads : threads for this call (default: fastrnn.set_num_threads / FASTRNN_NUM_THREADS /
             all cores). Results are identical for any thread count.
 
-        Returns (B, T, F') for sequence outputs or (B, F') when the last recurrent layer returns
-        its final state; with return_state=True, (outputs, states).
+        Returns one array for a one-output model ((B, T, F') for sequence outputs, (B, F') when
+        the last recurrent layer returns its final state), else a list in output order (a dict
+        by output name when x was a dict); with return_state=True, (outputs, states).
         """
-        x, lengths = self._check_inputs(x, lengths)
-        B = x.shape[0]
+        xs, ls = self._check_inputs(x, lengths)
+        B = xs[0].shape[0]
         states_in = self._check_states(initial_state, B)
         be = get_backend(backend)
         threads = check_threads(threads)
-        h = x
-        states_out = []
-        r = 0
-        tokens = None  # (Embedding, ids) when the embedding is folded into the next layer
-        for i, layer in enumerate(self.layers):
-            if isinstance(layer, Embedding):
-                if layer.mask_zero and lengths is None:
-                    lengths = lengths_from_mask(h != 0, "token id 0 (mask_zero)")
-                following = self.layers[i + 1] if i + 1 < len(self.layers) else None
-                if isinstance(following, Recurrent) and be.can_fold_embedding(layer, following):
-                    tokens = (layer, h)  # h stays the ids: the recurrent layer looks up its projection
-                    continue
-                h = reference.embedding(layer, h)
-            elif isinstance(layer, Masking):
-                if lengths is None:
-                    lengths = lengths_from_mask(np.any(h != layer.mask_value, axis=-1), "Masking")
-            elif isinstance(layer, Recurrent):
-                if B == 0:
-                    h, st = _empty_recurrent(layer, h)
-                else:
-                    h, st = be.recurrent(layer, h, lengths, states_in[r], threads=threads, tokens=tokens)
-                tokens = None
-                states_out.append(st)
-                r += 1
-                if not layer.return_sequences:
-                    lengths = None
-            else:
-                h = be.dense(layer, h, threads=threads)
-        return (h, states_out) if return_state else h
-
+        outs, states_out = self.plan().run(xs, ls, states_in, be, threads)
+        if len(outs) == 1:
+            result = outs[0]
+        elif isinstance(x, dict):
+            result = dict(zip(self.output_names, outs))
+        else:
+            result = outs
+        return (result, states_out) if return_state else result
 
     # -- features implemented in their own modules ----------------------------------------
     def generate(self, prompt, **kwargs):
@@ -308,25 +403,3 @@ def _as_array(value, name):
 
 def _is_integer(dtype):
     return np.issubdtype(dtype, np.integer)  # bool is not an integer dtype in NumPy
-
-
-def lengths_from_mask(mask, what):
-    """Per-row lengths from a (B, T) validity mask that must be right-padded."""
-    mask = np.asarray(mask, bool)
-    T = mask.shape[1]
-    lengths = np.where(mask.any(axis=1), T - np.argmax(mask[:, ::-1], axis=1), 0).astype(np.int64)
-    if not np.array_equal(mask, np.arange(T)[None, :] < lengths[:, None]):
-        raise ValueError(
-            f"{what}: masked steps must be at the end of each row (right padding); "
-            "fastrnn does not support masked steps in the middle of a sequence"
-        )
-    return lengths
-
-
-def _empty_recurrent(layer, x):
-    T = x.shape[1]
-    F = layer.output_size
-    out = np.zeros((0, T, F) if layer.return_sequences else (0, F), f32)
-    shapes = layer.state_shapes(0)
-    st = tuple(np.zeros(s, f32) for s in shapes)
-    return out, (st if layer.cell == "lstm" else st[0])

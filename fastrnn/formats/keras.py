@@ -82,7 +82,7 @@ _READ_ERRORS = (OSError, KeyError, ValueError, TypeError, IndexError, AttributeE
 
 
 # -- public API ------------------------------------------------------------------------------
-def load(path) -> Model:
+def load(path, custom_layers=None) -> Model:
     """Read a Keras 3 ``.keras`` archive (or its unzipped directory) or a legacy Keras 2 /
     tf.keras full-model ``.h5`` file into a fastrnn Model.
 

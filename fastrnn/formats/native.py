@@ -1,11 +1,20 @@
 """fastrnn's native model file: one safetensors file, the architecture as JSON in its metadata.
 
-Metadata keys: ``format`` = "fastrnn", ``format_version`` = "1", ``model`` = JSON:
-    {"name": str, "input_shape": [...], "metadata": {...}, "vocabulary": {...} | null,
-     "layers": [{"kind": "embedding" | "masking" | "recurrent" | "dense", "name": str,
-                 "config": {...}, "tensors": {field: tensor name}}]}
-Recurrent tensors are named ``layers.{i}.d{direction}.{w_ih|w_hh|b_ih|b_hh|w_hr|peephole}`` in the
-internal layout (fastrnn.layers). Loading parses JSON and maps arrays: it runs no code.
+Metadata keys: ``format`` = "fastrnn", ``format_version`` = "2", ``model`` = JSON:
+    {"name": str, "metadata": {...}, "vocabulary": {...} | null,
+     "layers": [{"kind": one of fastrnn.layers.LAYER_TYPES, "name": str,
+                 "config": {...}, "tensors": {field: tensor name}}],
+     "graph": {"inputs": [{"name": str, "shape": [size | null, ...], "dtype": "int64" | "float32"}],
+               "nodes": [{"name": str, "layer": layer name, "inputs": [[tensor, index], ...]}],
+               "outputs": [[tensor, index], ...]}}
+Each layer is stored once (a shared layer has several nodes). Recurrent tensors are named
+``layers.{i}.d{direction}.{w_ih|w_hh|b_ih|b_hh|w_hr|peephole}`` in the internal layout
+(fastrnn.layers). Loading parses JSON and maps arrays: it runs no code. Custom layers and custom
+activation functions are stored by name with their config and weights; loading them needs the
+same ``custom_layers`` factories.
+
+Format version 1 (fastrnn 0.1, a chain): the same "layers" list, no "graph", and an
+"input_shape"; it still loads, as the chain of its layers.
 
 Reduced-precision files (``save(..., quantize=...)``, ``fastrnn convert --quantize``): every weight
 matrix (2-D: embedding, W_ih, W_hh, W_hr, Dense weight; biases and peepholes stay float32) is
@@ -17,19 +26,20 @@ weight kind by default (fastrnn.generate, ``weights=``).
 from __future__ import annotations
 
 import json
-import math
 import os
 
 import numpy as np
 
 from ..errors import ModelFormatError
-from ..layers import Dense, DirectionWeights, Embedding, Masking, Recurrent
+from ..graph import MAX_NODES, Graph, Input, Node
+from ..layers import LAYER_TYPES, ConfigReader
 from ..model import Model
 from ..vocab import Vocabulary
 from . import safetensors
 
 FORMAT_NAME = "fastrnn"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 
 QUANTIZE_KINDS = ("float16", "int8")
@@ -52,6 +62,7 @@ def save(model: Model, path, quantize=None):
     quantize = None if quantize == "float32" else quantize
     tensors = {}
     layers = []
+    layer_names = {}
     for i, layer in enumerate(model.layers):
         names = {}
         for field, arr in layer.arrays().items():
@@ -65,16 +76,19 @@ def save(model: Model, path, quantize=None):
                     arr, tensors[key + ".scale"] = quantize_int8(arr)
             tensors[key] = arr
             names[field] = key
-        layers.append({"kind": layer.kind, "name": layer.name, "config": layer.config(), "tensors": names})
+        layer_names[id(layer)] = f"{layer.name}#{i}" if any(
+            x.name == layer.name for x in model.layers[:i]) else layer.name
+        layers.append({"kind": layer.kind, "name": layer_names[id(layer)], "config": layer.config(),
+                       "tensors": names})
     metadata = dict(model.metadata)
     if quantize:
         metadata["quantized"] = quantize
     spec = {
         "name": model.name,
-        "input_shape": list(model.input_shape),
         "metadata": metadata,
         "vocabulary": None if model.vocabulary is None else model.vocabulary.to_json(),
         "layers": layers,
+        "graph": model.graph.to_json(layer_names),
     }
     meta = {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION),
             "model": json.dumps(spec, ensure_ascii=False)}
@@ -82,8 +96,9 @@ def save(model: Model, path, quantize=None):
     return path
 
 
-def load(path, mmap=True) -> Model:
-    """Read a fastrnn safetensors file. Raises ModelFormatError naming the file and the problem."""
+def load(path, mmap=True, custom_layers=None) -> Model:
+    """Read a fastrnn safetensors file. Raises ModelFormatError naming the file and the problem.
+    ``custom_layers``: {name: factory} for the custom layers / activations the file records."""
     tensors, meta = safetensors.read(path, mmap=mmap)
     if meta.get("format") != FORMAT_NAME:
         raise ModelFormatError(
@@ -96,9 +111,9 @@ def load(path, mmap=True) -> Model:
     if int(version) > FORMAT_VERSION:
         raise ModelFormatError(
             f"format_version {int(version)} is newer than this fastrnn reads ({FORMAT_VERSION}); upgrade fastrnn", path)
-    if int(version) != FORMAT_VERSION:
-        raise ModelFormatError(f"unsupported format_version {int(version)}; this fastrnn reads version "
-                               f"{FORMAT_VERSION}", path)
+    if int(version) not in READABLE_VERSIONS:
+        raise ModelFormatError(f"unsupported format_version {int(version)}; this fastrnn reads versions "
+                               f"{', '.join(map(str, READABLE_VERSIONS))}", path)
     if "model" not in meta:
         raise ModelFormatError("no architecture: the 'model' metadata entry is missing", path)
     try:
@@ -108,67 +123,12 @@ def load(path, mmap=True) -> Model:
     except ValueError as exc:
         raise ModelFormatError(f"architecture ('model' metadata) is not valid JSON: {exc}", path) from None
     try:
-        return _build(spec, tensors, path)
+        return _build(spec, tensors, path, int(version), custom_layers or {})
     except ModelFormatError:
         raise
     except (ValueError, TypeError, KeyError, IndexError, AttributeError, RecursionError) as exc:
         # A last net: every field is checked below, so reaching this is a gap in those checks.
         raise ModelFormatError(f"invalid model description: {exc.__class__.__name__}: {exc}", path) from None
-
-
-class _Fields:
-    """Typed access to one JSON object of the architecture; errors name the place and the field."""
-
-    def __init__(self, obj, where, path):
-        if not isinstance(obj, dict):
-            raise ModelFormatError(f"{where}: expected a JSON object, got {type(obj).__name__}", path)
-        self.obj, self.where, self.path = obj, where, path
-
-    def error(self, key, what):
-        return ModelFormatError(f"{self.where}: {key!r} {what}, got {self.obj.get(key)!r:.60}", self.path)
-
-    def int(self, key, default=None, minimum=0):
-        v = self.obj.get(key, default)
-        if not isinstance(v, int) or isinstance(v, bool) or v < minimum:
-            raise self.error(key, f"must be an integer >= {minimum}")
-        return v
-
-    def bool(self, key, default):
-        v = self.obj.get(key, default)
-        if not isinstance(v, bool):
-            raise self.error(key, "must be true or false")
-        return v
-
-    def str(self, key, default):
-        v = self.obj.get(key, default)
-        if not isinstance(v, str):
-            raise self.error(key, "must be a string")
-        return v
-
-    def number(self, key, default, allow_none=False):
-        v = self.obj.get(key, default)
-        if v is None and allow_none:
-            return None
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
-            raise self.error(key, "must be a finite number" + (" or null" if allow_none else ""))
-        return float(v)
-
-
-def _activations(value, where, path):
-    """[[name, alpha, beta], ...] (as written by save) or [name, ...]; alpha/beta finite."""
-    if not isinstance(value, list):
-        raise ModelFormatError(f"{where}: 'activations' must be a list, got {value!r:.60}", path)
-    out = []
-    for a in value:
-        if isinstance(a, str):
-            out.append(a)
-        elif (isinstance(a, list) and len(a) == 3 and isinstance(a[0], str)
-              and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in a[1:])):
-            out.append(tuple(a))
-        else:
-            raise ModelFormatError(f"{where}: activation {a!r:.60} is not a name or [name, alpha, beta] "
-                                   "with finite alpha and beta", path)
-    return tuple(out)
 
 
 def _tensor(tensors, names, field, path, required=True):
@@ -200,63 +160,69 @@ def _tensor(tensors, names, field, path, required=True):
     return arr
 
 
-def _build(spec, tensors, path) -> Model:
-    top = _Fields(spec, "architecture", path)
+class _Arrays:
+    """The tensors of one layer, looked up by field name (dequantized, checked finite)."""
+
+    def __init__(self, tensors, names, path):
+        self.tensors, self.names, self.path = tensors, names, path
+
+    def get(self, field):
+        return _tensor(self.tensors, self.names, field, self.path, required=False)
+
+
+def _build(spec, tensors, path, version, custom) -> Model:
+    if not isinstance(spec, dict):
+        raise ModelFormatError(f"architecture: expected a JSON object, got {type(spec).__name__}", path)
+    top = ConfigReader(spec, "architecture")
     if not isinstance(spec.get("layers"), list) or not spec["layers"]:
         raise ModelFormatError("architecture JSON has no 'layers' list", path)
     layers = []
+    by_name = {}
+    missing_custom = []
     for i, entry in enumerate(spec["layers"]):
-        ls = _Fields(entry, f"layer {i}", path)
+        if not isinstance(entry, dict):
+            raise ModelFormatError(f"layer {i}: expected a JSON object, got {type(entry).__name__}", path)
+        ls = ConfigReader(entry, f"layer {i}")
         name = ls.str("name", f"layer_{i}")
         where = f"layer {i} ({name})"
         kind = entry.get("kind")
         names = entry.get("tensors", {})
         if not isinstance(names, dict):
             raise ModelFormatError(f"{where}: 'tensors' must map fields to tensor names", path)
-        cfg = _Fields(entry.get("config", {}), f"{where} config", path)
+        cls = LAYER_TYPES.get(kind) if isinstance(kind, str) else None
+        if cls is None or (version == 1 and kind not in V1_KINDS):
+            known = V1_KINDS if version == 1 else sorted(LAYER_TYPES)
+            raise ModelFormatError(f"{where}: unknown layer kind {kind!r:.60}; this fastrnn reads "
+                                   f"{', '.join(known)}", path)
+        if name in by_name:
+            raise ModelFormatError(f"{where}: the layer name {name!r} is used twice", path)
+        cfg = ConfigReader(entry.get("config", {}), f"{where} config")
+        arrays = _Arrays(tensors, names, path)
+        display = name.split("#")[0] if version >= 2 else name
         try:
-            if kind == "embedding":
-                layers.append(Embedding(_tensor(tensors, names, "weight", path), cfg.bool("mask_zero", False), name))
-            elif kind == "masking":
-                layers.append(Masking(cfg.number("mask_value", 0.0), name))
-            elif kind == "dense":
-                layers.append(Dense(_tensor(tensors, names, "weight", path),
-                                    _tensor(tensors, names, "bias", path, required=False),
-                                    cfg.str("activation", "linear"), name))
-            elif kind == "recurrent":
-                D = cfg.int("num_directions", minimum=1)
-                if D not in (1, 2):
-                    raise ModelFormatError(f"{where}: num_directions must be 1 or 2, got {D}", path)
-                dirs = []
-                for d in range(D):
-                    fields = {f: _tensor(tensors, names, f"d{d}.{f}", path, required=f in ("w_ih", "w_hh"))
-                              for f in DirectionWeights.FIELDS}
-                    dirs.append(DirectionWeights(**fields))
-                clip = cfg.number("clip", None, allow_none=True)
-                if clip is not None and clip <= 0:
-                    raise ModelFormatError(f"{where}: clip must be > 0 or null, got {clip}", path)
-                layers.append(Recurrent(
-                    cell=cfg.str("cell", None), hidden_size=cfg.int("hidden_size", minimum=1), directions=dirs,
-                    proj_size=cfg.int("proj_size", 0),
-                    activations=_activations(cfg.obj.get("activations", []), where, path),
-                    reverse=cfg.bool("reverse", False), go_backwards=cfg.bool("go_backwards", False),
-                    return_sequences=cfg.bool("return_sequences", True),
-                    merge_mode=cfg.str("merge_mode", "concat"), masked_output=cfg.str("masked_output", "zero"),
-                    clip=clip, input_forget=cfg.bool("input_forget", False),
-                    linear_before_reset=cfg.bool("linear_before_reset", True), name=name))
+            if kind in ("custom", "activation"):
+                layer = cls.from_config(display, cfg, arrays, custom=custom)
             else:
-                raise ModelFormatError(
-                    f"{where}: unknown layer kind {kind!r:.60}; this fastrnn reads "
-                    "embedding, masking, recurrent, dense", path)
+                layer = cls.from_config(display, cfg, arrays)
+        except LookupError as exc:  # a custom layer / activation without its factory
+            missing_custom.append(str(exc.args[0]) if exc.args else "?")
+            continue
         except ModelFormatError:
             raise
-        except (ValueError, TypeError, KeyError) as exc:
-            raise ModelFormatError(f"{where}: {exc}", path) from None
+        except (ValueError, TypeError) as exc:
+            msg = str(exc)
+            raise ModelFormatError(msg if msg.startswith(where) else f"{where}: {msg}", path) from None
+        layers.append(layer)
+        by_name[name] = layer
+    if missing_custom:
+        raise ModelFormatError(
+            f"the model uses custom layers / activations {sorted(set(missing_custom))}: pass "
+            f"custom_layers={{name: factory}} for each (see fastrnn.layers.custom)", path)
     vocab = spec.get("vocabulary")
     if vocab is not None:
-        v = _Fields(vocab, "vocabulary", path)
-        tokens = vocab.get("tokens")
-        if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
+        v = ConfigReader(vocab, "vocabulary") if isinstance(vocab, dict) else None
+        tokens = vocab.get("tokens") if v else None
+        if v is None or not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
             raise ModelFormatError("vocabulary: 'tokens' must be a list of strings", path)
         try:
             vocab = Vocabulary(tokens, level=v.str("level", "char"),
@@ -268,6 +234,21 @@ def _build(spec, tensors, path) -> Model:
     metadata = spec.get("metadata") or {}
     if not isinstance(metadata, dict):
         raise ModelFormatError("architecture: 'metadata' must be a JSON object", path)
+    model_name = top.str("name", "model")
+    if version == 1:
+        return _build_chain_v1(spec, layers, vocab, metadata, model_name, path)
+    graph = _graph(spec.get("graph"), by_name, path)
+    try:
+        return Model(graph=graph, vocabulary=vocab, metadata=metadata, name=model_name)
+    except (ValueError, TypeError) as exc:
+        raise ModelFormatError(str(exc), path) from None
+
+
+V1_KINDS = ("embedding", "masking", "recurrent", "dense")
+
+
+def _build_chain_v1(spec, layers, vocab, metadata, name, path) -> Model:
+    """format_version 1: the layers form a chain; "input_shape" is the chain's input."""
     input_shape = spec.get("input_shape")
     if input_shape is not None and not (
             isinstance(input_shape, list)
@@ -275,7 +256,7 @@ def _build(spec, tensors, path) -> Model:
         raise ModelFormatError(f"architecture: 'input_shape' must be a list of sizes or nulls, got "
                                f"{input_shape!r:.60}", path)
     try:
-        model = Model(layers, vocabulary=vocab, metadata=metadata, name=top.str("name", "model"),
+        model = Model(layers, vocabulary=vocab, metadata=metadata, name=name,
                       input_shape=tuple(input_shape) if input_shape else None)
     except (ValueError, TypeError) as exc:
         raise ModelFormatError(str(exc), path) from None
@@ -286,3 +267,43 @@ def _build(spec, tensors, path) -> Model:
         raise ModelFormatError(f"architecture: input_shape {list(shape)} does not fit the layers (expected {want})",
                                path)
     return model
+
+
+def _graph(spec, by_name, path) -> Graph:
+    """The "graph" entry of a version-2 file -> a checked Graph over the loaded layers."""
+    if not isinstance(spec, dict):
+        raise ModelFormatError("architecture: 'graph' must be a JSON object with inputs, nodes, outputs", path)
+    for key in ("inputs", "nodes", "outputs"):
+        if not isinstance(spec.get(key), list):
+            raise ModelFormatError(f"graph: {key!r} must be a list", path)
+    if len(spec["nodes"]) > MAX_NODES:
+        raise ModelFormatError(f"graph: {len(spec['nodes'])} nodes is beyond the limit of {MAX_NODES}", path)
+
+    def ref(value, where):
+        if (isinstance(value, list) and len(value) == 2 and isinstance(value[0], str)
+                and isinstance(value[1], int) and not isinstance(value[1], bool) and 0 <= value[1] < 1024):
+            return (value[0], value[1])
+        raise ModelFormatError(f"{where}: a tensor reference is [name, output index], got {value!r:.60}", path)
+
+    try:
+        inputs = []
+        for i, e in enumerate(spec["inputs"]):
+            c = ConfigReader(e, f"graph input {i}")
+            inputs.append(Input(c.str("name", None), tuple(c.int_list("shape", allow_none=True, minimum=0)),
+                                c.str("dtype", "float32", choices=("int64", "float32"))))
+        nodes = []
+        for i, e in enumerate(spec["nodes"]):
+            c = ConfigReader(e, f"graph node {i}")
+            name, layer_name = c.str("name", None), c.str("layer", None)
+            if layer_name not in by_name:
+                raise ModelFormatError(f"graph node {i} ({name}): layer {layer_name!r:.60} is not in 'layers'", path)
+            refs = c.raw("inputs")
+            if not isinstance(refs, list) or len(refs) > 4096:
+                raise ModelFormatError(f"graph node {i} ({name}): 'inputs' must be a list of tensor references", path)
+            nodes.append(Node(name, by_name[layer_name], [ref(r, f"graph node {i} ({name})") for r in refs]))
+        outputs = [ref(r, "graph outputs") for r in spec["outputs"]]
+        return Graph(inputs, nodes, outputs)
+    except ModelFormatError:
+        raise
+    except ValueError as exc:
+        raise ModelFormatError(f"graph: {exc}", path) from None

@@ -1,0 +1,150 @@
+"""What every fastrnn layer is: read-only weights, a config, shapes, and a NumPy definition.
+
+A layer is a small object holding weights in fastrnn's internal layout (float32, read-only) and
+its options. It never holds running state. Every layer type provides:
+
+- ``kind``: the name of its type in the native file (the registry key, see fastrnn.layers);
+- ``name``: the user's name for this layer (unique inside a model);
+- ``num_inputs``: 1, or None for layers that take a list of tensors (merges, attention);
+- ``output_shape(shapes)``: the output shape(s) without the batch axis, from the input shapes
+  (a list, one per input; ``None`` entries are free sizes);
+- ``call(inputs, lengths)``: the NumPy definition of the layer, batch-major (the spec, and the
+  implementation for every layer that has no compiled kernel). ``lengths`` is one int64 array
+  (B,) per input, or None: the number of valid (unmasked) steps of each row; masks in fastrnn
+  are right padding, as Keras masks of right-padded data are;
+- ``output_lengths(lengths, shapes)``: how the mask propagates (Keras's ``compute_mask``);
+- ``per_step``: True when the output at step t depends only on the inputs at step t (such a layer
+  runs unchanged inside generation, one step at a time);
+- ``count_params()``, ``arrays()`` (name -> array, what the native file stores), ``config()``
+  (JSON-serialisable options) and the class method ``from_config(name, config, arrays)``, the
+  inverse used by the native loader (``config`` is a ConfigReader that validates as it reads).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+f32 = np.float32
+
+
+def frozen_array(a, shape=None, name="array") -> np.ndarray:
+    """float32 C-contiguous read-only view/copy of ``a``, checked against ``shape`` (None = any)."""
+    arr = np.ascontiguousarray(a, dtype=np.float32)
+    if shape is not None and arr.shape != tuple(shape):
+        raise ValueError(f"{name} has shape {arr.shape}, expected {tuple(shape)}")
+    arr = arr.view()  # a view: never change the flags of the caller's array
+    arr.flags.writeable = False
+    return arr
+
+
+def shape_str(shape) -> str:
+    """A shape without the batch axis as Keras prints it, batch included: (None, 10, 64)."""
+    return "(" + ", ".join(["None"] + ["None" if s is None else str(s) for s in shape]) + ")"
+
+
+def min_lengths(lengths):
+    """Keras merges AND their inputs' masks: with right padding, the shortest valid length wins."""
+    present = [x for x in lengths if x is not None]
+    if not present:
+        return None
+    out = present[0]
+    for x in present[1:]:
+        out = np.minimum(out, x)
+    return out
+
+
+class Layer:
+    """Base class of the layers without compiled kernels: defaults for the protocol above."""
+
+    kind = "layer"
+    num_inputs = 1
+    per_step = False
+    #: how the mask goes through: "keep" (the time axis survives unchanged), "drop", "merge"
+    mask_rule = "drop"
+
+    name: str
+
+    def count_params(self) -> int:
+        return int(sum(a.size for a in self.arrays().values()))
+
+    def arrays(self) -> dict:
+        return {}
+
+    def config(self) -> dict:
+        return {}
+
+    def output_lengths(self, lengths, shapes):
+        if self.mask_rule == "keep":
+            return lengths[0]
+        if self.mask_rule == "merge":
+            return min_lengths(lengths)
+        return None
+
+    def type_name(self) -> str:
+        return type(self).__name__
+
+    def __repr__(self):
+        return f"<{self.type_name()} {self.name!r}>"
+
+
+class ConfigReader:
+    """Typed, validating access to a layer's JSON config; errors name the layer and the field."""
+
+    def __init__(self, obj, where):
+        if not isinstance(obj, dict):
+            raise ValueError(f"{where}: config must be a JSON object, got {type(obj).__name__}")
+        self.obj, self.where = obj, where
+
+    def error(self, key, what):
+        return ValueError(f"{self.where}: {key!r} {what}, got {self.obj.get(key)!r:.60}")
+
+    def int(self, key, default=None, minimum=0):
+        v = self.obj.get(key, default)
+        if not isinstance(v, int) or isinstance(v, bool) or v < minimum:
+            raise self.error(key, f"must be an integer >= {minimum}")
+        return v
+
+    def int_or_none(self, key, default=None, minimum=0):
+        if self.obj.get(key, default) is None:
+            return None
+        return self.int(key, default, minimum)
+
+    def int_list(self, key, default=None, minimum=None, allow_none=False):
+        v = self.obj.get(key, default)
+        ok = isinstance(v, list) and len(v) <= 64 and all(
+            (allow_none and x is None)
+            or (isinstance(x, int) and not isinstance(x, bool) and (minimum is None or x >= minimum)) for x in v)
+        if not ok:
+            raise self.error(key, "must be a list of integers" + (f" >= {minimum}" if minimum is not None else ""))
+        return list(v)
+
+    def bool(self, key, default):
+        v = self.obj.get(key, default)
+        if not isinstance(v, bool):
+            raise self.error(key, "must be true or false")
+        return v
+
+    def str(self, key, default, choices=None):
+        v = self.obj.get(key, default)
+        if not isinstance(v, str) or (choices is not None and v not in choices):
+            raise self.error(key, "must be a string" + (f" among {list(choices)}" if choices else ""))
+        return v
+
+    def number(self, key, default, allow_none=False):
+        v = self.obj.get(key, default)
+        if v is None and allow_none:
+            return None
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+            raise self.error(key, "must be a finite number" + (" or null" if allow_none else ""))
+        return float(v)
+
+    def raw(self, key, default=None):
+        return self.obj.get(key, default)
+
+
+def check_axis(axis, ndim, where):
+    """A Keras/NumPy axis of a batch-major tensor with ``ndim`` axes (batch included) -> 0..ndim-1."""
+    if not isinstance(axis, (int, np.integer)) or isinstance(axis, bool) or not -ndim <= axis < ndim:
+        raise ValueError(f"{where}: axis {axis!r} is out of range for a tensor with {ndim} axes (batch included)")
+    return int(axis) % ndim

@@ -1,0 +1,109 @@
+"""Token lookup (Embedding) and Keras Masking: the layers that create masks.
+
+Masks in fastrnn are right padding: ``lengths`` (B,) valid steps per row. Embedding(mask_zero)
+marks id 0 as padding, Masking a step whose features all equal ``mask_value``; a mask in the
+middle of a row is refused (lengths_from_mask).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .base import Layer, frozen_array
+
+
+def lengths_from_mask(mask, what):
+    """Per-row lengths from a (B, T) validity mask that must be right-padded."""
+    mask = np.asarray(mask, bool)
+    T = mask.shape[1]
+    lengths = np.where(mask.any(axis=1), T - np.argmax(mask[:, ::-1], axis=1), 0).astype(np.int64)
+    if not np.array_equal(mask, np.arange(T)[None, :] < lengths[:, None]):
+        raise ValueError(
+            f"{what}: masked steps must be at the end of each row (right padding); "
+            "fastrnn does not support masked steps in the middle of a sequence"
+        )
+    return lengths
+
+
+@dataclass(repr=False)
+class Embedding(Layer):
+    """Token lookup: ids (B, T) -> (B, T, E). ``mask_zero``: id 0 is padding (Keras)."""
+
+    weight: np.ndarray  # (V, E)
+    mask_zero: bool = False
+    name: str = "embedding"
+
+    kind = "embedding"
+    per_step = True
+    mask_rule = "keep"
+
+    def __post_init__(self):
+        self.weight = frozen_array(self.weight, name=f"{self.name}.weight")
+        if self.weight.ndim != 2:
+            raise ValueError(f"{self.name}.weight must be 2-D (vocab, dim), got {self.weight.shape}")
+
+    @property
+    def vocab_size(self) -> int:
+        return self.weight.shape[0]
+
+    @property
+    def output_size(self) -> int:
+        return self.weight.shape[1]
+
+    def output_shape(self, shapes):
+        return tuple(shapes[0]) + (self.output_size,)
+
+    def mask_lengths(self, ids):
+        """The mask this layer creates from its input (None: no mask)."""
+        return lengths_from_mask(ids != 0, f"{self.name}: token id 0 (mask_zero)") if self.mask_zero else None
+
+    def call(self, inputs, lengths=None):
+        return embedding(self, inputs[0])
+
+    def arrays(self):
+        return {"weight": self.weight}
+
+    def config(self):
+        return {"mask_zero": self.mask_zero}
+
+    @classmethod
+    def from_config(cls, name, config, arrays):
+        return cls(arrays.get("weight"), config.bool("mask_zero", False), name)
+
+
+def embedding(layer: Embedding, ids: np.ndarray) -> np.ndarray:
+    """ids (B, T) int -> (B, T, E)."""
+    return layer.weight[ids]
+
+
+@dataclass(repr=False)
+class Masking(Layer):
+    """Keras Masking: a step whose features all equal ``mask_value`` is padding."""
+
+    mask_value: float = 0.0
+    name: str = "masking"
+
+    kind = "masking"
+    per_step = True
+    mask_rule = "keep"
+
+    def __post_init__(self):
+        if not np.isfinite(self.mask_value):
+            raise ValueError(f"{self.name}: mask_value must be a finite number, got {self.mask_value}")
+
+    def output_shape(self, shapes):
+        return tuple(shapes[0])
+
+    def mask_lengths(self, x):
+        return lengths_from_mask(np.any(x != self.mask_value, axis=-1), f"{self.name} (Masking)")
+
+    def call(self, inputs, lengths=None):
+        return inputs[0]
+
+    def config(self):
+        return {"mask_value": float(self.mask_value)}
+
+    @classmethod
+    def from_config(cls, name, config, arrays):
+        return cls(config.number("mask_value", 0.0), name)
