@@ -11,8 +11,11 @@
 
 Models understood: ``[Embedding] -> recurrent layers -> Dense``. The recurrent layers are
 unidirectional RNN/LSTM/GRU layers returning sequences (any options of fastrnn.layers:
-projections, peepholes, clipping, activations); the Dense (linear or softmax, whose input is
-then taken as the logits) maps every step to the vocabulary. Without an Embedding the first
+projections, peepholes, clipping, activations); the Dense (linear, softmax or log_softmax, whose
+input is then taken as the logits: the same distribution) maps every step to the vocabulary.
+The model's graph is first simplified by fastrnn.graph's passes (Dropout removed, a Dense followed
+by its activation fused), so a PyTorch chain Embedding -> LSTM -> Dropout -> Linear -> LogSoftmax
+generates as the plain chain does. Without an Embedding the first
 recurrent layer takes one-hot vectors of the vocabulary.
 
 Semantics (decisions where the issue is open):
@@ -377,9 +380,9 @@ class GenerationPlan:
             if not layer.return_sequences:
                 raise ValueError(f"{need}: layer {layer.name!r} returns only its last state, so the Dense "
                                  "is not applied at every step")
-        if self.dense.activation not in ("linear", "softmax"):
+        if self.dense.activation not in ("linear", "softmax", "log_softmax"):
             raise ValueError(f"{need}: the output Dense has activation {self.dense.activation!r}; "
-                             "generation needs logits (linear) or probabilities (softmax)")
+                             "generation needs logits (linear) or (log-)probabilities (softmax, log_softmax)")
         self.vocab_size = V = self.dense.output_size
         first = self.recurrent[0]
         if self.embedding is None and first.input_size != V:

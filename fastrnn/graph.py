@@ -302,8 +302,8 @@ def fuse_dense_activation(graph: Graph) -> Graph:
         if len(graph.consumers.get((src.name, 0), [])) != 1 or (src.name, 0) in outputs:
             continue
         f = layer.function
-        if f == "softmax" and layer.axis == -1:
-            act = "softmax"
+        if f in ("softmax", "log_softmax") and layer.axis == -1:
+            act = f
         elif f in ACTIVATION_CODES and (layer.alpha, layer.beta) == ACTIVATION_CODES[f][1:]:
             act = f
         else:

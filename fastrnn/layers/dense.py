@@ -18,7 +18,8 @@ DENSE_ACTIVATIONS = ("linear", "softmax", "sigmoid", "tanh", "relu")
 class Dense(Layer):
     """Affine map on the last axis: y = act(x @ W.T + b). W (out, in), b (out,) or None.
 
-    activation: "linear", "softmax" (over the last axis) or any name of fastrnn.activations."""
+    activation: "linear", "softmax" / "log_softmax" (over the last axis) or any name of
+    fastrnn.activations."""
 
     weight: np.ndarray  # (out, in)
     bias: Optional[np.ndarray] = None  # (out,)
@@ -37,7 +38,7 @@ class Dense(Layer):
             raise ValueError(f"{self.name}: a Dense layer needs at least one output unit")
         if self.bias is not None:
             self.bias = frozen_array(self.bias, (self.weight.shape[0],), f"{self.name}.bias")
-        if self.activation != "softmax":
+        if self.activation not in ("softmax", "log_softmax"):
             self.activation = Activation.of(self.activation).name if self.activation != "linear" else "linear"
 
     @property
@@ -95,6 +96,8 @@ def dense_activation(layer: Dense, y: np.ndarray) -> np.ndarray:
     """The activation of a Dense layer on its affine output y (..., out) float32."""
     if layer.activation == "softmax":
         return softmax(y)
+    if layer.activation == "log_softmax":
+        return log_softmax(y)
     if layer.activation == "linear":
         return y
     return apply_activation(Activation.of(layer.activation), y)
