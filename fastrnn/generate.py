@@ -416,6 +416,10 @@ class GenerationPlan:
         self.compiled = {}  # engine name -> the engine's packed form
         self._lock = threading.Lock()
 
+    def engine_for(self, engine):
+        """The engine that runs this plan: the backend's own compiled loop."""
+        return engine
+
     def compiled_for(self, engine):
         entry = self.compiled.get(engine.name)
         if entry is None:
@@ -451,8 +455,10 @@ class GenerationPlan:
 _plan_lock = threading.Lock()
 
 
-def generation_plan(model, weights="float32") -> GenerationPlan:
-    """The model's GenerationPlan for ``weights``, built on first use and cached on the model."""
+def generation_plan(model, weights="float32"):
+    """The model's generation plan for ``weights``, built on first use and cached on the model:
+    the compiled chain's GenerationPlan, or for another causal graph fastrnn.stepwise's plan
+    (float32 weights only)."""
     if weights not in WEIGHT_KINDS:
         raise ValueError(f"weights must be one of {WEIGHT_KINDS}, got {weights!r}")
     key = id(model.plan())
@@ -462,9 +468,23 @@ def generation_plan(model, weights="float32") -> GenerationPlan:
         with _plan_lock:
             entry = plans.get(weights)
             if entry is None or entry[0] != key:
-                entry = (key, GenerationPlan(model, weights))
+                entry = (key, _build_generation_plan(model, weights))
                 plans[weights] = entry
     return entry[1]
+
+
+def _build_generation_plan(model, weights):
+    try:
+        return GenerationPlan(model, weights)
+    except ValueError as chain_error:
+        from .stepwise import StepGraphPlan, causal_problem
+
+        if causal_problem(model) is not None:
+            raise
+        if weights != "float32" and model.metadata.get("quantized") != weights:
+            raise ValueError(f"weights={weights!r} needs the compiled chain ({chain_error}); this causal graph "
+                             "generates step by step with float32 weights") from None
+        return StepGraphPlan(model)
 
 
 # =============================================================================================
@@ -1012,7 +1032,7 @@ def generate(model, prompt, max_new_tokens=100, temperature=1.0, top_k=None, top
     seeds = _seeds(seed, B)
     stops = _stops(model, plan, stop)
     states = model._check_states(initial_state, B)
-    engine = get_engine(backend)
+    engine = plan.engine_for(get_engine(backend))
     rows = Rows(plan, B)
     plan.state_to_rows(states, rows.state)
     rows.rng[:] = np.array(seeds, np.uint64)
@@ -1048,7 +1068,7 @@ class Session:
         self.defaults = dict(temperature=temperature, top_k=top_k, top_p=top_p,
                              repetition_penalty=repetition_penalty)
         Sampling(**self.defaults)  # validate now
-        self.engine = get_engine(backend)
+        self.engine = self.plan.engine_for(get_engine(backend))
         self._rows = Rows(self.plan, 1)
         self.plan.state_to_rows(self.model._check_states(initial_state, 1), self._rows.state)
         self._rows.rng[0] = np.uint64(_seeds(seed, 1)[0])
