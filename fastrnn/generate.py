@@ -479,12 +479,17 @@ def _build_generation_plan(model, weights):
     except ValueError as chain_error:
         from .stepwise import StepGraphPlan, causal_problem
 
-        if causal_problem(model) is not None:
-            raise
-        if weights != "float32" and model.metadata.get("quantized") != weights:
-            raise ValueError(f"weights={weights!r} needs the compiled chain ({chain_error}); this causal graph "
-                             "generates step by step with float32 weights") from None
-        return StepGraphPlan(model)
+        problem = causal_problem(model)
+        if problem is None and weights != "float32" and model.metadata.get("quantized") != weights:
+            problem = f"weights={weights!r} needs the compiled chain; a causal graph generates with float32 weights"
+        if problem is None:
+            try:
+                return StepGraphPlan(model)
+            except ValueError as exc:
+                problem = str(exc)
+        if model.is_chain():
+            raise  # the chain's own reason says it best
+        raise ValueError(f"{chain_error}; nor can it generate step by step: {problem}") from None
 
 
 # =============================================================================================

@@ -34,6 +34,14 @@ def causal_problem(model):
     if len(g.outputs) != 1 or len(g.shapes[g.outputs[0]]) != 2:
         return ("generation needs one output of shape (batch, time, vocabulary); this model's outputs are "
                 f"{[g.shapes[r] for r in g.outputs]}")
+    head = g.producer(g.outputs[0])
+    head_ok = head is not None and (
+        (isinstance(head.layer, Dense) and head.layer.activation in ("linear", "softmax", "log_softmax"))
+        or (isinstance(head.layer, Activation) and not head.layer.custom
+            and head.layer.function in ("softmax", "log_softmax") and head.layer.axis == -1))
+    if not head_ok:
+        return ("generation needs logits or (log-)probabilities over the vocabulary from the last layer (a Dense "
+                "with a linear, softmax or log_softmax activation, or a softmax / log_softmax layer)")
     for n in g.nodes:
         layer = n.layer
         if isinstance(layer, Recurrent):
