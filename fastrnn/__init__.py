@@ -54,7 +54,8 @@ def save(model: Model, path, quantize=None):
     return native.save(model, path, quantize=quantize)
 
 
-def load(path, mmap: bool = True, custom_layers=None) -> Model:
+def load(path, mmap: bool = True, custom_layers=None, tokenizer=None, padding="pre", truncating="pre",
+         maxlen=None) -> Model:
     """Load a model file. Native fastrnn ``.safetensors`` files are read with NumPy only (weights
     memory-mapped when ``mmap``); Keras and ONNX files go to their importers.
 
@@ -64,7 +65,21 @@ def load(path, mmap: bool = True, custom_layers=None) -> Model:
     raises ModelFormatError naming the file; a missing file FileNotFoundError.
 
     ``custom_layers``: {name: factory} for user-defined layers and activation functions (Keras
-    custom classes, a Dense with a user-defined activation): see fastrnn.layers.custom."""
+    custom classes, a Dense with a user-defined activation): see fastrnn.layers.custom.
+
+    ``tokenizer``: the Keras ``Tokenizer.to_json()`` the model was trained with (a path, or the JSON
+    text): it becomes the model's vocabulary, with ``pad_sequences``' ``padding`` / ``truncating``
+    side (Keras's default "pre") and ``maxlen``, so ``classify`` on raw text feeds the model the ids
+    and padding Keras did (fastrnn.formats.tokenizers)."""
+    model = _load(path, mmap, custom_layers)
+    if tokenizer is not None:
+        from .formats.tokenizers import attach_tokenizer
+
+        attach_tokenizer(model, tokenizer, padding=padding, truncating=truncating, maxlen=maxlen)
+    return model
+
+
+def _load(path, mmap, custom_layers):
     path = os.fspath(path)
     kind = _sniff(path)
     if kind == "keras":

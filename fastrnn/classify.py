@@ -32,7 +32,7 @@ from typing import Iterable, Iterator, NamedTuple, Optional
 
 import numpy as np
 
-from .layers import Activation, Dense
+from .layers import Activation, Dense, Embedding, Masking
 from .model import Model
 
 BUNDLED_CLASSIFIER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "langid.safetensors")
@@ -128,6 +128,7 @@ def _encoder(model: Model, max_length):
     """input -> 1-D array (ids (T,) int64, or features (T, F) float32), truncated to max_length."""
     vocab = model.vocabulary
     takes_tokens = model.takes_tokens
+    text_input = _text_input(model)
 
     def encode(item, position):
         if isinstance(item, str):
@@ -141,6 +142,8 @@ def _encoder(model: Model, max_length):
                 item = item[: max_length] if vocab.level == "char" else item
             ids = vocab.encode(item)
             arr = np.asarray(ids, dtype=np.int64)
+            if text_input is not None:
+                arr = text_input(arr)
         else:
             arr = np.asarray(item)
             if takes_tokens:
@@ -157,6 +160,33 @@ def _encoder(model: Model, max_length):
         return arr
 
     return encode
+
+
+def _text_input(model: Model):
+    """The pad_sequences of the model's training (metadata "text_input", see
+    fastrnn.formats.tokenizers) as a function on one text's ids, or None."""
+    spec = (model.metadata or {}).get("text_input")
+    if not spec:
+        return None
+    padding, truncating, maxlen = spec.get("padding", "pre"), spec.get("truncating", "pre"), spec.get("maxlen")
+    if padding not in ("pre", "post") or truncating not in ("pre", "post") or not (
+            maxlen is None or (isinstance(maxlen, int) and not isinstance(maxlen, bool) and maxlen >= 1)):
+        raise ValueError(f"model metadata 'text_input' must hold padding/truncating 'pre' or 'post' and maxlen a "
+                         f"positive integer or null, got {spec!r:.120}")
+    masked = any(isinstance(layer, Masking) or (isinstance(layer, Embedding) and layer.mask_zero)
+                 for layer in model.layers)
+
+    def apply(ids):
+        if maxlen is None:
+            return ids
+        if len(ids) > maxlen:
+            ids = ids[-maxlen:] if truncating == "pre" else ids[:maxlen]
+        if not masked and len(ids) < maxlen:  # the model saw the padding zeros: feed them too
+            pad = np.zeros(maxlen - len(ids), np.int64)
+            ids = np.concatenate([pad, ids] if padding == "pre" else [ids, pad])
+        return ids
+
+    return apply
 
 
 def _batches(order, lengths, batch_size, max_batch_tokens):

@@ -2,8 +2,11 @@
 
 Recorded in the model file's metadata as JSON, so loading runs no code:
 ``{"level": "char" | "word", "tokens": [...], "unk": id or null, "pad": id or null,
-"lowercase": bool}``. Characters are Unicode code points (a Hangul vocabulary of thousands of
-syllables works the same as ASCII).
+"lowercase": bool}``, plus, for tokenizers imported from Keras (fastrnn.formats.tokenizers),
+``"filters"`` (characters turned into the separator before splitting), ``"separator"`` (words
+are split on it, empty pieces dropped; null = any whitespace) and ``"drop_unknown"`` (unknown
+pieces are left out, as Keras's Tokenizer does without an oov_token). Characters are Unicode code
+points (a Hangul vocabulary of thousands of syllables works the same as ASCII).
 """
 from __future__ import annotations
 
@@ -18,6 +21,9 @@ class Vocabulary:
     unk: Optional[int] = None
     pad: Optional[int] = None
     lowercase: bool = False
+    filters: str = ""
+    separator: Optional[str] = None
+    drop_unknown: bool = False
 
     def __post_init__(self):
         if self.level not in ("char", "word"):
@@ -30,6 +36,10 @@ class Vocabulary:
             v = getattr(self, name)
             if v is not None and not (0 <= int(v) < len(self.tokens)):
                 raise ValueError(f"vocabulary {name} id {v} is outside 0..{len(self.tokens) - 1}")
+        if not isinstance(self.filters, str) or (self.separator is not None and (
+                not isinstance(self.separator, str) or self.separator == "")):
+            raise ValueError("vocabulary filters must be a string and separator a non-empty string or None")
+        self._filter_map = {ord(c): self.separator or " " for c in self.filters} if self.filters else None
 
     def __len__(self):
         return len(self.tokens)
@@ -37,7 +47,13 @@ class Vocabulary:
     def split(self, text: str):
         if self.lowercase:
             text = text.lower()
-        return list(text) if self.level == "char" else text.split()
+        if self.level == "char":
+            return list(text)  # Keras's char_level Tokenizer applies no filters either
+        if self._filter_map:
+            text = text.translate(self._filter_map)
+        if self.separator is None:
+            return text.split()
+        return [w for w in text.split(self.separator) if w]
 
     def encode(self, text: str) -> list:
         """Text -> ids. Unknown symbols map to ``unk``; without one they raise ValueError."""
@@ -45,6 +61,8 @@ class Vocabulary:
         for piece in self.split(text):
             i = self.index.get(piece)
             if i is None:
+                if self.drop_unknown:
+                    continue
                 if self.unk is None:
                     raise ValueError(
                         f"{piece!r} is not in the model's vocabulary ({len(self.tokens)} tokens) "
@@ -59,10 +77,14 @@ class Vocabulary:
         return sep.join(self.tokens[int(i)] for i in ids)
 
     def to_json(self):
-        return {"level": self.level, "tokens": self.tokens, "unk": self.unk, "pad": self.pad,
-                "lowercase": self.lowercase}
+        out = {"level": self.level, "tokens": self.tokens, "unk": self.unk, "pad": self.pad,
+               "lowercase": self.lowercase}
+        if self.filters or self.separator is not None or self.drop_unknown:
+            out.update(filters=self.filters, separator=self.separator, drop_unknown=self.drop_unknown)
+        return out
 
     @classmethod
     def from_json(cls, d):
         return cls(tokens=d["tokens"], level=d.get("level", "char"), unk=d.get("unk"), pad=d.get("pad"),
-                   lowercase=bool(d.get("lowercase", False)))
+                   lowercase=bool(d.get("lowercase", False)), filters=d.get("filters", ""),
+                   separator=d.get("separator"), drop_unknown=bool(d.get("drop_unknown", False)))

@@ -225,10 +225,13 @@ def _build(spec, tensors, path, version, custom) -> Model:
         if v is None or not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
             raise ModelFormatError("vocabulary: 'tokens' must be a list of strings", path)
         try:
+            separator = vocab.get("separator")
             vocab = Vocabulary(tokens, level=v.str("level", "char"),
                                unk=None if vocab.get("unk") is None else v.int("unk"),
                                pad=None if vocab.get("pad") is None else v.int("pad"),
-                               lowercase=v.bool("lowercase", False))
+                               lowercase=v.bool("lowercase", False), filters=v.str("filters", ""),
+                               separator=None if separator is None else v.str("separator", None),
+                               drop_unknown=v.bool("drop_unknown", False))
         except ValueError as exc:
             raise ModelFormatError(f"vocabulary: {exc}", path) from None
     metadata = spec.get("metadata") or {}

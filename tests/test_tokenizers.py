@@ -1,0 +1,87 @@
+"""The tokenizer that came with a Keras model (issue 13): a Keras 2 ``Tokenizer.to_json()`` and
+``pad_sequences`` give fastrnn's classify on raw Korean text exactly the ids and padding Keras's
+model was trained on.
+
+The tokenizers are real ones: Keras 2's ``Tokenizer`` (the tf_keras package) fitted on the Hangul
+review texts below by tests/fixtures/keras2_tokenizer/make_fixtures.py, which committed their JSON
+and the sequences Keras 2 made (TensorFlow is not a test dependency). The classifiers are Keras 3 models (torch backend) trained for a few steps
+on those sequences; fastrnn's ``classify`` on the raw texts must equal Keras's ``predict`` on the
+Keras-padded sequences.
+"""
+import json
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("KERAS_BACKEND", "torch")
+keras = pytest.importorskip("keras")
+
+import fastrnn  # noqa: E402
+from fastrnn.formats.tokenizers import read_keras_tokenizer  # noqa: E402
+from conftest import FRAMEWORK_ATOL, FRAMEWORK_RTOL, assert_close  # noqa: E402
+
+from tokenizer_cases import CASE_FILES, CASES, LABELS, REVIEWS, UNSEEN  # noqa: E402
+
+FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "keras2_tokenizer")
+
+
+def keras2_tokenize(case):
+    """The committed outputs of Keras 2's Tokenizer for ``case`` (made by make_fixtures.py):
+    (tokenizer.json path, padded REVIEWS, padded UNSEEN, unpadded UNSEEN ids)."""
+    base = os.path.join(FIXTURES, CASE_FILES[case])
+    data = np.load(base + ".npz", allow_pickle=False)
+    return base + ".json", data["train"], data["unseen"], json.loads(str(data["unseen_ids"]))
+
+
+def train(model, x, steps=5):
+    model.compile(optimizer=keras.optimizers.Adam(0.05), loss="sparse_categorical_crossentropy")
+    model.fit(x, LABELS, epochs=steps, batch_size=6, verbose=0)
+    return model
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_classify_raw_text_equals_keras_on_keras_padded_ids(tmp_path, case):
+    tok_args, pad_args, masked = CASES[case]
+    tok_path, x_train, x_unseen, _ = keras2_tokenize(case)
+    vocab = read_keras_tokenizer(tok_path)
+    V = len(vocab)
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((None,), dtype="int32")
+    h = keras.layers.Embedding(V, 8, mask_zero=masked)(inp)
+    h = keras.layers.LSTM(6)(h) if masked else keras.layers.GRU(6)(h)
+    km = train(keras.Model(inp, keras.layers.Dense(2, activation="softmax")(h)), x_train)
+    km.save(tmp_path / "review.keras")
+    model = fastrnn.load(tmp_path / "review.keras", tokenizer=tok_path, padding=pad_args.get("padding", "pre"),
+                         truncating=pad_args.get("truncating", "pre"), maxlen=pad_args["maxlen"])
+    texts = REVIEWS + UNSEEN
+    want = km.predict(np.concatenate([x_train, x_unseen]), verbose=0)
+    got = np.stack([r.probabilities for r in model.classify(texts, batch_size=5)])
+    assert_close(got, want, FRAMEWORK_ATOL, FRAMEWORK_RTOL, case)
+    # the tokenizer and padding survive a native save
+    fastrnn.save(model, tmp_path / "review.safetensors")
+    back = fastrnn.load(tmp_path / "review.safetensors")
+    assert back.metadata["text_input"]["maxlen"] == pad_args["maxlen"]
+    np.testing.assert_array_equal(np.stack([r.probabilities for r in back.classify(texts)]), got)
+
+
+def test_ids_equal_keras2_texts_to_sequences():
+    """Before padding: every text's ids equal Keras 2's texts_to_sequences (num_words cut-off, oov,
+    filters, lower; unknown words dropped without an oov_token)."""
+    for case in CASES:
+        tok_path, _, _, unseen_ids = keras2_tokenize(case)
+        vocab = read_keras_tokenizer(tok_path)
+        for text, ids in zip(UNSEEN + REVIEWS, unseen_ids):
+            assert vocab.encode(text) == ids, (case, text)
+
+
+@pytest.mark.parametrize("bad,words", [
+    ({"class_name": "Nope", "config": {}}, "Tokenizer"),
+    ({"class_name": "Tokenizer", "config": {"word_index": "{\"a\": 0}"}}, "ids >= 1"),
+    ({"class_name": "Tokenizer", "config": {"word_index": "{not json"}}, "word_index"),
+    ({"class_name": "Tokenizer", "config": {"word_index": "{\"a\": 1}", "oov_token": "<x>"}}, "oov_token"),
+    ({"class_name": "Tokenizer", "config": {"word_index": "{\"a\": 1, \"b\": 1}"}}, "two words"),
+])
+def test_bad_tokenizer_files_are_refused(bad, words):
+    with pytest.raises(fastrnn.ModelFormatError, match=words):
+        read_keras_tokenizer(bad)
