@@ -66,3 +66,34 @@ class Vocabulary:
     def from_json(cls, d):
         return cls(tokens=d["tokens"], level=d.get("level", "char"), unk=d.get("unk"), pad=d.get("pad"),
                    lowercase=bool(d.get("lowercase", False)))
+
+
+def as_vocabulary(value) -> Optional[Vocabulary]:
+    """What ``vocabulary=`` accepts (from_torch, from_state_dict) -> a Vocabulary or None.
+
+    - a Vocabulary: as is;
+    - a list or tuple of tokens: token i has id i (character level when every token is one
+      character, word level otherwise), no unknown id;
+    - a str: its characters, in order (character level);
+    - a dict {token: id} with the ids 0..n-1, or a dict as written by Vocabulary.to_json().
+    Build a Vocabulary yourself for anything else (unk, lowercase, level)."""
+    if value is None or isinstance(value, Vocabulary):
+        return value
+    if isinstance(value, str):
+        return Vocabulary(list(value), level="char")
+    if isinstance(value, dict):
+        if "tokens" in value and isinstance(value["tokens"], (list, tuple)):
+            return Vocabulary.from_json(value)
+        ids = sorted(value.values()) if all(isinstance(i, int) and not isinstance(i, bool) for i in value.values()) else None
+        if ids != list(range(len(value))):
+            raise ValueError("a vocabulary dict must map each token to its id, the ids being 0..n-1 "
+                             "(or be a Vocabulary.to_json() dict)")
+        tokens = [t for t, _ in sorted(value.items(), key=lambda kv: kv[1])]
+    elif isinstance(value, (list, tuple)):
+        tokens = list(value)
+    else:
+        raise TypeError(f"vocabulary must be a fastrnn.Vocabulary, a list of tokens, a str of characters or a "
+                        f"dict {{token: id}}, got {type(value).__name__}")
+    tokens = [str(t) for t in tokens]
+    level = "char" if all(len(t) == 1 for t in tokens) else "word"
+    return Vocabulary(tokens, level=level)
