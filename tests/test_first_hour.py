@@ -494,6 +494,7 @@ def test_quantize_accuracy_skips_the_classifier_without_word_lists(tmp_path, mon
     spec = importlib.util.spec_from_file_location("quantize_accuracy", os.path.join(ROOT, "bench",
                                                                                      "quantize_accuracy.py"))
     qa = importlib.util.module_from_spec(spec)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the script puts the source tree first: undone after
     spec.loader.exec_module(qa)
     tl = qa.tool("train_langid")
     tl.DICT_DIR = str(tmp_path)  # an empty directory: no word list installed
