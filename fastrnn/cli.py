@@ -98,7 +98,8 @@ def build_parser():
     parser = argparse.ArgumentParser(prog="fastrnn", description="Fast CPU inference for RNN, LSTM and GRU models.")
     parser.add_argument("--version", action="version", version=f"fastrnn {__version__}")
     parser.add_argument("--backend", choices=["cython", "numba", "numpy"], help="kernel backend (default: fastest available)")
-    sub = parser.add_subparsers(dest="command", required=True, help="what to do (`fastrnn COMMAND --help` for its options)")
+    sub = parser.add_subparsers(dest="command", required=True,
+                                help="what to do (`fastrnn COMMAND --help` lists its options)")
 
     p = sub.add_parser("summary", help="print a model's layers, output shapes and parameter counts")
     p.add_argument("model", help="model file (.safetensors, .keras, .h5, .onnx)")

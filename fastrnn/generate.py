@@ -1273,7 +1273,8 @@ def add_cli(subparsers):
     # defaults None: the model's recommended values (metadata "generation"), else GENERATION_DEFAULTS,
     # exactly as in Python's generate()
     p.add_argument("-n", "--max-new-tokens", type=int, default=None,
-                   help=f"tokens to generate (default {GENERATION_DEFAULTS['max_new_tokens']}, or the model's recommended count)")
+                   help=f"tokens to generate (default {GENERATION_DEFAULTS['max_new_tokens']}, or the model's "
+                        "recommended count)")
     p.add_argument("--temperature", type=float, default=None,
                    help=f"0 = greedy (default {GENERATION_DEFAULTS['temperature']}, or the model's recommended value)")
     p.add_argument("--top-k", type=int, default=None,

@@ -84,8 +84,9 @@ def as_vocabulary(value) -> Optional[Vocabulary]:
     if isinstance(value, dict):
         if "tokens" in value and isinstance(value["tokens"], (list, tuple)):
             return Vocabulary.from_json(value)
-        ids = sorted(value.values()) if all(isinstance(i, int) and not isinstance(i, bool) for i in value.values()) else None
-        if ids != list(range(len(value))):
+        ids = list(value.values())
+        if (not all(isinstance(i, int) and not isinstance(i, bool) for i in ids)
+                or sorted(ids) != list(range(len(value)))):
             raise ValueError("a vocabulary dict must map each token to its id, the ids being 0..n-1 "
                              "(or be a Vocabulary.to_json() dict)")
         tokens = [t for t, _ in sorted(value.items(), key=lambda kv: kv[1])]
