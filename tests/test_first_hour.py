@@ -443,6 +443,7 @@ def test_every_option_has_help():
     for name, p in [("fastrnn", parser)] + list(commands.items()):
         for action in p._actions:
             assert action.help, f"{name} {action.option_strings or action.dest} has no help text"
+        assert "--help" in p.format_help()  # every help string formats (no stray %)
 
 
 def test_readme_synopses_list_every_option():
