@@ -10,7 +10,9 @@ generation session per module, teacher-forced, with each weight kind the generat
 - bits per character of the true next character;
 - the largest |logit - float32 logit|;
 - next-token agreement: how often the most likely next character equals float32's.
-Language classifier (fastrnn/data/langid.safetensors, tools/train_langid.py's held-out words):
+Language classifier (fastrnn/data/langid.safetensors, tools/train_langid.py's held-out words;
+needs the Debian word lists: without them this half is skipped with a message saying which
+packages to install, and the character model's half still runs):
 the model saved with `quantize=` and loaded again, then
 - held-out accuracy, and its change from float32;
 - how often the label equals float32's, and the largest probability difference.
@@ -75,6 +77,12 @@ def classifier():
     from fastrnn.classify import bundled_classifier
 
     tl = tool("train_langid")
+    missing = tl.missing_word_lists()
+    if missing:
+        print(f"\nlanguage classifier: skipped, its held-out words come from the Debian word lists and "
+              f"{', '.join(p for p, _ in missing)} {'is' if len(missing) == 1 else 'are'} missing "
+              f"(apt-get install {' '.join(k for _, k in missing)})")
+        return False
     model = bundled_classifier()
     meta = model.metadata.get("training", {})
     _, held = tl.load_data(meta.get("words_per_language", 40000), meta.get("seed", 0))

@@ -129,6 +129,9 @@ class NumpyBackend:
 
     name = "numpy"
 
+    def __repr__(self):
+        return "<fastrnn backend 'numpy': the NumPy reference>"
+
     def can_fold_embedding(self, embedding, layer):
         return False
 
@@ -146,6 +149,9 @@ class CompiledBackend:
         self.name = name
         self.kernels = module
         self._lock = threading.Lock()
+
+    def __repr__(self):
+        return f"<fastrnn backend {self.name!r}: compiled kernels {self.kernels.__name__}>"
 
     # -- weight packing (once per layer and backend, cached on the weights object) --------
     def packed(self, layer: Recurrent, d: int):
@@ -368,6 +374,14 @@ def _is_available(name):
     return _load(name) is not None
 
 
+def _unavailable(name):
+    """Why backend ``name`` cannot run here, and how to get it."""
+    hint = {"numba": ' (Numba is an optional extra: pip install numba, or pip install ".[numba]" in a fastrnn '
+                     'checkout)',
+            "cython": " (the compiled extension is not built: reinstall fastrnn with a C compiler)"}.get(name, "")
+    return f"backend {name!r} is not available here: {_import_errors.get(name)}{hint}"
+
+
 def available_backends():
     """Names of the backends that can run here, fastest first."""
     return [n for n in BACKEND_NAMES if _is_available(n)]
@@ -380,7 +394,7 @@ def set_backend(name):
         raise ValueError(f"unknown backend {name!r}; choose one of {BACKEND_NAMES}")
     backend = _load(name)
     if backend is None:
-        raise RuntimeError(f"backend {name!r} is not available here: {_import_errors.get(name)}")
+        raise RuntimeError(_unavailable(name))
     _current = backend
 
 
@@ -390,7 +404,7 @@ def get_backend(name=None):
     if name is not None:
         backend = _load(name)
         if backend is None:
-            raise RuntimeError(f"backend {name!r} is not available here: {_import_errors.get(name)}")
+            raise RuntimeError(_unavailable(name))
         return backend
     if _current is None:
         env = os.environ.get("FASTRNN_BACKEND")

@@ -34,18 +34,30 @@ import numpy as np
 
 from .layers import Activation, Dense, Embedding, Masking
 from .model import Model
+from .textio import ERRORS, LineReader, clean_text
 
 BUNDLED_CLASSIFIER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "langid.safetensors")
 DEFAULT_BATCH_SIZE = 64
 DEFAULT_MAX_BATCH_TOKENS = 64 * 512  # padded tokens per batch: bounds the (B, T, ...) buffers
+UNKNOWN_LABEL = "unknown"
+# The bundled language identifier answers "unknown" when more than half of a text's characters
+# are outside its vocabulary (see bundled_classifier); other models when their metadata says so.
+BUNDLED_UNKNOWN_THRESHOLD = 0.5
 
 
 class Classification(NamedTuple):
-    """One input's result. ``probabilities``: float32 (classes,), None when return_probs=False."""
+    """One input's result. ``probabilities``: float32 (classes,), None when return_probs=False.
+
+    ``unknown_fraction``: the fraction of the input's tokens that are the vocabulary's unknown
+    token (for a text: characters / words the vocabulary does not have), 1.0 for an empty text
+    or id sequence (nothing known), 0.0 for feature inputs. When it is above the classifier's
+    unknown threshold, ``label`` is "unknown" and ``index`` None (``probabilities`` are still
+    the model's)."""
 
     label: object  # the label name (str) from the model's metadata, or the class id (int)
-    index: int  # class id: position of ``label`` in ``labels``
+    index: Optional[int]  # class id: position of ``label`` in ``labels``; None for "unknown"
     probabilities: Optional[np.ndarray]
+    unknown_fraction: float = 0.0
 
 
 def labels_of(model: Model) -> list:
@@ -124,14 +136,39 @@ def probabilities_from_output(out: np.ndarray, activation: str) -> np.ndarray:
                      "(expected softmax, log_softmax, sigmoid or linear logits)")
 
 
+def unknown_threshold_of(model: Model, threshold=None):
+    """The threshold above which an input's unknown fraction gives the label "unknown":
+    ``threshold`` if given, else the model's metadata "unknown_threshold", else None (off)."""
+    if threshold is None:
+        threshold = (model.metadata or {}).get("unknown_threshold")
+    if threshold is None:
+        return None
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.floating, np.integer)) \
+            or not 0.0 <= float(threshold) <= 1.0:
+        raise ValueError(f"unknown_threshold must be a number in [0, 1] (or None = off), got {threshold!r}")
+    return float(threshold)
+
+
+def _unknown_fraction(model: Model, arr) -> float:
+    """Fraction of the unknown-token ids in an encoded input (see Classification)."""
+    if not model.takes_tokens:
+        return 0.0
+    if arr.shape[0] == 0:
+        return 1.0
+    unk = model.vocabulary.unk if model.vocabulary is not None else None
+    return 0.0 if unk is None else float(np.count_nonzero(arr == unk)) / arr.shape[0]
+
+
 def _encoder(model: Model, max_length):
-    """input -> 1-D array (ids (T,) int64, or features (T, F) float32), truncated to max_length."""
+    """input -> 1-D array (ids (T,) int64, or features (T, F) float32), truncated to max_length.
+    A text is cleaned first (textio.clean_text: BOM and trailing line ending removed)."""
     vocab = model.vocabulary
     takes_tokens = model.takes_tokens
     text_input = _text_input(model)
 
     def encode(item, position):
         if isinstance(item, str):
+            item = clean_text(item)
             if not takes_tokens:
                 raise ValueError(f"input {position} is text, but the model takes feature vectors, not tokens")
             if vocab is None:
@@ -204,12 +241,15 @@ def _batches(order, lengths, batch_size, max_batch_tokens):
 
 def classify(model: Model, inputs: Iterable, batch_size: int = DEFAULT_BATCH_SIZE, return_probs: bool = True,
              window: Optional[int] = None, max_length: Optional[int] = None,
-             max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS, threads=None, backend=None) -> Iterator[Classification]:
+             max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS, threads=None, backend=None,
+             unknown_threshold: Optional[float] = None) -> Iterator[Classification]:
     """Classify every input of ``inputs``; yields one ``Classification`` per input, in input order.
 
     inputs : an iterable or generator of texts (str, tokenized with the model's vocabulary), of
         token-id sequences (models starting with an Embedding) or of (T, F) feature arrays.
-        Read lazily, ``window`` inputs at a time.
+        Read lazily, ``window`` inputs at a time. A text loses a leading byte-order mark and one
+        trailing line ending first (so the lines of ``open(path, encoding="utf-8")`` classify as
+        ``fastrnn classify path`` does).
     batch_size : rows run together (default 64).
     return_probs : include the class probabilities (float32 (C,)).
     window : inputs sorted by length together (default 16 * batch_size); memory is bounded by it.
@@ -217,6 +257,9 @@ def classify(model: Model, inputs: Iterable, batch_size: int = DEFAULT_BATCH_SIZ
     max_batch_tokens : upper bound of rows x padded length per batch (long inputs run in smaller
         batches), default 32768.
     threads, backend : as for Model.predict.
+    unknown_threshold : an input whose unknown fraction (see Classification) is above it gets
+        the label "unknown" (index None). Default: the model's metadata "unknown_threshold"
+        (0.5 for the bundled language identifier), else off. 1.0 turns it off.
 
     An empty input is classified from the initial (zero) state. With the compiled backends the
     results are bitwise identical for any batch_size, window and thread count (the NumPy
@@ -229,14 +272,15 @@ def classify(model: Model, inputs: Iterable, batch_size: int = DEFAULT_BATCH_SIZ
     max_batch_tokens = _positive(max_batch_tokens, "max_batch_tokens")
     if max_length is not None:
         max_length = _positive(max_length, "max_length")
+    threshold = unknown_threshold_of(model, unknown_threshold)
     if isinstance(inputs, (str, bytes)):
         raise TypeError("inputs must be an iterable of texts; wrap a single text as [text]")
     return _classify_iter(model, iter(inputs), last.activation, labels, batch_size, return_probs, window,
-                          max_length, max_batch_tokens, threads, backend)
+                          max_length, max_batch_tokens, threads, backend, threshold)
 
 
 def _classify_iter(model, it, activation, labels, batch_size, return_probs, window, max_length,
-                   max_batch_tokens, threads, backend):
+                   max_batch_tokens, threads, backend, threshold=None):
     encode = _encoder(model, max_length)
     feature_shape = None if model.takes_tokens else (model.input_size,)
     position = 0
@@ -261,7 +305,12 @@ def _classify_iter(model, it, activation, labels, batch_size, return_probs, wind
         best = np.argmax(probs, axis=1)
         for k in range(len(chunk)):
             i = int(best[k])
-            yield Classification(labels[i], i, probs[k].copy() if return_probs else None)
+            unknown = _unknown_fraction(model, chunk[k])
+            p = probs[k].copy() if return_probs else None
+            if threshold is not None and unknown > threshold:
+                yield Classification(UNKNOWN_LABEL, None, p, unknown)
+            else:
+                yield Classification(labels[i], i, p, unknown)
 
 
 def _positive(value, name):
@@ -276,10 +325,15 @@ def _positive(value, name):
 
 def bundled_classifier() -> Model:
     """The language-identification GRU shipped with fastrnn (trained by tools/train_langid.py on
-    the Debian word lists), loaded once."""
+    the Debian word lists), loaded once. It answers "unknown" for a text more than half of whose
+    characters are outside its vocabulary (Korean, Japanese, Cyrillic, only spaces, empty): its
+    metadata "unknown_threshold" is 0.5 (set here for the shipped file, written by the
+    training script for new ones)."""
     from . import load_bundled
 
-    return load_bundled(BUNDLED_CLASSIFIER, "classifier")
+    model = load_bundled(BUNDLED_CLASSIFIER, "classifier")
+    model.metadata.setdefault("unknown_threshold", BUNDLED_UNKNOWN_THRESHOLD)
+    return model
 
 
 # =============================================================================================
@@ -330,31 +384,6 @@ class Progress:
             self.stream.flush()
 
 
-class LineReader:
-    """Lines of a binary stream as text (UTF-8, newline and a final CR removed), counting bytes
-    read for the progress bar. A line that is not UTF-8 raises ValueError naming its number."""
-
-    def __init__(self, raw, name):
-        self.raw = raw
-        self.name = name
-        self.bytes = 0
-        self.count = 0
-
-    def __iter__(self):
-        for line in self.raw:
-            self.bytes += len(line)
-            self.count += 1
-            if line.endswith(b"\n"):
-                line = line[:-1]
-            if line.endswith(b"\r"):
-                line = line[:-1]
-            try:
-                yield line.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise ValueError(f"{self.name}: line {self.count} is not valid UTF-8 ({exc.reason} at byte "
-                                 f"{exc.start})") from None
-
-
 def add_cli(subparsers):
     import argparse
 
@@ -373,6 +402,9 @@ def add_cli(subparsers):
                    help="use only the first N tokens of each line (default: the whole line)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar on stderr (default: when stderr is a terminal)")
+    p.add_argument("--errors", choices=ERRORS, default="strict",
+                   help="a line that is not UTF-8: strict = stop with an error naming it (default), replace = "
+                        "decode it with U+FFFD for bad bytes, skip = leave it out and report its line number on stderr")
     p.set_defaults(func=cmd_classify)
 
 
@@ -392,13 +424,13 @@ def cmd_classify(args):
             total = os.fstat(raw.fileno()).st_size or None
         except OSError:
             total = None
-    reader = LineReader(raw, name)
+    reader = LineReader(raw, name, errors=args.errors, command="fastrnn classify")
     progress = Progress(sys.stderr, total, enabled=args.progress)
     out = sys.stdout
     writer = None
     if args.format == "csv":
         writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(["text", "label"] + [str(x) for x in labels])
+        writer.writerow(["text", "label"] + [str(x) for x in labels] + ["unknown_fraction"])
     texts = _remember(reader)
     try:
         results = classify(model, texts, batch_size=args.batch_size, threads=args.threads, max_length=args.max_length)
@@ -406,10 +438,11 @@ def cmd_classify(args):
             text = texts.pop()
             p = r.probabilities
             if writer is not None:
-                writer.writerow([text, r.label] + [f"{v:.6g}" for v in p.tolist()])
+                writer.writerow([text, r.label] + [f"{v:.6g}" for v in p.tolist()] + [f"{r.unknown_fraction:.6g}"])
             else:
                 out.write(json.dumps({"text": text, "label": r.label,
-                                      "probabilities": {str(k): round(float(v), 6) for k, v in zip(labels, p.tolist())}},
+                                      "probabilities": {str(k): round(float(v), 6) for k, v in zip(labels, p.tolist())},
+                                      "unknown_fraction": round(r.unknown_fraction, 6)},
                                      ensure_ascii=False) + "\n")
             progress.update(n, reader.bytes)
         out.flush()

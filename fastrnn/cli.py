@@ -45,29 +45,47 @@ def cmd_summary(args):
     return 0
 
 
+def _read_vocab(path, level):
+    """A vocabulary file: one token per line (UTF-8, a BOM and CR line endings allowed)."""
+    from .vocab import Vocabulary
+
+    with open(path, encoding="utf-8-sig") as f:
+        tokens = f.read().split("\n")
+    if tokens and tokens[-1] == "":
+        tokens.pop()  # trailing newline
+    tokens = [t[:-1] if t.endswith("\r") else t for t in tokens]
+    if not tokens:
+        raise ValueError(f"--vocab {path}: the file holds no tokens")
+    return Vocabulary(tokens, level=level)
+
+
 def cmd_convert(args):
     from . import load, save
 
     src = args.src
     lower = src.lower()
+    if not args.dst.lower().endswith(".safetensors"):
+        raise ValueError(f"convert writes fastrnn's native format only: name the output *.safetensors "
+                         f"(got {args.dst!r})")
+    vocab = _read_vocab(args.vocab, args.vocab_level) if args.vocab else None
     if lower.endswith((".pt", ".pth", ".bin")):
         if not args.cell:
-            raise SystemExit("fastrnn convert: a PyTorch state_dict needs --cell lstm|gru|rnn_tanh|rnn_relu")
+            raise ValueError("a PyTorch state_dict needs --cell lstm|gru|rnn_tanh|rnn_relu")
         from .formats.torch import from_state_dict, read_state_dict
-        from .vocab import Vocabulary
 
-        vocab = None
-        if args.vocab:
-            with open(args.vocab, encoding="utf-8") as f:
-                tokens = f.read().split("\n")
-            if tokens and tokens[-1] == "":
-                tokens.pop()  # trailing newline
-            vocab = Vocabulary(tokens, level=args.vocab_level)
         model = from_state_dict(read_state_dict(src), args.cell, return_sequences=not args.last,
                                 activation=args.activation, vocabulary=vocab,
                                 name=os.path.splitext(os.path.basename(src))[0], source=src)
     else:
         model = load(src)
+        if vocab is not None:  # --vocab applies to every source (it replaces a stored vocabulary)
+            if not model.takes_tokens:
+                raise ValueError(f"--vocab: {src} takes feature vectors, not token ids, so it has no use for a "
+                                 "vocabulary")
+            if len(vocab) > model.input_size:
+                raise ValueError(f"--vocab: {args.vocab} has {len(vocab)} tokens but the model's embedding only "
+                                 f"{model.input_size} rows")
+            model.vocabulary = vocab
     save(model, args.dst, quantize=args.quantize)
     kind = f", weight matrices stored as {args.quantize}" if args.quantize else ""
     print(f"wrote {args.dst}: {len(model.layers)} layers, {model.count_params():,} parameters{kind}")
@@ -75,9 +93,13 @@ def cmd_convert(args):
 
 
 def build_parser():
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="fastrnn", description="Fast CPU inference for RNN, LSTM and GRU models.")
+    parser.add_argument("--version", action="version", version=f"fastrnn {__version__}")
     parser.add_argument("--backend", choices=["cython", "numba", "numpy"], help="kernel backend (default: fastest available)")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True,
+                                help="what to do (`fastrnn COMMAND --help` lists its options)")
 
     p = sub.add_parser("summary", help="print a model's layers, output shapes and parameter counts")
     p.add_argument("model", help="model file (.safetensors, .keras, .h5, .onnx)")
@@ -85,14 +107,16 @@ def build_parser():
 
     p = sub.add_parser("convert", help="convert a model to fastrnn's native .safetensors file")
     p.add_argument("src", help="native file, .keras/.h5, .onnx, or a PyTorch state_dict (.pt/.pth)")
-    p.add_argument("dst", help="output .safetensors file")
+    p.add_argument("dst", help="output file, *.safetensors (fastrnn's native format; other suffixes are refused)")
     p.add_argument("--cell", choices=["lstm", "gru", "rnn_tanh", "rnn_relu"],
                    help="cell type of the RNN modules in a PyTorch state_dict")
     p.add_argument("--last", action="store_true",
                    help="state_dict: apply the final Linear to the last state (classifier) instead of every step")
     p.add_argument("--activation", default="linear", help="activation after the final Linear (e.g. softmax)")
-    p.add_argument("--vocab", help="state_dict: vocabulary file, one token per line (UTF-8)")
-    p.add_argument("--vocab-level", choices=["char", "word"], default="char")
+    p.add_argument("--vocab", help="vocabulary file, one token per line (UTF-8), token i = id i; stored with the "
+                                   "model for any source (replaces a vocabulary the source has)")
+    p.add_argument("--vocab-level", choices=["char", "word"], default="char",
+                   help="--vocab: the tokens are characters (default) or whitespace-separated words")
     p.add_argument("--quantize", choices=["float16", "int8"],
                    help="store the weight matrices as float16 or as int8 with per-row scales (2x / 4x "
                         "smaller); generation then runs on them directly")
@@ -112,15 +136,12 @@ def main(argv=None):
     _ensure_utf8_stdio()
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.backend:
-        from . import set_backend
-
-        set_backend(args.backend)
     try:
+        if args.backend:
+            from . import set_backend
+
+            set_backend(args.backend)
         return args.func(args)
-    except (ModelFormatError, ValueError, IndexError, FileNotFoundError) as exc:
-        print(f"fastrnn {args.command}: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
@@ -129,6 +150,23 @@ def main(argv=None):
         except OSError:
             pass
         return 0
+    except Exception as exc:  # every error is one line and exit code 2 (FASTRNN_DEBUG=1: the traceback)
+        if os.environ.get("FASTRNN_DEBUG"):
+            raise
+        print(f"fastrnn {args.command}: error: {error_message(exc)}", file=sys.stderr)
+        return 2
+
+
+def error_message(exc) -> str:
+    """One line saying what went wrong: the message of the errors fastrnn raises on purpose, the
+    OS's words and the file name for OSError, the exception's type as well for anything else."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+    if isinstance(exc, (ModelFormatError, ValueError, IndexError, ImportError, RuntimeError, OSError)):
+        text = str(exc)
+    else:
+        text = f"{type(exc).__name__}: {exc}"
+    return " ".join(text.split()) or type(exc).__name__
 
 
 if __name__ == "__main__":

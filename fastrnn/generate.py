@@ -33,6 +33,12 @@ Semantics (decisions where the issue is open):
   list, to get different samples); None draws a fresh seed per row.
 - Streaming a batch yields, per step, a list with one piece per row ("" or [] when a row
   produced nothing visible).
+- Defaults (one set for Python and the command line): ``GENERATION_DEFAULTS`` (200 new
+  tokens, temperature 0.8, no top-k / top-p / repetition penalty), overridden by the values a
+  model file recommends in its metadata ``"generation"`` (a dict with any of those keys, e.g.
+  ``{"temperature": 0.7, "top_k": 40}``), overridden by the arguments of the call. A parameter
+  left at None takes the default; top_k=0, top_p=1 and repetition_penalty=1 switch a
+  recommended setting off.
 - A prompt is never empty; ``initial_state`` (as in Model.predict, batch = number of prompts)
   starts the recurrent layers from that state instead of zeros.
 
@@ -84,6 +90,7 @@ import numpy as np
 
 from . import reference
 from .layers import Dense, DirectionWeights, Embedding, Recurrent
+from .textio import ERRORS
 
 f32 = np.float32
 
@@ -95,6 +102,11 @@ MASK64 = (1 << 64) - 1
 GOLDEN_GAMMA = 0x9E3779B97F4A7C15
 
 BUNDLED_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "char_lstm.safetensors")
+
+# The defaults of generate(), Model.generate, Session and `fastrnn generate` (see the module doc);
+# a model's metadata "generation" overrides them for that model.
+GENERATION_DEFAULTS = {"max_new_tokens": 200, "temperature": 0.8, "top_k": None, "top_p": None,
+                       "repetition_penalty": None}
 
 
 # =============================================================================================
@@ -855,6 +867,45 @@ def _count(n, name="max_new_tokens"):
     return int(n)
 
 
+def generation_defaults(model) -> dict:
+    """GENERATION_DEFAULTS updated with ``model``'s recommended values (metadata "generation")."""
+    defaults = dict(GENERATION_DEFAULTS)
+    stored = (getattr(model, "metadata", None) or {}).get("generation")
+    if stored is None:
+        return defaults
+    if not isinstance(stored, dict) or set(stored) - set(defaults):
+        raise ValueError(f"model metadata 'generation' must be a dict with keys among {sorted(defaults)}, "
+                         f"got {stored!r}")
+    defaults.update(stored)
+    try:
+        _count(defaults["max_new_tokens"])
+        Sampling(**{k: v for k, v in defaults.items() if k != "max_new_tokens"})
+    except ValueError as exc:
+        raise ValueError(f"model metadata 'generation' is invalid: {exc}") from None
+    return defaults
+
+
+def _with_defaults(model, **given) -> dict:
+    """The arguments ``given`` with each None replaced by the model's default (generation_defaults)."""
+    defaults = generation_defaults(model)
+    return {k: defaults[k] if v is None else v for k, v in given.items()}
+
+
+def check_arguments(model, max_new_tokens=None, temperature=None, top_k=None, top_p=None, repetition_penalty=None,
+                    stop=None, weights=None, threads=None):
+    """Validate generation arguments without generating (the command line checks everything
+    before it prints anything). Raises ValueError as generate() would."""
+    from .backends import check_threads
+
+    kw = _with_defaults(model, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                        repetition_penalty=repetition_penalty)
+    _count(kw.pop("max_new_tokens"))
+    Sampling(**kw)
+    plan = generation_plan(model, default_weights(model, weights))
+    _stops(model, plan, stop)
+    check_threads(threads)
+
+
 # =============================================================================================
 # A generation job: B rows through the loop, results and streamed pieces
 # =============================================================================================
@@ -997,7 +1048,7 @@ def bundled_model():
     return load_bundled(BUNDLED_MODEL, "character model")
 
 
-def generate(model, prompt, max_new_tokens=100, temperature=1.0, top_k=None, top_p=None,
+def generate(model, prompt, max_new_tokens=None, temperature=None, top_k=None, top_p=None,
              repetition_penalty=None, seed=None, stop=None, stream=False, initial_state=None, backend=None,
              weights=None, threads=None):
     """Sample a continuation of ``prompt`` from ``model`` (None = the bundled character model).
@@ -1007,8 +1058,11 @@ def generate(model, prompt, max_new_tokens=100, temperature=1.0, top_k=None, top
     prompt : str (encoded with the model's vocabulary), list/1-D array of token ids, or a list of
         either (a batch, decoded together in lockstep; rows may have different lengths).
     max_new_tokens : int >= 0, tokens to generate per row (fewer when a stop sequence ends it).
-    temperature : float >= 0, 0 = greedy. top_k : int >= 0 or None. top_p : float in (0, 1] or
-        None. repetition_penalty : float > 0 or None (CTRL style, over prompt and output).
+    temperature : float >= 0, 0 = greedy. top_k : int >= 0 (0 = off). top_p : float in (0, 1]
+        (1 = off). repetition_penalty : float > 0 (1 = off; CTRL style, over prompt and output).
+        Each of these five left at None takes the model's recommended value (metadata
+        "generation"), else GENERATION_DEFAULTS: 200 tokens, temperature 0.8, the rest off
+        (the same defaults as `fastrnn generate`).
     seed : int (the same generator for every row), list of ints (one per row) or None (random).
     stop : str, id, or a list of strings / ids / id lists; the stop text is not kept.
     stream : False -> the result; True -> an iterator of pieces (per row lists for a batch)
@@ -1028,10 +1082,12 @@ def generate(model, prompt, max_new_tokens=100, temperature=1.0, top_k=None, top
 
     if model is None:
         model = bundled_model()
+    kw = _with_defaults(model, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                        repetition_penalty=repetition_penalty)
     plan = generation_plan(model, default_weights(model, weights))
     threads = check_threads(threads)
-    sampling = Sampling(temperature, top_k, top_p, repetition_penalty)
-    max_new = _count(max_new_tokens)
+    max_new = _count(kw.pop("max_new_tokens"))
+    sampling = Sampling(**kw)
     prompts, batch, kind = _prompt_rows(model, plan, prompt)
     B = len(prompts)
     seeds = _seeds(seed, B)
@@ -1063,15 +1119,17 @@ class Session:
 
     Sessions are independent (each owns its buffers and its generator). The repetition penalty
     of a session covers every token fed or sampled in it. Sampling parameters given to the
-    constructor are the defaults of sample() and generate(); each call may override them.
+    constructor are the defaults of sample() and generate(); each call may override them. Those
+    left at None take the model's recommended values or GENERATION_DEFAULTS, as generate() does.
     """
 
-    def __init__(self, model=None, seed=None, initial_state=None, temperature=1.0, top_k=None, top_p=None,
+    def __init__(self, model=None, seed=None, initial_state=None, temperature=None, top_k=None, top_p=None,
                  repetition_penalty=None, backend=None, weights=None):
         self.model = bundled_model() if model is None else model
         self.plan = generation_plan(self.model, default_weights(self.model, weights))
-        self.defaults = dict(temperature=temperature, top_k=top_k, top_p=top_p,
-                             repetition_penalty=repetition_penalty)
+        self.defaults = _with_defaults(self.model, temperature=temperature, top_k=top_k, top_p=top_p,
+                                       repetition_penalty=repetition_penalty)
+        self.max_new_tokens = generation_defaults(self.model)["max_new_tokens"]
         Sampling(**self.defaults)  # validate now
         self.engine = self.plan.engine_for(get_engine(backend))
         self._rows = Rows(self.plan, 1)
@@ -1147,14 +1205,15 @@ class Session:
         self._pending = token
         return token
 
-    def generate(self, max_new_tokens=100, temperature=None, top_k=None, top_p=None, repetition_penalty=None,
+    def generate(self, max_new_tokens=None, temperature=None, top_k=None, top_p=None, repetition_penalty=None,
                  stop=None, stream=False):
         """Continue from the current state; text if the model has a vocabulary, else a list of ids.
-        Tokens that end in a stop sequence are part of the session's history but not returned."""
+        Tokens that end in a stop sequence are part of the session's history but not returned.
+        max_new_tokens=None: the model's recommended count, else GENERATION_DEFAULTS' (200)."""
         kw = {k: v for k, v in dict(temperature=temperature, top_k=top_k, top_p=top_p,
                                    repetition_penalty=repetition_penalty).items() if v is not None}
         sampling = self._sampling(kw)
-        max_new = _count(max_new_tokens)
+        max_new = _count(self.max_new_tokens if max_new_tokens is None else max_new_tokens)
         stops = _stops(self.model, self.plan, stop)
         job = self._job(np.zeros(0, np.int32), sampling, stops, max_new)
         fmt = _Formatter(self.model, "text" if self.model.vocabulary is not None else "list")
@@ -1211,11 +1270,21 @@ def add_cli(subparsers):
                     "followed by the generated text.")
     p.add_argument("--model", help="model file (.safetensors, .keras, .h5, .onnx); default: the bundled model")
     p.add_argument("--prompt", default=None, help="text to continue (default: a newline)")
-    p.add_argument("-n", "--max-new-tokens", type=int, default=200, help="tokens to generate (default 200)")
-    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default 0.8)")
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--repetition-penalty", type=float, default=None)
+    # defaults None: the model's recommended values (metadata "generation"), else GENERATION_DEFAULTS,
+    # exactly as in Python's generate()
+    p.add_argument("-n", "--max-new-tokens", type=int, default=None,
+                   help=f"tokens to generate (default {GENERATION_DEFAULTS['max_new_tokens']}, or the model's "
+                        "recommended count)")
+    p.add_argument("--temperature", type=float, default=None,
+                   help=f"0 = greedy (default {GENERATION_DEFAULTS['temperature']}, or the model's recommended value)")
+    p.add_argument("--top-k", type=int, default=None,
+                   help="sample only from the K most likely tokens (ties kept); 0 = off (default: off)")
+    p.add_argument("--top-p", type=float, default=None,
+                   help="sample only from the most likely tokens whose probabilities add up to P (the one "
+                        "crossing P kept); 1 = off (default: off)")
+    p.add_argument("--repetition-penalty", type=float, default=None,
+                   help="CTRL-style penalty > 0 on every token already in the prompt or output (e.g. 1.2); "
+                        "1 = off (default: off)")
     p.add_argument("--seed", type=int, default=None, help="random seed (every prompt of --batch uses it)")
     p.add_argument("--stop", action="append", default=None, help="stop string (repeatable; not printed)")
     p.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
@@ -1229,6 +1298,10 @@ def add_cli(subparsers):
     p.add_argument("--batch", metavar="FILE",
                    help="one prompt per line ('-' = stdin); writes one JSON object per line, in order: "
                         '{"prompt": ..., "text": ...}')
+    p.add_argument("--errors", choices=ERRORS, default="strict",
+                   help="--batch: a line that is not UTF-8: strict = stop with an error naming it (default), "
+                        "replace = decode it with U+FFFD for bad bytes, skip = leave it out and report its line "
+                        "number on stderr")
     p.set_defaults(func=cmd_generate)
 
 
@@ -1241,41 +1314,48 @@ def cmd_generate(args):
     kw = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
               top_p=args.top_p, repetition_penalty=args.repetition_penalty, stop=args.stop, weights=args.weights,
               threads=args.threads)
+    check_arguments(model, **kw)  # every argument is checked before anything is printed
     seed = args.seed if args.seed is not None else secrets.randbits(63)
     out = sys.stdout
     if args.batch:
         import itertools
 
-        f = sys.stdin if args.batch == "-" else open(args.batch, encoding="utf-8")
+        from .textio import LineReader
+
+        raw = sys.stdin.buffer if args.batch == "-" else open(args.batch, "rb")
+        name = "<stdin>" if args.batch == "-" else args.batch
         try:
-            lines = (line.rstrip("\r\n") for line in f)  # read lazily: memory stays flat on long files
-            number = 0
+            # read lazily (memory stays flat on long files); line endings and a BOM removed as for classify
+            reader = LineReader(raw, name, errors=args.errors, command="fastrnn generate")
+            lines = iter(reader)
             while True:
-                prompts = list(itertools.islice(lines, 256))  # rows decoded together
+                prompts = []
+                for line in itertools.islice(lines, 256):  # rows decoded together
+                    if line == "":
+                        raise ValueError(f"{name}: line {reader.count} is empty (every line is a prompt)")
+                    prompts.append(line)
                 if not prompts:
                     break
-                for i, line in enumerate(prompts):
-                    if line == "":
-                        raise ValueError(f"{args.batch}: line {number + i + 1} is empty (every line is a prompt)")
-                number += len(prompts)
                 texts = generate(model, prompts, seed=seed, **kw)
                 for prompt, text in zip(prompts, texts):
                     out.write(json.dumps({"prompt": prompt, "text": text}, ensure_ascii=False) + "\n")
             out.flush()
         finally:
-            if f is not sys.stdin:
-                f.close()
+            if raw is not sys.stdin.buffer:
+                raw.close()
         return 0
     prompt = "\n" if args.prompt is None else args.prompt
     stream = args.stream if args.stream is not None else out.isatty()
+    # generate() validates the prompt (vocabulary) before returning, so nothing is printed on an error
+    result = generate(model, prompt, seed=seed, stream=stream, **kw)
     out.write(prompt)
     if stream:
         out.flush()
-        for piece in generate(model, prompt, seed=seed, stream=True, **kw):
+        for piece in result:
             out.write(piece)
             out.flush()
     else:
-        out.write(generate(model, prompt, seed=seed, **kw))
+        out.write(result)
     out.write("\n")
     out.flush()
     return 0

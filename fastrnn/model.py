@@ -373,24 +373,37 @@ class Model:
         return (result, states_out) if return_state else result
 
     # -- features implemented in their own modules ----------------------------------------
-    def generate(self, prompt, **kwargs):
-        """Sample a continuation of ``prompt``; see fastrnn.generate.generate."""
+    def generate(self, prompt, max_new_tokens=None, temperature=None, top_k=None, top_p=None,
+                 repetition_penalty=None, seed=None, stop=None, stream=False, initial_state=None, backend=None,
+                 weights=None, threads=None):
+        """Sample a continuation of ``prompt`` (str, token ids, or a list of either for a batch).
+
+        Parameters left at None take the model's recommended values (metadata "generation"), else
+        fastrnn.generate.GENERATION_DEFAULTS (200 tokens, temperature 0.8), as `fastrnn generate`
+        does. Every parameter is documented in fastrnn.generate.generate."""
         from .generate import generate
 
-        return generate(self, prompt, **kwargs)
+        return generate(self, prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                        top_p=top_p, repetition_penalty=repetition_penalty, seed=seed, stop=stop, stream=stream,
+                        initial_state=initial_state, backend=backend, weights=weights, threads=threads)
 
-    def classify(self, inputs, **kwargs):
+    def classify(self, inputs, batch_size=64, return_probs=True, window=None, max_length=None,
+                 max_batch_tokens=64 * 512, threads=None, backend=None, unknown_threshold=None):
         """Label every input (texts, id sequences or feature arrays), lazily and in input order,
-        with length-bucketed batches; see fastrnn.classify.classify."""
+        with length-bucketed batches; every parameter is documented in fastrnn.classify.classify."""
         from .classify import classify
 
-        return classify(self, inputs, **kwargs)
+        return classify(self, inputs, batch_size=batch_size, return_probs=return_probs, window=window,
+                        max_length=max_length, max_batch_tokens=max_batch_tokens, threads=threads,
+                        backend=backend, unknown_threshold=unknown_threshold)
 
-    def session(self, **kwargs):
+    def session(self, seed=None, initial_state=None, temperature=None, top_k=None, top_p=None,
+                repetition_penalty=None, backend=None, weights=None):
         """A stateful token-by-token session; see fastrnn.generate.Session."""
         from .generate import Session
 
-        return Session(self, **kwargs)
+        return Session(self, seed=seed, initial_state=initial_state, temperature=temperature, top_k=top_k,
+                       top_p=top_p, repetition_penalty=repetition_penalty, backend=backend, weights=weights)
 
 
 def _as_array(value, name):

@@ -88,3 +88,35 @@ class Vocabulary:
         return cls(tokens=d["tokens"], level=d.get("level", "char"), unk=d.get("unk"), pad=d.get("pad"),
                    lowercase=bool(d.get("lowercase", False)), filters=d.get("filters", ""),
                    separator=d.get("separator"), drop_unknown=bool(d.get("drop_unknown", False)))
+
+
+def as_vocabulary(value) -> Optional[Vocabulary]:
+    """What ``vocabulary=`` accepts (from_torch, from_state_dict) -> a Vocabulary or None.
+
+    - a Vocabulary: as is;
+    - a list or tuple of tokens: token i has id i (character level when every token is one
+      character, word level otherwise), no unknown id;
+    - a str: its characters, in order (character level);
+    - a dict {token: id} with the ids 0..n-1, or a dict as written by Vocabulary.to_json().
+    Build a Vocabulary yourself for anything else (unk, lowercase, level)."""
+    if value is None or isinstance(value, Vocabulary):
+        return value
+    if isinstance(value, str):
+        return Vocabulary(list(value), level="char")
+    if isinstance(value, dict):
+        if "tokens" in value and isinstance(value["tokens"], (list, tuple)):
+            return Vocabulary.from_json(value)
+        ids = list(value.values())
+        if (not all(isinstance(i, int) and not isinstance(i, bool) for i in ids)
+                or sorted(ids) != list(range(len(value)))):
+            raise ValueError("a vocabulary dict must map each token to its id, the ids being 0..n-1 "
+                             "(or be a Vocabulary.to_json() dict)")
+        tokens = [t for t, _ in sorted(value.items(), key=lambda kv: kv[1])]
+    elif isinstance(value, (list, tuple)):
+        tokens = list(value)
+    else:
+        raise TypeError(f"vocabulary must be a fastrnn.Vocabulary, a list of tokens, a str of characters or a "
+                        f"dict {{token: id}}, got {type(value).__name__}")
+    tokens = [str(t) for t in tokens]
+    level = "char" if all(len(t) == 1 for t in tokens) else "word"
+    return Vocabulary(tokens, level=level)

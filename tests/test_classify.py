@@ -306,9 +306,12 @@ def test_cli_csv_file_unicode_and_progress(tmp_path):
 
     rows = list(csv.reader(io.StringIO(out.stdout.decode("utf-8"))))
     labels = bundled_classifier().metadata["labels"]
-    assert rows[0] == ["text", "label"] + labels
+    assert rows[0] == ["text", "label"] + labels + ["unknown_fraction"]
     assert [r[0] for r in rows[1:]] == ["maison", "straße", '한국어,"quoted"']
-    assert all(r[1] in labels and len(r) == 2 + len(labels) for r in rows[1:])
+    assert all(r[1] in labels and len(r) == 3 + len(labels) for r in rows[1:])
+    # 6 of the 12 characters (Hangul, comma, double quotes) are outside the vocabulary: not more
+    # than half, so a language is still named
+    assert [float(r[-1]) for r in rows[1:]] == [0.0, 0.0, 0.5]
     err = out.stderr.decode()
     assert "100.0%" in err and "3 lines" in err
 

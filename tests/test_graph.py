@@ -350,7 +350,7 @@ def test_causal_graph_generates_step_by_step(rng, engine_backend):
         y, state = reference.recurrent(gru, x, None, state)
         return reference.dense(dense, norm.call([np.tanh(y)]))[0, 0], state
 
-    for kw, seed in (({"temperature": 0}, 0), ({"temperature": 0.8}, 11), ({"top_k": 3, "top_p": 0.9}, 5)):
+    for kw, seed in (({"temperature": 0}, 0), ({"temperature": 0.8}, 11), ({"temperature": 1.0, "top_k": 3, "top_p": 0.9}, 5)):
         want = manual_generate(step, [1, 2, 3], 15, Sampling(**kw), seed)
         got = model.generate([1, 2, 3], max_new_tokens=15, seed=seed, backend=engine_backend, **kw)
         assert got == want, kw

@@ -48,6 +48,10 @@ LANGUAGES = [
     ("sv", "Swedish", "swedish", "latin-1", "wswedish"),
 ]
 UNK = "\ufffd"
+DICT_DIR = "/usr/share/dict"
+# Stored in the model's metadata: fastrnn answers "unknown" for a text more than this fraction of
+# whose characters are outside the vocabulary (fastrnn.classify.BUNDLED_UNKNOWN_THRESHOLD).
+UNKNOWN_THRESHOLD = 0.5
 EMBED, HIDDEN = 32, 128
 
 
@@ -75,13 +79,19 @@ def package_versions():
     return out
 
 
+def missing_word_lists():
+    """[(path, Debian package)] of the word lists that are not installed."""
+    return [(os.path.join(DICT_DIR, fname), pkg) for _, _, fname, _, pkg in LANGUAGES
+            if not os.path.exists(os.path.join(DICT_DIR, fname))]
+
+
 def load_data(per_language, seed):
+    missing = missing_word_lists()
+    if missing:
+        sys.exit(f"{', '.join(p for p, _ in missing)} missing: apt-get install {' '.join(k for _, k in missing)}")
     sets = {}
     for code, _, fname, enc, pkg in LANGUAGES:
-        path = os.path.join("/usr/share/dict", fname)
-        if not os.path.exists(path):
-            sys.exit(f"{path} is missing: apt-get install {pkg}")
-        sets[code] = read_words(path, enc, code)
+        sets[code] = read_words(os.path.join(DICT_DIR, fname), enc, code)
     count = {}
     for words in sets.values():
         for w in words:
@@ -195,6 +205,7 @@ def main():
         "held_out_accuracy": round(float(acc), 4),
         "held_out_accuracy_per_label": {c: round(float(a), 4) for (c, *_), a in zip(LANGUAGES, per)},
         "held_out_words": len(held),
+        "unknown_threshold": UNKNOWN_THRESHOLD,
         "training": {"script": "tools/train_langid.py", "minutes": args.minutes, "steps": step, "epochs": epoch,
                      "words_per_language": args.words_per_language, "batch": args.batch, "seed": args.seed,
                      "data": "Debian word lists (/usr/share/dict)", "packages": package_versions()},

@@ -134,7 +134,8 @@ def _h5py():
     try:
         import h5py
     except ImportError as exc:  # pragma: no cover - h5py is the keras extra
-        raise ImportError("reading Keras files needs h5py: pip install 'fastrnn[keras]'") from exc
+        raise ImportError("reading Keras files needs h5py: pip install h5py (or, in a fastrnn checkout, "
+                          "pip install \".[keras]\")") from exc
     return h5py
 
 

@@ -52,13 +52,22 @@ def write(path, tensors: dict, metadata: dict | None = None):
         header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
     raw = json.dumps(header, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     raw += b" " * ((-(8 + len(raw))) % ALIGN)  # data starts aligned
+    if os.path.isdir(path):
+        raise IsADirectoryError(errno.EISDIR, "cannot write a model file over a directory", path)
     tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(struct.pack("<Q", len(raw)))
-        f.write(raw)
-        for b in blobs:
-            f.write(b)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(struct.pack("<Q", len(raw)))
+            f.write(raw)
+            for b in blobs:
+                f.write(b)
+        os.replace(tmp, path)
+    except BaseException:  # a failed write (disk full, interrupted, a directory in the way) leaves nothing
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
 
 
 def open_regular_file(path):

@@ -32,6 +32,7 @@ import numpy as np
 from ..errors import ModelFormatError, UnsupportedLayerError
 from ..layers import Dense, DirectionWeights, Embedding, Recurrent
 from ..model import Model
+from ..vocab import as_vocabulary
 from .safetensors import open_regular_file
 
 CELLS = {"RNN": "rnn", "LSTM": "lstm", "GRU": "gru"}
@@ -114,11 +115,15 @@ def from_torch(obj, return_sequences=True, activation="linear", vocabulary=None,
     return_sequences : for a chain with an RNN module: the output per step (True) or from the
         final state of the last recurrent module (False, classifiers).
     activation : applied after the final nn.Linear ("linear", "softmax", "sigmoid", ...).
+    vocabulary : text <-> ids for generate/classify: a fastrnn.Vocabulary, a list of tokens (id =
+        position), a str of characters or a dict {token: id} (see fastrnn.vocab.as_vocabulary).
     """
     try:
         import torch.nn as nn
     except ImportError as exc:  # pragma: no cover - torch is an optional extra
-        raise ImportError("fastrnn.from_torch needs PyTorch: pip install 'fastrnn[torch]'") from exc
+        raise ImportError("fastrnn.from_torch needs PyTorch: pip install torch==2.13.0 (or, in a fastrnn checkout, "
+                          "pip install \".[torch]\")") from exc
+    vocabulary = as_vocabulary(vocabulary)
     kind = type(obj).__name__
     if isinstance(obj, (nn.RNN, nn.LSTM, nn.GRU)) and kind in CELLS:
         layers = _layers_from_rnn_module(obj, name=kind.lower())
@@ -385,6 +390,7 @@ def from_state_dict(params, cell, return_sequences=True, activation="linear", vo
                                "rnn_tanh": ("rnn", "tanh"), "rnn_relu": ("rnn", "relu")}.get(cell, (None, None))
     if cell_kind is None:
         raise ValueError(f"cell must be lstm, gru, rnn_tanh or rnn_relu; got {cell!r}")
+    vocabulary = as_vocabulary(vocabulary)
     converted = {}
     for k, v in params.items():
         try:

@@ -318,6 +318,10 @@ def _clip(x, clip):
     return x if clip is None else np.clip(x, -clip, clip)
 
 
+# A network whose state grows without bound (e.g. GRU gates with the exponential activation) gives
+# inf and then nan here exactly as the kernels' IEEE arithmetic does; that is the result, not a
+# fault of the reference, so NumPy's overflow / invalid-value warnings are off for the cell math.
+@np.errstate(over="ignore", invalid="ignore")
 def cell_step(layer: Recurrent, w, x_t, h, c):
     """One step of one direction for a batch. x_t (B, I), h (B, H_out), c (B, H) or None.
 

@@ -28,7 +28,8 @@ def import_onnx():
     try:
         import onnx
     except ImportError:
-        raise ImportError("reading .onnx files needs the onnx package: pip install onnx") from None
+        raise ImportError("reading .onnx files needs the onnx package: pip install onnx (or, in a fastrnn checkout, "
+                          "pip install \".[onnx]\")") from None
     return onnx
 
 
@@ -87,8 +88,11 @@ def tensor_to_array(t, source):
     from onnx import numpy_helper
 
     if t.data_location == 1:  # EXTERNAL
-        raise ModelFormatError(f"tensor {t.name!r} is stored as external data; fastrnn reads self-contained "
-                               "files only (save the model without external data)", source)
+        raise ModelFormatError(
+            f"tensor {t.name!r} is stored as external data (in a separate file beside the .onnx, as PyTorch's "
+            "default exporter writes it); fastrnn reads self-contained files only. Export with "
+            "torch.onnx.export(..., external_data=False) (or dynamo=False), or re-save the file with "
+            "onnx.save_model(onnx.load(path), path, save_as_external_data=False)", source)
     if t.data_type not in ONNX_DTYPES:
         raise ModelFormatError(f"tensor {t.name!r} has unsupported data type {t.data_type}", source)
     try:
