@@ -2,7 +2,7 @@
 
     fastrnn summary MODEL
     fastrnn convert SRC DST [--cell lstm|gru|rnn_tanh|rnn_relu] [--last] [--activation A] [--vocab FILE]
-                            [--quantize float16|int8]
+                            [--quantize float16|int8] [--tokenizer FILE] [--padding S] [--truncating S] [--maxlen N]
     fastrnn generate ...     (fastrnn/generate.py adds it)
     fastrnn classify ...     (fastrnn/classify.py adds it)
 
@@ -86,6 +86,13 @@ def cmd_convert(args):
                 raise ValueError(f"--vocab: {args.vocab} has {len(vocab)} tokens but the model's embedding only "
                                  f"{model.input_size} rows")
             model.vocabulary = vocab
+    if args.tokenizer:
+        if vocab is not None:
+            raise ValueError("--tokenizer and --vocab both give the vocabulary: pass one of them")
+        from .formats.tokenizers import attach_tokenizer
+
+        attach_tokenizer(model, args.tokenizer, padding=args.padding, truncating=args.truncating,
+                         maxlen=args.maxlen)
     save(model, args.dst, quantize=args.quantize)
     kind = f", weight matrices stored as {args.quantize}" if args.quantize else ""
     print(f"wrote {args.dst}: {len(model.layers)} layers, {model.count_params():,} parameters{kind}")
@@ -117,6 +124,14 @@ def build_parser():
                                    "model for any source (replaces a vocabulary the source has)")
     p.add_argument("--vocab-level", choices=["char", "word"], default="char",
                    help="--vocab: the tokens are characters (default) or whitespace-separated words")
+    p.add_argument("--tokenizer", help="the Keras Tokenizer.to_json() file the model was trained with: stored as "
+                                       "its vocabulary, so classify reads raw text as Keras's texts_to_sequences did")
+    p.add_argument("--padding", choices=["pre", "post"], default="pre",
+                   help="--tokenizer: pad_sequences' padding side in training (default pre, Keras's default)")
+    p.add_argument("--truncating", choices=["pre", "post"], default="pre",
+                   help="--tokenizer: pad_sequences' truncating side in training (default pre)")
+    p.add_argument("--maxlen", type=int, help="--tokenizer: pad_sequences' maxlen in training (texts are cut to it; "
+                                              "a model without a mask also sees the padding zeros)")
     p.add_argument("--quantize", choices=["float16", "int8"],
                    help="store the weight matrices as float16 or as int8 with per-row scales (2x / 4x "
                         "smaller); generation then runs on them directly")

@@ -85,3 +85,27 @@ def test_ids_equal_keras2_texts_to_sequences():
 def test_bad_tokenizer_files_are_refused(bad, words):
     with pytest.raises(fastrnn.ModelFormatError, match=words):
         read_keras_tokenizer(bad)
+
+
+def test_cli_convert_with_tokenizer(tmp_path):
+    """`fastrnn convert model.keras out.safetensors --tokenizer tok.json --maxlen N`: the file
+    classifies raw text as the Python call does."""
+    from fastrnn.cli import main
+
+    case = "word, no mask, pre"
+    tok_path, x_train, _, _ = keras2_tokenize(case)
+    V = len(read_keras_tokenizer(tok_path))
+    keras.utils.set_random_seed(1)
+    inp = keras.Input((None,), dtype="int32")
+    km = keras.Model(inp, keras.layers.Dense(2, activation="softmax")(
+        keras.layers.GRU(4)(keras.layers.Embedding(V, 4)(inp))))
+    km.save(tmp_path / "m.keras")
+    assert main(["convert", str(tmp_path / "m.keras"), str(tmp_path / "m.safetensors"), "--tokenizer", tok_path,
+                 "--maxlen", "10"]) == 0
+    converted = fastrnn.load(tmp_path / "m.safetensors")
+    direct = fastrnn.load(tmp_path / "m.keras", tokenizer=tok_path, maxlen=10)
+    texts = REVIEWS[:4]
+    np.testing.assert_array_equal(np.stack([r.probabilities for r in converted.classify(texts)]),
+                                  np.stack([r.probabilities for r in direct.classify(texts)]))
+    assert_close(np.stack([r.probabilities for r in converted.classify(texts)]),
+                 km.predict(x_train[:4], verbose=0), FRAMEWORK_ATOL, FRAMEWORK_RTOL)
