@@ -121,7 +121,7 @@ def _sniff(path) -> str:
         if head.startswith(_HDF5_MAGIC):
             return "keras"  # Keras 2 / legacy .h5
         if head[:1] == b"\x80":
-            return "torch"  # a pickle: legacy torch.save (never unpickled here)
+            return "torch"  # a pickle: legacy torch.save (read by the restricted unpickler only)
         if head.startswith(b"PK"):
             f.seek(0)
             try:

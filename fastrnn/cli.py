@@ -63,12 +63,13 @@ def cmd_convert(args):
     from . import load, save
 
     src = args.src
-    lower = src.lower()
     if not args.dst.lower().endswith(".safetensors"):
         raise ValueError(f"convert writes fastrnn's native format only: name the output *.safetensors "
                          f"(got {args.dst!r})")
     vocab = _read_vocab(args.vocab, args.vocab_level) if args.vocab else None
-    if lower.endswith((".pt", ".pth", ".bin")):
+    from . import _sniff
+
+    if os.path.isfile(src) and _sniff(src) == "torch":  # by content: weights, model.bin, .ckpt, .model ...
         if not args.cell:
             raise ValueError("a PyTorch state_dict needs --cell lstm|gru|rnn_tanh|rnn_relu")
         from .formats.torch import from_state_dict, read_state_dict

@@ -332,13 +332,18 @@ def read_state_dict(path) -> dict:
     with f:
         head = f.read(2)
         f.seek(0)
+        if head[:1] == b"\x80":  # the legacy (non-zip) torch.save format: pickles, then raw storages
+            try:
+                return _read_legacy(f.read(), path)
+            except ModelFormatError:
+                raise
+            except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
+                    RecursionError, OSError, struct.error, UnicodeDecodeError, NotImplementedError) as exc:
+                raise ModelFormatError(f"corrupt legacy torch.save file: {exc.__class__.__name__}: {exc}",
+                                       path) from None
         try:
             zf = zipfile.ZipFile(f)
         except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as exc:
-            if head[:1] == b"\x80":
-                raise ModelFormatError(
-                    "legacy (non-zip) torch.save format, which fastrnn does not unpickle; re-save it with a "
-                    "current PyTorch: torch.save(model.state_dict(), path)", path) from None
             what = "file is empty" if size == 0 else f"not a PyTorch state_dict file (zip archive expected): {exc}"
             raise ModelFormatError(what, path) from None
         with zf:
@@ -350,6 +355,99 @@ def read_state_dict(path) -> dict:
                     zipfile.BadZipFile, RecursionError, OSError, struct.error, UnicodeDecodeError,
                     NotImplementedError) as exc:
                 raise ModelFormatError(f"corrupt state_dict file: {exc.__class__.__name__}: {exc}", path) from None
+
+
+LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # torch/serialization.py MAGIC_NUMBER
+LEGACY_PROTOCOL = 1001
+
+
+class _LegacyStorage(tuple):
+    """(key, np_dtype, numel): a storage of a legacy file, whose bytes follow the pickles."""
+
+    __slots__ = ()
+
+
+class _LegacyTensor(tuple):
+    """(storage, offset, size, stride): a tensor to build once the storages are read."""
+
+    __slots__ = ()
+
+
+class _LegacyUnpickler(_StateDictUnpickler):
+    """The same restrictions; storages and tensors are placeholders until the storages are read."""
+
+    def persistent_load(self, pid):
+        if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"):
+            raise self.error(f"unexpected persistent record {pid!r:.80}")
+        _, dtype, key, _location, numel = pid[:5]
+        if len(pid) > 5 and pid[5] is not None:
+            raise self.error("storage views (legacy view_metadata) are not supported; re-save the file with a "
+                             "current PyTorch: torch.save(model.state_dict(), path)")
+        if not isinstance(dtype, _DType) or not isinstance(key, str) or not _is_count(numel):
+            raise self.error("malformed storage record")
+        storage = self.storages.setdefault(key, _LegacyStorage((key, dtype[0], numel)))
+        if storage[1:] != (dtype[0], numel):
+            raise self.error(f"storage {key!r} is described twice, differently")
+        return storage
+
+    def rebuild_tensor(self, storage, offset, size, stride, *unused):
+        if not isinstance(storage, _LegacyStorage):
+            raise self.error("tensor without storage")
+        return _LegacyTensor((storage, offset, size, stride))
+
+
+def _read_legacy(data, path):
+    """The legacy torch.save format (``_use_new_zipfile_serialization=False``, PyTorch < 1.6):
+    pickles of the magic number, the protocol version and sys_info, then the object's pickle
+    (storages as persistent ids), then the sorted storage keys; then, per key, an int64 element
+    count and the raw little-endian bytes. Read with the same restricted unpickler."""
+    stream = io.BytesIO(data)
+
+    def small_pickle():
+        u = _StateDictUnpickler(b"", None, "", len(data), path)
+        u._file_read, u._file_readline = stream.read, stream.readline  # one stream, pickle after pickle
+        return u.load()
+
+    magic = small_pickle()
+    if magic != LEGACY_MAGIC:
+        raise ModelFormatError("a pickle, but not a torch.save file (wrong magic number); refused", path)
+    version = small_pickle()
+    if version != LEGACY_PROTOCOL:
+        raise ModelFormatError(f"legacy torch.save protocol {version!r:.20}; fastrnn reads {LEGACY_PROTOCOL}", path)
+    sys_info = small_pickle()
+    if not isinstance(sys_info, dict) or not sys_info.get("little_endian", True):
+        raise ModelFormatError("tensors are stored big-endian; fastrnn reads little-endian files only", path)
+    u = _LegacyUnpickler(b"", None, "", len(data), path)
+    u._file_read, u._file_readline = stream.read, stream.readline
+    obj = u.load()
+    keys = small_pickle()
+    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys) or set(keys) != set(u.storages):
+        raise ModelFormatError("the storage key list does not match the storages the pickle uses", path)
+    arrays = {}
+    for key in keys:
+        _, dtype, numel = u.storages[key]
+        head = stream.read(8)
+        if len(head) != 8:
+            raise ModelFormatError(f"storage {key!r} is missing (truncated file)", path)
+        (count,) = struct.unpack("<q", head)
+        item = np.dtype(dtype).itemsize
+        if count != numel:
+            raise ModelFormatError(f"storage {key!r}: {count} elements, the pickle claims {numel}", path)
+        raw = stream.read(count * item)
+        if len(raw) != count * item:
+            raise ModelFormatError(f"storage {key!r} is truncated", path)
+        arrays[key] = np.frombuffer(raw, dtype=dtype)
+    if not isinstance(obj, dict):
+        raise ModelFormatError(f"the file holds a {type(obj).__name__}, not a state_dict", path)
+    out = {}
+    zipped = _StateDictUnpickler(b"", None, "", len(data), path)  # for its checked tensor rebuild
+    for k, v in obj.items():
+        if not isinstance(k, str) or not isinstance(v, _LegacyTensor):
+            raise ModelFormatError(
+                f"entry {k!r:.60} is not a tensor (a training checkpoint? save model.state_dict() on its own)", path)
+        storage, offset, size, stride = v
+        out[k] = zipped.rebuild_tensor(_Storage((storage[1], arrays[storage[0]])), offset, size, stride)
+    return out
 
 
 def _read_archive(zf, size, path):
