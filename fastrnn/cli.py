@@ -12,6 +12,7 @@ Each feature module that owns a subcommand exposes ``add_cli(subparsers)``; the 
 from __future__ import annotations
 
 import argparse
+import json
 import importlib
 import os
 import sys
@@ -70,13 +71,23 @@ def cmd_convert(args):
     from . import _sniff
 
     if os.path.isfile(src) and _sniff(src) == "torch":  # by content: weights, model.bin, .ckpt, .model ...
-        if not args.cell:
-            raise ValueError("a PyTorch state_dict needs --cell lstm|gru|rnn_tanh|rnn_relu")
-        from .formats.torch import from_state_dict, read_state_dict
+        from .formats.torch import read_state_dict
+        from .formats.torch_spec import check_finite_params, from_architecture, infer_architecture
 
-        model = from_state_dict(read_state_dict(src), args.cell, return_sequences=not args.last,
-                                activation=args.activation, vocabulary=vocab,
-                                name=os.path.splitext(os.path.basename(src))[0], source=src)
+        if not args.cell and not args.architecture:
+            raise ValueError("a PyTorch state_dict holds no architecture: give --cell lstm|gru|rnn_tanh|rnn_relu "
+                             "(the chain [Embedding] -> RNN modules -> [Linear]) or --architecture spec.json")
+        params = check_finite_params(read_state_dict(src), src)
+        if args.architecture:
+            spec = args.architecture
+        else:
+            spec = infer_architecture(params, args.cell, return_sequences=not args.last, activation=args.activation,
+                                      source=src)
+            print("fastrnn: the state_dict says nothing of parameter-free modules (Tanh, LogSoftmax, ...); assumed "
+                  "this architecture (edit it and pass it with --architecture FILE if the network differs):\n"
+                  + json.dumps(spec, indent=1), file=sys.stderr)
+        model = from_architecture(params, spec, vocabulary=vocab, name=os.path.splitext(os.path.basename(src))[0],
+                                  source=src)
     else:
         model = load(src)
         if vocab is not None:  # --vocab applies to every source (it replaces a stored vocabulary)
@@ -118,6 +129,9 @@ def build_parser():
     p.add_argument("dst", help="output file, *.safetensors (fastrnn's native format; other suffixes are refused)")
     p.add_argument("--cell", choices=["lstm", "gru", "rnn_tanh", "rnn_relu"],
                    help="cell type of the RNN modules in a PyTorch state_dict")
+    p.add_argument("--architecture", metavar="FILE",
+                   help="state_dict: the network as fastrnn's architecture JSON (modules in order, with Tanh, "
+                        "LogSoftmax, ...; see README 'PyTorch weight files'); replaces --cell")
     p.add_argument("--last", action="store_true",
                    help="state_dict: apply the final Linear to the last state (classifier) instead of every step")
     p.add_argument("--activation", default="linear", help="activation after the final Linear (e.g. softmax)")

@@ -93,3 +93,68 @@ def test_plain_pickle_that_is_not_torch_is_refused(tmp_path):
     path.write_bytes(pickle.dumps({"a": 1}, protocol=2))
     with pytest.raises(fastrnn.ModelFormatError, match="magic number"):
         read_state_dict(path)
+
+
+class TanhHead(torch.nn.Module):
+    """GRU -> Tanh -> Linear -> LogSoftmax: the Tanh and LogSoftmax leave no trace in the state_dict."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(9, 4)
+        self.rnn = torch.nn.GRU(4, 5, batch_first=True, bidirectional=True)
+        self.fc = torch.nn.Linear(10, 3)
+
+    def forward(self, x):
+        out, h = self.rnn(self.emb(x))
+        return torch.log_softmax(self.fc(torch.tanh(torch.cat([h[-2], h[-1]], dim=1))), dim=-1)
+
+
+SPEC = {"format": "fastrnn-torch-architecture",
+        "layers": [{"module": "Embedding", "prefix": "emb."},
+                   {"module": "GRU", "prefix": "rnn.", "return_sequences": False},
+                   {"module": "Tanh"}, {"module": "Linear", "prefix": "fc."}, {"module": "LogSoftmax", "dim": -1}]}
+
+
+def test_architecture_file_describes_what_the_state_dict_cannot(tmp_path, capsys):
+    import json
+
+    torch.manual_seed(3)
+    m = TanhHead().eval()
+    torch.save(m.state_dict(), tmp_path / "w.model")
+    ids = np.array([[1, 2, 3, 4], [5, 6, 7, 8]])
+    with torch.no_grad():
+        want = m(torch.from_numpy(ids)).numpy()
+    # --cell guesses the plain chain, says so on stderr, and the guess is a different network
+    assert cli_main(["convert", str(tmp_path / "w.model"), str(tmp_path / "guess.safetensors"), "--cell", "gru",
+                     "--last"]) == 0
+    err = capsys.readouterr().err
+    guessed = json.loads(err[err.index("{"):])
+    assert [e["module"] for e in guessed["layers"]] == ["Embedding", "GRU", "Linear"]
+    assert np.abs(fastrnn.load(tmp_path / "guess.safetensors").predict(ids) - want).max() > 1e-2
+    # the explicit architecture gives torch's numbers
+    (tmp_path / "spec.json").write_text(json.dumps(SPEC))
+    assert cli_main(["convert", str(tmp_path / "w.model"), str(tmp_path / "ok.safetensors"), "--architecture",
+                     str(tmp_path / "spec.json")]) == 0
+    model = fastrnn.load(tmp_path / "ok.safetensors")
+    assert_close(model.predict(ids), want, FRAMEWORK_ATOL, FRAMEWORK_RTOL)
+    assert model.metadata["architecture"] == SPEC
+    assert [r.label for r in model.classify([[1, 2, 3, 4]])] == [int(np.argmax(want[0]))]
+
+
+@pytest.mark.parametrize("edit,words", [
+    (lambda s: s["layers"].append({"module": "Transformer"}), "unknown module 'Transformer'"),
+    (lambda s: s["layers"].pop(3), "does not use the state_dict entries.*fc.bias"),
+    (lambda s: s["layers"][0].update(prefix="nope."), "no 'nope.weight'"),
+    (lambda s: s["layers"][1].update(nonlinearity="gelu"), "nonlinearity"),
+    (lambda s: s.update(layers="GRU"), "format"),
+])
+def test_bad_architecture_files(tmp_path, edit, words):
+    import copy
+
+    from fastrnn.formats.torch_spec import from_architecture
+
+    spec = copy.deepcopy(SPEC)
+    edit(spec)
+    params = {k: v.numpy() for k, v in TanhHead().state_dict().items()}
+    with pytest.raises(fastrnn.ModelFormatError, match=words):
+        from_architecture(params, spec)

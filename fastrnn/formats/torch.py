@@ -482,54 +482,17 @@ def from_state_dict(params, cell, return_sequences=True, activation="linear", vo
                     source=None) -> Model:
     """Build a Model from a PyTorch state_dict ({name: array}) of the chain
     [Embedding] -> RNN modules -> [Linear]. ``cell``: "lstm" | "gru" | "rnn_tanh" | "rnn_relu".
-    Layer count, sizes, direction and projection come from the tensor names and shapes.
-    ``source`` (the file name) is named in every ModelFormatError."""
-    cell_kind, nonlinearity = {"lstm": ("lstm", "tanh"), "gru": ("gru", "tanh"), "rnn": ("rnn", "tanh"),
-                               "rnn_tanh": ("rnn", "tanh"), "rnn_relu": ("rnn", "relu")}.get(cell, (None, None))
-    if cell_kind is None:
+    Layer count, sizes, direction and projection come from the tensor names and shapes. The
+    architecture this assumes is fastrnn.formats.torch_spec.infer_architecture's (stored in the
+    model's metadata); for anything else (a Tanh between layers, a LogSoftmax) describe the network
+    with from_architecture. ``source`` (the file name) is named in every ModelFormatError."""
+    from .torch_spec import check_finite_params, from_architecture, infer_architecture
+
+    if cell not in ("lstm", "gru", "rnn", "rnn_tanh", "rnn_relu"):
         raise ValueError(f"cell must be lstm, gru, rnn_tanh or rnn_relu; got {cell!r}")
-    vocabulary = as_vocabulary(vocabulary)
-    converted = {}
-    for k, v in params.items():
-        try:
-            converted[k] = np.asarray(v, dtype=np.float32)
-        except (TypeError, ValueError) as exc:
-            raise ModelFormatError(f"entry {k!r} is not a numeric tensor: {exc}", source) from None
-        _check_finite(converted[k], f"tensor {k!r}", source)
-    params = converted
-    groups = []  # (prefix, kind) in order of first appearance
-    for key in params:
-        m = _KEY.match(key)
-        prefix, kind = (m.group("prefix"), "rnn") if m else (key.rsplit(".", 1)[0] + "." if "." in key else "", "other")
-        if not groups or groups[-1][0] != prefix:
-            if any(g[0] == prefix for g in groups):
-                continue
-            groups.append((prefix, kind))
-    rnn_groups = [g for g in groups if g[1] == "rnn"]
-    if not rnn_groups:
-        raise ModelFormatError("state_dict has no weight_ih_l0 key: no RNN/LSTM/GRU module in it", source)
-    layers = []
-    for gi, (prefix, kind) in enumerate(groups):
-        label = prefix.rstrip(".") or "rnn"
-        if kind == "rnn":
-            nums = {int(_KEY.match(k).group("layer")) for k in params if _KEY.match(k) and _KEY.match(k).group("prefix") == prefix}
-            bidir = any(k.startswith(prefix) and k.endswith("_reverse") for k in params)
-            last = prefix == rnn_groups[-1][0]
-            layers += recurrent_layers_from_params(params, cell_kind, max(nums) + 1, bidir, nonlinearity, prefix, label,
-                                                   last_returns_sequences=return_sequences or not last, source=source)
-        elif gi == 0 and set(k for k in params if k.startswith(prefix)) == {prefix + "weight"}:
-            layers.append(_layer(Embedding, source, params[prefix + "weight"], name=label))
-        elif gi == len(groups) - 1 and prefix + "weight" in params:
-            layers.append(_layer(Dense, source, params[prefix + "weight"], params.get(prefix + "bias"), activation,
-                                 label))
-        else:
-            keys = sorted(k for k in params if k.startswith(prefix))
-            raise UnsupportedLayerError(
-                f"state_dict entries {keys} are not an Embedding (first), RNN weights or a Linear (last)", source)
-    try:
-        return Model(layers, vocabulary=vocabulary, name=name, metadata={"source": "torch-state-dict"})
-    except (ValueError, TypeError) as exc:
-        raise ModelFormatError(str(exc), source) from None
+    params = check_finite_params(params, source)
+    spec = infer_architecture(params, "rnn_tanh" if cell == "rnn" else cell, return_sequences, activation, source)
+    return from_architecture(params, spec, vocabulary=vocabulary, name=name, source=source)
 
 
 def _layer(cls, source, *args, **kwargs):
