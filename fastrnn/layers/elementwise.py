@@ -73,9 +73,10 @@ class Arithmetic(Layer):
 
     @classmethod
     def from_config(cls, name, config, arrays):
-        if arrays.get("constant") is None:
+        constant = arrays.get("constant")
+        if constant is None:
             raise ValueError(f"{name}: missing tensor for 'constant'")
-        return cls(config.str("op", "add", choices=tuple(ARITHMETIC_OPS)), arrays["constant"],
+        return cls(config.str("op", "add", choices=tuple(ARITHMETIC_OPS)), constant,
                    config.bool("constant_first", False), name)
 
 

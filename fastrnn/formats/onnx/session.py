@@ -47,10 +47,6 @@ class InferenceSession:
         self._layers = {}
         for node in self._graph.nodes:
             node.attrs.setdefault("_opset", opset)
-            if node.op_type not in RECURRENT_OPS and node.op_type not in OPS:
-                raise UnsupportedLayerError(
-                    f"{node.where()}: operator {node.op_type} is not supported by fastrnn.onnx (it runs RNN, LSTM, "
-                    f"GRU and the glue operators {', '.join(sorted(OPS))})", self._source)
         self.model = None
         self.fallback_reason = None
         try:
@@ -62,6 +58,12 @@ class InferenceSession:
 
             self.model = Model(graph=graph, name=model_name(self._source), metadata={"source": "onnx"})
         if self.model is None:
+            for node in self._graph.nodes:
+                if node.op_type not in RECURRENT_OPS and node.op_type not in OPS:
+                    raise UnsupportedLayerError(
+                        f"{node.where()}: operator {node.op_type} is not supported by fastrnn.onnx (it runs RNN, "
+                        f"LSTM, GRU, the operators that map to fastrnn layers and the glue operators "
+                        f"{', '.join(sorted(OPS))}); {self.fallback_reason}", self._source)
             for node in self._graph.nodes:
                 if node.op_type in RECURRENT_OPS and all(
                         not n or n in self._graph.initializers for n in node.inputs[1:4] + node.inputs[7:8]):
