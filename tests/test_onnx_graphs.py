@@ -372,14 +372,38 @@ def test_rule_reshape_flatten_and_slice(tmp_path):
     assert kinds(model) == ["Slice", "Reshape", "Reshape"]
 
 
-def test_fallback_is_only_for_graphs_without_a_model(tmp_path):
-    """Weights fed at run time (the ONNX conformance cases): the session interprets the graph and
-    says why; fastrnn.load refuses with the same reason."""
+def test_weights_fed_at_run_time_run_on_a_model_built_for_them():
+    """The ONNX conformance cases feed W, R (B, P) as graph inputs: fastrnn.load cannot make one
+    Model of them, the session builds the Model for the weights of the run (and keeps it)."""
     from test_onnx import CASES
 
-    case = CASES["test_lstm_defaults"]
+    case = CASES["test_lstm_with_peepholes"]
     sess = fonnx.InferenceSession(case.model.SerializeToString())
     assert sess.model is None and "computed at run time" in sess.fallback_reason
+    (inputs, outputs), = case.data_sets
+    feed = {i.name: a for i, a in zip(sess.get_inputs(), inputs)}
+    got = sess.run(None, feed)
+    key, model, _ = sess._specialised
+    assert model is not None and [type(n.layer).__name__ for n in model.nodes if n.layer.kind != "select"] \
+        == ["Recurrent"]  # (Select picks the one direction of the fed initial states)
+    for g, w_ in zip(got, outputs):
+        assert_close(g, w_, FRAMEWORK_ATOL)
+    sess.run(None, feed)
+    assert sess._specialised[1] is model  # same weights: the same Model
+
+
+def test_fallback_for_a_graph_without_a_batch(tmp_path):
+    """A graph whose inputs share no batch axis (a (3, 4) matrix and a (4,) vector) has no Model:
+    the session interprets it node by node and says why."""
+    m = make([helper.make_node("Add", ["a", "b"], ["s"]), helper.make_node("Tanh", ["s"], ["out"])],
+             [fin("a", [3, 4]), fin("b", [4])], [fout("out")])
+    sess = fonnx.InferenceSession(m.SerializeToString())
+    assert sess.model is None and sess.fallback_reason
+    feed = {"a": RNG.standard_normal((3, 4)).astype(np.float32), "b": RNG.standard_normal(4).astype(np.float32)}
+    assert_close(sess.run(None, feed)[0], ort_run(m, feed)[0], FRAMEWORK_ATOL)
+    (tmp_path / "v.onnx").write_bytes(m.SerializeToString())
+    with pytest.raises(fastrnn.ModelFormatError, match="InferenceSession"):
+        fastrnn.load(tmp_path / "v.onnx")
 
 
 # -- every cell, direction and peephole against onnxruntime, through the Model ------------------------

@@ -57,6 +57,10 @@ class InferenceSession:
             from ...model import Model
 
             self.model = Model(graph=graph, name=model_name(self._source), metadata={"source": "onnx"})
+        # recurrent weights fed as graph inputs (the ONNX conformance cases): the Model is built
+        # for the weights of each run (the last one kept), so these graphs run on the Model too
+        self._weight_inputs = weight_inputs(self._graph) if self.model is None else []
+        self._specialised = (None, None, None)
         if self.model is None:
             for node in self._graph.nodes:
                 if node.op_type not in RECURRENT_OPS and node.op_type not in OPS:
@@ -112,7 +116,12 @@ class InferenceSession:
                 raise ValueError(f"{n!r} is not an output of this model; outputs: {sorted(valid)}")
         feeds = self._check_feed(input_feed)
         if self.model is not None:
-            return self._run_model(names, feeds)
+            return self._run_model(names, feeds, self.model, self._boundary)
+        if self._weight_inputs:
+            found = self._model_for_weights(feeds)
+            if found is not None:
+                return self._run_model(names, {k: v for k, v in feeds.items() if k not in self._weight_inputs},
+                                       *found)
         values = dict(self._graph.initializers)
         values.update(feeds)
         for node in self._graph.nodes:
@@ -131,14 +140,41 @@ class InferenceSession:
                     values[name] = value
         return [np.asarray(values[n]) for n in names]
 
-    def _run_model(self, names, feeds):
-        b = self._boundary
+    def _model_for_weights(self, feeds):
+        """(Model, Boundary) of the graph with the fed weights as constants, or None."""
+        import dataclasses
+        import hashlib
+
+        digest = hashlib.sha1()
+        for name in self._weight_inputs:
+            a = np.ascontiguousarray(feeds[name])
+            digest.update(f"{name}{a.shape}{a.dtype}".encode())
+            digest.update(a.tobytes())
+        key = digest.hexdigest()
+        cached_key, model, boundary = self._specialised
+        if cached_key == key:
+            return None if model is None else (model, boundary)
+        g = self._graph
+        inits = dict(g.initializers)
+        inits.update({name: np.asarray(feeds[name]) for name in self._weight_inputs})
+        g2 = dataclasses.replace(g, initializers=inits, inputs=[i for i in g.inputs if i.name not in inits])
+        try:
+            graph, boundary = translate_graph(g2)
+        except Untranslatable:
+            self._specialised = (key, None, None)
+            return None
+        from ...model import Model
+
+        model = Model(graph=graph, name=model_name(self._source), metadata={"source": "onnx"})
+        self._specialised = (key, model, boundary)
+        return model, boundary
+
+    def _run_model(self, names, feeds, model, b):
         xs, ls = to_model_inputs(b, feeds)
         for (name, _, _), x, L in zip(b.inputs, xs, ls):
             if L is not None and (L.shape != (x.shape[0],) or (L.size and (L.min() < 0 or L.max() > x.shape[1]))):
                 raise ValueError(f"sequence_lens for {name!r} must be {x.shape[0]} values within 0..{x.shape[1]}, "
                                  f"got {L}")
-        model = self.model
         one = len(xs) == 1
         outs = model.predict(xs[0] if one else xs, lengths=(ls[0] if one else ls))
         if len(b.outputs) == 1:
@@ -155,3 +191,14 @@ def model_name(source):
     import os
 
     return os.path.splitext(os.path.basename(source))[0] if source != "<bytes>" else "onnx_model"
+
+
+def weight_inputs(g):
+    """Graph inputs used only as RNN/LSTM/GRU weights (W, R, B, P)."""
+    uses = {}
+    for node in g.nodes:
+        for k, name in enumerate(node.inputs):
+            if name:
+                uses.setdefault(name, []).append((node.op_type, k))
+    return [i.name for i in g.inputs
+            if uses.get(i.name) and all(op in RECURRENT_OPS and k in (1, 2, 3, 7) for op, k in uses[i.name])]

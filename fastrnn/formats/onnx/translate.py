@@ -138,6 +138,7 @@ class Translator:
         self.dim_alias = {}
         self.dense_no_bias = {}  # output ref -> (Dense layer, input ref)
         self.model_inputs = []
+        self.static_batch = None
         self.lengths = {}
         self.uses = {}
         for n in g.nodes:
@@ -254,6 +255,10 @@ class Translator:
         if b >= rank:
             raise WrongBatchAxis(f"input {info.name!r}")
         dims = [d if isinstance(d, int) else None for d in info.shape]
+        if dims[b] is not None:  # inputs declaring different batch sizes cannot share the batch axis
+            if self.static_batch is not None and self.static_batch != dims[b]:
+                raise WrongBatchAxis(f"input {info.name!r} declares a batch of {dims[b]}, another {self.static_batch}")
+            self.static_batch = dims[b]
         shape = tuple(d for i, d in enumerate(dims) if i != b)
         self.model_inputs.append(Input(info.name, shape, dtype))
         self.names.add(info.name)
