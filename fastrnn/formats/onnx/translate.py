@@ -43,7 +43,8 @@ import numpy as np
 
 from ...graph import Graph, Input, Node
 from ...layers import (Activation, Arithmetic, Concatenate, Dense, Embedding, GlobalPooling1D, Math, Merge,
-                       Permute, Recurrent, Reshape, Select, Slice)
+                       Permute, Reshape, Select, Slice)
+from .graph import ONNX_DTYPES
 from .ops import OPS
 from .recurrent import RECURRENT_OPS, layers_for_node
 
@@ -349,7 +350,7 @@ class Translator:
         if isinstance(v, ShapeVec) and to in (6, 7):
             return [v]
         if isinstance(v, Zeros):
-            return [Zeros(v.shape, v.fill, OPS_DTYPE(to))]
+            return [Zeros(v.shape, v.fill, ONNX_DTYPES.get(to, np.float32))]
         if isinstance(v, Tensor):
             if (v.dtype == "float32" and to == 1) or (v.dtype == "int64" and to in (6, 7)):
                 return [v]
@@ -1050,12 +1051,6 @@ class Translator:
         return [Tensor(ref, self.shapes[ref], None, [0, 1, 2] if keep else [0, 1], "float32")]
 
 
-def OPS_DTYPE(to):
-    from .graph import ONNX_DTYPES
-
-    return ONNX_DTYPES.get(to, np.float32)
-
-
 def _py(v):
     """An ONNX slice bound -> a Python one (huge values mean 'to the end')."""
     if v is None:
@@ -1133,7 +1128,7 @@ def _groups(dims, entries):
         gi, gj = [], []
         pi = pj = 1
         while True:
-            if i < len(dims) and (not gi or pi < pj or (pi == pj and False)) and isinstance(dims[i], int):
+            if i < len(dims) and (not gi or pi < pj) and isinstance(dims[i], int):
                 pi *= dims[i]
                 gi.append(i)
                 i += 1
@@ -1152,15 +1147,8 @@ def _groups(dims, entries):
         while j < len(entries) and entries[j] == 1 and gj:
             gj.append(j)
             j += 1
-        if not gi and not gj:
+        if (not gi and not gj) or pi != pj:
             return None
-        if pi != pj:
-            if not gi and all(e == 1 for e in (entries[k] for k in gj)):
-                pass
-            elif not gj and all(d == 1 for d in (dims[k] for k in gi)):
-                pass
-            else:
-                return None
         groups.append((gi, gj))
     return groups
 
@@ -1171,7 +1159,6 @@ def translate(g, batch_axes):
     outputs = tr.run()
     out_refs = [v.ref for _, v in outputs]
     # keep only the nodes the outputs need (folded MatMul -> Dense+bias leaves the first unused)
-    needed, keep = set(out_refs), []
     by_name = {n.name: n for n in tr.nodes}
     stack = [r[0] for r in out_refs]
     seen = set()
@@ -1182,7 +1169,6 @@ def translate(g, batch_axes):
         seen.add(name)
         stack.extend(r[0] for r in by_name[name].inputs)
     keep = [n for n in tr.nodes if n.name in seen]
-    del needed
     if not keep:
         raise Untranslatable("the graph has no layer (its outputs are its inputs rearranged)")
     try:
