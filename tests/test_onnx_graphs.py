@@ -196,6 +196,63 @@ def test_bidirectional_classifier(tmp_path):
     np.testing.assert_array_equal(sess.run(None, {"ids": ids})[0], model.predict(ids))
 
 
+class EncoderDecoder(nn.Module):
+    """The encoder's final (h, c) of both layers start the decoder (a seq2seq model)."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(20, 8)
+        self.enc = nn.LSTM(8, 16, num_layers=2, batch_first=True)
+        self.dec = nn.LSTM(8, 16, num_layers=2, batch_first=True)
+        self.drop = nn.Dropout(0.1)
+        self.out = nn.Linear(16, 20)
+
+    def forward(self, src, tgt):
+        _, (h, c) = self.enc(self.emb(src))
+        y, _ = self.dec(self.drop(self.emb(tgt)), (h, c))
+        return torch.log_softmax(self.out(torch.relu(y)), -1)
+
+
+def test_encoder_decoder_states_pass_between_layers(tmp_path):
+    """h / c concatenated over layers by the exporter, then sliced per layer for the decoder:
+    each decoder layer reads the encoder layer's state output directly (no Slice, no Reshape)."""
+    torch.manual_seed(8)
+    net = EncoderDecoder().eval()
+    export(net, (torch.randint(0, 20, (2, 5)), torch.randint(0, 20, (2, 4))), tmp_path / "s2s.onnx",
+           ["src", "tgt"], ["logp"], {"src": {0: "b", 1: "s"}, "tgt": {0: "b", 1: "t"}})
+    rng = np.random.default_rng(9)
+    feed = {"src": rng.integers(0, 20, (3, 7)), "tgt": rng.integers(0, 20, (3, 5))}
+    want = ort_file(tmp_path / "s2s.onnx", feed)[0]
+    model = fastrnn.load(tmp_path / "s2s.onnx")
+    assert sorted(kinds(model)) == sorted(["Embedding"] * 2 + ["Recurrent"] * 4 + ["Activation", "Dense"])
+    assert_close(model.predict(feed), want, FRAMEWORK_ATOL)
+    check_roundtrip(model, [feed["src"], feed["tgt"]], tmp_path)
+
+
+class TimeMajorPooling(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.gru = nn.GRU(4, 6, bidirectional=True)
+        self.fc = nn.Linear(12, 2)
+
+    def forward(self, x):
+        y, _ = self.gru(x)
+        return self.fc(y.mean(0) * 0.5 - y.max(0).values)
+
+
+def test_time_major_mean_and_max_over_time(tmp_path):
+    torch.manual_seed(10)
+    net = TimeMajorPooling().eval()
+    export(net, (torch.randn(5, 2, 4),), tmp_path / "pool.onnx", ["x"], ["out"], {"x": {0: "t", 1: "b"}})
+    x = np.random.default_rng(11).standard_normal((7, 3, 4)).astype(np.float32)
+    want = ort_file(tmp_path / "pool.onnx", {"x": x})[0]
+    model = fastrnn.load(tmp_path / "pool.onnx")
+    assert sorted(kinds(model)) == ["Arithmetic", "Dense", "GlobalPooling1D", "GlobalPooling1D", "Merge",
+                                    "Recurrent"]
+    assert_close(model.predict(x.transpose(1, 0, 2)), want, FRAMEWORK_ATOL)
+    assert_close(fonnx.InferenceSession(tmp_path / "pool.onnx").run(None, {"x": x})[0], want, FRAMEWORK_ATOL)
+
+
 # -- pattern rules, one graph each --------------------------------------------------------------------
 
 def make(nodes, inputs, outputs, inits=(), opset=17):

@@ -138,6 +138,7 @@ class Translator:
         self.names = set()
         self.dim_alias = {}
         self.dense_no_bias = {}  # output ref -> (Dense layer, input ref)
+        self.concat_parts = {}  # Concatenate output ref -> [(input ref, start, stop)] on the last axis
         self.model_inputs = []
         self.static_batch = None
         self.lengths = {}
@@ -182,6 +183,24 @@ class Translator:
                         self.dim_alias[(refs[0], ax)] = d
         self.nodes.append(Node(name, layer, list(inputs)))
         return refs
+
+    def joined(self, base, refs):
+        """Concatenate on the last axis, remembering where each part lies (a later slice that is
+        exactly one part reads that part instead)."""
+        ref = self.add(base, Concatenate(axis=-1), refs)[0]
+        pos, parts = 0, []
+        for r in refs:
+            parts.append((r, pos, pos + self.shapes[r][-1]))
+            pos += self.shapes[r][-1]
+        self.concat_parts[ref] = parts
+        return ref
+
+    def last_axis_part(self, ref, start, stop):
+        """The tensor holding exactly [start, stop) of ``ref``'s last axis, or None."""
+        for r, s, e in self.concat_parts.get(ref, ()):
+            if (s, e) == (start, stop) and len(self.shapes[r]) == len(self.shapes[ref]):
+                return r
+        return None
 
     def dim_of(self, ref, axis):
         """The symbolic identity of a fastrnn axis (axis 0 = batch)."""
@@ -497,8 +516,8 @@ class Translator:
                     raise Untranslatable(f"{node.where()}: index out of range")
                 base = t.pieces[1] if t.pieces else 0
                 src = t.pieces[0] if t.pieces else t.ref
-                ref = self.add(node.name, Slice(axis=len(t.shape), start=index * inner, stop=(index + 1) * inner),
-                               [t.ref])[0]
+                ref = self.last_axis_part(t.ref, index * inner, (index + 1) * inner) or self.add(
+                    node.name, Slice(axis=len(t.shape), start=index * inner, stop=(index + 1) * inner), [t.ref])[0]
                 pieces = (src, base + index * inner, base + (index + 1) * inner)
                 if keep:
                     return Tensor(ref, self.shapes[ref], (1, inner), list(t.axes), t.dtype, pieces)
@@ -532,7 +551,8 @@ class Translator:
                     raise Untranslatable(f"{node.where()}: empty slice")
                 base = t.pieces[1] if t.pieces else 0
                 src = t.pieces[0] if t.pieces else t.ref
-                ref = self.add(node.name, Slice(axis=len(t.shape), start=s * inner, stop=e * inner), [t.ref])[0]
+                ref = self.last_axis_part(t.ref, s * inner, e * inner) or self.add(
+                    node.name, Slice(axis=len(t.shape), start=s * inner, stop=e * inner), [t.ref])[0]
                 return Tensor(ref, self.shapes[ref], (e - s, inner), list(t.axes), t.dtype,
                               (src, base + s * inner, base + e * inner))
             t = self.canonical(t, node.name)
@@ -593,7 +613,10 @@ class Translator:
         a = self.onnx_axis(node, axis, rank)
         if len(vals) == 1:
             return vals
-        vals = [self.norm(v) for v in vals]
+        first = vals[0]
+        if not all(v.split is not None and v.split[1] == first.split[1] and v.axes == first.axes
+                   and len(v.shape) == len(first.shape) for v in vals) or first.axes[a] != len(first.shape):
+            vals = [self.norm(v) for v in vals]  # not along the outer part of a split: (1, H) is no split
         first = vals[0]
         last = len(first.shape)
         same_view = all(v.axes == first.axes and len(v.shape) == last for v in vals)
@@ -614,7 +637,7 @@ class Translator:
                 if ok and self.shapes[src][-1] == pos and len(self.shapes[src]) == last:
                     split = None if first.split is None else (pos // first.split[1], first.split[1])
                     return [Tensor(src, self.shapes[src], split, list(first.axes), first.dtype)]
-            ref = self.add(node.name, Concatenate(axis=-1), [v.ref for v in vals])[0]
+            ref = self.joined(node.name, [v.ref for v in vals])
             split = None if first.split is None else (sum(v.split[0] for v in vals), first.split[1])
             return [Tensor(ref, self.shapes[ref], split, list(first.axes), first.dtype)]
         if same_view and va is not None and va < last and all(v.split == first.split for v in vals):
@@ -811,9 +834,7 @@ class Translator:
         result = []
 
         def joined(refs, suffix):
-            if len(refs) == 1:
-                return refs[0]
-            return self.add(f"{node.name}/{suffix}", Concatenate(axis=-1), refs)[0]
+            return refs[0] if len(refs) == 1 else self.joined(f"{node.name}/{suffix}", refs)
 
         if need_y:
             y = joined(ys, "Y")
@@ -1044,11 +1065,12 @@ class Translator:
         keep = bool(node.attrs.get("keepdims", 1))
         v = self.canonical(v, node.name)
         a = self.onnx_axis(node, axes[0], len(v.axes))
-        if len(v.axes) != 3 or v.axes[a] != 1 or v.axes[0] != 0:
+        if len(v.axes) != 3 or v.axes[a] != 1:
             raise Untranslatable(f"{node.where()}: {node.op_type} over an axis that is not time of (B, T, F)")
         ref = self.add(node.name, GlobalPooling1D(op=op, keepdims=keep, mask_aware=False), [v.ref],
                        keep_leading=False)[0]
-        return [Tensor(ref, self.shapes[ref], None, [0, 1, 2] if keep else [0, 1], "float32")]
+        axes = list(v.axes) if keep else [0 if b == 0 else 1 for i, b in enumerate(v.axes) if i != a]
+        return [Tensor(ref, self.shapes[ref], None, axes, "float32")]
 
 
 def _py(v):
