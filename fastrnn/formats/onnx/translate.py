@@ -222,12 +222,6 @@ class Translator:
         vd = self.view_dims(t)
         return [1 if a is None else vd[a] for a in t.axes]
 
-    def tensor(self, ref, axes=None, split=None, dtype="float32", pieces=None):
-        shape = self.shapes[ref]
-        if axes is None:
-            axes = list(range(len(shape) + 1 + (len(split) - 1 if split else 0)))
-        return Tensor(ref, shape, split, list(axes), dtype, pieces)
-
     # -- main --------------------------------------------------------------------------------
     def run(self):
         g = self.g
