@@ -191,6 +191,23 @@ def bench_cls(threads, repeats, tmp):
                               output_names=["probs"], dynamic_axes={"ids": {0: "B", 1: "T"}})
         sess = ort_session(path, threads)
         out["onnxruntime"] = 64 / median_time(lambda: sess.run(None, {"ids": ids}), repeats)
+        # the same exported file through fastrnn.onnx.InferenceSession (it runs the imported Model),
+        # its calls interleaved with the native Model's (A B A B ...): the ratio is the median of
+        # the per-pair ratios, which a busy machine disturbs least
+        import fastrnn.onnx
+
+        fsess = fastrnn.onnx.InferenceSession(path)
+        pair = (lambda: model.predict(ids), lambda: fsess.run(None, {"ids": ids}))
+        median_time(lambda: [f() for f in pair], 1)  # warm-up, as every engine gets
+        times = ([], [])
+        for _ in range(max(20, 4 * repeats)):
+            for f, t in zip(pair, times):
+                t0 = time.perf_counter()
+                f()
+                t.append(time.perf_counter() - t0)
+        ratios = [a / b for a, b in zip(*times)]
+        out["fastrnn_onnx_session"] = 64 / statistics.median(times[1])
+        out["session_vs_native"] = statistics.median(ratios)
     return out
 
 
@@ -298,7 +315,11 @@ def print_row(w, threads, res, flush=False):
     print(f"{w:<9} {threads:>3} {UNITS[w]:>9} {fmt(res['fastrnn'], digits):>10} {fmt(res['pytorch'], digits):>13} "
           f"{ort_txt:>13} {('-' if s_pt is None else f'{s_pt:.2f}x'):>10} "
           f"{('-' if s_ort is None else f'{s_ort:.2f}x'):>9}"
-          + (f"   peak {res['fastrnn_peak_mb']:.0f} MB" if "fastrnn_peak_mb" in res else ""), flush=flush)
+          + (f"   peak {res['fastrnn_peak_mb']:.0f} MB" if "fastrnn_peak_mb" in res else "")
+          + (f"   fastrnn.onnx session {fmt(res['fastrnn_onnx_session'])} {UNITS[w]} "
+             f"({res['session_vs_native']:.2f}x native, "
+             f"{res['fastrnn_onnx_session'] / res['onnxruntime']:.2f}x onnxruntime)"
+             if "fastrnn_onnx_session" in res else ""), flush=flush)
 
 
 def plot(rows, path):

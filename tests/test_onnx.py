@@ -314,9 +314,10 @@ def test_bad_files_and_feeds(tmp_path):
         sess.run(None, {"X": feed["X"].astype(np.float64)})
     with pytest.raises(ValueError, match="not an output"):
         sess.run(["nope"], feed)
-    # a graph that is not a chain: load_model refuses and points to the session
-    with pytest.raises(fastrnn.ModelFormatError, match="InferenceSession"):
-        (tmp_path / "node.onnx").write_bytes(model.SerializeToString())
+    # a graph with no Model equivalent (weights fed at run time): load refuses, says why and
+    # points to the session, which still runs it
+    (tmp_path / "node.onnx").write_bytes(CASES["test_gru_defaults"].model.SerializeToString())
+    with pytest.raises(fastrnn.ModelFormatError, match="computed at run time.*InferenceSession"):
         fastrnn.load(tmp_path / "node.onnx")
 
 

@@ -12,6 +12,7 @@ classes and their NumPy reference side by side:
 - attention.py: Attention (dot / concat, Luong), additive (Bahdanau)
 - reshape.py: Identity, Flatten, Reshape, Permute, RepeatVector, Select, Slice
 - custom.py: CustomLayer (a user function of NumPy arrays)
+- elementwise.py: Arithmetic (a tensor with a constant operand), Math (exp, log, sqrt, ...)
 
 Every importer (PyTorch, Keras, ONNX, the native file) produces these; weights are read-only
 float32 arrays in PyTorch's orientation (``out = W @ in``) and gate order (LSTM i|f|g|o, GRU
@@ -23,6 +24,7 @@ from .base import ConfigReader, Layer, frozen_array
 from .conv import Conv1D
 from .custom import CustomLayer
 from .dense import DENSE_ACTIVATIONS, Dense
+from .elementwise import Arithmetic, Math
 from .embedding import Embedding, Masking
 from .merge import Concatenate, Dot, Merge
 from .normalization import BatchNormalization, LayerNormalization
@@ -34,7 +36,7 @@ from .reshape import Flatten, Identity, Permute, RepeatVector, Reshape, Select, 
 LAYER_TYPES = {cls.kind: cls for cls in (
     Embedding, Masking, Dense, Recurrent, Activation, Concatenate, Merge, Dot, GlobalPooling1D, Pooling1D,
     Conv1D, LayerNormalization, BatchNormalization, Attention, Identity, Flatten, Reshape, Permute,
-    RepeatVector, Select, Slice, CustomLayer)}
+    RepeatVector, Select, Slice, CustomLayer, Arithmetic, Math)}
 
 __all__ = sorted(cls.__name__ for cls in LAYER_TYPES.values()) + [
     "DirectionWeights", "Layer", "ConfigReader", "frozen_array", "CELL_GATES", "DEFAULT_ACTIVATIONS",
