@@ -1,0 +1,273 @@
+"""Cython front end of the int8 kernels (int8_core.c; the arithmetic and layout: int8_core.h,
+the NumPy spec: fastrnn/quantize.py).
+
+Thin on purpose, like _cykernels: typed memoryviews in, one C call with the GIL released. No
+input validation here (fastrnn.quantize checks and allocates before calling).
+"""
+import numpy as np
+
+from libc.stdint cimport int8_t, int32_t, int64_t, uintptr_t
+
+cdef extern from "rnn_core.h" nogil:
+    ctypedef struct rnn_activation:
+        int code
+        float alpha
+        float beta
+
+    ctypedef struct rnn_cell:
+        rnn_activation act[3]
+        float clip
+        int input_forget
+        int linear_before_reset
+
+    ctypedef struct rnn_sequence_io:
+        Py_ssize_t batch
+        Py_ssize_t steps
+        const int64_t *lengths
+        int reverse
+        float *y
+        Py_ssize_t y_cols
+        Py_ssize_t y_offset
+        const int64_t *tokens
+
+    int rnn_select_simd(int level)
+
+cdef extern from "int8_core.h" nogil:
+    enum: I8_PANEL
+
+    ctypedef struct i8_packed:
+        const int8_t *data
+        const int32_t *row_sum
+        const float *scale
+        Py_ssize_t rows
+        Py_ssize_t cols
+
+    ctypedef struct i8_weights:
+        i8_packed w_hh_rz
+        i8_packed w_hh_n
+        i8_packed w_hr
+        const float *peephole
+        const float *b_hn
+
+    Py_ssize_t i8_cols_padded(Py_ssize_t cols)
+    size_t i8_packed_size(Py_ssize_t rows, Py_ssize_t cols)
+    void i8_pack(const int8_t *q, Py_ssize_t rows, Py_ssize_t cols, int8_t *packed, int32_t *row_sum)
+    void i8_quantize_rows(const float *inp, Py_ssize_t ld_in, Py_ssize_t m, Py_ssize_t K, int8_t *xq, float *xs)
+    void i8_matmul(const i8_packed *w, const int8_t *xq, const float *xs, Py_ssize_t m, float *out,
+                   Py_ssize_t ld_out)
+    int i8_sequence(int cell_kind, const rnn_sequence_io *io, const float *xproj, const i8_weights *w,
+                    float *h, float *c, const rnn_cell *cell)
+    int i8_simd_enabled()
+    int i8_select_simd(int level)
+
+
+# Levels of this module, best last; FASTRNN_SIMD (plain|avx2|avx512) caps them like the float
+# kernels: avx2 -> the vpmaddubsw path, avx512 (or unset) -> the best the CPU has.
+SIMD_LEVELS = ("plain", "avx2", "avxvnni", "avx512vnni")
+CELL_KINDS = {"rnn": 0, "lstm": 1, "gru": 2}
+
+
+def _simd_caps():
+    """FASTRNN_SIMD -> (the float kernels' cap, the int8 kernels' cap); -1 = the best"""
+    import os
+
+    name = os.environ.get("FASTRNN_SIMD", "").strip().lower()
+    return {"plain": 0, "avx2": 1, "avx512": 2}.get(name, -1), {"plain": 0, "avx2": 1}.get(name, -1)
+
+
+# decided once, at import (this module links its own copy of rnn_core's element-wise steps)
+rnn_select_simd(_simd_caps()[0])
+i8_select_simd(_simd_caps()[1])
+
+
+def simd_level():
+    """The instruction set the int8 kernels use now: one of SIMD_LEVELS."""
+    return SIMD_LEVELS[i8_simd_enabled()]
+
+
+def select_simd(level):
+    """Cap the int8 instruction set (a name of SIMD_LEVELS, or None for the best); returns the
+    level now in use. For tests and benchmarks; not thread-safe against running kernels."""
+    return SIMD_LEVELS[i8_select_simd(-1 if level is None else SIMD_LEVELS.index(level))]
+
+
+cdef class Int8Weight:
+    """W (rows, cols) ~ scale[:, None] * q, packed for int8_core (see int8_core.h). Read-only."""
+
+    cdef readonly object data     # int8 (i8_packed_size,), 64-byte aligned
+    cdef readonly object row_sum  # int32 (panels * 16,)
+    cdef readonly object scale    # float32 (panels * 16,), zero-padded
+    cdef readonly Py_ssize_t rows
+    cdef readonly Py_ssize_t cols
+    cdef const int8_t[::1] _data
+    cdef const int32_t[::1] _row_sum
+    cdef const float[::1] _scale
+
+    def __init__(self, data, row_sum, scale, Py_ssize_t rows, Py_ssize_t cols):
+        self._data, self._row_sum, self._scale = data, row_sum, scale
+        panels = (rows + I8_PANEL - 1) // I8_PANEL
+        if (rows < 0 or cols < 0 or self._data.shape[0] != <Py_ssize_t>i8_packed_size(rows, cols)
+                or self._row_sum.shape[0] != panels * I8_PANEL or self._scale.shape[0] != panels * I8_PANEL):
+            raise ValueError(f"packed int8 data does not hold a ({rows}, {cols}) matrix; make it with pack_int8")
+        self.data, self.row_sum, self.scale, self.rows, self.cols = data, row_sum, scale, rows, cols
+
+    def __reduce__(self):
+        return (Int8Weight, (self.data, self.row_sum, self.scale, self.rows, self.cols))
+
+    def __repr__(self):
+        return f"Int8Weight(rows={self.rows}, cols={self.cols})"
+
+    cdef i8_packed packed(self):
+        cdef i8_packed p
+        p.data = &self._data[0] if self._data.shape[0] > 0 else NULL
+        p.row_sum = &self._row_sum[0] if self._row_sum.shape[0] > 0 else NULL
+        p.scale = &self._scale[0] if self._scale.shape[0] > 0 else NULL
+        p.rows = self.rows
+        p.cols = self.cols
+        return p
+
+
+cdef i8_packed no_matrix():
+    cdef i8_packed p
+    p.data = NULL
+    p.row_sum = NULL
+    p.scale = NULL
+    p.rows = 0
+    p.cols = 0
+    return p
+
+
+def pack_int8(q, scale):
+    """q (N, K) int8 in [-127, 127], scale (N,) float32 -> Int8Weight (W = scale[:, None] * q)."""
+    cdef const int8_t[:, ::1] qv = np.ascontiguousarray(q, dtype=np.int8)
+    cdef Py_ssize_t rows = qv.shape[0], cols = qv.shape[1]
+    cdef Py_ssize_t size = <Py_ssize_t>i8_packed_size(rows, cols)
+    cdef Py_ssize_t padded = (rows + I8_PANEL - 1) // I8_PANEL * I8_PANEL
+    raw = np.zeros(size + 64, dtype=np.int8)
+    cdef Py_ssize_t shift = (64 - <uintptr_t>raw.ctypes.data % 64) % 64
+    data = raw[shift:shift + size]
+    row_sum = np.zeros(padded, np.int32)
+    sc = np.zeros(padded, np.float32)
+    sc[:rows] = scale
+    cdef int8_t[::1] out = data
+    cdef int32_t[::1] rs = row_sum
+    if size > 0:
+        with nogil:
+            i8_pack(&qv[0, 0], rows, cols, &out[0], &rs[0])
+    for a in (data, row_sum, sc):
+        a.flags.writeable = False
+    return Int8Weight(data, row_sum, sc, rows, cols)
+
+
+def quantize_rows(x):
+    """x (M, K) float32 -> (xq int8 (M, K4) zero-padded, xs float32 (M,)), int8_core.h's rule."""
+    cdef const float[:, ::1] xv = np.ascontiguousarray(x, dtype=np.float32)
+    cdef Py_ssize_t M = xv.shape[0], K = xv.shape[1]
+    xq = np.zeros((M, i8_cols_padded(K)), np.int8)
+    xs = np.zeros(M, np.float32)
+    cdef int8_t[:, ::1] qv = xq
+    cdef float[::1] sv = xs
+    if M > 0 and K > 0:
+        with nogil:
+            i8_quantize_rows(&xv[0, 0], K, M, K, &qv[0, 0], &sv[0])
+    return xq, xs
+
+
+def matmul_int8(x, Int8Weight w not None, float[:, ::1] out):
+    """out (M, N) += the int8 product of x (M, K) float32 with w (rows of x quantized here)."""
+    cdef const float[:, ::1] xv = x
+    cdef Py_ssize_t M = xv.shape[0], K = xv.shape[1], K4 = i8_cols_padded(K)
+    if M == 0 or w.rows == 0 or K == 0:
+        return
+    xq = np.empty((M, K4), np.int8)
+    xs = np.empty(M, np.float32)
+    cdef int8_t[:, ::1] qv = xq
+    cdef float[::1] sv = xs
+    cdef i8_packed p = w.packed()
+    with nogil:
+        i8_quantize_rows(&xv[0, 0], K, M, K, &qv[0, 0], &sv[0])
+        i8_matmul(&p, &qv[0, 0], &sv[0], M, &out[0, 0], out.shape[1])
+
+
+def matmul_quantized(const int8_t[:, ::1] xq, const float[::1] xs, Int8Weight w not None, float[:, ::1] out):
+    """out (M, N) += xq (M, K4) int8 with scales xs (M,) times w: the product alone (tests)."""
+    cdef i8_packed p = w.packed()
+    if xq.shape[0] == 0 or w.rows == 0:
+        return
+    with nogil:
+        i8_matmul(&p, &xq[0, 0], &xs[0], xq.shape[0], &out[0, 0], out.shape[1])
+
+
+cdef int read_cell(tuple cell, rnn_cell *out) except -1:
+    cdef const int32_t[::1] acts = cell[0]
+    cdef const float[:, ::1] params = cell[1]
+    cdef int i
+    for i in range(3):
+        out.act[i].code = acts[i]
+        out.act[i].alpha = params[i, 0]
+        out.act[i].beta = params[i, 1]
+    out.clip = cell[2]
+    out.input_forget = cell[3]
+    out.linear_before_reset = cell[4]
+    return 0
+
+
+def sequence(str kind, xproj, Int8Weight w_hh_rz not None, Int8Weight w_hh_n, Int8Weight w_hr, peephole, b_hn,
+             const int64_t[::1] lengths, int reverse, float[:, ::1] h, c, float[:, :, ::1] y,
+             Py_ssize_t y_offset, tuple cell, tokens=None):
+    """One direction, whole sequence, int8 products (int8_core.h i8_sequence).
+
+    kind "rnn" | "lstm" | "gru"; xproj (B, T, G*H) IN, or with tokens (B, T) int64 the folded
+    table (V, G*H); w_hh_rz: all of W_hh (gru: rows r|z); w_hh_n: gru rows n, else None;
+    w_hr: lstm projection or None; peephole (3, H) or None; b_hn (H,) gru or None;
+    h (B, H_out) INOUT; c (B, H) INOUT (lstm) or None; y (B, T, Y) OUT, columns
+    [y_offset, y_offset + H_out) written."""
+    cdef rnn_sequence_io io
+    cdef rnn_cell c_cell
+    cdef i8_weights w
+    cdef const float[:, :, ::1] steps
+    cdef const float[:, ::1] table
+    cdef const int64_t[:, ::1] ids
+    cdef const float[:, ::1] pv
+    cdef const float[::1] bv
+    cdef float[:, ::1] cv
+    cdef const float *xp
+    cdef float *cptr = NULL
+    cdef int cell_kind = CELL_KINDS[kind]
+    cdef int rc
+    if tokens is None:
+        steps = xproj
+        if steps.shape[0] == 0 or steps.shape[1] == 0:
+            return
+        io.batch, io.steps, io.tokens = steps.shape[0], steps.shape[1], NULL
+        xp = &steps[0, 0, 0]
+    else:
+        table, ids = xproj, tokens
+        if ids.shape[0] == 0 or ids.shape[1] == 0:
+            return
+        io.batch, io.steps, io.tokens = ids.shape[0], ids.shape[1], &ids[0, 0]
+        xp = &table[0, 0]
+    io.lengths = &lengths[0]
+    io.reverse = reverse
+    io.y = &y[0, 0, 0]
+    io.y_cols = y.shape[2]
+    io.y_offset = y_offset
+    read_cell(cell, &c_cell)
+    w.w_hh_rz = w_hh_rz.packed()
+    w.w_hh_n = no_matrix() if w_hh_n is None else w_hh_n.packed()
+    w.w_hr = no_matrix() if w_hr is None else w_hr.packed()
+    w.peephole = NULL
+    w.b_hn = NULL
+    if peephole is not None:
+        pv = peephole
+        w.peephole = &pv[0, 0]
+    if b_hn is not None:
+        bv = b_hn
+        w.b_hn = &bv[0]
+    if c is not None:
+        cv = c
+        cptr = &cv[0, 0]
+    with nogil:
+        rc = i8_sequence(cell_kind, &io, xp, &w, &h[0, 0], cptr, &c_cell)
+    if rc != 0:
+        raise MemoryError("int8 sequence: out of memory for the workspace")

@@ -1,0 +1,560 @@
+/* int8_core.c — int8 matrix products and the int8 sequence loops (declarations and the
+ * arithmetic: int8_core.h; the NumPy spec: fastrnn/quantize.py).
+ *
+ * Sections, in order:
+ *   1. instruction set (AVX-512 VNNI, AVX-VNNI, AVX2, plain C), chosen at run time
+ *   2. packing and activation quantization
+ *   3. the matrix product, one micro-kernel per instruction set over the same packed layout
+ *   4. the sequence loop of the three cells (rnn_core's element-wise steps, int8 products)
+ */
+#include "int8_core.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__)) && \
+    !defined(RNN_NO_SIMD)
+#define I8_X86 1
+#include <immintrin.h>
+#define I8_AVX2 __attribute__((target("avx2,fma")))
+#define I8_AVX2_INLINE __attribute__((target("avx2,fma"), always_inline)) inline
+#define I8_AVXVNNI __attribute__((target("avx2,fma,avxvnni")))
+#define I8_AVXVNNI_INLINE __attribute__((target("avx2,fma,avxvnni"), always_inline)) inline
+#define I8_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,fma")))
+#define I8_AVX512_INLINE __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,fma"), always_inline)) inline
+#if defined(__clang__)
+#define I8_UNROLL _Pragma("unroll")
+#else
+#define I8_UNROLL _Pragma("GCC unroll 8")
+#endif
+#else
+#define I8_X86 0
+#endif
+
+/* ============================================================================================
+ * 1. instruction set
+ * ========================================================================================== */
+
+static int i8_state = -1;
+
+static int i8_cpu_level(void)
+{
+#if I8_X86
+    __builtin_cpu_init();
+    if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")))
+        return I8_SIMD_PLAIN;
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni"))
+        return I8_SIMD_AVX512VNNI;
+    if (__builtin_cpu_supports("avxvnni"))
+        return I8_SIMD_AVXVNNI;
+    return I8_SIMD_AVX2;
+#else
+    return I8_SIMD_PLAIN;
+#endif
+}
+
+int i8_simd_enabled(void)
+{
+    if (i8_state < 0)
+        i8_state = i8_cpu_level();
+    return i8_state;
+}
+
+int i8_select_simd(int level)
+{
+    const int best = i8_cpu_level();
+    /* AVX-VNNI is not implied by AVX-512 VNNI: a cap at AVX-VNNI on a CPU without it is AVX2 */
+    if (level == I8_SIMD_AVXVNNI && best == I8_SIMD_AVX512VNNI) {
+#if I8_X86
+        if (!__builtin_cpu_supports("avxvnni"))
+            level = I8_SIMD_AVX2;
+#endif
+    }
+    i8_state = level < 0 || level > best ? best : level;
+    return i8_state;
+}
+
+/* ============================================================================================
+ * 2. packing and activation quantization
+ * ========================================================================================== */
+
+ptrdiff_t i8_cols_padded(ptrdiff_t cols) { return (cols + 3) / 4 * 4; }
+
+size_t i8_packed_size(ptrdiff_t rows, ptrdiff_t cols)
+{
+    const ptrdiff_t panels = (rows + I8_PANEL - 1) / I8_PANEL;
+    return (size_t)(panels * I8_PANEL * i8_cols_padded(cols));
+}
+
+void i8_pack(const int8_t *q, ptrdiff_t rows, ptrdiff_t cols, int8_t *packed, int32_t *row_sum)
+{
+    const ptrdiff_t K4 = i8_cols_padded(cols), panels = (rows + I8_PANEL - 1) / I8_PANEL;
+    for (ptrdiff_t p = 0; p < panels; p++)
+        for (ptrdiff_t j = 0; j < I8_PANEL; j++) {
+            const ptrdiff_t n = p * I8_PANEL + j;
+            int32_t sum = 0;
+            for (ptrdiff_t k = 0; k < K4; k++) {
+                const int8_t v = n < rows && k < cols ? q[n * cols + k] : 0;
+                packed[p * K4 * I8_PANEL + (k / 4) * 4 * I8_PANEL + j * 4 + k % 4] = v;
+                sum += v;
+            }
+            row_sum[n] = sum;
+        }
+}
+
+/* one row: xq (K4,) <- clamp(rint(x / s)), returns s = max|x| / 127 (1 when x is all zero) */
+static float quantize_row_plain(const float *x, ptrdiff_t K, ptrdiff_t K4, int8_t *xq)
+{
+    float top = 0.0f;
+    for (ptrdiff_t k = 0; k < K; k++)
+        top = fabsf(x[k]) > top ? fabsf(x[k]) : top;
+    const float s = top > 0.0f ? top / 127.0f : 1.0f;
+    for (ptrdiff_t k = 0; k < K; k++) {
+        float v = nearbyintf(x[k] / s);
+        v = v > 127.0f ? 127.0f : (v < -127.0f ? -127.0f : v);
+        xq[k] = (int8_t)v;
+    }
+    for (ptrdiff_t k = K; k < K4; k++)
+        xq[k] = 0;
+    return s;
+}
+
+#if I8_X86
+static I8_AVX512 float quantize_row_avx512(const float *x, ptrdiff_t K, ptrdiff_t K4, int8_t *xq)
+{
+    __m512 vmax = _mm512_setzero_ps();
+    ptrdiff_t k = 0;
+    for (; k < K; k += 16) {
+        const __mmask16 m = K - k >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (K - k)) - 1u);
+        vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_maskz_loadu_ps(m, x + k)));
+    }
+    const float top = _mm512_reduce_max_ps(vmax);
+    const float s = top > 0.0f ? top / 127.0f : 1.0f;
+    const __m512 vs = _mm512_set1_ps(s), hi = _mm512_set1_ps(127.0f), lo = _mm512_set1_ps(-127.0f);
+    for (k = 0; k < K; k += 16) {
+        const __mmask16 m = K - k >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (K - k)) - 1u);
+        __m512 v = _mm512_div_ps(_mm512_maskz_loadu_ps(m, x + k), vs);
+        v = _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        v = _mm512_min_ps(_mm512_max_ps(v, lo), hi);
+        _mm_mask_storeu_epi8(xq + k, m, _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(v)));
+    }
+    for (k = K; k < K4; k++)
+        xq[k] = 0;
+    return s;
+}
+
+static I8_AVX2 float quantize_row_avx2(const float *x, ptrdiff_t K, ptrdiff_t K4, int8_t *xq)
+{
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    __m256 vmax = _mm256_setzero_ps();
+    ptrdiff_t k = 0;
+    for (; k + 8 <= K; k += 8)
+        vmax = _mm256_max_ps(vmax, _mm256_and_ps(_mm256_loadu_ps(x + k), absmask));
+    float lanes[8];
+    _mm256_storeu_ps(lanes, vmax);
+    float top = 0.0f;
+    for (int j = 0; j < 8; j++)
+        top = lanes[j] > top ? lanes[j] : top;
+    for (ptrdiff_t t = k; t < K; t++)
+        top = fabsf(x[t]) > top ? fabsf(x[t]) : top;
+    const float s = top > 0.0f ? top / 127.0f : 1.0f;
+    const __m256 vs = _mm256_set1_ps(s), hi = _mm256_set1_ps(127.0f), lo = _mm256_set1_ps(-127.0f);
+    for (k = 0; k + 8 <= K; k += 8) {
+        __m256 v = _mm256_div_ps(_mm256_loadu_ps(x + k), vs);
+        v = _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        v = _mm256_min_ps(_mm256_max_ps(v, lo), hi);
+        int32_t iv[8];
+        _mm256_storeu_si256((__m256i *)iv, _mm256_cvtps_epi32(v));
+        for (int j = 0; j < 8; j++)
+            xq[k + j] = (int8_t)iv[j];
+    }
+    for (; k < K; k++) {
+        float v = nearbyintf(x[k] / s);
+        v = v > 127.0f ? 127.0f : (v < -127.0f ? -127.0f : v);
+        xq[k] = (int8_t)v;
+    }
+    for (k = K; k < K4; k++)
+        xq[k] = 0;
+    return s;
+}
+#endif
+
+void i8_quantize_rows(const float *in, ptrdiff_t ld_in, ptrdiff_t m, ptrdiff_t K, int8_t *xq, float *xs)
+{
+    const ptrdiff_t K4 = i8_cols_padded(K);
+#if I8_X86
+    const int level = i8_simd_enabled();
+    if (level == I8_SIMD_AVX512VNNI) {
+        for (ptrdiff_t r = 0; r < m; r++)
+            xs[r] = quantize_row_avx512(in + r * ld_in, K, K4, xq + r * K4);
+        return;
+    }
+    if (level != I8_SIMD_PLAIN) {
+        for (ptrdiff_t r = 0; r < m; r++)
+            xs[r] = quantize_row_avx2(in + r * ld_in, K, K4, xq + r * K4);
+        return;
+    }
+#endif
+    for (ptrdiff_t r = 0; r < m; r++)
+        xs[r] = quantize_row_plain(in + r * ld_in, K, K4, xq + r * K4);
+}
+
+/* ============================================================================================
+ * 3. the matrix product
+ * ========================================================================================== */
+
+/* four activation bytes as one int32 (the broadcast operand) */
+static inline int32_t load4(const int8_t *p)
+{
+    int32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+
+/* plain C: the same integers, the same three float operations per output */
+static void matmul_plain(const i8_packed *w, const int8_t *xq, const float *xs, ptrdiff_t m, float *out,
+                         ptrdiff_t ld_out)
+{
+    const ptrdiff_t N = w->rows, K4 = i8_cols_padded(w->cols);
+    for (ptrdiff_t r = 0; r < m; r++) {
+        const int8_t *x = xq + r * K4;
+        for (ptrdiff_t n = 0; n < N; n++) {
+            const int8_t *panel = w->data + (n / I8_PANEL) * K4 * I8_PANEL + (n % I8_PANEL) * 4;
+            int32_t acc = 0;
+            for (ptrdiff_t g = 0; g < K4 / 4; g++)
+                for (int j = 0; j < 4; j++)
+                    acc += (int32_t)panel[g * 4 * I8_PANEL + j] * (int32_t)x[4 * g + j];
+            const float t = xs[r] * w->scale[n];
+            out[r * ld_out + n] = out[r * ld_out + n] + (float)acc * t;
+        }
+    }
+}
+
+#if I8_X86
+/* AVX-512 VNNI: out (MR, NPG*16) += MR rows of xq times NPG panels; acc[r][g] holds
+ * sum_k (xq + 128) q, the offset is removed with the row sums at the end. `left`: outputs of
+ * the matrix from this tile's first column on (only the last panel can be partial). */
+static I8_AVX512_INLINE void tile_vnni512(const int MR, const int NPG, const i8_packed *w, ptrdiff_t p0,
+                                          const int8_t *xq, ptrdiff_t K4, const float *xs, float *out,
+                                          ptrdiff_t ld_out, ptrdiff_t left)
+{
+    __m512i acc[6][4];
+    const ptrdiff_t stride = K4 * I8_PANEL;
+    const int8_t *panel = w->data + p0 * stride;
+    const __m512i flip = _mm512_set1_epi32((int32_t)0x80808080u);
+    I8_UNROLL for (int r = 0; r < MR; r++)
+        I8_UNROLL for (int g = 0; g < NPG; g++)
+            acc[r][g] = _mm512_setzero_si512();
+    for (ptrdiff_t k = 0; k < K4; k += 4) {
+        __m512i wv[4];
+        I8_UNROLL for (int g = 0; g < NPG; g++)
+            wv[g] = _mm512_loadu_si512((const void *)(panel + g * stride + k * I8_PANEL));
+        I8_UNROLL for (int r = 0; r < MR; r++) {
+            const __m512i a = _mm512_xor_si512(_mm512_set1_epi32(load4(xq + r * K4 + k)), flip);
+            I8_UNROLL for (int g = 0; g < NPG; g++)
+                acc[r][g] = _mm512_dpbusd_epi32(acc[r][g], a, wv[g]);
+        }
+    }
+    I8_UNROLL for (int g = 0; g < NPG; g++) {
+        const ptrdiff_t valid = left - g * I8_PANEL;
+        const __mmask16 mask = valid >= I8_PANEL ? (__mmask16)0xFFFF : (__mmask16)((1u << valid) - 1u);
+        const ptrdiff_t n0 = (p0 + g) * I8_PANEL;
+        const __m512i off = _mm512_slli_epi32(_mm512_loadu_si512((const void *)(w->row_sum + n0)), 7);
+        const __m512 sc = _mm512_loadu_ps(w->scale + n0);
+        I8_UNROLL for (int r = 0; r < MR; r++) {
+            const __m512 f = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r][g], off));
+            const __m512 t = _mm512_mul_ps(_mm512_set1_ps(xs[r]), sc);
+            float *o = out + r * ld_out + g * I8_PANEL;
+            _mm512_mask_storeu_ps(o, mask, _mm512_add_ps(_mm512_maskz_loadu_ps(mask, o), _mm512_mul_ps(f, t)));
+        }
+    }
+}
+
+/* AVX-VNNI (ymm) and AVX2: a panel is two ymm halves of 8 outputs. */
+static I8_AVX2_INLINE __m256i dot4_avx2(__m256i acc, __m256i a, __m256i wv, __m256i ones)
+{
+    /* |a| as unsigned bytes times q with a's sign: pair sums <= 2 * 127 * 127, no saturation */
+    const __m256i pairs = _mm256_maddubs_epi16(_mm256_abs_epi8(a), _mm256_sign_epi8(wv, a));
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, ones));
+}
+
+static I8_AVX2_INLINE void store8_avx2(float *o, ptrdiff_t valid, __m256 v)
+{
+    if (valid >= 8) {
+        _mm256_storeu_ps(o, _mm256_add_ps(_mm256_loadu_ps(o), v));
+    } else if (valid > 0) {
+        float lanes[8];
+        _mm256_storeu_ps(lanes, v);
+        for (ptrdiff_t j = 0; j < valid; j++)
+            o[j] = o[j] + lanes[j];
+    }
+}
+
+/* one ymm tile, VNNI or not (use_vnni is a literal at every call site) */
+#define TILE_YMM_BODY(DOT, OFFSET)                                                                    \
+    __m256i acc[2][4];                                                                                \
+    const ptrdiff_t stride = K4 * I8_PANEL;                                                           \
+    const int8_t *panel = w->data + p0 * stride;                                                      \
+    I8_UNROLL for (int r = 0; r < MR; r++)                                                            \
+        I8_UNROLL for (int g = 0; g < 2 * NPG; g++)                                                   \
+            acc[r][g] = _mm256_setzero_si256();                                                       \
+    for (ptrdiff_t k = 0; k < K4; k += 4) {                                                           \
+        __m256i wv[4];                                                                                \
+        I8_UNROLL for (int g = 0; g < 2 * NPG; g++)                                                   \
+            wv[g] = _mm256_loadu_si256((const __m256i *)(panel + (g / 2) * stride + k * I8_PANEL + (g % 2) * 32)); \
+        I8_UNROLL for (int r = 0; r < MR; r++) {                                                      \
+            const __m256i a = _mm256_set1_epi32(load4(xq + r * K4 + k));                              \
+            I8_UNROLL for (int g = 0; g < 2 * NPG; g++)                                               \
+                acc[r][g] = DOT(acc[r][g], a, wv[g]);                                                  \
+        }                                                                                             \
+    }                                                                                                 \
+    I8_UNROLL for (int g = 0; g < 2 * NPG; g++) {                                                     \
+        const ptrdiff_t n0 = p0 * I8_PANEL + g * 8;                                                   \
+        const __m256i off = OFFSET;                                                                   \
+        const __m256 sc = _mm256_loadu_ps(w->scale + n0);                                             \
+        I8_UNROLL for (int r = 0; r < MR; r++) {                                                      \
+            const __m256 f = _mm256_cvtepi32_ps(_mm256_sub_epi32(acc[r][g], off));                     \
+            const __m256 t = _mm256_mul_ps(_mm256_set1_ps(xs[r]), sc);                                \
+            store8_avx2(out + r * ld_out + g * 8, left - g * 8, _mm256_mul_ps(f, t));                 \
+        }                                                                                             \
+    }
+
+#define DOT_AVX2(acc, a, wv) dot4_avx2(acc, a, wv, ones)
+static I8_AVX2_INLINE void tile_avx2(const int MR, const int NPG, const i8_packed *w, ptrdiff_t p0,
+                                     const int8_t *xq, ptrdiff_t K4, const float *xs, float *out,
+                                     ptrdiff_t ld_out, ptrdiff_t left)
+{
+    const __m256i ones = _mm256_set1_epi16(1);
+    TILE_YMM_BODY(DOT_AVX2, _mm256_setzero_si256())
+}
+
+static I8_AVXVNNI_INLINE __m256i dot4_avxvnni(__m256i acc, __m256i a, __m256i wv)
+{
+    return _mm256_dpbusd_avx_epi32(acc, _mm256_xor_si256(a, _mm256_set1_epi32((int32_t)0x80808080u)), wv);
+}
+
+static I8_AVXVNNI_INLINE void tile_avxvnni(const int MR, const int NPG, const i8_packed *w, ptrdiff_t p0,
+                                           const int8_t *xq, ptrdiff_t K4, const float *xs, float *out,
+                                           ptrdiff_t ld_out, ptrdiff_t left)
+{
+    TILE_YMM_BODY(dot4_avxvnni, _mm256_slli_epi32(_mm256_loadu_si256((const __m256i *)(w->row_sum + n0)), 7))
+}
+
+/* The driver: for each group of up to NPG_MAX panels, every block of up to MR_MAX rows. The
+ * group's weights (K4 x 16 x NPG bytes) stay in L1 while the rows pass. */
+#define I8_DRIVER(NAME, ATTR, TILE, MR_MAX, NPG_MAX)                                                   \
+    static ATTR void NAME(const i8_packed *w, const int8_t *xq, const float *xs, ptrdiff_t m,         \
+                          float *out, ptrdiff_t ld_out)                                               \
+    {                                                                                                 \
+        const ptrdiff_t N = w->rows, K4 = i8_cols_padded(w->cols);                                    \
+        const ptrdiff_t panels = (N + I8_PANEL - 1) / I8_PANEL;                                       \
+        for (ptrdiff_t p = 0; p < panels; p += NPG_MAX) {                                             \
+            const ptrdiff_t npg = panels - p < NPG_MAX ? panels - p : NPG_MAX;                        \
+            const ptrdiff_t left = N - p * I8_PANEL;                                                  \
+            for (ptrdiff_t r = 0; r < m; r += MR_MAX) {                                               \
+                const ptrdiff_t mr = m - r < MR_MAX ? m - r : MR_MAX;                                 \
+                const int8_t *x = xq + r * K4;                                                        \
+                float *o = out + r * ld_out + p * I8_PANEL;                                           \
+                const float *s = xs + r;                                                              \
+                switch ((mr - 1) * 4 + (npg - 1)) {                                                   \
+                I8_CASES_##MR_MAX(TILE)                                                               \
+                }                                                                                     \
+            }                                                                                         \
+        }                                                                                             \
+    }
+
+#define I8_CASE(TILE, MR, NPG) case (MR - 1) * 4 + (NPG - 1): TILE(MR, NPG, w, p, x, K4, s, o, ld_out, left); break;
+#define I8_CASES_ROW(TILE, MR) I8_CASE(TILE, MR, 1) I8_CASE(TILE, MR, 2) I8_CASE(TILE, MR, 3) I8_CASE(TILE, MR, 4)
+#define I8_CASES_ROW2(TILE, MR) I8_CASE(TILE, MR, 1) I8_CASE(TILE, MR, 2)
+#define I8_CASES_6(TILE) I8_CASES_ROW(TILE, 1) I8_CASES_ROW(TILE, 2) I8_CASES_ROW(TILE, 3) \
+    I8_CASES_ROW(TILE, 4) I8_CASES_ROW(TILE, 5) I8_CASES_ROW(TILE, 6)
+#define I8_CASES_2(TILE) I8_CASES_ROW2(TILE, 1) I8_CASES_ROW2(TILE, 2)
+
+I8_DRIVER(matmul_vnni512, I8_AVX512, tile_vnni512, 6, 4)
+I8_DRIVER(matmul_avxvnni, I8_AVXVNNI, tile_avxvnni, 2, 2)
+I8_DRIVER(matmul_avx2, I8_AVX2, tile_avx2, 2, 2)
+#endif
+
+void i8_matmul(const i8_packed *w, const int8_t *xq, const float *xs, ptrdiff_t m, float *out, ptrdiff_t ld_out)
+{
+    if (m <= 0 || w->rows <= 0)
+        return;
+#if I8_X86
+    switch (i8_simd_enabled()) {
+    case I8_SIMD_AVX512VNNI: matmul_vnni512(w, xq, xs, m, out, ld_out); return;
+    case I8_SIMD_AVXVNNI: matmul_avxvnni(w, xq, xs, m, out, ld_out); return;
+    case I8_SIMD_AVX2: matmul_avx2(w, xq, xs, m, out, ld_out); return;
+    default: break;
+    }
+#endif
+    matmul_plain(w, xq, xs, m, out, ld_out);
+}
+
+/* ============================================================================================
+ * 4. the sequence loop
+ * ========================================================================================== */
+
+/* Rows are sorted by length, longest first, so the rows running at step s are a prefix (as in
+ * rnn_core.c); working state lives here in sorted order and goes back at the end. */
+typedef struct {
+    void *block;
+    ptrdiff_t *order;  /* (B,) */
+    ptrdiff_t *length; /* (B,) */
+    float *h;          /* (B, H_out) */
+    float *c;          /* (B, H) */
+    float *gates;      /* (B, G*H) */
+    float *extra;      /* (B, H): LSTM m; GRU W_hn h or W_hn (r * h) */
+    float *extra2;     /* (B, H): GRU r * h */
+    int8_t *xq;        /* (B, k4) quantized rows */
+    float *xs;         /* (B,) their scales */
+} i8_workspace;
+
+static size_t up16(size_t n) { return (n + 15) / 16 * 16; }
+
+static int ws_alloc(i8_workspace *ws, ptrdiff_t B, ptrdiff_t T, ptrdiff_t h_out, ptrdiff_t H, ptrdiff_t G)
+{
+    const ptrdiff_t k4 = i8_cols_padded(h_out > H ? h_out : H);
+    const size_t idx = up16((size_t)(2 * B + T + 1)), nh = up16((size_t)(B * h_out)), nc = up16((size_t)(B * H));
+    const size_t ng = up16((size_t)(B * G * H)), nq = up16((size_t)(B * k4)), ns = up16((size_t)B);
+    const size_t bytes = idx * sizeof(ptrdiff_t) + (nh + 3 * nc + ng + ns) * sizeof(float) + nq + 64;
+    ws->block = malloc(bytes);
+    if (!ws->block)
+        return -1;
+    char *p = (char *)(((uintptr_t)ws->block + 63) & ~(uintptr_t)63);
+    ws->order = (ptrdiff_t *)p;
+    ws->length = ws->order + B;
+    p += idx * sizeof(ptrdiff_t);
+    ws->h = (float *)p;
+    ws->c = ws->h + nh;
+    ws->extra = ws->c + nc;
+    ws->extra2 = ws->extra + nc;
+    ws->gates = ws->extra2 + nc;
+    ws->xs = ws->gates + ng;
+    ws->xq = (int8_t *)(ws->xs + ns);
+    return 0;
+}
+
+static ptrdiff_t ws_begin(const rnn_sequence_io *io, i8_workspace *ws, ptrdiff_t h_out, const float *h,
+                          ptrdiff_t H, const float *c)
+{
+    const ptrdiff_t B = io->batch, T = io->steps;
+    ptrdiff_t *count = ws->length + B; /* (T + 1,) counting sort, longest first, stable */
+    for (ptrdiff_t l = 0; l <= T; l++)
+        count[l] = 0;
+    for (ptrdiff_t b = 0; b < B; b++) {
+        const int64_t l = io->lengths[b];
+        count[l < 0 ? 0 : (l > T ? T : l)]++;
+    }
+    for (ptrdiff_t l = T, start = 0; l >= 0; l--) {
+        const ptrdiff_t n = count[l];
+        count[l] = start;
+        start += n;
+    }
+    for (ptrdiff_t b = 0; b < B; b++) {
+        const int64_t l64 = io->lengths[b];
+        const ptrdiff_t l = l64 < 0 ? 0 : (l64 > T ? T : (ptrdiff_t)l64);
+        const ptrdiff_t i = count[l]++;
+        ws->order[i] = b;
+        ws->length[i] = l;
+    }
+    for (ptrdiff_t i = 0; i < B; i++) {
+        const ptrdiff_t b = ws->order[i];
+        memcpy(ws->h + i * h_out, h + b * h_out, (size_t)h_out * sizeof(float));
+        if (c)
+            memcpy(ws->c + i * H, c + b * H, (size_t)H * sizeof(float));
+        for (ptrdiff_t t = ws->length[i]; t < T; t++)
+            memset(io->y + (b * T + t) * io->y_cols + io->y_offset, 0, (size_t)h_out * sizeof(float));
+    }
+    return B > 0 ? ws->length[0] : 0;
+}
+
+static const float *ws_row(const rnn_sequence_io *io, const i8_workspace *ws, const float *xproj,
+                           ptrdiff_t width, ptrdiff_t i, ptrdiff_t s)
+{
+    const ptrdiff_t t = io->reverse ? ws->length[i] - 1 - s : s;
+    const ptrdiff_t bt = ws->order[i] * io->steps + t;
+    return xproj + (io->tokens ? (ptrdiff_t)io->tokens[bt] : bt) * width;
+}
+
+int i8_sequence(int cell_kind, const rnn_sequence_io *io, const float *xproj, const i8_weights *w,
+                float *h, float *c, const rnn_cell *cell)
+{
+    const int lstm = cell_kind == I8_LSTM, gru = cell_kind == I8_GRU;
+    const ptrdiff_t H = gru ? w->w_hh_n.rows : (lstm ? w->w_hh_rz.rows / 4 : w->w_hh_rz.rows);
+    const ptrdiff_t G = gru ? 3 : (lstm ? 4 : 1), GH = G * H;
+    const ptrdiff_t h_out = w->w_hh_rz.cols;
+    const int proj = lstm && w->w_hr.rows > 0, lbr = cell->linear_before_reset;
+    i8_workspace ws;
+    if (ws_alloc(&ws, io->batch, io->steps, h_out, H, G))
+        return -1;
+    const unsigned csr = rnn_denormals_off();
+    const ptrdiff_t longest = ws_begin(io, &ws, h_out, h, H, lstm ? c : NULL);
+    ptrdiff_t n = io->batch;
+    for (ptrdiff_t s = 0; s < longest; s++) {
+        while (n > 0 && ws.length[n - 1] <= s)
+            n--;
+        for (ptrdiff_t i = 0; i < n; i++) /* a = xp (bias included) */
+            memcpy(ws.gates + i * GH, ws_row(io, &ws, xproj, GH, i, s), (size_t)GH * sizeof(float));
+#if defined(__GNUC__) || defined(__clang__)
+        for (ptrdiff_t i = 0; i < n && ws.length[i] > s + 1; i++) { /* next step's rows (folded table) */
+            const char *row = (const char *)ws_row(io, &ws, xproj, GH, i, s + 1);
+            for (ptrdiff_t off = 0; off < GH * (ptrdiff_t)sizeof(float); off += 64)
+                __builtin_prefetch(row + off, 0, 2);
+        }
+#endif
+        i8_quantize_rows(ws.h, h_out, n, h_out, ws.xq, ws.xs); /* h, one scale per row */
+        i8_matmul(&w->w_hh_rz, ws.xq, ws.xs, n, ws.gates, GH);  /* a += W_hh h (gru: rows r|z) */
+        if (lstm) {
+            for (ptrdiff_t i = 0; i < n; i++)
+                rnn_lstm_pointwise(ws.gates + i * GH, H, ws.c + i * H, proj ? ws.extra + i * H : ws.h + i * h_out,
+                                   w->peephole, H, cell, H);
+            if (proj) { /* h' = W_hr m */
+                memset(ws.h, 0, (size_t)(n * h_out) * sizeof(float));
+                i8_quantize_rows(ws.extra, H, n, H, ws.xq, ws.xs);
+                i8_matmul(&w->w_hr, ws.xq, ws.xs, n, ws.h, h_out);
+            }
+        } else if (gru) {
+            for (ptrdiff_t i = 0; i < n; i++) /* r, z */
+                rnn_activate(&cell->act[0], cell->clip, ws.gates + i * GH, 2 * H);
+            memset(ws.extra, 0, (size_t)(n * H) * sizeof(float));
+            if (lbr) { /* W_hn h, with the same quantized h */
+                i8_matmul(&w->w_hh_n, ws.xq, ws.xs, n, ws.extra, H);
+            } else { /* W_hn (r * h) */
+                for (ptrdiff_t i = 0; i < n; i++) {
+                    const float *r = ws.gates + i * GH, *hi = ws.h + i * H;
+                    float *rh = ws.extra2 + i * H;
+                    for (ptrdiff_t j = 0; j < H; j++)
+                        rh[j] = r[j] * hi[j];
+                }
+                i8_quantize_rows(ws.extra2, H, n, H, ws.xq, ws.xs);
+                i8_matmul(&w->w_hh_n, ws.xq, ws.xs, n, ws.extra, H);
+            }
+            for (ptrdiff_t i = 0; i < n; i++) {
+                float *a = ws.gates + i * GH, *hi = ws.h + i * H;
+                rnn_gru_pointwise(a + 2 * H, a, a + H, ws.extra + i * H, w->b_hn, hi, hi, cell, H);
+            }
+        } else {
+            for (ptrdiff_t i = 0; i < n; i++) { /* h' = f(a) */
+                float *a = ws.gates + i * GH;
+                rnn_activate(&cell->act[0], cell->clip, a, H);
+                memcpy(ws.h + i * H, a, (size_t)H * sizeof(float));
+            }
+        }
+        for (ptrdiff_t i = 0; i < n; i++) { /* y[b, t] = h' */
+            const ptrdiff_t b = ws.order[i], t = io->reverse ? ws.length[i] - 1 - s : s;
+            memcpy(io->y + (b * io->steps + t) * io->y_cols + io->y_offset, ws.h + i * h_out,
+                   (size_t)h_out * sizeof(float));
+        }
+    }
+    for (ptrdiff_t i = 0; i < io->batch; i++) {
+        const ptrdiff_t b = ws.order[i];
+        memcpy(h + b * h_out, ws.h + i * h_out, (size_t)h_out * sizeof(float));
+        if (lstm)
+            memcpy(c + b * H, ws.c + i * H, (size_t)H * sizeof(float));
+    }
+    free(ws.block);
+    rnn_denormals_restore(csr);
+    return 0;
+}
