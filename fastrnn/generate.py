@@ -246,6 +246,8 @@ def default_weights(model, weights):
     """weights=None -> the kind the model file was quantized to ("float32" if it was not)."""
     if weights is None:
         weights = (model.metadata or {}).get("quantized") or "float32"
+        if weights not in WEIGHT_KINDS:  # e.g. bfloat16: the values are rounded already
+            weights = "float32"
     return weights
 
 

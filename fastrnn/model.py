@@ -362,6 +362,10 @@ class Model:
         B = xs[0].shape[0]
         states_in = self._check_states(initial_state, B)
         be = get_backend(backend)
+        if self.metadata.get("quantized") == "int8":  # int8 products (fastrnn.quantize)
+            from .quantize import int8_backend
+
+            be = int8_backend(be)
         threads = check_threads(threads)
         outs, states_out = self.plan().run(xs, ls, states_in, be, threads)
         if len(outs) == 1:
@@ -373,6 +377,13 @@ class Model:
         return (result, states_out) if return_state else result
 
     # -- features implemented in their own modules ----------------------------------------
+    def quantize(self, kind):
+        """A copy computing with reduced-precision weights: "int8" (per-row scales, int8
+        products), "float16" or "bfloat16"; see fastrnn.quantize."""
+        from .quantize import quantize
+
+        return quantize(self, kind)
+
     def generate(self, prompt, max_new_tokens=None, temperature=None, top_k=None, top_p=None,
                  repetition_penalty=None, seed=None, stop=None, stream=False, initial_state=None, backend=None,
                  weights=None, threads=None):

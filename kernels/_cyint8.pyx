@@ -63,7 +63,7 @@ cdef extern from "int8_core.h" nogil:
 
 # Levels of this module, best last; FASTRNN_SIMD (plain|avx2|avx512) caps them like the float
 # kernels: avx2 -> the vpmaddubsw path, avx512 (or unset) -> the best the CPU has.
-SIMD_LEVELS = ("plain", "avx2", "avxvnni", "avx512vnni")
+SIMD_LEVELS = ("plain", "avx2", "avxvnni", "avx512vnni", "amx")
 CELL_KINDS = {"rnn": 0, "lstm": 1, "gru": 2}
 
 

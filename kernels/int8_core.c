@@ -28,6 +28,12 @@
 #else
 #define I8_UNROLL _Pragma("GCC unroll 8")
 #endif
+#define I8_AMX __attribute__((target("amx-tile,amx-int8,avx512f,avx512bw,avx512vl,avx512vnni,fma")))
+#include <cpuid.h>
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 #else
 #define I8_X86 0
 #endif
@@ -38,6 +44,23 @@
 
 static int i8_state = -1;
 
+/* AMX int8 tiles: the CPU has them and Linux lets this process use their state (asked once) */
+static int amx_usable(void)
+{
+#if I8_X86 && defined(__linux__) && defined(SYS_arch_prctl)
+    static int usable = -1;
+    if (usable < 0) {
+        unsigned a, b, c, d;
+        usable = 0;
+        if (__get_cpuid_count(7, 0, &a, &b, &c, &d) && ((d >> 24) & 1) && ((d >> 25) & 1))
+            usable = syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */) == 0;
+    }
+    return usable;
+#else
+    return 0;
+#endif
+}
+
 static int i8_cpu_level(void)
 {
 #if I8_X86
@@ -46,7 +69,7 @@ static int i8_cpu_level(void)
         return I8_SIMD_PLAIN;
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni"))
-        return I8_SIMD_AVX512VNNI;
+        return amx_usable() ? I8_SIMD_AMX : I8_SIMD_AVX512VNNI;
     if (__builtin_cpu_supports("avxvnni"))
         return I8_SIMD_AVXVNNI;
     return I8_SIMD_AVX2;
@@ -66,7 +89,7 @@ int i8_select_simd(int level)
 {
     const int best = i8_cpu_level();
     /* AVX-VNNI is not implied by AVX-512 VNNI: a cap at AVX-VNNI on a CPU without it is AVX2 */
-    if (level == I8_SIMD_AVXVNNI && best == I8_SIMD_AVX512VNNI) {
+    if (level == I8_SIMD_AVXVNNI && best >= I8_SIMD_AVX512VNNI) {
 #if I8_X86
         if (!__builtin_cpu_supports("avxvnni"))
             level = I8_SIMD_AVX2;
@@ -104,15 +127,15 @@ void i8_pack(const int8_t *q, ptrdiff_t rows, ptrdiff_t cols, int8_t *packed, in
         }
 }
 
-/* one row: xq (K4,) <- clamp(rint(x / s)), returns s = max|x| / 127 (1 when x is all zero) */
+/* one row: xq (K4,) <- clamp(rint(x * (1 / s))), returns s = max|x| / 127 (1 when x is all zero) */
 static float quantize_row_plain(const float *x, ptrdiff_t K, ptrdiff_t K4, int8_t *xq)
 {
     float top = 0.0f;
     for (ptrdiff_t k = 0; k < K; k++)
         top = fabsf(x[k]) > top ? fabsf(x[k]) : top;
-    const float s = top > 0.0f ? top / 127.0f : 1.0f;
+    const float s = top > 0.0f ? top / 127.0f : 1.0f, inv = 1.0f / s;
     for (ptrdiff_t k = 0; k < K; k++) {
-        float v = nearbyintf(x[k] / s);
+        float v = nearbyintf(x[k] * inv);
         v = v > 127.0f ? 127.0f : (v < -127.0f ? -127.0f : v);
         xq[k] = (int8_t)v;
     }
@@ -131,11 +154,11 @@ static I8_AVX512 float quantize_row_avx512(const float *x, ptrdiff_t K, ptrdiff_
         vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_maskz_loadu_ps(m, x + k)));
     }
     const float top = _mm512_reduce_max_ps(vmax);
-    const float s = top > 0.0f ? top / 127.0f : 1.0f;
-    const __m512 vs = _mm512_set1_ps(s), hi = _mm512_set1_ps(127.0f), lo = _mm512_set1_ps(-127.0f);
+    const float s = top > 0.0f ? top / 127.0f : 1.0f, inv = 1.0f / s;
+    const __m512 vs = _mm512_set1_ps(inv), hi = _mm512_set1_ps(127.0f), lo = _mm512_set1_ps(-127.0f);
     for (k = 0; k < K; k += 16) {
         const __mmask16 m = K - k >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (K - k)) - 1u);
-        __m512 v = _mm512_div_ps(_mm512_maskz_loadu_ps(m, x + k), vs);
+        __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + k), vs);
         v = _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
         v = _mm512_min_ps(_mm512_max_ps(v, lo), hi);
         _mm_mask_storeu_epi8(xq + k, m, _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(v)));
@@ -159,10 +182,10 @@ static I8_AVX2 float quantize_row_avx2(const float *x, ptrdiff_t K, ptrdiff_t K4
         top = lanes[j] > top ? lanes[j] : top;
     for (ptrdiff_t t = k; t < K; t++)
         top = fabsf(x[t]) > top ? fabsf(x[t]) : top;
-    const float s = top > 0.0f ? top / 127.0f : 1.0f;
-    const __m256 vs = _mm256_set1_ps(s), hi = _mm256_set1_ps(127.0f), lo = _mm256_set1_ps(-127.0f);
+    const float s = top > 0.0f ? top / 127.0f : 1.0f, inv = 1.0f / s;
+    const __m256 vs = _mm256_set1_ps(inv), hi = _mm256_set1_ps(127.0f), lo = _mm256_set1_ps(-127.0f);
     for (k = 0; k + 8 <= K; k += 8) {
-        __m256 v = _mm256_div_ps(_mm256_loadu_ps(x + k), vs);
+        __m256 v = _mm256_mul_ps(_mm256_loadu_ps(x + k), vs);
         v = _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
         v = _mm256_min_ps(_mm256_max_ps(v, lo), hi);
         int32_t iv[8];
@@ -171,7 +194,7 @@ static I8_AVX2 float quantize_row_avx2(const float *x, ptrdiff_t K, ptrdiff_t K4
             xq[k + j] = (int8_t)iv[j];
     }
     for (; k < K; k++) {
-        float v = nearbyintf(x[k] / s);
+        float v = nearbyintf(x[k] * inv);
         v = v > 127.0f ? 127.0f : (v < -127.0f ? -127.0f : v);
         xq[k] = (int8_t)v;
     }
@@ -186,7 +209,7 @@ void i8_quantize_rows(const float *in, ptrdiff_t ld_in, ptrdiff_t m, ptrdiff_t K
     const ptrdiff_t K4 = i8_cols_padded(K);
 #if I8_X86
     const int level = i8_simd_enabled();
-    if (level == I8_SIMD_AVX512VNNI) {
+    if (level >= I8_SIMD_AVX512VNNI) {
         for (ptrdiff_t r = 0; r < m; r++)
             xs[r] = quantize_row_avx512(in + r * ld_in, K, K4, xq + r * K4);
         return;
@@ -375,6 +398,89 @@ static I8_AVXVNNI_INLINE void tile_avxvnni(const int MR, const int NPG, const i8
 I8_DRIVER(matmul_vnni512, I8_AVX512, tile_vnni512, 6, 4)
 I8_DRIVER(matmul_avxvnni, I8_AVXVNNI, tile_avxvnni, 2, 2)
 I8_DRIVER(matmul_avx2, I8_AVX2, tile_avx2, 2, 2)
+
+/* AMX: blocks of 16 rows times panels of 16 outputs, K in chunks of 64, with tdpbssd (s8 x s8 ->
+ * s32, no offset). A panel's 16 groups of 4 inputs (64 k) are 16 rows of 64 bytes: the packed
+ * layout is already tdpbssd's B operand. Tiles 0-3: C (2 row blocks x 2 panels), 4-5: A, 6-7: B,
+ * all 16 rows x 64 bytes. Rows beyond the last whole block of 16 go through the AVX-512 VNNI
+ * kernel: the integer sums are exact, so they get the same bits either way. Needs K4 % 64 == 0. */
+typedef struct {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} amx_config;
+
+static I8_AMX void amx_epilogue(const i8_packed *w, ptrdiff_t p, int np, int nr, const int32_t *cbuf,
+                                const float *xs, float *out, ptrdiff_t ld_out)
+{
+    for (int g = 0; g < np; g++) {
+        const ptrdiff_t n0 = (p + g) * I8_PANEL, valid = w->rows - n0;
+        const __mmask16 mask = valid >= I8_PANEL ? (__mmask16)0xFFFF : (__mmask16)((1u << valid) - 1u);
+        const __m512 sc = _mm512_loadu_ps(w->scale + n0);
+        for (int r = 0; r < 16 * nr; r++) {
+            const __m512 f = _mm512_cvtepi32_ps(_mm512_loadu_si512((const void *)(cbuf + r * 32 + g * 16)));
+            const __m512 t = _mm512_mul_ps(_mm512_set1_ps(xs[r]), sc);
+            float *o = out + r * ld_out + n0;
+            _mm512_mask_storeu_ps(o, mask, _mm512_add_ps(_mm512_maskz_loadu_ps(mask, o), _mm512_mul_ps(f, t)));
+        }
+    }
+}
+
+#define AMX_ROWS 256
+static I8_AMX void matmul_amx(const i8_packed *w, const int8_t *xq, const float *xs, ptrdiff_t m, float *out,
+                              ptrdiff_t ld_out)
+{
+    const ptrdiff_t N = w->rows, K4 = i8_cols_padded(w->cols), stride = K4 * I8_PANEL;
+    const ptrdiff_t panels = (N + I8_PANEL - 1) / I8_PANEL, m16 = m / 16 * 16;
+    amx_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    for (int t = 0; t < 8; t++) {
+        cfg.colsb[t] = 64;
+        cfg.rows[t] = 16;
+    }
+    _tile_loadconfig(&cfg);
+    int32_t cbuf[32 * 32] __attribute__((aligned(64)));
+    /* chunks of AMX_ROWS rows (their quantized inputs stay in L2 while every panel passes);
+     * inside, each pair of panels (their 2 x K4 x 16 bytes stay in L1) meets every row pair */
+    for (ptrdiff_t r0 = 0; r0 < m16; r0 += AMX_ROWS)
+    for (ptrdiff_t p = 0; p < panels; p += 2) {
+        const int np = panels - p >= 2 ? 2 : 1;
+        const int8_t *b0 = w->data + p * stride, *b1 = b0 + stride;
+        const ptrdiff_t r_end = m16 - r0 < AMX_ROWS ? m16 : r0 + AMX_ROWS;
+        for (ptrdiff_t r = r0; r < r_end; r += 32) {
+            const int nr = r_end - r >= 32 ? 2 : 1;
+            const int8_t *a0 = xq + r * K4, *a1 = a0 + 16 * K4;
+            _tile_zero(0);
+            _tile_zero(1);
+            _tile_zero(2);
+            _tile_zero(3);
+            for (ptrdiff_t k = 0; k < K4; k += 64) {
+                _tile_loadd(4, a0 + k, K4);
+                _tile_loadd(6, b0 + k * I8_PANEL, 64);
+                _tile_dpbssd(0, 4, 6);
+                if (np == 2) {
+                    _tile_loadd(7, b1 + k * I8_PANEL, 64);
+                    _tile_dpbssd(1, 4, 7);
+                }
+                if (nr == 2) {
+                    _tile_loadd(5, a1 + k, K4);
+                    _tile_dpbssd(2, 5, 6);
+                    if (np == 2)
+                        _tile_dpbssd(3, 5, 7);
+                }
+            }
+            _tile_stored(0, cbuf, 128);
+            _tile_stored(1, cbuf + 16, 128);
+            _tile_stored(2, cbuf + 16 * 32, 128);
+            _tile_stored(3, cbuf + 16 * 32 + 16, 128);
+            amx_epilogue(w, p, np, nr, cbuf, xs + r, out + r * ld_out, ld_out);
+        }
+    }
+    _tile_release();
+    if (m16 < m)
+        matmul_vnni512(w, xq + m16 * K4, xs + m16, m - m16, out + m16 * ld_out, ld_out);
+}
 #endif
 
 void i8_matmul(const i8_packed *w, const int8_t *xq, const float *xs, ptrdiff_t m, float *out, ptrdiff_t ld_out)
@@ -383,6 +489,13 @@ void i8_matmul(const i8_packed *w, const int8_t *xq, const float *xs, ptrdiff_t 
         return;
 #if I8_X86
     switch (i8_simd_enabled()) {
+    case I8_SIMD_AMX:
+        if (m >= 16 && i8_cols_padded(w->cols) % 64 == 0) {
+            matmul_amx(w, xq, xs, m, out, ld_out);
+            return;
+        }
+        matmul_vnni512(w, xq, xs, m, out, ld_out);
+        return;
     case I8_SIMD_AVX512VNNI: matmul_vnni512(w, xq, xs, m, out, ld_out); return;
     case I8_SIMD_AVXVNNI: matmul_avxvnni(w, xq, xs, m, out, ld_out); return;
     case I8_SIMD_AVX2: matmul_avx2(w, xq, xs, m, out, ld_out); return;

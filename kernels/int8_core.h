@@ -4,7 +4,8 @@
  *
  * The arithmetic, for a matrix W (N, K) ~ scale[n] * q[n, k], q in [-127, 127]:
  *   each input row x (K,) is quantized:  top = max_k |x[k]|,  s_x = top / 127 (1 if top == 0),
- *                                          xq[k] = clamp(rint(x[k] / s_x), -127, 127)   (int8)
+ *                                          inv = 1 / s_x  (float32 division, once per row),
+ *                                          xq[k] = clamp(rint(x[k] * inv), -127, 127)   (int8)
  *   acc[n] = sum_k q[n, k] * xq[k]       exact in int32 (|acc| <= K * 127^2)
  *   out[n] = out[n] + (float)acc[n] * (s_x * scale[n])   (one multiply for the scale, one
  *                                                          multiply, one add: no fused ops)
@@ -12,6 +13,9 @@
  * levels give the same bits (tests/test_int8.py), and a row's result never depends on the batch.
  *
  * Instruction sets, chosen at run time (i8_select_simd caps it, like rnn_select_simd):
+ *   I8_SIMD_AMX:        AMX tiles (tdpbssd, s8 x s8 -> s32) for products of at least 16 rows with
+ *       K4 a multiple of 64 (the input projections, batches of 16+); others as AVX-512 VNNI.
+ *       Linux must grant the tile state (arch_prctl ARCH_REQ_XCOMP_PERM), asked once.
  *   I8_SIMD_AVX512VNNI: vpdpbusd on zmm (u8 x s8 -> s32). The activations enter as unsigned
  *       bytes xq + 128; the offset is taken back out with the row sums of q: 128 * sum_k q[n, k].
  *   I8_SIMD_AVXVNNI:    the same on ymm (AVX-VNNI, VEX encoded).
@@ -83,7 +87,7 @@ enum { I8_RNN = 0, I8_LSTM = 1, I8_GRU = 2 };
 int i8_sequence(int cell_kind, const rnn_sequence_io *io, const float *xproj, const i8_weights *w,
                 float *h, float *c, const rnn_cell *cell);
 
-enum { I8_SIMD_PLAIN = 0, I8_SIMD_AVX2 = 1, I8_SIMD_AVXVNNI = 2, I8_SIMD_AVX512VNNI = 3 };
+enum { I8_SIMD_PLAIN = 0, I8_SIMD_AVX2 = 1, I8_SIMD_AVXVNNI = 2, I8_SIMD_AVX512VNNI = 3, I8_SIMD_AMX = 4 };
 int i8_simd_enabled(void);
 /* cap the level (-1: the best available); returns the level now in use */
 int i8_select_simd(int level);

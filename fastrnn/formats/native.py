@@ -20,8 +20,10 @@ Reduced-precision files (``save(..., quantize=...)``, ``fastrnn convert --quanti
 matrix (2-D: embedding, W_ih, W_hh, W_hr, Dense weight; biases and peepholes stay float32) is
 stored as F16, or as I8 ``q`` with a float32 tensor ``<name>.scale`` (N,) of per-row scales, the
 matrix being ``scale[:, None] * q``. Loading turns them back into float32 (exactly the stored
-values); the model's metadata "quantized" records the kind, and generation then runs with that
-weight kind by default (fastrnn.generate, ``weights=``).
+values); the model's metadata "quantized" records the kind: predict and classify of an int8 model
+then compute with int8 products, and generation runs with that weight kind by default
+(fastrnn.quantize, fastrnn.generate ``weights=``). A model from ``model.quantize(kind)`` is saved
+in its kind unless ``quantize`` says otherwise.
 """
 from __future__ import annotations
 
@@ -60,6 +62,8 @@ def save(model: Model, path, quantize=None):
     if quantize not in (None, "float32") + QUANTIZE_KINDS:
         raise ValueError(f"quantize must be one of float16, int8 (or None), got {quantize!r}")
     quantize = None if quantize == "float32" else quantize
+    if quantize is None and (model.metadata or {}).get("quantized") in QUANTIZE_KINDS:
+        quantize = model.metadata["quantized"]  # model.quantize(kind): stored in that kind
     tensors = {}
     layers = []
     layer_names = {}

@@ -1,0 +1,241 @@
+"""Reduced-precision models: ``model.quantize(kind)`` and the int8 engine behind it.
+
+Kinds
+-----
+- ``"int8"``: every weight matrix (Embedding, W_ih, W_hh, W_hr, Dense; biases and peepholes stay
+  float32) is rounded per output row: ``W[n] ~ scale[n] * q[n]``, ``scale[n] = max|W[n]| / 127``,
+  ``q = rint(W / scale)`` in [-127, 127] (fastrnn.formats.native.quantize_int8, the rule of int8
+  files). ``predict``, ``classify`` and ``generate`` then compute with int8 weights directly:
+  every matrix product quantizes its input rows on the fly (below) and sums integers.
+- ``"float16"`` / ``"bfloat16"``: the matrices rounded to half / bfloat16 precision (round to
+  nearest even). predict and classify compute in float32 with the rounded values; generate
+  streams float16 weights when that is measured faster (``weights="auto"``, fastrnn.generate).
+
+The model returned holds the rounded values as float32 arrays (``scale * q`` exactly, the same
+numbers a quantized file loads as) and ``metadata["quantized"] = kind``; the int8 engine
+recovers ``q`` and ``scale`` from them bitwise (the rule is idempotent on its own output), so a
+model quantized in memory, saved and loaded again gives the same results.
+
+The int8 arithmetic (the spec; kernels/int8_core.h implements it in C)
+-------------------------------------------------------------------
+For ``out = x @ W.T`` with x (M, K) float32 and W as above:
+
+    top[m] = max_k |x[m, k]|;  xs[m] = top[m] / 127 (1 where top is 0)            (float32)
+    xq[m, k] = clip(rint(x[m, k] * (1 / xs[m])), -127, 127)                         (int8)
+    acc[m, n] = sum_k xq[m, k] * q[n, k]                                             (exact int32)
+    out[m, n] = out[m, n] + float32(acc[m, n]) * (xs[m] * scale[n])                 (float32)
+
+so activations are quantized dynamically per row: per batch row and step in the recurrences,
+per row of x (every batch row and step) in the input projections, which run as one int8 GEMM
+over all steps. The error of one product is bounded by the two rounding steps: for each k,
+|x W - xq xs q scale| <= |x| scale/2 + |W| xs/2 (+ products of the halves).
+
+How this differs from onnxruntime's DynamicQuantizeLSTM (``quantize_dynamic``): onnxruntime
+quantizes weights per tensor or per column with a zero point and activations per tensor (one
+scale and zero point for the whole X of a run, u8); fastrnn uses one scale per weight row and
+one per activation row, symmetric (no zero point), so a row's result never depends on the other
+rows of the batch.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import importlib
+import threading
+
+import numpy as np
+
+from . import reference
+from .backends import CompiledBackend, NumpyBackend
+from .layers import Dense, DirectionWeights, Embedding, Recurrent
+
+f32 = np.float32
+KINDS = ("int8", "float16", "bfloat16")
+
+
+# -- rounding the weights ----------------------------------------------------------------------
+def quantize_int8(a):
+    """a (N, K) float32 -> (q int8 (N, K), scale float32 (N,)), per row (the file format's rule)."""
+    from .formats.native import quantize_int8 as rule
+
+    return rule(np.ascontiguousarray(a, dtype=f32))
+
+
+def round_bfloat16(a):
+    """float32 values rounded to the nearest bfloat16 (ties to even), kept as float32."""
+    u = np.ascontiguousarray(a, dtype=f32).view(np.uint32)
+    r = (u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) & np.uint32(0xFFFF0000)
+    return r.view(f32)
+
+
+def round_matrix(a, kind, name="weights"):
+    """The float32 values the ``kind`` engine computes with for matrix ``a`` (N, K)."""
+    a = np.ascontiguousarray(a, dtype=f32)
+    if kind == "int8":
+        q, scale = quantize_int8(a)
+        return scale[:, None] * q.astype(f32)
+    if kind == "float16":
+        if a.size and float(np.abs(a).max()) > 65504.0:
+            raise ValueError(f"{name} has weights beyond the float16 range (65504); use 'bfloat16' or 'int8'")
+        return a.astype(np.float16).astype(f32)
+    if kind == "bfloat16":
+        return round_bfloat16(a)
+    raise ValueError(f"quantize: kind must be one of {', '.join(KINDS)}, got {kind!r}")
+
+
+def quantize(model, kind):
+    """A copy of ``model`` whose weight matrices are rounded to ``kind`` ("int8", "float16" or
+    "bfloat16") and which computes with them (see the module doc). ``model`` is not changed."""
+    if kind not in KINDS:
+        raise ValueError(f"quantize: kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    layers = []
+    for layer in model.layers:
+        if isinstance(layer, (Embedding, Dense)):
+            layer = dataclasses.replace(layer, weight=round_matrix(layer.weight, kind, f"{layer.name}.weight"))
+        elif isinstance(layer, Recurrent):
+            dirs = [dataclasses.replace(w, **{f: round_matrix(getattr(w, f), kind, f"{layer.name}.{f}")
+                                              for f in ("w_ih", "w_hh", "w_hr") if getattr(w, f) is not None})
+                    for w in layer.directions]
+            layer = dataclasses.replace(layer, directions=dirs)
+        layers.append(layer)
+    metadata = dict(model.metadata or {})
+    metadata["quantized"] = kind
+    return type(model)(layers, vocabulary=model.vocabulary, metadata=metadata, name=model.name,
+                       input_shape=model.input_shape)
+
+
+# -- the spec: int8 products in NumPy -----------------------------------------------------------
+def quantize_rows(x):
+    """x (M, K) float32 -> (xq int8 (M, K), xs float32 (M,)): the per-row activation rule."""
+    x = np.asarray(x, dtype=f32)
+    top = np.abs(x).max(axis=1) if x.shape[1] else np.zeros(x.shape[0], f32)
+    xs = np.where(top > 0, top / f32(127), f32(1)).astype(f32)
+    inv = (f32(1) / xs).astype(f32)
+    xq = np.clip(np.rint(x * inv[:, None]), -127, 127).astype(np.int8)
+    return xq, xs
+
+
+def int8_product(xq, xs, q, scale, out):
+    """out (M, N) + float32(xq @ q.T) * (xs[:, None] * scale[None, :]), the spec of i8_matmul."""
+    acc = xq.astype(np.int64) @ q.astype(np.int64).T
+    return (out + acc.astype(f32) * (xs[:, None] * scale[None, :])).astype(f32)
+
+
+class Int8Matrix:
+    """W (N, K) as (q, scale), multiplied the int8 way: ``x @ W.T`` quantizes each row of x
+    (x (..., K) -> (..., N)). Rows slice like an array. Lets reference.cell_step, written for
+    float matrices, run the int8 arithmetic unchanged."""
+
+    __array_ufunc__ = None  # x @ m.T must reach __rmatmul__, not NumPy's matmul
+
+    def __init__(self, q, scale):
+        self.q, self.scale = q, scale
+
+    @classmethod
+    def of(cls, a):
+        return None if a is None else cls(*quantize_int8(a))
+
+    def __getitem__(self, rows):
+        return Int8Matrix(self.q[rows], self.scale[rows])
+
+    @property
+    def T(self):
+        return _Transposed(self)
+
+
+class _Transposed:
+    __array_ufunc__ = None
+
+    def __init__(self, m):
+        self.m = m
+
+    def __rmatmul__(self, x):
+        x = np.asarray(x, dtype=f32)
+        flat = x.reshape(-1, x.shape[-1])
+        xq, xs = quantize_rows(flat)
+        out = int8_product(xq, xs, self.m.q, self.m.scale, np.zeros((flat.shape[0], self.m.q.shape[0]), f32))
+        return out.reshape(x.shape[:-1] + (self.m.q.shape[0],))
+
+
+class Int8ReferenceBackend(NumpyBackend):
+    """The NumPy spec of the int8 engine: reference.recurrent / dense with every matrix product
+    done as above (activations quantized per row and step)."""
+
+    name = "numpy-int8"
+
+    def _int8_layer(self, layer):
+        cache = layer.__dict__.setdefault("_packed", {})
+        proxy = cache.get(self.name)
+        if proxy is None:
+            proxy = copy.copy(layer)  # the same cell, its matrices as Int8Matrix
+            proxy.directions = [DirectionWeights(Int8Matrix.of(w.w_ih), Int8Matrix.of(w.w_hh), w.b_ih, w.b_hh,
+                                                 Int8Matrix.of(w.w_hr), w.peephole) for w in layer.directions]
+            cache[self.name] = proxy
+        return proxy
+
+    def recurrent(self, layer, x, lengths, state, threads=1, tokens=None):
+        return reference.recurrent(self._int8_layer(layer), x, lengths, state)
+
+    def dense(self, layer, x, threads=1):
+        y = x @ Int8Matrix.of(layer.weight).T
+        if layer.bias is not None:
+            y = y + layer.bias
+        return reference.dense_activation(layer, y.astype(f32))
+
+
+# -- the compiled int8 engine ------------------------------------------------------------------
+class _Int8Kernels:
+    """kernels/_cyint8 behind the names CompiledBackend calls (pack_weight, matmul_packed)."""
+
+    def __init__(self, module):
+        self.module = module
+
+    def pack_weight(self, w):
+        return self.module.pack_int8(*quantize_int8(w))
+
+    def matmul_packed(self, x, packed, out):
+        self.module.matmul_int8(x, packed, out)
+
+
+class Int8CompiledBackend(CompiledBackend):
+    """CompiledBackend's driver (threads over directions and row blocks, the input projection of
+    all steps as one product, the folded embedding) with int8 products: kernels/int8_core.h."""
+
+    def __init__(self, module):
+        super().__init__("cython-int8", _Int8Kernels(module))
+
+    def _split_parts(self, layer, B, T, threads):
+        return 1  # no hidden-unit split for int8: a batch-1 direction runs on one thread
+
+    def _task(self, layer, p, xproj, token_ids, lengths, backward, h, c, y, y_offset, cell):
+        k = self.kernels.module
+        if layer.cell == "gru":
+            args = ("gru", xproj, p["w_hh_rz"], p["w_hh_n"], None, None, p["b_hn"])
+        else:
+            args = (layer.cell, xproj, p["w_hh"], None, p["w_hr"], p["peephole"], None)
+        return lambda: k.sequence(*args, lengths, backward, h, c, y, y_offset, cell, tokens=token_ids)
+
+
+_engines = {}
+_engines_lock = threading.Lock()
+
+
+def _compiled_module():
+    try:
+        return importlib.import_module("fastrnn.kernels._cyint8")
+    except ImportError:
+        return None
+
+
+def int8_backend(backend):
+    """The int8 engine for a float backend: the NumPy spec for "numpy", else the compiled one
+    (the NumPy spec when the extension is not built)."""
+    name = "reference" if backend.name == "numpy" else "compiled"
+    with _engines_lock:
+        engine = _engines.get(name)
+        if engine is None:
+            module = _compiled_module() if name == "compiled" else None
+            engine = Int8CompiledBackend(module) if module is not None else Int8ReferenceBackend()
+            _engines[name] = engine
+    return engine
+

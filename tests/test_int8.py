@@ -1,0 +1,260 @@
+"""int8 compute (fastrnn/quantize.py, kernels/int8_core.h): the NumPy spec, every instruction
+set against it, models against the spec and against float32, files, classify, generate."""
+import numpy as np
+import pytest
+
+import fastrnn
+from conftest import assert_close
+from fastrnn import backends
+from fastrnn.layers import Dense, Embedding
+from fastrnn.quantize import int8_product, quantize_int8, quantize_rows, round_bfloat16
+from helpers import random_recurrent, random_state
+
+k = pytest.importorskip("fastrnn.kernels._cyint8")
+
+BEST = k.select_simd(None)
+LEVELS = k.SIMD_LEVELS[: k.SIMD_LEVELS.index(BEST) + 1]
+# int8 C against the int8 NumPy spec, whole sequences: the element-wise steps (SIMD tanh/exp vs
+# NumPy's) differ in the last bits, and such a difference can move an activation across a
+# rounding boundary of its quantization: one step of one input, about |W| * top / 127 per gate.
+INT8_SPEC_ATOL = 2e-4
+
+
+@pytest.fixture
+def at_level():
+    def run(fn):
+        out = {}
+        try:
+            for level in LEVELS:
+                assert k.select_simd(level) in (level, "avx2")  # avxvnni falls back where absent
+                out[level] = fn()
+        finally:
+            k.select_simd(None)
+        return out
+    return run
+
+
+def rows_with_edges(rng, M, K):
+    x = (rng.standard_normal((M, K)) * rng.uniform(0.01, 10, (M, 1))).astype(np.float32)
+    if M > 2:
+        x[0] = 0.0  # all-zero row: scale 1, xq 0
+        x[1, :] = 3.0  # every value at the maximum: xq = 127 everywhere
+    return x
+
+
+# -- the spec and the kernels ------------------------------------------------------------------
+@pytest.mark.parametrize("M,K", [(1, 1), (3, 5), (7, 64), (40, 130), (5, 1000)])
+def test_quantize_rows_equal_spec_at_every_level(M, K, at_level, rng):
+    x = rows_with_edges(rng, M, K)
+    xq, xs = quantize_rows(x)
+    assert xq.dtype == np.int8 and np.abs(xq.astype(int)).max() <= 127
+    assert np.all(np.abs(x - xq * xs[:, None]) <= xs[:, None] / 2 * (1 + 1e-6))  # round to nearest
+    for level, (cq, cs) in at_level(lambda: k.quantize_rows(x)).items():
+        np.testing.assert_array_equal(cs, xs, err_msg=level)
+        np.testing.assert_array_equal(cq[:, :K], xq, err_msg=level)
+        assert not cq[:, K:].any(), level  # zero padding to a multiple of 4
+
+
+@pytest.mark.parametrize("N,K", [(512, 128), (37, 45), (16, 1), (5, 3), (70, 192), (2048, 64)])
+@pytest.mark.parametrize("m", [1, 2, 5, 7, 16, 33, 67])
+def test_matmul_equal_spec_at_every_level(N, K, m, at_level, rng):
+    """Every instruction set (plain C, AVX2 vpmaddubsw, AVX-VNNI, AVX-512 VNNI, AMX) computes
+    the same integers and the same float operations as the spec: the same bits."""
+    W = (rng.standard_normal((N, K)) * 0.3).astype(np.float32)
+    q, scale = quantize_int8(W)
+    w = k.pack_int8(q, scale)
+    x = rows_with_edges(rng, m, K)
+    out0 = rng.standard_normal((m, N)).astype(np.float32)
+    expected = int8_product(*quantize_rows(x), q, scale, out0)
+
+    def run():
+        out = out0.copy()
+        k.matmul_int8(x, w, out)
+        return out
+
+    for level, out in at_level(run).items():
+        np.testing.assert_array_equal(out, expected, err_msg=level)
+
+
+def test_no_int16_saturation_on_extreme_values(at_level):
+    """vpmaddubsw adds two u8*s8 products in int16: with |xq| = |q| = 127 everywhere a naive
+    u8 offset would saturate; the sign trick keeps every pair sum within 2 * 127^2."""
+    K, N = 256, 32
+    W = np.where(np.arange(N)[:, None] % 2, 1.0, -1.0) * np.ones((N, K), np.float32)
+    x = np.stack([np.ones(K), -np.ones(K), np.where(np.arange(K) % 2, 1.0, -1.0)]).astype(np.float32)
+    q, scale = quantize_int8(W.astype(np.float32))
+    w = k.pack_int8(q, scale)
+    expected = x @ W.T  # exact: every value is +-127 * (1/127) steps, sums of +-1
+    for level, out in at_level(lambda: (lambda o: (k.matmul_int8(x, w, o), o)[1])(
+            np.zeros((3, N), np.float32))).items():
+        assert_close(out, expected, atol=1e-3, rtol=1e-5, what=level)
+
+
+def test_error_of_one_product_within_the_quantization_bound(rng):
+    """|x W^T - int8(x, W)| <= sum_k (|x_k| s_W / 2 + |W_k| s_x / 2 + s_x s_W / 4): each factor
+    is off by at most half its quantization step."""
+    N, K, M = 64, 200, 10
+    W = rng.standard_normal((N, K)).astype(np.float32)
+    x = rng.standard_normal((M, K)).astype(np.float32)
+    q, s_w = quantize_int8(W)
+    xq, s_x = quantize_rows(x)
+    got = int8_product(xq, s_x, q, s_w, np.zeros((M, N), np.float32))
+    exact = x.astype(np.float64) @ W.T.astype(np.float64)
+    bound = (np.abs(x).sum(1)[:, None] * s_w[None, :] / 2 + np.abs(W).sum(1)[None, :] * s_x[:, None] / 2
+             + K * s_x[:, None] * s_w[None, :] / 4)
+    assert np.all(np.abs(got - exact) <= bound * 1.001 + 1e-5)
+    assert np.abs(got - exact).max() > 0  # the test can fail: the product is not exact
+
+
+def test_requantizing_stored_weights_gives_them_back(rng):
+    """The engine derives (q, scale) from the float32 values scale * q a quantized model holds
+    (and an int8 file loads as): the rule must be idempotent, bit for bit."""
+    a = (rng.standard_normal((3000, 33)) * 10.0 ** rng.uniform(-6, 3, (3000, 1))).astype(np.float32)
+    q, s = quantize_int8(a)
+    q2, s2 = quantize_int8(s[:, None] * q.astype(np.float32))
+    np.testing.assert_array_equal(q2, q)
+    np.testing.assert_array_equal(s2, s)
+
+
+# -- models ------------------------------------------------------------------------------------
+CASES = [
+    dict(cell="lstm", bidirectional=True),
+    dict(cell="lstm", proj_size=5),
+    dict(cell="lstm", peephole=True),
+    dict(cell="gru", linear_before_reset=True),
+    dict(cell="gru", linear_before_reset=False, bidirectional=True),
+    dict(cell="rnn"),
+]
+
+
+def seq_model(rng, case, hidden=24, features=9):
+    rec = random_recurrent(rng, input_size=features, hidden_size=hidden, **case)
+    return fastrnn.Model([rec, Dense((rng.standard_normal((3, rec.output_size)) * 0.3).astype(np.float32),
+                                     np.zeros(3, np.float32), "tanh")])
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(f"{v}" for v in c.values()))
+def test_compiled_int8_model_matches_the_spec(case, rng):
+    model = seq_model(rng, case)
+    q = model.quantize("int8")
+    x = rng.standard_normal((5, 17, 9)).astype(np.float32)
+    lengths = np.array([17, 3, 0, 16, 1])
+    rec = model.layers[0]
+    state = [random_state(rng, rec, 5)]
+    y, st = q.predict(x, lengths, initial_state=state, return_state=True, backend="cython")
+    y_ref, st_ref = q.predict(x, lengths, initial_state=state, return_state=True, backend="numpy")
+    assert_close(y, y_ref, atol=INT8_SPEC_ATOL, rtol=1e-3, what="outputs")
+    parts, parts_ref = (st[0], st_ref[0]) if rec.cell == "lstm" else ((st[0],), (st_ref[0],))
+    for a, b in zip(parts, parts_ref):
+        assert_close(a, b, atol=INT8_SPEC_ATOL, rtol=1e-3, what="state")
+    # and it really is int8: not the float32 result of the rounded weights
+    y_float = model.predict(x, lengths, initial_state=state)
+    assert np.abs(y - y_float).max() > 1e-5
+
+
+@pytest.mark.parametrize("case", CASES[:4], ids=lambda c: "-".join(f"{v}" for v in c.values()))
+def test_int8_levels_give_the_same_model_outputs(case, at_level, rng):
+    q = seq_model(rng, case, hidden=40).quantize("int8")
+    x = rng.standard_normal((19, 11, 9)).astype(np.float32)  # 19 rows: AMX blocks of 16 + rest
+    outs = at_level(lambda: q.predict(x, backend="cython", threads=1))
+    for level, y in outs.items():
+        np.testing.assert_array_equal(y, outs[LEVELS[0]], err_msg=level)
+
+
+def test_int8_close_to_float32_within_the_quantization_step(rng):
+    """A sequence model and a classifier: the int8 outputs stay within a tolerance made of
+    the quantization steps (two half-steps per product, through tanh/sigmoid which do not
+    amplify, over the steps of the recurrence: a stated multiple)."""
+    model = seq_model(rng, dict(cell="lstm"), hidden=64, features=16)
+    x = rng.standard_normal((4, 30, 16)).astype(np.float32)
+    y32, y8 = model.predict(x), model.quantize("int8").predict(x)
+    rec = model.layers[0]
+    w = rec.directions[0]
+    # one product's bound (test above) at the largest row of W_hh and |h| <= 1, K = H inputs
+    step = np.abs(w.w_hh).max() / 127 * rec.hidden_size / 2 + np.abs(w.w_hh).sum(1).max() / 127 / 2
+    err = np.abs(y8 - y32).max()
+    assert 0 < err <= 4 * step, (err, step)
+
+
+def test_folded_embedding_is_bitwise_the_unfolded_product(rng, monkeypatch):
+    emb = Embedding((rng.standard_normal((50, 12)) * 0.5).astype(np.float32))
+    rec = random_recurrent(rng, "gru", input_size=12, hidden_size=32, bidirectional=True, return_sequences=False)
+    q = fastrnn.Model([emb, rec, Dense(rng.standard_normal((2, 64)).astype(np.float32), None, "softmax")]).quantize(
+        "int8")
+    ids = rng.integers(0, 50, (6, 13))
+    folded = q.predict(ids, backend="cython")
+    monkeypatch.setattr(backends, "MAX_FOLDED_TABLE_BYTES", 0)
+    q2 = fastrnn.Model(q.layers, metadata=q.metadata)  # fresh caches
+    np.testing.assert_array_equal(q2.predict(ids, backend="cython"), folded)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_row_does_not_depend_on_its_batch(threads, rng):
+    q = seq_model(rng, dict(cell="lstm", bidirectional=True), hidden=32).quantize("int8")
+    x = rng.standard_normal((24, 8, 9)).astype(np.float32)
+    lengths = rng.integers(1, 9, 24)
+    y = q.predict(x, lengths, threads=threads, backend="cython")
+    for b in (0, 17, 23):
+        np.testing.assert_array_equal(q.predict(x[b:b + 1], lengths[b:b + 1], threads=1, backend="cython")[0], y[b])
+
+
+# -- the model object, files, classify, generate -----------------------------------------------
+def test_quantize_returns_a_new_model_and_rejects_unknown_kinds(rng):
+    model = seq_model(rng, dict(cell="gru"))
+    before = model.layers[0].directions[0].w_hh.copy()
+    q = model.quantize("int8")
+    assert q is not model and q.metadata["quantized"] == "int8" and "quantized" not in model.metadata
+    np.testing.assert_array_equal(model.layers[0].directions[0].w_hh, before)
+    qw, s = quantize_int8(before)
+    np.testing.assert_array_equal(q.layers[0].directions[0].w_hh, s[:, None] * qw.astype(np.float32))
+    with pytest.raises(ValueError, match="int8, float16, bfloat16"):
+        model.quantize("int4")
+
+
+def test_saved_int8_model_loads_as_int8_with_the_same_results(rng, tmp_path):
+    q = seq_model(rng, dict(cell="lstm", proj_size=7)).quantize("int8")
+    path = tmp_path / "q.safetensors"
+    fastrnn.save(q, path)  # stored in the model's kind
+    from fastrnn.formats import safetensors
+
+    tensors, _ = safetensors.read(path)
+    assert any(a.dtype == np.int8 for a in tensors.values())
+    loaded = fastrnn.load(path)
+    assert loaded.metadata["quantized"] == "int8"
+    x = rng.standard_normal((3, 10, 9)).astype(np.float32)
+    np.testing.assert_array_equal(loaded.predict(x), q.predict(x))
+
+
+def test_classify_and_generate_run_on_int8(rng):
+    vocab = fastrnn.Vocabulary([chr(97 + i) for i in range(20)])
+    emb = Embedding((rng.standard_normal((20, 8)) * 0.5).astype(np.float32))
+    rec = random_recurrent(rng, "lstm", input_size=8, hidden_size=32, return_sequences=False)
+    cls = fastrnn.Model([emb, rec, Dense(rng.standard_normal((3, 32)).astype(np.float32), None, "softmax")],
+                        vocabulary=vocab, metadata={"labels": ["x", "y", "z"]})
+    q = cls.quantize("int8")
+    texts = ["abc", "hello", "a"]
+    got = [r.probabilities for r in q.classify(texts)]
+    for text, p in zip(texts, got):
+        np.testing.assert_array_equal(p, q.predict([vocab.encode(text)])[0])
+    assert any(np.abs(p - r.probabilities).max() > 0 for p, r in zip(got, cls.classify(texts)))
+
+    rec2 = random_recurrent(rng, "lstm", input_size=8, hidden_size=32)
+    gen = fastrnn.Model([emb, rec2, Dense(rng.standard_normal((20, 32)).astype(np.float32), None)], vocabulary=vocab)
+    assert gen.quantize("int8").generate("ab", max_new_tokens=20, seed=1) == gen.generate(
+        "ab", max_new_tokens=20, seed=1, weights="int8")
+
+
+def test_bfloat16_and_float16_kinds(rng):
+    torch = pytest.importorskip("torch")
+    a = (rng.standard_normal((40, 30)) * 10.0 ** rng.uniform(-3, 3, (40, 1))).astype(np.float32)
+    expected = torch.from_numpy(a).to(torch.bfloat16).to(torch.float32).numpy()
+    np.testing.assert_array_equal(round_bfloat16(a), expected)
+    model = seq_model(rng, dict(cell="gru"))
+    x = rng.standard_normal((2, 6, 9)).astype(np.float32)
+    for kind, tol in (("float16", 2e-3), ("bfloat16", 2e-2)):
+        qm = model.quantize(kind)
+        assert qm.metadata["quantized"] == kind
+        w = qm.layers[0].directions[0].w_ih
+        if kind == "float16":
+            np.testing.assert_array_equal(w, model.layers[0].directions[0].w_ih.astype(np.float16).astype(np.float32))
+        assert_close(qm.predict(x), model.predict(x), atol=tol, rtol=0, what=kind)
