@@ -204,6 +204,21 @@ class Int8CompiledBackend(CompiledBackend):
     def __init__(self, module):
         super().__init__("cython-int8", _Int8Kernels(module))
 
+    def matmul(self, x, packed, n_out, bias, threads=1):
+        """x (M, K) @ W.T + bias as the parent's, with the bias added in the kernel's epilogue
+        (the output is written once, not filled with the bias first): the same bits."""
+        from .backends import run_tasks, split_rows
+
+        M = x.shape[0]
+        out = np.empty((M, n_out), f32)
+        x = np.ascontiguousarray(x, dtype=f32)
+        bias = np.zeros(n_out, f32) if bias is None else np.ascontiguousarray(bias, dtype=f32)
+        k = self.kernels.module
+        tasks = [(lambda a=a, b=b: k.matmul_int8(x[a:b], packed, out[a:b], bias))
+                 for a, b in split_rows(M, threads if M >= 64 * threads else 1)]
+        run_tasks(tasks, threads)
+        return out
+
     def _split_parts(self, layer, B, T, threads):
         return 1  # no hidden-unit split for int8: a batch-1 direction runs on one thread
 

@@ -7,6 +7,7 @@ input validation here (fastrnn.quantize checks and allocates before calling).
 import numpy as np
 
 from libc.stdint cimport int8_t, int32_t, int64_t, uintptr_t
+from libc.stdlib cimport free, malloc
 
 cdef extern from "rnn_core.h" nogil:
     ctypedef struct rnn_activation:
@@ -53,8 +54,8 @@ cdef extern from "int8_core.h" nogil:
     size_t i8_packed_size(Py_ssize_t rows, Py_ssize_t cols)
     void i8_pack(const int8_t *q, Py_ssize_t rows, Py_ssize_t cols, int8_t *packed, int32_t *row_sum)
     void i8_quantize_rows(const float *inp, Py_ssize_t ld_in, Py_ssize_t m, Py_ssize_t K, int8_t *xq, float *xs)
-    void i8_matmul(const i8_packed *w, const int8_t *xq, const float *xs, Py_ssize_t m, float *out,
-                   Py_ssize_t ld_out)
+    void i8_matmul(const i8_packed *w, const int8_t *xq, const float *xs, Py_ssize_t m, const float **src,
+                   float *out, Py_ssize_t ld_out)
     int i8_sequence(int cell_kind, const rnn_sequence_io *io, const float *xproj, const i8_weights *w,
                     float *h, float *c, const rnn_cell *cell)
     int i8_simd_enabled()
@@ -173,20 +174,37 @@ def quantize_rows(x):
     return xq, xs
 
 
-def matmul_int8(x, Int8Weight w not None, float[:, ::1] out):
-    """out (M, N) += the int8 product of x (M, K) float32 with w (rows of x quantized here)."""
+def matmul_int8(x, Int8Weight w not None, float[:, ::1] out, bias=None):
+    """out (M, N) += the int8 product of x (M, K) float32 with w (rows of x quantized here);
+    with bias (N,) float32: out = bias + the product (out is only written)."""
     cdef const float[:, ::1] xv = x
-    cdef Py_ssize_t M = xv.shape[0], K = xv.shape[1], K4 = i8_cols_padded(K)
-    if M == 0 or w.rows == 0 or K == 0:
+    cdef Py_ssize_t M = xv.shape[0], K = xv.shape[1], K4 = i8_cols_padded(K), r
+    cdef const float[::1] bv
+    cdef const float **src = NULL
+    if M == 0 or w.rows == 0:
+        return
+    if K == 0:
+        if bias is not None:
+            out[:, :] = bias
         return
     xq = np.empty((M, K4), np.int8)
     xs = np.empty(M, np.float32)
     cdef int8_t[:, ::1] qv = xq
     cdef float[::1] sv = xs
     cdef i8_packed p = w.packed()
-    with nogil:
-        i8_quantize_rows(&xv[0, 0], K, M, K, &qv[0, 0], &sv[0])
-        i8_matmul(&p, &qv[0, 0], &sv[0], M, &out[0, 0], out.shape[1])
+    if bias is not None:
+        bv = bias
+        src = <const float **>malloc(M * sizeof(float *))
+        if src == NULL:
+            raise MemoryError()
+        for r in range(M):
+            src[r] = &bv[0]
+    try:
+        with nogil:
+            i8_quantize_rows(&xv[0, 0], K, M, K, &qv[0, 0], &sv[0])
+            i8_matmul(&p, &qv[0, 0], &sv[0], M, src, &out[0, 0], out.shape[1])
+    finally:
+        free(src)
 
 
 def matmul_quantized(const int8_t[:, ::1] xq, const float[::1] xs, Int8Weight w not None, float[:, ::1] out):
@@ -195,7 +213,7 @@ def matmul_quantized(const int8_t[:, ::1] xq, const float[::1] xs, Int8Weight w 
     if xq.shape[0] == 0 or w.rows == 0:
         return
     with nogil:
-        i8_matmul(&p, &xq[0, 0], &xs[0], xq.shape[0], &out[0, 0], out.shape[1])
+        i8_matmul(&p, &xq[0, 0], &xs[0], xq.shape[0], NULL, &out[0, 0], out.shape[1])
 
 
 cdef int read_cell(tuple cell, rnn_cell *out) except -1:

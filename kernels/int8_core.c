@@ -237,8 +237,8 @@ static inline int32_t load4(const int8_t *p)
 }
 
 /* plain C: the same integers, the same three float operations per output */
-static void matmul_plain(const i8_packed *w, const int8_t *xq, const float *xs, ptrdiff_t m, float *out,
-                         ptrdiff_t ld_out)
+static void matmul_plain(const i8_packed *w, const int8_t *xq, const float *xs, ptrdiff_t m,
+                         const float *const *src, float *out, ptrdiff_t ld_out)
 {
     const ptrdiff_t N = w->rows, K4 = i8_cols_padded(w->cols);
     for (ptrdiff_t r = 0; r < m; r++) {
@@ -250,7 +250,8 @@ static void matmul_plain(const i8_packed *w, const int8_t *xq, const float *xs, 
                 for (int j = 0; j < 4; j++)
                     acc += (int32_t)panel[g * 4 * I8_PANEL + j] * (int32_t)x[4 * g + j];
             const float t = xs[r] * w->scale[n];
-            out[r * ld_out + n] = out[r * ld_out + n] + (float)acc * t;
+            const float base = src ? src[r][n] : out[r * ld_out + n];
+            out[r * ld_out + n] = base + (float)acc * t;
         }
     }
 }
@@ -260,8 +261,8 @@ static void matmul_plain(const i8_packed *w, const int8_t *xq, const float *xs, 
  * sum_k (xq + 128) q, the offset is removed with the row sums at the end. `left`: outputs of
  * the matrix from this tile's first column on (only the last panel can be partial). */
 static I8_AVX512_INLINE void tile_vnni512(const int MR, const int NPG, const i8_packed *w, ptrdiff_t p0,
-                                          const int8_t *xq, ptrdiff_t K4, const float *xs, float *out,
-                                          ptrdiff_t ld_out, ptrdiff_t left)
+                                          const int8_t *xq, ptrdiff_t K4, const float *xs, const float *const *src,
+                                          float *out, ptrdiff_t ld_out, ptrdiff_t left)
 {
     __m512i acc[6][4];
     const ptrdiff_t stride = K4 * I8_PANEL;
@@ -290,7 +291,8 @@ static I8_AVX512_INLINE void tile_vnni512(const int MR, const int NPG, const i8_
             const __m512 f = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r][g], off));
             const __m512 t = _mm512_mul_ps(_mm512_set1_ps(xs[r]), sc);
             float *o = out + r * ld_out + g * I8_PANEL;
-            _mm512_mask_storeu_ps(o, mask, _mm512_add_ps(_mm512_maskz_loadu_ps(mask, o), _mm512_mul_ps(f, t)));
+            const float *in = src ? src[r] + n0 : o;
+            _mm512_mask_storeu_ps(o, mask, _mm512_add_ps(_mm512_maskz_loadu_ps(mask, in), _mm512_mul_ps(f, t)));
         }
     }
 }
@@ -303,15 +305,15 @@ static I8_AVX2_INLINE __m256i dot4_avx2(__m256i acc, __m256i a, __m256i wv, __m2
     return _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, ones));
 }
 
-static I8_AVX2_INLINE void store8_avx2(float *o, ptrdiff_t valid, __m256 v)
+static I8_AVX2_INLINE void store8_avx2(float *o, const float *in, ptrdiff_t valid, __m256 v)
 {
     if (valid >= 8) {
-        _mm256_storeu_ps(o, _mm256_add_ps(_mm256_loadu_ps(o), v));
+        _mm256_storeu_ps(o, _mm256_add_ps(_mm256_loadu_ps(in), v));
     } else if (valid > 0) {
         float lanes[8];
         _mm256_storeu_ps(lanes, v);
         for (ptrdiff_t j = 0; j < valid; j++)
-            o[j] = o[j] + lanes[j];
+            o[j] = in[j] + lanes[j];
     }
 }
 
@@ -340,14 +342,15 @@ static I8_AVX2_INLINE void store8_avx2(float *o, ptrdiff_t valid, __m256 v)
         I8_UNROLL for (int r = 0; r < MR; r++) {                                                      \
             const __m256 f = _mm256_cvtepi32_ps(_mm256_sub_epi32(acc[r][g], off));                     \
             const __m256 t = _mm256_mul_ps(_mm256_set1_ps(xs[r]), sc);                                \
-            store8_avx2(out + r * ld_out + g * 8, left - g * 8, _mm256_mul_ps(f, t));                 \
+            float *o = out + r * ld_out + g * 8;                                                      \
+            store8_avx2(o, src ? src[r] + n0 : o, left - g * 8, _mm256_mul_ps(f, t));                 \
         }                                                                                             \
     }
 
 #define DOT_AVX2(acc, a, wv) dot4_avx2(acc, a, wv, ones)
 static I8_AVX2_INLINE void tile_avx2(const int MR, const int NPG, const i8_packed *w, ptrdiff_t p0,
-                                     const int8_t *xq, ptrdiff_t K4, const float *xs, float *out,
-                                     ptrdiff_t ld_out, ptrdiff_t left)
+                                     const int8_t *xq, ptrdiff_t K4, const float *xs, const float *const *src,
+                                     float *out, ptrdiff_t ld_out, ptrdiff_t left)
 {
     const __m256i ones = _mm256_set1_epi16(1);
     TILE_YMM_BODY(DOT_AVX2, _mm256_setzero_si256())
@@ -359,8 +362,8 @@ static I8_AVXVNNI_INLINE __m256i dot4_avxvnni(__m256i acc, __m256i a, __m256i wv
 }
 
 static I8_AVXVNNI_INLINE void tile_avxvnni(const int MR, const int NPG, const i8_packed *w, ptrdiff_t p0,
-                                           const int8_t *xq, ptrdiff_t K4, const float *xs, float *out,
-                                           ptrdiff_t ld_out, ptrdiff_t left)
+                                           const int8_t *xq, ptrdiff_t K4, const float *xs,
+                                           const float *const *src, float *out, ptrdiff_t ld_out, ptrdiff_t left)
 {
     TILE_YMM_BODY(dot4_avxvnni, _mm256_slli_epi32(_mm256_loadu_si256((const __m256i *)(w->row_sum + n0)), 7))
 }
@@ -369,7 +372,7 @@ static I8_AVXVNNI_INLINE void tile_avxvnni(const int MR, const int NPG, const i8
  * group's weights (K4 x 16 x NPG bytes) stay in L1 while the rows pass. */
 #define I8_DRIVER(NAME, ATTR, TILE, MR_MAX, NPG_MAX)                                                   \
     static ATTR void NAME(const i8_packed *w, const int8_t *xq, const float *xs, ptrdiff_t m,         \
-                          float *out, ptrdiff_t ld_out)                                               \
+                          const float *const *src, float *out, ptrdiff_t ld_out)                      \
     {                                                                                                 \
         const ptrdiff_t N = w->rows, K4 = i8_cols_padded(w->cols);                                    \
         const ptrdiff_t panels = (N + I8_PANEL - 1) / I8_PANEL;                                       \
@@ -381,6 +384,7 @@ static I8_AVXVNNI_INLINE void tile_avxvnni(const int MR, const int NPG, const i8
                 const int8_t *x = xq + r * K4;                                                        \
                 float *o = out + r * ld_out + p * I8_PANEL;                                           \
                 const float *s = xs + r;                                                              \
+                const float *const *sr = src ? src + r : NULL;                                        \
                 switch ((mr - 1) * 4 + (npg - 1)) {                                                   \
                 I8_CASES_##MR_MAX(TILE)                                                               \
                 }                                                                                     \
@@ -388,7 +392,7 @@ static I8_AVXVNNI_INLINE void tile_avxvnni(const int MR, const int NPG, const i8
         }                                                                                             \
     }
 
-#define I8_CASE(TILE, MR, NPG) case (MR - 1) * 4 + (NPG - 1): TILE(MR, NPG, w, p, x, K4, s, o, ld_out, left); break;
+#define I8_CASE(TILE, MR, NPG) case (MR - 1) * 4 + (NPG - 1): TILE(MR, NPG, w, p, x, K4, s, sr, o, ld_out, left); break;
 #define I8_CASES_ROW(TILE, MR) I8_CASE(TILE, MR, 1) I8_CASE(TILE, MR, 2) I8_CASE(TILE, MR, 3) I8_CASE(TILE, MR, 4)
 #define I8_CASES_ROW2(TILE, MR) I8_CASE(TILE, MR, 1) I8_CASE(TILE, MR, 2)
 #define I8_CASES_6(TILE) I8_CASES_ROW(TILE, 1) I8_CASES_ROW(TILE, 2) I8_CASES_ROW(TILE, 3) \
@@ -411,7 +415,7 @@ typedef struct {
 } amx_config;
 
 static I8_AMX void amx_epilogue(const i8_packed *w, ptrdiff_t p, int np, int nr, const int32_t *cbuf,
-                                const float *xs, float *out, ptrdiff_t ld_out)
+                                const float *xs, const float *const *src, float *out, ptrdiff_t ld_out)
 {
     for (int g = 0; g < np; g++) {
         const ptrdiff_t n0 = (p + g) * I8_PANEL, valid = w->rows - n0;
@@ -421,14 +425,15 @@ static I8_AMX void amx_epilogue(const i8_packed *w, ptrdiff_t p, int np, int nr,
             const __m512 f = _mm512_cvtepi32_ps(_mm512_loadu_si512((const void *)(cbuf + r * 32 + g * 16)));
             const __m512 t = _mm512_mul_ps(_mm512_set1_ps(xs[r]), sc);
             float *o = out + r * ld_out + n0;
-            _mm512_mask_storeu_ps(o, mask, _mm512_add_ps(_mm512_maskz_loadu_ps(mask, o), _mm512_mul_ps(f, t)));
+            const float *in = src ? src[r] + n0 : o;
+            _mm512_mask_storeu_ps(o, mask, _mm512_add_ps(_mm512_maskz_loadu_ps(mask, in), _mm512_mul_ps(f, t)));
         }
     }
 }
 
 #define AMX_ROWS 256
-static I8_AMX void matmul_amx(const i8_packed *w, const int8_t *xq, const float *xs, ptrdiff_t m, float *out,
-                              ptrdiff_t ld_out)
+static I8_AMX void matmul_amx(const i8_packed *w, const int8_t *xq, const float *xs, ptrdiff_t m,
+                              const float *const *src, float *out, ptrdiff_t ld_out)
 {
     const ptrdiff_t N = w->rows, K4 = i8_cols_padded(w->cols), stride = K4 * I8_PANEL;
     const ptrdiff_t panels = (N + I8_PANEL - 1) / I8_PANEL, m16 = m / 16 * 16;
@@ -474,16 +479,17 @@ static I8_AMX void matmul_amx(const i8_packed *w, const int8_t *xq, const float 
             _tile_stored(1, cbuf + 16, 128);
             _tile_stored(2, cbuf + 16 * 32, 128);
             _tile_stored(3, cbuf + 16 * 32 + 16, 128);
-            amx_epilogue(w, p, np, nr, cbuf, xs + r, out + r * ld_out, ld_out);
+            amx_epilogue(w, p, np, nr, cbuf, xs + r, src ? src + r : NULL, out + r * ld_out, ld_out);
         }
     }
     _tile_release();
     if (m16 < m)
-        matmul_vnni512(w, xq + m16 * K4, xs + m16, m - m16, out + m16 * ld_out, ld_out);
+        matmul_vnni512(w, xq + m16 * K4, xs + m16, m - m16, src ? src + m16 : NULL, out + m16 * ld_out, ld_out);
 }
 #endif
 
-void i8_matmul(const i8_packed *w, const int8_t *xq, const float *xs, ptrdiff_t m, float *out, ptrdiff_t ld_out)
+void i8_matmul(const i8_packed *w, const int8_t *xq, const float *xs, ptrdiff_t m, const float *const *src,
+               float *out, ptrdiff_t ld_out)
 {
     if (m <= 0 || w->rows <= 0)
         return;
@@ -491,18 +497,18 @@ void i8_matmul(const i8_packed *w, const int8_t *xq, const float *xs, ptrdiff_t 
     switch (i8_simd_enabled()) {
     case I8_SIMD_AMX:
         if (m >= 16 && i8_cols_padded(w->cols) % 64 == 0) {
-            matmul_amx(w, xq, xs, m, out, ld_out);
+            matmul_amx(w, xq, xs, m, src, out, ld_out);
             return;
         }
-        matmul_vnni512(w, xq, xs, m, out, ld_out);
+        matmul_vnni512(w, xq, xs, m, src, out, ld_out);
         return;
-    case I8_SIMD_AVX512VNNI: matmul_vnni512(w, xq, xs, m, out, ld_out); return;
-    case I8_SIMD_AVXVNNI: matmul_avxvnni(w, xq, xs, m, out, ld_out); return;
-    case I8_SIMD_AVX2: matmul_avx2(w, xq, xs, m, out, ld_out); return;
+    case I8_SIMD_AVX512VNNI: matmul_vnni512(w, xq, xs, m, src, out, ld_out); return;
+    case I8_SIMD_AVXVNNI: matmul_avxvnni(w, xq, xs, m, src, out, ld_out); return;
+    case I8_SIMD_AVX2: matmul_avx2(w, xq, xs, m, src, out, ld_out); return;
     default: break;
     }
 #endif
-    matmul_plain(w, xq, xs, m, out, ld_out);
+    matmul_plain(w, xq, xs, m, src, out, ld_out);
 }
 
 /* ============================================================================================
@@ -520,6 +526,7 @@ typedef struct {
     float *gates;      /* (B, G*H) */
     float *extra;      /* (B, H): LSTM m; GRU W_hn h or W_hn (r * h) */
     float *extra2;     /* (B, H): GRU r * h */
+    const float **src; /* (B,) each running row's xproj row at this step */
     int8_t *xq;        /* (B, k4) quantized rows */
     float *xs;         /* (B,) their scales */
 } i8_workspace;
@@ -531,7 +538,8 @@ static int ws_alloc(i8_workspace *ws, ptrdiff_t B, ptrdiff_t T, ptrdiff_t h_out,
     const ptrdiff_t k4 = i8_cols_padded(h_out > H ? h_out : H);
     const size_t idx = up16((size_t)(2 * B + T + 1)), nh = up16((size_t)(B * h_out)), nc = up16((size_t)(B * H));
     const size_t ng = up16((size_t)(B * G * H)), nq = up16((size_t)(B * k4)), ns = up16((size_t)B);
-    const size_t bytes = idx * sizeof(ptrdiff_t) + (nh + 3 * nc + ng + ns) * sizeof(float) + nq + 64;
+    const size_t bytes = idx * sizeof(ptrdiff_t) + up16((size_t)B) * sizeof(float *) +
+                         (nh + 3 * nc + ng + ns) * sizeof(float) + nq + 64;
     ws->block = malloc(bytes);
     if (!ws->block)
         return -1;
@@ -539,6 +547,8 @@ static int ws_alloc(i8_workspace *ws, ptrdiff_t B, ptrdiff_t T, ptrdiff_t h_out,
     ws->order = (ptrdiff_t *)p;
     ws->length = ws->order + B;
     p += idx * sizeof(ptrdiff_t);
+    ws->src = (const float **)p;
+    p += up16((size_t)B) * sizeof(float *);
     ws->h = (float *)p;
     ws->c = ws->h + nh;
     ws->extra = ws->c + nc;
@@ -608,8 +618,11 @@ int i8_sequence(int cell_kind, const rnn_sequence_io *io, const float *xproj, co
     for (ptrdiff_t s = 0; s < longest; s++) {
         while (n > 0 && ws.length[n - 1] <= s)
             n--;
-        for (ptrdiff_t i = 0; i < n; i++) /* a = xp (bias included) */
-            memcpy(ws.gates + i * GH, ws_row(io, &ws, xproj, GH, i, s), (size_t)GH * sizeof(float));
+        for (ptrdiff_t i = 0; i < n; i++) /* xp (bias included) */
+            ws.src[i] = ws_row(io, &ws, xproj, GH, i, s);
+        if (gru) /* a = xp: the n block is read by the element-wise step */
+            for (ptrdiff_t i = 0; i < n; i++)
+                memcpy(ws.gates + i * GH, ws.src[i], (size_t)GH * sizeof(float));
 #if defined(__GNUC__) || defined(__clang__)
         for (ptrdiff_t i = 0; i < n && ws.length[i] > s + 1; i++) { /* next step's rows (folded table) */
             const char *row = (const char *)ws_row(io, &ws, xproj, GH, i, s + 1);
@@ -618,7 +631,8 @@ int i8_sequence(int cell_kind, const rnn_sequence_io *io, const float *xproj, co
         }
 #endif
         i8_quantize_rows(ws.h, h_out, n, h_out, ws.xq, ws.xs); /* h, one scale per row */
-        i8_matmul(&w->w_hh_rz, ws.xq, ws.xs, n, ws.gates, GH);  /* a += W_hh h (gru: rows r|z) */
+        /* a = xp + W_hh h (gru: rows r|z, added to the copy) */
+        i8_matmul(&w->w_hh_rz, ws.xq, ws.xs, n, gru ? NULL : ws.src, ws.gates, GH);
         if (lstm) {
             for (ptrdiff_t i = 0; i < n; i++)
                 rnn_lstm_pointwise(ws.gates + i * GH, H, ws.c + i * H, proj ? ws.extra + i * H : ws.h + i * h_out,
@@ -626,14 +640,14 @@ int i8_sequence(int cell_kind, const rnn_sequence_io *io, const float *xproj, co
             if (proj) { /* h' = W_hr m */
                 memset(ws.h, 0, (size_t)(n * h_out) * sizeof(float));
                 i8_quantize_rows(ws.extra, H, n, H, ws.xq, ws.xs);
-                i8_matmul(&w->w_hr, ws.xq, ws.xs, n, ws.h, h_out);
+                i8_matmul(&w->w_hr, ws.xq, ws.xs, n, NULL, ws.h, h_out);
             }
         } else if (gru) {
             for (ptrdiff_t i = 0; i < n; i++) /* r, z */
                 rnn_activate(&cell->act[0], cell->clip, ws.gates + i * GH, 2 * H);
             memset(ws.extra, 0, (size_t)(n * H) * sizeof(float));
             if (lbr) { /* W_hn h, with the same quantized h */
-                i8_matmul(&w->w_hh_n, ws.xq, ws.xs, n, ws.extra, H);
+                i8_matmul(&w->w_hh_n, ws.xq, ws.xs, n, NULL, ws.extra, H);
             } else { /* W_hn (r * h) */
                 for (ptrdiff_t i = 0; i < n; i++) {
                     const float *r = ws.gates + i * GH, *hi = ws.h + i * H;
@@ -642,7 +656,7 @@ int i8_sequence(int cell_kind, const rnn_sequence_io *io, const float *xproj, co
                         rh[j] = r[j] * hi[j];
                 }
                 i8_quantize_rows(ws.extra2, H, n, H, ws.xq, ws.xs);
-                i8_matmul(&w->w_hh_n, ws.xq, ws.xs, n, ws.extra, H);
+                i8_matmul(&w->w_hh_n, ws.xq, ws.xs, n, NULL, ws.extra, H);
             }
             for (ptrdiff_t i = 0; i < n; i++) {
                 float *a = ws.gates + i * GH, *hi = ws.h + i * H;

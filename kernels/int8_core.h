@@ -65,8 +65,11 @@ void i8_pack(const int8_t *q, ptrdiff_t rows, ptrdiff_t cols, int8_t *packed, in
 /* xq (m, K4) int8, xs (m,) <- the quantization of in (m, K) (rows ld_in floats apart) */
 void i8_quantize_rows(const float *in, ptrdiff_t ld_in, ptrdiff_t m, ptrdiff_t K, int8_t *xq, float *xs);
 
-/* out (m, N) += the int8 product of xq (m, K4) with W (see above); rows of out ld_out apart */
-void i8_matmul(const i8_packed *w, const int8_t *xq, const float *xs, ptrdiff_t m, float *out, ptrdiff_t ld_out);
+/* out (m, N) = src + the int8 product of xq (m, K4) with W (see above); rows of out ld_out apart.
+ * src: (m,) row pointers, row r's addend at src[r][0..N) (a bias, or the step's xproj row; out is
+ * then only written), or NULL: the addend is out itself (out +=). The same bits either way. */
+void i8_matmul(const i8_packed *w, const int8_t *xq, const float *xs, ptrdiff_t m, const float *const *src,
+               float *out, ptrdiff_t ld_out);
 
 /* Weights of one direction. LSTM: w_hh (4H <- H_out) gates i|f|g|o, w_hr (H_out <- H) or
  * rows == 0, peephole (3, H) or NULL. GRU: w_hh (3H <- H) gates r|z|n (rows r|z and n are

@@ -72,8 +72,16 @@ def test_matmul_equal_spec_at_every_level(N, K, m, at_level, rng):
         k.matmul_int8(x, w, out)
         return out
 
+    def run_bias():  # out = bias + product, out only written
+        out = np.full((m, N), np.nan, np.float32)
+        k.matmul_int8(x, w, out, out0[0])
+        return out
+
+    expected_bias = int8_product(*quantize_rows(x), q, scale, np.broadcast_to(out0[0], (m, N)))
     for level, out in at_level(run).items():
         np.testing.assert_array_equal(out, expected, err_msg=level)
+    for level, out in at_level(run_bias).items():
+        np.testing.assert_array_equal(out, expected_bias, err_msg=level)
 
 
 def test_no_int16_saturation_on_extreme_values(at_level):
