@@ -4,6 +4,12 @@
     python -m bench.compare                       # all workloads, 1 and 2 threads
     python -m bench.compare -w gen512 cls -t 1    # a subset
     python -m bench.compare --plot ratios.png     # also draw the ratios (needs matplotlib)
+    python -m bench.compare -w lstm_b64 lstm_b1 cls gen512 -t 1 2   # the int8 workloads of issue 14
+
+Every workload also runs fastrnn's int8 engine (``model.quantize("int8")``) and, where the model
+exports to ONNX, onnxruntime's int8 (``onnxruntime.quantization.quantize_dynamic`` of the same
+exported model, QInt8 weights), in the same process and time window; "x ort8" is fastrnn int8's
+speed-up over onnxruntime int8.
 
 Peers that are not installed are reported as "not installed", never silently dropped.
 Every ratio compares runs made in this process a few seconds apart: absolute times drift on a
@@ -27,9 +33,9 @@ import fastrnn
 
 from .models import VOCAB, CharLSTM, ClsModel
 
-WORKLOADS = ("gen256", "gen512", "batchgen", "cls", "seq", "startup")
+WORKLOADS = ("gen256", "gen512", "batchgen", "cls", "seq", "lstm_b64", "lstm_b1", "startup")
 UNITS = {"gen256": "us/token", "gen512": "us/token", "batchgen": "tokens/s", "cls": "seq/s", "seq": "us/step",
-         "startup": "s"}
+         "lstm_b64": "ms", "lstm_b1": "us/step", "startup": "s"}
 HIGHER_IS_BETTER = {"batchgen", "cls"}
 
 
@@ -67,6 +73,27 @@ def median_time(fn, repeats, warmup_s=0.3, min_total_s=0.5, max_runs=200):
     return statistics.median(times)
 
 
+def paired_times(fast, peer, repeats, min_total_s=1.0, max_pairs=60):
+    """fastrnn int8 against onnxruntime int8, interleaved (fast, peer, peer, fast, ...) so that
+    both see the same load: (median s of fast, median s of peer, median of the per-pair speed-ups
+    peer / fast, (2.5%, 97.5%) bootstrap interval of that median)."""
+    time.sleep(0.3)
+    for fn in (fast, peer, fast, peer):
+        fn()
+    tf, tp, total = [], [], 0.0
+    while len(tf) < max(repeats, 9) or (total < min_total_s and len(tf) < max_pairs):
+        order = ((fast, tf), (peer, tp)) if len(tf) % 2 == 0 else ((peer, tp), (fast, tf))
+        for fn, times in order:
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+            total += times[-1]
+    ratios = np.array(tp) / np.array(tf)
+    boot = np.median(np.random.default_rng(0).choice(ratios, (2000, len(ratios))), axis=1)
+    return statistics.median(tf), statistics.median(tp), float(np.median(ratios)), (
+        float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5)))
+
+
 def try_import(name):
     try:
         return __import__(name)
@@ -84,6 +111,19 @@ def set_threads(n):
         fastrnn.set_num_threads(n)
     if torch is not None:
         torch.set_num_threads(n)
+
+
+def ort_int8(path):
+    """onnxruntime's dynamic int8 model of the exported file (QInt8 weights), made once."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    out = path[:-5] + ".int8.onnx"
+    if not os.path.exists(out):
+        import logging
+
+        logging.getLogger().setLevel(logging.ERROR)  # its "consider pre-processing" advice
+        quantize_dynamic(path, out, weight_type=QuantType.QInt8)
+    return out
 
 
 def ort_session(path, threads):
@@ -121,6 +161,11 @@ def bench_gen(hidden, threads, repeats, tmp, batch=1, tokens=300):
     t = median_time(run_fastrnn, repeats)
     results["fastrnn"] = t
 
+    def run_fastrnn_int8():
+        model.generate(prompts if batch > 1 else prompts[0], max_new_tokens=tokens, temperature=0.8, seed=0,
+                       weights="int8")
+
+
     if torch is None:
         results["pytorch"] = None
     else:
@@ -148,30 +193,40 @@ def bench_gen(hidden, threads, repeats, tmp, batch=1, tokens=300):
                                        torch.zeros(2, batch, hidden)), path, dynamo=False,
                               input_names=["ids", "h0", "c0"], output_names=["logits", "h", "c"],
                               dynamic_axes={"ids": {1: "T"}})
-        sess = ort_session(path, threads)
         rng = np.random.default_rng(0)
 
-        def run_ort():
-            h = np.zeros((2, batch, hidden), np.float32)
-            c = np.zeros((2, batch, hidden), np.float32)
-            ids = np.array(prompts, np.int64)
-            for _ in range(tokens):
-                logits, h, c = sess.run(None, {"ids": ids, "h0": h, "c0": c})
-                z = logits[:, -1] / 0.8
-                p = np.exp(z - z.max(-1, keepdims=True))
-                p /= p.sum(-1, keepdims=True)
-                ids = np.array([[rng.choice(VOCAB, p=row)] for row in p], np.int64)
+        def ort_runner(sess):
+            def run_ort():
+                h = np.zeros((2, batch, hidden), np.float32)
+                c = np.zeros((2, batch, hidden), np.float32)
+                ids = np.array(prompts, np.int64)
+                for _ in range(tokens):
+                    logits, h, c = sess.run(None, {"ids": ids, "h0": h, "c0": c})
+                    z = logits[:, -1] / 0.8
+                    p = np.exp(z - z.max(-1, keepdims=True))
+                    p /= p.sum(-1, keepdims=True)
+                    ids = np.array([[rng.choice(VOCAB, p=row)] for row in p], np.int64)
+            return run_ort
 
-        results["onnxruntime"] = median_time(run_ort, max(1, repeats // 2))
+        results["onnxruntime"] = median_time(ort_runner(ort_session(path, threads)), max(1, repeats // 2))
+        results["fastrnn_int8"], results["onnxruntime_int8"], ratio, ci = paired_times(
+            run_fastrnn_int8, ort_runner(ort_session(ort_int8(path), threads)), repeats)
+    if results.get("onnxruntime_int8") is None:
+        results["fastrnn_int8"] = median_time(run_fastrnn_int8, repeats)
+        ratio = ci = None
     if batch == 1:
-        return {k: None if v is None else v / tokens * 1e6 for k, v in results.items()}
-    return {k: None if v is None else batch * tokens / v for k, v in results.items()}
+        out = {k: None if v is None else v / tokens * 1e6 for k, v in results.items()}
+    else:
+        out = {k: None if v is None else batch * tokens / v for k, v in results.items()}
+    out["int8_speedup"], out["int8_ci"] = ratio, ci
+    return out
 
 
 def bench_cls(threads, repeats, tmp):
     module, model = build("cls")
     ids = np.random.default_rng(0).integers(1, 20000, (64, 100))
     out = {"fastrnn": 64 / median_time(lambda: model.predict(ids), repeats)}
+    q = model.quantize("int8")
     if torch is None:
         out["pytorch"] = None
     else:
@@ -208,6 +263,12 @@ def bench_cls(threads, repeats, tmp):
         ratios = [a / b for a, b in zip(*times)]
         out["fastrnn_onnx_session"] = 64 / statistics.median(times[1])
         out["session_vs_native"] = statistics.median(ratios)
+        sess8 = ort_session(ort_int8(path), threads)
+        t8, t_ort8, out["int8_speedup"], out["int8_ci"] = paired_times(
+            lambda: q.predict(ids), lambda: sess8.run(None, {"ids": ids}), repeats)
+        out["fastrnn_int8"], out["onnxruntime_int8"] = 64 / t8, 64 / t_ort8
+    if "fastrnn_int8" not in out:
+        out["fastrnn_int8"] = 64 / median_time(lambda: q.predict(ids), repeats)
     return out
 
 
@@ -217,6 +278,8 @@ def bench_seq(threads, repeats, tmp):
     model = fastrnn.from_torch(module)
     x = np.random.default_rng(0).standard_normal((1, 1000, 128)).astype(np.float32)
     out = {"fastrnn": median_time(lambda: model.predict(x), repeats) / 1000 * 1e6}
+    q = model.quantize("int8")
+    out["fastrnn_int8"] = median_time(lambda: q.predict(x), repeats) / 1000 * 1e6
     xt = torch.from_numpy(x)
 
     @torch.no_grad()
@@ -232,6 +295,44 @@ def bench_seq(threads, repeats, tmp):
             torch.onnx.export(module, (xt,), path, dynamo=False, input_names=["x"], output_names=["y", "h"])
         sess = ort_session(path, threads)
         out["onnxruntime"] = median_time(lambda: sess.run(None, {"x": x}), repeats) / 1000 * 1e6
+        # quantize_dynamic has no int8 GRU: its "int8" model still runs the GRU in float32
+        sess8 = ort_session(ort_int8(path), threads)
+        t8, t_ort8, out["int8_speedup"], out["int8_ci"] = paired_times(
+            lambda: q.predict(x), lambda: sess8.run(None, {"x": x}), repeats)
+        out["fastrnn_int8"], out["onnxruntime_int8"] = t8 / 1000 * 1e6, t_ort8 / 1000 * 1e6
+    return out
+
+
+def bench_lstm(batch, steps, threads, repeats, tmp):
+    """LSTM(512) x 2 layers on (batch, steps, 512) features (issue 14's table): batch 64 -> ms
+    per call, batch 1 -> us per step."""
+    torch.manual_seed(0)
+    module = torch.nn.LSTM(512, 512, num_layers=2, batch_first=True).eval()
+    model = fastrnn.from_torch(module)
+    q = model.quantize("int8")
+    x = np.random.default_rng(0).standard_normal((batch, steps, 512)).astype(np.float32)
+    unit = 1e3 if batch > 1 else 1e6 / steps
+    out = {"fastrnn": median_time(lambda: model.predict(x), repeats) * unit}
+    xt = torch.from_numpy(x)
+
+    @torch.no_grad()
+    def run_torch():
+        module(xt)
+
+    out["pytorch"] = median_time(run_torch, repeats) * unit
+    if ort is None or onnx is None:
+        out["onnxruntime"] = out["onnxruntime_int8"] = None
+        out["fastrnn_int8"] = median_time(lambda: q.predict(x), repeats) * unit
+    else:
+        path = os.path.join(tmp, f"lstm512_{batch}.onnx")
+        if not os.path.exists(path):
+            torch.onnx.export(module, (xt,), path, dynamo=False, input_names=["x"], output_names=["y", "h", "c"])
+        sess = ort_session(path, threads)
+        out["onnxruntime"] = median_time(lambda: sess.run(None, {"x": x}), repeats) * unit
+        sess8 = ort_session(ort_int8(path), threads)
+        t8, t_ort8, out["int8_speedup"], out["int8_ci"] = paired_times(
+            lambda: q.predict(x), lambda: sess8.run(None, {"x": x}), repeats)
+        out["fastrnn_int8"], out["onnxruntime_int8"] = t8 * unit, t_ort8 * unit
     return out
 
 
@@ -280,6 +381,10 @@ def main(argv=None):
                     res = bench_cls(threads, args.repeats, tmp)
                 elif w == "seq":
                     res = bench_seq(threads, args.repeats, tmp)
+                elif w == "lstm_b64":
+                    res = bench_lstm(64, 50, threads, args.repeats, tmp)
+                elif w == "lstm_b1":
+                    res = bench_lstm(1, 200, threads, args.repeats, tmp)
                 else:
                     res = bench_startup(threads, args.repeats, tmp)
                 rows.append((w, threads, res))
@@ -306,15 +411,20 @@ def print_row(w, threads, res, flush=False):
     global _header_done
     if not _header_done:
         print(f"\n{'workload':<9} {'thr':>3} {'unit':>9} {'fastrnn':>10} {'pytorch':>13} {'onnxruntime':>13} "
-              f"{'x pytorch':>10} {'x onnxrt':>9}")
+              f"{'x pytorch':>10} {'x onnxrt':>9} {'fastrnn i8':>11} {'onnxrt i8':>10} {'x ort8':>7}")
         _header_done = True
     digits = 2 if w == "startup" else 1
     s_pt = speedup(w, res["fastrnn"], res["pytorch"])
     s_ort = speedup(w, res["fastrnn"], res["onnxruntime"])
+    s_i8 = res.get("int8_speedup")  # paired (interleaved) runs: see paired_times
     ort_txt = "n/a" if w == "startup" else fmt(res["onnxruntime"], digits)
     print(f"{w:<9} {threads:>3} {UNITS[w]:>9} {fmt(res['fastrnn'], digits):>10} {fmt(res['pytorch'], digits):>13} "
           f"{ort_txt:>13} {('-' if s_pt is None else f'{s_pt:.2f}x'):>10} "
           f"{('-' if s_ort is None else f'{s_ort:.2f}x'):>9}"
+          + (f" {fmt(res.get('fastrnn_int8'), digits):>11} {fmt(res.get('onnxruntime_int8'), digits):>10} "
+             f"{('-' if s_i8 is None else f'{s_i8:.2f}x'):>7}"
+             + ("" if s_i8 is None else f" [{res['int8_ci'][0]:.2f}, {res['int8_ci'][1]:.2f}]")
+             if w != "startup" else "")
           + (f"   peak {res['fastrnn_peak_mb']:.0f} MB" if "fastrnn_peak_mb" in res else "")
           + (f"   fastrnn.onnx session {fmt(res['fastrnn_onnx_session'])} {UNITS[w]} "
              f"({res['session_vs_native']:.2f}x native, "

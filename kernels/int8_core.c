@@ -297,6 +297,51 @@ static I8_AVX512_INLINE void tile_vnni512(const int MR, const int NPG, const i8_
     }
 }
 
+/* One row (a batch-1 step, bandwidth bound): 4 panels at a time with two accumulators each
+ * (even and odd groups of 4 inputs), so 8 vpdpbusd chains are in flight. Integer sums are
+ * exact, so splitting them changes no bit. */
+static I8_AVX512 void gemv_vnni512(const i8_packed *w, const int8_t *xq, const float *xs,
+                                   const float *const *src, float *out)
+{
+    const ptrdiff_t N = w->rows, K4 = i8_cols_padded(w->cols), stride = K4 * I8_PANEL;
+    const ptrdiff_t panels = (N + I8_PANEL - 1) / I8_PANEL, groups = K4 / 4;
+    const __m512i flip = _mm512_set1_epi32((int32_t)0x80808080u);
+    const __m512 vxs = _mm512_set1_ps(xs[0]);
+    for (ptrdiff_t p = 0; p < panels; p += 4) {
+        const int np = panels - p < 4 ? (int)(panels - p) : 4;
+        const int8_t *panel = w->data + p * stride;
+        __m512i acc0[4], acc1[4];
+        for (int g = 0; g < 4; g++)
+            acc0[g] = acc1[g] = _mm512_setzero_si512();
+        ptrdiff_t k = 0;
+        if (np == 4) {
+            for (; k + 1 < groups; k += 2) {
+                const __m512i a0 = _mm512_xor_si512(_mm512_set1_epi32(load4(xq + 4 * k)), flip);
+                const __m512i a1 = _mm512_xor_si512(_mm512_set1_epi32(load4(xq + 4 * k + 4)), flip);
+                I8_UNROLL for (int g = 0; g < 4; g++) {
+                    const int8_t *b = panel + g * stride + k * 64;
+                    acc0[g] = _mm512_dpbusd_epi32(acc0[g], a0, _mm512_loadu_si512((const void *)b));
+                    acc1[g] = _mm512_dpbusd_epi32(acc1[g], a1, _mm512_loadu_si512((const void *)(b + 64)));
+                }
+            }
+        }
+        for (; k < groups; k++) {
+            const __m512i a0 = _mm512_xor_si512(_mm512_set1_epi32(load4(xq + 4 * k)), flip);
+            for (int g = 0; g < np; g++)
+                acc0[g] = _mm512_dpbusd_epi32(acc0[g], a0, _mm512_loadu_si512((const void *)(panel + g * stride + k * 64)));
+        }
+        for (int g = 0; g < np; g++) {
+            const ptrdiff_t n0 = (p + g) * I8_PANEL, valid = N - n0;
+            const __mmask16 mask = valid >= I8_PANEL ? (__mmask16)0xFFFF : (__mmask16)((1u << valid) - 1u);
+            const __m512i off = _mm512_slli_epi32(_mm512_loadu_si512((const void *)(w->row_sum + n0)), 7);
+            const __m512 f = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_add_epi32(acc0[g], acc1[g]), off));
+            const __m512 t = _mm512_mul_ps(vxs, _mm512_loadu_ps(w->scale + n0));
+            const float *in = src ? src[0] + n0 : out + n0;
+            _mm512_mask_storeu_ps(out + n0, mask, _mm512_add_ps(_mm512_maskz_loadu_ps(mask, in), _mm512_mul_ps(f, t)));
+        }
+    }
+}
+
 /* AVX-VNNI (ymm) and AVX2: a panel is two ymm halves of 8 outputs. */
 static I8_AVX2_INLINE __m256i dot4_avx2(__m256i acc, __m256i a, __m256i wv, __m256i ones)
 {
@@ -500,9 +545,17 @@ void i8_matmul(const i8_packed *w, const int8_t *xq, const float *xs, ptrdiff_t 
             matmul_amx(w, xq, xs, m, src, out, ld_out);
             return;
         }
-        matmul_vnni512(w, xq, xs, m, src, out, ld_out);
+        if (m == 1)
+            gemv_vnni512(w, xq, xs, src, out);
+        else
+            matmul_vnni512(w, xq, xs, m, src, out, ld_out);
         return;
-    case I8_SIMD_AVX512VNNI: matmul_vnni512(w, xq, xs, m, src, out, ld_out); return;
+    case I8_SIMD_AVX512VNNI:
+        if (m == 1)
+            gemv_vnni512(w, xq, xs, src, out);
+        else
+            matmul_vnni512(w, xq, xs, m, src, out, ld_out);
+        return;
     case I8_SIMD_AVXVNNI: matmul_avxvnni(w, xq, xs, m, src, out, ld_out); return;
     case I8_SIMD_AVX2: matmul_avx2(w, xq, xs, m, src, out, ld_out); return;
     default: break;
