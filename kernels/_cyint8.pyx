@@ -60,6 +60,7 @@ cdef extern from "int8_core.h" nogil:
                     float *h, float *c, const rnn_cell *cell)
     int i8_simd_enabled()
     int i8_select_simd(int level)
+    double i8_peak_probe(int kind, int64_t iters)
 
 
 # Levels of this module, best last; FASTRNN_SIMD (plain|avx2|avx512) caps them like the float
@@ -289,3 +290,14 @@ def sequence(str kind, xproj, Int8Weight w_hh_rz not None, Int8Weight w_hh_n, In
         rc = i8_sequence(cell_kind, &io, xp, &w, &h[0, 0], cptr, &c_cell)
     if rc != 0:
         raise MemoryError("int8 sequence: out of memory for the workspace")
+
+
+def peak_probe(kind, iterations):
+    """Operations done by `iterations` of int8_core.h's peak probe `kind` ("fma", "vnni",
+    "amx"), 0 when unavailable; the caller times the call."""
+    cdef int code = ("fma", "vnni", "amx").index(kind)
+    cdef int64_t n = iterations
+    cdef double ops
+    with nogil:
+        ops = i8_peak_probe(code, n)
+    return ops

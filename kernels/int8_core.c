@@ -738,3 +738,112 @@ int i8_sequence(int cell_kind, const rnn_sequence_io *io, const float *xproj, co
     rnn_denormals_restore(csr);
     return 0;
 }
+
+/* ============================================================================================
+ * 5. peak probes (bench/floors.py): the core's arithmetic limits, measured
+ * ========================================================================================== */
+
+#if I8_X86
+static I8_AVX512 double peak_fma512(int64_t iters)
+{
+    __m512 acc[16];
+    const __m512 a = _mm512_set1_ps(0.999f), b = _mm512_set1_ps(1e-7f);
+    for (int j = 0; j < 16; j++)
+        acc[j] = _mm512_set1_ps((float)j);
+    for (int64_t i = 0; i < iters; i++)
+        I8_UNROLL for (int j = 0; j < 16; j++)
+            acc[j] = _mm512_fmadd_ps(acc[j], a, b);
+    __m512 sum = acc[0];
+    for (int j = 1; j < 16; j++)
+        sum = _mm512_add_ps(sum, acc[j]);
+    volatile float sink = _mm512_reduce_add_ps(sum);
+    (void)sink;
+    return (double)iters * 16 * 16 * 2; /* FLOP */
+}
+
+static I8_AVX2 double peak_fma256(int64_t iters)
+{
+    __m256 acc[12];
+    const __m256 a = _mm256_set1_ps(0.999f), b = _mm256_set1_ps(1e-7f);
+    for (int j = 0; j < 12; j++)
+        acc[j] = _mm256_set1_ps((float)j);
+    for (int64_t i = 0; i < iters; i++)
+        I8_UNROLL for (int j = 0; j < 12; j++)
+            acc[j] = _mm256_fmadd_ps(acc[j], a, b);
+    float lanes[8];
+    __m256 sum = acc[0];
+    for (int j = 1; j < 12; j++)
+        sum = _mm256_add_ps(sum, acc[j]);
+    _mm256_storeu_ps(lanes, sum);
+    volatile float sink = lanes[0];
+    (void)sink;
+    return (double)iters * 12 * 8 * 2;
+}
+
+static I8_AVX512 double peak_vnni512(int64_t iters)
+{
+    __m512i acc[16];
+    const __m512i a = _mm512_set1_epi8(1), b = _mm512_set1_epi8(2);
+    for (int j = 0; j < 16; j++)
+        acc[j] = _mm512_set1_epi32(j);
+    for (int64_t i = 0; i < iters; i++)
+        I8_UNROLL for (int j = 0; j < 16; j++)
+            acc[j] = _mm512_dpbusd_epi32(acc[j], a, b);
+    __m512i sum = acc[0];
+    for (int j = 1; j < 16; j++)
+        sum = _mm512_add_epi32(sum, acc[j]);
+    volatile int sink = _mm512_reduce_add_epi32(sum);
+    (void)sink;
+    return (double)iters * 16 * 64 * 2; /* int8 OP: 64 multiply-adds per instruction */
+}
+
+static I8_AMX double peak_amx(int64_t iters)
+{
+    amx_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    for (int t = 0; t < 8; t++) {
+        cfg.colsb[t] = 64;
+        cfg.rows[t] = 16;
+    }
+    static int8_t buf[16 * 64] __attribute__((aligned(64)));
+    _tile_loadconfig(&cfg);
+    _tile_loadd(4, buf, 64);
+    _tile_loadd(5, buf, 64);
+    _tile_loadd(6, buf, 64);
+    _tile_loadd(7, buf, 64);
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    for (int64_t i = 0; i < iters; i++) {
+        _tile_dpbssd(0, 4, 6);
+        _tile_dpbssd(1, 4, 7);
+        _tile_dpbssd(2, 5, 6);
+        _tile_dpbssd(3, 5, 7);
+    }
+    int32_t out[16 * 16];
+    _tile_stored(0, out, 64);
+    _tile_release();
+    volatile int32_t sink = out[0];
+    (void)sink;
+    return (double)iters * 4 * 16 * 16 * 64 * 2;
+}
+#endif
+
+double i8_peak_probe(int kind, int64_t iters)
+{
+#if I8_X86
+    const int level = i8_simd_enabled();
+    if (kind == 0)
+        return level >= I8_SIMD_AVX512VNNI || (__builtin_cpu_supports("avx512f")) ? peak_fma512(iters)
+             : (level >= I8_SIMD_AVX2 ? peak_fma256(iters) : 0.0);
+    if (kind == 1 && level >= I8_SIMD_AVX512VNNI)
+        return peak_vnni512(iters);
+    if (kind == 2 && level >= I8_SIMD_AMX)
+        return peak_amx(iters);
+#else
+    (void)kind, (void)iters;
+#endif
+    return 0.0;
+}

@@ -90,6 +90,11 @@ enum { I8_RNN = 0, I8_LSTM = 1, I8_GRU = 2 };
 int i8_sequence(int cell_kind, const rnn_sequence_io *io, const float *xproj, const i8_weights *w,
                 float *h, float *c, const rnn_cell *cell);
 
+/* Peak probes for bench/floors.py: run `iters` iterations of independent chains of kind 0:
+ * float32 FMA (AVX-512, else AVX2), 1: vpdpbusd (zmm), 2: AMX tdpbssd; returns the operations
+ * done (FLOP, or int8 OP = 2 per multiply-add), 0 when the CPU (or the cap) lacks the kind. */
+double i8_peak_probe(int kind, int64_t iters);
+
 enum { I8_SIMD_PLAIN = 0, I8_SIMD_AVX2 = 1, I8_SIMD_AVXVNNI = 2, I8_SIMD_AVX512VNNI = 3, I8_SIMD_AMX = 4 };
 int i8_simd_enabled(void);
 /* cap the level (-1: the best available); returns the level now in use */
