@@ -25,8 +25,10 @@
 #define I8_AVX512_INLINE __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,fma"), always_inline)) inline
 #if defined(__clang__)
 #define I8_UNROLL _Pragma("unroll")
+#define I8_UNROLL16 _Pragma("unroll")
 #else
 #define I8_UNROLL _Pragma("GCC unroll 8")
+#define I8_UNROLL16 _Pragma("GCC unroll 16")
 #endif
 #define I8_AMX __attribute__((target("amx-tile,amx-int8,avx512f,avx512bw,avx512vl,avx512vnni,fma")))
 #include <cpuid.h>
@@ -751,7 +753,7 @@ static I8_AVX512 double peak_fma512(int64_t iters)
     for (int j = 0; j < 16; j++)
         acc[j] = _mm512_set1_ps((float)j);
     for (int64_t i = 0; i < iters; i++)
-        I8_UNROLL for (int j = 0; j < 16; j++)
+        I8_UNROLL16 for (int j = 0; j < 16; j++)
             acc[j] = _mm512_fmadd_ps(acc[j], a, b);
     __m512 sum = acc[0];
     for (int j = 1; j < 16; j++)
@@ -768,7 +770,7 @@ static I8_AVX2 double peak_fma256(int64_t iters)
     for (int j = 0; j < 12; j++)
         acc[j] = _mm256_set1_ps((float)j);
     for (int64_t i = 0; i < iters; i++)
-        I8_UNROLL for (int j = 0; j < 12; j++)
+        I8_UNROLL16 for (int j = 0; j < 12; j++)
             acc[j] = _mm256_fmadd_ps(acc[j], a, b);
     float lanes[8];
     __m256 sum = acc[0];
@@ -787,7 +789,7 @@ static I8_AVX512 double peak_vnni512(int64_t iters)
     for (int j = 0; j < 16; j++)
         acc[j] = _mm512_set1_epi32(j);
     for (int64_t i = 0; i < iters; i++)
-        I8_UNROLL for (int j = 0; j < 16; j++)
+        I8_UNROLL16 for (int j = 0; j < 16; j++)
             acc[j] = _mm512_dpbusd_epi32(acc[j], a, b);
     __m512i sum = acc[0];
     for (int j = 1; j < 16; j++)
