@@ -1,9 +1,14 @@
-"""What float16 / int8 weights cost in accuracy, on the two bundled models (issue: reduced
-precision). Not part of the test suite (reads the Debian word lists and the held-out stdlib
-modules; about a minute).
+"""What float16 / bfloat16 / int8 weights cost in accuracy, on the two bundled models and on the
+benchmark workloads' classifier and sequence models (issues: reduced precision, 14). Not part
+of the test suite (reads the Debian word lists and the held-out stdlib modules; a few minutes).
+
+Every kind is ``model.quantize(kind)`` run by predict / classify (int8: int8 products with
+activations quantized per row and step, fastrnn/quantize.py); the character model also reports
+the generation loop's own weight kinds (its int8 multiplies int16-quantized inputs).
 
     python bench/quantize_accuracy.py                 # both models
     python bench/quantize_accuracy.py --chars 20000   # more held-out text for the char model
+    python bench/quantize_accuracy.py --only workloads  # the cls / seq / LSTM(512) models only
 
 Character model (fastrnn/data/char_model, tools/train_char_model.py's held-out modules), one
 generation session per module, teacher-forced, with each weight kind the generation loop runs on:
@@ -34,7 +39,8 @@ import bench  # noqa: E402,F401
 
 import fastrnn  # noqa: E402
 
-KINDS = ("float32", "float16", "int8")
+KINDS = ("float32", "float16", "bfloat16", "int8")
+LOOP_KINDS = ("float32", "float16", "int8")  # the generation loop's weights=
 
 
 def tool(name):
@@ -51,17 +57,20 @@ def char_model(chars):
     model = bundled_model()
     texts = [model.vocabulary.encode(tcm.read_corpus([name])[:chars]) for name in tcm.HELD_OUT]
     logits = {}
-    for weights in KINDS:
+    for kind in KINDS:  # predict, teacher-forced: the engine of model.quantize(kind)
+        m = model if kind == "float32" else model.quantize(kind)
+        logits[kind] = np.concatenate([m.predict([ids[:-1]])[0] for ids in texts]).astype(np.float64)
+    for weights in LOOP_KINDS[1:]:  # the generation loop's own weight kinds
         rows = []
         for ids in texts:
             s = model.session(weights=weights)
             for t in ids[:-1]:
                 s.feed([t])
                 rows.append(s.logits())
-        logits[weights] = np.array(rows, np.float64)
+        logits[f"gen {weights}"] = np.array(rows, np.float64)
     target = np.concatenate([ids[1:] for ids in texts])
     print(f"character model, {len(target):,} held-out characters ({', '.join(tcm.HELD_OUT)})")
-    print(f"{'weights':<8} {'bits/char':>9} {'change':>9} {'max |logit - f32|':>18} {'next-token agreement':>21}")
+    print(f"{'weights':<12} {'bits/char':>9} {'change':>9} {'max |logit - f32|':>18} {'next-token agreement':>21}")
     top32 = logits["float32"].argmax(1)
     bpc32 = None
     for weights, lg in logits.items():
@@ -70,7 +79,7 @@ def char_model(chars):
         bpc32 = bpc if bpc32 is None else bpc32
         diff = np.abs(lg - logits["float32"]).max()
         agree = np.mean(lg.argmax(1) == top32)
-        print(f"{weights:<8} {bpc:>9.4f} {bpc - bpc32:>+9.1e} {diff:>18.2e} {agree:>20.2%}")
+        print(f"{weights:<12} {bpc:>9.4f} {bpc - bpc32:>+9.1e} {diff:>18.2e} {agree:>20.2%}")
 
 
 def classifier():
@@ -90,8 +99,9 @@ def classifier():
     probs = {}
     with tempfile.TemporaryDirectory() as tmp:
         for kind in KINDS:
+            m = model if kind == "float32" else model.quantize(kind)
             path = os.path.join(tmp, f"langid-{kind}.safetensors")
-            fastrnn.save(model, path, quantize=None if kind == "float32" else kind)
+            fastrnn.save(m, path)  # a quantized model is stored in its kind and loads as such
             m = fastrnn.load(path)
             probs[kind] = np.array([r.probabilities for r in m.classify(words, return_probs=True)])
     print(f"\nlanguage classifier, {len(words):,} held-out words")
@@ -104,15 +114,42 @@ def classifier():
               f"{np.abs(p - probs['float32']).max():>14.2e}")
 
 
+def workloads():
+    """The benchmark workloads' classifier (cls) and sequence models (seq GRU, LSTM(512) x 2),
+    random weights (PyTorch's initialisation), random inputs: outputs against float32."""
+    import torch
+
+    from bench.models import ClsModel
+
+    rng = np.random.default_rng(0)
+    torch.manual_seed(0)
+    cls = fastrnn.from_torch(ClsModel().eval(), return_sequences=False, activation="softmax")
+    seq = fastrnn.from_torch(torch.nn.GRU(128, 512, batch_first=True).eval())
+    lstm = fastrnn.from_torch(torch.nn.LSTM(512, 512, num_layers=2, batch_first=True).eval())
+    cases = [("cls: BiLSTM(128) classifier, 256 x 100 ids", cls, rng.integers(1, 20000, (256, 100))),
+             ("seq: GRU(128 -> 512), 4 x 1000 steps", seq, rng.standard_normal((4, 1000, 128)).astype(np.float32)),
+             ("LSTM(512) x 2, 16 x 50 steps", lstm, rng.standard_normal((16, 50, 512)).astype(np.float32))]
+    for title, model, x in cases:
+        y32 = model.predict(x).astype(np.float64)
+        print(f"\n{title} (|y| up to {np.abs(y32).max():.3g})")
+        print(f"{'weights':<9} {'max |y - f32|':>14} {'mean |y - f32|':>15} {'same label':>11}")
+        for kind in KINDS[1:]:
+            y = model.quantize(kind).predict(x).astype(np.float64)
+            same = f"{np.mean(y.argmax(-1) == y32.argmax(-1)):>11.2%}" if y.ndim == 2 else f"{'-':>11}"
+            print(f"{kind:<9} {np.abs(y - y32).max():>14.2e} {np.abs(y - y32).mean():>15.2e} {same}")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--chars", type=int, default=4000, help="held-out characters per module (char model)")
-    ap.add_argument("--only", choices=["char", "classifier"], help="one model only")
+    ap.add_argument("--only", choices=["char", "classifier", "workloads"], help="one part only")
     args = ap.parse_args(argv)
-    if args.only != "classifier":
+    if args.only in (None, "char"):
         char_model(args.chars)
-    if args.only != "char":
+    if args.only in (None, "classifier"):
         classifier()
+    if args.only in (None, "workloads"):
+        workloads()
 
 
 if __name__ == "__main__":

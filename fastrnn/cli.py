@@ -149,7 +149,8 @@ def build_parser():
                                               "a model without a mask also sees the padding zeros)")
     p.add_argument("--quantize", choices=["float16", "int8"],
                    help="store the weight matrices as float16 or as int8 with per-row scales (2x / 4x "
-                        "smaller); generation then runs on them directly")
+                        "smaller); the loaded model computes with them (int8: int8 products in predict, classify "
+                        "and generate)")
     p.set_defaults(func=cmd_convert)
 
     for name in FEATURE_MODULES:

@@ -60,10 +60,14 @@ so the same seed gives the same tokens on every backend except when a draw falls
 rounding of a boundary between two tokens; within one backend the result does not depend on
 streaming, batching or threads.
 
-Weight storage (``weights=``): "float32" (default, the model as it is), "float16" or "int8".
-The matrices read at every step are rounded once (to half precision, or to int8 with one scale
-per output row), which halves or quarters the bytes streamed per token: at batch 1 the step is
-memory-bound, so this is where the speed comes from. float16 changes logits by about 1e-3 of
+Weight storage (``weights=``): "float32" (default, the model as it is), "float16", "int8" or
+"auto". The matrices read at every step are rounded once (to half precision, or to int8 with one
+scale per output row), which halves or quarters the bytes streamed per token. int8 is faster at
+batch 1 (the step is memory-bound). float16 is not always faster: each weight is converted back
+to float32 on the critical path, which costs more than it saves when the float32 weights already
+come from a large cache (measured slower than float32 for gen512 on a Zen 5 with a 32 MB L3).
+"auto" measures float32 against float16 once per model on this machine (a few short greedy
+generations, interleaved) and keeps the faster. float16 changes logits by about 1e-3 of
 their range, int8 by about 1e-2 (bits per character of the bundled model: bench/bench_generate.py
 --accuracy). All engines compute with the same rounded weights; for int8 the C and Numba loops
 also quantize each matmul input to int16 on the fly (exact integer sums), while the NumPy
@@ -242,8 +246,40 @@ def to_int8(a):
     return quantize_int8(a)
 
 
+AUTO_MARGIN = 0.95  # "auto" takes float16 only when it is at least 5% faster than float32
+
+
+def _measure_auto(model):
+    """float32 or float16, whichever generates faster here (median of interleaved runs)."""
+    import statistics
+    import time
+
+    from .backends import get_backend
+
+    if get_backend().name != "cython" or not model.takes_tokens:
+        return "float32"
+    times = {"float32": [], "float16": []}
+    for rep in range(6):  # the first round warms up (packs the plans)
+        for kind in (("float32", "float16") if rep % 2 else ("float16", "float32")):
+            t0 = time.perf_counter()
+            generate(model, [0], max_new_tokens=24, temperature=0, weights=kind, threads=1)
+            if rep:
+                times[kind].append(time.perf_counter() - t0)
+    fast16 = statistics.median(times["float16"]) < AUTO_MARGIN * statistics.median(times["float32"])
+    return "float16" if fast16 else "float32"
+
+
 def default_weights(model, weights):
-    """weights=None -> the kind the model file was quantized to ("float32" if it was not)."""
+    """weights=None -> the kind the model file was quantized to ("float32" if it was not);
+    "auto" -> that kind for a quantized model, else float32 or float16 by a measurement (once
+    per model)."""
+    if weights == "auto":
+        kind = (model.metadata or {}).get("quantized")
+        if kind in WEIGHT_KINDS:
+            return kind
+        if "_auto_weights" not in model.__dict__:
+            model.__dict__["_auto_weights"] = _measure_auto(model)
+        return model.__dict__["_auto_weights"]
     if weights is None:
         weights = (model.metadata or {}).get("quantized") or "float32"
         if weights not in WEIGHT_KINDS:  # e.g. bfloat16: the values are rounded already
@@ -1071,9 +1107,11 @@ def generate(model, prompt, max_new_tokens=None, temperature=None, top_k=None, t
         whose concatenation is the result for the same seed.
     initial_state : recurrent states as in Model.predict (batch = number of prompts), or None.
     backend : "cython" | "numba" | "numpy" for this call (default: the current backend).
-    weights : "float32" (exact), "float16" or "int8" (default: "float32", or the kind a file
-        saved with ``quantize=`` was stored in): the matrices read at every step rounded once (half / a quarter of the bytes: faster at small batch, logits change slightly; see
-        GenerationPlan and the README's accuracy note).
+    weights : "float32" (exact), "float16", "int8" or "auto" (default: "float32", or the kind
+        of a quantized model / file): the matrices read at every step rounded once (half / a
+        quarter of the bytes; logits change slightly, see GenerationPlan and the README's
+        accuracy note). int8 is faster at small batch; float16 can be slower than float32
+        where the weights fit in cache; "auto" measures float16 against float32 once per model.
     threads : threads for a batch (blocks of rows run in parallel; None = fastrnn's setting).
         The result is the same for any thread count.
 
@@ -1291,10 +1329,11 @@ def add_cli(subparsers):
     p.add_argument("--stop", action="append", default=None, help="stop string (repeatable; not printed)")
     p.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
                    help="print tokens as they are produced (default: when stdout is a terminal)")
-    p.add_argument("--weights", choices=WEIGHT_KINDS, default=None,
-                   help="float16 / int8 store the weights read at every step in half / a quarter of the "
-                        "bytes: faster, with slightly different logits (default: float32, or the kind the model file "
-                        "was quantized to by `fastrnn convert --quantize`)")
+    p.add_argument("--weights", choices=WEIGHT_KINDS + ("auto",), default=None,
+                   help="int8 / float16 store the weights read at every step in a quarter / half of the bytes, "
+                        "with slightly different logits; int8 is faster at batch 1, float16 only where the "
+                        "weights do not fit in cache ('auto' measures float16 against float32 here) "
+                        "(default: float32, or the kind the model file was quantized to by `fastrnn convert --quantize`)")
     p.add_argument("--threads", type=int, default=None,
                    help="threads for a --batch of prompts (default: all cores; results do not depend on it)")
     p.add_argument("--batch", metavar="FILE",

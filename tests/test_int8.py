@@ -266,3 +266,17 @@ def test_bfloat16_and_float16_kinds(rng):
         if kind == "float16":
             np.testing.assert_array_equal(w, model.layers[0].directions[0].w_ih.astype(np.float16).astype(np.float32))
         assert_close(qm.predict(x), model.predict(x), atol=tol, rtol=0, what=kind)
+
+
+def test_weights_auto_measures_once_and_generates_with_its_choice(rng):
+    from fastrnn.generate import default_weights
+
+    vocab = fastrnn.Vocabulary([chr(97 + i) for i in range(20)])
+    emb = Embedding((rng.standard_normal((20, 8)) * 0.5).astype(np.float32))
+    rec = random_recurrent(rng, "lstm", input_size=8, hidden_size=32)
+    gen = fastrnn.Model([emb, rec, Dense(rng.standard_normal((20, 32)).astype(np.float32), None)], vocabulary=vocab)
+    kind = default_weights(gen, "auto")
+    assert kind in ("float32", "float16") and gen.__dict__["_auto_weights"] == kind
+    assert gen.generate("ab", max_new_tokens=15, seed=2, weights="auto") == gen.generate(
+        "ab", max_new_tokens=15, seed=2, weights=kind)
+    assert default_weights(gen.quantize("int8"), "auto") == "int8"  # a quantized model keeps its kind
