@@ -362,10 +362,10 @@ class Model:
         B = xs[0].shape[0]
         states_in = self._check_states(initial_state, B)
         be = get_backend(backend)
-        if self.metadata.get("quantized") == "int8":  # int8 products (fastrnn.quantize)
+        if self.metadata.get("quantized") in ("int8", "bfloat16"):  # their own products (fastrnn.quantize)
             from .quantize import int8_backend
 
-            be = int8_backend(be)
+            be = int8_backend(be, self.metadata["quantized"])
         threads = check_threads(threads)
         outs, states_out = self.plan().run(xs, ls, states_in, be, threads)
         if len(outs) == 1:

@@ -7,9 +7,13 @@ Kinds
   ``q = rint(W / scale)`` in [-127, 127] (fastrnn.formats.native.quantize_int8, the rule of int8
   files). ``predict``, ``classify`` and ``generate`` then compute with int8 weights directly:
   every matrix product quantizes its input rows on the fly (below) and sums integers.
-- ``"float16"`` / ``"bfloat16"``: the matrices rounded to half / bfloat16 precision (round to
-  nearest even). predict and classify compute in float32 with the rounded values; generate
-  streams float16 weights when that is measured faster (``weights="auto"``, fastrnn.generate).
+- ``"bfloat16"``: the matrices rounded to bfloat16 (to nearest even). predict and classify
+  compute bfloat16 products: each input row rounded to bfloat16 too, products accumulated in
+  float32 pairwise as AVX512_BF16's vdpbf16ps does (below; on CPUs without AVX-512 the same
+  arithmetic in plain C, slowly). generate runs float32 on the rounded weights.
+- ``"float16"``: the matrices rounded to half precision; predict and classify compute in float32
+  with the rounded values; generate streams float16 weights (``weights="auto"`` keeps float16 only
+  where it is measured faster than float32, fastrnn.generate).
 
 The model returned holds the rounded values as float32 arrays (``scale * q`` exactly, the same
 numbers a quantized file loads as) and ``metadata["quantized"] = kind``; the int8 engine
@@ -25,7 +29,11 @@ For ``out = x @ W.T`` with x (M, K) float32 and W as above:
     acc[m, n] = sum_k xq[m, k] * q[n, k]                                             (exact int32)
     out[m, n] = out[m, n] + float32(acc[m, n]) * (xs[m] * scale[n])                 (float32)
 
-so activations are quantized dynamically per row: per batch row and step in the recurrences,
+bfloat16 (the spec of int8_core.h's bf16 form): x and W rounded to bfloat16, then for each output
+``acc = 0; for each pair (2j, 2j+1): acc = acc + x[2j+1] W[n, 2j+1]; acc = acc + x[2j] W[n, 2j]``
+(every product exact in float32, every add rounded), ``out = out + acc``.
+
+For int8, activations are quantized dynamically per row: per batch row and step in the recurrences,
 per row of x (every batch row and step) in the input projections, which run as one int8 GEMM
 over all steps. The error of one product is bounded by the two rounding steps: for each k,
 |x W - xq xs q scale| <= |x| scale/2 + |W| xs/2 (+ products of the halves).
@@ -157,19 +165,66 @@ class _Transposed:
         return out.reshape(x.shape[:-1] + (self.m.q.shape[0],))
 
 
-class Int8ReferenceBackend(NumpyBackend):
-    """The NumPy spec of the int8 engine: reference.recurrent / dense with every matrix product
-    done as above (activations quantized per row and step)."""
+def bf16_product(x, w, out):
+    """out (M, N) + the bfloat16 product of x (M, K) with w (N, K), vdpbf16ps's order."""
+    x, w = round_bfloat16(x), round_bfloat16(w)
+    if x.shape[1] % 2:
+        x, w = np.pad(x, ((0, 0), (0, 1))), np.pad(w, ((0, 0), (0, 1)))
+    acc = np.zeros(out.shape, f32)
+    for j in range(0, x.shape[1], 2):
+        acc = acc + np.outer(x[:, j + 1], w[:, j + 1]).astype(f32)
+        acc = acc + np.outer(x[:, j], w[:, j]).astype(f32)
+    return (out + acc).astype(f32)
 
-    name = "numpy-int8"
+
+class Bf16Matrix(Int8Matrix):
+    """W (N, K) multiplied the bfloat16 way (bf16_product); rows slice like an array."""
+
+    def __init__(self, w):
+        self.w = w
+
+    @classmethod
+    def of(cls, a):
+        return None if a is None else cls(round_bfloat16(a))
+
+    def __getitem__(self, rows):
+        return Bf16Matrix(self.w[rows])
+
+    @property
+    def T(self):
+        return _Bf16Transposed(self)
+
+
+class _Bf16Transposed:
+    __array_ufunc__ = None
+
+    def __init__(self, m):
+        self.m = m
+
+    def __rmatmul__(self, x):
+        x = np.asarray(x, dtype=f32)
+        flat = x.reshape(-1, x.shape[-1])
+        out = bf16_product(flat, self.m.w, np.zeros((flat.shape[0], self.m.w.shape[0]), f32))
+        return out.reshape(x.shape[:-1] + (self.m.w.shape[0],))
+
+
+class Int8ReferenceBackend(NumpyBackend):
+    """The NumPy spec of the int8 (or bfloat16) engine: reference.recurrent / dense with every
+    matrix product done as above (activations quantized / rounded per row and step)."""
+
+    def __init__(self, kind="int8"):
+        self.kind = kind
+        self.name = f"numpy-{kind}"
+        self.matrix = Int8Matrix if kind == "int8" else Bf16Matrix
 
     def _int8_layer(self, layer):
         cache = layer.__dict__.setdefault("_packed", {})
         proxy = cache.get(self.name)
         if proxy is None:
-            proxy = copy.copy(layer)  # the same cell, its matrices as Int8Matrix
-            proxy.directions = [DirectionWeights(Int8Matrix.of(w.w_ih), Int8Matrix.of(w.w_hh), w.b_ih, w.b_hh,
-                                                 Int8Matrix.of(w.w_hr), w.peephole) for w in layer.directions]
+            of = self.matrix.of
+            proxy = copy.copy(layer)  # the same cell, its matrices as Int8Matrix / Bf16Matrix
+            proxy.directions = [DirectionWeights(of(w.w_ih), of(w.w_hh), w.b_ih, w.b_hh, of(w.w_hr), w.peephole)
+                                for w in layer.directions]
             cache[self.name] = proxy
         return proxy
 
@@ -177,7 +232,7 @@ class Int8ReferenceBackend(NumpyBackend):
         return reference.recurrent(self._int8_layer(layer), x, lengths, state)
 
     def dense(self, layer, x, threads=1):
-        y = x @ Int8Matrix.of(layer.weight).T
+        y = x @ self.matrix.of(layer.weight).T
         if layer.bias is not None:
             y = y + layer.bias
         return reference.dense_activation(layer, y.astype(f32))
@@ -187,10 +242,12 @@ class Int8ReferenceBackend(NumpyBackend):
 class _Int8Kernels:
     """kernels/_cyint8 behind the names CompiledBackend calls (pack_weight, matmul_packed)."""
 
-    def __init__(self, module):
-        self.module = module
+    def __init__(self, module, kind):
+        self.module, self.kind = module, kind
 
     def pack_weight(self, w):
+        if self.kind == "bfloat16":
+            return self.module.pack_bf16(w)
         return self.module.pack_int8(*quantize_int8(w))
 
     def matmul_packed(self, x, packed, out):
@@ -201,8 +258,8 @@ class Int8CompiledBackend(CompiledBackend):
     """CompiledBackend's driver (threads over directions and row blocks, the input projection of
     all steps as one product, the folded embedding) with int8 products: kernels/int8_core.h."""
 
-    def __init__(self, module):
-        super().__init__("cython-int8", _Int8Kernels(module))
+    def __init__(self, module, kind="int8"):
+        super().__init__(f"cython-{kind}", _Int8Kernels(module, kind))
 
     def matmul(self, x, packed, n_out, bias, threads=1):
         """x (M, K) @ W.T + bias as the parent's, with the bias added in the kernel's epilogue
@@ -242,15 +299,18 @@ def _compiled_module():
         return None
 
 
-def int8_backend(backend):
-    """The int8 engine for a float backend: the NumPy spec for "numpy", else the compiled one
-    (the NumPy spec when the extension is not built)."""
-    name = "reference" if backend.name == "numpy" else "compiled"
+ENGINE_KINDS = ("int8", "bfloat16")  # the kinds with their own products (float16: float32 engine)
+
+
+def int8_backend(backend, kind="int8"):
+    """The int8 (or bfloat16) engine for a float backend: the NumPy spec for "numpy", else the
+    compiled one (the NumPy spec when the extension is not built)."""
+    name = ("reference" if backend.name == "numpy" else "compiled", kind)
     with _engines_lock:
         engine = _engines.get(name)
         if engine is None:
-            module = _compiled_module() if name == "compiled" else None
-            engine = Int8CompiledBackend(module) if module is not None else Int8ReferenceBackend()
+            module = _compiled_module() if name[0] == "compiled" else None
+            engine = Int8CompiledBackend(module, kind) if module is not None else Int8ReferenceBackend(kind)
             _engines[name] = engine
     return engine
 

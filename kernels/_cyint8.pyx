@@ -6,7 +6,7 @@ input validation here (fastrnn.quantize checks and allocates before calling).
 """
 import numpy as np
 
-from libc.stdint cimport int8_t, int32_t, int64_t, uintptr_t
+from libc.stdint cimport int8_t, int32_t, int64_t, uint16_t, uintptr_t
 from libc.stdlib cimport free, malloc
 
 cdef extern from "rnn_core.h" nogil:
@@ -42,6 +42,7 @@ cdef extern from "int8_core.h" nogil:
         const float *scale
         Py_ssize_t rows
         Py_ssize_t cols
+        int bf16
 
     ctypedef struct i8_weights:
         i8_packed w_hh_rz
@@ -61,6 +62,11 @@ cdef extern from "int8_core.h" nogil:
     int i8_simd_enabled()
     int i8_select_simd(int level)
     double i8_peak_probe(int kind, int64_t iters)
+    size_t bf16_packed_size(Py_ssize_t rows, Py_ssize_t cols)
+    void bf16_pack(const float *w, Py_ssize_t rows, Py_ssize_t cols, uint16_t *packed)
+    void i8_prepare_rows(const i8_packed *w, const float *inp, Py_ssize_t ld_in, Py_ssize_t m, Py_ssize_t K,
+                         int8_t *xq, float *xs)
+    int bf16_native(int use)
 
 
 # Levels of this module, best last; FASTRNN_SIMD (plain|avx2|avx512) caps them like the float
@@ -101,23 +107,28 @@ cdef class Int8Weight:
     cdef readonly object scale    # float32 (panels * 16,), zero-padded
     cdef readonly Py_ssize_t rows
     cdef readonly Py_ssize_t cols
+    cdef readonly bint bf16          # the bfloat16 form: data is the bf16 panels as bytes
     cdef const int8_t[::1] _data
     cdef const int32_t[::1] _row_sum
     cdef const float[::1] _scale
 
-    def __init__(self, data, row_sum, scale, Py_ssize_t rows, Py_ssize_t cols):
+    def __init__(self, data, row_sum, scale, Py_ssize_t rows, Py_ssize_t cols, bint bf16=False):
         self._data, self._row_sum, self._scale = data, row_sum, scale
         panels = (rows + I8_PANEL - 1) // I8_PANEL
-        if (rows < 0 or cols < 0 or self._data.shape[0] != <Py_ssize_t>i8_packed_size(rows, cols)
-                or self._row_sum.shape[0] != panels * I8_PANEL or self._scale.shape[0] != panels * I8_PANEL):
-            raise ValueError(f"packed int8 data does not hold a ({rows}, {cols}) matrix; make it with pack_int8")
-        self.data, self.row_sum, self.scale, self.rows, self.cols = data, row_sum, scale, rows, cols
+        if bf16:
+            ok = self._data.shape[0] == 2 * <Py_ssize_t>bf16_packed_size(rows, cols)
+        else:
+            ok = (self._data.shape[0] == <Py_ssize_t>i8_packed_size(rows, cols)
+                  and self._row_sum.shape[0] == panels * I8_PANEL and self._scale.shape[0] == panels * I8_PANEL)
+        if rows < 0 or cols < 0 or not ok:
+            raise ValueError(f"packed data does not hold a ({rows}, {cols}) matrix; make it with pack_int8 / pack_bf16")
+        self.data, self.row_sum, self.scale, self.rows, self.cols, self.bf16 = data, row_sum, scale, rows, cols, bf16
 
     def __reduce__(self):
-        return (Int8Weight, (self.data, self.row_sum, self.scale, self.rows, self.cols))
+        return (Int8Weight, (self.data, self.row_sum, self.scale, self.rows, self.cols, self.bf16))
 
     def __repr__(self):
-        return f"Int8Weight(rows={self.rows}, cols={self.cols})"
+        return f"Int8Weight(rows={self.rows}, cols={self.cols}{', bfloat16' if self.bf16 else ''})"
 
     cdef i8_packed packed(self):
         cdef i8_packed p
@@ -126,6 +137,7 @@ cdef class Int8Weight:
         p.scale = &self._scale[0] if self._scale.shape[0] > 0 else NULL
         p.rows = self.rows
         p.cols = self.cols
+        p.bf16 = self.bf16
         return p
 
 
@@ -136,6 +148,7 @@ cdef i8_packed no_matrix():
     p.scale = NULL
     p.rows = 0
     p.cols = 0
+    p.bf16 = 0
     return p
 
 
@@ -159,6 +172,30 @@ def pack_int8(q, scale):
     for a in (data, row_sum, sc):
         a.flags.writeable = False
     return Int8Weight(data, row_sum, sc, rows, cols)
+
+
+def pack_bf16(W):
+    """W (N, K) float32 -> Int8Weight in the bfloat16 form (W rounded to bfloat16, nearest even)."""
+    cdef const float[:, ::1] wv = np.ascontiguousarray(W, dtype=np.float32)
+    cdef Py_ssize_t rows = wv.shape[0], cols = wv.shape[1]
+    cdef Py_ssize_t size = <Py_ssize_t>bf16_packed_size(rows, cols)
+    raw = np.zeros(size + 32, dtype=np.uint16)
+    cdef Py_ssize_t shift = ((64 - <uintptr_t>raw.ctypes.data % 64) % 64) // 2
+    data = raw[shift:shift + size]
+    cdef uint16_t[::1] out = data
+    if size > 0:
+        with nogil:
+            bf16_pack(&wv[0, 0], rows, cols, &out[0])
+    data = data.view(np.int8)
+    data.flags.writeable = False
+    empty_i, empty_f = np.zeros(0, np.int32), np.zeros(0, np.float32)
+    return Int8Weight(data, empty_i, empty_f, rows, cols, True)
+
+
+def set_bf16_native(use):
+    """Use vdpbf16ps where the CPU has it (True, the default) or the FMA form (False); both
+    give the same bits (tests). Returns the setting."""
+    return bool(bf16_native(1 if use else 0))
 
 
 def quantize_rows(x):
@@ -188,7 +225,7 @@ def matmul_int8(x, Int8Weight w not None, float[:, ::1] out, bias=None):
         if bias is not None:
             out[:, :] = bias
         return
-    xq = np.empty((M, K4), np.int8)
+    xq = np.empty((M, 2 * K4), np.int8)  # int8 rows, or bfloat16 rows (2 bytes each)
     xs = np.empty(M, np.float32)
     cdef int8_t[:, ::1] qv = xq
     cdef float[::1] sv = xs
@@ -202,7 +239,7 @@ def matmul_int8(x, Int8Weight w not None, float[:, ::1] out, bias=None):
             src[r] = &bv[0]
     try:
         with nogil:
-            i8_quantize_rows(&xv[0, 0], K, M, K, &qv[0, 0], &sv[0])
+            i8_prepare_rows(&p, &xv[0, 0], K, M, K, &qv[0, 0], &sv[0])
             i8_matmul(&p, &qv[0, 0], &sv[0], M, src, &out[0, 0], out.shape[1])
     finally:
         free(src)

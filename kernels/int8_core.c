@@ -535,11 +535,18 @@ static I8_AMX void matmul_amx(const i8_packed *w, const int8_t *xq, const float 
 }
 #endif
 
+static void bf16_matmul(const i8_packed *w, const uint16_t *xq, ptrdiff_t m, const float *const *src, float *out,
+                        ptrdiff_t ld_out); /* section 3b */
+
 void i8_matmul(const i8_packed *w, const int8_t *xq, const float *xs, ptrdiff_t m, const float *const *src,
                float *out, ptrdiff_t ld_out)
 {
     if (m <= 0 || w->rows <= 0)
         return;
+    if (w->bf16) {
+        bf16_matmul(w, (const uint16_t *)xq, m, src, out, ld_out);
+        return;
+    }
 #if I8_X86
     switch (i8_simd_enabled()) {
     case I8_SIMD_AMX:
@@ -564,6 +571,201 @@ void i8_matmul(const i8_packed *w, const int8_t *xq, const float *xs, ptrdiff_t 
     }
 #endif
     matmul_plain(w, xq, xs, m, src, out, ld_out);
+}
+
+/* ============================================================================================
+ * 3b. bfloat16 (layout and arithmetic: int8_core.h)
+ * ========================================================================================== */
+
+static int bf16_use_native = 1;
+
+int bf16_native(int use)
+{
+    if (use >= 0)
+        bf16_use_native = use;
+    return bf16_use_native;
+}
+
+static ptrdiff_t cols_even(ptrdiff_t cols) { return (cols + 1) / 2 * 2; }
+
+size_t bf16_packed_size(ptrdiff_t rows, ptrdiff_t cols)
+{
+    return (size_t)(((rows + I8_PANEL - 1) / I8_PANEL) * I8_PANEL * cols_even(cols));
+}
+
+/* float32 -> bfloat16, round to nearest even (weights and activations are finite) */
+static inline uint16_t to_bf16(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    u += 0x7FFFu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+static inline float from_bf16(uint16_t h)
+{
+    const uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+void bf16_pack(const float *w, ptrdiff_t rows, ptrdiff_t cols, uint16_t *packed)
+{
+    const ptrdiff_t K2 = cols_even(cols), panels = (rows + I8_PANEL - 1) / I8_PANEL;
+    for (ptrdiff_t p = 0; p < panels; p++)
+        for (ptrdiff_t j = 0; j < I8_PANEL; j++)
+            for (ptrdiff_t k = 0; k < K2; k++) {
+                const ptrdiff_t n = p * I8_PANEL + j;
+                packed[p * K2 * I8_PANEL + (k / 2) * 2 * I8_PANEL + j * 2 + k % 2] =
+                    n < rows && k < cols ? to_bf16(w[n * cols + k]) : 0;
+            }
+}
+
+static void bf16_rows(const float *in, ptrdiff_t ld_in, ptrdiff_t m, ptrdiff_t K, uint16_t *xq)
+{
+    const ptrdiff_t K2 = cols_even(K);
+    for (ptrdiff_t r = 0; r < m; r++) {
+        for (ptrdiff_t k = 0; k < K; k++)
+            xq[r * K2 + k] = to_bf16(in[r * ld_in + k]);
+        for (ptrdiff_t k = K; k < K2; k++)
+            xq[r * K2 + k] = 0;
+    }
+}
+
+void i8_prepare_rows(const i8_packed *w, const float *in, ptrdiff_t ld_in, ptrdiff_t m, ptrdiff_t K,
+                     int8_t *xq, float *xs)
+{
+    if (w->bf16)
+        bf16_rows(in, ld_in, m, K, (uint16_t *)xq);
+    else
+        i8_quantize_rows(in, ld_in, m, K, xq, xs);
+}
+
+/* gcc 12's loop vectorizer miscompiles this loop at -O3 (an input counted twice; -O2, -O0 and
+ * -fno-tree-loop-vectorize are right): it stays scalar, the fallback's speed does not matter */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("no-tree-loop-vectorize")))
+#endif
+static void bf16_matmul_plain(const i8_packed *w, const uint16_t *xq, ptrdiff_t m, const float *const *src,
+                              float *out, ptrdiff_t ld_out)
+{
+    const ptrdiff_t N = w->rows, K2 = cols_even(w->cols), panels = (N + I8_PANEL - 1) / I8_PANEL;
+    for (ptrdiff_t r = 0; r < m; r++) {
+        const uint16_t *x = xq + r * K2;
+        for (ptrdiff_t p = 0; p < panels; p++) { /* 16 outputs at a time, each its own chain */
+            const uint16_t *panel = (const uint16_t *)w->data + p * K2 * I8_PANEL;
+            float acc[I8_PANEL] = {0};
+            for (ptrdiff_t g = 0; g < K2 / 2; g++) {
+                const float x1 = from_bf16(x[2 * g + 1]), x0 = from_bf16(x[2 * g]);
+                const uint16_t *pair = panel + g * 2 * I8_PANEL;
+                for (int j = 0; j < I8_PANEL; j++) {
+                    acc[j] = acc[j] + x1 * from_bf16(pair[2 * j + 1]);
+                    acc[j] = acc[j] + x0 * from_bf16(pair[2 * j]);
+                }
+            }
+            for (int j = 0; j < I8_PANEL && p * I8_PANEL + j < N; j++) {
+                const ptrdiff_t n = p * I8_PANEL + j;
+                const float base = src ? src[r][n] : out[r * ld_out + n];
+                out[r * ld_out + n] = base + acc[j];
+            }
+        }
+    }
+}
+
+#if I8_X86
+#define BF16_NATIVE_ATTR __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,fma")))
+#define BF16_NATIVE_INLINE __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,fma"), always_inline)) inline
+
+/* out (MR, NPG*16): MR rows times NPG panels; native: vdpbf16ps, else two FMAs of the exact
+ * products (odd input first), which round exactly as vdpbf16ps does */
+static BF16_NATIVE_INLINE void tile_bf16(const int MR, const int NPG, const int native, const i8_packed *w,
+                                         ptrdiff_t p0, const uint16_t *xq, ptrdiff_t K2, const float *const *src,
+                                         float *out, ptrdiff_t ld_out, ptrdiff_t left)
+{
+    __m512 acc[6][4];
+    const ptrdiff_t stride = K2 * I8_PANEL;
+    const uint16_t *panel = (const uint16_t *)w->data + p0 * stride;
+    const __m512i hi_mask = _mm512_set1_epi32((int32_t)0xFFFF0000u);
+    I8_UNROLL for (int r = 0; r < MR; r++)
+        I8_UNROLL for (int g = 0; g < NPG; g++)
+            acc[r][g] = _mm512_setzero_ps();
+    for (ptrdiff_t k = 0; k < K2; k += 2) {
+        __m512i wv[4];
+        I8_UNROLL for (int g = 0; g < NPG; g++)
+            wv[g] = _mm512_loadu_si512((const void *)(panel + g * stride + k * I8_PANEL));
+        I8_UNROLL for (int r = 0; r < MR; r++) {
+            uint32_t pair;
+            memcpy(&pair, xq + r * K2 + k, 4);
+            if (native) {
+                const __m512bh a = (__m512bh)_mm512_set1_epi32((int32_t)pair);
+                I8_UNROLL for (int g = 0; g < NPG; g++)
+                    acc[r][g] = _mm512_dpbf16_ps(acc[r][g], a, (__m512bh)wv[g]);
+            } else {
+                const __m512 x1 = _mm512_castsi512_ps(_mm512_set1_epi32((int32_t)(pair & 0xFFFF0000u)));
+                const __m512 x0 = _mm512_castsi512_ps(_mm512_set1_epi32((int32_t)(pair << 16)));
+                I8_UNROLL for (int g = 0; g < NPG; g++) {
+                    const __m512 w1 = _mm512_castsi512_ps(_mm512_and_si512(wv[g], hi_mask));
+                    const __m512 w0 = _mm512_castsi512_ps(_mm512_slli_epi32(wv[g], 16));
+                    acc[r][g] = _mm512_fmadd_ps(x0, w0, _mm512_fmadd_ps(x1, w1, acc[r][g]));
+                }
+            }
+        }
+    }
+    I8_UNROLL for (int g = 0; g < NPG; g++) {
+        const ptrdiff_t valid = left - g * I8_PANEL;
+        const __mmask16 mask = valid >= I8_PANEL ? (__mmask16)0xFFFF : (__mmask16)((1u << valid) - 1u);
+        const ptrdiff_t n0 = (p0 + g) * I8_PANEL;
+        I8_UNROLL for (int r = 0; r < MR; r++) {
+            float *o = out + r * ld_out + g * I8_PANEL;
+            const float *in = src ? src[r] + n0 : o;
+            _mm512_mask_storeu_ps(o, mask, _mm512_add_ps(_mm512_maskz_loadu_ps(mask, in), acc[r][g]));
+        }
+    }
+}
+
+#define BF16_CASE(NATIVE, MR, NPG) \
+    case (MR - 1) * 4 + (NPG - 1): tile_bf16(MR, NPG, NATIVE, w, p, x, K2, sr, o, ld_out, left); break;
+#define BF16_ROW(NATIVE, MR) BF16_CASE(NATIVE, MR, 1) BF16_CASE(NATIVE, MR, 2) BF16_CASE(NATIVE, MR, 3) \
+    BF16_CASE(NATIVE, MR, 4)
+#define BF16_DRIVER(NAME, NATIVE)                                                                     \
+    static BF16_NATIVE_ATTR void NAME(const i8_packed *w, const uint16_t *xq, ptrdiff_t m,             \
+                                      const float *const *src, float *out, ptrdiff_t ld_out)          \
+    {                                                                                                 \
+        const ptrdiff_t N = w->rows, K2 = cols_even(w->cols), panels = (N + I8_PANEL - 1) / I8_PANEL; \
+        for (ptrdiff_t p = 0; p < panels; p += 4) {                                                   \
+            const ptrdiff_t npg = panels - p < 4 ? panels - p : 4, left = N - p * I8_PANEL;           \
+            for (ptrdiff_t r = 0; r < m; r += 6) {                                                    \
+                const ptrdiff_t mr = m - r < 6 ? m - r : 6;                                           \
+                const uint16_t *x = xq + r * K2;                                                      \
+                float *o = out + r * ld_out + p * I8_PANEL;                                           \
+                const float *const *sr = src ? src + r : NULL;                                        \
+                switch ((mr - 1) * 4 + (npg - 1)) {                                                   \
+                BF16_ROW(NATIVE, 1) BF16_ROW(NATIVE, 2) BF16_ROW(NATIVE, 3)                           \
+                BF16_ROW(NATIVE, 4) BF16_ROW(NATIVE, 5) BF16_ROW(NATIVE, 6)                           \
+                }                                                                                     \
+            }                                                                                         \
+        }                                                                                             \
+    }
+/* both carry the avx512bf16 target (tile_bf16 is inlined), but only the native one contains
+ * vdpbf16ps: the FMA form runs on any AVX-512 CPU */
+BF16_DRIVER(bf16_matmul_native, 1)
+BF16_DRIVER(bf16_matmul_fma, 0)
+#endif
+
+static void bf16_matmul(const i8_packed *w, const uint16_t *xq, ptrdiff_t m, const float *const *src, float *out,
+                        ptrdiff_t ld_out)
+{
+#if I8_X86
+    if (i8_simd_enabled() >= I8_SIMD_AVX512VNNI) {
+        if (bf16_use_native && __builtin_cpu_supports("avx512bf16"))
+            bf16_matmul_native(w, xq, m, src, out, ld_out);
+        else
+            bf16_matmul_fma(w, xq, m, src, out, ld_out);
+        return;
+    }
+#endif
+    bf16_matmul_plain(w, xq, m, src, out, ld_out);
 }
 
 /* ============================================================================================
@@ -592,7 +794,7 @@ static int ws_alloc(i8_workspace *ws, ptrdiff_t B, ptrdiff_t T, ptrdiff_t h_out,
 {
     const ptrdiff_t k4 = i8_cols_padded(h_out > H ? h_out : H);
     const size_t idx = up16((size_t)(2 * B + T + 1)), nh = up16((size_t)(B * h_out)), nc = up16((size_t)(B * H));
-    const size_t ng = up16((size_t)(B * G * H)), nq = up16((size_t)(B * k4)), ns = up16((size_t)B);
+    const size_t ng = up16((size_t)(B * G * H)), nq = up16((size_t)(B * k4 * 2)) /* bf16: 2 bytes */, ns = up16((size_t)B);
     const size_t bytes = idx * sizeof(ptrdiff_t) + up16((size_t)B) * sizeof(float *) +
                          (nh + 3 * nc + ng + ns) * sizeof(float) + nq + 64;
     ws->block = malloc(bytes);
@@ -685,7 +887,7 @@ int i8_sequence(int cell_kind, const rnn_sequence_io *io, const float *xproj, co
                 __builtin_prefetch(row + off, 0, 2);
         }
 #endif
-        i8_quantize_rows(ws.h, h_out, n, h_out, ws.xq, ws.xs); /* h, one scale per row */
+        i8_prepare_rows(&w->w_hh_rz, ws.h, h_out, n, h_out, ws.xq, ws.xs); /* h, one scale per row */
         /* a = xp + W_hh h (gru: rows r|z, added to the copy) */
         i8_matmul(&w->w_hh_rz, ws.xq, ws.xs, n, gru ? NULL : ws.src, ws.gates, GH);
         if (lstm) {
@@ -694,7 +896,7 @@ int i8_sequence(int cell_kind, const rnn_sequence_io *io, const float *xproj, co
                                    w->peephole, H, cell, H);
             if (proj) { /* h' = W_hr m */
                 memset(ws.h, 0, (size_t)(n * h_out) * sizeof(float));
-                i8_quantize_rows(ws.extra, H, n, H, ws.xq, ws.xs);
+                i8_prepare_rows(&w->w_hr, ws.extra, H, n, H, ws.xq, ws.xs);
                 i8_matmul(&w->w_hr, ws.xq, ws.xs, n, NULL, ws.h, h_out);
             }
         } else if (gru) {
@@ -710,7 +912,7 @@ int i8_sequence(int cell_kind, const rnn_sequence_io *io, const float *xproj, co
                     for (ptrdiff_t j = 0; j < H; j++)
                         rh[j] = r[j] * hi[j];
                 }
-                i8_quantize_rows(ws.extra2, H, n, H, ws.xq, ws.xs);
+                i8_prepare_rows(&w->w_hh_n, ws.extra2, H, n, H, ws.xq, ws.xs);
                 i8_matmul(&w->w_hh_n, ws.xq, ws.xs, n, NULL, ws.extra, H);
             }
             for (ptrdiff_t i = 0; i < n; i++) {

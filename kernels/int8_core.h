@@ -47,12 +47,30 @@ extern "C" {
 #define I8_PANEL 16
 
 typedef struct {
-    const int8_t *data;     /* (panels, K4 / 4, 16, 4), see above */
-    const int32_t *row_sum; /* (panels * 16,) sum_k q[n, k] (0 in padding rows) */
-    const float *scale;     /* (panels * 16,) row scales (0 in padding rows) */
+    const int8_t *data;     /* (panels, K4 / 4, 16, 4), see above; bfloat16: see below */
+    const int32_t *row_sum; /* (panels * 16,) sum_k q[n, k] (0 in padding rows); bf16: NULL */
+    const float *scale;     /* (panels * 16,) row scales (0 in padding rows); bf16: NULL */
     ptrdiff_t rows;         /* N */
     ptrdiff_t cols;         /* K */
+    int bf16;               /* 0: int8 as above; 1: bfloat16 (below) */
 } i8_packed;
+
+/* The bfloat16 form (bf16 = 1) of the same functions: W (N, K) rounded to bfloat16; data holds,
+ * per panel of 16 rows and per pair of inputs (2k, 2k+1), 64 bytes: the bf16 pairs
+ * (W[n0 + j, 2k], W[n0 + j, 2k + 1]) for j = 0..15 (vdpbf16ps's operand), K2 = K rounded up to
+ * even. An input row x is rounded to bfloat16 (to nearest even; the "quantized" row is K2
+ * uint16, xs unused), and
+ *   acc = 0;  for k2 = 0..K2/2-1: acc = acc + x[2k2+1] W[n, 2k2+1];  acc = acc + x[2k2] W[n, 2k2]
+ *   out[n] = out[n] + acc
+ * every product exact in float32, every add rounded to nearest (vdpbf16ps's order; with
+ * AVX512_BF16, else the same adds as FMAs of the exact products: the same bits). */
+size_t bf16_packed_size(ptrdiff_t rows, ptrdiff_t cols); /* uint16 values */
+void bf16_pack(const float *w, ptrdiff_t rows, ptrdiff_t cols, uint16_t *packed);
+/* the activation form of rows for w's kind: int8 (xq (m, K4), xs) or bfloat16 (xq as (m, K2) uint16) */
+void i8_prepare_rows(const i8_packed *w, const float *in, ptrdiff_t ld_in, ptrdiff_t m, ptrdiff_t K,
+                     int8_t *xq, float *xs);
+/* 1: use vdpbf16ps where the CPU has it (default), 0: the FMA form (tests); returns the setting */
+int bf16_native(int use);
 
 /* K rounded up to a multiple of 4 */
 ptrdiff_t i8_cols_padded(ptrdiff_t cols);

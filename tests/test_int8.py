@@ -280,3 +280,45 @@ def test_weights_auto_measures_once_and_generates_with_its_choice(rng):
     assert gen.generate("ab", max_new_tokens=15, seed=2, weights="auto") == gen.generate(
         "ab", max_new_tokens=15, seed=2, weights=kind)
     assert default_weights(gen.quantize("int8"), "auto") == "int8"  # a quantized model keeps its kind
+
+
+# -- bfloat16 products (vdpbf16ps) -------------------------------------------------------------
+@pytest.mark.parametrize("N,K,m", [(37, 45, 11), (70, 128, 50), (16, 3, 1), (512, 64, 7)])
+def test_bf16_matmul_equal_spec_at_every_level_and_form(N, K, m, at_level, rng):
+    """vdpbf16ps (where the CPU has AVX512_BF16), its FMA form and plain C: the spec's bits."""
+    from fastrnn.quantize import bf16_product
+
+    W = rng.standard_normal((N, K)).astype(np.float32)
+    x = rng.standard_normal((m, K)).astype(np.float32)
+    w = k.pack_bf16(W)
+    out0 = rng.standard_normal((m, N)).astype(np.float32)
+    expected = bf16_product(x, W, out0)
+
+    def run():
+        out = out0.copy()
+        k.matmul_int8(x, w, out)
+        return out
+
+    try:
+        for native in (True, False):
+            k.set_bf16_native(native)
+            for level, out in at_level(run).items():
+                np.testing.assert_array_equal(out, expected, err_msg=f"{level} native={native}")
+    finally:
+        k.set_bf16_native(True)
+
+
+@pytest.mark.parametrize("case", CASES[:5], ids=lambda c: "-".join(f"{v}" for v in c.values()))
+def test_bf16_model_matches_the_spec_and_round_trips_a_file(case, rng, tmp_path):
+    model = seq_model(rng, case)
+    q = model.quantize("bfloat16")
+    x = rng.standard_normal((4, 12, 9)).astype(np.float32)
+    lengths = np.array([12, 5, 0, 11])
+    y = q.predict(x, lengths, backend="cython")
+    assert_close(y, q.predict(x, lengths, backend="numpy"), atol=1e-4, rtol=1e-3)
+    assert 0 < np.abs(y - model.predict(x, lengths)).max() < 3e-2  # bfloat16 products, not float32
+    path = tmp_path / "bf16.safetensors"
+    fastrnn.save(q, path)
+    loaded = fastrnn.load(path)
+    assert loaded.metadata["quantized"] == "bfloat16"
+    np.testing.assert_array_equal(loaded.predict(x, lengths, backend="cython"), y)
