@@ -6,7 +6,8 @@
     python -m bench.compare --plot ratios.png     # also draw the ratios (needs matplotlib)
     python -m bench.compare -w lstm_b64 lstm_b1 cls gen512 -t 1 2   # the int8 workloads of issue 14
 
-Every workload also runs fastrnn's int8 engine (``model.quantize("int8")``) and, where the model
+Every workload also runs fastrnn's int8 engine (``model.quantize("int8")``; predict workloads
+also its bfloat16 engine, ``model.quantize("bfloat16")``) and, where the model
 exports to ONNX, onnxruntime's int8 (``onnxruntime.quantization.quantize_dynamic`` of the same
 exported model, QInt8 weights), in the same process and time window; "x ort8" is fastrnn int8's
 speed-up over onnxruntime int8.
@@ -227,6 +228,8 @@ def bench_cls(threads, repeats, tmp):
     ids = np.random.default_rng(0).integers(1, 20000, (64, 100))
     out = {"fastrnn": 64 / median_time(lambda: model.predict(ids), repeats)}
     q = model.quantize("int8")
+    qb = model.quantize("bfloat16")
+    out["fastrnn_bf16"] = 64 / median_time(lambda: qb.predict(ids), repeats)
     if torch is None:
         out["pytorch"] = None
     else:
@@ -280,6 +283,8 @@ def bench_seq(threads, repeats, tmp):
     out = {"fastrnn": median_time(lambda: model.predict(x), repeats) / 1000 * 1e6}
     q = model.quantize("int8")
     out["fastrnn_int8"] = median_time(lambda: q.predict(x), repeats) / 1000 * 1e6
+    qb = model.quantize("bfloat16")
+    out["fastrnn_bf16"] = median_time(lambda: qb.predict(x), repeats) / 1000 * 1e6
     xt = torch.from_numpy(x)
 
     @torch.no_grad()
@@ -312,7 +317,9 @@ def bench_lstm(batch, steps, threads, repeats, tmp):
     q = model.quantize("int8")
     x = np.random.default_rng(0).standard_normal((batch, steps, 512)).astype(np.float32)
     unit = 1e3 if batch > 1 else 1e6 / steps
-    out = {"fastrnn": median_time(lambda: model.predict(x), repeats) * unit}
+    qb = model.quantize("bfloat16")
+    out = {"fastrnn": median_time(lambda: model.predict(x), repeats) * unit,
+           "fastrnn_bf16": median_time(lambda: qb.predict(x), repeats) * unit}
     xt = torch.from_numpy(x)
 
     @torch.no_grad()
@@ -411,7 +418,7 @@ def print_row(w, threads, res, flush=False):
     global _header_done
     if not _header_done:
         print(f"\n{'workload':<9} {'thr':>3} {'unit':>9} {'fastrnn':>10} {'pytorch':>13} {'onnxruntime':>13} "
-              f"{'x pytorch':>10} {'x onnxrt':>9} {'fastrnn i8':>11} {'onnxrt i8':>10} {'x ort8':>7}")
+              f"{'x pytorch':>10} {'x onnxrt':>9} {'fastrnn bf16':>12} {'fastrnn i8':>11} {'onnxrt i8':>10} {'x ort8':>7}")
         _header_done = True
     digits = 2 if w == "startup" else 1
     s_pt = speedup(w, res["fastrnn"], res["pytorch"])
@@ -421,7 +428,7 @@ def print_row(w, threads, res, flush=False):
     print(f"{w:<9} {threads:>3} {UNITS[w]:>9} {fmt(res['fastrnn'], digits):>10} {fmt(res['pytorch'], digits):>13} "
           f"{ort_txt:>13} {('-' if s_pt is None else f'{s_pt:.2f}x'):>10} "
           f"{('-' if s_ort is None else f'{s_ort:.2f}x'):>9}"
-          + (f" {fmt(res.get('fastrnn_int8'), digits):>11} {fmt(res.get('onnxruntime_int8'), digits):>10} "
+          + (f" {fmt(res.get('fastrnn_bf16'), digits):>12} {fmt(res.get('fastrnn_int8'), digits):>11} {fmt(res.get('onnxruntime_int8'), digits):>10} "
              f"{('-' if s_i8 is None else f'{s_i8:.2f}x'):>7}"
              + ("" if s_i8 is None else f" [{res['int8_ci'][0]:.2f}, {res['int8_ci'][1]:.2f}]")
              if w != "startup" else "")
