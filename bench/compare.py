@@ -428,7 +428,7 @@ def print_row(w, threads, res, flush=False):
     print(f"{w:<9} {threads:>3} {UNITS[w]:>9} {fmt(res['fastrnn'], digits):>10} {fmt(res['pytorch'], digits):>13} "
           f"{ort_txt:>13} {('-' if s_pt is None else f'{s_pt:.2f}x'):>10} "
           f"{('-' if s_ort is None else f'{s_ort:.2f}x'):>9}"
-          + (f" {fmt(res.get('fastrnn_bf16'), digits):>12} {fmt(res.get('fastrnn_int8'), digits):>11} {fmt(res.get('onnxruntime_int8'), digits):>10} "
+          + (f" {(fmt(res['fastrnn_bf16'], digits) if 'fastrnn_bf16' in res else '-'):>12} {fmt(res.get('fastrnn_int8'), digits):>11} {fmt(res.get('onnxruntime_int8'), digits):>10} "
              f"{('-' if s_i8 is None else f'{s_i8:.2f}x'):>7}"
              + ("" if s_i8 is None else f" [{res['int8_ci'][0]:.2f}, {res['int8_ci'][1]:.2f}]")
              if w != "startup" else "")
