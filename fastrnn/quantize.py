@@ -96,20 +96,25 @@ def quantize(model, kind):
     "bfloat16") and which computes with them (see the module doc). ``model`` is not changed."""
     if kind not in KINDS:
         raise ValueError(f"quantize: kind must be one of {', '.join(KINDS)}, got {kind!r}")
-    layers = []
+    from .graph import Graph, Node
+
+    rounded = {}  # id(layer) -> its copy with rounded matrices (a shared layer stays shared)
     for layer in model.layers:
         if isinstance(layer, (Embedding, Dense)):
-            layer = dataclasses.replace(layer, weight=round_matrix(layer.weight, kind, f"{layer.name}.weight"))
+            new = dataclasses.replace(layer, weight=round_matrix(layer.weight, kind, f"{layer.name}.weight"))
         elif isinstance(layer, Recurrent):
             dirs = [dataclasses.replace(w, **{f: round_matrix(getattr(w, f), kind, f"{layer.name}.{f}")
                                               for f in ("w_ih", "w_hh", "w_hr") if getattr(w, f) is not None})
                     for w in layer.directions]
-            layer = dataclasses.replace(layer, directions=dirs)
-        layers.append(layer)
+            new = dataclasses.replace(layer, directions=dirs)
+        else:  # other layers compute in float32 as they are
+            new = layer
+        rounded[id(layer)] = new
+    g = model.graph
+    graph = Graph(g.inputs, [Node(n.name, rounded[id(n.layer)], n.inputs) for n in g.nodes], g.outputs)
     metadata = dict(model.metadata or {})
     metadata["quantized"] = kind
-    return type(model)(layers, vocabulary=model.vocabulary, metadata=metadata, name=model.name,
-                       input_shape=model.input_shape)
+    return type(model)(vocabulary=model.vocabulary, metadata=metadata, name=model.name, graph=graph)
 
 
 # -- the spec: int8 products in NumPy -----------------------------------------------------------

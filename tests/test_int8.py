@@ -322,3 +322,24 @@ def test_bf16_model_matches_the_spec_and_round_trips_a_file(case, rng, tmp_path)
     loaded = fastrnn.load(path)
     assert loaded.metadata["quantized"] == "bfloat16"
     np.testing.assert_array_equal(loaded.predict(x, lengths, backend="cython"), y)
+
+
+def test_quantize_keeps_a_graph_with_a_shared_layer(rng):
+    """A graph model: the shared Dense is rounded once and stays shared; int8 runs every node."""
+    from fastrnn.graph import Graph, Input, Node
+    from fastrnn.layers import Select
+
+    rec = random_recurrent(rng, "gru", input_size=3, hidden_size=16, name="gru")
+    head = Dense((rng.standard_normal((2, 16)) * 0.5).astype(np.float32), np.zeros(2, np.float32), name="head")
+    graph = Graph([Input("x", (None, 3))],
+                  [Node("gru", rec, ["x"]), Node("per_step", head, ["gru"]),
+                   Node("last", Select(axis=1, index=-1, name="last"), ["gru"]), Node("final", head, ["last"])],
+                  ["per_step", "final"])
+    model = fastrnn.Model(graph=graph)
+    q = model.quantize("int8")
+    assert len(q.layers) == len(model.layers) == 3
+    x = rng.standard_normal((2, 5, 3)).astype(np.float32)
+    (a, b), (a_ref, b_ref) = q.predict(x, backend="cython"), q.predict(x, backend="numpy")
+    assert_close(a, a_ref, atol=INT8_SPEC_ATOL, rtol=1e-3)
+    assert_close(b, b_ref, atol=INT8_SPEC_ATOL, rtol=1e-3)
+    assert_close(b, a[:, -1], atol=INT8_SPEC_ATOL, rtol=1e-3)  # the same rows through the same shared head
