@@ -123,20 +123,44 @@ def workloads():
 
     rng = np.random.default_rng(0)
     torch.manual_seed(0)
-    cls = fastrnn.from_torch(ClsModel().eval(), return_sequences=False, activation="softmax")
-    seq = fastrnn.from_torch(torch.nn.GRU(128, 512, batch_first=True).eval())
-    lstm = fastrnn.from_torch(torch.nn.LSTM(512, 512, num_layers=2, batch_first=True).eval())
-    cases = [("cls: BiLSTM(128) classifier, 256 x 100 ids", cls, rng.integers(1, 20000, (256, 100))),
-             ("seq: GRU(128 -> 512), 4 x 1000 steps", seq, rng.standard_normal((4, 1000, 128)).astype(np.float32)),
-             ("LSTM(512) x 2, 16 x 50 steps", lstm, rng.standard_normal((16, 50, 512)).astype(np.float32))]
-    for title, model, x in cases:
+    modules = {"cls": ClsModel().eval(), "seq": torch.nn.GRU(128, 512, batch_first=True).eval(),
+               "lstm": torch.nn.LSTM(512, 512, num_layers=2, batch_first=True).eval()}
+    cls = fastrnn.from_torch(modules["cls"], return_sequences=False, activation="softmax")
+    seq = fastrnn.from_torch(modules["seq"])
+    lstm = fastrnn.from_torch(modules["lstm"])
+    cases = [("cls", "cls: BiLSTM(128) classifier, 256 x 100 ids", cls, rng.integers(1, 20000, (256, 100))),
+             ("seq", "seq: GRU(128 -> 512), 4 x 1000 steps", seq,
+              rng.standard_normal((4, 1000, 128)).astype(np.float32)),
+             ("lstm", "LSTM(512) x 2, 16 x 50 steps", lstm, rng.standard_normal((16, 50, 512)).astype(np.float32))]
+    for key, title, model, x in cases:
         y32 = model.predict(x).astype(np.float64)
         print(f"\n{title} (|y| up to {np.abs(y32).max():.3g})")
-        print(f"{'weights':<9} {'max |y - f32|':>14} {'mean |y - f32|':>15} {'same label':>11}")
-        for kind in KINDS[1:]:
-            y = model.quantize(kind).predict(x).astype(np.float64)
+        print(f"{'weights':<13} {'max |y - f32|':>14} {'mean |y - f32|':>15} {'same label':>11}")
+        outs = {kind: model.quantize(kind).predict(x) for kind in KINDS[1:]}
+        if key != "seq":  # quantize_dynamic has no int8 GRU
+            outs["onnxrt int8"] = ort_int8_output(modules[key], x).reshape(y32.shape)
+        for kind, y in outs.items():
+            y = y.astype(np.float64)
             same = f"{np.mean(y.argmax(-1) == y32.argmax(-1)):>11.2%}" if y.ndim == 2 else f"{'-':>11}"
-            print(f"{kind:<9} {np.abs(y - y32).max():>14.2e} {np.abs(y - y32).mean():>15.2e} {same}")
+            print(f"{kind:<13} {np.abs(y - y32).max():>14.2e} {np.abs(y - y32).mean():>15.2e} {same}")
+
+
+def ort_int8_output(module, x):
+    """onnxruntime's int8 model (quantize_dynamic, QInt8 weights) of the exported module, run on x;
+    its first output."""
+    import logging
+
+    import onnxruntime as ort
+    import torch
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    logging.getLogger().setLevel(logging.ERROR)
+    with tempfile.TemporaryDirectory() as tmp:
+        path, path8 = os.path.join(tmp, "m.onnx"), os.path.join(tmp, "m8.onnx")
+        torch.onnx.export(module, (torch.from_numpy(x),), path, dynamo=False, input_names=["x"])
+        quantize_dynamic(path, path8, weight_type=QuantType.QInt8)
+        sess = ort.InferenceSession(path8, providers=["CPUExecutionProvider"])
+        return sess.run(None, {"x": x})[0]
 
 
 def main(argv=None):
