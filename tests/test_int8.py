@@ -248,8 +248,11 @@ def test_classify_and_generate_run_on_int8(rng):
 
     rec2 = random_recurrent(rng, "lstm", input_size=8, hidden_size=32)
     gen = fastrnn.Model([emb, rec2, Dense(rng.standard_normal((20, 32)).astype(np.float32), None)], vocabulary=vocab)
-    assert gen.quantize("int8").generate("ab", max_new_tokens=20, seed=1) == gen.generate(
-        "ab", max_new_tokens=20, seed=1, weights="int8")
+    qg = gen.quantize("int8")  # generation runs its int8 loop on the rounded weights by default
+    from fastrnn.generate import default_weights, generation_plan
+
+    assert default_weights(qg, None) == "int8" and generation_plan(qg, "int8").layers[0].w_a.q is not None
+    assert qg.generate("ab", max_new_tokens=20, seed=1) == qg.generate("ab", max_new_tokens=20, seed=1, weights="int8")
 
 
 def test_bfloat16_and_float16_kinds(rng):
