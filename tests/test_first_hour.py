@@ -507,9 +507,9 @@ def test_quantize_accuracy_skips_the_classifier_without_word_lists(tmp_path, mon
 
 # -- 14. packaging: SPDX license, no generated C in the wheel or the sdist --------------------------
 
-GENERATED_C = {"_cykernels.c", "_cygenerate.c"}
+GENERATED_C = {"_cykernels.c", "_cygenerate.c", "_cyint8.c"}
 HAND_WRITTEN = {"rnn_core.c", "generate_core.c", "rnn_split.c", "rnn_core.h", "generate_core.h", "rnn_split.h",
-                "spin_barrier.h", "_cykernels.pyx", "_cygenerate.pyx"}
+                "spin_barrier.h", "_cykernels.pyx", "_cygenerate.pyx", "int8_core.c", "int8_core.h", "_cyint8.pyx"}
 
 
 def test_license_is_an_spdx_string():
