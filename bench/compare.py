@@ -418,7 +418,8 @@ def print_row(w, threads, res, flush=False):
     global _header_done
     if not _header_done:
         print(f"\n{'workload':<9} {'thr':>3} {'unit':>9} {'fastrnn':>10} {'pytorch':>13} {'onnxruntime':>13} "
-              f"{'x pytorch':>10} {'x onnxrt':>9} {'fastrnn bf16':>12} {'fastrnn i8':>11} {'onnxrt i8':>10} {'x ort8':>7}")
+              f"{'x pytorch':>10} {'x onnxrt':>9} {'fastrnn bf16':>12} {'fastrnn i8':>11} {'onnxrt i8':>10} "
+              f"{'x ort8':>7}")
         _header_done = True
     digits = 2 if w == "startup" else 1
     s_pt = speedup(w, res["fastrnn"], res["pytorch"])
@@ -428,7 +429,8 @@ def print_row(w, threads, res, flush=False):
     print(f"{w:<9} {threads:>3} {UNITS[w]:>9} {fmt(res['fastrnn'], digits):>10} {fmt(res['pytorch'], digits):>13} "
           f"{ort_txt:>13} {('-' if s_pt is None else f'{s_pt:.2f}x'):>10} "
           f"{('-' if s_ort is None else f'{s_ort:.2f}x'):>9}"
-          + (f" {(fmt(res['fastrnn_bf16'], digits) if 'fastrnn_bf16' in res else '-'):>12} {fmt(res.get('fastrnn_int8'), digits):>11} {fmt(res.get('onnxruntime_int8'), digits):>10} "
+          + (f" {(fmt(res['fastrnn_bf16'], digits) if 'fastrnn_bf16' in res else '-'):>12}"
+             f" {fmt(res.get('fastrnn_int8'), digits):>11} {fmt(res.get('onnxruntime_int8'), digits):>10} "
              f"{('-' if s_i8 is None else f'{s_i8:.2f}x'):>7}"
              + ("" if s_i8 is None else f" [{res['int8_ci'][0]:.2f}, {res['int8_ci'][1]:.2f}]")
              if w != "startup" else "")

@@ -1333,7 +1333,8 @@ def add_cli(subparsers):
                    help="int8 / float16 store the weights read at every step in a quarter / half of the bytes, "
                         "with slightly different logits; int8 is faster at batch 1, float16 only where the "
                         "weights do not fit in cache ('auto' measures float16 against float32 here) "
-                        "(default: float32, or the kind the model file was quantized to by `fastrnn convert --quantize`)")
+                        "(default: float32, or the kind the model file was quantized to by "
+                        "`fastrnn convert --quantize`)")
     p.add_argument("--threads", type=int, default=None,
                    help="threads for a --batch of prompts (default: all cores; results do not depend on it)")
     p.add_argument("--batch", metavar="FILE",

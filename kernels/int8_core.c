@@ -330,7 +330,8 @@ static I8_AVX512 void gemv_vnni512(const i8_packed *w, const int8_t *xq, const f
         for (; k < groups; k++) {
             const __m512i a0 = _mm512_xor_si512(_mm512_set1_epi32(load4(xq + 4 * k)), flip);
             for (int g = 0; g < np; g++)
-                acc0[g] = _mm512_dpbusd_epi32(acc0[g], a0, _mm512_loadu_si512((const void *)(panel + g * stride + k * 64)));
+                acc0[g] = _mm512_dpbusd_epi32(acc0[g], a0,
+                                              _mm512_loadu_si512((const void *)(panel + g * stride + k * 64)));
         }
         for (int g = 0; g < np; g++) {
             const ptrdiff_t n0 = (p + g) * I8_PANEL, valid = N - n0;
@@ -794,7 +795,8 @@ static int ws_alloc(i8_workspace *ws, ptrdiff_t B, ptrdiff_t T, ptrdiff_t h_out,
 {
     const ptrdiff_t k4 = i8_cols_padded(h_out > H ? h_out : H);
     const size_t idx = up16((size_t)(2 * B + T + 1)), nh = up16((size_t)(B * h_out)), nc = up16((size_t)(B * H));
-    const size_t ng = up16((size_t)(B * G * H)), nq = up16((size_t)(B * k4 * 2)) /* bf16: 2 bytes */, ns = up16((size_t)B);
+    /* xq: bfloat16 rows take 2 bytes a value */
+    const size_t ng = up16((size_t)(B * G * H)), nq = up16((size_t)(B * k4 * 2)), ns = up16((size_t)B);
     const size_t bytes = idx * sizeof(ptrdiff_t) + up16((size_t)B) * sizeof(float *) +
                          (nh + 3 * nc + ng + ns) * sizeof(float) + nq + 64;
     ws->block = malloc(bytes);
