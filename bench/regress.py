@@ -14,6 +14,9 @@ only when the whole interval lies above 1 + threshold: a regression that noise c
 A load that slows both builds alike moves both times of a pair and leaves the ratio alone, which
 is what a comparison against a saved baseline (pytest-benchmark) cannot do.
 
+Building needs what `pip install --no-build-isolation` needs: Cython, setuptools and wheel in
+this environment (``pip install Cython setuptools wheel``); ``--keep DIR`` reuses the builds.
+
 Workloads (random weights, one thread, built with the public layer API so any recent BASE runs
 them): seq (GRU 128 -> 256, batch 1, 200 steps), cls (Embedding(2000, 64) -> BiLSTM(64) ->
 Dense(2), batch 32, 50 steps), lstm64 (LSTM(256), batch 64, 20 steps), gen (Embedding(96, 64)
