@@ -338,8 +338,15 @@ def test_external_data_error_says_how_to_export(tmp_path):
     torch.onnx.export(gru, (torch.zeros(2, 1, 3),), str(path), dynamo=False, input_names=["x"])
     onnx.save_model(onnx.load(str(path)), str(path), save_as_external_data=True, size_threshold=0,
                     location="m.onnx.data")
+    # from its folder it loads (issue 13); from bytes there is no folder: the error says what to do
+    from fastrnn.onnx import InferenceSession
+
+    x = np.random.default_rng(0).standard_normal((2, 1, 3)).astype(np.float32)
+    with torch.no_grad():
+        want = gru(torch.from_numpy(x))[0].numpy()
+    np.testing.assert_allclose(InferenceSession(path).run(None, {"x": x})[0][:, 0], want[:, 0], atol=1e-5)
     with pytest.raises(fastrnn.ModelFormatError, match="external_data=False"):
-        fastrnn.load(path)
+        InferenceSession(path.read_bytes())
 
 
 # -- 10. the bundled identifier says "unknown" for text outside its vocabulary ----------------------

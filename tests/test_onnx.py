@@ -321,14 +321,6 @@ def test_bad_files_and_feeds(tmp_path):
         fastrnn.load(tmp_path / "node.onnx")
 
 
-def test_external_data_is_refused(tmp_path):
-    model, _ = make_node_model("RNN", H=64, I=64)
-    onnx.save_model(model, str(tmp_path / "ext.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location="weights.bin", size_threshold=0)
-    with pytest.raises(fastrnn.ModelFormatError, match="external data"):
-        fonnx.InferenceSession(tmp_path / "ext.onnx")
-
-
 def test_glue_ops_against_onnxruntime():
     """A graph of glue operators (broadcasting Max, negative-step Slice, Split, Unsqueeze,
     Where, Gemm, LogSoftmax, Expand, Range, ReduceMean) equals onnxruntime."""

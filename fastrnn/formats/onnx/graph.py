@@ -84,24 +84,77 @@ def _value_info(vi):
     return ValueInfo(vi.name, shape, f"tensor({TYPE_NAMES.get(t.elem_type, 'unknown')})", t.elem_type)
 
 
-def tensor_to_array(t, source):
+def tensor_to_array(t, source, base_dir=None):
+    """A TensorProto -> ndarray. Tensors stored as external data (PyTorch 2.13's default exporter
+    writes them beside the .onnx) are read from ``base_dir``, the model's folder; see
+    read_external."""
     from onnx import numpy_helper
 
-    if t.data_location == 1:  # EXTERNAL
-        raise ModelFormatError(
-            f"tensor {t.name!r} is stored as external data (in a separate file beside the .onnx, as PyTorch's "
-            "default exporter writes it); fastrnn reads self-contained files only. Export with "
-            "torch.onnx.export(..., external_data=False) (or dynamo=False), or re-save the file with "
-            "onnx.save_model(onnx.load(path), path, save_as_external_data=False)", source)
     if t.data_type not in ONNX_DTYPES:
         raise ModelFormatError(f"tensor {t.name!r} has unsupported data type {t.data_type}", source)
+    if t.data_location == 1:  # EXTERNAL
+        return read_external(t, source, base_dir)
     try:
         return np.array(numpy_helper.to_array(t))
     except Exception as exc:  # malformed tensor bytes of any kind
         raise ModelFormatError(f"tensor {t.name!r} cannot be decoded: {exc}", source) from None
 
 
-def _attribute(a, source):
+def read_external(t, source, base_dir):
+    """The bytes of an external-data tensor: ``location`` must be a relative path to a regular file
+    inside the model's folder (no absolute path, no "..", no link leading out of the folder), and
+    ``offset`` / ``length`` must lie inside that file and match the tensor's size. Nothing else on
+    disk is ever read."""
+    if base_dir is None:
+        raise ModelFormatError(
+            f"tensor {t.name!r} is stored as external data (a separate file beside the .onnx), which needs the "
+            "model loaded from its path (not from bytes). Or export with torch.onnx.export(..., "
+            "external_data=False), or re-save with onnx.save_model(onnx.load(path), path, "
+            "save_as_external_data=False)", source)
+    info = {e.key: e.value for e in t.external_data}
+    location = info.get("location", "")
+    where = f"tensor {t.name!r}: external data {location!r:.80}"
+    parts = location.replace("\\", "/").split("/")
+    if (not location or os.path.isabs(location) or location.startswith(("/", "\\")) or ".." in parts
+            or ":" in parts[0]):
+        raise ModelFormatError(f"{where}: the location must be a relative path inside the model's folder", source)
+    root = os.path.realpath(base_dir)
+    path = os.path.realpath(os.path.join(root, *parts))
+    if os.path.commonpath([root, path]) != root:
+        raise ModelFormatError(f"{where}: the location leads out of the model's folder (a link?); refused", source)
+    try:
+        offset = int(info.get("offset", "0"))
+        length = int(info["length"]) if "length" in info else None
+    except ValueError:
+        raise ModelFormatError(f"{where}: offset and length must be integers", source) from None
+    dtype = np.dtype(ONNX_DTYPES[t.data_type])
+    count = 1
+    for d in t.dims:
+        if d < 0:
+            raise ModelFormatError(f"{where}: negative dimension {d}", source)
+        count *= int(d)
+    need = count * dtype.itemsize
+    if offset < 0 or (length is not None and length != need):
+        raise ModelFormatError(f"{where}: length {length} / offset {offset} do not fit a tensor of {need} bytes",
+                               source)
+    from ..safetensors import open_regular_file
+
+    try:
+        f, size = open_regular_file(path)
+    except (OSError, ModelFormatError) as exc:
+        raise ModelFormatError(f"{where}: cannot be read ({exc})", source) from None
+    with f:
+        if offset + need > size:
+            raise ModelFormatError(f"{where}: bytes {offset}..{offset + need} lie past the end of the "
+                                   f"{size}-byte file", source)
+        f.seek(offset)
+        raw = f.read(need)
+    if len(raw) != need:
+        raise ModelFormatError(f"{where}: the file is shorter than it claims", source)
+    return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype).reshape(tuple(int(d) for d in t.dims))
+
+
+def _attribute(a, source, base_dir=None):
     from onnx import AttributeProto
 
     k = a.type
@@ -118,7 +171,7 @@ def _attribute(a, source):
     if k == AttributeProto.STRINGS:
         return [s.decode("utf-8", "replace") for s in a.strings]
     if k == AttributeProto.TENSOR:
-        return tensor_to_array(a.t, source)
+        return tensor_to_array(a.t, source, base_dir)
     raise UnsupportedLayerError(f"attribute {a.name!r} of type {k} (subgraphs and sparse tensors are not "
                                 "supported)", source)
 
@@ -159,14 +212,15 @@ def parse(path_or_bytes) -> Graph:
         if imp.domain in ("", "ai.onnx"):
             opset = int(imp.version)
     g = proto.graph
-    inits = {t.name: tensor_to_array(t, source) for t in g.initializer}
+    base_dir = None if source == "<bytes>" else os.path.dirname(os.path.abspath(source))
+    inits = {t.name: tensor_to_array(t, source, base_dir) for t in g.initializer}
     nodes = []
     for i, n in enumerate(g.node):
         if n.domain not in ("", "ai.onnx"):
             raise UnsupportedLayerError(f"node {n.name or i} ({n.op_type}) is in domain {n.domain!r}; "
                                         "fastrnn runs standard ONNX operators only", source)
         nodes.append(Node(n.op_type, n.name or f"{n.op_type}_{i}", list(n.input), list(n.output),
-                          {a.name: _attribute(a, source) for a in n.attribute}, n.domain))
+                          {a.name: _attribute(a, source, base_dir) for a in n.attribute}, n.domain))
     inputs = [_value_info(v) for v in g.input if v.name not in inits]
     outputs = [_value_info(v) for v in g.output]
     return Graph(_toposort(nodes, set(inits) | {v.name for v in inputs}, source), inits, inputs, outputs, opset,
