@@ -405,6 +405,9 @@ def add_cli(subparsers):
     p.add_argument("--errors", choices=ERRORS, default="strict",
                    help="a line that is not UTF-8: strict = stop with an error naming it (default), replace = "
                         "decode it with U+FFFD for bad bytes, skip = leave it out and report its line number on stderr")
+    from .dask import add_cli_options  # --dask, --partition-size (issue 16; Dask imported only when used)
+
+    add_cli_options(p, "lines")
     p.set_defaults(func=cmd_classify)
 
 
@@ -434,6 +437,10 @@ def cmd_classify(args):
     texts = _remember(reader)
     try:
         results = classify(model, texts, batch_size=args.batch_size, threads=args.threads, max_length=args.max_length)
+        if getattr(args, "dask", None):  # the same results, in order, from a Dask cluster (issue 16)
+            from .dask import cli_classify
+
+            results = cli_classify(args, texts)
         for n, r in enumerate(results, 1):
             text = texts.pop()
             p = r.probabilities

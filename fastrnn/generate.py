@@ -1344,6 +1344,9 @@ def add_cli(subparsers):
                    help="--batch: a line that is not UTF-8: strict = stop with an error naming it (default), "
                         "replace = decode it with U+FFFD for bad bytes, skip = leave it out and report its line "
                         "number on stderr")
+    from .dask import add_cli_options  # --dask, --partition-size for --batch (issue 16)
+
+    add_cli_options(p, "prompts of --batch")
     p.set_defaults(func=cmd_generate)
 
 
@@ -1359,6 +1362,10 @@ def cmd_generate(args):
     check_arguments(model, **kw)  # every argument is checked before anything is printed
     seed = args.seed if args.seed is not None else secrets.randbits(63)
     out = sys.stdout
+    if getattr(args, "dask", None):  # --batch: the same output from a Dask cluster (issue 16)
+        from .dask import cmd_generate_batch
+
+        return cmd_generate_batch(args, seed, kw)
     if args.batch:
         import itertools
 

@@ -1,0 +1,559 @@
+"""Classification and generation over large corpora on a Dask cluster (``pip install fastrnn[dask]``).
+
+    import dask.bag as db
+    import fastrnn.dask
+    from distributed import Client
+
+    client = Client(fastrnn.dask.local_cluster(2))        # or Client("tcp://scheduler:8786")
+    lines = db.read_text("corpus.txt", blocksize="1MiB").map(str.rstrip)  # or a dask Series
+    labels = fastrnn.dask.classify(lines, "langid.safetensors")         # lazy, in input order
+    texts = fastrnn.dask.generate(prompts, "char.safetensors", max_new_tokens=50, seed=1)
+    for r in fastrnn.dask.ordered(labels):                  # in order, a few partitions at a time
+        ...
+
+    fastrnn classify corpus.txt --dask local:2              # the command line (issue 16)
+    fastrnn classify corpus.txt --dask tcp://scheduler:8786
+
+Dask does the scheduling: fastrnn only runs one partition at a time inside a task.
+- Results: one per input, in input order, equal to the single-process results (bitwise with the
+  compiled backends: a row's result does not depend on the batch it ran in), whatever the
+  partitioning. ``classify`` on a Bag gives a Bag of fastrnn.classify.Classification; on a
+  dask Series a DataFrame with the same index, a ``label`` column and one float32 column per class.
+  ``generate`` gives a Bag of str, or a Series of str with the same index.
+- Models: ``model`` is a file path (or None / "langid" / "char_lstm" for the bundled models),
+  never a loaded Model: each worker process loads the file itself, once, and keeps it in a cache
+  keyed by the path and the file's identity (device, inode, size, modification time), so a
+  replaced file is reloaded and weights never travel through the scheduler. The path must name
+  the same file on every worker (a shared or copied file system); relative paths are made
+  absolute on the client. A worker that cannot load it raises ModelLoadError naming the worker
+  and the file: the computation fails once with that error (not retried, not hung).
+- Threads: a worker runs one partition per worker thread; fastrnn uses ``threads`` per partition
+  (default: FASTRNN_NUM_THREADS when it is set in the worker's environment, else 1), so a worker
+  started with ``--nthreads N`` keeps N cores busy. Numba reads NUMBA_NUM_THREADS once, at import,
+  and BLAS reads OMP/OPENBLAS/MKL_NUM_THREADS at load: ``local_cluster`` sets them in each worker
+  process before it starts (``thread_env``); for a cluster started by hand, set them on the
+  ``dask worker`` command line (README) or call ``setup_workers(client)`` before the first task,
+  which sets any that are missing in each worker before fastrnn is imported there.
+- Generation seeds: an int ``seed`` gives every row the same generator (a row's text is that of
+  its prompt alone with that seed, so the partitioning cannot change it); None draws one seed
+  on the client for the whole collection; a Bag of (prompt, seed) pairs gives a seed per row.
+
+Dask itself is imported inside the functions (absolute imports: this module is ``fastrnn.dask``,
+the library is ``dask``), so the command line can offer ``--dask`` without the extra installed.
+"""
+from __future__ import annotations
+
+import collections
+import itertools
+import os
+import secrets
+import threading
+
+from .errors import ModelFormatError
+
+__all__ = ["classify", "generate", "ordered", "local_cluster", "connect", "setup_workers", "thread_env",
+           "worker_model", "ModelLoadError"]
+
+THREAD_ENV_VARS = ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                   "FASTRNN_NUM_THREADS")
+BUNDLED_PREFIX = "bundled:"
+BUNDLED_NAMES = ("langid", "char_lstm")
+# Lines per task for the command line: bench/bench_dask.py measures the scheduler's overhead per
+# task (a few ms) against ~16 us per line of the bundled classifier on one core; 5,000 lines
+# (about 80 ms of work) keep the overhead near 5%.
+DEFAULT_PARTITION_LINES = 5000
+DEFAULT_GENERATE_BATCH = 256  # prompts decoded together inside a partition (as `generate --batch`)
+RESULT_TIMEOUT = None  # seconds to wait for one partition in ``ordered`` (None: no limit)
+
+
+class ModelLoadError(ModelFormatError):
+    """A worker could not load the model file (missing, unreadable, not a model): names the worker."""
+
+
+def _require_dask(what="fastrnn.dask"):
+    try:
+        import dask  # noqa: F401  (the library, not this module: absolute import)
+        import distributed  # noqa: F401
+    except ImportError as exc:  # pragma: no cover - the extra is part of the test install
+        raise ImportError(f"{what} needs Dask: pip install 'fastrnn[dask]' ({exc})") from None
+
+
+# =============================================================================================
+# Models on the workers: a per-process cache keyed by path and file identity
+# =============================================================================================
+
+_models = {}  # path -> (identity, Model)
+_models_lock = threading.Lock()
+load_count = collections.Counter()  # path -> loads in this process (tests read it on the workers)
+
+
+def model_ref(model, default):
+    """What the tasks carry instead of a model: an absolute path, or "bundled:<name>" (resolved on
+    the worker, whose package may be installed elsewhere). ``default`` is the bundled name used
+    for None."""
+    from .model import Model
+
+    if isinstance(model, Model):
+        raise TypeError("pass the model's file path, not a loaded Model: each Dask worker loads the file "
+                        "itself, once per process, and weights are never sent through the scheduler")
+    if model is None:
+        return BUNDLED_PREFIX + default
+    path = os.fspath(model)
+    if path.startswith(BUNDLED_PREFIX):
+        name = path[len(BUNDLED_PREFIX):]
+        if name not in BUNDLED_NAMES:
+            raise ValueError(f"unknown bundled model {name!r}: choose one of {', '.join(BUNDLED_NAMES)}")
+        return path
+    if path in BUNDLED_NAMES and not os.path.exists(path):
+        return BUNDLED_PREFIX + path
+    return os.path.abspath(path)
+
+
+def _resolve(ref):
+    if ref.startswith(BUNDLED_PREFIX):
+        name = ref[len(BUNDLED_PREFIX):]
+        if name == "langid":
+            from .classify import BUNDLED_CLASSIFIER
+
+            return BUNDLED_CLASSIFIER
+        from .generate import BUNDLED_MODEL
+
+        return BUNDLED_MODEL
+    return ref
+
+
+def worker_model(ref):
+    """The Model for ``ref`` in this process: loaded on first use, reloaded only when the file at
+    that path changes identity (st_dev, st_ino, st_size, st_mtime_ns). Raises ModelLoadError."""
+    path = _resolve(ref)
+    with _models_lock:  # a worker's threads share one copy; the first loads it
+        try:
+            st = os.stat(path)
+            identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+            hit = _models.get(path)
+            if hit is not None and hit[0] == identity:
+                return hit[1]
+            from . import load
+
+            model = load(path)
+        except Exception as exc:
+            raise ModelLoadError(f"{_where()} could not load the model: {exc}", path) from None
+        _models[path] = (identity, model)
+        load_count[path] += 1
+        return model
+
+
+def _where():
+    try:
+        from distributed import get_worker
+
+        return f"Dask worker {get_worker().address}"
+    except (ImportError, ValueError):
+        return f"process {os.getpid()}"
+
+
+def _task_threads(threads):
+    """fastrnn threads for one partition (see the module doc)."""
+    if threads is not None:
+        return threads
+    return None if os.environ.get("FASTRNN_NUM_THREADS") else 1
+
+
+# =============================================================================================
+# What runs inside a task: one partition
+# =============================================================================================
+
+def classify_partition(items, ref, options):
+    """Classify one partition (any iterable of inputs) -> list of Classification, in order."""
+    from .classify import classify
+
+    model = worker_model(ref)
+    options = dict(options, threads=_task_threads(options.get("threads")))
+    return list(classify(model, items, **options))
+
+
+def _classify_frame(series, ref, options, columns):
+    import numpy as np
+    import pandas as pd
+
+    results = classify_partition(series.tolist(), ref, options)
+    data = {"label": pd.Series([r.label for r in results], index=series.index, dtype=object)}
+    if len(columns) > 1:
+        probs = (np.stack([r.probabilities for r in results]) if results
+                 else np.empty((0, len(columns) - 1), np.float32))
+        for j, name in enumerate(columns[1:]):
+            data[name] = pd.Series(probs[:, j], index=series.index, dtype=np.float32)
+    return pd.DataFrame(data, index=series.index, columns=columns)
+
+
+def generate_partition(items, ref, options, seed):
+    """Generate for one partition: items are prompts (every row uses ``seed``) or (prompt, seed)
+    pairs -> list of continuations, in order. Rows are decoded ``batch_size`` at a time."""
+    from .generate import generate
+
+    model = worker_model(ref)
+    options = dict(options)
+    batch_size = options.pop("batch_size", DEFAULT_GENERATE_BATCH)
+    options["threads"] = _task_threads(options.get("threads"))
+    out = []
+    it = iter(items)
+    while True:
+        rows = list(itertools.islice(it, batch_size))
+        if not rows:
+            return out
+        if all(isinstance(r, tuple) and len(r) == 2 for r in rows):
+            prompts = [r[0] for r in rows]
+            seeds = [r[1] for r in rows]
+        elif any(isinstance(r, tuple) for r in rows):
+            raise ValueError("generate: give every item as a prompt, or every item as a (prompt, seed) pair")
+        else:
+            prompts, seeds = rows, seed
+        out.extend(generate(model, prompts, seed=seeds, **options))
+
+
+def _generate_series(series, ref, options, seed):
+    import pandas as pd
+
+    texts = generate_partition(series.tolist(), ref, options, seed)
+    return pd.Series(texts, index=series.index, name=series.name, dtype=object)
+
+
+# =============================================================================================
+# The lazy API
+# =============================================================================================
+
+_CLASSIFY_OPTIONS = ("batch_size", "return_probs", "window", "max_length", "max_batch_tokens", "threads",
+                     "backend")
+_GENERATE_OPTIONS = ("max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty", "stop",
+                     "weights", "threads", "backend", "batch_size")
+
+
+def _check_options(options, allowed, what):
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise TypeError(f"fastrnn.dask.{what}: unknown option(s) {', '.join(unknown)}; "
+                        f"accepted: {', '.join(allowed)}")
+    return dict(sorted(options.items()))
+
+
+def _kind(collection, what):
+    """"bag" or "series" (raises TypeError for anything else)."""
+    _require_dask(f"fastrnn.dask.{what}")
+    import dask.bag as db
+
+    if isinstance(collection, db.Bag):
+        return "bag"
+    try:
+        import dask.dataframe as dd
+    except ImportError:  # pragma: no cover - dask without the dataframe extra
+        dd = None
+    if dd is not None and isinstance(collection, dd.Series):
+        return "series"
+    if dd is not None and isinstance(collection, dd.DataFrame):
+        raise TypeError(f"fastrnn.dask.{what}: pass one column (a dask Series), not a whole DataFrame")
+    raise TypeError(f"fastrnn.dask.{what}: expected a dask.bag.Bag or a dask.dataframe.Series, "
+                    f"got {type(collection).__name__}")
+
+
+def classify(texts, model=None, **options):
+    """Classify every element of ``texts`` on the cluster, lazily, in input order.
+
+    texts : dask.bag.Bag of texts (or token-id sequences), or dask.dataframe.Series of texts.
+    model : path of a classifier file, or None / "langid" for the bundled language identifier.
+    options : those of fastrnn.classify.classify (batch_size, return_probs, window, max_length,
+        max_batch_tokens, threads, backend); ``threads`` is per partition (default 1, see the
+        module doc).
+
+    Returns a Bag of Classification for a Bag; for a Series, a dask DataFrame with the Series'
+    index, a ``label`` column and one float32 column per class (named by the model's labels;
+    only ``label`` when return_probs=False).
+    """
+    kind = _kind(texts, "classify")
+    options = _check_options(options, _CLASSIFY_OPTIONS, "classify")
+    ref = model_ref(model, "langid")
+    if kind == "bag":
+        return texts.map_partitions(classify_partition, ref, options)
+    import numpy as np
+    import pandas as pd
+
+    labels = [str(x) for x in _labels(ref)]
+    if "label" in labels:
+        raise ValueError("the model has a class named 'label', which would collide with the label column")
+    columns = ["label"] + (labels if options.get("return_probs", True) else [])
+    meta = pd.DataFrame({c: pd.Series([], dtype=object if c == "label" else np.float32) for c in columns},
+                        columns=columns)
+    return texts.map_partitions(_classify_frame, ref, options, columns, meta=meta)
+
+
+def _labels(ref):
+    """The model's labels, for the DataFrame's columns: read here when the file is here, else
+    asked of a worker (the path only has to exist on the workers)."""
+    from .classify import labels_of
+
+    if not os.path.exists(_resolve(ref)):
+        try:
+            from distributed import get_client
+
+            client = get_client()
+        except ValueError:  # no client: let the local load say what is wrong
+            client = None
+        if client is not None:
+            return client.submit(_worker_labels, ref, pure=False).result()
+    return labels_of(worker_model(ref))
+
+
+def _worker_labels(ref):
+    from .classify import labels_of
+
+    return labels_of(worker_model(ref))
+
+
+def generate(prompts, model=None, seed=None, **options):
+    """Generate a continuation of every prompt on the cluster, lazily, in input order.
+
+    prompts : dask.bag.Bag of prompts (str or token-id lists) or of (prompt, seed) pairs, or a
+        dask.dataframe.Series of prompts.
+    model : path of a language model file, or None / "char_lstm" for the bundled character model.
+    seed : int (every row uses it), or None (one seed drawn here for the whole collection).
+    options : those of fastrnn.generate.generate except stream and initial_state
+        (max_new_tokens, temperature, top_k, top_p, repetition_penalty, stop, weights, threads,
+        backend), and batch_size: prompts decoded together inside a partition (default 256).
+
+    Returns a Bag of continuations (str for str prompts), or a Series of str with the same index.
+    """
+    kind = _kind(prompts, "generate")
+    options = _check_options(options, _GENERATE_OPTIONS, "generate")
+    if "batch_size" in options:
+        from .classify import _positive
+
+        options["batch_size"] = _positive(options["batch_size"], "batch_size")
+    if seed is None:
+        seed = secrets.randbits(63)
+    elif isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed must be an int or None (a seed per row: a Bag of (prompt, seed) pairs), got {seed!r}")
+    ref = model_ref(model, "char_lstm")
+    if kind == "bag":
+        return prompts.map_partitions(generate_partition, ref, options, seed)
+    import pandas as pd
+
+    meta = pd.Series([], dtype=object, name=prompts.name)
+    return prompts.map_partitions(_generate_series, ref, options, seed, meta=meta)
+
+
+def ordered(collection, client=None, window=None, timeout=RESULT_TIMEOUT):
+    """Yield the elements of a Bag (or the partitions of a dask DataFrame/Series, as pandas
+    objects) in order, computing at most ``window`` partitions at once (default: twice the
+    cluster's threads): the cluster and this process hold only those, whatever the length."""
+    _require_dask("fastrnn.dask.ordered")
+    import dask.bag as db
+
+    if client is None:
+        from distributed import get_client
+
+        client = get_client()
+    parts = collection.to_delayed()
+    is_bag = isinstance(collection, db.Bag)
+    for result in _in_order((client.compute(p) for p in parts), _window(client, window), timeout):
+        if is_bag:
+            yield from result
+        else:
+            yield result
+
+
+def _window(client, window):
+    if window is not None:
+        from .classify import _positive
+
+        return _positive(window, "window")
+    threads = sum(client.nthreads().values()) or 1
+    return 2 * threads + 1
+
+
+def _in_order(futures, window, timeout=None):
+    """Results of an iterator of futures, in order, with at most ``window`` submitted at once."""
+    pending = collections.deque()
+    futures = iter(futures)
+    try:
+        while True:
+            while len(pending) < window:
+                f = next(futures, None)
+                if f is None:
+                    break
+                pending.append(f)
+            if not pending:
+                return
+            f = pending.popleft()
+            try:
+                yield f.result(timeout=timeout)
+            finally:
+                f.release()
+    finally:
+        for f in pending:
+            f.cancel()
+
+
+# =============================================================================================
+# Clusters
+# =============================================================================================
+
+def thread_env(threads=1):
+    """Environment for a worker process whose tasks each use ``threads`` cores: Numba, BLAS/OpenMP
+    and fastrnn pools sized before anything is imported (Numba reads NUMBA_NUM_THREADS only then)."""
+    return {name: str(int(threads)) for name in THREAD_ENV_VARS}
+
+
+def local_cluster(n_workers=2, threads_per_worker=1, threads=1, **kwargs):
+    """A LocalCluster of ``n_workers`` worker processes, each running ``threads_per_worker``
+    partitions at a time with ``threads`` fastrnn/Numba/BLAS threads each (thread_env set before
+    the worker process starts). Other keyword arguments go to distributed.LocalCluster."""
+    _require_dask("fastrnn.dask.local_cluster")
+    from distributed import LocalCluster
+
+    env = dict(thread_env(threads), **kwargs.pop("env", {}))
+    kwargs.setdefault("dashboard_address", None)
+    kwargs.setdefault("silence_logs", 40)  # logging.ERROR: no worker start-up chatter on stderr
+    return LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker, processes=True, env=env,
+                        **kwargs)
+
+
+def _limit_threads(threads, dask_worker=None):
+    """Worker setup callback: set the thread variables missing from this worker's environment."""
+    import sys
+
+    for name, value in thread_env(threads).items():
+        os.environ.setdefault(name, value)
+    if "numba" in sys.modules and os.environ["NUMBA_NUM_THREADS"] != str(threads):
+        import logging
+
+        logging.getLogger("distributed.worker").warning(
+            "fastrnn: Numba was imported in this worker before NUMBA_NUM_THREADS was set; start the worker "
+            "with NUMBA_NUM_THREADS=%s in its environment", threads)
+
+
+def setup_workers(client, threads=1):
+    """Set NUMBA/OMP/OPENBLAS/MKL/FASTRNN_NUM_THREADS to ``threads`` in every worker (present and
+    future) where they are not set yet (a worker setup callback). Call it before the first task:
+    Numba reads its variable once, when fastrnn first imports it in that worker."""
+    import functools
+
+    client.register_worker_callbacks(setup=functools.partial(_limit_threads, int(threads)))
+
+
+def connect(address, timeout=60):
+    """``local:N`` -> (Client, LocalCluster of N processes); ``tcp://host:port`` (any scheduler
+    address) -> (Client, None), after waiting up to ``timeout`` s for a worker."""
+    _require_dask("--dask")
+    from distributed import Client
+
+    if address.startswith("local:"):
+        n = address[len("local:"):]
+        if not n.isdigit() or int(n) < 1:
+            raise ValueError(f"--dask local:N needs a positive number of worker processes, got {address!r}")
+        cluster = local_cluster(int(n))
+        return Client(cluster), cluster
+    if "://" not in address:
+        raise ValueError(f"--dask takes local:N or a scheduler address such as tcp://host:8786, got {address!r}")
+    try:
+        client = Client(address, timeout=timeout)
+    except OSError as exc:
+        raise ValueError(f"cannot reach the Dask scheduler at {address}: {exc}") from None
+    try:
+        client.wait_for_workers(1, timeout=timeout)
+    except TimeoutError:
+        client.close()
+        raise ValueError(f"the Dask scheduler at {address} has no workers (waited {timeout} s)") from None
+    setup_workers(client)
+    return client, None
+
+
+# =============================================================================================
+# Command line: --dask for `fastrnn classify` and `fastrnn generate --batch`
+# =============================================================================================
+
+def add_cli_options(parser, what="lines"):
+    default = DEFAULT_GENERATE_BATCH if what.startswith("prompts") else DEFAULT_PARTITION_LINES
+    parser.add_argument("--dask", metavar="local:N|tcp://HOST:PORT", default=None,
+                        help="run on a Dask cluster: local:N starts N worker processes here, tcp://... "
+                             "connects to a running scheduler (pip install 'fastrnn[dask]'); the output "
+                             "is the same, in the same order")
+    parser.add_argument("--partition-size", type=int, default=None, metavar="N",
+                        help=f"with --dask: {what} per task (default {default})")
+
+
+class _Cluster:
+    """The CLI's client (and local cluster), closed when the results are done or abandoned."""
+
+    def __init__(self, address):
+        self.client, self.cluster = connect(address)
+
+    def close(self):
+        self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
+
+
+def _submit_chunks(client, items, size, fn, *args):
+    """One task per ``size`` items of the iterator, the items embedded in the task (so a task lost
+    with its worker is simply rerun elsewhere)."""
+    items = iter(items)
+    while True:
+        chunk = list(itertools.islice(items, size))
+        if not chunk:
+            return
+        yield client.submit(fn, chunk, *args, pure=False)
+
+
+def cli_classify(args, texts):
+    """`fastrnn classify --dask`: the Classification of every text (an iterator, read lazily) in
+    input order, computed on the cluster a bounded number of partitions at a time."""
+    from .classify import _positive
+
+    size = _positive(args.partition_size or DEFAULT_PARTITION_LINES, "--partition-size")
+    ref = model_ref(args.model, "langid")
+    options = {"batch_size": args.batch_size, "max_length": args.max_length, "threads": args.threads,
+               "backend": getattr(args, "backend", None)}
+    cluster = _Cluster(args.dask)
+    try:
+        futures = _submit_chunks(cluster.client, texts, size, classify_partition, ref, options)
+        for results in _in_order(futures, _window(cluster.client, None)):
+            yield from results
+    finally:
+        cluster.close()
+
+
+def cmd_generate_batch(args, seed, options):
+    """`fastrnn generate --batch FILE --dask ...`: one JSON line per prompt, in order, as without --dask."""
+    import json
+    import sys
+
+    from .classify import _positive
+
+    if not args.batch:
+        raise ValueError("--dask runs a --batch FILE of prompts; a single --prompt runs here")
+    size = _positive(args.partition_size or DEFAULT_GENERATE_BATCH, "--partition-size")
+    ref = model_ref(args.model, "char_lstm")
+    options = dict(options, backend=getattr(args, "backend", None))
+    out = sys.stdout
+    f = sys.stdin if args.batch == "-" else open(args.batch, encoding="utf-8")
+    pending = collections.deque()  # prompts sent and not yet written: bounded by the window
+
+    def prompts():
+        for number, line in enumerate(f, 1):
+            line = line.rstrip("\r\n")
+            if line == "":
+                raise ValueError(f"{args.batch}: line {number} is empty (every line is a prompt)")
+            pending.append(line)
+            yield line
+
+    cluster = _Cluster(args.dask)
+    try:
+        futures = _submit_chunks(cluster.client, prompts(), size, generate_partition, ref, options, seed)
+        for texts in _in_order(futures, _window(cluster.client, None)):
+            for text in texts:
+                out.write(json.dumps({"prompt": pending.popleft(), "text": text}, ensure_ascii=False) + "\n")
+        out.flush()
+    finally:
+        cluster.close()
+        if f is not sys.stdin:
+            f.close()
+    return 0
