@@ -44,6 +44,7 @@ the library is ``dask``), so the command line can offer ``--dask`` without the e
 from __future__ import annotations
 
 import collections
+import collections.abc
 import itertools
 import os
 import secrets
@@ -164,12 +165,53 @@ def _task_threads(threads):
 # =============================================================================================
 
 def classify_partition(items, ref, options):
-    """Classify one partition (any iterable of inputs) -> list of Classification, in order."""
-    from .classify import classify
+    """Classify one partition (any iterable of inputs) -> ClassificationList, in order."""
+    from .classify import classify, labels_of
 
     model = worker_model(ref)
     options = dict(options, threads=_task_threads(options.get("threads")))
-    return list(classify(model, items, **options))
+    return ClassificationList.of(labels_of(model), classify(model, items, **options))
+
+
+class ClassificationList(collections.abc.Sequence):
+    """A partition's Classifications held as two arrays: what a task sends back (Dask serializes a
+    list of small arrays one frame per array, about 60 us each; this is a single pickle).
+
+    class_labels : the model's labels (C,). index : int64 (N,) class ids. probabilities : float32
+    (N, C), or None when return_probs=False. Items are fastrnn.classify.Classification."""
+
+    def __init__(self, class_labels, index, probabilities):
+        self.class_labels = list(class_labels)
+        self.index = index
+        self.probabilities = probabilities
+
+    @classmethod
+    def of(cls, class_labels, results):
+        import numpy as np
+
+        results = list(results)
+        index = np.array([r.index for r in results], dtype=np.int64)
+        probs = None
+        if results and results[0].probabilities is not None:
+            probs = np.stack([r.probabilities for r in results])
+        elif not results:
+            probs = np.empty((0, len(class_labels)), np.float32)
+        return cls(class_labels, index, probs)
+
+    def __len__(self):
+        return len(self.index)
+
+    def __getitem__(self, k):
+        from .classify import Classification
+
+        if isinstance(k, slice):
+            return [self[i] for i in range(*k.indices(len(self)))]
+        i = int(self.index[k])
+        p = None if self.probabilities is None else self.probabilities[k].copy()
+        return Classification(self.class_labels[i], i, p)
+
+    def __reduce__(self):
+        return (ClassificationList, (self.class_labels, self.index, self.probabilities))
 
 
 def _classify_frame(series, ref, options, columns):
@@ -177,10 +219,10 @@ def _classify_frame(series, ref, options, columns):
     import pandas as pd
 
     results = classify_partition(series.tolist(), ref, options)
-    data = {"label": pd.Series([r.label for r in results], index=series.index, dtype=object)}
+    labels = np.array(results.class_labels, dtype=object)
+    data = {"label": pd.Series(labels[results.index], index=series.index, dtype=object)}
     if len(columns) > 1:
-        probs = (np.stack([r.probabilities for r in results]) if results
-                 else np.empty((0, len(columns) - 1), np.float32))
+        probs = results.probabilities
         for j, name in enumerate(columns[1:]):
             data[name] = pd.Series(probs[:, j], index=series.index, dtype=np.float32)
     return pd.DataFrame(data, index=series.index, columns=columns)
@@ -410,7 +452,7 @@ def local_cluster(n_workers=2, threads_per_worker=1, threads=1, **kwargs):
     from distributed import LocalCluster
 
     env = dict(thread_env(threads), **kwargs.pop("env", {}))
-    kwargs.setdefault("dashboard_address", None)
+    kwargs.setdefault("dashboard_address", ":0")  # a free port: never "8787 already in use" warnings
     kwargs.setdefault("silence_logs", 40)  # logging.ERROR: no worker start-up chatter on stderr
     return LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker, processes=True, env=env,
                         **kwargs)
