@@ -210,6 +210,17 @@ class ClassificationList(collections.abc.Sequence):
         p = None if self.probabilities is None else self.probabilities[k].copy()
         return Classification(self.class_labels[i], i, p)
 
+    def __iter__(self):  # the common way to read it: no per-item indexing
+        from .classify import Classification
+
+        labels = self.class_labels
+        if self.probabilities is None:
+            for i in self.index.tolist():
+                yield Classification(labels[i], i, None)
+        else:  # rows of one private copy: a user who changes one changes nothing else here
+            for i, p in zip(self.index.tolist(), self.probabilities.copy()):
+                yield Classification(labels[i], i, p)
+
     def __reduce__(self):
         return (ClassificationList, (self.class_labels, self.index, self.probabilities))
 
