@@ -18,7 +18,8 @@ Dask does the scheduling: fastrnn only runs one partition at a time inside a tas
 - Results: one per input, in input order, equal to the single-process results (bitwise with the
   compiled backends: a row's result does not depend on the batch it ran in), whatever the
   partitioning. ``classify`` on a Bag gives a Bag of fastrnn.classify.Classification; on a
-  dask Series a DataFrame with the same index, a ``label`` column and one float32 column per class.
+  dask Series a DataFrame with the same index, a ``label`` column, one float32 column per class
+  and ``unknown_fraction``.
   ``generate`` gives a Bag of str, or a Series of str with the same index.
 - Models: ``model`` is a file path (or None / "langid" / "char_lstm" for the bundled models),
   never a loaded Model: each worker process loads the file itself, once, and keeps it in a cache
@@ -59,10 +60,10 @@ THREAD_ENV_VARS = ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS
                    "FASTRNN_NUM_THREADS")
 BUNDLED_PREFIX = "bundled:"
 BUNDLED_NAMES = ("langid", "char_lstm")
-# Lines per task for the command line: bench/bench_dask.py measures the scheduler's overhead per
-# task (a few ms) against ~16 us per line of the bundled classifier on one core; 5,000 lines
-# (about 80 ms of work) keep the overhead near 5%.
-DEFAULT_PARTITION_LINES = 5000
+# Lines per task for the command line: bench/bench_dask.py measured about 12 ms of CPU per task
+# (scheduler, transfers, task start) against 24 us per line of the bundled classifier, so
+# 10,000 lines (about 240 ms of work) keep that overhead near 5%.
+DEFAULT_PARTITION_LINES = 10000
 DEFAULT_GENERATE_BATCH = 256  # prompts decoded together inside a partition (as `generate --batch`)
 RESULT_TIMEOUT = None  # seconds to wait for one partition in ``ordered`` (None: no limit)
 
@@ -129,6 +130,11 @@ def worker_model(ref):
     path = _resolve(ref)
     with _models_lock:  # a worker's threads share one copy; the first loads it
         try:
+            if ref.startswith(BUNDLED_PREFIX):  # exactly what a single process uses (loaded once)
+                from .classify import bundled_classifier
+                from .generate import bundled_model
+
+                return bundled_classifier() if ref == BUNDLED_PREFIX + "langid" else bundled_model()
             st = os.stat(path)
             identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
             hit = _models.get(path)
@@ -166,63 +172,63 @@ def _task_threads(threads):
 
 def classify_partition(items, ref, options):
     """Classify one partition (any iterable of inputs) -> ClassificationList, in order."""
-    from .classify import classify, labels_of
+    from .classify import classify
 
     model = worker_model(ref)
     options = dict(options, threads=_task_threads(options.get("threads")))
-    return ClassificationList.of(labels_of(model), classify(model, items, **options))
+    return ClassificationList.of(classify(model, items, **options))
 
 
 class ClassificationList(collections.abc.Sequence):
-    """A partition's Classifications held as two arrays: what a task sends back (Dask serializes a
+    """A partition's Classifications held as a few arrays: what a task sends back (Dask serializes a
     list of small arrays one frame per array, about 60 us each; this is a single pickle).
 
-    class_labels : the model's labels (C,). index : int64 (N,) class ids. probabilities : float32
-    (N, C), or None when return_probs=False. Items are fastrnn.classify.Classification."""
+    labels : list (N,) of labels (the same few objects, pickled once each). index : int64 (N,),
+    -1 where the Classification's index is None ("unknown"). probabilities : float32 (N, C), or
+    None when return_probs=False. unknown_fraction : float64 (N,). Items are
+    fastrnn.classify.Classification."""
 
-    def __init__(self, class_labels, index, probabilities):
-        self.class_labels = list(class_labels)
+    def __init__(self, labels, index, probabilities, unknown_fraction):
+        self.labels = labels
         self.index = index
         self.probabilities = probabilities
+        self.unknown_fraction = unknown_fraction
 
     @classmethod
-    def of(cls, class_labels, results):
+    def of(cls, results):
         import numpy as np
 
         results = list(results)
-        index = np.array([r.index for r in results], dtype=np.int64)
+        index = np.array([-1 if r.index is None else r.index for r in results], dtype=np.int64)
+        unknown = np.array([r.unknown_fraction for r in results], dtype=np.float64)
         probs = None
         if results and results[0].probabilities is not None:
             probs = np.stack([r.probabilities for r in results])
-        elif not results:
-            probs = np.empty((0, len(class_labels)), np.float32)
-        return cls(class_labels, index, probs)
+        return cls([r.label for r in results], index, probs, unknown)
 
     def __len__(self):
         return len(self.index)
 
-    def __getitem__(self, k):
+    def _item(self, k, p):
         from .classify import Classification
 
+        i = int(self.index[k])
+        return Classification(self.labels[k], None if i < 0 else i, p, float(self.unknown_fraction[k]))
+
+    def __getitem__(self, k):
         if isinstance(k, slice):
             return [self[i] for i in range(*k.indices(len(self)))]
-        i = int(self.index[k])
-        p = None if self.probabilities is None else self.probabilities[k].copy()
-        return Classification(self.class_labels[i], i, p)
+        k = range(len(self))[k]
+        return self._item(k, None if self.probabilities is None else self.probabilities[k].copy())
 
-    def __iter__(self):  # the common way to read it: no per-item indexing
-        from .classify import Classification
-
-        labels = self.class_labels
-        if self.probabilities is None:
-            for i in self.index.tolist():
-                yield Classification(labels[i], i, None)
-        else:  # rows of one private copy: a user who changes one changes nothing else here
-            for i, p in zip(self.index.tolist(), self.probabilities.copy()):
-                yield Classification(labels[i], i, p)
+    def __iter__(self):  # the common way to read it: no per-item copies
+        # rows of one private copy: a user who changes one changes nothing else here
+        probs = [None] * len(self) if self.probabilities is None else self.probabilities.copy()
+        for k, p in enumerate(probs):
+            yield self._item(k, p)
 
     def __reduce__(self):
-        return (ClassificationList, (self.class_labels, self.index, self.probabilities))
+        return (ClassificationList, (self.labels, self.index, self.probabilities, self.unknown_fraction))
 
 
 def _classify_frame(series, ref, options, columns):
@@ -230,12 +236,11 @@ def _classify_frame(series, ref, options, columns):
     import pandas as pd
 
     results = classify_partition(series.tolist(), ref, options)
-    labels = np.array(results.class_labels, dtype=object)
-    data = {"label": pd.Series(labels[results.index], index=series.index, dtype=object)}
-    if len(columns) > 1:
-        probs = results.probabilities
-        for j, name in enumerate(columns[1:]):
-            data[name] = pd.Series(probs[:, j], index=series.index, dtype=np.float32)
+    data = {"label": pd.Series(results.labels, index=series.index, dtype=object)}
+    names = columns[1:-1]
+    for j, name in enumerate(names):
+        data[name] = pd.Series(results.probabilities[:, j], index=series.index, dtype=np.float32)
+    data["unknown_fraction"] = pd.Series(results.unknown_fraction, index=series.index, dtype=np.float64)
     return pd.DataFrame(data, index=series.index, columns=columns)
 
 
@@ -275,10 +280,22 @@ def _generate_series(series, ref, options, seed):
 # The lazy API
 # =============================================================================================
 
-_CLASSIFY_OPTIONS = ("batch_size", "return_probs", "window", "max_length", "max_batch_tokens", "threads",
-                     "backend")
-_GENERATE_OPTIONS = ("max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty", "stop",
-                     "weights", "threads", "backend", "batch_size")
+def _options_of(function, exclude):
+    import inspect
+
+    return tuple(n for n in inspect.signature(function).parameters if n not in exclude)
+
+
+def _classify_options():
+    from .classify import classify
+
+    return _options_of(classify, ("model", "inputs"))
+
+
+def _generate_options():
+    from .generate import generate
+
+    return _options_of(generate, ("model", "prompt", "seed", "stream", "initial_state")) + ("batch_size",)
 
 
 def _check_options(options, allowed, what):
@@ -314,15 +331,15 @@ def classify(texts, model=None, **options):
     texts : dask.bag.Bag of texts (or token-id sequences), or dask.dataframe.Series of texts.
     model : path of a classifier file, or None / "langid" for the bundled language identifier.
     options : those of fastrnn.classify.classify (batch_size, return_probs, window, max_length,
-        max_batch_tokens, threads, backend); ``threads`` is per partition (default 1, see the
-        module doc).
+        max_batch_tokens, threads, backend, unknown_threshold, ...); ``threads`` is per
+        partition (default 1, see the module doc).
 
     Returns a Bag of Classification for a Bag; for a Series, a dask DataFrame with the Series'
-    index, a ``label`` column and one float32 column per class (named by the model's labels;
-    only ``label`` when return_probs=False).
+    index, a ``label`` column, one float32 column per class (named by the model's labels; none
+    when return_probs=False) and ``unknown_fraction`` (float64).
     """
     kind = _kind(texts, "classify")
-    options = _check_options(options, _CLASSIFY_OPTIONS, "classify")
+    options = _check_options(options, _classify_options(), "classify")
     ref = model_ref(model, "langid")
     if kind == "bag":
         return texts.map_partitions(classify_partition, ref, options)
@@ -330,11 +347,12 @@ def classify(texts, model=None, **options):
     import pandas as pd
 
     labels = [str(x) for x in _labels(ref)]
-    if "label" in labels:
-        raise ValueError("the model has a class named 'label', which would collide with the label column")
-    columns = ["label"] + (labels if options.get("return_probs", True) else [])
-    meta = pd.DataFrame({c: pd.Series([], dtype=object if c == "label" else np.float32) for c in columns},
-                        columns=columns)
+    if {"label", "unknown_fraction"} & set(labels):
+        raise ValueError("the model has a class named 'label' or 'unknown_fraction', which would collide with "
+                         "the column of that name")
+    columns = ["label"] + (labels if options.get("return_probs", True) else []) + ["unknown_fraction"]
+    meta = pd.DataFrame({c: pd.Series([], dtype=object if c == "label" else np.float64 if c == "unknown_fraction"
+                                      else np.float32) for c in columns}, columns=columns)
     return texts.map_partitions(_classify_frame, ref, options, columns, meta=meta)
 
 
@@ -375,7 +393,7 @@ def generate(prompts, model=None, seed=None, **options):
     Returns a Bag of continuations (str for str prompts), or a Series of str with the same index.
     """
     kind = _kind(prompts, "generate")
-    options = _check_options(options, _GENERATE_OPTIONS, "generate")
+    options = _check_options(options, _generate_options(), "generate")
     if "batch_size" in options:
         from .classify import _positive
 

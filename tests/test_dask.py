@@ -58,7 +58,7 @@ def compute(client, collection):
 def assert_same_classifications(got, expected):
     assert len(got) == len(expected)
     for k, (g, e) in enumerate(zip(got, expected)):
-        assert (g.label, g.index) == (e.label, e.index), k
+        assert (g.label, g.index, g.unknown_fraction) == (e.label, e.index, e.unknown_fraction), k
         # bitwise: the compiled kernels give a row the same result in any batch
         assert g.probabilities.dtype == np.float32 and np.array_equal(g.probabilities, e.probabilities), k
 
@@ -126,8 +126,9 @@ def test_model_loaded_once_per_worker_process(client, tmp_path):
 
 @pytest.mark.parametrize("partition_size", [5000, 401, 171, 29])
 def test_classify_bag_equals_single_process(client, partition_size):
-    texts = corpus(1200, seed=1) + ["", "x" * 3000, "Zażółć gęślą jaźń"]
+    texts = corpus(1200, seed=1) + ["", "x" * 3000, "Zażółć gęślą jaźń", "안녕하세요"]
     expected = list(classify_here(bundled_classifier(), texts))
+    assert expected[-1].label == "unknown" and expected[-1].index is None
     bag = db.from_sequence(texts, partition_size=partition_size)
     assert bag.npartitions == -(-len(texts) // partition_size)
     got = compute(client, fastrnn.dask.classify(bag, batch_size=16))
@@ -152,15 +153,18 @@ def test_classify_series_gives_frame_with_same_index(client, npartitions):
     frame = compute(client, fastrnn.dask.classify(series))
     model = bundled_classifier()
     labels = fastrnn.classify.labels_of(model)
-    assert list(frame.columns) == ["label"] + labels
+    assert list(frame.columns) == ["label"] + labels + ["unknown_fraction"]
     assert frame.index.equals(index)
     expected = list(classify_here(model, texts))
+    assert "unknown" in frame["label"].tolist()  # the corpus has empty lines
     assert frame["label"].tolist() == [e.label for e in expected]
+    assert frame["unknown_fraction"].tolist() == [e.unknown_fraction for e in expected]
     probs = frame[labels].to_numpy()
     assert probs.dtype == np.float32 and np.array_equal(probs, np.stack([e.probabilities for e in expected]))
 
     labels_only = compute(client, fastrnn.dask.classify(series, return_probs=False))
-    assert list(labels_only.columns) == ["label"] and labels_only["label"].tolist() == frame["label"].tolist()
+    assert list(labels_only.columns) == ["label", "unknown_fraction"]
+    assert labels_only["label"].tolist() == frame["label"].tolist()
 
 
 @pytest.mark.parametrize("npartitions", [1, 5])
