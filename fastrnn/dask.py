@@ -520,7 +520,9 @@ def connect(address, timeout=60):
         n = address[len("local:"):]
         if not n.isdigit() or int(n) < 1:
             raise ValueError(f"--dask local:N needs a positive number of worker processes, got {address!r}")
-        cluster = local_cluster(int(n))
+        # logging.CRITICAL: a worker's heartbeat racing the shutdown must not print a traceback
+        # into the user's terminal (task errors still reach the command as exceptions)
+        cluster = local_cluster(int(n), silence_logs=50)
         return Client(cluster), cluster
     if "://" not in address:
         raise ValueError(f"--dask takes local:N or a scheduler address such as tcp://host:8786, got {address!r}")
