@@ -1,4 +1,4 @@
-"""Classification and generation over large corpora on a Dask cluster (``pip install fastrnn[dask]``).
+"""Classification and generation over large corpora on a Dask cluster (``pip install .[dask]``).
 
     import dask.bag as db
     import fastrnn.dask
@@ -77,7 +77,7 @@ def _require_dask(what="fastrnn.dask"):
         import dask  # noqa: F401  (the library, not this module: absolute import)
         import distributed  # noqa: F401
     except ImportError as exc:  # pragma: no cover - the extra is part of the test install
-        raise ImportError(f"{what} needs Dask: pip install 'fastrnn[dask]' ({exc})") from None
+        raise ImportError(f"{what} needs Dask: pip install '.[dask]' from fastrnn's checkout ({exc})") from None
 
 
 # =============================================================================================
@@ -547,7 +547,7 @@ def add_cli_options(parser, what="lines"):
     default = DEFAULT_GENERATE_BATCH if what.startswith("prompts") else DEFAULT_PARTITION_LINES
     parser.add_argument("--dask", metavar="local:N|tcp://HOST:PORT", default=None,
                         help="run on a Dask cluster: local:N starts N worker processes here, tcp://... "
-                             "connects to a running scheduler (pip install 'fastrnn[dask]'); the output "
+                             "connects to a running scheduler (needs the .[dask] extra); the output "
                              "is the same, in the same order")
     parser.add_argument("--partition-size", type=int, default=None, metavar="N",
                         help=f"with --dask: {what} per task (default {default})")
