@@ -744,10 +744,11 @@ def _expand_model(b, config, weights, prefix, feeds):
         if e is None or e["class_name"] != "InputLayer":
             raise ModelFormatError(f"model input {ref[0]!r} is not an InputLayer of the model", source)
         tensors[ref] = feeds[i] if feeds is not None else _input_from_entry(b, e, prefix)
+    needed_layers = _needed(entries, by_name, out_refs, source)
     pending = []
     for e in entries:
-        if e["class_name"] == "InputLayer" or (_is_op(e) and e["class_name"] in MASK_OPS):
-            continue
+        if e["class_name"] == "InputLayer" or e["name"] not in needed_layers:
+            continue  # e.g. the ops Keras 3 records to compute masks (NotEqual, Any, LogicalOr...)
         for k, node in enumerate(e["inbound_nodes"]):
             pending.append((e, k, node))
     while pending:
@@ -783,6 +784,28 @@ def _expand_model(b, config, weights, prefix, feeds):
             raise ModelFormatError(f"model output {list(ref)} is not produced by any layer", source)
         outs.append(tensors[ref])
     return outs
+
+
+def _needed(entries, by_name, out_refs, source):
+    """Names of the layers the outputs depend on through their inputs (``mask=`` arguments
+    excluded: fastrnn derives masks itself, so the operations Keras 3 records to compute them
+    are not needed)."""
+    needed, stack = set(), [r[0] for r in out_refs]
+    while stack:
+        name = stack.pop()
+        if name in needed:
+            continue
+        needed.add(name)
+        e = by_name.get(name)
+        if e is None:
+            continue
+        for node in e["inbound_nodes"]:
+            args, kwargs, legacy = _node_call(node, source, f"layer {name!r}")
+            stack += [r[0] for r in args]
+            for key, v in kwargs.items():
+                if key != "mask":
+                    stack += [r[0] for r in _tensor_refs(v, [], legacy)]
+    return needed
 
 
 def _is_op(e):
@@ -958,11 +981,15 @@ def _keras_activation_layer(ctx, entry, spec, name):
     """An Activation layer computing Keras activation ``spec`` exactly as Keras defines it."""
     fname, builtin = _activation_name(spec)
     if not builtin:
-        factory = ctx.custom.get(fname)
-        if factory is None:
-            return _MissingCustom(fname, name)
-        fn = call_factory(lambda cfg, w: factory(fname), fname, {}, [], f"layer {entry['name']!r}")
-        return Activation(fname, name=name, custom=True, fn=fn)
+        # Keras 3 stores a registered function as "package>name": either key finds the factory
+        keys = [fname, fname.rsplit(">", 1)[-1]]
+        key = next((k for k in keys if k in ctx.custom), None)
+        if key is None:
+            return _MissingCustom(keys[-1], name)
+        fn = call_factory(lambda cfg, w: ctx.custom[key](key), key, {}, [], f"layer {entry['name']!r}")
+        if not callable(fn):
+            raise ctx.error(entry, f"custom_layers[{key!r}] returned {type(fn).__name__}, not a function")
+        return Activation(key, name=name, custom=True, fn=fn)
     if fname == "linear":
         return Activation("identity", name=name)
     if fname == "hard_sigmoid":
