@@ -376,8 +376,10 @@ def _keras2_config(obj):
     return out
 
 
-def write_keras2_h5(model, path):
+def write_keras2_h5(model, path, edit=None):
     config = _keras2_config(json.loads(model.to_json()))
+    if edit is not None:
+        edit(config)
     config["class_name"] = "Model"
     body = config["config"]
     body["layers"] = [lc for lc in body["layers"] if lc["class_name"] not in ("NotEqual", "Any")]
@@ -424,6 +426,26 @@ def test_keras2_h5_encoder_decoder_with_initial_state_kwargs(tmp_path):
     # a Keras 2 GRU would default to reset_after=False: only LSTMs here, whose math is the same
     fm = fastrnn.load(tmp_path / "s2s.h5")
     assert_close(fm.predict([IDS, target]), keras_predict(model, [IDS, target]), **TOL)
+
+
+def test_keras2_lambda_activation_through_custom_layers(tmp_path):
+    """Keras 2 stores Dense(activation=lambda x: ...) as "<lambda>": the factory under that key."""
+    inp = keras.Input((6, 4), name="x")
+    out = L.Dense(3, activation="tanh", name="head")(L.GRU(4, return_sequences=True, name="gru", reset_after=False)(inp))
+    model = randomize(keras.Model(inp, out))
+
+    def to_lambda(config):
+        head = next(lc for lc in config["config"]["layers"] if lc["name"] == "head")
+        head["config"]["activation"] = "<lambda>"
+    write_keras2_h5(model, tmp_path / "lam.h5", edit=to_lambda)
+    with pytest.raises(fastrnn.UnsupportedLayerError, match="<lambda>"):
+        fastrnn.load(tmp_path / "lam.h5")
+    fm = fastrnn.load(tmp_path / "lam.h5", custom_layers={"<lambda>": lambda name: np.tanh})
+    x = RNG.standard_normal((2, 6, 4)).astype(np.float32)
+    assert_close(fm.predict(x), keras_predict(model, x), **TOL)
+    fastrnn.save(fm, tmp_path / "lam.safetensors")
+    with pytest.raises(fastrnn.ModelFormatError, match="<lambda>"):
+        fastrnn.load(tmp_path / "lam.safetensors")
 
 
 # -- the command line --------------------------------------------------------------------------------
