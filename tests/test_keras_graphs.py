@@ -101,6 +101,17 @@ def test_two_inputs_concatenate(tmp_path):
     assert f"Total params: {model.count_params():,}" in text
 
 
+def test_weights_h5_plus_config_graph(tmp_path):
+    """Keras 3 save_weights + the architecture JSON, for a graph."""
+    model = two_input_model()
+    model.save_weights(str(tmp_path / "m.weights.h5"))
+    (tmp_path / "m.json").write_text(model.to_json())
+    fm = fastrnn.formats.keras.load_weights_h5(tmp_path / "m.weights.h5", tmp_path / "m.json")
+    xa = RNG.standard_normal((2, 6, 4)).astype(np.float32)
+    xb = RNG.standard_normal((2, 5, 3)).astype(np.float32)
+    assert_close(fm.predict([xa, xb]), keras_predict(model, [xa, xb]), **TOL)
+
+
 def test_cnn_lstm_classifier_and_classify(tmp_path):
     model = randomize(keras.Sequential([
         keras.Input((None,), dtype="int32"), L.Embedding(12, 6), L.Conv1D(8, 3, padding="same", activation="relu"),
