@@ -442,7 +442,8 @@ def test_keras2_h5_encoder_decoder_with_initial_state_kwargs(tmp_path):
 def test_keras2_lambda_activation_through_custom_layers(tmp_path):
     """Keras 2 stores Dense(activation=lambda x: ...) as "<lambda>": the factory under that key."""
     inp = keras.Input((6, 4), name="x")
-    out = L.Dense(3, activation="tanh", name="head")(L.GRU(4, return_sequences=True, name="gru", reset_after=False)(inp))
+    h = L.GRU(4, return_sequences=True, name="gru", reset_after=False)(inp)
+    out = L.Dense(3, activation="tanh", name="head")(h)
     model = randomize(keras.Model(inp, out))
 
     def to_lambda(config):

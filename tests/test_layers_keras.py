@@ -144,7 +144,7 @@ MASKED_CASES = {
         lambda x: L.LSTM(3)(L.Concatenate()([L.Masking()(x), L.Masking()(L.Dense(4)(x))]))),
     "masking_attention": lambda: functional(
         lambda x: L.Attention()([L.LSTM(4, return_sequences=True)(L.Masking()(x)), L.Masking()(x)])),
-    "masking_time_distributed": lambda: seq(L.Masking(), L.TimeDistributed(L.Dense(3)), L.SimpleRNN(2)),
+    "masking_time_distributed": lambda: seq(L.Masking(), L.TimeDistributed(L.Dense(3)), L.SimpleRNN(2, name="srnn")),
 }
 
 

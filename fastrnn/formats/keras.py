@@ -982,7 +982,7 @@ def _keras_activation_layer(ctx, entry, spec, name):
     fname, builtin = _activation_name(spec)
     if not builtin:
         # Keras 3 stores a registered function as "package>name": either key finds the factory
-        keys = [fname, fname.rsplit(">", 1)[-1]]
+        keys = [fname] + ([fname.split(">", 1)[1]] if re.fullmatch(r"[^<>]+>[^<>]+", fname) else [])
         key = next((k for k in keys if k in ctx.custom), None)
         if key is None:
             return _MissingCustom(keys[-1], name)
@@ -1000,9 +1000,9 @@ def _keras_activation_layer(ctx, entry, spec, name):
         return Activation(_LAYER_ACTIVATIONS[fname], name=name)
     if fname == "leaky_relu":  # keras.activations.leaky_relu: negative_slope 0.2
         return Activation("leaky_relu", alpha=0.2, name=name)
-    raise ctx.unsupported(entry, f"activation {fname!r} is not supported; fastrnn runs "
-                                 f"{sorted(set(_SAME_ACTIVATIONS) | set(_LAYER_ACTIVATIONS) | {'hard_sigmoid', 'leaky_relu'})}"
-                                 " or a custom function through custom_layers=")
+    known = sorted(set(_SAME_ACTIVATIONS) | set(_LAYER_ACTIVATIONS) | {"hard_sigmoid", "leaky_relu"})
+    raise ctx.unsupported(entry, f"activation {fname!r} is not supported; fastrnn runs {known} or a custom "
+                                 "function through custom_layers=")
 
 
 def _activation(ctx, entry, spec, what):
