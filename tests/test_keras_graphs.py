@@ -439,6 +439,19 @@ def test_keras2_h5_encoder_decoder_with_initial_state_kwargs(tmp_path):
     assert_close(fm.predict([IDS, target]), keras_predict(model, [IDS, target]), **TOL)
 
 
+def test_keras2_h5_nested_sequential(tmp_path):
+    """A nested model is one weights group listing its layers' weights (lstm/lstm_cell/kernel:0 ...)."""
+    inner = keras.Sequential([keras.Input((6, 4)), L.LSTM(5, return_sequences=True, name="lstm"),
+                              L.Dense(3, name="dense")], name="inner")
+    inp = keras.Input((6, 4), name="x")
+    model = randomize(keras.Model(inp, L.GlobalAveragePooling1D(name="pool")(inner(inp))))
+    write_keras2_h5(model, tmp_path / "nested.h5")
+    x = RNG.standard_normal((3, 6, 4)).astype(np.float32)
+    fm = fastrnn.load(tmp_path / "nested.h5")
+    assert [n.name for n in fm.nodes] == ["inner/lstm", "inner/dense", "pool"]
+    assert_close(fm.predict(x), keras_predict(model, x), **TOL)
+
+
 def test_keras2_lambda_activation_through_custom_layers(tmp_path):
     """Keras 2 stores Dense(activation=lambda x: ...) as "<lambda>": the factory under that key."""
     inp = keras.Input((6, 4), name="x")
@@ -499,3 +512,20 @@ def test_cli_convert_with_custom_layers_module(tmp_path):
     assert_close(fm.predict(IDS), keras_predict(model, IDS), **TOL)
     out = cli("summary", "c.keras", "--custom-layers", "table.py")
     assert out.returncode == 0 and "attn (WeightedAverage)" in out.stdout, out.stderr
+
+
+def test_from_keras_refuses_subclassed_models_and_other_objects():
+    class Net(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.rnn = L.GRU(3)
+
+        def call(self, x):
+            return self.rnn(x)
+
+    net = Net()
+    net(np.zeros((1, 6, 4), np.float32))
+    with pytest.raises(fastrnn.UnsupportedLayerError, match="Sequential and Functional"):
+        fastrnn.from_keras(net)
+    with pytest.raises(TypeError, match="Keras"):
+        fastrnn.from_keras(object())
