@@ -871,8 +871,10 @@ def _call_layer(b, e, weights, ins, kw, prefix, k, legacy=False):
         td_entry = dict(e, config=inner["config"], inner_class=inner["class_name"])
         return _simple(b, td_entry, inner["class_name"], weights, ins, node_name, kw)
     if cls not in _CONVERTERS and e.get("module") and not str(e["module"]).startswith("keras"):
-        # a user-defined class without its factory: reported with every other missing one
-        return [b.add(node_name, _MissingLayer(cls, e["name"]), ins[:1])] * 8
+        # a user-defined class without its factory: a placeholder, so that every missing factory is
+        # reported at once (_build raises before the graph is built); it stands for any output index
+        ref = b.add(node_name, _MissingLayer(cls, e["name"]), ins[:1])
+        return [ref] * 8
     return _simple(b, e, cls, weights, ins, node_name, kw)
 
 
@@ -888,8 +890,9 @@ def _simple(b, e, cls, weights, ins, node_name, kw):
     elif len(ins) != 1:
         raise ctx.unsupported(e, f"takes one input, called with {len(ins)}")
     made = b.layer(weights, e, lambda: conv(ctx, e, e["config"], weights, kw))
-    if isinstance(made, Attention) and bool(kw.get("use_causal_mask", False)) != made.use_causal_mask:
-        made = Attention(made.score_mode, made.scale, made.concat_score_weight, True, made.name)
+    causal = bool(kw.get("use_causal_mask", False))
+    if isinstance(made, Attention) and causal != made.use_causal_mask:  # one layer, called both ways
+        made = Attention(made.score_mode, made.scale, made.concat_score_weight, causal, made.name)
     layers = made if isinstance(made, tuple) else (made,)
     ref = None
     for i, layer in enumerate(layers):
