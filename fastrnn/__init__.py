@@ -27,7 +27,7 @@ __all__ = [
     "Activation", "Attention", "BatchNormalization", "Concatenate", "Conv1D", "CustomLayer", "Dot", "Flatten",
     "GlobalPooling1D", "Identity", "LayerNormalization", "Merge", "Permute", "Pooling1D", "RepeatVector",
     "Reshape", "Select", "Slice", "Vocabulary",
-    "load", "save", "from_torch", "available_backends", "set_backend", "get_backend",
+    "load", "save", "from_torch", "from_keras", "available_backends", "set_backend", "get_backend",
     "set_num_threads", "get_num_threads",
     "ModelFormatError", "UnsupportedLayerError", "__version__",
 ]
@@ -143,6 +143,14 @@ def _sniff(path) -> str:
     if lower.endswith(_TORCH_EXTENSIONS):
         raise ModelFormatError("neither a torch.save file (zip archive) nor a fastrnn .safetensors file", path)
     return "native"  # the native reader says precisely what is wrong
+
+
+def from_keras(keras_model, custom_layers=None) -> Model:
+    """Build a Model from a Keras model in memory (Sequential or Functional, any graph of the
+    layers fastrnn.formats.keras lists); ``custom_layers`` as for ``load``."""
+    from .formats.keras import from_keras as _from_keras
+
+    return _from_keras(keras_model, custom_layers=custom_layers)
 
 
 def from_torch(obj, **kwargs) -> Model:

@@ -3,6 +3,7 @@
     fastrnn summary MODEL
     fastrnn convert SRC DST [--cell lstm|gru|rnn_tanh|rnn_relu] [--last] [--activation A] [--vocab FILE]
                             [--quantize float16|int8] [--tokenizer FILE] [--padding S] [--truncating S] [--maxlen N]
+                            [--custom-layers MODULE.py]
     fastrnn generate ...     (fastrnn/generate.py adds it)
     fastrnn classify ...     (fastrnn/classify.py adds it)
 
@@ -41,7 +42,7 @@ def _ensure_utf8_stdio():
 def cmd_summary(args):
     from . import load
 
-    model = load(args.model)
+    model = load(args.model, custom_layers=load_custom_layers(args.custom_layers))
     model.summary()
     return 0
 
@@ -89,7 +90,7 @@ def cmd_convert(args):
         model = from_architecture(params, spec, vocabulary=vocab, name=os.path.splitext(os.path.basename(src))[0],
                                   source=src)
     else:
-        model = load(src)
+        model = load(src, custom_layers=load_custom_layers(args.custom_layers))
         if vocab is not None:  # --vocab applies to every source (it replaces a stored vocabulary)
             if not model.takes_tokens:
                 raise ValueError(f"--vocab: {src} takes feature vectors, not token ids, so it has no use for a "
@@ -111,6 +112,36 @@ def cmd_convert(args):
     return 0
 
 
+CUSTOM_LAYERS_HELP = ("a Python file of your own defining the factories of the model's custom layers and "
+                      "activation functions: a dict CUSTOM_LAYERS = {name: factory}, or else every public "
+                      "function of the file, by its name (see fastrnn.layers.custom). The file is run: pass only "
+                      "your own code; nothing in the model file is ever run")
+
+
+def load_custom_layers(path):
+    """{name: factory} from the user's Python file (``--custom-layers``): its dict
+    ``CUSTOM_LAYERS`` if it defines one, else its public functions by name."""
+    if path is None:
+        return None
+    import importlib.util
+    import inspect
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--custom-layers: no such file {path}")
+    spec = importlib.util.spec_from_file_location("fastrnn_custom_layers", path)
+    if spec is None or spec.loader is None:
+        raise ValueError(f"--custom-layers: {path} is not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # the user's own file, passed explicitly
+    table = getattr(module, "CUSTOM_LAYERS", None)
+    if table is None:
+        table = {name: obj for name, obj in vars(module).items()
+                 if inspect.isfunction(obj) and not name.startswith("_") and obj.__module__ == module.__name__}
+    if not isinstance(table, dict) or not all(isinstance(k, str) and callable(v) for k, v in table.items()):
+        raise ValueError(f"--custom-layers: CUSTOM_LAYERS in {path} must be a dict {{name: factory function}}")
+    return table
+
+
 def build_parser():
     from . import __version__
 
@@ -122,6 +153,7 @@ def build_parser():
 
     p = sub.add_parser("summary", help="print a model's layers, output shapes and parameter counts")
     p.add_argument("model", help="model file (.safetensors, .keras, .h5, .onnx)")
+    p.add_argument("--custom-layers", metavar="MODULE.py", help=CUSTOM_LAYERS_HELP)
     p.set_defaults(func=cmd_summary)
 
     p = sub.add_parser("convert", help="convert a model to fastrnn's native .safetensors file")
@@ -151,6 +183,7 @@ def build_parser():
                    help="store the weight matrices as float16 or as int8 with per-row scales (2x / 4x "
                         "smaller); the loaded model computes with them (int8: int8 products in predict, classify "
                         "and generate)")
+    p.add_argument("--custom-layers", metavar="MODULE.py", help=CUSTOM_LAYERS_HELP)
     p.set_defaults(func=cmd_convert)
 
     for name in FEATURE_MODULES:

@@ -222,9 +222,14 @@ def test_functional_chain_with_time_distributed_and_activation(tmp_path):
     out = L.Dense(3, activation="softmax")(x)
     model = randomize(keras.Model(inp, out))
     for fm in check_model(model, IDS, tmp_path):
-        assert [type(layer).__name__ for layer in fm.layers] == ["Embedding", "Recurrent", "Dense", "Recurrent",
-                                                                 "Dense"]
-        assert fm.layers[2].activation == "tanh"
+        # the graph keeps every Keras layer; the execution plan drops the Dropout and folds the
+        # Activation into the Dense before it
+        assert [type(layer).__name__ for layer in fm.layers] == ["Embedding", "Recurrent", "Dense", "Activation",
+                                                                 "Identity", "Recurrent", "Dense"]
+        planned = [n.layer for n in fm.plan().graph.nodes]
+        assert [type(layer).__name__ for layer in planned] == ["Embedding", "Recurrent", "Dense", "Recurrent",
+                                                               "Dense"]
+        assert planned[2].activation == "tanh"
 
 
 def test_bidirectional_with_explicit_backward_layer(tmp_path):
@@ -391,26 +396,26 @@ def test_fastrnn_never_imports_keras(tmp_path):
 
 # -- errors ----------------------------------------------------------------------------------------
 def test_unsupported_layer_names_layer_class_and_supported_list(tmp_path):
-    model = seq((6, 4), L.Conv1D(3, 2, name="my_conv"), L.LSTM(3))
-    model.save(str(tmp_path / "conv.keras"))
+    model = seq((6, 4), L.UpSampling1D(2, name="my_up"), L.LSTM(3))
+    model.save(str(tmp_path / "up.keras"))
     with pytest.raises(fastrnn.UnsupportedLayerError) as err:
-        fastrnn.load(tmp_path / "conv.keras")
+        fastrnn.load(tmp_path / "up.keras")
     msg = str(err.value)
-    assert "my_conv" in msg and "Conv1D" in msg and "LSTM" in msg and "Bidirectional" in msg
-    assert "conv.keras" in msg
+    assert "my_up" in msg and "UpSampling1D" in msg and "LSTM" in msg and "Bidirectional" in msg
+    assert "up.keras" in msg and "custom_layers" in msg
 
 
 @pytest.mark.parametrize("make,words", [
     (lambda: seq((6, 4), L.Bidirectional(L.LSTM(3), merge_mode=None)), ["merge_mode=None", "bidirectional"]),
     (lambda: seq((6, 4), L.LSTM(3, return_sequences=True), L.TimeDistributed(L.Reshape((3, 1)))),
      ["TimeDistributed(Reshape)"]),
-    (lambda: seq((6, 4), L.Activation("relu"), L.LSTM(3)), ["Activation", "after a Dense"]),
+    (lambda: seq((6, 4), L.ReLU(threshold=0.5), L.LSTM(3)), ["ReLU", "threshold"]),
     (lambda: seq((6, 4), L.SimpleRNN(3, activation="gelu")), ["gelu"]),
     (lambda: seq((6, 4), L.Bidirectional(L.LSTM(3, go_backwards=True),
                                          backward_layer=L.LSTM(3))), ["go_backwards"]),
     (lambda: seq((6, 4), L.Bidirectional(L.LSTM(3), backward_layer=L.LSTM(3, activation="relu",
                                                                            go_backwards=True))), ["differs"]),
-], ids=["merge_none", "time_distributed_other", "activation_alone", "gelu", "forward_goes_backwards",
+], ids=["merge_none", "time_distributed_other", "relu_threshold", "gelu", "forward_goes_backwards",
         "different_backward_layer"])
 def test_unsupported_options(tmp_path, make, words):
     make().save(str(tmp_path / "m.keras"))
@@ -420,14 +425,15 @@ def test_unsupported_options(tmp_path, make, words):
         assert w in str(err.value)
 
 
-def test_branching_functional_model_is_refused(tmp_path):
+def test_branching_functional_model_is_a_graph(tmp_path):
+    """Branches used to be refused (chains only); now they load as a graph."""
     inp = keras.Input((6, 4))
     a = L.LSTM(3, name="left")(inp)
     b = L.GRU(3, name="right")(inp)
-    model = keras.Model(inp, L.Add(name="join")([a, b]))
-    model.save(str(tmp_path / "branch.keras"))
-    with pytest.raises(fastrnn.UnsupportedLayerError, match="chain"):
-        fastrnn.load(tmp_path / "branch.keras")
+    model = randomize(keras.Model(inp, L.Add(name="join")([a, b])))
+    fm, _ = check_model(model, X, tmp_path, name="branch")
+    assert not fm.is_chain()
+    assert [n.name for n in fm.nodes] == ["left", "right", "join"]
 
 
 def _rewrite_zip(src, dst, replace=None, drop=()):

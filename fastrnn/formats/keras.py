@@ -1,28 +1,43 @@
-"""Keras importer: Keras 3 ``.keras`` archives, Keras 3 ``.weights.h5`` + config, and legacy
-Keras 2 / tf.keras ``.h5`` full-model files — read with zipfile, json, h5py and NumPy only.
-Keras and TensorFlow are never imported.
+"""Keras importer: Keras 3 ``.keras`` archives, Keras 3 ``.weights.h5`` + config, legacy Keras 2 /
+tf.keras ``.h5`` full-model files (read with zipfile, json, h5py and NumPy only: Keras and
+TensorFlow are never imported for files), and live Keras models (``from_keras``).
 
 Entry points
 ------------
-``load(path)``
+``load(path, custom_layers=None)``
     ``.keras`` (zip of config.json, metadata.json, model.weights.h5; also an unzipped directory
     holding the same files) or a legacy full-model ``.h5``/``.hdf5`` (root attribute
     ``model_config``). A weights-only HDF5 file is refused with a pointer to ``load_weights_h5``.
-``load_weights_h5(weights_path, config)``
+``load_weights_h5(weights_path, config, custom_layers=None)``
     A weights-only HDF5 file (Keras 3 ``model.save_weights("x.weights.h5")`` or a legacy
     Keras 2 ``save_weights("x.h5")``) plus the architecture: ``config`` is the parsed JSON dict
     (the ``config.json`` of a .keras archive, or ``json.loads(model.to_json())``) or the path
     of a JSON file holding it.
+``from_keras(keras_model, custom_layers=None)``
+    A Keras model in memory: its config and weights are read through Keras's own API.
 
-Understood models: Sequential, and Functional models that are one chain from one input to one
-output (Keras 3 records the mask of ``Embedding(mask_zero=True)`` / ``Masking`` as extra
-``NotEqual`` / ``Any`` op nodes; those are recognised and skipped — fastrnn derives the mask
-itself). Layers: see ``SUPPORTED_LAYERS``. Anything else raises ``UnsupportedLayerError``
-naming the layer and its class; an unreadable file raises ``ModelFormatError`` naming the file.
+Every model becomes a fastrnn graph (fastrnn.graph): Sequential and Functional models, any
+number of inputs and outputs, nested Sequential / Functional models (flattened into the graph,
+their node names prefixed ``outer/inner``), shared layers (a layer called twice is one layer
+object in two nodes: the second node is named ``name#1``), the Keras 3 ``inbound_nodes`` format
+({"args", "kwargs"}) and the Keras 1/2 one ([[layer, node index, tensor index, kwargs]]). Call
+arguments understood: ``initial_state=[h, c]`` (extra inputs of the recurrent node),
+``use_causal_mask`` (Attention), ``mask=`` and ``training=`` (ignored: fastrnn derives masks
+itself, from Embedding(mask_zero) and Masking, and propagates them as Keras 3 does; Keras 3
+records those masks as ``NotEqual`` / ``Any`` operation nodes, which are skipped).
+
+Layers: see ``SUPPORTED_LAYERS``. ``Lambda`` layers (Python code in the file) are never run;
+they, and any class fastrnn does not know, need ``custom_layers={"ClassName": factory}``
+(fastrnn.layers.custom): ``factory(config, weights)`` returns ``fn(inputs, mask=None)`` of
+NumPy arrays. A user-defined activation function (stored by name, a Keras 2 lambda as
+``"<lambda>"``) becomes an Activation node whose function is ``custom_layers[name](name)``.
+Anything else raises UnsupportedLayerError naming the layer and its class; an unreadable file
+raises ModelFormatError naming the file.
 
 Keras facts mapped here, and only here (../../shared/CONVENTIONS.md):
 - Kernels are row-vector style (x @ kernel): kernel (I, G*U), recurrent_kernel (U, G*U);
-  fastrnn wants W (G*U, I) with out = W @ in  ->  transpose.
+  fastrnn wants W (G*U, I) with out = W @ in  ->  transpose. Conv1D kernel (k, in, filters) ->
+  (filters, in, k).
 - LSTM gate blocks i|f|c|o are fastrnn's i|f|g|o: no reordering.
 - GRU gate blocks z|r|h  ->  fastrnn r|z|n: columns reordered [U:2U], [0:U], [2U:3U].
 - GRU reset_after=True: bias (2, 3U) = [input bias; recurrent bias] -> b_ih, b_hh
@@ -35,10 +50,12 @@ Keras facts mapped here, and only here (../../shared/CONVENTIONS.md):
 - go_backwards: output[t] is the t-th step of the reversed scan -> Recurrent(go_backwards=True).
   Bidirectional: forward layer (go_backwards False) + backward layer (go_backwards True), the
   backward outputs flipped back before merging -> a two-direction Recurrent.
+- return_state: [output, h, c] (LSTM) / [output, h]; Bidirectional [output, h_f, (c_f,) h_b, (c_b)].
 - hard_sigmoid: Keras 3 clip(x/6 + 0.5, 0, 1); Keras 1/2 clip(0.2x + 0.5, 0, 1). The file's
-  keras_version decides.
-- Activation layers fold into the Dense (or TimeDistributed(Dense)) before them when that one
-  is linear; Dropout-like layers are no-ops at inference.
+  keras_version decides. LeakyReLU: Keras 3 ``negative_slope`` (default 0.3), Keras 2 ``alpha``.
+- Dense(activation=...) with an activation the Dense kernel does not apply becomes Dense(linear)
+  followed by an Activation node; Dropout-like layers and ActivityRegularization are Identity
+  nodes (removed by the graph passes).
 - Ignored because they do not change inference: dropout, recurrent_dropout, unroll,
   implementation, unit_forget_bias, initializers, regularizers, constraints, dtype policies
   (fastrnn computes in float32). ``stateful=True`` is read like a stateless layer: every
@@ -55,17 +72,30 @@ import zlib
 
 import numpy as np
 
-from ..activations import Activation
+from ..activations import Activation as ActivationFunction
 from ..errors import ModelFormatError, UnsupportedLayerError
-from ..layers import Dense, DirectionWeights, Embedding, Masking, Recurrent
+from ..graph import Graph, Input, Node
+from ..layers import (Activation, Attention, BatchNormalization, Concatenate, Conv1D, CustomLayer, Dense,
+                      DirectionWeights, Dot, Embedding, Flatten, GlobalPooling1D, Identity, LayerNormalization,
+                      Masking, Merge, Permute, Pooling1D, Recurrent, RepeatVector, Reshape)
+from ..layers.custom import call_factory
 from ..model import Model
 
 RECURRENT_CELLS = {"SimpleRNN": "rnn", "LSTM": "lstm", "GRU": "gru"}
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}
-NO_OP_LAYERS = ("Dropout", "SpatialDropout1D", "GaussianNoise", "GaussianDropout", "AlphaDropout")
+NO_OP_LAYERS = ("Dropout", "SpatialDropout1D", "GaussianNoise", "GaussianDropout", "AlphaDropout",
+                "ActivityRegularization", "Identity")
 MASK_OPS = ("NotEqual", "Any")  # Keras 3 Functional graphs record mask computations as these ops
-SUPPORTED_LAYERS = ("InputLayer", "Embedding", "Masking", "SimpleRNN", "LSTM", "GRU", "Bidirectional",
-                    "Dense", "TimeDistributed(Dense)", "Activation") + NO_OP_LAYERS
+MERGE_OPS = {"Add": "add", "Subtract": "subtract", "Multiply": "multiply", "Average": "average",
+             "Maximum": "maximum", "Minimum": "minimum"}
+MODEL_CLASSES = ("Sequential", "Functional", "Model")
+SUPPORTED_LAYERS = (
+    "InputLayer", "Embedding", "Masking", "Dense", "TimeDistributed(Dense and other per-step layers)",
+    "SimpleRNN", "LSTM", "GRU", "Bidirectional", "Activation", "Softmax", "ReLU", "LeakyReLU", "ELU",
+    "Concatenate", "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Dot",
+    "GlobalAveragePooling1D", "GlobalMaxPooling1D", "MaxPooling1D", "AveragePooling1D", "Conv1D", "Flatten",
+    "Reshape", "Permute", "RepeatVector", "LayerNormalization", "BatchNormalization", "Attention",
+    "AdditiveAttention", "Sequential / Functional (nested)") + NO_OP_LAYERS
 
 # Keras activation name -> fastrnn activation name, for functions defined identically in both.
 # hard_sigmoid is handled apart (its definition depends on the Keras version).
@@ -74,11 +104,22 @@ _SAME_ACTIVATIONS = {
     "selu": "selu", "softplus": "softplus", "softsign": "softsign", "exponential": "exponential",
     "swish": "swish", "silu": "swish",
 }
+# activations an Activation layer adds to the element-wise ones (softmax over the last axis)
+_LAYER_ACTIVATIONS = {"softmax": "softmax", "log_softmax": "log_softmax", "gelu": "gelu"}
 _DENSE_ACTIVATIONS = {"linear", "softmax", "sigmoid", "tanh", "relu", "elu", "selu", "softplus",
                       "softsign", "exponential", "swish", "silu"}
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 _READ_ERRORS = (OSError, KeyError, ValueError, TypeError, IndexError, AttributeError, RuntimeError, EOFError,
                 NotImplementedError, zipfile.BadZipFile, zlib.error, RecursionError, UnicodeDecodeError)
+
+
+def _check_custom(custom_layers):
+    if custom_layers is None:
+        return {}
+    if not isinstance(custom_layers, dict) or not all(isinstance(k, str) and callable(v)
+                                                      for k, v in custom_layers.items()):
+        raise TypeError("custom_layers must be a dict {class or function name: factory}, the factories callable")
+    return dict(custom_layers)
 
 
 # -- public API ------------------------------------------------------------------------------
@@ -91,10 +132,11 @@ def load(path, custom_layers=None) -> Model:
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(path)
-    return _guarded(path, _load)
+    custom = _check_custom(custom_layers)
+    return _guarded(path, lambda p: _load(p, custom))
 
 
-def load_weights_h5(weights_path, config) -> Model:
+def load_weights_h5(weights_path, config, custom_layers=None) -> Model:
     """Build a Model from a weights-only HDF5 file and the model's architecture.
 
     weights_path : a Keras 3 ``model.save_weights("x.weights.h5")`` file, or a legacy Keras 2
@@ -116,7 +158,8 @@ def load_weights_h5(weights_path, config) -> Model:
     if not isinstance(config, dict):
         raise TypeError(f"config must be a dict (the parsed config.json) or a path to a JSON file, "
                         f"got {type(config).__name__}")
-    return _guarded(weights_path, lambda p: _load_weights_h5(p, config))
+    custom = _check_custom(custom_layers)
+    return _guarded(weights_path, lambda p: _load_weights_h5(p, config, custom))
 
 
 # -- containers ------------------------------------------------------------------------------
@@ -139,15 +182,15 @@ def _h5py():
     return h5py
 
 
-def _load(path) -> Model:
+def _load(path, custom) -> Model:
     if os.path.isdir(path):
-        return _load_keras_dir(path)
+        return _load_keras_dir(path, custom)
     with open(path, "rb") as f:
         head = f.read(8)
     if head.startswith(b"PK"):
-        return _load_keras_zip(path)
+        return _load_keras_zip(path, custom)
     if head == _HDF5_MAGIC:
-        return _load_legacy_h5(path)
+        return _load_legacy_h5(path, custom)
     raise ModelFormatError("neither a Keras .keras archive (zip) nor an HDF5 .h5 file", path)
 
 
@@ -174,7 +217,7 @@ def _read_member(zf, name, path) -> bytes:
     return data
 
 
-def _load_keras_zip(path) -> Model:
+def _load_keras_zip(path, custom) -> Model:
     h5py = _h5py()
     try:
         zf = zipfile.ZipFile(path)
@@ -195,10 +238,10 @@ def _load_keras_zip(path) -> Model:
         weights = _read_member(zf, "model.weights.h5", path)
     version = str(meta.get("keras_version", "3")) if isinstance(meta, dict) else "3"
     with h5py.File(io.BytesIO(weights), "r") as h5:
-        return _build(config, _Keras3Weights(h5, path), version, "keras", path)
+        return _build(config, _Keras3Weights(h5, path), version, "keras", path, custom)
 
 
-def _load_keras_dir(path) -> Model:
+def _load_keras_dir(path, custom) -> Model:
     h5py = _h5py()
     cfg_path, w_path = os.path.join(path, "config.json"), os.path.join(path, "model.weights.h5")
     if not (os.path.isfile(cfg_path) and os.path.isfile(w_path)):
@@ -211,10 +254,10 @@ def _load_keras_dir(path) -> Model:
             meta = _parse_json(f.read(), "metadata.json", path)
     version = str(meta.get("keras_version", "3")) if isinstance(meta, dict) else "3"
     with h5py.File(w_path, "r") as h5:
-        return _build(config, _Keras3Weights(h5, path), version, "keras", path)
+        return _build(config, _Keras3Weights(h5, path), version, "keras", path, custom)
 
 
-def _load_legacy_h5(path) -> Model:
+def _load_legacy_h5(path, custom) -> Model:
     h5py = _h5py()
     with h5py.File(path, "r") as h5:
         if "model_config" not in h5.attrs:
@@ -224,10 +267,10 @@ def _load_legacy_h5(path) -> Model:
         config = _parse_json(h5.attrs["model_config"], "model_config", path)
         group = h5["model_weights"] if "model_weights" in h5 else h5
         version = _attr_str(h5.attrs.get("keras_version", group.attrs.get("keras_version", "2")))
-        return _build(config, _LegacyWeights(group, path), version, "h5", path)
+        return _build(config, _LegacyWeights(group, path), version, "h5", path, custom)
 
 
-def _load_weights_h5(path, config) -> Model:
+def _load_weights_h5(path, config, custom) -> Model:
     h5py = _h5py()
     with open(path, "rb") as f:
         if f.read(8) != _HDF5_MAGIC:
@@ -235,14 +278,14 @@ def _load_weights_h5(path, config) -> Model:
     with h5py.File(path, "r") as h5:
         if "layers" in h5 or "vars" in h5:  # Keras 3 layout
             return _build(config, _Keras3Weights(h5, path), str(config.get("keras_version", "3")),
-                          "weights.h5", path)
+                          "weights.h5", path, custom)
         group = h5["model_weights"] if "model_weights" in h5 else h5
         if "layer_names" not in group.attrs:
             raise ModelFormatError("HDF5 file has neither Keras 3 'layers/' groups nor a legacy 'layer_names' "
                                    "attribute: not a Keras weights file", path)
         version = _attr_str(h5.attrs.get("keras_version", group.attrs.get("keras_version",
                                                                           config.get("keras_version", "2"))))
-        return _build(config, _LegacyWeights(group, path), version, "weights.h5", path)
+        return _build(config, _LegacyWeights(group, path), version, "weights.h5", path, custom)
 
 
 def _parse_json(raw, what, path):
@@ -265,7 +308,8 @@ class _Keras3Weights:
 
     <key> is the snake_case class name, numbered per class in model.layers order
     (``simple_rnn``, ``simple_rnn_1``); Keras 3 also writes the user's layer name as attribute
-    ``name`` of each ``vars`` group, which is used first."""
+    ``name`` of each ``vars`` group, which is used first. A nested model keeps its own layers
+    under ``layers/<key>/layers/``."""
 
     # where each layer class keeps its variables, in Keras's weight order
     SUBPATHS = {"Bidirectional": ("forward_layer/cell", "backward_layer/cell"), "TimeDistributed": ("layer",)}
@@ -292,44 +336,106 @@ class _Keras3Weights:
             used[base] = 0 if n is None else n + 1
             self.by_position[e["name"]] = base if n is None else f"{base}_{n + 1}"
 
-    def arrays(self, entry):
+    def _group(self, entry):
         name, cls = entry["name"], entry["class_name"]
         key = self.by_name.get(name) or self.by_position.get(name)
         if key is None or key not in self.root:
             raise ModelFormatError(f"no weights for layer {name!r} ({cls}) in the weights file", self.source)
+        return key, self.root[key]
+
+    def arrays(self, entry):
+        key, group = self._group(entry)
+        subs = self.SUBPATHS.get(entry["class_name"])
+        if subs is None:  # any other layer: its own variables, then its sub-layers' (custom layers)
+            subs = [""] + sorted(k for k in group if k != "vars")
         out = []
-        for sub in self.SUBPATHS.get(cls, ("",)):
-            path = f"{sub}/vars" if sub else "vars"
-            group = self.root[key].get(path)
-            if group is None:
-                continue
-            for ds_name in sorted(group, key=lambda s: int(s) if s.isdigit() else 1 << 30):
-                out.append((f"{key}/{path}/{ds_name}", _read_dataset(group[ds_name], self.source)))
+        for sub in subs:
+            self._collect(group, sub, f"{key}/{sub}" if sub else key, out, depth=0)
         return out
+
+    def _collect(self, group, sub, where, out, depth):
+        g = group.get(sub) if sub else group
+        if g is None or not hasattr(g, "keys") or depth > 8:
+            return
+        v = g.get("vars")
+        if v is not None and hasattr(v, "keys"):
+            for ds_name in sorted(v, key=lambda s: int(s) if s.isdigit() else 1 << 30):
+                out.append((f"{where}/vars/{ds_name}", _read_dataset(v[ds_name], self.source)))
+        if sub and sub not in ("cell", "layer") and not sub.endswith("/cell"):
+            for k in sorted(k for k in g if k != "vars"):
+                self._collect(g, k, f"{where}/{k}", out, depth + 1)
+
+    def scope(self, entry):
+        """The weights of a nested model."""
+        key, group = self._group(entry)
+        if "layers" not in group:
+            raise ModelFormatError(f"no weights for the layers of nested model {entry['name']!r}", self.source)
+        return _Keras3Weights(group, self.source)
 
 
 class _LegacyWeights:
     """Legacy Keras 1/2 HDF5 weights: ``<group>/<layer name>`` lists its datasets, in Keras's
-    weight order, in attribute ``weight_names`` (tf.keras names end in ':0')."""
+    weight order, in attribute ``weight_names`` (tf.keras names end in ':0'). A nested model is
+    one group listing all its layers' weights (``<layer>/<weight>:0``)."""
 
-    def __init__(self, group, source):
-        self.group, self.source = group, source
+    def __init__(self, group, source, nested=False):
+        self.group, self.source, self.nested = group, source, nested
 
     def set_layer_order(self, entries):
         pass  # legacy files address layers by their user names
 
     def arrays(self, entry):
         name = entry["name"]
-        if name not in self.group:
-            raise ModelFormatError(f"no weights group for layer {name!r} ({entry['class_name']})", self.source)
-        g = self.group[name]
-        names = [_attr_str(n) for n in np.atleast_1d(g.attrs.get("weight_names", []))]
+        if self.nested:
+            g = self.group
+            names = [n for n in self._names(g) if name in n.split("/")[:-1]]
+        else:
+            if name not in self.group:
+                raise ModelFormatError(f"no weights group for layer {name!r} ({entry['class_name']})", self.source)
+            g = self.group[name]
+            names = self._names(g)
         out = []
         for n in names:
             if n not in g:
                 raise ModelFormatError(f"layer {name!r}: weight {n!r} listed in weight_names is missing", self.source)
             out.append((n, _read_dataset(g[n], self.source)))
         return out
+
+    @staticmethod
+    def _names(g):
+        return [_attr_str(n) for n in np.atleast_1d(g.attrs.get("weight_names", []))]
+
+    def scope(self, entry):
+        name = entry["name"]
+        if name not in self.group:
+            raise ModelFormatError(f"no weights group for nested model {name!r}", self.source)
+        return _LegacyWeights(self.group[name], self.source, nested=True)
+
+
+class _LiveWeights:
+    """The weights of a Keras model in memory, through its layers' ``weights`` (Keras's order)."""
+
+    def __init__(self, model, source):
+        self.model, self.source = model, source
+
+    def set_layer_order(self, entries):
+        pass
+
+    def _layer(self, entry):
+        try:
+            return self.model.get_layer(entry["name"])
+        except (ValueError, KeyError):
+            raise ModelFormatError(f"the Keras model has no layer {entry['name']!r}", self.source) from None
+
+    def arrays(self, entry):
+        out = []
+        for w in self._layer(entry).weights:
+            value = w.numpy() if hasattr(w, "numpy") else w
+            out.append((str(getattr(w, "path", getattr(w, "name", "?"))), np.asarray(value, dtype=np.float32)))
+        return out
+
+    def scope(self, entry):
+        return _LiveWeights(self._layer(entry), self.source)
 
 
 def _read_dataset(ds, source):
@@ -346,163 +452,59 @@ def _snake_case(name):
     return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
 
 
-# -- architecture: config JSON -> a chain of layer entries -------------------------------------
+# -- from a live Keras model ---------------------------------------------------------------------
+def from_keras(keras_model, custom_layers=None) -> Model:
+    """A fastrnn Model from a Keras model in memory (Sequential or Functional; Keras 3 or tf.keras):
+    its config through ``keras.saving.serialize_keras_object`` (or ``get_config``) and its
+    weights through each layer's ``weights``. ``custom_layers`` as for ``fastrnn.load``."""
+    custom = _check_custom(custom_layers)
+    if not (hasattr(keras_model, "get_config") and hasattr(keras_model, "get_layer")):
+        raise TypeError(f"from_keras takes a Keras Sequential or Functional model, got {type(keras_model).__name__}")
+    source = f"keras model {getattr(keras_model, 'name', '?')!r}"
+    cls = type(keras_model).__name__
+    config = None
+    try:
+        import keras  # only here: the caller already has a Keras model, so Keras is installed
+
+        config = keras.saving.serialize_keras_object(keras_model)
+        version = str(getattr(keras, "__version__", "3"))
+    except (ImportError, AttributeError):
+        version = "3"
+    if not isinstance(config, dict) or "config" not in config:
+        config = {"class_name": cls, "config": keras_model.get_config()}
+    if config.get("class_name") not in MODEL_CLASSES:
+        raise UnsupportedLayerError(
+            f"model class {config.get('class_name')!r}: fastrnn reads Sequential and Functional models "
+            "(a subclassed model has no architecture to read)", source)
+    config = json.loads(json.dumps(config, default=_json_default))
+    return _build(config, _LiveWeights(keras_model, source), version, "in-memory", source, custom)
+
+
+def _json_default(obj):
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, (np.integer, np.floating)):
+        return obj.item()
+    return repr(obj)
+
+
+# -- architecture: config JSON -> graph nodes ------------------------------------------------------
 def _entry(layer_cfg, source):
-    """{"class_name", "name", "config", "inbound_nodes"} from one serialized layer (Keras 1/2/3)."""
+    """{"class_name", "name", "config", "inbound_nodes", "module", "registered_name"} from one
+    serialized layer (Keras 1/2/3)."""
     if not isinstance(layer_cfg, dict) or "class_name" not in layer_cfg:
         raise ModelFormatError(f"malformed layer entry in the model config: {str(layer_cfg)[:120]}", source)
     cfg = layer_cfg.get("config") or {}
-    if not isinstance(cfg, dict):
+    if not isinstance(cfg, (dict, list)):
         raise ModelFormatError(f"layer {layer_cfg['class_name']}: config is not an object", source)
-    name = layer_cfg.get("name") or cfg.get("name") or layer_cfg["class_name"].lower()
-    return {"class_name": str(layer_cfg["class_name"]), "name": str(name), "config": cfg,
-            "inbound_nodes": layer_cfg.get("inbound_nodes", [])}
-
-
-def _model_chain(config, source):
-    """(model class, model name, [layer entries in order], per-example input shape or None,
-    [entries in model.layers order, for Keras 3 weight keys])."""
-    if not isinstance(config, dict) or "class_name" not in config:
-        raise ModelFormatError("model config has no 'class_name' (expected Sequential or Functional)", source)
-    kind = config["class_name"]
-    body = config.get("config")
-    if kind == "Sequential":
-        layers = body if isinstance(body, list) else (body or {}).get("layers")  # Keras <= 2.1: a list
-        if not isinstance(layers, list) or not layers:
-            raise ModelFormatError("Sequential config has no layers", source)
-        entries = [_entry(lc, source) for lc in layers]
-        name = (body or {}).get("name", "sequential") if isinstance(body, dict) else "sequential"
-        shape = _input_shape(entries, body if isinstance(body, dict) else {})
-        return kind, name, entries, shape, [e for e in entries if e["class_name"] != "InputLayer"]
-    if kind in ("Functional", "Model"):
-        if not isinstance(body, dict) or not isinstance(body.get("layers"), list):
-            raise ModelFormatError(f"{kind} config has no layers", source)
-        entries = [_entry(lc, source) for lc in body["layers"]]
-        chain = _functional_chain(body, entries, source)
-        return kind, body.get("name", "model"), chain, _input_shape(chain, {}), entries
-    raise UnsupportedLayerError(
-        f"model class {kind!r}: fastrnn reads Sequential models and Functional models that are a chain "
-        "(subclassed models have no architecture in the file)", source)
-
-
-def _input_shape(entries, body):
-    for e in entries[:1]:
-        shape = e["config"].get("batch_shape") or e["config"].get("batch_input_shape")
-        if shape:
-            return tuple(shape[1:])
-    shape = body.get("build_input_shape")
-    return tuple(shape[1:]) if isinstance(shape, list) and shape else None
-
-
-def _tensor_refs(obj, out):
-    """Collect (layer name, node index, tensor index) of every Keras 3 __keras_tensor__ in obj."""
-    if isinstance(obj, dict):
-        if obj.get("class_name") == "__keras_tensor__":
-            h = obj["config"]["keras_history"]
-            out.append((str(h[0]), int(h[1]), int(h[2])))
-        else:
-            for v in obj.values():
-                _tensor_refs(v, out)
-    elif isinstance(obj, (list, tuple)):
-        for v in obj:
-            _tensor_refs(v, out)
-    return out
-
-
-def _node_inputs(node):
-    """(positional input refs, mask refs, other tensor kwargs) of one inbound node."""
-    if isinstance(node, dict):  # Keras 3: {"args": [...], "kwargs": {...}}
-        kwargs = node.get("kwargs") or {}
-        masks = _tensor_refs(kwargs.get("mask"), [])
-        extra = [k for k, v in kwargs.items() if k != "mask" and _tensor_refs(v, [])]
-        return _tensor_refs(node.get("args", []), []), masks, extra
-    # Keras 1/2: [[layer name, node index, tensor index, kwargs], ...]
-    refs, extra = [], []
-    for item in node:
-        refs.append((str(item[0]), int(item[1]), int(item[2])))
-        if len(item) > 3 and isinstance(item[3], dict):
-            extra += [k for k in item[3] if k in ("initial_state", "constants")]
-    return refs, [], extra
-
-
-def _single_ref(spec, what, source):
-    """Normalise input_layers / output_layers ([name, 0, 0] or [[name, 0, 0]]) to one ref."""
-    if isinstance(spec, list) and spec and isinstance(spec[0], str):
-        spec = [spec]
-    if not isinstance(spec, list) or len(spec) != 1:
-        n = len(spec) if isinstance(spec, list) else "?"
-        raise UnsupportedLayerError(f"the model has {n} {what}; fastrnn reads chains with one input and one output",
-                                    source)
-    return str(spec[0][0]), int(spec[0][2])
-
-
-def _functional_chain(body, entries, source):
-    """Walk back from the single output to the single input; every layer must have one inbound
-    node with one tensor input. Layers off the chain are allowed only if they compute masks."""
-    by_name = {e["name"]: e for e in entries}
-    in_name, _ = _single_ref(body.get("input_layers"), "inputs", source)
-    out_name, out_index = _single_ref(body.get("output_layers"), "outputs", source)
-    if out_index != 0:
-        raise UnsupportedLayerError(f"the model output is output #{out_index} of layer {out_name!r} (a state?); "
-                                    "fastrnn returns a layer's main output", source)
-    chain, cur = [], out_name
-    while True:
-        if cur not in by_name:
-            raise ModelFormatError(f"model config refers to an unknown layer {cur!r}", source)
-        e = by_name[cur]
-        if any(c is e for c in chain):
-            raise ModelFormatError(f"model graph has a cycle at layer {cur!r}", source)
-        chain.append(e)
-        if e["class_name"] == "InputLayer":
-            break
-        nodes = e["inbound_nodes"] or []
-        if len(nodes) != 1:
-            raise UnsupportedLayerError(
-                f"layer {cur!r} ({e['class_name']}) is called {len(nodes)} times (shared layer); fastrnn reads "
-                "Functional models that are a single chain", source)
-        refs, _masks, extra = _node_inputs(nodes[0])
-        if extra:
-            raise UnsupportedLayerError(f"layer {cur!r} ({e['class_name']}) is called with tensor arguments "
-                                        f"{extra}; fastrnn reads plain chains", source)
-        if len(refs) != 1:
-            raise UnsupportedLayerError(
-                f"layer {cur!r} ({e['class_name']}) takes {len(refs)} inputs; fastrnn reads Functional models "
-                "that are a single chain", source)
-        prev, _node, tensor = refs[0]
-        if tensor != 0:
-            raise UnsupportedLayerError(
-                f"layer {cur!r} ({e['class_name']}) reads output #{tensor} of layer {prev!r} (a state?); fastrnn "
-                "reads chains of main outputs", source)
-        cur = prev
-    chain.reverse()
-    if chain[0]["name"] != in_name:
-        raise ModelFormatError(f"the chain starts at {chain[0]['name']!r}, not at the model input {in_name!r}",
-                               source)
-    on_chain = {id(e) for e in chain}
-    for e in entries:
-        if id(e) not in on_chain and e["class_name"] not in MASK_OPS:
-            raise UnsupportedLayerError(
-                f"layer {e['name']!r} ({e['class_name']}) is off the input-to-output chain; fastrnn reads "
-                "Functional models that are a single chain", source)
-    return chain
-
-
-# -- layers ------------------------------------------------------------------------------------
-class _Context:
-    def __init__(self, weights, keras_version, source):
-        self.weights = weights
-        self.legacy = _major(keras_version) < 3
-        self.source = source
-
-    def unsupported(self, entry, why=None):
-        what = f"layer {entry['name']!r} ({entry['class_name']})"
-        if why:
-            return UnsupportedLayerError(f"{what}: {why}", self.source)
-        return UnsupportedLayerError(
-            f"{what} is not supported; fastrnn reads Keras layers {', '.join(SUPPORTED_LAYERS)}", self.source)
-
-    def error(self, entry, problem):
-        return ModelFormatError(f"layer {entry['name']!r} ({entry['class_name']}): {problem}", self.source)
+    name = layer_cfg.get("name") or (cfg.get("name") if isinstance(cfg, dict) else None) \
+        or layer_cfg["class_name"].lower()
+    nodes = layer_cfg.get("inbound_nodes") or []
+    if not isinstance(nodes, list):
+        raise ModelFormatError(f"layer {name!r}: inbound_nodes is not a list", source)
+    return {"class_name": str(layer_cfg["class_name"]), "name": str(name), "config": cfg, "inbound_nodes": nodes,
+            "module": layer_cfg.get("module"), "registered_name": layer_cfg.get("registered_name"),
+            "raw": layer_cfg}
 
 
 def _major(version) -> int:
@@ -510,53 +512,445 @@ def _major(version) -> int:
     return int(m.group(1)) if m else 3
 
 
-def _build(config, weights, keras_version, fmt, source) -> Model:
-    kind, name, chain, input_shape, layer_order = _model_chain(config, source)
-    weights.set_layer_order(layer_order)
-    ctx = _Context(weights, keras_version, source)
-    layers = []
-    for i, e in enumerate(chain):
-        cls, cfg = e["class_name"], e["config"]
-        if cls == "InputLayer":
-            if i != 0:
-                raise ctx.unsupported(e, "an InputLayer inside the model")
-        elif cls in NO_OP_LAYERS:
-            continue  # identity at inference
-        elif cls == "Activation":
-            _fold_activation(ctx, e, layers)
-        elif cls == "Embedding":
-            layers.append(_embedding(ctx, e))
-        elif cls == "Masking":
-            layers.append(Masking(float(cfg.get("mask_value", 0.0)), name=e["name"]))
-        elif cls == "Dense":
-            layers.append(_dense(ctx, e, cfg, ctx.weights.arrays(e)))
-        elif cls == "TimeDistributed":
-            inner = _entry(cfg.get("layer") or {}, source)
-            if inner["class_name"] != "Dense":
-                raise ctx.unsupported(e, f"TimeDistributed({inner['class_name']}) is not supported; "
-                                         "fastrnn reads TimeDistributed(Dense)")
-            layers.append(_dense(ctx, e, inner["config"], ctx.weights.arrays(e)))
-        elif cls in RECURRENT_CELLS:
-            layers.append(_recurrent(ctx, e))
-        elif cls == "Bidirectional":
-            layers.append(_bidirectional(ctx, e))
+def _is_ref(x):
+    """A Keras 1/2 tensor reference [layer name, node index, tensor index(, kwargs)]."""
+    return (isinstance(x, list) and 3 <= len(x) <= 4 and isinstance(x[0], str) and isinstance(x[1], int)
+            and isinstance(x[2], int) and not isinstance(x[1], bool))
+
+
+def _tensor_refs(obj, out, legacy=False):
+    """Collect (layer name, node index, tensor index) of every tensor referenced in obj."""
+    if isinstance(obj, dict):
+        if obj.get("class_name") == "__keras_tensor__":
+            h = obj["config"]["keras_history"]
+            out.append((str(h[0]), int(h[1]), int(h[2])))
         else:
-            raise ctx.unsupported(e)
-    if not layers:
-        raise ModelFormatError("the model has no layer fastrnn can run", source)
+            for v in obj.values():
+                _tensor_refs(v, out, legacy)
+    elif isinstance(obj, (list, tuple)):
+        if legacy and _is_ref(list(obj)):
+            out.append((str(obj[0]), int(obj[1]), int(obj[2])))
+        else:
+            for v in obj:
+                _tensor_refs(v, out, legacy)
+    return out
+
+
+def _node_call(node, source, where):
+    """(positional tensor refs, {kwarg: value with refs}) of one inbound node, either format."""
+    if isinstance(node, dict):  # Keras 3: {"args": [...], "kwargs": {...}}
+        kwargs = node.get("kwargs") or {}
+        if not isinstance(kwargs, dict):
+            raise ModelFormatError(f"{where}: malformed inbound node kwargs", source)
+        return _tensor_refs(node.get("args", []), []), dict(kwargs), False
+    if not isinstance(node, list):
+        raise ModelFormatError(f"{where}: malformed inbound node {str(node)[:80]}", source)
+    # Keras 1/2: [[layer name, node index, tensor index, kwargs], ...] (or one such item)
+    items = [node] if _is_ref(node) else node
+    refs, kwargs = [], {}
+    for item in items:
+        if not _is_ref(item):
+            raise ModelFormatError(f"{where}: malformed inbound node item {str(item)[:80]}", source)
+        refs.append((str(item[0]), int(item[1]), int(item[2])))
+        if len(item) > 3 and isinstance(item[3], dict):
+            kwargs.update(item[3])
+    return refs, kwargs, True
+
+
+def _ref_specs(spec):
+    """input_layers / output_layers: [name, 0, 0], a list of those, or a dict of those -> (keys, refs)."""
+    if isinstance(spec, dict):
+        keys = list(spec)
+        return keys, [_ref_specs(spec[k])[1][0] for k in keys]
+    if isinstance(spec, list) and spec and isinstance(spec[0], str):
+        return [None], [(str(spec[0]), int(spec[1]), int(spec[2]))]
+    if isinstance(spec, list):
+        out = []
+        for s in spec:
+            out += _ref_specs(s)[1]
+        return [None] * len(out), out
+    raise ValueError(f"malformed input/output layer list {str(spec)[:80]}")
+
+
+class _Context:
+    def __init__(self, keras_version, source, custom):
+        self.legacy = _major(keras_version) < 3
+        self.source = source
+        self.custom = custom
+
+    def unsupported(self, entry, why=None):
+        what = f"layer {entry['name']!r} ({entry['class_name']})"
+        if why:
+            return UnsupportedLayerError(f"{what}: {why}", self.source)
+        return UnsupportedLayerError(
+            f"{what} is not supported; fastrnn reads Keras layers {', '.join(SUPPORTED_LAYERS)}; for any other "
+            f"layer class pass custom_layers={{{entry['class_name']!r}: factory}} (see fastrnn.layers.custom)",
+            self.source)
+
+    def error(self, entry, problem):
+        return ModelFormatError(f"layer {entry['name']!r} ({entry['class_name']}): {problem}", self.source)
+
+
+class _Builder:
+    """Collects the graph: inputs, nodes (unique names), one layer object per Keras layer."""
+
+    def __init__(self, ctx):
+        self.ctx = ctx
+        self.inputs = []
+        self.nodes = []
+        self.names = set()
+        self.layers = {}  # (weights scope id, layer name) -> converted layer objects
+        self.keras_layers = []  # [node name, class name] for the metadata
+
+    def unique(self, name):
+        base, k = name, 1
+        while name in self.names:
+            name = f"{base}_{k}"
+            k += 1
+        self.names.add(name)
+        return name
+
+    def add(self, name, layer, inputs):
+        name = self.unique(name)
+        self.nodes.append(Node(name, layer, list(inputs)))
+        return (name, 0)
+
+    def scope(self, weights, entry):
+        """The weights of a nested model (one object per nested model: its layers are shared
+        between its calls)."""
+        key = (id(weights), entry["name"], "scope")
+        if key not in self.layers:
+            self.layers[key] = weights.scope(entry)
+        return self.layers[key]
+
+    def layer(self, weights, entry, make):
+        """The layer object(s) of a Keras layer, made once (a shared layer is one object)."""
+        key = (id(weights), entry["name"])
+        if key not in self.layers:
+            self.layers[key] = make()
+        return self.layers[key]
+
+
+def _build(config, weights, keras_version, fmt, source, custom) -> Model:
+    if not isinstance(config, dict) or "class_name" not in config:
+        raise ModelFormatError("model config has no 'class_name' (expected Sequential or Functional)", source)
+    ctx = _Context(keras_version, source, custom)
+    b = _Builder(ctx)
+    kind = config["class_name"]
+    if kind not in MODEL_CLASSES:
+        raise UnsupportedLayerError(
+            f"model class {kind!r}: fastrnn reads Sequential and Functional models (subclassed models have no "
+            "architecture in the file)", source)
+    body = config.get("config")
+    name = (body.get("name") if isinstance(body, dict) else None) or kind.lower()
+    outputs = _expand_model(b, config, weights, prefix="", feeds=None)
+    _set_input_dtypes(b)
+    missing = sorted({n.layer.function for n in b.nodes if isinstance(n.layer, _MissingCustom)}
+                     | {n.layer.class_name for n in b.nodes if isinstance(n.layer, _MissingLayer)})
+    if missing:
+        raise UnsupportedLayerError(
+            f"the model uses custom layers / functions {missing} (user-defined in Python, not in the file): pass "
+            "custom_layers={name: factory} for each, e.g. fastrnn.load(path, custom_layers={"
+            f"{missing[0]!r}: factory}}) (see fastrnn.layers.custom)", source)
     metadata = {"source": "keras", "keras_version": str(keras_version), "keras_format": fmt,
-                "keras_model_class": kind, "keras_layers": [[e["name"], e["class_name"]] for e in chain]}
-    takes_tokens = isinstance(layers[0], Embedding)
-    if input_shape is not None:
-        if len(input_shape) != (1 if takes_tokens else 2) or not all(s is None or isinstance(s, int)
-                                                                     for s in input_shape):
-            input_shape = None
+                "keras_model_class": kind, "keras_layers": b.keras_layers}
     try:
-        return Model(layers, metadata=metadata, name=str(name), input_shape=input_shape)
+        graph = Graph(b.inputs, b.nodes, outputs)
+        return Model(graph=graph, metadata=metadata, name=str(name))
     except (ValueError, TypeError) as exc:
         raise ModelFormatError(f"the layers do not form a model fastrnn can run: {exc}", source) from None
 
 
+def _set_input_dtypes(b):
+    """An input read by an Embedding takes token ids (int64), whatever dtype Keras declared
+    (Keras's default Input dtype is float32 even in front of an Embedding)."""
+    readers = {}
+    for n in b.nodes:
+        for ref in n.inputs:
+            readers.setdefault(ref[0], []).append(n.layer)
+    for inp in b.inputs:
+        layers = readers.get(inp.name, [])
+        if any(isinstance(x, Embedding) for x in layers):
+            inp.dtype = "int64"
+        elif inp.dtype == "int64" and not any(isinstance(x, CustomLayer) for x in layers):
+            inp.dtype = "float32"  # integer features read by other layers: numbers
+
+
+def _input_from_entry(b, entry, prefix):
+    cfg = entry["config"] if isinstance(entry["config"], dict) else {}
+    shape = cfg.get("batch_shape") or cfg.get("batch_input_shape")
+    if not isinstance(shape, list) or not shape or not all(s is None or isinstance(s, int) for s in shape):
+        raise b.ctx.error(entry, "the input has no batch_shape")
+    dtype = str(cfg.get("dtype") or "float32")
+    if isinstance(cfg.get("dtype"), dict):
+        dtype = str(cfg["dtype"].get("config", {}).get("name", "float32"))
+    name = b.unique(prefix + entry["name"])
+    b.inputs.append(Input(name, tuple(shape[1:]), "int64" if dtype.startswith(("int", "uint")) else "float32"))
+    return (name, 0)
+
+
+def _expand_model(b, config, weights, prefix, feeds):
+    """Add the nodes of a Sequential / Functional model; returns its output refs. ``feeds``: the
+    refs its inputs are bound to (a nested model), or None (the top model: new graph inputs)."""
+    ctx, source = b.ctx, b.ctx.source
+    kind = config.get("class_name")
+    body = config.get("config")
+    if kind == "Sequential":
+        layers = body if isinstance(body, list) else (body or {}).get("layers")  # Keras <= 2.1: a list
+        if not isinstance(layers, list) or not layers:
+            raise ModelFormatError("Sequential config has no layers", source)
+        entries = [_entry(lc, source) for lc in layers]
+        weights.set_layer_order([e for e in entries if e["class_name"] != "InputLayer"])
+        if feeds is not None:
+            cur = feeds[0]
+        elif entries[0]["class_name"] == "InputLayer":
+            cur = _input_from_entry(b, entries[0], prefix)
+        else:
+            cfg0 = entries[0]["config"] if isinstance(entries[0]["config"], dict) else {}
+            shape = cfg0.get("batch_input_shape") or cfg0.get("batch_shape")
+            if not shape and isinstance(body, dict):
+                shape = body.get("build_input_shape")
+            if not isinstance(shape, list) or not shape:
+                raise ModelFormatError("the Sequential model does not record its input shape", source)
+            dtype = cfg0.get("dtype") if isinstance(cfg0.get("dtype"), str) else "float32"
+            name = b.unique(prefix + "input")
+            b.inputs.append(Input(name, tuple(shape[1:]), "int64" if dtype.startswith(("int", "uint")) else "float32"))
+            cur = (name, 0)
+        for e in entries:
+            if e["class_name"] == "InputLayer":
+                continue
+            outs = _call_layer(b, e, weights, [cur], {}, prefix, 0)
+            if len(outs) != 1:
+                raise ctx.unsupported(e, "inside a Sequential model a layer must return one tensor")
+            cur = outs[0]
+        return [cur]
+    # Functional
+    if not isinstance(body, dict) or not isinstance(body.get("layers"), list):
+        raise ModelFormatError(f"{kind} config has no layers", source)
+    entries = [_entry(lc, source) for lc in body["layers"]]
+    weights.set_layer_order([e for e in entries if not _is_op(e)])
+    by_name = {e["name"]: e for e in entries}
+    tensors = {}  # (keras layer name, node index, tensor index) -> graph ref
+    try:
+        _, in_refs = _ref_specs(body.get("input_layers"))
+        _, out_refs = _ref_specs(body.get("output_layers"))
+    except (ValueError, TypeError, IndexError) as exc:
+        raise ModelFormatError(f"model config: {exc}", source) from None
+    if feeds is not None and len(feeds) != len(in_refs):
+        raise ModelFormatError(f"nested model {body.get('name')!r} takes {len(in_refs)} inputs, called with "
+                               f"{len(feeds)}", source)
+    for i, ref in enumerate(in_refs):
+        e = by_name.get(ref[0])
+        if e is None or e["class_name"] != "InputLayer":
+            raise ModelFormatError(f"model input {ref[0]!r} is not an InputLayer of the model", source)
+        tensors[ref] = feeds[i] if feeds is not None else _input_from_entry(b, e, prefix)
+    needed_layers = _needed(entries, by_name, out_refs, source)
+    pending = []
+    for e in entries:
+        if e["class_name"] == "InputLayer" or e["name"] not in needed_layers:
+            continue  # e.g. the ops Keras 3 records to compute masks (NotEqual, Any, LogicalOr...)
+        for k, node in enumerate(e["inbound_nodes"]):
+            pending.append((e, k, node))
+    while pending:
+        waiting = []
+        for e, k, node in pending:
+            args, kwargs, legacy = _node_call(node, source, f"layer {e['name']!r}")
+            kw_refs = {key: _tensor_refs(v, [], legacy) for key, v in kwargs.items() if key != "mask"}
+            needed = args + [r for refs in kw_refs.values() for r in refs]
+            if not all(r in tensors for r in needed):
+                waiting.append((e, k, node))
+                continue
+            ins = [tensors[r] for r in args]
+            kw = {key: [tensors[r] for r in refs] if refs else kwargs[key] for key, refs in kw_refs.items()}
+            for t, ref in enumerate(_call_layer(b, e, weights, ins, kw, prefix, k, legacy)):
+                tensors[(e["name"], k, t)] = ref
+        if len(waiting) == len(pending):
+            e, k, node = waiting[0]
+            args, kwargs, legacy = _node_call(node, source, f"layer {e['name']!r}")
+            needed = args + [r for key, v in kwargs.items() if key != "mask" for r in _tensor_refs(v, [], legacy)]
+            gone = [r for r in needed if r not in tensors]
+            src = by_name.get(gone[0][0]) if gone else None
+            if src is not None and _is_op(src):
+                raise UnsupportedLayerError(
+                    f"layer {e['name']!r} ({e['class_name']}) reads the result of the Keras operation "
+                    f"{src['name']!r} ({src['class_name']}); fastrnn runs Keras layers, not operations applied to "
+                    "tensors (wrap the computation in a layer and pass custom_layers=)", source)
+            raise ModelFormatError(f"layer {e['name']!r} ({e['class_name']}) reads tensor {list(gone[0])} which no "
+                                   "layer of the model produces (or the graph has a cycle)", source)
+        pending = waiting
+    outs = []
+    for ref in out_refs:
+        if ref not in tensors:
+            raise ModelFormatError(f"model output {list(ref)} is not produced by any layer", source)
+        outs.append(tensors[ref])
+    return outs
+
+
+def _needed(entries, by_name, out_refs, source):
+    """Names of the layers the outputs depend on through their inputs (``mask=`` arguments
+    excluded: fastrnn derives masks itself, so the operations Keras 3 records to compute them
+    are not needed)."""
+    needed, stack = set(), [r[0] for r in out_refs]
+    while stack:
+        name = stack.pop()
+        if name in needed:
+            continue
+        needed.add(name)
+        e = by_name.get(name)
+        if e is None:
+            continue
+        for node in e["inbound_nodes"]:
+            args, kwargs, legacy = _node_call(node, source, f"layer {name!r}")
+            stack += [r[0] for r in args]
+            for key, v in kwargs.items():
+                if key != "mask":
+                    stack += [r[0] for r in _tensor_refs(v, [], legacy)]
+    return needed
+
+
+def _is_op(e):
+    """A Keras 3 operation recorded in a functional graph (keras.src.ops.*), not a layer."""
+    module = str(e.get("module") or "")
+    return module.startswith("keras.src.ops") or (not module and e["class_name"] in MASK_OPS)
+
+
+def _call_layer(b, e, weights, ins, kw, prefix, k, legacy=False):
+    """One call of Keras layer ``e`` on graph refs ``ins`` -> its output refs."""
+    ctx = b.ctx
+    cls, cfg = e["class_name"], e["config"]
+    node_name = prefix + e["name"] + (f"#{k}" if k else "")
+    b.keras_layers.append([node_name, cls])
+    if _is_op(e) and cls not in MASK_OPS:
+        raise UnsupportedLayerError(
+            f"layer {e['name']!r}: the Keras operation {cls} applied to tensors is not supported; fastrnn runs Keras "
+            "layers (wrap the computation in a layer and pass custom_layers=)", ctx.source)
+    for key, value in kw.items():
+        if key in ("training", "mask", "initial_state", "use_causal_mask"):
+            continue
+        if key == "return_attention_scores" and not value:
+            continue
+        if isinstance(value, list) and value and isinstance(value[0], tuple):
+            raise ctx.unsupported(e, f"it is called with the tensor argument {key}=; fastrnn understands "
+                                     "initial_state= and mask=")
+        if key in ("return_attention_scores",):
+            raise ctx.unsupported(e, "return_attention_scores=True is not supported")
+    custom = _custom_factory(ctx, e)
+    if custom is not None:
+        return _custom_layer(b, e, weights, ins, node_name, custom)
+    if cls in MODEL_CLASSES:
+        nested_prefix = node_name + "/"
+        return _expand_model(b, e["raw"], b.scope(weights, e), nested_prefix, ins)
+    if not isinstance(cfg, dict):
+        raise ctx.error(e, "config is not an object")
+    if cls == "Lambda":
+        raise UnsupportedLayerError(
+            f"layer {e['name']!r} is a Lambda layer: its Python code is not read or run by fastrnn; pass "
+            f"custom_layers={{'Lambda': factory}} (the factory receives the layer's config, e.g. its "
+            "'function' entry, and weights) or rewrite the Lambda as a named layer class and pass a factory for it "
+            "(see fastrnn.layers.custom)", ctx.source)
+    if cls in RECURRENT_CELLS or cls == "Bidirectional":
+        layer = b.layer(weights, e, lambda: _recurrent(ctx, e, weights) if cls != "Bidirectional"
+                        else _bidirectional(ctx, e, weights))
+        states = kw.get("initial_state")
+        extra = list(states) if isinstance(states, list) and states and isinstance(states[0], tuple) else []
+        if legacy and len(ins) > 1:
+            ins, extra = ins[:1], ins[1:] + extra  # tf.keras 2: [x, h, c] as the first argument
+        if len(ins) != 1:
+            raise ctx.unsupported(e, f"a recurrent layer takes one sequence input, got {len(ins)}")
+        if extra and len(extra) != len(layer.state_sizes()):
+            raise ctx.error(e, f"initial_state has {len(extra)} tensors, expected {len(layer.state_sizes())}")
+        name = b.add(node_name, layer, ins + extra)[0]
+        n_out = 1 + (len(layer.state_sizes()) if layer.return_state else 0)
+        return [(name, i) for i in range(n_out)]
+    if cls == "TimeDistributed":
+        inner = _entry(cfg.get("layer") or {}, ctx.source)
+        inner = dict(inner, name=e["name"])
+        if inner["class_name"] not in _PER_STEP:
+            raise ctx.unsupported(e, f"TimeDistributed({inner['class_name']}) is not supported; fastrnn reads "
+                                     f"TimeDistributed of the per-step layers {', '.join(sorted(_PER_STEP))}")
+        td_entry = dict(e, config=inner["config"], inner_class=inner["class_name"])
+        return _simple(b, td_entry, inner["class_name"], weights, ins, node_name, kw)
+    if cls not in _CONVERTERS and e.get("module") and not str(e["module"]).startswith("keras"):
+        # a user-defined class without its factory: a placeholder, so that every missing factory is
+        # reported at once (_build raises before the graph is built); it stands for any output index
+        ref = b.add(node_name, _MissingLayer(cls, e["name"]), ins[:1])
+        return [ref] * 8
+    return _simple(b, e, cls, weights, ins, node_name, kw)
+
+
+def _simple(b, e, cls, weights, ins, node_name, kw):
+    """Layers that map to one node (plus an Activation node for some activations)."""
+    ctx = b.ctx
+    conv = _CONVERTERS.get(cls)
+    if conv is None:
+        raise ctx.unsupported(e)
+    if cls in _MULTI_INPUT:
+        if len(ins) < 1:
+            raise ctx.error(e, "called without inputs")
+    elif len(ins) != 1:
+        raise ctx.unsupported(e, f"takes one input, called with {len(ins)}")
+    made = b.layer(weights, e, lambda: conv(ctx, e, e["config"], weights, kw))
+    causal = bool(kw.get("use_causal_mask", False))
+    if isinstance(made, Attention) and causal != made.use_causal_mask:  # one layer, called both ways
+        made = Attention(made.score_mode, made.scale, made.concat_score_weight, causal, made.name)
+    layers = made if isinstance(made, tuple) else (made,)
+    ref = None
+    for i, layer in enumerate(layers):
+        ref = b.add(node_name if i == 0 else f"{node_name}/{layer.name.rsplit('/', 1)[-1]}", layer,
+                    ins if i == 0 else [ref])
+    return [ref]
+
+
+def _custom_factory(ctx, e):
+    """The user's factory for this layer if it is a custom (non-Keras) class, or one the user
+    chose to provide (Lambda, an unknown class)."""
+    cls, reg = e["class_name"], e.get("registered_name")
+    module = str(e.get("module") or "")
+    known = cls in _CONVERTERS or cls in RECURRENT_CELLS or cls in MODEL_CLASSES or cls in (
+        "Bidirectional", "TimeDistributed", "InputLayer")
+    if known and (not module or module.startswith("keras")):
+        return None
+    for key in (cls, reg):
+        if isinstance(key, str) and key in ctx.custom:
+            return ctx.custom[key]
+    return None
+
+
+def _custom_layer(b, e, weights, ins, node_name, factory):
+    ctx = b.ctx
+    key = (id(weights), e["name"])
+    if key not in b.layers:
+        arrays = [a for _, a in weights.arrays(e)]
+        cfg = e["config"] if isinstance(e["config"], dict) else {"config": e["config"]}
+        cfg = json.loads(json.dumps(cfg, default=_json_default))
+        fn = call_factory(factory, e["class_name"], dict(cfg), list(arrays), f"layer {e['name']!r}")
+        if not callable(fn):
+            raise ModelFormatError(f"layer {e['name']!r}: custom_layers[{e['class_name']!r}] returned "
+                                   f"{type(fn).__name__}, not a function", ctx.source)
+        try:
+            b.layers[key] = CustomLayer(e["class_name"], cfg, arrays, fn, e["name"], len(ins))
+        except ValueError as exc:
+            raise ctx.error(e, str(exc)) from None
+    return [b.add(node_name, b.layers[key], ins)]
+
+
+class _MissingLayer(Identity):
+    """Placeholder for a custom layer without a factory (reported once, with all the others)."""
+
+    def __init__(self, class_name, name):
+        super().__init__(name)
+        self.class_name = class_name
+
+
+class _MissingCustom(Identity):
+    """Placeholder for a custom activation function without a factory."""
+
+    def __init__(self, function, name):
+        super().__init__(name)
+        self.function = function
+
+
+# -- layers ------------------------------------------------------------------------------------
 def _take(ctx, entry, arrays, names):
     """Check the layer has exactly the arrays ``names`` (Keras weight order) and return them."""
     if len(arrays) != len(names):
@@ -566,69 +960,282 @@ def _take(ctx, entry, arrays, names):
 
 
 def _activation_name(spec):
+    """A Keras activation spec -> (name, builtin): builtin False for a user-defined function."""
     if spec is None:
-        return "linear"
+        return "linear", True
     if isinstance(spec, dict):  # a serialized function: {"module": ..., "class_name": "function", "config": name}
         inner, module = spec.get("config"), str(spec.get("module") or "keras")
-        if isinstance(inner, str) and module.startswith("keras") and spec.get("registered_name") in (None, "function"):
-            return inner
-        return f"custom function {spec.get('registered_name') or inner!r}"
-    return str(spec)
+        registered = spec.get("registered_name")
+        if isinstance(inner, str) and module.startswith("keras") and registered in (None, "function", inner):
+            return inner, True
+        name = registered if isinstance(registered, str) and registered not in ("function",) else inner
+        return str(name), False
+    name = str(spec)
+    if name in _SAME_ACTIVATIONS or name in _LAYER_ACTIVATIONS or name in _EXTRA_KERAS or name == "hard_sigmoid":
+        return name, True
+    return name, False  # a name Keras does not define: a custom function (Keras 2 "<lambda>", "my_fn")
+
+
+# Keras activations that fastrnn's Activation layer computes with other parameters
+_EXTRA_KERAS = {"relu6": None, "leaky_relu": None, "hard_silu": None, "hard_swish": None}
+
+
+def _keras_activation_layer(ctx, entry, spec, name):
+    """An Activation layer computing Keras activation ``spec`` exactly as Keras defines it."""
+    fname, builtin = _activation_name(spec)
+    if not builtin:
+        # Keras 3 stores a registered function as "package>name": either key finds the factory
+        keys = [fname] + ([fname.split(">", 1)[1]] if re.fullmatch(r"[^<>]+>[^<>]+", fname) else [])
+        key = next((k for k in keys if k in ctx.custom), None)
+        if key is None:
+            return _MissingCustom(keys[-1], name)
+        fn = call_factory(lambda cfg, w: ctx.custom[key](key), key, {}, [], f"layer {entry['name']!r}")
+        if not callable(fn):
+            raise ctx.error(entry, f"custom_layers[{key!r}] returned {type(fn).__name__}, not a function")
+        return Activation(key, name=name, custom=True, fn=fn)
+    if fname == "linear":
+        return Activation("identity", name=name)
+    if fname == "hard_sigmoid":
+        return Activation("hard_sigmoid", alpha=0.2 if ctx.legacy else 1.0 / 6.0, beta=0.5, name=name)
+    if fname in _SAME_ACTIVATIONS:
+        return Activation(_SAME_ACTIVATIONS[fname], name=name)
+    if fname in _LAYER_ACTIVATIONS:
+        return Activation(_LAYER_ACTIVATIONS[fname], name=name)
+    if fname == "leaky_relu":  # keras.activations.leaky_relu: negative_slope 0.2
+        return Activation("leaky_relu", alpha=0.2, name=name)
+    known = sorted(set(_SAME_ACTIVATIONS) | set(_LAYER_ACTIVATIONS) | {"hard_sigmoid", "leaky_relu"})
+    raise ctx.unsupported(entry, f"activation {fname!r} is not supported; fastrnn runs {known} or a custom "
+                                 "function through custom_layers=")
 
 
 def _activation(ctx, entry, spec, what):
-    """A Keras activation (name) as a fastrnn Activation, exactly as Keras defines it."""
-    name = _activation_name(spec)
+    """A Keras activation (name) as a fastrnn activation function (inside recurrent cells)."""
+    name, builtin = _activation_name(spec)
+    if not builtin:
+        raise ctx.unsupported(entry, f"{what} is the user-defined function {name!r}; fastrnn's recurrent kernels "
+                                     f"run {sorted(set(_SAME_ACTIVATIONS) | {'hard_sigmoid'})}")
     if name == "hard_sigmoid":
         # Keras 3: relu6(x + 3) / 6 = clip(x/6 + 0.5); Keras 1/2: clip(0.2x + 0.5)
-        return Activation("hard_sigmoid", 0.2 if ctx.legacy else 1.0 / 6.0, 0.5)
+        return ActivationFunction("hard_sigmoid", 0.2 if ctx.legacy else 1.0 / 6.0, 0.5)
     if name in _SAME_ACTIVATIONS:
-        return Activation.of(_SAME_ACTIVATIONS[name])
+        return ActivationFunction.of(_SAME_ACTIVATIONS[name])
     raise ctx.unsupported(entry, f"{what} {name!r} is not supported; fastrnn runs "
                                  f"{sorted(set(_SAME_ACTIVATIONS) | {'hard_sigmoid'})}")
 
 
-def _dense_activation(ctx, entry, spec):
-    name = _activation_name(spec)
-    if name == "hard_sigmoid" and not ctx.legacy:
-        return name  # fastrnn's default hard_sigmoid is Keras 3's
-    if name not in _DENSE_ACTIVATIONS:
-        raise ctx.unsupported(entry, f"activation {name!r} after a Dense is not supported; fastrnn runs "
-                                     f"{sorted(_DENSE_ACTIVATIONS)}")
-    return name
+def _with_activation(ctx, e, layer, spec):
+    """``layer`` (computing a linear map) followed by Keras activation ``spec``: one layer when the
+    activation is linear, else (layer, Activation)."""
+    act = _keras_activation_layer(ctx, e, spec, f"{e['name']}/activation")
+    if isinstance(act, Activation) and not act.custom and act.function == "identity":
+        return layer
+    return (layer, act)
 
 
-def _embedding(ctx, e):
-    cfg = e["config"]
-    (table,) = _take(ctx, e, ctx.weights.arrays(e), ["embeddings"])
+def _embedding(ctx, e, cfg, weights, kw):
+    (table,) = _take(ctx, e, weights.arrays(e), ["embeddings"])
     if table.ndim != 2 or ("input_dim" in cfg and table.shape[0] != int(cfg["input_dim"])):
         raise ctx.error(e, f"embeddings have shape {table.shape}, config says ({cfg.get('input_dim')}, "
                            f"{cfg.get('output_dim')})")
     return Embedding(table, mask_zero=bool(cfg.get("mask_zero", False)), name=e["name"])
 
 
-def _dense(ctx, e, cfg, arrays):
+def _masking(ctx, e, cfg, weights, kw):
+    return Masking(float(cfg.get("mask_value", 0.0)), name=e["name"])
+
+
+def _dense(ctx, e, cfg, weights, kw):
     """Dense (or the Dense inside TimeDistributed): kernel (I, U) -> weight (U, I)."""
     use_bias = bool(cfg.get("use_bias", True))
-    got = _take(ctx, e, arrays, ["kernel", "bias"] if use_bias else ["kernel"])
+    got = _take(ctx, e, weights.arrays(e), ["kernel", "bias"] if use_bias else ["kernel"])
     kernel, bias = got[0], (got[1] if use_bias else None)
     units = int(cfg.get("units", kernel.shape[-1]))
     if kernel.ndim != 2 or kernel.shape[1] != units or (bias is not None and bias.shape != (units,)):
         raise ctx.error(e, f"kernel {kernel.shape} / bias {None if bias is None else bias.shape} do not match "
                            f"units={units}")
-    return Dense(kernel.T, bias, _dense_activation(ctx, e, cfg.get("activation", "linear")), name=e["name"])
+    spec = cfg.get("activation", "linear")
+    name, builtin = _activation_name(spec)
+    if builtin and name in _DENSE_ACTIVATIONS and not (name == "hard_sigmoid" and ctx.legacy):
+        return Dense(kernel.T, bias, name, name=e["name"])
+    if builtin and name == "hard_sigmoid" and not ctx.legacy:
+        return Dense(kernel.T, bias, "hard_sigmoid", name=e["name"])
+    return _with_activation(ctx, e, Dense(kernel.T, bias, "linear", name=e["name"]), spec)
 
 
-def _fold_activation(ctx, e, layers):
-    """Activation layer: a no-op if linear, else folded into the linear Dense just before it."""
-    name = _activation_name(e["config"].get("activation", "linear"))
-    if name == "linear":
-        return
-    prev = layers[-1] if layers else None
-    if not isinstance(prev, Dense) or prev.activation != "linear":
-        raise ctx.unsupported(e, f"Activation({name!r}) is supported only right after a Dense (or "
-                                 "TimeDistributed(Dense)) without its own activation, where it is folded in")
-    layers[-1] = Dense(prev.weight, prev.bias, _dense_activation(ctx, e, name), name=prev.name)
+def _no_op(ctx, e, cfg, weights, kw):
+    return Identity(name=e["name"])
+
+
+def _activation_layer(ctx, e, cfg, weights, kw):
+    act = _keras_activation_layer(ctx, e, cfg.get("activation", "linear"), e["name"])
+    return act
+
+
+def _softmax_layer(ctx, e, cfg, weights, kw):
+    axis = cfg.get("axis", -1)
+    if isinstance(axis, list):
+        if len(axis) != 1:
+            raise ctx.unsupported(e, f"softmax over several axes {axis} is not supported")
+        axis = axis[0]
+    return Activation("softmax", axis=int(axis), name=e["name"])
+
+
+def _relu_layer(ctx, e, cfg, weights, kw):
+    max_value = cfg.get("max_value")
+    slope = float(cfg.get("negative_slope", 0.0) or 0.0)
+    threshold = float(cfg.get("threshold", 0.0) or 0.0)
+    if max_value is not None or threshold != 0.0:
+        raise ctx.unsupported(e, "ReLU with max_value or threshold is not supported")
+    if slope:
+        return Activation("leaky_relu", alpha=slope, name=e["name"])
+    return Activation("relu", name=e["name"])
+
+
+def _leaky_relu_layer(ctx, e, cfg, weights, kw):
+    slope = cfg.get("negative_slope", cfg.get("alpha", 0.3))
+    return Activation("leaky_relu", alpha=float(slope), name=e["name"])
+
+
+def _elu_layer(ctx, e, cfg, weights, kw):
+    return Activation("elu", alpha=float(cfg.get("alpha", 1.0)), name=e["name"])
+
+
+def _concatenate(ctx, e, cfg, weights, kw):
+    return Concatenate(int(cfg.get("axis", -1)), name=e["name"])
+
+
+def _merge(ctx, e, cfg, weights, kw):
+    return Merge(MERGE_OPS[e.get("inner_class", e["class_name"])], name=e["name"])
+
+
+def _dot(ctx, e, cfg, weights, kw):
+    axes = cfg.get("axes", -1)
+    return Dot(tuple(axes) if isinstance(axes, list) else int(axes), bool(cfg.get("normalize", False)), name=e["name"])
+
+
+def _channels_last(ctx, e, cfg):
+    if cfg.get("data_format", "channels_last") not in ("channels_last", None):
+        raise ctx.unsupported(e, f"data_format={cfg.get('data_format')!r} is not supported (channels_last only)")
+
+
+def _one(ctx, e, value, what):
+    if isinstance(value, list):
+        if len(value) != 1:
+            raise ctx.error(e, f"{what} {value} is not one integer")
+        value = value[0]
+    return int(value)
+
+
+def _global_pooling(ctx, e, cfg, weights, kw):
+    _channels_last(ctx, e, cfg)
+    cls = e.get("inner_class", e["class_name"])
+    return GlobalPooling1D("average" if "Average" in cls else "max", bool(cfg.get("keepdims", False)), True,
+                           name=e["name"])
+
+
+def _pooling(ctx, e, cfg, weights, kw):
+    _channels_last(ctx, e, cfg)
+    cls = e.get("inner_class", e["class_name"])
+    pool = _one(ctx, e, cfg.get("pool_size", 2), "pool_size")
+    strides = cfg.get("strides")
+    strides = pool if strides is None else _one(ctx, e, strides, "strides")
+    return Pooling1D("max" if cls.startswith("Max") else "average", pool, strides, str(cfg.get("padding", "valid")),
+                     name=e["name"])
+
+
+def _conv1d(ctx, e, cfg, weights, kw):
+    _channels_last(ctx, e, cfg)
+    if int(cfg.get("groups", 1)) != 1:
+        raise ctx.unsupported(e, "grouped convolutions (groups > 1) are not supported")
+    use_bias = bool(cfg.get("use_bias", True))
+    got = _take(ctx, e, weights.arrays(e), ["kernel", "bias"] if use_bias else ["kernel"])
+    kernel = got[0]
+    if kernel.ndim != 3:
+        raise ctx.error(e, f"kernel has shape {kernel.shape}, expected (kernel_size, in_channels, filters)")
+    conv = Conv1D(kernel.transpose(2, 1, 0), got[1] if use_bias else None,
+                  _one(ctx, e, cfg.get("strides", 1), "strides"), str(cfg.get("padding", "valid")),
+                  _one(ctx, e, cfg.get("dilation_rate", 1), "dilation_rate"), "linear", name=e["name"])
+    return _with_activation(ctx, e, conv, cfg.get("activation", "linear"))
+
+
+def _flatten(ctx, e, cfg, weights, kw):
+    _channels_last(ctx, e, cfg)
+    return Flatten(name=e["name"])
+
+
+def _reshape(ctx, e, cfg, weights, kw):
+    return Reshape(tuple(int(s) for s in cfg.get("target_shape", [])), name=e["name"])
+
+
+def _permute(ctx, e, cfg, weights, kw):
+    return Permute(tuple(int(d) for d in cfg.get("dims", [])), name=e["name"])
+
+
+def _repeat_vector(ctx, e, cfg, weights, kw):
+    return RepeatVector(int(cfg["n"]), name=e["name"])
+
+
+def _norm_axis(ctx, e, cfg):
+    axis = cfg.get("axis", -1)
+    if isinstance(axis, list):
+        if len(axis) != 1:
+            raise ctx.unsupported(e, f"normalization over several axes {axis} is not supported (last axis only)")
+        axis = axis[0]
+    return int(axis)
+
+
+def _layer_norm(ctx, e, cfg, weights, kw):
+    if cfg.get("rms_scaling"):
+        raise ctx.unsupported(e, "rms_scaling=True is not supported")
+    if _norm_axis(ctx, e, cfg) != -1:
+        raise ctx.unsupported(e, "normalization over an axis other than the last (-1) is not supported")
+    names = (["gamma"] if cfg.get("scale", True) else []) + (["beta"] if cfg.get("center", True) else [])
+    got = dict(zip(names, _take(ctx, e, weights.arrays(e), names)))
+    size = (got.get("gamma") if "gamma" in got else got.get("beta"))
+    if size is None:
+        raise ctx.unsupported(e, "LayerNormalization without scale and center: fastrnn needs the feature size")
+    return LayerNormalization(size.shape[0], got.get("gamma"), got.get("beta"), float(cfg.get("epsilon", 1e-3)),
+                              name=e["name"])
+
+
+def _batch_norm(ctx, e, cfg, weights, kw):
+    if _norm_axis(ctx, e, cfg) != -1:
+        raise ctx.unsupported(e, "normalization over an axis other than the last (-1) is not supported")
+    names = (["gamma"] if cfg.get("scale", True) else []) + (["beta"] if cfg.get("center", True) else []) + [
+        "moving_mean", "moving_variance"]
+    got = dict(zip(names, _take(ctx, e, weights.arrays(e), names)))
+    return BatchNormalization(got["moving_mean"], got["moving_variance"], got.get("gamma"), got.get("beta"),
+                              float(cfg.get("epsilon", 1e-3)), name=e["name"])
+
+
+def _attention(ctx, e, cfg, weights, kw):
+    additive = e.get("inner_class", e["class_name"]) == "AdditiveAttention"
+    mode = "additive" if additive else str(cfg.get("score_mode", "dot"))
+    if mode not in ("dot", "concat", "additive"):
+        raise ctx.unsupported(e, f"score_mode {mode!r}")
+    names = (["scale"] if cfg.get("use_scale", additive) else []) + (["concat_score_weight"] if mode == "concat"
+                                                                     else [])
+    got = dict(zip(names, _take(ctx, e, weights.arrays(e), names)))
+    causal = bool(kw.get("use_causal_mask", False)) or bool(cfg.get("causal", False))
+    return Attention(mode, got.get("scale"), got.get("concat_score_weight"), causal, name=e["name"])
+
+
+_CONVERTERS = {
+    "Embedding": _embedding, "Masking": _masking, "Dense": _dense, "Activation": _activation_layer,
+    "Softmax": _softmax_layer, "ReLU": _relu_layer, "LeakyReLU": _leaky_relu_layer, "ELU": _elu_layer,
+    "Concatenate": _concatenate, "Dot": _dot, "GlobalAveragePooling1D": _global_pooling,
+    "GlobalMaxPooling1D": _global_pooling, "GlobalAvgPool1D": _global_pooling, "GlobalMaxPool1D": _global_pooling,
+    "MaxPooling1D": _pooling, "AveragePooling1D": _pooling, "MaxPool1D": _pooling, "AvgPool1D": _pooling,
+    "Conv1D": _conv1d, "Convolution1D": _conv1d, "Flatten": _flatten, "Reshape": _reshape, "Permute": _permute,
+    "RepeatVector": _repeat_vector, "LayerNormalization": _layer_norm, "BatchNormalization": _batch_norm,
+    "Attention": _attention, "AdditiveAttention": _attention,
+}
+_CONVERTERS.update({cls: _merge for cls in MERGE_OPS})
+_CONVERTERS.update({cls: _no_op for cls in NO_OP_LAYERS})
+_MULTI_INPUT = set(MERGE_OPS) | {"Concatenate", "Dot", "Attention", "AdditiveAttention"}
+# layers that act on each step alone (on the last axis): TimeDistributed of them is the layer itself
+_PER_STEP = {"Dense", "Activation", "Softmax", "ReLU", "LeakyReLU", "ELU", "LayerNormalization",
+             "BatchNormalization"} | set(NO_OP_LAYERS)
 
 
 def _rnn_options(ctx, e, cfg):
@@ -653,6 +1260,7 @@ def _rnn_options(ctx, e, cfg):
         "reset_after": bool(cfg.get("reset_after", not ctx.legacy)) if cell == "gru" else True,
         "go_backwards": bool(cfg.get("go_backwards", False)),
         "return_sequences": bool(cfg.get("return_sequences", False)),
+        "return_state": bool(cfg.get("return_state", False)),
         "zero_output_for_mask": bool(cfg.get("zero_output_for_mask", False)),
     }
 
@@ -684,20 +1292,20 @@ def _direction(ctx, e, opts, arrays) -> DirectionWeights:
     return DirectionWeights(w_ih=kernel.T, w_hh=rec.T, b_ih=b_ih, b_hh=b_hh)
 
 
-def _recurrent(ctx, e) -> Recurrent:
+def _recurrent(ctx, e, weights) -> Recurrent:
     opts = _rnn_options(ctx, e, e["config"])
-    d = _direction(ctx, e, opts, ctx.weights.arrays(e))
+    d = _direction(ctx, e, opts, weights.arrays(e))
     try:
         return Recurrent(
             cell=opts["cell"], hidden_size=opts["units"], directions=[d], activations=opts["activations"],
             go_backwards=opts["go_backwards"], return_sequences=opts["return_sequences"],
             masked_output="zero" if opts["zero_output_for_mask"] else "hold",
-            linear_before_reset=opts["reset_after"], name=e["name"])
+            linear_before_reset=opts["reset_after"], name=e["name"], return_state=opts["return_state"])
     except ValueError as exc:
         raise ctx.error(e, str(exc)) from None
 
 
-def _bidirectional(ctx, e) -> Recurrent:
+def _bidirectional(ctx, e, weights) -> Recurrent:
     cfg = e["config"]
     merge_mode = cfg.get("merge_mode", "concat")
     if merge_mode is None:
@@ -722,7 +1330,7 @@ def _bidirectional(ctx, e) -> Recurrent:
     if fwd["class_name"] != bwd["class_name"] or any(fo[k] != bo[k] for k in same):
         raise ctx.unsupported(e, "a backward layer that differs from the forward layer (class, units, "
                                  "activations, reset_after) is not supported")
-    arrays = ctx.weights.arrays(e)
+    arrays = weights.arrays(e)
     n_fwd = 3 if fo["use_bias"] else 2
     dirs = [_direction(ctx, e, fo, arrays[:n_fwd]), _direction(ctx, e, bo, arrays[n_fwd:])]
     try:
@@ -730,6 +1338,7 @@ def _bidirectional(ctx, e) -> Recurrent:
             cell=fo["cell"], hidden_size=fo["units"], directions=dirs, activations=fo["activations"],
             return_sequences=fo["return_sequences"], merge_mode=merge_mode,
             masked_output="zero",  # Keras forces zero_output_for_mask inside Bidirectional
-            linear_before_reset=fo["reset_after"], name=e["name"])
+            linear_before_reset=fo["reset_after"], name=e["name"],
+            return_state=bool(cfg.get("return_state", fo["return_state"])))
     except ValueError as exc:
         raise ctx.error(e, str(exc)) from None

@@ -1,9 +1,10 @@
 """Merge layers: Concatenate, Add, Subtract, Multiply, Average, Maximum, Minimum, Dot (Keras).
 
 Inputs are batch-major arrays; element-wise merges broadcast as NumPy (and Keras 3) do.
-Masks (Keras 3): Concatenate ANDs its inputs' masks (an unmasked input counts as all valid), the
-element-wise merges OR them (no mask if any input has none), Dot drops them. With right padding,
-AND is the shortest length and OR the longest.
+Masks (Keras 3): Concatenate ORs its inputs' masks, an unmasked input counting as all valid
+(``ops.any`` over the concatenated masks: an unmasked input leaves every step valid); the
+element-wise merges OR them too (no mask if any input has none); Dot drops them. With right
+padding, OR is the longest length.
 """
 from __future__ import annotations
 
@@ -135,12 +136,11 @@ class Concatenate(Layer):
         ax = check_axis(self.axis, ndim, self.name)
         if ndim < 3 or ax == 1:
             return None  # no time axis left to mask along (or joined along time)
-        present = [x for x in lengths if x is not None]
-        if not present:
-            return None
-        out = present[0]
-        for x in present[1:]:
-            out = np.minimum(out, x)  # Keras: AND of the masks
+        if any(x is None for x in lengths):
+            return None  # Keras 3: OR of the masks, an unmasked input all valid
+        out = lengths[0]
+        for x in lengths[1:]:
+            out = np.maximum(out, x)
         return out
 
     def call(self, inputs, lengths=None):

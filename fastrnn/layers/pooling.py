@@ -1,6 +1,10 @@
 """Pooling over time: GlobalAveragePooling1D (mask-aware), GlobalMaxPooling1D, MaxPooling1D,
 AveragePooling1D (Keras, channels_last: x (B, T, F)).
 
+With "same" padding AveragePooling1D averages the real steps of each window only, as Keras's
+TensorFlow and JAX backends do (Keras 3's torch backend counts the padded zeros when the padding
+is uneven; fastrnn follows the other two).
+
 Masks follow Keras 3: GlobalAveragePooling1D averages the valid steps only; GlobalMaxPooling1D
 takes the maximum over every step (Keras ignores the mask there); no pooling layer passes a
 mask on.
