@@ -100,10 +100,12 @@ cdef extern from "generate_core.h" nogil:
     size_t gen_workspace_bytes(const gen_model *m, ptrdiff_t batch)
     ptrdiff_t gen_run(const gen_model *m, const gen_sampling *s, const gen_stops *stops, gen_rows *rows,
                       void *workspace, ptrdiff_t max_steps)
-    ctypedef struct gen_split_shared:
+    ctypedef struct spin_barrier:
         int parts
-        int arrived
-        int phase
+        int stop
+    void spin_barrier_abort(spin_barrier *b)
+    ctypedef struct gen_split_shared:
+        spin_barrier bar
         ptrdiff_t n_feed
         ptrdiff_t n_logits
         ptrdiff_t *rows
@@ -328,7 +330,7 @@ cdef class SplitRunner(Runner):
         self.rh = np.zeros(max(1, self.rows.batch * max_hidden), np.float32)
         rh_v = self.rh
         memset(&self.shared, 0, sizeof(gen_split_shared))
-        self.shared.parts = parts
+        self.shared.bar.parts = parts
         self.shared.rh = &rh_v[0]
         self.part_workspaces = [self.workspace]
         self.part_ptrs[0] = <size_t>self.workspace_ptr
@@ -342,12 +344,23 @@ cdef class SplitRunner(Runner):
     def run_part(self, int part, Py_ssize_t max_steps):
         cdef ptrdiff_t active
         cdef void *ws = <void *>self.part_ptrs[part]
-        if not 0 <= part < self.shared.parts:
+        if not 0 <= part < self.shared.bar.parts:
             raise ValueError("run_part: no such part")
         with nogil:
             active = gen_run_split(&self.compiled.model, &self.sampling, &self.stops, &self.rows, ws, max_steps,
                                    &self.shared, part)
         return active
+
+    def abort(self):
+        """Release every part waiting at the barrier: a part will never come (its thread raised
+        before entering the loop). The runner is unusable afterwards."""
+        spin_barrier_abort(&self.shared.bar)
+
+    @property
+    def degraded(self):
+        """True once the parts found that they mostly waited for each other (another process
+        busy on a core): the loop returned early and one thread (Runner) should go on."""
+        return bool(self.shared.bar.stop)
 
 
 def process_logits(logits, seen, sampling):
