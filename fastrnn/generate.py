@@ -1004,7 +1004,7 @@ class _StopMatcher:
             self.state[j] = k
 
     def hold(self):
-        return max((k if k < len(s) else 0 for k, s in zip(self.state, self.seqs)), default=0)
+        return max((k if k < len(s) else f[k - 1] for k, s, f in zip(self.state, self.seqs, self.fail)), default=0)
 
 
 class GenerationError(ValueError):

@@ -1,0 +1,168 @@
+"""Ctrl-C and long runs (issue 15).
+
+- SIGINT during a long generate / predict / classify raises KeyboardInterrupt within about a
+  second (the compiled loops run in chunks and Python sees the signal between them), and the
+  model keeps working: the same calls afterwards give the same results as before.
+- `fastrnn generate -n 1000000` stops on SIGINT with exit code 130 and one line on stderr.
+- A streamed generation of 10**10 tokens runs in memory independent of max_new_tokens; the
+  window of outputs moves without changing a token (checked with a tiny window on every engine).
+- A very long stop string keeps streaming linear (KMP hold-back) and exact.
+"""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import fastrnn
+from fastrnn import generate as gen
+from fastrnn.generate import bundled_model
+
+INTERRUPT_LIMIT = 2.0  # seconds from SIGINT to KeyboardInterrupt ("about a second", on a loaded CI box)
+
+
+def run_python(script, *args, timeout=120):
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(script), *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, cwd=os.path.dirname(os.path.abspath(__file__)),
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+
+
+def test_sigint_stops_long_calls_and_leaves_the_model_usable():
+    script = """
+        import os, signal, sys, threading, time
+        import numpy as np
+        import fastrnn
+        from fastrnn.classify import bundled_classifier
+        from fastrnn.generate import bundled_model
+        from helpers import random_recurrent
+
+        char, langid = bundled_model(), bundled_classifier()
+        rng = np.random.default_rng(0)
+        emb = fastrnn.Embedding((rng.standard_normal((50, 16)) * 0.3).astype(np.float32))
+        gru = fastrnn.Model([emb, random_recurrent(rng, "gru", input_size=16, hidden_size=256, scale=0.05,
+                                                   return_sequences=False)])
+        long_ids = rng.integers(0, 50, (1, 60000))
+        rows_ids = rng.integers(0, 50, (2, 100000))
+        short = rng.integers(0, 50, (2, 30))
+
+        def reference():
+            return (char.generate("def ", max_new_tokens=50, seed=1, threads=1),
+                    char.generate("def ", max_new_tokens=50, seed=1, threads=2),
+                    gru.predict(short, threads=2), [r.label for r in langid.classify(["maison", "house"])])
+
+        before = reference()
+        calls = {
+            "generate threads=1": lambda: char.generate("def ", max_new_tokens=10**7, seed=1, threads=1),
+            "generate threads=2": lambda: char.generate("def ", max_new_tokens=10**7, seed=1, threads=2),
+            "stream": lambda: [p for p in char.generate("def ", max_new_tokens=10**7, seed=1, stream=True)],
+            "session": lambda: char.session(seed=1).feed("a").generate(10**7),
+            "predict batch 1 (split)": lambda: gru.predict(long_ids, threads=2),
+            "predict rows": lambda: gru.predict(rows_ids, threads=2),
+            "classify": lambda: list(langid.classify(("maison " * 50 for _ in range(10**7)), threads=2)),
+        }
+        for name, call in calls.items():
+            timer = threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGINT))
+            t0 = time.monotonic()
+            timer.start()
+            try:
+                call()
+            except KeyboardInterrupt:
+                print(f"{name}\\t{time.monotonic() - t0 - 0.5:.3f}", flush=True)
+            else:
+                print(f"{name}\\tfinished", flush=True)
+            timer.join()
+        after = reference()
+        assert before[:2] == after[:2] and np.array_equal(before[2], after[2]) and before[3] == after[3]
+        print("usable")
+    """
+    out = run_python(script, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.strip().splitlines()
+    assert lines[-1] == "usable"
+    for line in lines[:-1]:
+        name, latency = line.split("\t")
+        assert latency != "finished", f"{name}: finished before the interrupt (make it longer)"
+        assert float(latency) < INTERRUPT_LIMIT, f"{name}: {latency} s from SIGINT to KeyboardInterrupt"
+
+
+def test_cli_generate_stops_on_sigint():
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; from fastrnn.cli import main; sys.exit(main())",
+                             "generate", "-n", "1000000", "--seed", "1", "--stream"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    try:
+        assert proc.stdout.read(20)  # it is generating
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+        elapsed = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130
+    assert elapsed < INTERRUPT_LIMIT + 1.0, elapsed
+    assert err.strip() == "fastrnn generate: interrupted", err
+
+
+def test_stream_memory_does_not_depend_on_max_new_tokens():
+    model = bundled_model()
+    tracemalloc.start()
+    try:
+        stream = model.generate("def ", max_new_tokens=10**10, seed=1, stream=True)
+        text = "".join(next(stream) for _ in range(6000))  # beyond one output window (4096)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    stream.close()
+    assert peak < 20 * 2**20, f"{peak / 2**20:.1f} MB traced for a stream"
+    assert text == model.generate("def ", max_new_tokens=len(text), seed=1)
+
+
+@pytest.mark.parametrize("engine", gen.available_engines())
+def test_moving_output_window_changes_no_token(engine, monkeypatch):
+    model = bundled_model()
+    n = 240 if engine != "numpy" else 40
+    cases = [(None, 1), ("\n\n", 1), (("def f", "):"), 2), ("e", 2)]
+    want = {(stop, t): (model.generate("def ", max_new_tokens=n, seed=3, stop=stop, backend=engine, threads=t),
+                        model.generate(["def ", "class X", "a"], max_new_tokens=n, seed=3, stop=stop, backend=engine))
+            for stop, t in cases}
+    monkeypatch.setattr(gen._Job, "OUT_BLOCK", 7)
+    for (stop, t), (one, batch) in want.items():
+        assert model.generate("def ", max_new_tokens=n, seed=3, stop=stop, backend=engine, threads=t) == one
+        assert "".join(model.generate("def ", max_new_tokens=n, seed=3, stop=stop, stream=True, backend=engine,
+                                      threads=t)) == one
+        assert model.generate(["def ", "class X", "a"], max_new_tokens=n, seed=3, stop=stop, backend=engine) == batch
+    s = model.session(seed=4, backend=engine).feed("x")
+    first = s.generate(30)
+    s2 = model.session(seed=4, backend=engine).feed("x")
+    monkeypatch.setattr(gen._Job, "OUT_BLOCK", 4096)
+    assert s2.generate(30) == first
+
+
+def test_very_long_stop_string_streams_in_linear_time():
+    model = bundled_model()
+    stop = "ab" * 20000 + "c"  # never produced, and every tail "ab..." is a prefix of it
+    t0 = time.monotonic()
+    text = "".join(model.generate("ab", max_new_tokens=3000, seed=1, stop=stop, stream=True, temperature=0.5))
+    elapsed = time.monotonic() - t0
+    assert text == model.generate("ab", max_new_tokens=3000, seed=1, stop=stop, temperature=0.5)
+    assert elapsed < 30, f"{elapsed:.1f} s"
+
+
+def test_stop_matcher_holds_back_exactly_the_longest_stop_prefix():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        stops = [list(rng.integers(0, 3, rng.integers(1, 6))) for _ in range(rng.integers(1, 4))]
+        out = list(rng.integers(0, 3, rng.integers(0, 30)))
+        m = gen._StopMatcher(stops)
+        m.feed(out[:len(out) // 2])
+        m.feed(out[len(out) // 2:])
+        want = max([L for s in stops for L in range(1, len(s)) if L <= len(out) and out[len(out) - L:] == s[:L]],
+                   default=0)
+        assert m.hold() == want, (stops, out)
