@@ -49,7 +49,7 @@ MIN_SPLIT_HIDDEN = 128  # batch 1: split the hidden units across threads from th
 MAX_FOLDED_TABLE_BYTES = 96 * 1024 * 1024  # per direction
 # Long sequences run in chunks of time steps (the state carried from one to the next), so that
 # Ctrl-C is seen between chunks: about this many multiply-adds per chunk (tens of ms).
-CHUNK_MACS = 1 << 27
+CHUNK_MACS = 1 << 26
 
 
 def _default_threads():

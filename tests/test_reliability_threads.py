@@ -202,6 +202,15 @@ def test_oversubscribed_split_falls_back_to_one_thread(tmp_path):
         assert np.array_equal(got, want)
         assert pool.contended(), "waiting dominated but the split went on"
         assert pool.Gang(parts).size == 1
+        # a reverse scan with a shorter length: the rest of the chunk runs backwards on one thread
+        rev = fastrnn.Model([random_recurrent(rng, "lstm", input_size=4, hidden_size=16 * parts, scale=0.05,
+                                              reverse=True)])
+        want = rev.predict(x, lengths=[333], threads=1, return_state=True)
+        pool._state.contended_until = 0.0
+        got = rev.predict(x, lengths=[333], threads=parts, return_state=True)
+        assert pool.contended()
+        assert np.array_equal(got[0], want[0])
+        assert all(np.array_equal(a, b) for a, b in zip(got[1][0], want[1][0]))
         print("ok")
     """
     assert run_python(script, TESTS, cwd=tmp_path).stdout.strip() == "ok"
