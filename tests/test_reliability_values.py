@@ -122,10 +122,8 @@ def test_stop_ids_beyond_int32():
 
 
 def test_dense_without_outputs_is_refused():
-    with pytest.raises(ValueError, match="out, in >= 1"):
+    with pytest.raises(ValueError, match="at least one output"):
         fastrnn.Dense(np.zeros((0, 4), np.float32))
-    with pytest.raises(ValueError, match="out, in >= 1"):
-        fastrnn.Dense(np.zeros((3, 0), np.float32))
 
 
 def test_classify_giant_line_is_cut_to_max_length_with_a_warning():
