@@ -202,3 +202,26 @@ def test_predict_in_chunks_of_time_steps_changes_no_bit(backend, monkeypatch):
             for a, b in zip(got_states, states):
                 for u, v in zip(a if isinstance(a, tuple) else (a,), b if isinstance(b, tuple) else (b,)):
                     np.testing.assert_array_equal(u, v)
+
+
+def test_moving_window_and_bad_logits_in_stepwise_generation(monkeypatch):
+    """A causal graph that is not the compiled chain (fastrnn.stepwise) keeps the same tokens when
+    the output window moves, and refuses non-finite logits like the compiled loops."""
+    from helpers import random_recurrent
+
+    rng = np.random.default_rng(2)
+    emb = fastrnn.Embedding((rng.standard_normal((7, 3)) * 0.5).astype(np.float32))
+    gru = random_recurrent(rng, "gru", input_size=3, hidden_size=5)
+
+    def model(bias):
+        dense = fastrnn.Dense((rng.standard_normal((7, 5)) * 1.5).astype(np.float32), np.asarray(bias, np.float32))
+        return fastrnn.Model([emb, gru, fastrnn.Activation("tanh"), dense])
+
+    m = model(np.zeros(7))
+    want = m.generate([[1, 2], [3]], max_new_tokens=40, seed=[1, 2], stop=[[4, 4, 4]])
+    monkeypatch.setattr(gen._Job, "OUT_BLOCK", 5)
+    assert m.generate([[1, 2], [3]], max_new_tokens=40, seed=[1, 2], stop=[[4, 4, 4]]) == want
+    assert [t for p in m.generate([1, 2], max_new_tokens=40, seed=1, stop=[[4, 4, 4]], stream=True)
+            for t in p] == want[0]
+    with pytest.raises(gen.GenerationError):
+        model([0, np.nan, 0, 0, 0, 0, 0]).generate([1, 2], max_new_tokens=5, seed=1)
