@@ -1564,6 +1564,16 @@ def cmd_generate(args):
 
         from .textio import LineReader
 
+        if args.batch != "-":  # a file can be read twice: every line is checked before anything is printed
+            with open(args.batch, "rb") as first_pass:
+                reader = LineReader(first_pass, args.batch, errors=args.errors, command="fastrnn generate")
+                for line in reader:
+                    if line == "":
+                        raise ValueError(f"{args.batch}: line {reader.count} is empty (every line is a prompt)")
+                    try:
+                        model.vocabulary.encode(line)
+                    except ValueError as exc:
+                        raise ValueError(f"{args.batch}: line {reader.count}: {exc}") from None
         raw = sys.stdin.buffer if args.batch == "-" else open(args.batch, "rb")
         name = "<stdin>" if args.batch == "-" else args.batch
         try:
