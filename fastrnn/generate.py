@@ -729,9 +729,11 @@ class CompiledEngine:
     def compile(self, plan):
         return self.module.CompiledModel(plan)
 
-    def runner(self, plan, sampling, stops, rows, prompt, out):
+    def runner(self, plan, sampling, stops, rows, prompt, out, stop_state=None):
+        """stops (tokens, offsets[, fail]) and stop_state: see _Job (the KMP form, Cython only)."""
+        kw = {"stop_state": stop_state} if stop_state is not None else {}
         return self.module.Runner(plan.compiled_for(self), sampling, stops, rows.state, rows.logits, rows.seen,
-                                  rows.rng, rows.status, prompt, out)
+                                  rows.rng, rows.status, prompt, out, **kw)
 
     def split_parts(self, plan, batch, threads):
         """Threads for one row split over the hidden units (generate_core.h, gen_run_split), or 1:
@@ -744,10 +746,11 @@ class CompiledEngine:
             return 1
         return min(threads, min(hidden) // 16)
 
-    def split_runner(self, plan, sampling, stops, rows, prompt, out, parts):
+    def split_runner(self, plan, sampling, stops, rows, prompt, out, parts, stop_state=None):
+        kw = {"stop_state": stop_state} if stop_state is not None else {}
         return self.module.SplitRunner(plan.compiled_for(self), sampling, stops, rows.state, rows.logits, rows.seen,
                                        rows.rng, rows.status, prompt, out, parts,
-                                       max(lp.layer.hidden_size for lp in plan.layers))
+                                       max(lp.layer.hidden_size for lp in plan.layers), **kw)
 
     def process_logits(self, logits, seen, sampling):
         return self.module.process_logits(logits, seen, sampling)
@@ -1051,11 +1054,22 @@ class _Job:
         self.engine, self.plan, self.sampling = engine, plan, sampling.as_tuple()
         self.parts = engine.split_parts(plan, B, threads)
         self.split_runners = {}        # gang size -> SplitRunner
+        # The Cython loop matches stops incrementally (KMP: per row and stop, the longest prefix
+        # the output ends with), so a long stop costs O(1) per token; the others compare the end.
+        self.kmp = None
+        if getattr(getattr(engine, "module", None), "KMP_STOPS", False) and self.stop_seqs:
+            fail = np.concatenate([_StopMatcher._failure(s) for s in self.stop_seqs]).astype(np.int32)
+            self.stops = stops = (stops[0], stops[1], fail)
+            self.kmp = np.zeros((B, len(self.stop_seqs)), np.int64)
+
+        def kmp(a, b):
+            return {} if self.kmp is None else {"stop_state": self.kmp[a:b]}
+        self._kmp_rows = kmp
         if self.parts > 1:  # one row: the hidden units of every layer split across threads
-            self.runners = [engine.runner(plan, self.sampling, stops, rows, self.prompt, self.out)]
+            self.runners = [engine.runner(plan, self.sampling, stops, rows, self.prompt, self.out, **kmp(0, B))]
         else:
             self.runners = [engine.runner(plan, self.sampling, stops, rows.view(a, b), self.prompt[a:b],
-                                          self.out[a:b]) for a, b in row_blocks(B, threads)]
+                                          self.out[a:b], **kmp(a, b)) for a, b in row_blocks(B, threads)]
         self.threads = threads
         self.active = B
         self.steps = 16
@@ -1103,7 +1117,8 @@ class _Job:
             runner = self.split_runners.get(gang.size)
             if runner is None:
                 runner = self.split_runners[gang.size] = self.engine.split_runner(
-                    self.plan, self.sampling, self.stops, self.rows, self.prompt, self.out, gang.size)
+                    self.plan, self.sampling, self.stops, self.rows, self.prompt, self.out, gang.size,
+                    **self._kmp_rows(0, 1))
             left = [0] * gang.size
 
             def part(p):

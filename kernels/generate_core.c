@@ -722,6 +722,30 @@ static ptrdiff_t stop_match(const gen_stops *stops, const int32_t *out, ptrdiff_
     return best;
 }
 
+/* KMP: advance each stop's matched-prefix length (state, (count,)) by tok: O(1) amortised per
+ * stop and token, however long the stop. Returns the longest stop that out now ends with, 0 if none. */
+static ptrdiff_t stop_advance(const gen_stops *stops, int64_t *state, int32_t tok)
+{
+    ptrdiff_t best = 0;
+    for (ptrdiff_t j = 0; j < stops->count; j++) {
+        const ptrdiff_t a = (ptrdiff_t)stops->offsets[j], len = (ptrdiff_t)stops->offsets[j + 1] - a;
+        const int32_t *stop = stops->tokens + a, *fail = stops->fail + a;
+        if (len <= 0)
+            continue;
+        int64_t k = state[j];
+        if (k == len)
+            k = fail[k - 1];
+        while (k > 0 && tok != stop[k])
+            k = fail[k - 1];
+        if (tok == stop[k])
+            k++;
+        state[j] = k;
+        if (k == len && len > best)
+            best = len;
+    }
+    return best;
+}
+
 /* (a) of a step: sample where logits are ready; choose every row's input (w->rows, w->inputs).
  * Returns the number of rows fed. */
 static ptrdiff_t choose_inputs(const gen_model *m, const gen_sampling *s, const gen_stops *stops, gen_rows *r,
@@ -751,7 +775,9 @@ static ptrdiff_t choose_inputs(const gen_model *m, const gen_sampling *s, const 
             out[st[GEN_NOUT]++] = tok;
             st[GEN_HAS_LOGITS] = 0;
             r->seen[b * V + tok] = 1;
-            const ptrdiff_t stop_len = stop_match(stops, out, (ptrdiff_t)st[GEN_NOUT]);
+            const ptrdiff_t stop_len = r->stop_state && stops->fail
+                                           ? stop_advance(stops, r->stop_state + b * stops->count, tok)
+                                           : stop_match(stops, out, (ptrdiff_t)st[GEN_NOUT]);
             if (stop_len || st[GEN_NOUT] >= limit) {
                 st[GEN_FINISHED] = 1;
                 st[GEN_STOP_LEN] = stop_len;

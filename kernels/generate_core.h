@@ -154,6 +154,9 @@ typedef struct {
     ptrdiff_t prompt_cols;
     int32_t *out;          /* INOUT (B, max_new) */
     ptrdiff_t max_new;
+    int64_t *stop_state;   /* INOUT (B, stops->count): per row and stop, the length of the longest
+                              prefix of the stop that out ends with (KMP), or NULL (then every step
+                              compares each stop with the end of out) */
 } gen_rows;
 
 /* stop sequences: stop j is tokens[offsets[j] .. offsets[j+1]) */
@@ -161,6 +164,8 @@ typedef struct {
     ptrdiff_t count;
     const int32_t *tokens;
     const int64_t *offsets; /* (count + 1,) */
+    const int32_t *fail;    /* KMP failure function of each stop at the same offsets (fail[i]: the longest
+                               proper prefix of stop[0..i] that is also its suffix), or NULL */
 } gen_stops;
 
 /* bytes of workspace gen_run needs for a batch of B rows (64-byte aligned sub-buffers) */

@@ -225,3 +225,23 @@ def test_moving_window_and_bad_logits_in_stepwise_generation(monkeypatch):
             for t in p] == want[0]
     with pytest.raises(gen.GenerationError):
         model([0, np.nan, 0, 0, 0, 0, 0]).generate([1, 2], max_new_tokens=5, seed=1)
+
+
+def test_incremental_stop_matching_equals_comparing_the_end():
+    """The Cython loop advances a KMP state per row and stop (O(1) per token, whatever the stop's
+    length); the Numba and NumPy loops compare each stop with the end of the output. Overlapping,
+    repetitive and nested stops end every row at the same token in all of them."""
+    model = bundled_model()
+    engines = gen.available_engines()
+    assert "cython" in engines
+    stops = [["  ", "ee"], ["e e", "  e", " "], ["s", "ss", "sss"], ["abab", "bab"], [" = ", "=="], ["\n\n"],
+             ["in", "ing", "in "], ["t" * 3 + "e"]]
+    prompts = ["def ", "import ", "   ", "ababab", "x = ", "class A", "e", "for i in "]  # 2 blocks of 4 rows
+    reference = "numba" if "numba" in engines else "numpy"
+    for stop in stops:
+        want = model.generate(prompts, max_new_tokens=50, seed=7, stop=stop, temperature=0.9, backend=reference)
+        assert model.generate(prompts, max_new_tokens=50, seed=7, stop=stop, temperature=0.9, backend="cython",
+                              threads=2) == want, stop  # blocks of rows
+        for t in (1, 2):  # one row: one thread, then the hidden units split
+            assert model.generate(prompts[0], max_new_tokens=50, seed=7, stop=stop, temperature=0.9,
+                                  backend="cython", threads=t) == want[0], (stop, t)
