@@ -98,14 +98,17 @@ def save(model: Model, path, quantize=None):
             "model": json.dumps(spec, ensure_ascii=False)}
     check = f"{os.fspath(path)}.check-{os.getpid()}"
     safetensors.write(check, tensors, meta)
-    try:  # the loader's own rules (finite weights, clip > 0, ...) before the file takes its name
-        load(check, mmap=False)
-    except ModelFormatError as exc:
-        if "custom_layers=" not in str(exc):  # (custom layers need the user's factories to load)
+    try:
+        try:  # the loader's own rules (finite weights, clip > 0, ...) before the file takes its name
+            load(check, mmap=False)
+        except ModelFormatError as exc:
+            if "custom_layers=" not in str(exc):  # (custom layers need the user's factories to load)
+                raise ValueError(f"not saved: fastrnn would refuse to load this model "
+                                 f"({str(exc).split(': ', 1)[-1]})") from None
+        os.replace(check, path)
+    finally:
+        if os.path.exists(check):
             os.unlink(check)
-            raise ValueError(f"not saved: fastrnn would refuse to load this model "
-                             f"({str(exc).split(': ', 1)[-1]})") from None
-    os.replace(check, path)
     return path
 
 
