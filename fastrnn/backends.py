@@ -47,8 +47,8 @@ _num_threads = None
 MIN_ROWS_PER_TASK = 4
 MIN_SPLIT_HIDDEN = 128  # batch 1: split the hidden units across threads from this size on
 MAX_FOLDED_TABLE_BYTES = 96 * 1024 * 1024  # per direction
-# Long sequences run in chunks of time steps (the state carried from one to the next), so that
-# Ctrl-C is seen between chunks: about this many multiply-adds per chunk (tens of ms).
+# Long calls run in chunks of time steps (the state carried from one to the next), so that
+# Ctrl-C is seen between chunks: about this many multiply-adds per chunk (about 10 ms).
 CHUNK_MACS = 1 << 26
 
 
@@ -95,8 +95,12 @@ def check_threads(threads):
 run_tasks = pool.run_tasks
 
 
-def chunk_steps(rows, macs_per_row_step):
-    """Time steps per chunk for ``rows`` rows costing ``macs_per_row_step`` each."""
+def chunk_steps(rows, macs_per_row_step, steps):
+    """Time steps per chunk for ``rows`` rows costing ``macs_per_row_step`` each, over ``steps``
+    steps: all of them in one call when the whole call is short (under 16 chunks' work, about
+    0.1-0.3 s), so that ordinary calls pay nothing for the chunking (copies of the chunks)."""
+    if rows * macs_per_row_step * steps < 16 * CHUNK_MACS:
+        return max(1, steps)
     return max(1, CHUNK_MACS // max(1, rows * macs_per_row_step))
 
 
@@ -284,7 +288,7 @@ class CompiledBackend:
         k = self.kernels
         T = y.shape[1]
         Ho, GH = layer.output_size_per_direction, layer.gates * layer.hidden_size
-        steps = chunk_steps(1, GH * Ho)
+        steps = chunk_steps(1, GH * Ho, T)
         length = int(lengths[0])
         if layer.cell == "gru":
             args = ("gru", p["w_hh_rz"], p["w_hh_n"], p["b_hn"], None)
@@ -354,7 +358,7 @@ class _SequenceTask:
         B, T = self.y.shape[:2]
         layer = self.layer
         Ho = layer.output_size_per_direction
-        steps = chunk_steps(B, layer.gates * layer.hidden_size * Ho)
+        steps = chunk_steps(B, layer.gates * layer.hidden_size * Ho, T)
         if T <= steps:
             self.run(self.xproj, self.token_ids, self.lengths, self.y, self.y_offset)
             return None
