@@ -54,10 +54,16 @@ def save(model: Model, path, quantize=None):
     return native.save(model, path, quantize=quantize)
 
 
-def load(path, mmap: bool = True, custom_layers=None, tokenizer=None, padding="pre", truncating="pre",
+def load(path, mmap: bool = False, custom_layers=None, tokenizer=None, padding="pre", truncating="pre",
          maxlen=None) -> Model:
-    """Load a model file. Native fastrnn ``.safetensors`` files are read with NumPy only (weights
-    memory-mapped when ``mmap``); Keras and ONNX files go to their importers.
+    """Load a model file. Native fastrnn ``.safetensors`` files are read with NumPy only; Keras
+    and ONNX files go to their importers.
+
+    By default the weights are read into memory: the file may then change or disappear while the
+    model is in use. ``mmap=True`` maps the file instead (no copy, pages shared between
+    processes); the file must then stay unchanged while the model lives: if it is truncated,
+    the next read of a weight that was not cached kills the process with SIGBUS (the operating
+    system's rule for memory maps; nothing in Python can catch it).
 
     The format is recognised from the file's first bytes (a native file renamed ``.onnx`` still
     loads), the extension decides only for formats without a signature (ONNX). A directory is

@@ -30,7 +30,7 @@ import threading
 
 import numpy as np
 
-from . import reference
+from . import pool, reference
 from .layers import Dense, Recurrent
 
 f32 = np.float32
@@ -40,16 +40,16 @@ _KERNEL_MODULES = {"cython": "fastrnn.kernels._cykernels", "numba": "fastrnn.ker
 
 # -- threads ---------------------------------------------------------------------------------
 # Compiled backends split independent work (the two directions of a layer, blocks of batch rows)
-# across a persistent pool of worker threads; each kernel call releases the GIL. Every row's
-# result is bitwise identical however the batch is split, so results never depend on the thread
-# count. Idle workers block on a queue: no thread spins after a call returns.
+# across fastrnn's worker threads (fastrnn/pool.py); each kernel call releases the GIL. Every
+# row's result is bitwise identical however the batch is split, so results never depend on the
+# thread count. Idle workers block: no thread spins after a call returns.
 _num_threads = None
-_pool = None
-_pool_size = 0
-_pool_lock = threading.Lock()
 MIN_ROWS_PER_TASK = 4
 MIN_SPLIT_HIDDEN = 128  # batch 1: split the hidden units across threads from this size on
 MAX_FOLDED_TABLE_BYTES = 96 * 1024 * 1024  # per direction
+# Long calls run in chunks of time steps (the state carried from one to the next), so that
+# Ctrl-C is seen between chunks: about this many multiply-adds per chunk (about 10 ms).
+CHUNK_MACS = 1 << 26
 
 
 def _default_threads():
@@ -92,29 +92,23 @@ def check_threads(threads):
     return int(threads)
 
 
-def run_tasks(tasks, threads):
-    """Run zero-argument callables, using up to ``threads`` threads (the caller's included)."""
-    global _pool, _pool_size
-    if threads <= 1 or len(tasks) <= 1:
-        for t in tasks:
-            t()
-        return
-    with _pool_lock:
-        if _pool is None or _pool_size < threads - 1:
-            from concurrent.futures import ThreadPoolExecutor
+run_tasks = pool.run_tasks
 
-            # Not shut down: another caller may still be submitting to the old pool; its idle
-            # workers exit once nothing refers to it.
-            _pool = ThreadPoolExecutor(max_workers=threads - 1, thread_name_prefix="fastrnn")
-            _pool_size = threads - 1
-        pool = _pool
-    # the calling thread takes every `threads`-th task itself; the pool runs the rest
-    futures = [pool.submit(t) for i, t in enumerate(tasks) if i % threads]
-    for i, t in enumerate(tasks):
-        if i % threads == 0:
-            t()
-    for f in futures:
-        f.result()
+
+def chunk_steps(rows, macs_per_row_step, steps):
+    """Time steps per chunk for ``rows`` rows costing ``macs_per_row_step`` each, over ``steps``
+    steps: all of them in one call when the whole call is short (under 16 chunks' work, about
+    0.1-0.3 s), so that ordinary calls pay nothing for the chunking (copies of the chunks)."""
+    if rows * macs_per_row_step * steps < 16 * CHUNK_MACS:
+        return max(1, steps)
+    return max(1, CHUNK_MACS // max(1, rows * macs_per_row_step))
+
+
+def time_chunks(T, steps, backward):
+    """[(t0, t1)] covering 0..T in chunks of ``steps``, last first when ``backward``: a reverse
+    scan of row b starts at its own last step, so later chunks come first."""
+    chunks = [(t0, min(T, t0 + steps)) for t0 in range(0, T, steps)]
+    return chunks[::-1] if backward else chunks
 
 
 def split_rows(batch, parts):
@@ -265,8 +259,8 @@ class CompiledBackend:
                 xproj = self.matmul(x2, p["w_ih"], G * H, p["bias"], threads).reshape(B, T, G * H)  # all steps
             if parts > 1:  # batch 1, one direction: the hidden units across threads
                 xp = table[token_ids] if xproj is None else xproj
-                tasks += self._split_tasks(layer, p, xp, lengths, backward, h_all[d], None if c_all is None
-                                           else c_all[d], y, cell, parts)
+                self._run_split(layer, p, xp, lengths, backward, h_all[d], None if c_all is None else c_all[d],
+                                y, cell, parts)
                 continue
             for b0, b1 in blocks:  # the folded table is read in place by the kernel (tokens=ids)
                 xp, ids = (table, token_ids[b0:b1]) if xproj is None else (xproj[b0:b1], None)
@@ -284,28 +278,103 @@ class CompiledBackend:
             return 1
         return min(threads, H // 16)
 
-    def _split_tasks(self, layer, p, xproj, lengths, backward, h, c, y, cell, parts):
-        """``parts`` calls that run together (each waits for the others after every step)."""
+    def _run_split(self, layer, p, xproj, lengths, backward, h, c, y, cell, parts):
+        """Batch 1, one direction: chunks of time steps, each on a gang of up to ``parts``
+        threads that each own a slice of the hidden units and meet at a barrier after every
+        step (kernels/rnn_split.h). A chunk gets one thread when no worker is idle; when the
+        parts mostly waited for each other (another process busy on a core) the kernel returns
+        early, the chunk is finished on one thread and the next gangs get one part for a while
+        (fastrnn/pool.py)."""
         k = self.kernels
-        ctx = k.SplitContext(parts, h)
+        T = y.shape[1]
+        Ho, GH = layer.output_size_per_direction, layer.gates * layer.hidden_size
+        steps = chunk_steps(1, GH * Ho, T)
+        length = int(lengths[0])
         if layer.cell == "gru":
-            args = ("gru", xproj, p["w_hh_rz"], p["w_hh_n"], p["b_hn"], None)
+            args = ("gru", p["w_hh_rz"], p["w_hh_n"], p["b_hn"], None)
         else:
-            args = (layer.cell, xproj, p["w_hh"], None, None, p["peephole"] if layer.cell == "lstm" else None)
-        return [(lambda part=part: k.split_sequence(ctx, part, *args, lengths, backward, h, c, y, 0, cell))
-                for part in range(parts)]
+            args = (layer.cell, p["w_hh"], None, None, p["peephole"] if layer.cell == "lstm" else None)
+        one = self._task(layer, p, None, None, None, backward, h, c, None, 0, cell)
+        for t0, t1 in time_chunks(T, steps, backward):
+            n = min(max(length - t0, 0), t1 - t0)  # steps of this chunk
+            if n == 0:
+                y[:, t0:t1] = 0.0
+                continue
+            xc = np.ascontiguousarray(xproj[:, t0:t1])
+            yc = y if (t0, t1) == (0, T) else np.empty((1, t1 - t0, Ho), f32)
+            local = np.array([n], np.int64)
+            with pool.Gang(parts) as gang:
+                if gang.size == 1:
+                    one.run(xc, None, local, yc)
+                else:
+                    ctx = k.SplitContext(gang.size, h)
+                    done = [0] * gang.size
+
+                    def part(i):
+                        done[i] = k.split_sequence(ctx, i, args[0], xc, *args[1:4], args[4], local, backward, h,
+                                                   c, yc, 0, cell)
+                    gang.run([lambda i=i: part(i) for i in range(gang.size)], ctx.abort)
+                    if ctx.degraded:
+                        pool.note_contention()
+                    if done[0] < n:  # the rest of the chunk on this thread
+                        rest = n - done[0]
+                        a, b = (0, rest) if backward else (done[0], n)
+                        ys = np.empty((1, rest, Ho), f32)
+                        one.run(np.ascontiguousarray(xc[:, a:b]), None, np.array([rest], np.int64), ys)
+                        yc[:, a:b] = ys
+            if yc is not y:
+                y[:, t0:t1] = yc
 
     def _task(self, layer, p, xproj, token_ids, lengths, backward, h, c, y, y_offset, cell):
-        """One kernel call over a block of rows of one direction (row slices stay C-contiguous).
-        ``xproj`` is the (b, T, G*H) block, or with ``token_ids`` (b, T) the folded table."""
-        k = self.kernels
+        """One kernel call over a block of rows of one direction (row slices stay C-contiguous),
+        as a task for run_tasks. ``xproj`` is the (b, T, G*H) block, or with ``token_ids`` (b, T)
+        the folded table. Long sequences run in chunks of time steps (yielding between them)."""
+        return _SequenceTask(self.kernels, layer, p, xproj, token_ids, lengths, backward, h, c, y, y_offset, cell)
+
+
+class _SequenceTask:
+    """A recurrent kernel call over rows of one direction; ``h`` and ``c`` are INOUT, so a
+    sequence can be run as several calls over consecutive chunks of time steps."""
+
+    def __init__(self, kernels, layer, p, xproj, token_ids, lengths, backward, h, c, y, y_offset, cell):
+        self.k, self.layer, self.p, self.cell = kernels, layer, p, cell
+        self.xproj, self.token_ids, self.lengths, self.backward = xproj, token_ids, lengths, backward
+        self.h, self.c, self.y, self.y_offset = h, c, y, y_offset
+
+    def run(self, xproj, token_ids, lengths, y, y_offset=0):
+        """The kernel over all of ``xproj`` (or the table with ``token_ids``) into ``y``."""
+        k, p, layer = self.k, self.p, self.layer
         if layer.cell == "lstm":
-            return lambda: k.lstm_sequence(xproj, p["w_hh"], p["w_hr"], p["peephole"], lengths, backward, h, c, y,
-                                           y_offset, cell, tokens=token_ids)
-        if layer.cell == "gru":
-            return lambda: k.gru_sequence(xproj, p["w_hh_rz"], p["w_hh_n"], p["b_hn"], lengths, backward, h, y,
-                                          y_offset, cell, tokens=token_ids)
-        return lambda: k.rnn_sequence(xproj, p["w_hh"], lengths, backward, h, y, y_offset, cell, tokens=token_ids)
+            k.lstm_sequence(xproj, p["w_hh"], p["w_hr"], p["peephole"], lengths, self.backward, self.h, self.c, y,
+                            y_offset, self.cell, tokens=token_ids)
+        elif layer.cell == "gru":
+            k.gru_sequence(xproj, p["w_hh_rz"], p["w_hh_n"], p["b_hn"], lengths, self.backward, self.h, y,
+                           y_offset, self.cell, tokens=token_ids)
+        else:
+            k.rnn_sequence(xproj, p["w_hh"], lengths, self.backward, self.h, y, y_offset, self.cell,
+                           tokens=token_ids)
+
+    def __call__(self):
+        B, T = self.y.shape[:2]
+        layer = self.layer
+        Ho = layer.output_size_per_direction
+        steps = chunk_steps(B, layer.gates * layer.hidden_size * Ho, T)
+        if T <= steps:
+            self.run(self.xproj, self.token_ids, self.lengths, self.y, self.y_offset)
+            return None
+        return self._chunks(T, steps)
+
+    def _chunks(self, T, steps):
+        B, Ho, o = self.y.shape[0], self.layer.output_size_per_direction, self.y_offset
+        for t0, t1 in time_chunks(T, steps, self.backward):
+            local = np.clip(self.lengths - t0, 0, t1 - t0).astype(np.int64)
+            yc = np.empty((B, t1 - t0, Ho), f32)
+            if self.token_ids is None:
+                self.run(np.ascontiguousarray(self.xproj[:, t0:t1]), None, local, yc)
+            else:
+                self.run(self.xproj, np.ascontiguousarray(self.token_ids[:, t0:t1]), local, yc)
+            self.y[:, t0:t1, o:o + Ho] = yc
+            yield
 
 
 def finish_recurrent(layer: Recurrent, y, h_all, lengths):
@@ -339,6 +408,17 @@ def finish_recurrent(layer: Recurrent, y, h_all, lengths):
 _instances = {}
 _current = None
 _import_errors = {}
+
+
+def _new_locks_after_fork():
+    """A lock held by a thread of the parent at fork time would stay held forever in the child."""
+    for backend in _instances.values():
+        if isinstance(backend, CompiledBackend):
+            backend._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_locks_after_fork)
 
 
 def _load(name):

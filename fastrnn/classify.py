@@ -43,6 +43,7 @@ UNKNOWN_LABEL = "unknown"
 # The bundled language identifier answers "unknown" when more than half of a text's characters
 # are outside its vocabulary (see bundled_classifier); other models when their metadata says so.
 BUNDLED_UNKNOWN_THRESHOLD = 0.5
+DEFAULT_MAX_LENGTH = 10_000  # tokens per input used by classify (a giant line is cut, with a warning)
 
 
 class Classification(NamedTuple):
@@ -166,7 +167,10 @@ def _encoder(model: Model, max_length):
     takes_tokens = model.takes_tokens
     text_input = _text_input(model)
 
+    warned = []
+
     def encode(item, position):
+        cut_text = False
         if isinstance(item, str):
             item = clean_text(item)
             if not takes_tokens:
@@ -176,7 +180,8 @@ def _encoder(model: Model, max_length):
                                  "pass token ids instead (lists of ints)")
             if max_length is not None:
                 # bound the work on giant lines before tokenizing (a char is at most one token)
-                item = item[: max_length] if vocab.level == "char" else item
+                cut_text = vocab.level == "char" and len(item) > max_length
+                item = item[: max_length] if cut_text else item
             ids = vocab.encode(item)
             arr = np.asarray(ids, dtype=np.int64)
             if text_input is not None:
@@ -192,7 +197,14 @@ def _encoder(model: Model, max_length):
                 if arr.ndim != 2:
                     raise ValueError(f"input {position}: features must be 2-D (time, features), got shape {arr.shape}")
                 arr = arr.astype(np.float32, copy=False)
-        if max_length is not None and arr.shape[0] > max_length:
+        if max_length is not None and (arr.shape[0] > max_length or cut_text):
+            if not warned:
+                import warnings
+
+                warnings.warn(f"input {position} is longer than max_length={max_length}: only its first "
+                              f"{max_length} tokens are classified (pass a larger max_length for more)",
+                              stacklevel=3)
+                warned.append(position)
             arr = arr[:max_length]
         return arr
 
@@ -253,7 +265,9 @@ def classify(model: Model, inputs: Iterable, batch_size: int = DEFAULT_BATCH_SIZ
     batch_size : rows run together (default 64).
     return_probs : include the class probabilities (float32 (C,)).
     window : inputs sorted by length together (default 16 * batch_size); memory is bounded by it.
-    max_length : keep only the first max_length tokens of each input (default: all).
+    max_length : keep only the first max_length tokens (time steps) of each input; default
+        DEFAULT_MAX_LENGTH (10,000), so that one giant line cannot need gigabytes. A warning
+        names the first input that was cut. Pass a larger value to classify longer inputs.
     max_batch_tokens : upper bound of rows x padded length per batch (long inputs run in smaller
         batches), default 32768.
     threads, backend : as for Model.predict.
@@ -270,8 +284,7 @@ def classify(model: Model, inputs: Iterable, batch_size: int = DEFAULT_BATCH_SIZ
     batch_size = _positive(batch_size, "batch_size")
     window = _positive(window if window is not None else 16 * batch_size, "window")
     max_batch_tokens = _positive(max_batch_tokens, "max_batch_tokens")
-    if max_length is not None:
-        max_length = _positive(max_length, "max_length")
+    max_length = _positive(DEFAULT_MAX_LENGTH if max_length is None else max_length, "max_length")
     threshold = unknown_threshold_of(model, unknown_threshold)
     if isinstance(inputs, (str, bytes)):
         raise TypeError("inputs must be an iterable of texts; wrap a single text as [text]")
@@ -399,7 +412,7 @@ def add_cli(subparsers):
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="rows run together (default 64)")
     p.add_argument("--threads", type=int, default=None, help="threads (default: all cores)")
     p.add_argument("--max-length", type=int, default=None,
-                   help="use only the first N tokens of each line (default: the whole line)")
+                   help="use only the first N tokens of each line (default 10000; longer lines are cut, with a warning)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar on stderr (default: when stderr is a terminal)")
     p.add_argument("--errors", choices=ERRORS, default="strict",

@@ -87,6 +87,7 @@ import math
 import numbers
 import os
 import secrets
+import time
 import sys
 import threading
 
@@ -99,8 +100,12 @@ from .textio import ERRORS
 f32 = np.float32
 
 # columns of the per-row status array (kernels/generate_core.h)
-POS, LEN, NOUT, HAS_LOGITS, FINISHED, STOP_LEN = range(6)
-STATUS_COLS = 6
+POS, LEN, NOUT, HAS_LOGITS, FINISHED, STOP_LEN, BAD_LOGITS, LIMIT = range(8)
+STATUS_COLS = 8
+
+# A penalty far from 1 divides or multiplies logits into overflow (1e-320 gave NaN probabilities);
+# useful values are around 1.0-2.0.
+REPETITION_PENALTY_RANGE = (0.01, 100.0)
 
 MASK64 = (1 << 64) - 1
 GOLDEN_GAMMA = 0x9E3779B97F4A7C15
@@ -148,9 +153,11 @@ class Sampling:
             raise ValueError(f"top_p must be in (0, 1] (1 or None = off), got {top_p!r}")
         if repetition_penalty is None:
             repetition_penalty = 1.0
+        lo, hi = REPETITION_PENALTY_RANGE
         if (isinstance(repetition_penalty, bool) or not isinstance(repetition_penalty, numbers.Real)
-                or not (float(repetition_penalty) > 0 and math.isfinite(float(repetition_penalty)))):
-            raise ValueError(f"repetition_penalty must be a number > 0 (1 or None = off), got {repetition_penalty!r}")
+                or not (lo <= float(repetition_penalty) <= hi)):
+            raise ValueError(f"repetition_penalty must be a number in [{lo}, {hi}] (1 or None = off; values "
+                             f"above 1 discourage repeats), got {repetition_penalty!r}")
         self.temperature = temperature
         self.top_k = int(top_k)
         self.top_p = float(top_p)
@@ -629,9 +636,14 @@ class NumpyRunner:
             for b in range(st.shape[0]):
                 if st[b, FINISHED]:
                     continue
+                limit = min(int(st[b, LIMIT]), max_new)
                 if st[b, HAS_LOGITS]:
-                    if st[b, NOUT] >= max_new:
+                    if st[b, NOUT] >= limit:
                         st[b, FINISHED] = 1
+                        continue
+                    if not np.all(np.isfinite(r.logits[b])):  # the caller raises
+                        st[b, FINISHED] = 1
+                        st[b, BAD_LOGITS] = 1
                         continue
                     tok, rng = sample_token(r.logits[b], self.sampling, r.seen[b], int(r.rng[b]))
                     r.rng[b] = np.uint64(rng)
@@ -640,7 +652,7 @@ class NumpyRunner:
                     st[b, HAS_LOGITS] = 0
                     r.seen[b, tok] = 1
                     stop_len = match_stop(self.stops, self.out[b, :st[b, NOUT]])
-                    if stop_len or st[b, NOUT] >= max_new:
+                    if stop_len or st[b, NOUT] >= limit:
                         st[b, FINISHED] = 1
                         st[b, STOP_LEN] = stop_len
                         continue
@@ -717,9 +729,11 @@ class CompiledEngine:
     def compile(self, plan):
         return self.module.CompiledModel(plan)
 
-    def runner(self, plan, sampling, stops, rows, prompt, out):
+    def runner(self, plan, sampling, stops, rows, prompt, out, stop_state=None):
+        """stops (tokens, offsets[, fail]) and stop_state: see _Job (the KMP form, Cython only)."""
+        kw = {"stop_state": stop_state} if stop_state is not None else {}
         return self.module.Runner(plan.compiled_for(self), sampling, stops, rows.state, rows.logits, rows.seen,
-                                  rows.rng, rows.status, prompt, out)
+                                  rows.rng, rows.status, prompt, out, **kw)
 
     def split_parts(self, plan, batch, threads):
         """Threads for one row split over the hidden units (generate_core.h, gen_run_split), or 1:
@@ -732,10 +746,11 @@ class CompiledEngine:
             return 1
         return min(threads, min(hidden) // 16)
 
-    def split_runner(self, plan, sampling, stops, rows, prompt, out, parts):
+    def split_runner(self, plan, sampling, stops, rows, prompt, out, parts, stop_state=None):
+        kw = {"stop_state": stop_state} if stop_state is not None else {}
         return self.module.SplitRunner(plan.compiled_for(self), sampling, stops, rows.state, rows.logits, rows.seen,
                                        rows.rng, rows.status, prompt, out, parts,
-                                       max(lp.layer.hidden_size for lp in plan.layers))
+                                       max(lp.layer.hidden_size for lp in plan.layers), **kw)
 
     def process_logits(self, logits, seen, sampling):
         return self.module.process_logits(logits, seen, sampling)
@@ -843,6 +858,11 @@ def _prompt_rows(model, plan, prompt):
             if len(ids) == 0:
                 raise ValueError(f"{where} has no tokens")
         else:
+            if isinstance(item, (list, tuple)) and all(_is_int(i) for i in item):
+                bad = [i for i in item if not 0 <= i < plan.table_rows]
+                if bad:
+                    raise ValueError(f"{where}: token id {bad[0]} is outside the model's vocabulary "
+                                     f"(valid: 0..{plan.table_rows - 1})")
             arr = np.asarray(item)
             if arr.ndim != 1:
                 raise ValueError(f"{where}: token ids must be a flat list, got shape {arr.shape}")
@@ -888,10 +908,14 @@ def _stops(model, plan, stop):
                 if not ids or any(i is None or i >= plan.vocab_size for i in ids):
                     continue  # a symbol the model never produces: this stop cannot occur
                 seqs.append(ids)
-            elif _is_int(item):
-                seqs.append([int(item)])
-            elif isinstance(item, (list, tuple, np.ndarray)) and len(item) > 0 and all(_is_int(i) for i in item):
-                seqs.append([int(i) for i in item])
+            elif _is_int(item) or (isinstance(item, (list, tuple, np.ndarray)) and len(item) > 0
+                                   and all(_is_int(i) for i in item)):
+                ids = [int(item)] if _is_int(item) else [int(i) for i in item]
+                if any(i < 0 for i in ids):
+                    raise ValueError(f"stop token ids must be >= 0, got {item!r}")
+                if any(i >= plan.vocab_size for i in ids):
+                    continue  # an id the model never produces: this stop cannot occur
+                seqs.append(ids)
             else:
                 raise ValueError(f"stop must be strings, token ids or lists of ids, got {item!r}")
     tokens = np.array([t for s in seqs for t in s], np.int32)
@@ -948,10 +972,62 @@ def check_arguments(model, max_new_tokens=None, temperature=None, top_k=None, to
 # A generation job: B rows through the loop, results and streamed pieces
 # =============================================================================================
 
-class _Job:
-    """One call of the loop over B rows: prompts, outputs, stop hold-back."""
+class _StopMatcher:
+    """Incremental KMP over every stop sequence for one row: after feeding tokens, ``hold()`` is
+    the longest proper prefix of a stop that the output ends with (tokens to hold back while
+    streaming). Each token costs O(1) amortised per stop, so a very long stop stays linear."""
 
-    def __init__(self, plan, engine, rows: Rows, prompts, sampling, stops, max_new, threads=1):
+    def __init__(self, seqs):
+        self.seqs = [s for s in seqs if len(s) > 1]
+        self.fail = [self._failure(s) for s in self.seqs]
+        self.state = [0] * len(self.seqs)
+
+    @staticmethod
+    def _failure(s):
+        f = [0] * len(s)
+        k = 0
+        for i in range(1, len(s)):
+            while k and s[i] != s[k]:
+                k = f[k - 1]
+            if s[i] == s[k]:
+                k += 1
+            f[i] = k
+        return f
+
+    def feed(self, tokens):
+        for j, (s, f) in enumerate(zip(self.seqs, self.fail)):
+            k, n = self.state[j], len(s)
+            for t in tokens:
+                if k == n:  # a whole match (the row ends there): continue as KMP does
+                    k = f[k - 1]
+                while k and t != s[k]:
+                    k = f[k - 1]
+                if t == s[k]:
+                    k += 1
+            self.state[j] = k
+
+    def hold(self):
+        return max((k if k < len(s) else f[k - 1] for k, s, f in zip(self.state, self.seqs, self.fail)), default=0)
+
+
+class GenerationError(ValueError):
+    """The model produced logits that cannot be sampled from (NaN or infinite)."""
+
+
+class _Job:
+    """One call of the loop over B rows: prompts, outputs, stop hold-back.
+
+    The outputs live in a window of at most ``keep + OUT_BLOCK`` tokens per row (keep = the
+    longest stop minus one), whatever ``max_new`` is: when a row fills its window, the tokens
+    before its last ``keep`` are moved out (kept for the result, or dropped once streamed) and
+    the row goes on, so a stream runs in memory independent of max_new_tokens.
+    The loop runs in chunks of steps (about CHUNK_SECONDS each), so Ctrl-C is seen between
+    chunks; the rows are then left at a step boundary and the model stays usable."""
+
+    OUT_BLOCK = 4096
+    CHUNK_SECONDS = 0.05
+
+    def __init__(self, plan, engine, rows: Rows, prompts, sampling, stops, max_new, threads=1, collect=True):
         B = len(prompts)
         width = max((len(p) for p in prompts), default=0)
         self.prompt = np.zeros((B, max(width, 1)), np.int32)
@@ -962,33 +1038,108 @@ class _Job:
         rows.status[:, NOUT] = 0
         rows.status[:, FINISHED] = 0
         rows.status[:, STOP_LEN] = 0
+        rows.status[:, BAD_LOGITS] = 0
         self.rows = rows
-        self.out = np.zeros((B, max_new), np.int32)
         self.stops = stops
         self.stop_seqs = [list(s) for s in stops_list(stops)]
+        self.keep = max((len(s) for s in self.stop_seqs), default=1) - 1
+        self.max_new = max_new
+        self.out = np.zeros((B, min(max_new, self.keep + self.OUT_BLOCK)), np.int32)
+        rows.status[:, LIMIT] = self.out.shape[1]
+        self.base = [0] * B            # tokens of row b moved out of the window
+        self.collect = collect
+        self.flushed = [[] for _ in range(B)]  # those tokens, when collected for the result
+        self.matchers = [_StopMatcher(self.stop_seqs) for _ in range(B)]
+        self.matched = [0] * B         # tokens of the window fed to matchers[b]
+        self.engine, self.plan, self.sampling = engine, plan, sampling.as_tuple()
         self.parts = engine.split_parts(plan, B, threads)
+        self.split_runners = {}        # gang size -> SplitRunner
+        # The Cython loop matches stops incrementally (KMP: per row and stop, the longest prefix
+        # the output ends with), so a long stop costs O(1) per token; the others compare the end.
+        self.kmp = None
+        if getattr(getattr(engine, "module", None), "KMP_STOPS", False) and self.stop_seqs:
+            fail = np.concatenate([_StopMatcher._failure(s) for s in self.stop_seqs]).astype(np.int32)
+            self.stops = stops = (stops[0], stops[1], fail)
+            self.kmp = np.zeros((B, len(self.stop_seqs)), np.int64)
+
+        def kmp(a, b):
+            return {} if self.kmp is None else {"stop_state": self.kmp[a:b]}
+        self._kmp_rows = kmp
         if self.parts > 1:  # one row: the hidden units of every layer split across threads
-            self.runners = [engine.split_runner(plan, sampling.as_tuple(), stops, rows, self.prompt, self.out,
-                                                self.parts)]
+            self.runners = [engine.runner(plan, self.sampling, stops, rows, self.prompt, self.out, **kmp(0, B))]
         else:
-            self.runners = [engine.runner(plan, sampling.as_tuple(), stops, rows.view(a, b), self.prompt[a:b],
-                                          self.out[a:b]) for a, b in row_blocks(B, threads)]
+            self.runners = [engine.runner(plan, self.sampling, stops, rows.view(a, b), self.prompt[a:b],
+                                          self.out[a:b], **kmp(a, b)) for a, b in row_blocks(B, threads)]
         self.threads = threads
         self.active = B
+        self.steps = 16
+
+    def _resumable(self, b):
+        """Row b stopped only because its window is full (more tokens are due)."""
+        st, W = self.rows.status[b], self.out.shape[1]
+        return bool(st[FINISHED] and st[NOUT] == W and st[STOP_LEN] == 0 and not st[BAD_LOGITS]
+                    and self.base[b] + W < self.max_new)
+
+    def _make_room(self):
+        """Rows that filled their window but must go on: keep the last ``keep`` tokens, feed
+        the last one (the loop ends a full row without feeding its token) and un-finish."""
+        st, W = self.rows.status, self.out.shape[1]
+        for b in range(st.shape[0]):
+            if not self._resumable(b):
+                continue  # finished for good, or still going
+            drop = W - self.keep
+            self._feed_matcher(b)
+            if self.collect:
+                self.flushed[b].append(self.out[b, :drop].copy())
+            last = int(self.out[b, W - 1])
+            self.out[b, :self.keep] = self.out[b, drop:W].copy()
+            self.base[b] += drop
+            self.matched[b] -= drop
+            self.prompt[b, 0] = last
+            st[b, POS], st[b, LEN], st[b, HAS_LOGITS] = 0, 1, 0
+            st[b, NOUT], st[b, FINISHED] = self.keep, 0
+            st[b, LIMIT] = min(W, self.max_new - self.base[b])
+
+    def _check_logits(self):
+        bad = np.nonzero(self.rows.status[:, BAD_LOGITS])[0]
+        if len(bad):
+            b = int(bad[0])
+            n = self.base[b] + int(self.rows.status[b, NOUT])
+            raise GenerationError(f"the model's next-token logits hold NaN or infinite values (row {b}, after "
+                                  f"{n} generated tokens): nothing can be sampled; check the model's weights")
+
+    def _run_split(self, steps):
+        from . import pool
+
+        with pool.Gang(self.parts) as gang:
+            if gang.size == 1:
+                return self.runners[0].run(steps)
+            runner = self.split_runners.get(gang.size)
+            if runner is None:
+                runner = self.split_runners[gang.size] = self.engine.split_runner(
+                    self.plan, self.sampling, self.stops, self.rows, self.prompt, self.out, gang.size,
+                    **self._kmp_rows(0, 1))
+            left = [0] * gang.size
+
+            def part(p):
+                left[p] = runner.run_part(p, steps)
+            try:
+                gang.run([lambda p=p: part(p) for p in range(gang.size)], runner.abort)
+            except BaseException:
+                self.split_runners.pop(gang.size, None)  # may be aborted: never reused
+                raise
+            if runner.degraded:  # the parts mostly waited: one thread from here on, for a while
+                pool.note_contention()
+                self.split_runners.pop(gang.size, None)
+            return left[0]
 
     def run(self, steps):
         """At most ``steps`` lockstep steps (each block of rows on its own thread); rows left."""
+        if self.out.shape[1] < self.max_new:
+            self._make_room()
         if self.active:
             if self.parts > 1:
-                from .backends import run_tasks
-
-                runner, left = self.runners[0], [0] * self.parts
-
-                def part(p):
-                    left[p] = runner.run_part(p, steps)
-
-                run_tasks([lambda p=p: part(p) for p in range(self.parts)], self.parts)
-                self.active = left[0]
+                self.active = self._run_split(steps)
             elif len(self.runners) == 1:
                 self.active = self.runners[0].run(steps)
             else:
@@ -1001,41 +1152,54 @@ class _Job:
 
                 run_tasks([lambda i=i: task(i) for i in range(len(self.runners))], self.threads)
                 self.active = sum(left)
+            self._check_logits()
+            if self.out.shape[1] < self.max_new:  # rows that will go on after _make_room
+                self.active += sum(self._resumable(b) for b in range(self.out.shape[0]))
         return self.active
 
     def run_all(self):
-        while self.run(1 << 30):
-            pass
+        """Run to the end in chunks of steps (grown until a chunk takes about CHUNK_SECONDS)."""
+        while True:
+            t0 = time.perf_counter()
+            if not self.run(self.steps):
+                return
+            if time.perf_counter() - t0 < self.CHUNK_SECONDS / 2:
+                self.steps = min(self.steps * 2, 1 << 20)
+
+    def _feed_matcher(self, b):
+        n = int(self.rows.status[b, NOUT])
+        if self.stop_seqs and self.matched[b] < n:
+            self.matchers[b].feed(self.out[b, max(self.matched[b], 0):n].tolist())
+            self.matched[b] = n
 
     def visible(self, b) -> int:
-        """Tokens of row b that are final: all but a matched stop, or a tail that may become one."""
+        """Tokens of row b in the window that are final: all but a matched stop, or a tail that
+        may become one."""
         st = self.rows.status[b]
         n = int(st[NOUT])
-        if st[FINISHED]:
+        if st[FINISHED] and not self._resumable(b):
             return n - int(st[STOP_LEN])
-        hold = 0
-        if self.stop_seqs and n:
-            tail = self.out[b, :n].tolist()
-            for s in self.stop_seqs:
-                for L in range(min(len(s) - 1, n), hold, -1):
-                    if tail[n - L:] == s[:L]:
-                        hold = L
-                        break
-        return n - hold
+        if not self.stop_seqs:
+            return n
+        self._feed_matcher(b)
+        return n - self.matchers[b].hold()
 
     def result(self, b):
-        return self.out[b, :self.visible(b)]
+        tail = self.out[b, :self.visible(b)]
+        return np.concatenate(self.flushed[b] + [tail]) if self.flushed[b] else tail
 
     def stream(self):
         """Yields, per step with something new, a list of new token arrays (one per row)."""
         B = self.out.shape[0]
-        emitted = [0] * B
+        emitted = [0] * B  # in window coordinates
         while True:
+            bases = list(self.base)
             active = self.run(1)
             new = []
             for b in range(B):
+                emitted[b] -= self.base[b] - bases[b]
                 v = self.visible(b)
-                new.append(self.out[b, emitted[b]:v])
+                new.append(self.out[b, emitted[b]:v].copy())
                 emitted[b] = max(emitted[b], v)
             if any(len(x) for x in new):
                 yield new
@@ -1064,9 +1228,17 @@ class _Formatter:
         return self.whole(ids)
 
 
-def _stream_pieces(job, fmt, batch):
+def _stream_pieces(job, fmt, batch, lock=None):
     started = [False] * job.out.shape[0]
-    for new in job.stream():
+    steps = job.stream()
+    while True:
+        if lock is None:
+            new = next(steps, None)
+        else:
+            with lock:
+                new = next(steps, None)
+        if new is None:
+            return
         pieces = []
         for b, ids in enumerate(new):
             pieces.append(fmt.piece(ids, not started[b]))
@@ -1097,8 +1269,8 @@ def generate(model, prompt, max_new_tokens=None, temperature=None, top_k=None, t
         either (a batch, decoded together in lockstep; rows may have different lengths).
     max_new_tokens : int >= 0, tokens to generate per row (fewer when a stop sequence ends it).
     temperature : float >= 0, 0 = greedy. top_k : int >= 0 (0 = off). top_p : float in (0, 1]
-        (1 = off). repetition_penalty : float > 0 (1 = off; CTRL style, over prompt and output).
-        Each of these five left at None takes the model's recommended value (metadata
+        (1 = off). repetition_penalty : float in [0.01, 100] (1 = off; CTRL style, over prompt and
+        output). Each of these five left at None takes the model's recommended value (metadata
         "generation"), else GENERATION_DEFAULTS: 200 tokens, temperature 0.8, the rest off
         (the same defaults as `fastrnn generate`).
     seed : int (the same generator for every row), list of ints (one per row) or None (random).
@@ -1137,13 +1309,27 @@ def generate(model, prompt, max_new_tokens=None, temperature=None, top_k=None, t
     rows = Rows(plan, B)
     plan.state_to_rows(states, rows.state)
     rows.rng[:] = np.array(seeds, np.uint64)
-    job = _Job(plan, engine, rows, prompts, sampling, stops, max_new, threads)
+    job = _Job(plan, engine, rows, prompts, sampling, stops, max_new, threads, collect=not stream)
     fmt = _Formatter(model, kind)
     if stream:
         return _stream_pieces(job, fmt, batch)
     job.run_all()
     results = [fmt.whole(job.result(b)) for b in range(B)]
     return results if batch else results[0]
+
+
+def _locked(method):
+    """Session methods run one at a time, and never while a stream of the session is open."""
+    import functools
+
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        with self._lock:
+            if self._streaming:
+                raise RuntimeError("a stream from this session's generate(stream=True) is still open: "
+                                   "exhaust it or call its close() before using the session again")
+            return method(self, *args, **kwargs)
+    return call
 
 
 class Session:
@@ -1157,7 +1343,10 @@ class Session:
         text = s.generate(50, stop="\\n")
         snap = s.save_state(); ...; s.restore_state(snap)   # continues identically
 
-    Sessions are independent (each owns its buffers and its generator). The repetition penalty
+    Sessions are independent (each owns its buffers and its generator). One session may be
+    shared by threads: its calls run one at a time (a lock). While a stream from
+    ``generate(stream=True)`` is open (not exhausted or closed), any other call on the session
+    raises RuntimeError: it would change the state the stream is decoding from. The repetition penalty
     of a session covers every token fed or sampled in it. Sampling parameters given to the
     constructor are the defaults of sample() and generate(); each call may override them. Those
     left at None take the model's recommended values or GENERATION_DEFAULTS, as generate() does.
@@ -1176,6 +1365,8 @@ class Session:
         self.plan.state_to_rows(self.model._check_states(initial_state, 1), self._rows.state)
         self._rows.rng[0] = np.uint64(_seeds(seed, 1)[0])
         self._pending = None  # a sampled token not yet fed
+        self._lock = threading.RLock()
+        self._streaming = False
 
     # -- internals --------------------------------------------------------------------------
     def _sampling(self, kw):
@@ -1184,18 +1375,18 @@ class Session:
         return Sampling(**merged)
 
     def _ids(self, prompt):
-        if isinstance(prompt, str):
-            if self.model.vocabulary is None:
-                raise ValueError("this model has no vocabulary: feed token ids")
-            ids = self.model.vocabulary.encode(prompt)
-        else:
-            ids = prompt
-        ids = np.asarray(ids, dtype=np.int64).reshape(-1) if len(ids) else np.zeros(0, np.int64)
-        if ids.size and (ids.min() < 0 or ids.max() >= self.plan.table_rows):
-            raise ValueError(f"token ids must be within 0..{self.plan.table_rows - 1}")
-        return ids.astype(np.int32)
+        """Validated like generate's prompts (integers in the vocabulary, one flat sequence);
+        may be empty."""
+        if isinstance(prompt, (list, tuple, np.ndarray)) and len(prompt) == 0:
+            return np.zeros(0, np.int32)
+        if isinstance(prompt, str) and prompt == "":
+            return np.zeros(0, np.int32)
+        rows, batch, _ = _prompt_rows(self.model, self.plan, prompt)
+        if batch:
+            raise ValueError("a session decodes one sequence: feed a str or a flat list of token ids")
+        return rows[0]
 
-    def _job(self, ids, sampling, stops, max_new):
+    def _job(self, ids, sampling, stops, max_new, collect=True):
         if self._pending is not None:
             ids = np.concatenate([[self._pending], ids]).astype(np.int32)
             self._pending = None
@@ -1203,9 +1394,10 @@ class Session:
             self._rows.status[0, HAS_LOGITS] = 0
         elif not self._rows.status[0, HAS_LOGITS]:
             raise ValueError("nothing has been fed to this session yet: call feed() first")
-        return _Job(self.plan, self.engine, self._rows, [ids], sampling, stops, max_new)
+        return _Job(self.plan, self.engine, self._rows, [ids], sampling, stops, max_new, collect=collect)
 
     # -- public ------------------------------------------------------------------------------
+    @_locked
     def feed(self, prompt):
         """Feed text (with the model's vocabulary) or token ids; returns the session."""
         ids = self._ids(prompt)
@@ -1214,6 +1406,7 @@ class Session:
         self._job(ids, Sampling(), _stops(self.model, self.plan, None), 0).run_all()
         return self
 
+    @_locked
     def logits(self) -> np.ndarray:
         """The next-token logits, (V,) float32 (a copy)."""
         self.feed([])
@@ -1221,12 +1414,16 @@ class Session:
             raise ValueError("nothing has been fed to this session yet: call feed() first")
         return self._rows.logits[0].copy()
 
+    @_locked
     def probabilities(self, temperature=None, top_k=None, top_p=None, repetition_penalty=None):
         """The distribution the next token is drawn from, after logit processing: (V,) float64."""
         kw = {k: v for k, v in dict(temperature=temperature, top_k=top_k, top_p=top_p,
                                    repetition_penalty=repetition_penalty).items() if v is not None}
         sampling = self._sampling(kw)
         logits = self.logits()[None]
+        if not np.all(np.isfinite(logits)):
+            raise GenerationError("the model's next-token logits hold NaN or infinite values: nothing can be "
+                                  "sampled; check the model's weights")
         y = self.engine.process_logits(logits, self._rows.seen, sampling.as_tuple())[0]
         if sampling.temperature == 0.0:
             p = np.zeros(len(y))
@@ -1235,6 +1432,7 @@ class Session:
         e = np.exp(y)
         return e / np.cumsum(e)[-1]
 
+    @_locked
     def sample(self, temperature=None, top_k=None, top_p=None, repetition_penalty=None) -> int:
         """Draw the next token (an id) with the session's generator and append it."""
         kw = {k: v for k, v in dict(temperature=temperature, top_k=top_k, top_p=top_p,
@@ -1245,6 +1443,7 @@ class Session:
         self._pending = token
         return token
 
+    @_locked
     def generate(self, max_new_tokens=None, temperature=None, top_k=None, top_p=None, repetition_penalty=None,
                  stop=None, stream=False):
         """Continue from the current state; text if the model has a vocabulary, else a list of ids.
@@ -1255,29 +1454,44 @@ class Session:
         sampling = self._sampling(kw)
         max_new = _count(self.max_new_tokens if max_new_tokens is None else max_new_tokens)
         stops = _stops(self.model, self.plan, stop)
-        job = self._job(np.zeros(0, np.int32), sampling, stops, max_new)
         fmt = _Formatter(self.model, "text" if self.model.vocabulary is not None else "list")
-
-        def finish():
-            n = int(job.rows.status[0, NOUT])
-            if n:
-                self._pending = int(job.out[0, n - 1])
-
         if stream:
-            def pieces():
+            if self._pending is None and not self._rows.status[0, HAS_LOGITS]:
+                raise ValueError("nothing has been fed to this session yet: call feed() first")
+
+            def pieces():  # the job starts at the first next(): a stream never started changes nothing
+                with self._lock:
+                    if self._streaming:
+                        raise RuntimeError("another stream of this session is still open")
+                    job = self._job(np.zeros(0, np.int32), sampling, stops, max_new, collect=False)
+                    self._streaming = True
                 try:
-                    yield from _stream_pieces(job, fmt, False)
+                    yield from _stream_pieces(job, fmt, False, self._lock)
                 finally:
-                    finish()
+                    with self._lock:
+                        self._finish(job)
+                        self._streaming = False
             return pieces()
-        job.run_all()
-        finish()
+        job = self._job(np.zeros(0, np.int32), sampling, stops, max_new)
+        try:
+            job.run_all()
+        finally:  # also after Ctrl-C: the rows stopped at a step boundary
+            self._finish(job)
         return fmt.whole(job.result(0))
 
+    def _finish(self, job):
+        """A row that ended by sampling its last token has not fed it: feed it lazily."""
+        st = job.rows.status[0]
+        n = int(st[NOUT])
+        if n and st[FINISHED] and not st[HAS_LOGITS]:
+            self._pending = int(job.out[0, n - 1])
+
+    @_locked
     def save_state(self):
         """A snapshot (copies) of everything that determines what comes next."""
         return {"rows": self._rows.copy(), "pending": self._pending}
 
+    @_locked
     def restore_state(self, snapshot):
         """Go back to a snapshot from save_state() (of this or another session of the same model)."""
         rows = snapshot["rows"]
@@ -1285,6 +1499,7 @@ class Session:
             getattr(self._rows, name)[...] = getattr(rows, name)
         self._pending = snapshot["pending"]
 
+    @_locked
     def states(self):
         """The recurrent states after everything fed, in Model.predict's structure."""
         self.feed([])
@@ -1371,6 +1586,16 @@ def cmd_generate(args):
 
         from .textio import LineReader
 
+        if args.batch != "-":  # a file can be read twice: every line is checked before anything is printed
+            with open(args.batch, "rb") as first_pass:
+                reader = LineReader(first_pass, args.batch, errors=args.errors, command="fastrnn generate")
+                for line in reader:
+                    if line == "":
+                        raise ValueError(f"{args.batch}: line {reader.count} is empty (every line is a prompt)")
+                    try:
+                        model.vocabulary.encode(line)
+                    except ValueError as exc:
+                        raise ValueError(f"{args.batch}: line {reader.count}: {exc}") from None
         raw = sys.stdin.buffer if args.batch == "-" else open(args.batch, "rb")
         name = "<stdin>" if args.batch == "-" else args.batch
         try:

@@ -181,14 +181,18 @@ class StepRunner:
         self.backend = get_backend(engine.name)
 
     def run(self, max_steps):
-        from .generate import FINISHED, HAS_LOGITS, LEN, NOUT, POS, STOP_LEN, match_stop
+        from .generate import BAD_LOGITS, FINISHED, HAS_LOGITS, LEN, LIMIT, NOUT, POS, STOP_LEN, match_stop
 
-        r, st, max_new = self.rows, self.rows.status, self.out.shape[1]
+        r, st = self.rows, self.rows.status
+        limit = np.minimum(st[:, LIMIT], self.out.shape[1])  # a row ends with this many tokens in out
         V = self.plan.vocab_size
         for _ in range(max_steps):
             feed_rows, feed_tokens = [], []
+            for b in range(st.shape[0]):  # the caller raises on logits that cannot be sampled
+                if not st[b, FINISHED] and st[b, HAS_LOGITS] and not np.all(np.isfinite(r.logits[b])):
+                    st[b, FINISHED] = st[b, BAD_LOGITS] = 1
             sample_rows = [b for b in range(st.shape[0]) if not st[b, FINISHED] and st[b, HAS_LOGITS]
-                           and st[b, NOUT] < max_new]
+                           and st[b, NOUT] < limit[b]]
             if sample_rows:  # the engine's sampler, row by row (each row's own generator)
                 idx = np.array(sample_rows)
                 rngs = np.ascontiguousarray(r.rng[idx], np.uint64)  # INOUT: each row's generator
@@ -199,7 +203,7 @@ class StepRunner:
                 if st[b, FINISHED]:
                     continue
                 if st[b, HAS_LOGITS]:
-                    if st[b, NOUT] >= max_new:
+                    if st[b, NOUT] >= limit[b]:
                         st[b, FINISHED] = 1
                         continue
                     tok, rng = drawn[b]
@@ -209,7 +213,7 @@ class StepRunner:
                     st[b, HAS_LOGITS] = 0
                     r.seen[b, tok] = 1
                     stop_len = match_stop(self.stops, self.out[b, :st[b, NOUT]])
-                    if stop_len or st[b, NOUT] >= max_new:
+                    if stop_len or st[b, NOUT] >= limit[b]:
                         st[b, FINISHED] = 1
                         st[b, STOP_LEN] = stop_len
                         continue

@@ -87,10 +87,12 @@ cdef extern from "generate_core.h" nogil:
         ptrdiff_t prompt_cols
         int32_t *out
         ptrdiff_t max_new
+        int64_t *stop_state
     ctypedef struct gen_stops:
         ptrdiff_t count
         const int32_t *tokens
         const int64_t *offsets
+        const int32_t *fail
     int GEN_STATUS_COLS
     double gen_uniform(uint64_t *state)
     void gen_process_logits(const float *logits, const uint8_t *seen, ptrdiff_t V, const gen_sampling *s,
@@ -100,10 +102,12 @@ cdef extern from "generate_core.h" nogil:
     size_t gen_workspace_bytes(const gen_model *m, ptrdiff_t batch)
     ptrdiff_t gen_run(const gen_model *m, const gen_sampling *s, const gen_stops *stops, gen_rows *rows,
                       void *workspace, ptrdiff_t max_steps)
-    ctypedef struct gen_split_shared:
+    ctypedef struct spin_barrier:
         int parts
-        int arrived
-        int phase
+        int stop
+    void spin_barrier_abort(spin_barrier *b)
+    ctypedef struct gen_split_shared:
+        spin_barrier bar
         ptrdiff_t n_feed
         ptrdiff_t n_logits
         ptrdiff_t *rows
@@ -115,6 +119,7 @@ cdef extern from "generate_core.h" nogil:
 
 
 STATUS_COLS = GEN_STATUS_COLS
+KMP_STOPS = True  # Runner takes stops (tokens, offsets, fail) and stop_state (see Runner)
 _CELLS = {"rnn": 0, "lstm": 1, "gru": 2}
 
 
@@ -254,7 +259,10 @@ cdef class Runner:
 
     state (B, S) f32, logits (B, V) f32, seen (B, V) u8, rng (B,) u64, status (B, 6) i64,
     prompt (B, P) i32, out (B, max_new) i32: all INOUT/IN as in generate_core.h, C-contiguous.
-    sampling: (temperature, top_k, top_p, repetition_penalty); stops: (tokens i32, offsets i64).
+    sampling: (temperature, top_k, top_p, repetition_penalty); stops: (tokens i32, offsets i64) or
+    (tokens, offsets, fail i32) with the stops' KMP failure functions, then stop_state (B, count)
+    i64 INOUT holds each row's matched-prefix lengths (zeros at the start of a job): stop matching
+    costs O(1) per token instead of a comparison with each whole stop.
     """
 
     cdef CompiledModel compiled
@@ -266,7 +274,7 @@ cdef class Runner:
     cdef void *workspace_ptr
 
     def __init__(self, CompiledModel compiled, sampling, stops, state, logits, seen, rng, status, prompt,
-                 out):
+                 out, stop_state=None):
         cdef float[:, ::1] state_v = state
         cdef float[:, ::1] logits_v = logits
         cdef uint8_t[:, ::1] seen_v = seen
@@ -278,8 +286,20 @@ cdef class Runner:
         cdef int64_t[::1] stop_offsets = stops[1]
         cdef Py_ssize_t B = state_v.shape[0]
         cdef size_t addr
+        cdef int32_t[::1] stop_fail
+        cdef int64_t[:, ::1] stop_state_v
         self.compiled = compiled
-        self.arrays = (state, logits, seen, rng, status, prompt, out, stops)
+        self.arrays = (state, logits, seen, rng, status, prompt, out, stops, stop_state)
+        self.stops.fail = NULL
+        self.rows.stop_state = NULL
+        if len(stops) > 2 and stop_state is not None and stop_tokens.shape[0]:
+            stop_fail = stops[2]
+            stop_state_v = stop_state
+            if stop_fail.shape[0] != stop_tokens.shape[0] or stop_state_v.shape[0] != B \
+                    or stop_state_v.shape[1] != stop_offsets.shape[0] - 1:
+                raise ValueError("Runner: stop failure function or state of the wrong shape")
+            self.stops.fail = &stop_fail[0]
+            self.rows.stop_state = &stop_state_v[0, 0] if B else NULL
         self.sampling = _sampling(sampling)
         self.stops.count = stop_offsets.shape[0] - 1
         self.stops.tokens = &stop_tokens[0] if stop_tokens.shape[0] else NULL
@@ -319,8 +339,8 @@ cdef class SplitRunner(Runner):
     cdef size_t part_ptrs[64]
 
     def __init__(self, CompiledModel compiled, sampling, stops, state, logits, seen, rng, status, prompt, out,
-                 int parts, Py_ssize_t max_hidden):
-        Runner.__init__(self, compiled, sampling, stops, state, logits, seen, rng, status, prompt, out)
+                 int parts, Py_ssize_t max_hidden, stop_state=None):
+        Runner.__init__(self, compiled, sampling, stops, state, logits, seen, rng, status, prompt, out, stop_state)
         cdef float[::1] rh_v
         cdef size_t addr
         if not 1 <= parts <= 64:
@@ -328,7 +348,7 @@ cdef class SplitRunner(Runner):
         self.rh = np.zeros(max(1, self.rows.batch * max_hidden), np.float32)
         rh_v = self.rh
         memset(&self.shared, 0, sizeof(gen_split_shared))
-        self.shared.parts = parts
+        self.shared.bar.parts = parts
         self.shared.rh = &rh_v[0]
         self.part_workspaces = [self.workspace]
         self.part_ptrs[0] = <size_t>self.workspace_ptr
@@ -342,12 +362,23 @@ cdef class SplitRunner(Runner):
     def run_part(self, int part, Py_ssize_t max_steps):
         cdef ptrdiff_t active
         cdef void *ws = <void *>self.part_ptrs[part]
-        if not 0 <= part < self.shared.parts:
+        if not 0 <= part < self.shared.bar.parts:
             raise ValueError("run_part: no such part")
         with nogil:
             active = gen_run_split(&self.compiled.model, &self.sampling, &self.stops, &self.rows, ws, max_steps,
                                    &self.shared, part)
         return active
+
+    def abort(self):
+        """Release every part waiting at the barrier: a part will never come (its thread raised
+        before entering the loop). The runner is unusable afterwards."""
+        spin_barrier_abort(&self.shared.bar)
+
+    @property
+    def degraded(self):
+        """True once the parts found that they mostly waited for each other (another process
+        busy on a core): the loop returned early and one thread (Runner) should go on."""
+        return bool(self.shared.bar.stop)
 
 
 def process_logits(logits, seen, sampling):

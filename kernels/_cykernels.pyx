@@ -8,6 +8,7 @@ call inside the C function. Cython directives are set in setup.py.
 import numpy as np
 
 from libc.stdint cimport int32_t, int64_t, uintptr_t
+from libc.string cimport memset
 
 cdef extern from "rnn_core.h" nogil:
     enum: RNN_PANEL
@@ -309,10 +310,12 @@ cdef extern from "rnn_split.h" nogil:
         RNN_SPLIT_RNN
         RNN_SPLIT_LSTM
         RNN_SPLIT_GRU
-    ctypedef struct rnn_split_shared:
+    ctypedef struct spin_barrier:
         int parts
-        int arrived
-        int phase
+        int stop
+    void spin_barrier_abort(spin_barrier *b)
+    ctypedef struct rnn_split_shared:
+        spin_barrier bar
         int failed
         float *h2
         float *shared_rh
@@ -322,7 +325,7 @@ cdef extern from "rnn_split.h" nogil:
         const rnn_packed *w_n
         const float *b_hn
         const float *peephole
-    int rnn_split_sequence(const rnn_sequence_io *io, const float *xproj, const rnn_split_weights *w,
+    ptrdiff_t rnn_split_sequence(const rnn_sequence_io *io, const float *xproj, const rnn_split_weights *w,
                            float *h, float *c, const rnn_cell *cell, rnn_split_shared *shared, int part)
 
 
@@ -342,12 +345,19 @@ cdef class SplitContext:
         self._h2 = np.zeros((2, H), dtype=np.float32)
         self._h2[0, :] = h0[0, :]
         self._rh = np.zeros(H, dtype=np.float32)
-        self.shared.parts = parts
-        self.shared.arrived = 0
-        self.shared.phase = 0
-        self.shared.failed = 0
+        memset(&self.shared, 0, sizeof(rnn_split_shared))
+        self.shared.bar.parts = parts
         self.shared.h2 = &self._h2[0, 0]
         self.shared.shared_rh = &self._rh[0]
+
+    def abort(self):
+        """Release every part waiting at the barrier (a part will never come)."""
+        spin_barrier_abort(&self.shared.bar)
+
+    @property
+    def degraded(self):
+        """True once the parts mostly waited for each other: they returned early (see split_sequence)."""
+        return bool(self.shared.bar.stop)
 
 
 def split_sequence(SplitContext ctx not None, int part, str kind, const float[:, :, ::1] xproj,
@@ -358,7 +368,10 @@ def split_sequence(SplitContext ctx not None, int part, str kind, const float[:,
     kind "rnn" | "lstm" | "gru"; xproj (1, T, G*H) IN; w_a packed: rnn W_hh (H <- H), lstm W_hh
     (4H <- H), gru rows r|z (2H <- H); w_n gru rows n (H <- H) else None; b_hn (H,) for gru;
     peephole (3, H) or None; h (1, H) OUT (own units); c (1, H) INOUT for lstm else None; y
-    (1, T, Y) OUT, own columns of [y_offset, y_offset + H)."""
+    (1, T, Y) OUT, own columns of [y_offset, y_offset + H).
+
+    Returns the steps done: lengths[0], or fewer when waiting dominated (ctx.degraded; the
+    caller runs the rest on one thread)."""
     cdef Py_ssize_t T = xproj.shape[1]
     cdef rnn_cell c_cell
     read_cell(cell, &c_cell)
@@ -391,8 +404,9 @@ def split_sequence(SplitContext ctx not None, int part, str kind, const float[:,
     if c is not None:
         c_view = c
         c_ptr = &c_view[0, 0]
-    cdef int rc
+    cdef ptrdiff_t rc
     with nogil:
         rc = rnn_split_sequence(&io, &xproj[0, 0, 0], &w, &h[0, 0], c_ptr, &c_cell, &ctx.shared, part)
-    if rc != 0:
-        raise MemoryError("split_sequence: out of memory for the scratch buffers")
+    if rc < 0:
+        raise MemoryError("split_sequence: out of memory for the scratch buffers (or aborted)")
+    return rc

@@ -701,14 +701,46 @@ static void dense_step(const gen_model *m, float *state, float *logits, workspac
  * 6. the generation loop
  * ========================================================================================== */
 
+static int all_finite(const float *x, ptrdiff_t n)
+{
+    float acc = 0.0f; /* x * 0 is 0 for finite x, NaN for NaN and infinities */
+    for (ptrdiff_t i = 0; i < n; i++)
+        acc += x[i] * 0.0f;
+    return acc == 0.0f;
+}
+
 /* length of the longest stop sequence that out (n,) ends with, 0 if none */
 static ptrdiff_t stop_match(const gen_stops *stops, const int32_t *out, ptrdiff_t n)
 {
     ptrdiff_t best = 0;
     for (ptrdiff_t j = 0; j < stops->count; j++) {
         const ptrdiff_t a = (ptrdiff_t)stops->offsets[j], len = (ptrdiff_t)stops->offsets[j + 1] - a;
-        if (len > 0 && len <= n && len > best &&
+        if (len > 0 && len <= n && len > best && out[n - 1] == stops->tokens[a + len - 1] &&
             memcmp(out + n - len, stops->tokens + a, (size_t)len * sizeof(int32_t)) == 0)
+            best = len;
+    }
+    return best;
+}
+
+/* KMP: advance each stop's matched-prefix length (state, (count,)) by tok: O(1) amortised per
+ * stop and token, however long the stop. Returns the longest stop that out now ends with, 0 if none. */
+static ptrdiff_t stop_advance(const gen_stops *stops, int64_t *state, int32_t tok)
+{
+    ptrdiff_t best = 0;
+    for (ptrdiff_t j = 0; j < stops->count; j++) {
+        const ptrdiff_t a = (ptrdiff_t)stops->offsets[j], len = (ptrdiff_t)stops->offsets[j + 1] - a;
+        const int32_t *stop = stops->tokens + a, *fail = stops->fail + a;
+        if (len <= 0)
+            continue;
+        int64_t k = state[j];
+        if (k == len)
+            k = fail[k - 1];
+        while (k > 0 && tok != stop[k])
+            k = fail[k - 1];
+        if (tok == stop[k])
+            k++;
+        state[j] = k;
+        if (k == len && len > best)
             best = len;
     }
     return best;
@@ -726,9 +758,15 @@ static ptrdiff_t choose_inputs(const gen_model *m, const gen_sampling *s, const 
         if (st[GEN_FINISHED])
             continue;
         int32_t input;
+        const int64_t limit = st[GEN_LIMIT] < max_new ? st[GEN_LIMIT] : max_new;
         if (st[GEN_HAS_LOGITS]) {
-            if (st[GEN_NOUT] >= max_new) {
+            if (st[GEN_NOUT] >= limit) {
                 st[GEN_FINISHED] = 1;
+                continue;
+            }
+            if (!all_finite(r->logits + b * V, V)) { /* the caller raises: sampling would be garbage */
+                st[GEN_FINISHED] = 1;
+                st[GEN_BAD_LOGITS] = 1;
                 continue;
             }
             int32_t *out = r->out + b * max_new;
@@ -737,8 +775,10 @@ static ptrdiff_t choose_inputs(const gen_model *m, const gen_sampling *s, const 
             out[st[GEN_NOUT]++] = tok;
             st[GEN_HAS_LOGITS] = 0;
             r->seen[b * V + tok] = 1;
-            const ptrdiff_t stop_len = stop_match(stops, out, (ptrdiff_t)st[GEN_NOUT]);
-            if (stop_len || st[GEN_NOUT] >= max_new) {
+            const ptrdiff_t stop_len = r->stop_state && stops->fail
+                                           ? stop_advance(stops, r->stop_state + b * stops->count, tok)
+                                           : stop_match(stops, out, (ptrdiff_t)st[GEN_NOUT]);
+            if (stop_len || st[GEN_NOUT] >= limit) {
                 st[GEN_FINISHED] = 1;
                 st[GEN_STOP_LEN] = stop_len;
                 continue;
@@ -805,9 +845,9 @@ ptrdiff_t gen_run(const gen_model *m, const gen_sampling *s, const gen_stops *st
  * 7. the loop with the hidden units split across threads (gen_run_split)
  * ========================================================================================== */
 
-static void split_barrier(gen_split_shared *sh)
+static int split_barrier(gen_split_shared *sh)
 {
-    spin_barrier_wait(&sh->arrived, &sh->phase, sh->parts);
+    return spin_barrier_wait(&sh->bar);
 }
 
 /* rows [r0, r0 + n) of w (r0 a multiple of RNN_PANEL) as a matrix of its own: a run of panels */
@@ -845,7 +885,7 @@ static void layer_step_part(const gen_model *m, const gen_layer *L, const gen_la
     const ptrdiff_t G = L->cell == GEN_LSTM ? 4 : (L->cell == GEN_GRU ? 3 : 1), NG = G * H;
     const ptrdiff_t GA = L->cell == GEN_GRU ? 2 : G; /* gate blocks in w_a */
     ptrdiff_t u0, u1;
-    part_range(H, part, sh->parts, &u0, &u1);
+    part_range(H, part, sh->bar.parts, &u0, &u1);
     const ptrdiff_t nu = u1 - u0;
     for (ptrdiff_t i = 0; i < n; i++) { /* own gates <- table row, or biases */
         float *g = w->gates + i * NG;
@@ -927,7 +967,7 @@ static void dense_part(const gen_model *m, float *state, float *logits, workspac
     const gen_layer *last = &m->layers[m->n_layers - 1];
     const ptrdiff_t S = m->state_size, V = m->vocab_size, K = last->output_size;
     ptrdiff_t v0, v1;
-    part_range(V, part, sh->parts, &v0, &v1);
+    part_range(V, part, sh->bar.parts, &v0, &v1);
     if (v1 <= v0)
         return;
     for (ptrdiff_t i = 0; i < n; i++) {
@@ -953,7 +993,8 @@ ptrdiff_t gen_run_split(const gen_model *m, const gen_sampling *s, const gen_sto
         sh->lrows = w.lrows;
         sh->inputs = w.inputs;
     }
-    split_barrier(sh);
+    if (split_barrier(sh))
+        return -1; /* aborted: a part never came */
     w.rows = sh->rows;
     w.lrows = sh->lrows;
     w.inputs = sh->inputs;
@@ -974,6 +1015,8 @@ ptrdiff_t gen_run_split(const gen_model *m, const gen_sampling *s, const gen_sto
             dense_part(m, r->state, r->logits, &w, sh->n_logits, sh, part);
         rnn_denormals_restore(csr);
         split_barrier(sh); /* all logits written before part 0 samples */
+        if (sh->bar.stop) /* waiting dominates: the caller goes on with gen_run */
+            break;
     }
     split_barrier(sh); /* everyone has read n_feed == 0 (or hit max_steps) before a next call */
     return part == 0 ? rows_active(r) : 0;

@@ -11,8 +11,8 @@
  * layer runs blocks of rows on several threads; rows are independent).
  *
  * One lockstep step, for every row b that is not finished:
- *   (a) if the row holds next-token logits: stop if it already has max_new tokens; else
- *       process the logits and sample a token (rng advanced once when temperature > 0), append
+ *   (a) if the row holds next-token logits: stop if it already has its limit of tokens (max_new, or GEN_LIMIT if smaller), or (with
+ *       GEN_BAD_LOGITS) if a logit is not finite; else process the logits and sample a token (rng advanced once when temperature > 0), append
  *       it, finish on a stop sequence or on max_new; otherwise the token is the row's input.
  *       Without logits the input is the next prompt token.
  *   (b) all rows with an input run the recurrent layers (one matmul per layer for the batch);
@@ -27,6 +27,7 @@
 #include <stdint.h>
 
 #include "rnn_core.h"
+#include "spin_barrier.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -137,7 +138,9 @@ enum {
     GEN_HAS_LOGITS = 3, /* 1: logits[b] holds the next-token logits */
     GEN_FINISHED = 4,   /* 1: the row is done */
     GEN_STOP_LEN = 5,   /* length of the stop sequence that ended the row, else 0 */
-    GEN_STATUS_COLS = 6
+    GEN_BAD_LOGITS = 6, /* 1: the row ended because its logits held a NaN or an infinity */
+    GEN_LIMIT = 7,      /* the row ends when it has min(this, max_new) tokens in out */
+    GEN_STATUS_COLS = 8
 };
 
 typedef struct {
@@ -151,6 +154,9 @@ typedef struct {
     ptrdiff_t prompt_cols;
     int32_t *out;          /* INOUT (B, max_new) */
     ptrdiff_t max_new;
+    int64_t *stop_state;   /* INOUT (B, stops->count): per row and stop, the length of the longest
+                              prefix of the stop that out ends with (KMP), or NULL (then every step
+                              compares each stop with the end of out) */
 } gen_rows;
 
 /* stop sequences: stop j is tokens[offsets[j] .. offsets[j+1]) */
@@ -158,6 +164,8 @@ typedef struct {
     ptrdiff_t count;
     const int32_t *tokens;
     const int64_t *offsets; /* (count + 1,) */
+    const int32_t *fail;    /* KMP failure function of each stop at the same offsets (fail[i]: the longest
+                               proper prefix of stop[0..i] that is also its suffix), or NULL */
 } gen_stops;
 
 /* bytes of workspace gen_run needs for a batch of B rows (64-byte aligned sub-buffers) */
@@ -171,16 +179,18 @@ ptrdiff_t gen_run(const gen_model *m, const gen_sampling *s, const gen_stops *st
 /* ---- the same loop with the hidden units split across threads -------------------------------
  * For small batches (one row), where a step is bound by streaming the weights: P calls of
  * gen_run_split (part = 0..P-1) run at the same time on P threads, sharing one gen_split_shared
- * (zeroed, parts = P, rh: (batch, max H) floats) and the rows; each has its own workspace. Part p
+ * (zeroed, bar.parts = P, rh: (batch, max H) floats) and the rows; each has its own workspace. Part p
  * computes the units of whole panels [p/P, (p+1)/P) of every layer (and of the Dense's outputs);
  * part 0 alone samples and keeps the rows' bookkeeping. The parts meet at a barrier (spin with
- * pause, then yield) after reading each layer's input, after writing its output (and before
+ * pause, then block) after reading each layer's input, after writing its output (and before
  * W_hn (r * h) of a GRU with linear_before_reset = 0), and around the Dense. Conditions (checked
  * by fastrnn/generate.py): every layer's H a multiple of RNN_PANEL, no LSTM projection. The
- * results are bitwise those of gen_run. Returns gen_run's value in part 0, 0 in the others. */
+ * results are bitwise those of gen_run. Returns gen_run's value in part 0, 0 in the others, -1
+ * in every part when the barrier was aborted before the first step. The parts return early, all
+ * after the same whole step, when waiting dominated (bar.stop, see spin_barrier.h): the rows are
+ * then left exactly as gen_run leaves them after that many steps, so gen_run can go on. */
 typedef struct {
-    int parts;                 /* P */
-    int arrived, phase;        /* the barrier (atomic) */
+    spin_barrier bar;          /* bar.parts = P (spin_barrier.h) */
     ptrdiff_t n_feed, n_logits; /* published by part 0 */
     ptrdiff_t *rows, *lrows;   /* part 0's workspace lists, read by all */
     int32_t *inputs;

@@ -25,8 +25,8 @@ from numba import njit
 f32 = np.float32
 
 # generate_core.h
-POS, LEN, NOUT, HAS_LOGITS, FINISHED, STOP_LEN = 0, 1, 2, 3, 4, 5
-STATUS_COLS = 6
+POS, LEN, NOUT, HAS_LOGITS, FINISHED, STOP_LEN, BAD_LOGITS, LIMIT = 0, 1, 2, 3, 4, 5, 6, 7
+STATUS_COLS = 8
 CELLS = {"rnn": 0, "lstm": 1, "gru": 2}
 
 # layer meta columns (int64)
@@ -449,9 +449,14 @@ def _run(model, rows, sampling, stops, work, max_steps):
         for b in range(B):
             if status[b, FINISHED]:
                 continue
+            limit = min(status[b, LIMIT], max_new)
             if status[b, HAS_LOGITS]:
-                if status[b, NOUT] >= max_new:
+                if status[b, NOUT] >= limit:
                     status[b, FINISHED] = 1
+                    continue
+                if not np.all(np.isfinite(logits[b])):  # the caller raises
+                    status[b, FINISHED] = 1
+                    status[b, BAD_LOGITS] = 1
                     continue
                 tok = _sample_token(logits[b], seen[b], V, temperature, top_k, top_p, penalty, rng, b,
                                     y, e, tmp, heap)
@@ -460,7 +465,7 @@ def _run(model, rows, sampling, stops, work, max_steps):
                 status[b, HAS_LOGITS] = 0
                 seen[b, tok] = 1
                 stop_len = _stop_match(stop_tokens, stop_offsets, out[b], status[b, NOUT])
-                if stop_len > 0 or status[b, NOUT] >= max_new:
+                if stop_len > 0 or status[b, NOUT] >= limit:
                     status[b, FINISHED] = 1
                     status[b, STOP_LEN] = stop_len
                     continue

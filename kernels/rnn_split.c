@@ -7,15 +7,14 @@
  * unit gets the same bits as in the one-thread loop (the spec: fastrnn/reference.py).
  */
 #include "rnn_split.h"
-#include "spin_barrier.h"
 
 #include <stdlib.h>
 #include <string.h>
 
 
-static void barrier_wait(rnn_split_shared *s)
+static int barrier_wait(rnn_split_shared *s)
 {
-    spin_barrier_wait(&s->arrived, &s->phase, s->parts);
+    return spin_barrier_wait(&s->bar);
 }
 
 /* out[0, 0..n) += W[rows r0 .. r0+n) @ in, for a panel-aligned r0 */
@@ -28,10 +27,10 @@ static void matmul_rows(const rnn_packed *w, ptrdiff_t r0, ptrdiff_t n, const fl
     rnn_matmul_packed(&sub, in, w->cols, out, n, 1);
 }
 
-int rnn_split_sequence(const rnn_sequence_io *io, const float *xproj, const rnn_split_weights *w, float *h,
-                       float *c, const rnn_cell *cell, rnn_split_shared *shared, int part)
+ptrdiff_t rnn_split_sequence(const rnn_sequence_io *io, const float *xproj, const rnn_split_weights *w, float *h,
+                             float *c, const rnn_cell *cell, rnn_split_shared *shared, int part)
 {
-    const int P = shared->parts;
+    const int P = shared->bar.parts;
     const ptrdiff_t G = w->cell == RNN_SPLIT_LSTM ? 4 : (w->cell == RNN_SPLIT_GRU ? 3 : 1);
     const ptrdiff_t H = w->cell == RNN_SPLIT_GRU ? w->w_n->rows : w->w_a->rows / G;
     const ptrdiff_t panels = H / RNN_PANEL;
@@ -42,8 +41,7 @@ int rnn_split_sequence(const rnn_sequence_io *io, const float *xproj, const rnn_
     float *scratch = (float *)malloc((size_t)(G + 2) * (size_t)(n > 0 ? n : 1) * sizeof(float));
     if (!scratch)
         __atomic_store_n(&shared->failed, 1, __ATOMIC_RELEASE);
-    barrier_wait(shared);
-    if (__atomic_load_n(&shared->failed, __ATOMIC_ACQUIRE)) {
+    if (barrier_wait(shared) || __atomic_load_n(&shared->failed, __ATOMIC_ACQUIRE)) {
         free(scratch);
         return -1;
     }
@@ -85,6 +83,10 @@ int rnn_split_sequence(const rnn_sequence_io *io, const float *xproj, const rnn_
         }
         memcpy(y + t * io->y_cols, hx + u0, (size_t)n * sizeof(float));
         barrier_wait(shared); /* the next step reads the whole new h */
+        if (shared->bar.stop) { /* waiting dominates: the caller goes on with one thread */
+            s++;
+            break;
+        }
     }
     for (ptrdiff_t t = len; t < T; t++) /* padded steps: zeros */
         memset(y + t * io->y_cols, 0, (size_t)n * sizeof(float));
@@ -93,5 +95,5 @@ int rnn_split_sequence(const rnn_sequence_io *io, const float *xproj, const rnn_
         memcpy(c + u0, cs, (size_t)n * sizeof(float));
     rnn_denormals_restore(csr);
     free(scratch);
-    return 0;
+    return s;
 }

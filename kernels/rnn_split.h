@@ -14,13 +14,14 @@
  * the caller, fastrnn/backends.py): batch 1, H a multiple of RNN_PANEL (gate blocks start on
  * panel boundaries), LSTM without projection, P <= H / RNN_PANEL.
  *
- * The barrier spins (with a pause instruction), then yields the CPU after a while, so a part
- * that waits for a late partner does not burn a core; nothing spins once the calls return.
+ * The barrier (spin_barrier.h) spins briefly, then blocks, so a part that waits for a late
+ * partner does not burn a core; nothing spins once the calls return.
  */
 #ifndef FASTRNN_RNN_SPLIT_H
 #define FASTRNN_RNN_SPLIT_H
 
 #include "rnn_core.h"
+#include "spin_barrier.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -29,9 +30,7 @@ extern "C" {
 enum { RNN_SPLIT_RNN = 0, RNN_SPLIT_LSTM = 1, RNN_SPLIT_GRU = 2 };
 
 typedef struct {
-    int parts;        /* P */
-    int arrived;      /* barrier: parts arrived in this phase (atomic) */
-    int phase;        /* barrier: phase counter (atomic) */
+    spin_barrier bar; /* bar.parts = P; zero otherwise */
     int failed;       /* a part could not allocate its scratch (atomic) */
     float *h2;        /* (2, H) running h, double buffered; h2[0..H) = initial h on entry */
     float *shared_rh; /* (H) GRU linear_before_reset = 0: r * h */
@@ -45,9 +44,12 @@ typedef struct {
     const float *peephole;     /* lstm: (3, H) rows i|f|o, or NULL */
 } rnn_split_weights;
 
-/* Returns 0, or -1 when a part is out of memory: every part allocates its scratch, then all meet
- * at a first barrier and return -1 together if any allocation failed (nobody waits forever). */
-int rnn_split_sequence(const rnn_sequence_io *io,   /* batch must be 1 */
+/* Returns the number of steps done: lengths[0], or fewer when the barrier found that waiting
+ * dominated (shared->bar.stop; the caller runs the remaining steps on one thread: h, c and the
+ * outputs of the steps done are final). -1 when a part is out of memory (every part allocates its
+ * scratch, then all meet at a first barrier and return -1 together if any allocation failed) or
+ * the barrier was aborted. */
+ptrdiff_t rnn_split_sequence(const rnn_sequence_io *io,   /* batch must be 1 */
                        const float *xproj,          /* IN    (1, T, G*H) */
                        const rnn_split_weights *w,
                        float *h,                    /* OUT   (1, H): final h (own units written) */

@@ -96,13 +96,27 @@ def save(model: Model, path, quantize=None):
     }
     meta = {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION),
             "model": json.dumps(spec, ensure_ascii=False)}
-    safetensors.write(os.fspath(path), tensors, meta)
+    check = f"{os.fspath(path)}.check-{os.getpid()}"
+    safetensors.write(check, tensors, meta)
+    try:
+        try:  # the loader's own rules (finite weights, clip > 0, ...) before the file takes its name
+            load(check, mmap=False)
+        except ModelFormatError as exc:
+            if "custom_layers=" not in str(exc):  # (custom layers need the user's factories to load)
+                raise ValueError(f"not saved: fastrnn would refuse to load this model "
+                                 f"({str(exc).split(': ', 1)[-1]})") from None
+        os.replace(check, path)
+    finally:
+        if os.path.exists(check):
+            os.unlink(check)
     return path
 
 
-def load(path, mmap=True, custom_layers=None) -> Model:
+def load(path, mmap=False, custom_layers=None) -> Model:
     """Read a fastrnn safetensors file. Raises ModelFormatError naming the file and the problem.
-    ``custom_layers``: {name: factory} for the custom layers / activations the file records."""
+    ``custom_layers``: {name: factory} for the custom layers / activations the file records.
+    ``mmap=True`` maps the file instead of reading it (see fastrnn.load: the file must then not
+    change while the model is in use)."""
     tensors, meta = safetensors.read(path, mmap=mmap)
     if meta.get("format") != FORMAT_NAME:
         raise ModelFormatError(

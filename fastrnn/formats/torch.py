@@ -174,6 +174,12 @@ _TORCH_DTYPES = {"float32": np.float32, "float": np.float32, "float64": np.float
                  "int32": np.int32, "int": np.int32, "int16": np.int16, "int8": np.int8, "uint8": np.uint8,
                  "bool": np.bool_}
 MAX_PICKLE_BYTES = 16 * 1024 * 1024  # data.pkl of a state_dict: ~200 bytes per tensor
+# A state_dict is an OrderedDict of tensors plus a _metadata dict of dicts: a few levels deep.
+MAX_PICKLE_DEPTH = 32
+# Work (container items built or walked) allowed per byte of data.pkl: a pickle can refer to one
+# memoized object any number of times for a few bytes each (memo amplification); every object
+# the unpickler builds from such references, and every reference the result holds, is charged.
+PICKLE_WORK_PER_BYTE = 4
 WHOLE_MODULE_ADVICE = (
     "fastrnn reads plain state_dicts only and never unpickles other objects (that would run code "
     "from the file). If this is a whole model saved with torch.save(model, path), save its weights "
@@ -208,13 +214,42 @@ class _StateDictUnpickler(pickle._Unpickler):
         # the archive's bytes (tied weights are one pickled object), so budget twice that.
         self.bytes_left = 2 * archive_size
         self.storages = {}
+        self.work_left = PICKLE_WORK_PER_BYTE * len(data) + 1024
+
+    def charge(self, items):
+        self.work_left -= items
+        if self.work_left < 0:
+            raise self.error("the pickle refers to its objects far more often than a state_dict does (memo "
+                             "amplification); refused")
+
+    def ordered_dict(self, *args):
+        if args and hasattr(args[0], "__len__"):
+            self.charge(len(args[0]))
+        return OrderedDict(*args)
+
+    def check_structure(self, obj):
+        """Walk the loaded object (every reference, shared ones each time they are met): refuse
+        nesting deeper than MAX_PICKLE_DEPTH (later code would recurse into it) and more
+        references than the work budget (one tensor referenced millions of times)."""
+        todo = [(obj, 1)]
+        while todo:
+            item, depth = todo.pop()
+            if isinstance(item, (dict, list, tuple, set, frozenset)):
+                if depth > MAX_PICKLE_DEPTH:
+                    raise self.error(f"the pickle nests containers more than {MAX_PICKLE_DEPTH} deep, which a "
+                                     "state_dict never does; refused")
+                children = list(item.items()) if isinstance(item, dict) else list(item)
+                if isinstance(item, OrderedDict):
+                    children.append(tuple(vars(item).values()))
+                self.charge(len(children) + 1)
+                todo.extend((child, depth + 1) for child in children)
 
     def error(self, message):
         return ModelFormatError(message, self.source)
 
     def find_class(self, module, name):
         allowed = {
-            ("collections", "OrderedDict"): _ordered_dict,
+            ("collections", "OrderedDict"): self.ordered_dict,
             ("torch._utils", "_rebuild_tensor_v2"): self.rebuild_tensor,
             ("torch._utils", "_rebuild_tensor"): self.rebuild_tensor,
             ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
@@ -237,6 +272,7 @@ class _StateDictUnpickler(pickle._Unpickler):
         if not (type(inst) is OrderedDict and type(state) is dict):
             raise self.error("the pickle sets the state of an object other than a dict; refused")
         self.stack.pop()
+        self.charge(len(state))
         inst.__dict__.update({k: v for k, v in state.items() if isinstance(k, str)})
 
     dispatch[pickle.BUILD[0]] = load_build
@@ -306,10 +342,6 @@ def _is_count(v):
 
 def _rebuild_parameter(data, requires_grad=None, backward_hooks=None, *unused):
     return data
-
-
-def _ordered_dict(*args):
-    return OrderedDict(*args)
 
 
 def _read_entry(zf, info, archive_size, source):
@@ -463,14 +495,21 @@ def _read_archive(zf, size, path):
     info = zf.getinfo(pkl[0])
     if info.file_size > MAX_PICKLE_BYTES:
         raise ModelFormatError("data.pkl is implausibly large for a state_dict", path)
-    obj = _StateDictUnpickler(_read_entry(zf, info, size, path), zf, prefix, size, path).load()
+    unpickler = _StateDictUnpickler(_read_entry(zf, info, size, path), zf, prefix, size, path)
+    obj = unpickler.load()
+    unpickler.check_structure(obj)
     if not isinstance(obj, dict):
         raise ModelFormatError(f"the file holds a {type(obj).__name__}, not a state_dict", path)
     out = {}
+    total = 0
     for k, v in obj.items():
         if not isinstance(k, str) or not isinstance(v, np.ndarray):
             raise ModelFormatError(
                 f"entry {k!r:.60} is not a tensor (a training checkpoint? save model.state_dict() on its own)", path)
+        total += v.nbytes
+        if total > 2 * size + 2**20:  # each reference to a shared tensor would be read and checked again
+            raise ModelFormatError("the state_dict refers to its tensors far more often than the file could hold "
+                                   "(memo amplification); refused", path)
         out[k] = v
     return out
 
