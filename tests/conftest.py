@@ -4,7 +4,12 @@ Tolerances (float32 everywhere):
 - KERNEL: a compiled backend against the NumPy reference, same math in another order.
 - FRAMEWORK: fastrnn against PyTorch / Keras / ONNX Runtime (the project's promise: 1e-4).
 - LONG_SEQUENCE: T = 5000 steps, where rounding differences accumulate through the state.
+
+In CI (CI=true) hypothesis runs derandomized (the "ci" profile): the examples depend only on
+the test, so a failure there reproduces on any machine by running the same test with CI=true.
+Optional test dependencies are imported with ``require``: a skip outside CI, a failure in it.
 """
+import importlib
 import os
 
 import numpy as np
@@ -22,6 +27,29 @@ except ImportError:  # pragma: no cover - a setup mistake, not a test result
 KERNEL_ATOL, KERNEL_RTOL = 2e-5, 1e-4
 FRAMEWORK_ATOL, FRAMEWORK_RTOL = 1e-4, 1e-4
 LONG_SEQUENCE_ATOL = 1e-3
+
+
+def in_ci():
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+try:  # hypothesis is a test dependency; without it only test_fuzz.py cannot run
+    from hypothesis import settings as _hypothesis_settings
+
+    _hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
+    if in_ci():
+        _hypothesis_settings.load_profile("ci")
+except ImportError:  # pragma: no cover - test_all_optional_dependencies_present_in_ci fails in CI
+    pass
+
+
+def require(module):
+    """Import an optional test dependency: skip the caller's tests when it is missing, except
+    in CI, where every dependency is installed and a missing one must fail, not skip."""
+    if in_ci():
+        return importlib.import_module(module)
+    return pytest.importorskip(module)
+
 
 BACKENDS = fastrnn.available_backends()
 COMPILED_BACKENDS = [b for b in BACKENDS if b != "numpy"]
@@ -47,10 +75,6 @@ def compiled_backend(request):
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
-
-
-def in_ci():
-    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
 @pytest.fixture(autouse=True, scope="session")

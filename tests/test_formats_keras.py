@@ -21,9 +21,9 @@ import pytest
 
 import fastrnn
 from fastrnn.formats.keras import load, load_weights_h5
-from conftest import BACKENDS, FRAMEWORK_ATOL, FRAMEWORK_RTOL, assert_close
+from conftest import BACKENDS, FRAMEWORK_ATOL, FRAMEWORK_RTOL, assert_close, require
 
-keras = pytest.importorskip("keras")
+keras = require("keras")
 if keras.backend.backend() != "torch":  # pragma: no cover - keras was imported earlier with another backend
     pytest.skip("these tests need KERAS_BACKEND=torch", allow_module_level=True)
 L = keras.layers

@@ -27,7 +27,7 @@ import fastrnn
 from fastrnn import ModelFormatError, reference
 from fastrnn.backends import get_backend
 from fastrnn.formats.torch import from_state_dict, read_state_dict
-from conftest import BACKENDS, COMPILED_BACKENDS, KERNEL_ATOL, assert_close
+from conftest import BACKENDS, COMPILED_BACKENDS, KERNEL_ATOL, assert_close, require
 from helpers import random_recurrent, random_state
 
 # Examples per test; FASTRNN_FUZZ_EXAMPLES raises it for a deeper run (e.g. 5000 before a release).
@@ -317,7 +317,7 @@ def test_fuzz_torch_pickle(torch_file, tmp_path, data):
 def keras_files(tmp_path_factory):
     """A .keras archive and a legacy-layout .h5 of a small Keras model (torch backend)."""
     os.environ.setdefault("KERAS_BACKEND", "torch")
-    keras = pytest.importorskip("keras")
+    keras = require("keras")
     folder = tmp_path_factory.mktemp("keras")
     inputs = keras.Input((5,), dtype="int32")
     h = keras.layers.Embedding(9, 3, mask_zero=True)(inputs)

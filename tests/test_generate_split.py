@@ -6,9 +6,10 @@ import torch
 from torch import nn
 
 import fastrnn
+from conftest import require
 from fastrnn.generate import generation_plan, get_engine
 
-pytest.importorskip("fastrnn.kernels._cykernels")  # the C kernels (checked_kernels.sh also runs without them)
+require("fastrnn.kernels._cykernels")  # the C kernels (checked_kernels.sh also runs without them)
 
 VOCAB = fastrnn.Vocabulary(list("abcdefghij klmnopqrstuvwxyz.,\n가나다라"), level="char")
 
