@@ -1,6 +1,11 @@
 """fastrnn.onnx against the ONNX spec's own conformance cases, onnxruntime and PyTorch's exporter.
 
 - The 18 backend conformance cases for RNN/LSTM/GRU that the installed onnx package generates.
+  Most use near-constant weights (every gate block alike), so they check shapes, layouts and
+  attributes but NOT the gate order: with the LSTM and GRU orders set to identity 17 of 18 still
+  pass, and a wrong peephole order passes the peephole case.
+- The gate orders are proven by random-weight nodes against onnxruntime: every cell, every
+  direction, both GRU reset placements, peepholes in every direction (test_gate_order_*).
 - Cases they miss, built with onnx.helper and compared with onnxruntime: linear_before_reset=1,
   real sequence_lens, peepholes, initial states, clip, input_forget, activations with alpha and
   beta, omitted optional outputs, and layout=1 (onnxruntime refuses it: compared with the same
@@ -20,10 +25,10 @@ from torch import nn
 
 import fastrnn
 import fastrnn.onnx as fonnx
-from conftest import FRAMEWORK_ATOL, assert_close
+from conftest import FRAMEWORK_ATOL, assert_close, require
 
-onnx = pytest.importorskip("onnx")
-ort = pytest.importorskip("onnxruntime")
+onnx = require("onnx")
+ort = require("onnxruntime")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 RNN_CASE_PREFIXES = ("test_lstm", "test_gru", "test_rnn", "test_simple_rnn")
@@ -144,6 +149,31 @@ EXTRA = {
     "rnn_softplus_affine_bidirectional": dict(cell="RNN", activations=["Softplus", "Affine"], alphas=[0.5],
                                               betas=[0.1], direction="bidirectional"),
 }
+
+
+# Random weights (scale 0.5, non-zero biases and states): each gate block is different, so a
+# gate or peephole order mistake changes the outputs by far more than FRAMEWORK_ATOL.
+GATE_ORDER_CASES = {
+    f"{cell}_{direction}" + (f"_lbr{lbr}" if cell == "GRU" else ""): dict(
+        cell=cell, direction=direction, lbr=lbr, seq_lens=[6, 2, 5, 4], initial=True, seed=11)
+    for cell in ("RNN", "LSTM", "GRU") for direction in ("forward", "reverse", "bidirectional")
+    for lbr in ((0, 1) if cell == "GRU" else (0,))
+}
+GATE_ORDER_CASES.update({
+    f"LSTM_{direction}_peepholes": dict(cell="LSTM", direction=direction, peephole=True, seq_lens=[6, 2, 5, 4],
+                                        initial=True, seed=12)
+    for direction in ("forward", "reverse", "bidirectional")
+})
+
+
+@pytest.mark.parametrize("name", sorted(GATE_ORDER_CASES))
+def test_gate_order_against_onnxruntime(name):
+    model, feed = make_node_model(**GATE_ORDER_CASES[name])
+    want = ort_run(model, feed)
+    got = fonnx.InferenceSession(model.SerializeToString()).run(None, feed)
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert_close(g, w, FRAMEWORK_ATOL, what=name)
 
 
 @pytest.mark.parametrize("name", sorted(EXTRA))
