@@ -283,8 +283,7 @@ def test_bundled_classifier_is_shipped_and_labelled():
     assert os.path.exists(BUNDLED_CLASSIFIER)
     model = bundled_classifier()
     labels = model.metadata["labels"]
-    assert {"en", "fr", "de"} <= set(labels)
-    assert model.metadata["held_out_accuracy"] > 0.5
+    assert {"en", "fr", "de"} <= set(labels)  # accuracy: measured in test_bundled_models.py
     results = list(model.classify(["house", "maison", "haus", "Häuser"]))
     assert [r.label for r in results[:2]] == ["en", "fr"]
 
