@@ -247,7 +247,8 @@ def test_no_thread_keeps_a_core_busy_after_a_call(tmp_path):
             "predict batch 1 (hidden units split)": lambda: lstm.predict(rng.standard_normal((1, 200, 8), np.float32), threads=2),
             "generate batch 1 (hidden units split)": lambda: char.generate("def ", max_new_tokens=100, seed=1, threads=2),
             "generate batch 8 (rows split)": lambda: char.generate(["a"] * 8, max_new_tokens=50, seed=1, threads=2),
-            "classify": lambda: langid.classify(["house", "maison"] * 100, threads=2),
+            # classify returns a lazy generator: consume it, or nothing runs
+            "classify": lambda: list(langid.classify(["house", "maison"] * 100, threads=2)),
         }
         for name, call in calls.items():
             call()
