@@ -100,7 +100,9 @@ def test_int8_file_per_row_scales(char_model, tmp_path):
 ROUNDED_MODEL_ATOL = 1e-6
 
 
-@pytest.mark.parametrize("kind", ["float16", "int8"])
+# int8 models compute in int8 (activations quantized too): tests/test_int8.py checks that against its
+# spec within the quantization step; the int8 file's stored values are checked above.
+@pytest.mark.parametrize("kind", ["float16"])
 def test_quantized_file_computes_the_rounded_model(char_model, tmp_path, kind):
     """A quantized file's model is the float32 model with its weight matrices rounded (float16:
     to nearest; int8: per row, the rule in per_row_int8), computed here in PyTorch: equal up to
