@@ -12,7 +12,8 @@ from conftest import in_ci, require
 # Everything a test file imports only when present (conftest.require / pytest.importorskip) or
 # that a backend needs. CI installs the `test` extra and builds the kernels: there, a missing one
 # would silently turn whole files into skips, so it is a failure instead.
-OPTIONAL_TEST_DEPENDENCIES = ["fastrnn.kernels._cykernels", "fastrnn.kernels._cygenerate", "numba",
+OPTIONAL_TEST_DEPENDENCIES = ["fastrnn.kernels._cykernels", "fastrnn.kernels._cygenerate", "fastrnn.kernels._cyint8",
+                              "numba",
                               "fastrnn.kernels.numba_kernels", "torch", "keras", "h5py", "onnx", "onnxruntime",
                               "hypothesis", "safetensors"]
 
