@@ -358,6 +358,12 @@ class Model:
         the last recurrent layer returns its final state), else a list in output order (a dict
         by output name when x was a dict); with return_state=True, (outputs, states).
         """
+        axes = _batch_axes(self)
+        if axes is not None:  # inputs whose batch axis is elsewhere, or absent (metadata "batch_axes")
+            x = _to_batch_major(self, x, axes[0])
+            if lengths is not None and None in axes[0]:
+                raise ValueError("lengths: this model takes one unbatched example (no batch axis), so it has no "
+                                 "per-row lengths")
         xs, ls = self._check_inputs(x, lengths)
         B = xs[0].shape[0]
         states_in = self._check_states(initial_state, B)
@@ -368,6 +374,8 @@ class Model:
             be = int8_backend(be, self.metadata["quantized"])
         threads = check_threads(threads)
         outs, states_out = self.plan().run(xs, ls, states_in, be, threads)
+        if axes is not None:
+            outs = [y[0] if a is None else np.moveaxis(y, 0, a) for y, a in zip(outs, axes[1])]
         if len(outs) == 1:
             result = outs[0]
         elif isinstance(x, dict):
@@ -415,6 +423,44 @@ class Model:
 
         return Session(self, seed=seed, initial_state=initial_state, temperature=temperature, top_k=top_k,
                        top_p=top_p, repetition_penalty=repetition_penalty, backend=backend, weights=weights)
+
+
+def _batch_axes(model):
+    """metadata["batch_axes"] = {"inputs": [...], "outputs": [...]}: where the caller's batch axis
+    is in each input / output (an int; None = no batch axis: one example). Written by importers
+    of models whose own tensors are not batch-first (fastrnn.formats.torch_export); None when
+    every axis is 0 (nothing to move)."""
+    spec = (model.metadata or {}).get("batch_axes")
+    if not spec:
+        return None
+    ins, outs = spec.get("inputs"), spec.get("outputs")
+    ok = (isinstance(ins, list) and isinstance(outs, list) and len(ins) == len(model.graph.inputs)
+          and len(outs) == len(model.graph.outputs)
+          and all(a is None or (isinstance(a, int) and not isinstance(a, bool) and a >= 0) for a in ins + outs))
+    if not ok:
+        raise ValueError(f"model {model.name!r}: metadata 'batch_axes' must list one axis (int >= 0 or null) per "
+                         f"input and output, got {spec!r:.120}")
+    if all(a == 0 for a in ins + outs):
+        return None
+    return ins, outs
+
+
+def _to_batch_major(model, x, axes):
+    """The caller's inputs (their batch axis where ``axes`` says, or none) -> batch-major arrays,
+    in the container the caller used."""
+    values = model._by_input(x, "x", allow_none=False)
+    moved = []
+    for i, (v, a) in enumerate(zip(values, axes)):
+        arr = _as_array(v, "x" if len(values) == 1 else f"x[{model.input_names[i]!r}]")
+        if a is None:
+            moved.append(arr[None])
+        elif arr.ndim <= a:
+            raise ValueError(f"x: input {model.input_names[i]!r} has its batch on axis {a}; got shape {arr.shape}")
+        else:
+            moved.append(np.moveaxis(arr, a, 0))
+    if isinstance(x, dict):
+        return dict(zip(model.input_names, moved))
+    return moved if len(values) > 1 else moved[0]
 
 
 def _as_array(value, name):

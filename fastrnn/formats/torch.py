@@ -5,14 +5,21 @@ Understood module shapes (``from_torch``):
 1. A bare ``nn.RNN``, ``nn.LSTM`` or ``nn.GRU`` (any num_layers, bidirectional, batch_first,
    bias, proj_size, nonlinearity). ``predict`` returns the module's output sequence batch-major
    (B, T, D*H_out) and its final states equal ``h_n`` / ``c_n`` split per layer.
-2. A module whose direct children are, in registration order: an optional ``nn.Embedding``,
-   one or more RNN/LSTM/GRU modules, an optional ``nn.Linear``; ``nn.Dropout`` children are
-   ignored (no-ops at inference). The Linear is applied to every step (``return_sequences=True``,
-   the char-model shape) or to the final state of the last recurrent module
-   (``return_sequences=False``, the classifier shape: ``torch.cat([h_n[-2], h_n[-1]], 1)`` for a
-   bidirectional one). The module's own ``forward`` is not run or inspected: fastrnn assumes it
-   is this plain chain.
-Anything else raises ModelFormatError naming the child that is not understood.
+2. A chain: a module whose children, in registration order (nested ``nn.Sequential`` inlined),
+   are applied one after the other: an optional ``nn.Embedding`` first, then any of RNN/LSTM/GRU
+   modules (their output sequence goes on), ``nn.Linear``, ``nn.Conv1d``, ``nn.LayerNorm``,
+   ``nn.BatchNorm1d`` (eval form), activation modules (``nn.Tanh``, ``nn.ReLU``, ``nn.Sigmoid``,
+   ``nn.GELU`` exact or tanh, ``nn.Softmax(dim)``, ``nn.LogSoftmax(dim)``, ``nn.SiLU``,
+   ``nn.ELU``, ``nn.LeakyReLU``, ...), ``nn.Identity`` and ``nn.Dropout`` (identity at inference).
+   With ``return_sequences=False`` the last recurrent module gives its final state instead (the
+   classifier shape: ``torch.cat([h_n[-2], h_n[-1]], 1)`` for a bidirectional one). Tensors are
+   batch-major (B, T, F); a ``dim`` is read in the module's own layout ((T, B, F) when its
+   recurrent modules are not batch_first); nn.Conv1d and nn.BatchNorm1d act on each step's
+   features, as in a forward that permutes to channels-first around them. The module's own
+   ``forward`` is not run or inspected: fastrnn assumes it is this chain.
+3. Any other module, with ``example_inputs=(...)``: its forward is captured with torch.export
+   and mapped operator by operator (fastrnn.formats.torch_export).
+Anything else raises UnsupportedLayerError naming the child that is not understood.
 
 PyTorch facts used here (../shared/CONVENTIONS.md): keys weight_ih_l{k}[_reverse], weight_hh,
 bias_ih, bias_hh, weight_hr (proj); gate blocks LSTM i|f|g|o, GRU r|z|n — already fastrnn's
@@ -109,14 +116,18 @@ def _layers_from_rnn_module(module, name, last_returns_sequences=True):
         last_returns_sequences=last_returns_sequences)
 
 
-def from_torch(obj, return_sequences=True, activation="linear", vocabulary=None, name=None) -> Model:
+def from_torch(obj, return_sequences=True, activation="linear", vocabulary=None, name=None,
+               example_inputs=None) -> Model:
     """Build a fastrnn Model from a live PyTorch module (see the module docstring for the shapes).
 
     return_sequences : for a chain with an RNN module: the output per step (True) or from the
         final state of the last recurrent module (False, classifiers).
-    activation : applied after the final nn.Linear ("linear", "softmax", "sigmoid", ...).
+    activation : applied after the chain's last layer ("linear", "softmax", "sigmoid", ...).
     vocabulary : text <-> ids for generate/classify: a fastrnn.Vocabulary, a list of tokens (id =
         position), a str of characters or a dict {token: id} (see fastrnn.vocab.as_vocabulary).
+    example_inputs : a tuple of example arguments of ``forward``: the forward itself is captured
+        with torch.export and mapped operator by operator (any module, not only chains; see
+        fastrnn.formats.torch_export). The Model then takes the inputs the forward takes.
     """
     try:
         import torch.nn as nn
@@ -124,37 +135,153 @@ def from_torch(obj, return_sequences=True, activation="linear", vocabulary=None,
         raise ImportError("fastrnn.from_torch needs PyTorch: pip install torch==2.13.0 (or, in a fastrnn checkout, "
                           "pip install \".[torch]\")") from exc
     vocabulary = as_vocabulary(vocabulary)
+    if example_inputs is not None:
+        if not isinstance(obj, nn.Module):
+            raise ModelFormatError(f"from_torch expects a torch.nn.Module, got {type(obj).__name__}")
+        if return_sequences is not True or activation != "linear":
+            raise ValueError("return_sequences= and activation= describe chains read without running forward; "
+                             "with example_inputs the forward itself says what the model returns")
+        from .torch_export import from_exported_module
+
+        return from_exported_module(obj, example_inputs, name=name, vocabulary=vocabulary)
     kind = type(obj).__name__
     if isinstance(obj, (nn.RNN, nn.LSTM, nn.GRU)) and kind in CELLS:
         layers = _layers_from_rnn_module(obj, name=kind.lower())
-        return Model(layers, name=name or kind.lower(),
+        return Model(layers, name=name or kind.lower(), vocabulary=vocabulary,
                      metadata={"source": "torch", "torch_module": kind, "batch_first": bool(obj.batch_first)})
     if not isinstance(obj, nn.Module):
         raise ModelFormatError(f"from_torch expects a torch.nn.Module, got {type(obj).__name__}")
-    children = [(n, c) for n, c in obj.named_children() if not isinstance(c, nn.Dropout)]
-    layers = []
+    children = _chain_children(obj, nn)
+    if not children:
+        raise UnsupportedLayerError(f"{kind} has no child modules to read as a chain; pass example_inputs=(...) "
+                                    "to capture its forward with torch.export")
     rnn_positions = [i for i, (_, c) in enumerate(children) if type(c).__name__ in CELLS and isinstance(c, nn.RNNBase)]
-    if not rnn_positions:
-        raise UnsupportedLayerError(
-            f"{kind}: no nn.RNN/nn.LSTM/nn.GRU child found; fastrnn understands [Embedding] -> RNN modules -> [Linear]")
+    time_major = {bool(children[i][1].batch_first) for i in rnn_positions} == {False}
+    layers = []
+    seq = True  # the tensor between children has a time axis (B, T, F) (or (T, B, F) time-major)
     for i, (cname, child) in enumerate(children):
-        ckind = type(child).__name__
-        if isinstance(child, nn.Embedding) and i == 0:
+        where = f"{kind}.{cname} ({type(child).__name__})"
+        if isinstance(child, nn.Embedding):
+            if i != 0:
+                raise UnsupportedLayerError(f"{where} at position {i}: an nn.Embedding must come first in a chain")
             if child.max_norm is not None:
                 raise UnsupportedLayerError(f"{kind}.{cname}: nn.Embedding with max_norm changes weights at run time")
             layers.append(Embedding(_np(child.weight, f"{cname}.weight"), name=cname))
-        elif i in rnn_positions and i <= rnn_positions[-1] and all(p in rnn_positions for p in range(rnn_positions[0], i + 1)):
+        elif i in rnn_positions:
             last = i == rnn_positions[-1]
             layers += _layers_from_rnn_module(child, cname, last_returns_sequences=return_sequences or not last)
-        elif isinstance(child, nn.Linear) and i == len(children) - 1 and i > rnn_positions[-1]:
+            seq = return_sequences or not last
+        elif isinstance(child, nn.Linear):
+            act = activation if i == len(children) - 1 else "linear"
             layers.append(Dense(_np(child.weight, f"{cname}.weight"),
-                                None if child.bias is None else _np(child.bias, f"{cname}.bias"), activation, cname))
+                                None if child.bias is None else _np(child.bias, f"{cname}.bias"), act, cname))
         else:
-            raise UnsupportedLayerError(
-                f"{kind}.{cname} ({ckind}) at position {i} is not understood: fastrnn reads modules whose children "
-                "are, in order, an optional nn.Embedding, one or more nn.RNN/nn.LSTM/nn.GRU and an optional "
-                "nn.Linear (nn.Dropout is ignored)")
-    return Model(layers, vocabulary=vocabulary, name=name or kind.lower(), metadata={"source": "torch", "torch_module": kind})
+            layer = _chain_layer(child, cname, where, nn, seq, time_major)
+            if layer is None:
+                raise UnsupportedLayerError(
+                    f"{where} at position {i} is not understood: fastrnn reads modules whose children form a chain "
+                    "of nn.Embedding (first), nn.RNN/nn.LSTM/nn.GRU, nn.Linear, nn.Conv1d, nn.LayerNorm, "
+                    "nn.BatchNorm1d, activation modules (Tanh, ReLU, Sigmoid, GELU, Softmax, LogSoftmax, ...), "
+                    "nn.Identity and nn.Dropout; for any other module pass example_inputs=(...) to capture its "
+                    "forward with torch.export")
+            layers.append(layer)
+    if activation != "linear" and not isinstance(children[-1][1], nn.Linear):
+        layers.append(_activation_layer(activation, f"{kind}.activation"))
+    try:
+        return Model(layers, vocabulary=vocabulary, name=name or kind.lower(),
+                     metadata={"source": "torch", "torch_module": kind})
+    except ValueError as exc:
+        raise UnsupportedLayerError(f"{kind}: its children do not form a chain fastrnn can run: {exc}") from None
+
+
+def _chain_children(module, nn):
+    """The chain's modules in registration order, nested nn.Sequential inlined."""
+    out = []
+    for cname, child in module.named_children():
+        if isinstance(child, nn.Sequential):
+            out += [(f"{cname}.{n}", c) for n, c in _chain_children(child, nn)]
+        else:
+            out.append((cname, child))
+    return out
+
+
+def _activation_layer(function, name, axis=-1):
+    from ..layers import Activation
+
+    try:
+        return Activation(function, axis=axis, name=name)
+    except ValueError as exc:
+        raise UnsupportedLayerError(str(exc)) from None
+
+
+def _chain_layer(child, cname, where, nn, seq, time_major):
+    """One non-recurrent child of a chain -> a fastrnn layer (None: not understood).
+
+    The chain's tensors are batch-major inside fastrnn: (B, T, F) sequences and (B, F) vectors.
+    A softmax ``dim`` is read in the module's own layout: (T, B, F) when its recurrent modules are
+    not batch_first. nn.Conv1d and nn.BatchNorm1d act on the features of each step, as they do in
+    a forward that permutes (B, T, C) <-> (B, C, T) around them."""
+    from ..layers import BatchNormalization, Conv1D, Identity, LayerNormalization
+
+    simple = {nn.Tanh: "tanh", nn.ReLU: "relu", nn.Sigmoid: "sigmoid", nn.SiLU: "swish", nn.SELU: "selu",
+              nn.Softsign: "softsign", nn.Identity: "identity"}
+    for cls, function in simple.items():
+        if type(child) is cls:
+            return _activation_layer(function, cname)
+    if isinstance(child, (nn.Dropout, nn.AlphaDropout)):
+        return Identity(name=cname)
+    if isinstance(child, nn.GELU):
+        return _activation_layer("gelu_tanh" if child.approximate == "tanh" else "gelu", cname)
+    if isinstance(child, nn.LeakyReLU):
+        from ..layers import Activation
+
+        return Activation("leaky_relu", alpha=float(child.negative_slope), beta=0.0, name=cname)
+    if isinstance(child, nn.ELU):
+        from ..layers import Activation
+
+        return Activation("elu", alpha=float(child.alpha), beta=0.0, name=cname)
+    if isinstance(child, (nn.Softmax, nn.LogSoftmax)):
+        function = "softmax" if isinstance(child, nn.Softmax) else "log_softmax"
+        if child.dim is None:
+            raise UnsupportedLayerError(f"{where}: dim=None (PyTorch's implicit, deprecated choice); give dim=")
+        ndim = 3 if seq else 2
+        d = child.dim % ndim if -ndim <= child.dim < ndim else None
+        if d is None:
+            raise UnsupportedLayerError(f"{where}: dim {child.dim} is out of range for a tensor of {ndim} axes")
+        axis = {0: 1, 1: 0, 2: 2}[d] if (seq and time_major) else d
+        if axis == 0:
+            raise UnsupportedLayerError(f"{where}: dim={child.dim} is the batch axis here; fastrnn normalizes each "
+                                        "batch row on its own")
+        return _activation_layer(function, cname, axis=-1 if axis == ndim - 1 else axis)
+    if isinstance(child, nn.LayerNorm):
+        if len(child.normalized_shape) != 1:
+            raise UnsupportedLayerError(f"{where}: normalized_shape {tuple(child.normalized_shape)} (fastrnn "
+                                        "normalizes the last axis only)")
+        w = None if child.weight is None else _np(child.weight, f"{cname}.weight")
+        b = None if getattr(child, "bias", None) is None else _np(child.bias, f"{cname}.bias")
+        return LayerNormalization(child.normalized_shape[0], w, b, float(child.eps), cname)
+    if isinstance(child, nn.BatchNorm1d):
+        if not child.track_running_stats or child.running_mean is None:
+            raise UnsupportedLayerError(f"{where}: without running statistics it normalizes with the batch's own")
+        w = None if child.weight is None else _np(child.weight, f"{cname}.weight")
+        b = None if child.bias is None else _np(child.bias, f"{cname}.bias")
+        return BatchNormalization(_np(child.running_mean, f"{cname}.running_mean"),
+                                  _np(child.running_var, f"{cname}.running_var"), w, b, float(child.eps), cname)
+    if isinstance(child, nn.Conv1d):
+        if child.groups != 1 or child.padding_mode != "zeros":
+            raise UnsupportedLayerError(f"{where}: groups={child.groups}, padding_mode={child.padding_mode!r} "
+                                        "(fastrnn: groups=1, zero padding)")
+        k, d = child.kernel_size[0], child.dilation[0]
+        if child.padding == "same":
+            total = d * (k - 1)
+            pad = [total // 2, total - total // 2]
+        elif child.padding == "valid":
+            pad = [0, 0]
+        else:
+            pad = [int(child.padding[0])] * 2
+        return Conv1D(_np(child.weight, f"{cname}.weight"), None if child.bias is None else _np(child.bias, f"{cname}.bias"),
+                      strides=child.stride[0], padding=pad, dilation_rate=d, name=cname)
+    return None
 
 
 # -- state_dict files without torch and without arbitrary unpickling ------------------------

@@ -13,6 +13,7 @@ classes and their NumPy reference side by side:
 - reshape.py: Identity, Flatten, Reshape, Permute, RepeatVector, Select, Slice
 - custom.py: CustomLayer (a user function of NumPy arrays)
 - elementwise.py: Arithmetic (a tensor with a constant operand), Math (exp, log, sqrt, ...)
+- constant.py: Constant (a fixed tensor read by merges, e.g. a PyTorch parameter added in forward)
 
 Every importer (PyTorch, Keras, ONNX, the native file) produces these; weights are read-only
 float32 arrays in PyTorch's orientation (``out = W @ in``) and gate order (LSTM i|f|g|o, GRU
@@ -21,6 +22,7 @@ r|z|n). See base.py for the protocol every layer follows.
 from .activation import Activation
 from .attention import Attention
 from .base import ConfigReader, Layer, frozen_array
+from .constant import Constant
 from .conv import Conv1D
 from .custom import CustomLayer
 from .dense import DENSE_ACTIVATIONS, Dense
@@ -36,7 +38,7 @@ from .reshape import Flatten, Identity, Permute, RepeatVector, Reshape, Select, 
 LAYER_TYPES = {cls.kind: cls for cls in (
     Embedding, Masking, Dense, Recurrent, Activation, Concatenate, Merge, Dot, GlobalPooling1D, Pooling1D,
     Conv1D, LayerNormalization, BatchNormalization, Attention, Identity, Flatten, Reshape, Permute,
-    RepeatVector, Select, Slice, CustomLayer, Arithmetic, Math)}
+    RepeatVector, Select, Slice, CustomLayer, Arithmetic, Math, Constant)}
 
 __all__ = sorted(cls.__name__ for cls in LAYER_TYPES.values()) + [
     "DirectionWeights", "Layer", "ConfigReader", "frozen_array", "CELL_GATES", "DEFAULT_ACTIVATIONS",
