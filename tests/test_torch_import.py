@@ -99,10 +99,10 @@ def test_unsupported_module_is_named():
     class Weird(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.conv = torch.nn.Conv1d(3, 3, 1)
+            self.conv = torch.nn.Conv2d(3, 3, 1)  # (nn.Conv1d is read since issue 12)
             self.rnn = torch.nn.LSTM(3, 4)
 
-    with pytest.raises(fastrnn.UnsupportedLayerError, match=r"conv \(Conv1d\)"):
+    with pytest.raises(fastrnn.UnsupportedLayerError, match=r"conv \(Conv2d\)"):
         fastrnn.from_torch(Weird())
     with pytest.raises(fastrnn.ModelFormatError, match="nn.Module"):
         fastrnn.from_torch("not a module")

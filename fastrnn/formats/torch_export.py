@@ -719,6 +719,7 @@ class Mapper:
         want = (bt, 1 - bt, 2)
         ref = self.materialize(x, want, fx)
         h0, c0 = (hx[0], hx[1]) if cell == "lstm" else (hx[0] if isinstance(hx, (list, tuple)) else hx, None)
+        h0, c0 = (Zeros(()) if _is_zero_constant(s) else s for s in (h0, c0))
         given = [s for s in (h0, c0) if s is not None and not isinstance(s, Zeros)]
         if given and len(given) != (2 if cell == "lstm" else 1):
             self.fail(fx, "starts from h0 given and c0 zero (or the reverse); give both or neither")
@@ -792,6 +793,12 @@ class Mapper:
         return self._rnn(fx, args, "rnn", "relu")
 
 
+def _is_zero_constant(v):
+    import torch
+
+    return isinstance(v, torch.Tensor) and not bool(v.any())
+
+
 def _one(v):
     if isinstance(v, (list, tuple)):
         if len(v) != 1:
@@ -858,18 +865,22 @@ def from_exported_module(module, example_inputs, name=None, vocabulary=None):
     graph = ep.graph
     placeholders = {n.name: n for n in graph.nodes if n.op == "placeholder"}
     # the batch: the symbolic batch axis of the first recurrent (else convolution) operator's input
-    batch_symbol = None
+    batch_symbol, anchored = None, False
     for n in graph.nodes:
         if n.op != "call_function":
             continue
-        if _short_name(n.target) in RNN_TARGETS:
+        op = _short_name(n.target)
+        if op in RNN_TARGETS or op == "conv1d":
             shp = _sizes(n.args[0])
-            batch_first = n.args[8]
-            s = shp[0 if batch_first else 1]
+            if op == "conv1d":
+                s = shp[0] if len(shp) == 3 else 1
+            else:
+                s = shp[0 if n.args[8] else 1]
             if not isinstance(s, int):
                 batch_symbol = s
+            anchored = True  # a batch of 1 here: an unbatched forward (PyTorch adds that batch itself)
             break
-    if batch_symbol is None:
+    if batch_symbol is None and not anchored:
         for nm in user_inputs:
             shp = _sizes(placeholders[nm])
             if shp and not isinstance(shp[0], int):
