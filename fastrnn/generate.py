@@ -1260,7 +1260,7 @@ def bundled_model():
 
 def generate(model, prompt, max_new_tokens=None, temperature=None, top_k=None, top_p=None,
              repetition_penalty=None, seed=None, stop=None, stream=False, initial_state=None, backend=None,
-             weights=None, threads=None):
+             weights=None, threads=None, num_beams=1, length_penalty=1.0):
     """Sample a continuation of ``prompt`` from ``model`` (None = the bundled character model).
 
     Parameters
@@ -1287,10 +1287,24 @@ def generate(model, prompt, max_new_tokens=None, temperature=None, top_k=None, t
     threads : threads for a batch (blocks of rows run in parallel; None = fastrnn's setting).
         The result is the same for any thread count.
 
+    num_beams : 1 (sampling as above) or more: beam search with that many beams per prompt,
+        deterministic; sampling options and seed do not apply (see fastrnn.beam).
+    length_penalty : beam search scores sum(log-probs) / length ** length_penalty.
+
     Returns the continuation (without the prompt) in the prompt's kind: str, list of ids or
     array; a list of those for a batch.
     """
     from .backends import check_threads
+
+    from .beam import _check, beam_search
+
+    num_beams, length_penalty = _check(num_beams, length_penalty)
+    if num_beams > 1:
+        if stream:
+            raise ValueError("stream=True is not available with num_beams > 1 (the best beam is known at the end)")
+        return beam_search(model, prompt, max_new_tokens=max_new_tokens, num_beams=num_beams,
+                           length_penalty=length_penalty, stop=stop, initial_state=initial_state, backend=backend,
+                           weights=weights, threads=threads)
 
     if model is None:
         model = bundled_model()
