@@ -313,7 +313,7 @@ def _classify_iter(model, it, activation, labels, batch_size, return_probs, wind
                 x = np.zeros((len(rows), T) + feature_shape, dtype=np.float32)
             for j, r in enumerate(rows):
                 x[j, : lengths[r]] = chunk[r]
-            out = model.predict(x, lengths=lengths[rows], threads=threads, backend=backend)
+            out = model.predict(x, lengths=lengths[rows], threads=threads, backend=backend, batch_major=True)
             probs[rows] = probabilities_from_output(out, activation)
         best = np.argmax(probs, axis=1)
         for k in range(len(chunk)):

@@ -337,7 +337,8 @@ class Model:
         return out
 
     # -- running -----------------------------------------------------------------------------
-    def predict(self, x, lengths=None, initial_state=None, return_state=False, backend=None, threads=None):
+    def predict(self, x, lengths=None, initial_state=None, return_state=False, backend=None, threads=None,
+                batch_major=False):
         """Run the model on a batch.
 
         x : for a one-input model, int array (B, T) of token ids when the input feeds an
@@ -354,11 +355,15 @@ class Model:
         threads : threads for this call (default: fastrnn.set_num_threads / FASTRNN_NUM_THREADS /
             all cores). Results are identical for any thread count.
 
+        batch_major : x and the results are batch-major, with a batch axis, even for a model
+            whose own inputs are time-major or unbatched (``metadata["batch_axes"]``, written by
+            fastrnn.from_torch(module, example_inputs=...)); for tools that batch examples.
+
         Returns one array for a one-output model ((B, T, F') for sequence outputs, (B, F') when
         the last recurrent layer returns its final state), else a list in output order (a dict
         by output name when x was a dict); with return_state=True, (outputs, states).
         """
-        axes = _batch_axes(self)
+        axes = None if batch_major else _batch_axes(self)
         if axes is not None:  # inputs whose batch axis is elsewhere, or absent (metadata "batch_axes")
             x = _to_batch_major(self, x, axes[0])
             if lengths is not None and None in axes[0]:

@@ -366,3 +366,29 @@ def test_example_inputs_excludes_chain_options():
     with pytest.raises(ValueError, match="example_inputs"):
         fastrnn.from_torch(LastStepClassifier(), example_inputs=(torch.randint(0, 20, (2, 3)),),
                            return_sequences=False)
+
+
+class SentenceClassifier(nn.Module):
+    """One unbatched sentence -> class log-probabilities (C,)."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(20, 6)
+        self.rnn = nn.GRU(6, 8)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, ids):
+        _, h = self.rnn(self.emb(ids))
+        return torch.log_softmax(self.fc(h[-1]), dim=-1)
+
+
+def test_classify_runs_an_unbatched_module_batch_major():
+    module = randomize(SentenceClassifier(), 13)
+    model = fastrnn.from_torch(module, example_inputs=(torch.randint(0, 20, (5,)),))
+    rng = np.random.default_rng(13)
+    sentences = [rng.integers(0, 20, n) for n in (4, 9, 1, 6)]
+    for s in sentences:
+        assert_close(model.predict(s), run_torch(module, s), FRAMEWORK_ATOL, FRAMEWORK_RTOL)
+    results = list(model.classify(sentences))
+    for s, r in zip(sentences, results):
+        assert_close(r.probabilities, np.exp(run_torch(module, s)), FRAMEWORK_ATOL, FRAMEWORK_RTOL)

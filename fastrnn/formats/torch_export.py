@@ -258,18 +258,21 @@ class Mapper:
         shape = _sizes(fx)
         if name == "sym_size":
             return Sym()
-        values = [a for a in _flatten(args) + _flatten(list(kwargs.values())) if _is_graph_value(a)]
-        if not values and not any(isinstance(a, Sym) for a in _flatten(args) + _flatten(list(kwargs.values()))):
+        flat = _flatten(args) + _flatten(list(kwargs.values()))
+        if name in ("zeros", "new_zeros", "zeros_like") and any(isinstance(a, (Sym, T, States, Zeros)) for a in flat):
+            return Zeros(shape)  # zeros sized by the batch: PyTorch's default initial state
+        if not any(_is_graph_value(a) for a in flat):
+            if any(isinstance(a, Sym) for a in flat):
+                return Sym()  # arithmetic on sizes, read back from the metadata where it is used
             return self.fold(fx, args, kwargs)
-        if name in ("zeros", "new_zeros", "zeros_like", "new_empty", "empty"):
-            return Zeros(shape)
         method = getattr(self, f"op_{name}", None)
         if method is not None:
             return method(fx, args, kwargs, shape)
         if name in IDENTITY_OPS:
             x = args[0]
-            if name in ("_to_copy", "to") and kwargs.get("dtype") not in (None,) and "float" not in str(kwargs["dtype"]):
-                self.fail(fx, f"converts to {kwargs['dtype']}; fastrnn computes in float32")
+            dtype = kwargs.get("dtype", args[1] if name == "to" and len(args) > 1 else None)
+            if name in ("_to_copy", "to") and dtype is not None and "float" not in str(dtype):
+                self.fail(fx, f"converts to {dtype}; fastrnn computes in float32")
             return self.tensor(x, fx) if isinstance(x, States) else x
         if name in ELEMENTWISE:
             return self.activation(fx, args[0], ELEMENTWISE[name])
