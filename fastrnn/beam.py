@@ -35,8 +35,8 @@ import numbers
 
 import numpy as np
 
-from .generate import (HAS_LOGITS, Rows, Sampling, _count, _Formatter, _Job, _prompt_rows, _stops, default_weights,
-                       generation_plan, get_engine, match_stop, stops_list)
+from .generate import (HAS_LOGITS, Rows, Sampling, _count, _Formatter, _Job, _prompt_rows, _stops, _with_defaults,
+                       default_weights, generation_plan, get_engine, match_stop, stops_list)
 
 
 class Hypotheses:
@@ -84,10 +84,11 @@ def log_softmax64(logits):
     return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
 
 
-def beam_search(model, prompt, max_new_tokens=100, num_beams=4, length_penalty=1.0, stop=None, initial_state=None,
+def beam_search(model, prompt, max_new_tokens=None, num_beams=4, length_penalty=1.0, stop=None, initial_state=None,
                 backend=None, weights=None, threads=None):
     """The best continuation of ``prompt`` by beam search (see the module docstring). Arguments
-    as fastrnn.generate.generate; ``num_beams`` >= 1, ``length_penalty`` a finite number (> 0
+    as fastrnn.generate.generate (max_new_tokens=None: the model's recommended count, else
+    GENERATION_DEFAULTS'); ``num_beams`` >= 1, ``length_penalty`` a finite number (> 0
     favours longer hypotheses, < 0 shorter ones)."""
     from .backends import check_threads
 
@@ -98,14 +99,14 @@ def beam_search(model, prompt, max_new_tokens=100, num_beams=4, length_penalty=1
     K, lp = _check(num_beams, length_penalty)
     plan = generation_plan(model, default_weights(model, weights))
     threads = check_threads(threads)
-    max_new = _count(max_new_tokens)
+    max_new = _count(_with_defaults(model, max_new_tokens=max_new_tokens)["max_new_tokens"])
     prompts, batch, kind = _prompt_rows(model, plan, prompt)
     B = len(prompts)
     stops = _stops(model, plan, stop)
     stop_seqs = [list(s) for s in stops_list(stops)]
     no_stops = _stops(model, plan, None)
     states = model._check_states(initial_state, B)
-    engine = get_engine(backend)
+    engine = plan.engine_for(get_engine(backend))
     greedy = Sampling(temperature=0.0)
     # the prompts, once per prompt; then each row copied to its beams
     first = Rows(plan, B)

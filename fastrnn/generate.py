@@ -1298,6 +1298,8 @@ def generate(model, prompt, max_new_tokens=None, temperature=None, top_k=None, t
 
     from .beam import _check, beam_search
 
+    if model is None:
+        model = bundled_model()
     num_beams, length_penalty = _check(num_beams, length_penalty)
     if num_beams > 1:
         if stream:
@@ -1305,9 +1307,6 @@ def generate(model, prompt, max_new_tokens=None, temperature=None, top_k=None, t
         return beam_search(model, prompt, max_new_tokens=max_new_tokens, num_beams=num_beams,
                            length_penalty=length_penalty, stop=stop, initial_state=initial_state, backend=backend,
                            weights=weights, threads=threads)
-
-    if model is None:
-        model = bundled_model()
     kw = _with_defaults(model, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                         repetition_penalty=repetition_penalty)
     plan = generation_plan(model, default_weights(model, weights))

@@ -399,8 +399,9 @@ class Model:
 
     def generate(self, prompt, max_new_tokens=None, temperature=None, top_k=None, top_p=None,
                  repetition_penalty=None, seed=None, stop=None, stream=False, initial_state=None, backend=None,
-                 weights=None, threads=None):
-        """Sample a continuation of ``prompt`` (str, token ids, or a list of either for a batch).
+                 weights=None, threads=None, num_beams=1, length_penalty=1.0):
+        """Sample a continuation of ``prompt`` (str, token ids, or a list of either for a batch),
+        or with ``num_beams`` > 1 decode it by beam search (fastrnn.beam).
 
         Parameters left at None take the model's recommended values (metadata "generation"), else
         fastrnn.generate.GENERATION_DEFAULTS (200 tokens, temperature 0.8), as `fastrnn generate`
@@ -409,7 +410,8 @@ class Model:
 
         return generate(self, prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                         top_p=top_p, repetition_penalty=repetition_penalty, seed=seed, stop=stop, stream=stream,
-                        initial_state=initial_state, backend=backend, weights=weights, threads=threads)
+                        initial_state=initial_state, backend=backend, weights=weights, threads=threads,
+                        num_beams=num_beams, length_penalty=length_penalty)
 
     def classify(self, inputs, batch_size=64, return_probs=True, window=None, max_length=None,
                  max_batch_tokens=64 * 512, threads=None, backend=None, unknown_threshold=None):
