@@ -309,8 +309,9 @@ class Mapper:
     def op_softplus(self, fx, args, kwargs, shape):
         if len(args) > 1 and float(args[1]) != 1.0:
             self.fail(fx, "has beta other than 1")
-        if len(args) > 2 and float(args[2]) < 30:
-            pass  # the threshold only switches to the identity where softplus(x) == x in float32
+        if len(args) > 2 and float(args[2]) < 20:
+            # above the threshold PyTorch returns x: the same float32 value as softplus from 20 on
+            self.fail(fx, f"has threshold {args[2]} < 20, where PyTorch's linear branch differs from softplus")
         return self.activation(fx, args[0], "softplus")
 
     def op_hardsigmoid(self, fx, args, kwargs, shape):
