@@ -392,3 +392,24 @@ def test_classify_runs_an_unbatched_module_batch_major():
     results = list(model.classify(sentences))
     for s, r in zip(sentences, results):
         assert_close(r.probabilities, np.exp(run_torch(module, s)), FRAMEWORK_ATOL, FRAMEWORK_RTOL)
+
+
+class CharLM(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(30, 8)
+        self.rnn = nn.GRU(8, 16, batch_first=True)
+        self.fc = nn.Linear(16, 30)
+
+    def forward(self, x):
+        out, _ = self.rnn(self.emb(x))
+        return torch.log_softmax(self.fc(out), dim=-1)
+
+
+def test_exported_language_model_generates_like_torch():
+    module = randomize(CharLM(), 14)
+    model = fastrnn.from_torch(module, example_inputs=(torch.randint(0, 30, (2, 10)),))
+    ids = [3, 1, 4]
+    for _ in range(12):  # torch's greedy loop over the whole prefix
+        ids.append(int(run_torch(module, np.array([ids]))[0, -1].argmax()))
+    assert model.generate([3, 1, 4], max_new_tokens=12, temperature=0) == ids[3:]
