@@ -238,6 +238,7 @@ def _load_keras_zip(path, custom) -> Model:
         weights = _read_member(zf, "model.weights.h5", path)
     version = str(meta.get("keras_version", "3")) if isinstance(meta, dict) else "3"
     with h5py.File(io.BytesIO(weights), "r") as h5:
+        _refuse_external(h5, path)
         return _build(config, _Keras3Weights(h5, path), version, "keras", path, custom)
 
 
@@ -254,12 +255,14 @@ def _load_keras_dir(path, custom) -> Model:
             meta = _parse_json(f.read(), "metadata.json", path)
     version = str(meta.get("keras_version", "3")) if isinstance(meta, dict) else "3"
     with h5py.File(w_path, "r") as h5:
+        _refuse_external(h5, w_path)
         return _build(config, _Keras3Weights(h5, path), version, "keras", path, custom)
 
 
 def _load_legacy_h5(path, custom) -> Model:
     h5py = _h5py()
     with h5py.File(path, "r") as h5:
+        _refuse_external(h5, path)
         if "model_config" not in h5.attrs:
             raise ModelFormatError(
                 "this HDF5 file holds weights only (no model_config attribute); pass the architecture: "
@@ -276,6 +279,7 @@ def _load_weights_h5(path, config, custom) -> Model:
         if f.read(8) != _HDF5_MAGIC:
             raise ModelFormatError("not an HDF5 file", path)
     with h5py.File(path, "r") as h5:
+        _refuse_external(h5, path)
         if "layers" in h5 or "vars" in h5:  # Keras 3 layout
             return _build(config, _Keras3Weights(h5, path), str(config.get("keras_version", "3")),
                           "weights.h5", path, custom)
@@ -436,6 +440,36 @@ class _LiveWeights:
 
     def scope(self, entry):
         return _LiveWeights(self._layer(entry), self.source)
+
+
+def _refuse_external(h5, source):
+    """HDF5 can make a dataset's bytes come from other files: external links (a link to an object
+    in another file), external storage (raw data in named files) and virtual datasets (mapped
+    from other files). A model file must hold its own weights: refuse all three, naming them,
+    before anything is read (no link is followed to check)."""
+    import h5py
+
+    problems = []
+
+    def link(name, lnk):
+        if isinstance(lnk, h5py.ExternalLink):
+            problems.append(f"{name!r} is an external link to {lnk.filename!r}")
+        return None if len(problems) < 5 else True
+
+    def obj(name, item):
+        if isinstance(item, h5py.Dataset):
+            if item.external:
+                problems.append(f"dataset {name!r} keeps its data in external files {[e[0] for e in item.external]!r:.120}")
+            elif item.is_virtual:
+                problems.append(f"dataset {name!r} is a virtual dataset (mapped from other files)")
+        return None if len(problems) < 5 else True
+
+    h5.visititems_links(link)
+    if not problems:
+        h5.visititems(obj)
+    if problems:
+        raise ModelFormatError("the file refers to data outside itself, which fastrnn never reads: "
+                               + "; ".join(problems), source)
 
 
 def _read_dataset(ds, source):
