@@ -58,12 +58,27 @@ def _constant(node, x):
     raise ValueError(f"{node.where()}: Constant without a supported value attribute")
 
 
+MAX_ELEMENTS = 1 << 28  # 1 GB of float32: no glue tensor of a real model comes near it
+
+
+def check_size(node, shape):
+    """Refuse (naming the node) an output of more than MAX_ELEMENTS before it is allocated."""
+    shape = [int(s) for s in shape]
+    if any(s < 0 for s in shape):
+        raise ValueError(f"{node.where()}: negative size in the output shape {shape}")
+    total = 1
+    for s in shape:
+        total *= s
+    if total > MAX_ELEMENTS:
+        raise ValueError(f"{node.where()}: the output would hold {total:,} elements (shape {shape}), beyond "
+                         f"fastrnn's limit of {MAX_ELEMENTS:,} for a glue tensor; refused")
+    return shape
+
+
 @op("ConstantOfShape")
 def _constant_of_shape(node, x):
-    shape = _int_list(x[0])
+    shape = check_size(node, _int_list(x[0]))
     value = node.attrs.get("value", np.zeros(1, np.float32))
-    if int(np.prod(shape, dtype=np.int64)) > 1 << 28:
-        raise ValueError(f"{node.where()}: refusing to allocate a tensor of shape {shape}")
     return [np.full(shape, np.asarray(value).reshape(-1)[0], dtype=np.asarray(value).dtype)]
 
 
@@ -149,10 +164,18 @@ def _split(node, x):
     if split is None and len(x) > 1 and x[1] is not None:
         split = _int_list(x[1])
     n_out = len(node.outputs)
+    if not isinstance(axis, int) or not -data.ndim <= axis < data.ndim:
+        raise ValueError(f"{node.where()}: axis {axis!r} is out of range for a tensor of {data.ndim} axes")
     if split is None:
         num = node.attrs.get("num_outputs", n_out)
+        if not isinstance(num, int) or num < 1 or num != n_out:
+            raise ValueError(f"{node.where()}: num_outputs must be a positive integer equal to the node's "
+                             f"{n_out} outputs, got {num!r}")
         size = -(-data.shape[axis] // num)
-        split = [min(size, data.shape[axis] - i * size) for i in range(num)]
+        split = [max(0, min(size, data.shape[axis] - i * size)) for i in range(num)]
+    if len(split) != n_out or any(v < 0 for v in split) or sum(split) != data.shape[axis]:
+        raise ValueError(f"{node.where()}: split sizes {split} must be {n_out} sizes >= 0 adding up to "
+                         f"{data.shape[axis]} (axis {axis})")
     return list(np.split(data, np.cumsum(split)[:-1], axis=axis))
 
 
@@ -186,24 +209,45 @@ def _slice(node, x):
 @op("Expand")
 def _expand(node, x):
     data = np.asarray(x[0])
-    shape = np.broadcast_shapes(data.shape, tuple(_int_list(x[1])))
+    target = _int_list(x[1])
+    if any(v < 0 for v in target):
+        raise ValueError(f"{node.where()}: negative size in the Expand shape {target}")
+    try:
+        shape = np.broadcast_shapes(data.shape, tuple(target))
+    except ValueError:
+        raise ValueError(f"{node.where()}: shape {data.shape} cannot be expanded to {target}") from None
+    check_size(node, shape)
     return [np.broadcast_to(data, shape).copy()]
 
 
 @op("Tile")
 def _tile(node, x):
-    return [np.tile(x[0], _int_list(x[1]))]
+    data, reps = np.asarray(x[0]), _int_list(x[1])
+    if len(reps) != data.ndim or any(r < 0 for r in reps):
+        raise ValueError(f"{node.where()}: repeats {reps} must be {data.ndim} counts >= 0")
+    check_size(node, [d * r for d, r in zip(data.shape, reps)])
+    return [np.tile(data, reps)]
 
 
 @op("Range")
 def _range(node, x):
     start, limit, delta = (np.asarray(v).reshape(()) for v in x[:3])
+    if not np.all(np.isfinite([start, limit, delta]).astype(bool)) or delta == 0:
+        raise ValueError(f"{node.where()}: Range needs finite start, limit and a non-zero delta")
+    count = max(int(np.ceil((float(limit) - float(start)) / float(delta))), 0)
+    check_size(node, [count])
     return [np.arange(start, limit, delta, dtype=np.result_type(start))]
 
 
 def _binary(f):
     def run(node, x):
         a, b = np.asarray(x[0]), np.asarray(x[1])
+        try:
+            check_size(node, np.broadcast_shapes(a.shape, b.shape))
+        except ValueError as exc:
+            if "refused" in str(exc):
+                raise
+            raise ValueError(f"{node.where()}: shapes {a.shape} and {b.shape} do not broadcast") from None
         return [f(a, b).astype(np.result_type(a, b), copy=False)]
     return run
 
