@@ -50,12 +50,13 @@ def infer_architecture(params, cell, return_sequences=True, activation="linear",
     if cell not in CELL_NAMES:
         raise ValueError(f"cell must be lstm, gru, rnn_tanh or rnn_relu; got {cell!r}")
     module, nonlinearity = CELL_NAMES[cell]
-    groups = []  # (prefix, kind) in order of first appearance
+    groups = {}  # prefix -> kind, in order of first appearance (dicts keep insertion order)
     for key in params:
         m = _KEY.match(key)
         prefix, kind = (m.group("prefix"), "rnn") if m else (key.rsplit(".", 1)[0] + "." if "." in key else "", "other")
-        if not any(g[0] == prefix for g in groups):
-            groups.append((prefix, kind))
+        groups.setdefault(prefix, kind)
+    groups = list(groups.items())
+    keys_of = _keys_by_prefix(params)
     rnn = [g for g in groups if g[1] == "rnn"]
     if not rnn:
         raise ModelFormatError("state_dict has no weight_ih_l0 key: no RNN/LSTM/GRU module in it", source)
@@ -68,7 +69,7 @@ def infer_architecture(params, cell, return_sequences=True, activation="linear",
             if prefix == rnn[-1][0] and not return_sequences:
                 entry["return_sequences"] = False
             layers.append(entry)
-        elif gi == 0 and {k for k in params if k.startswith(prefix)} == {prefix + "weight"}:
+        elif gi == 0 and set(keys_of.get(prefix, ())) == {prefix + "weight"}:
             layers.append({"module": "Embedding", "prefix": prefix})
         elif gi == len(groups) - 1 and prefix + "weight" in params:
             layers.append({"module": "Linear", "prefix": prefix})
@@ -79,11 +80,29 @@ def infer_architecture(params, cell, return_sequences=True, activation="linear",
                     raise ValueError(f"activation must be one of {sorted(names)} or linear, got {activation!r}")
                 layers.append({"module": names[activation]})
         else:
-            keys = sorted(k for k in params if k.startswith(prefix))
+            keys = sorted(keys_of.get(prefix, ()))
             raise UnsupportedLayerError(
                 f"state_dict entries {keys} are not an Embedding (first), RNN weights or a Linear (last); describe "
                 "the network with --architecture spec.json (see fastrnn.formats.torch_spec)", source)
     return {"format": FORMAT, "layers": layers}
+
+
+def _keys_by_prefix(params):
+    """prefix (everything up to the last '.', kept) -> its keys: one pass over the state_dict."""
+    out = {}
+    for k in params:
+        out.setdefault(k.rsplit(".", 1)[0] + "." if "." in k else "", []).append(k)
+    return out
+
+
+def _recurrent_keys(params):
+    """prefix -> the recurrent parameter keys (weight_ih_l0 ...) under it: one pass."""
+    out = {}
+    for k in params:
+        m = _KEY.match(k)
+        if m:
+            out.setdefault(m.group("prefix"), []).append(k)
+    return out
 
 
 def read_architecture(source) -> dict:
@@ -129,6 +148,7 @@ def from_architecture(params, spec, vocabulary=None, name="model", source=None):
         return params[full]
 
     layers = []
+    rec_keys = _recurrent_keys(params)
     entries = spec["layers"]
     rec_positions = [i for i, e in enumerate(entries) if e.get("module") in RECURRENT_MODULES]
     for i, e in enumerate(entries):
@@ -145,7 +165,7 @@ def from_architecture(params, spec, vocabulary=None, name="model", source=None):
                 layers.append(Dense(take(prefix, "weight", where), take(prefix, "bias", where, False), name=label))
             elif module in RECURRENT_MODULES:
                 cell = RECURRENT_MODULES[module]
-                keys = [k for k in params if _KEY.match(k) and _KEY.match(k).group("prefix") == prefix]
+                keys = rec_keys.get(prefix, [])
                 if not keys:
                     raise ModelFormatError(f"{where}: no {prefix}weight_ih_l0 in the state_dict", source)
                 used.update(keys)

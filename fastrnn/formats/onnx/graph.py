@@ -228,19 +228,39 @@ def parse(path_or_bytes) -> Graph:
 
 
 def _toposort(nodes, available, source):
-    """Nodes in an order where every input is produced before use (ONNX requires it, but check)."""
+    """Nodes in an order where every input is produced before use (ONNX requires it, but files
+    in the wild break the rule; check). Kahn's algorithm: linear in nodes + edges, and nodes keep
+    their file order wherever they are free to."""
+    import heapq
+
     available = set(available) | {""}
-    pending, ordered = list(nodes), []
-    while pending:
-        rest = []
-        for n in pending:
-            if all(i in available for i in n.inputs):
-                ordered.append(n)
-                available.update(n.outputs)
-            else:
-                rest.append(n)
-        if len(rest) == len(pending):
-            missing = sorted({i for n in rest for i in n.inputs if i not in available})
-            raise ModelFormatError(f"{rest[0].where()} uses values no node produces: {missing[:5]}", source)
-        pending = rest
+    producer = {}
+    for i, n in enumerate(nodes):
+        for o in n.outputs:
+            if o:
+                producer.setdefault(o, i)
+    waiting = [0] * len(nodes)
+    readers = {}
+    for i, n in enumerate(nodes):
+        for name in set(n.inputs):
+            if name in available:
+                continue
+            j = producer.get(name)
+            if j is None:
+                raise ModelFormatError(f"{n.where()} uses values no node produces: {[name]}", source)
+            waiting[i] += 1
+            readers.setdefault(j, []).append(i)
+    ready = [i for i, w in enumerate(waiting) if w == 0]
+    heapq.heapify(ready)
+    ordered = []
+    while ready:
+        i = heapq.heappop(ready)
+        ordered.append(nodes[i])
+        for r in readers.get(i, ()):
+            waiting[r] -= 1
+            if waiting[r] == 0:
+                heapq.heappush(ready, r)
+    if len(ordered) != len(nodes):
+        stuck = [nodes[i] for i, w in enumerate(waiting) if w > 0]
+        raise ModelFormatError(f"{stuck[0].where()} is part of a cycle: its inputs depend on its own outputs", source)
     return ordered
