@@ -68,3 +68,13 @@ def test_keras_chain_of_60000_layers(tmp_path):
     model = fastrnn.load(tmp_path / "big.keras")
     assert time.perf_counter() - t < BOUND
     assert len(model.nodes) == 60001
+
+
+def test_live_torch_chain_of_20000_recurrent_modules():
+    torch = require("torch")
+    modules = [torch.nn.Embedding(5, 2)] + [torch.nn.RNN(2, 2, batch_first=True) for _ in range(20000)]
+    net = torch.nn.Sequential(*modules, torch.nn.Linear(2, 5)).eval()
+    t = time.perf_counter()
+    model = fastrnn.from_torch(net)
+    assert time.perf_counter() - t < BOUND
+    assert len(model.layers) == 20002
