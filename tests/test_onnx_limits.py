@@ -76,3 +76,23 @@ def test_normal_sizes_still_run():
     data = graph_model(nodes, {"one": np.ones(1, np.float32), "shape": np.array([1, 3], np.int64)})
     out = fastrnn.onnx.InferenceSession(data).run(None, {"x": np.zeros((2, 3), np.float32)})[0]
     np.testing.assert_array_equal(out, np.ones((2, 3), np.float32))
+
+
+@pytest.mark.parametrize("node,inits", [
+    (helper.make_node("Slice", ["c", "st", "en", "ax", "step"], ["s"], name="bad_glue"),
+     {"c": np.ones((2, 3), np.float32), "st": np.array([0]), "en": np.array([3]), "ax": np.array([1]),
+      "step": np.array([0])}),
+    (helper.make_node("Transpose", ["c"], ["s"], name="bad_glue", perm=[0, 0]), {"c": np.ones((2, 3), np.float32)}),
+    (helper.make_node("Gather", ["c", "i"], ["s"], name="bad_glue", axis=5),
+     {"c": np.ones((2, 3), np.float32), "i": np.array([0])}),
+    (helper.make_node("Concat", ["c", "c"], ["s"], name="bad_glue", axis=9), {"c": np.ones((2, 3), np.float32)}),
+])
+def test_glue_ops_with_bad_attributes_name_the_node(node, inits):
+    """Any glue op whose attributes make no sense: one error naming the node (never a
+    ZeroDivisionError or a bare NumPy traceback)."""
+    nodes = [node, helper.make_node("ReduceSum", ["s"], ["r"], keepdims=0),
+             helper.make_node("Add", ["x", "r"], ["y"])]
+    data = graph_model(nodes, {k: np.asarray(v, np.int64) if np.asarray(v).dtype.kind == "i" else v
+                               for k, v in inits.items()})
+    with pytest.raises((fastrnn.ModelFormatError, ValueError), match="bad_glue"):
+        fastrnn.onnx.InferenceSession(data).run(None, {"x": np.zeros((1, 3), np.float32)})

@@ -134,7 +134,7 @@ class InferenceSession:
                     outs = OPS[node.op_type](node, inputs)
             except (ModelFormatError, UnsupportedLayerError):
                 raise
-            except (ValueError, IndexError, TypeError, KeyError) as exc:
+            except (ValueError, IndexError, TypeError, KeyError, ArithmeticError) as exc:  # bad attributes too
                 raise ValueError(f"{node.where()} failed: {exc}") from None
             for name, value in zip(node.outputs, outs):
                 if name:
