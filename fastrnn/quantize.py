@@ -155,8 +155,15 @@ class Int8Matrix:
     def T(self):
         return _Transposed(self)
 
+    def product(self, flat):
+        """flat (M, K) float32 -> (M, N): each row quantized, then the int8 product."""
+        xq, xs = quantize_rows(flat)
+        return int8_product(xq, xs, self.q, self.scale, np.zeros((flat.shape[0], self.q.shape[0]), f32))
+
 
 class _Transposed:
+    """``m.T`` of an Int8Matrix / Bf16Matrix: ``x @ m.T`` flattens x to rows and calls m.product."""
+
     __array_ufunc__ = None
 
     def __init__(self, m):
@@ -164,10 +171,8 @@ class _Transposed:
 
     def __rmatmul__(self, x):
         x = np.asarray(x, dtype=f32)
-        flat = x.reshape(-1, x.shape[-1])
-        xq, xs = quantize_rows(flat)
-        out = int8_product(xq, xs, self.m.q, self.m.scale, np.zeros((flat.shape[0], self.m.q.shape[0]), f32))
-        return out.reshape(x.shape[:-1] + (self.m.q.shape[0],))
+        out = self.m.product(x.reshape(-1, x.shape[-1]))
+        return out.reshape(x.shape[:-1] + (out.shape[1],))
 
 
 def bf16_product(x, w, out):
@@ -195,22 +200,9 @@ class Bf16Matrix(Int8Matrix):
     def __getitem__(self, rows):
         return Bf16Matrix(self.w[rows])
 
-    @property
-    def T(self):
-        return _Bf16Transposed(self)
-
-
-class _Bf16Transposed:
-    __array_ufunc__ = None
-
-    def __init__(self, m):
-        self.m = m
-
-    def __rmatmul__(self, x):
-        x = np.asarray(x, dtype=f32)
-        flat = x.reshape(-1, x.shape[-1])
-        out = bf16_product(flat, self.m.w, np.zeros((flat.shape[0], self.m.w.shape[0]), f32))
-        return out.reshape(x.shape[:-1] + (self.m.w.shape[0],))
+    def product(self, flat):
+        """flat (M, K) float32 -> (M, N), the bfloat16 product."""
+        return bf16_product(flat, self.w, np.zeros((flat.shape[0], self.w.shape[0]), f32))
 
 
 class Int8ReferenceBackend(NumpyBackend):

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import io
 import pickle
-import re
 import struct
 import zipfile
 from collections import OrderedDict
@@ -641,7 +640,6 @@ def _read_archive(zf, size, path):
     return out
 
 
-_KEY = re.compile(r"^(?P<prefix>.*?)(?P<kind>weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)_l(?P<layer>\d+)(?P<rev>_reverse)?$")
 
 
 def from_state_dict(params, cell, return_sequences=True, activation="linear", vocabulary=None, name="model",
