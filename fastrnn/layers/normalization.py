@@ -19,6 +19,23 @@ def _vector(a, name, size=None):
     return None if a is None else frozen_array(a, None if size is None else (size,), name)
 
 
+def _last_axis_shape(layer, what, shapes):
+    """Both normalizations keep the shape and need ``layer.size`` features on the last axis."""
+    shape = tuple(shapes[0])
+    if not shape or (shape[-1] is not None and shape[-1] != layer.size):
+        raise ValueError(f"{layer.name} ({what}) expects {layer.size} features, gets {shape}")
+    return shape
+
+
+def _scale_shift(layer, y):
+    """y * gamma + beta, each only when the layer has it (a missing gamma is 1, beta 0)."""
+    if layer.gamma is not None:
+        y = y * layer.gamma
+    if layer.beta is not None:
+        y = y + layer.beta
+    return y.astype(f32)
+
+
 @dataclass(repr=False)
 class LayerNormalization(Layer):
     """y = (x - mean(x)) / sqrt(var(x) + epsilon) * gamma + beta, statistics over the last axis."""
@@ -41,10 +58,7 @@ class LayerNormalization(Layer):
             raise ValueError(f"{self.name}: epsilon must be >= 0, got {self.epsilon}")
 
     def output_shape(self, shapes):
-        shape = tuple(shapes[0])
-        if not shape or (shape[-1] is not None and shape[-1] != self.size):
-            raise ValueError(f"{self.name} (LayerNormalization) expects {self.size} features, gets {shape}")
-        return shape
+        return _last_axis_shape(self, "LayerNormalization", shapes)
 
     def call(self, inputs, lengths=None):
         return layer_normalization(self, inputs[0])
@@ -65,12 +79,7 @@ def layer_normalization(layer: LayerNormalization, x):
     x = np.asarray(x, f32)
     mean = x.mean(axis=-1, keepdims=True)
     var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)
-    y = (x - mean) / np.sqrt(var + np.float32(layer.epsilon))
-    if layer.gamma is not None:
-        y = y * layer.gamma
-    if layer.beta is not None:
-        y = y + layer.beta
-    return y.astype(f32)
+    return _scale_shift(layer, (x - mean) / np.sqrt(var + np.float32(layer.epsilon)))
 
 
 @dataclass(repr=False)
@@ -109,20 +118,14 @@ class BatchNormalization(Layer):
         return self.moving_mean.shape[0]
 
     def output_shape(self, shapes):
-        shape = tuple(shapes[0])
-        if not shape or (shape[-1] is not None and shape[-1] != self.size):
-            raise ValueError(f"{self.name} (BatchNormalization) expects {self.size} features, gets {shape}")
-        return shape
+        return _last_axis_shape(self, "BatchNormalization", shapes)
 
     def call(self, inputs, lengths=None):
         return batch_normalization(self, inputs[0])
 
     def arrays(self):
-        out = {}
-        for k in ("gamma", "beta", "moving_mean", "moving_variance"):
-            if getattr(self, k) is not None:
-                out[k] = getattr(self, k)
-        return out
+        return {k: getattr(self, k) for k in ("gamma", "beta", "moving_mean", "moving_variance")
+                if getattr(self, k) is not None}
 
     def config(self):
         return {"epsilon": self.epsilon}
@@ -135,9 +138,4 @@ class BatchNormalization(Layer):
 
 def batch_normalization(layer: BatchNormalization, x):
     x = np.asarray(x, f32)
-    y = (x - layer.moving_mean) / np.sqrt(layer.moving_variance + np.float32(layer.epsilon))
-    if layer.gamma is not None:
-        y = y * layer.gamma
-    if layer.beta is not None:
-        y = y + layer.beta
-    return y.astype(f32)
+    return _scale_shift(layer, (x - layer.moving_mean) / np.sqrt(layer.moving_variance + np.float32(layer.epsilon)))
