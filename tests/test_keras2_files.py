@@ -570,3 +570,50 @@ def test_cli_convert_with_keras_architecture(tmp_path, capsys):
     # without --architecture: the one-line error says how
     assert main(["convert", str(tmp_path / "weights.h5"), str(out)]) == 2
     assert "--architecture model.json" in capsys.readouterr().err
+
+
+# -- files written by the real Keras 2 (tf_keras 2.21, tests/fixtures/keras2/make_fixtures.py) ---------
+FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "keras2")
+
+
+def fixture(name):
+    return os.path.join(FIXTURES, name)
+
+
+def test_real_keras2_cudnn_weights_against_keras2s_own_conversion():
+    """tf_keras saved CuDNNLSTM -> CuDNNGRU -> Dense weights; its load_weights converted them into
+    LSTM -> GRU(reset_after) -> Dense and predicted: fastrnn gives those outputs with the CuDNN
+    architecture and with the CPU one, and so do the NumPy cuDNN equations of this file."""
+    expected = np.load(fixture("expected.npz"))
+    x, y = expected["cudnn_x"], expected["cudnn_y"]
+    for arch in ("cudnn.json", "cpu.json"):
+        fm = fastrnn.load(fixture("cudnn_weights.h5"), architecture=fixture(arch))
+        assert fm.metadata["keras_version"] == "2.21.0"
+        assert_close(fm.predict(x), y, FRAMEWORK_ATOL, FRAMEWORK_RTOL, arch)
+    with h5py.File(fixture("cudnn_weights.h5"), "r") as f:
+        w = {n: [np.asarray(f[n][k]) for k in f[n].attrs["weight_names"]] for n in ("cu_dnnlstm", "cu_dnngru", "dense")}
+    ref = dense(ref_cudnn_gru(ref_cudnn_lstm(x, *w["cu_dnnlstm"], sequences=True), *w["cu_dnngru"]), *w["dense"])
+    assert_close(ref, y, FRAMEWORK_ATOL, FRAMEWORK_RTOL, "the NumPy cuDNN equations against Keras 2")
+
+
+def test_real_keras2_renamed_groups_hard_sigmoid_reset_before():
+    """tf_keras saved the weights after building other models (groups embedding_2, lstm_3, gru_3,
+    dense_4), the JSON comes from a fresh process (embedding, lstm, gru, dense): matched in order,
+    with Keras 2's hard_sigmoid and the reset-before GRU, masked token ids."""
+    expected = np.load(fixture("expected.npz"))
+    fm = fastrnn.load(fixture("renamed_weights.h5"), architecture=fixture("renamed.json"))
+    assert_close(fm.predict(expected["renamed_x"]), expected["renamed_y"], FRAMEWORK_ATOL, FRAMEWORK_RTOL)
+    with pytest.raises(fastrnn.ModelFormatError, match="no weights group named 'embedding'") as err:
+        fastrnn.load(fixture("renamed_weights.h5"), architecture=fixture("renamed.json"), by_name=True)
+    assert "lstm_3 [lstm_3/lstm_cell/kernel:0 (8, 28)" in str(err.value)
+
+
+def test_keras3_weights_file_with_live_model_or_its_json(tmp_path):
+    """architecture= also takes a Keras 3 .weights.h5 (matched as Keras 3 does) with the model or its JSON."""
+    model = keras.Sequential([keras.Input((None, 8)), L.Bidirectional(L.GRU(4, return_sequences=True)),
+                              L.LSTM(3, recurrent_activation="hard_sigmoid")])
+    model.set_weights([rand(*w.shape) for w in model.get_weights()])
+    model.save_weights(str(tmp_path / "m.weights.h5"))
+    for architecture in (model, model.to_json()):
+        fm = fastrnn.load(tmp_path / "m.weights.h5", architecture=architecture)
+        assert_close(fm.predict(X), keras_out(model, X), FRAMEWORK_ATOL, FRAMEWORK_RTOL)
