@@ -617,3 +617,32 @@ def test_keras3_weights_file_with_live_model_or_its_json(tmp_path):
     for architecture in (model, model.to_json()):
         fm = fastrnn.load(tmp_path / "m.weights.h5", architecture=architecture)
         assert_close(fm.predict(X), keras_out(model, X), FRAMEWORK_ATOL, FRAMEWORK_RTOL)
+
+
+def test_keras1_bidirectional_lstm_and_time_distributed_dense(tmp_path):
+    """Keras 1.2 Bidirectional(LSTM) (24 arrays: the forward layer's 12, then the backward's) and
+    TimeDistributed(Dense(output_dim=...))."""
+    fa, fw = k1_gate_arrays("forward_lstm_1", 8, 4, "icfo")
+    ba, bw = k1_gate_arrays("backward_lstm_1", 8, 4, "icfo")
+    k_d, b_d = rand(8, 3), rand(3)
+    inner = k1_rnn("LSTM", "lstm_1", 4, return_sequences=True)
+    td_dense = k1_dense("dense_1", 3, 8)
+    del td_dense["config"]["input_dim"]
+    arch = {"class_name": "Sequential", "config": [
+        {"class_name": "Bidirectional", "config": {"layer": inner, "name": "bidirectional_1", "trainable": True,
+                                                   "merge_mode": "concat", "batch_input_shape": [None, 5, 8],
+                                                   "input_dtype": "float32"}},
+        {"class_name": "TimeDistributed", "config": {"layer": td_dense, "name": "timedistributed_1",
+                                                     "trainable": True}}],
+        "keras_version": "1.2.2", "backend": "tensorflow"}
+    write_weights_h5(tmp_path / "k1.h5", [("bidirectional_1", fa + ba),
+                                          ("timedistributed_1", [("dense_1_W", k_d), ("dense_1_b", b_d)])],
+                     keras_version=None)
+    fm = fastrnn.load(tmp_path / "k1.h5", architecture=arch)
+
+    def lstm(x, w):
+        kernel, rec, bias = (np.concatenate([w[g][j] for g in "ifco"], axis=-1) for j in range(3))
+        return ref_lstm(x, kernel, rec, bias, hard_sigmoid_k2, sequences=True)
+
+    h = np.concatenate([lstm(X, fw), lstm(X[:, ::-1], bw)[:, ::-1]], axis=-1)
+    assert_close(fm.predict(X), dense(h, k_d, b_d), REF_ATOL, REF_RTOL)

@@ -8,11 +8,13 @@ Entry points
     ``.keras`` (zip of config.json, metadata.json, model.weights.h5; also an unzipped directory
     holding the same files) or a legacy full-model ``.h5``/``.hdf5`` (root attribute
     ``model_config``). A weights-only HDF5 file is refused with a pointer to ``load_weights_h5``.
-``load_weights_h5(weights_path, config, custom_layers=None)``
-    A weights-only HDF5 file (Keras 3 ``model.save_weights("x.weights.h5")`` or a legacy
-    Keras 2 ``save_weights("x.h5")``) plus the architecture: ``config`` is the parsed JSON dict
-    (the ``config.json`` of a .keras archive, or ``json.loads(model.to_json())``) or the path
-    of a JSON file holding it.
+``load_weights_h5(weights_path, config, custom_layers=None, by_name=False)``
+    A weights-only HDF5 file (Keras 3 ``model.save_weights("x.weights.h5")`` or a legacy Keras 1 /
+    2 ``save_weights("x.h5")``) plus the architecture (``fastrnn.load(path, architecture=...)``):
+    ``config`` is ``model.to_json()`` as a dict, its text or a JSON file's path (the
+    ``config.json`` of a .keras archive too), or a Keras model in memory. Legacy files are matched
+    as Keras 2's ``load_weights`` matched them: in order of the layers that have weights, or by
+    name with ``by_name=True``; counts and shapes are checked first.
 ``from_keras(keras_model, custom_layers=None)``
     A Keras model in memory: its config and weights are read through Keras's own API.
 
@@ -52,7 +54,17 @@ Keras facts mapped here, and only here (../../shared/CONVENTIONS.md):
   backward outputs flipped back before merging -> a two-direction Recurrent.
 - return_state: [output, h, c] (LSTM) / [output, h]; Bidirectional [output, h_f, (c_f,) h_b, (c_b)].
 - hard_sigmoid: Keras 3 clip(x/6 + 0.5, 0, 1); Keras 1/2 clip(0.2x + 0.5, 0, 1). The file's
-  keras_version decides. LeakyReLU: Keras 3 ``negative_slope`` (default 0.3), Keras 2 ``alpha``.
+  keras_version decides (for a weights-only file: the architecture's, else the file's; a legacy
+  file without one is Keras 1's, as Keras 2 read it). LeakyReLU: Keras 3 ``negative_slope``
+  (default 0.3), Keras 2 ``alpha``.
+- Keras 1.2 configs (``output_dim``, ``inner_activation``, Dense ``bias``, ``input_dtype``, the
+  input shape from ``input_dim`` / ``input_length``) are read in Keras 2 spelling; Keras 1 LSTM
+  weights are 12 per-gate arrays (i, c, f, o), GRU 9 (z, r, h), concatenated as Keras 2 did.
+  Keras 1 ``Merge`` (mode concat / sum / mul / ave / max) -> Concatenate / Merge.
+- CuDNNLSTM / CuDNNGRU (Keras 2, GPU): sigmoid / tanh, the GRU reset after; their bias holds the
+  input and recurrent halves (8U / 6U). Recognised by that bias shape, whether the architecture
+  says CuDNN* or LSTM / GRU(reset_after=True), and converted as Keras 2's loader did
+  (``_keras2_rnn_arrays``).
 - Dense(activation=...) with an activation the Dense kernel does not apply becomes Dense(linear)
   followed by an Activation node; Dropout-like layers and ActivityRegularization are Identity
   nodes (removed by the graph passes).
