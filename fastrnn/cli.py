@@ -164,8 +164,8 @@ def build_parser():
     p.set_defaults(func=cmd_summary)
 
     p = sub.add_parser("convert", help="convert a model to fastrnn's native .safetensors file")
-    p.add_argument("src", help="native file, .keras/.h5, .onnx, a PyTorch state_dict (.pt/.pth), or a Keras weights-only .h5 "
-                                "with --architecture model.json")
+    p.add_argument("src", help="native file, .keras/.h5, .onnx, a PyTorch state_dict (.pt/.pth), or a Keras "
+                                "weights-only .h5 with --architecture model.json")
     p.add_argument("dst", help="output file, *.safetensors (fastrnn's native format; other suffixes are refused)")
     p.add_argument("--cell", choices=["lstm", "gru", "rnn_tanh", "rnn_relu"],
                    help="cell type of the RNN modules in a PyTorch state_dict")

@@ -106,7 +106,8 @@ MERGE_OPS = {"Add": "add", "Subtract": "subtract", "Multiply": "multiply", "Aver
 MODEL_CLASSES = ("Sequential", "Functional", "Model")
 SUPPORTED_LAYERS = (
     "InputLayer", "Embedding", "Masking", "Dense", "TimeDistributed(Dense and other per-step layers)",
-    "SimpleRNN", "LSTM", "GRU", "CuDNNLSTM", "CuDNNGRU", "Bidirectional", "Activation", "Softmax", "ReLU", "LeakyReLU", "ELU",
+    "SimpleRNN", "LSTM", "GRU", "CuDNNLSTM", "CuDNNGRU", "Bidirectional", "Activation", "Softmax", "ReLU",
+    "LeakyReLU", "ELU",
     "Concatenate", "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Dot",
     "GlobalAveragePooling1D", "GlobalMaxPooling1D", "MaxPooling1D", "AveragePooling1D", "Conv1D", "Flatten",
     "Reshape", "Permute", "RepeatVector", "LayerNormalization", "BatchNormalization", "Attention",
@@ -528,12 +529,12 @@ class _LegacyWeights:
             return ", ".join(f"{n} {tuple(s)}" for n, s in shapes)
 
         listed = "; ".join(f"{g} [{weights(sh)}]" for g, sh in files[:40]) + (" ..." if len(files) > 40 else "")
-        layers = [e for e, k in kinds if k is not False]
+        layers = [(e, k) for e, k in kinds if k is not False]
         arch = "; ".join(f"{e['name']} ({_describe(e)})" + (" (custom: weights unknown)" if k is None else "")
-                         for e, k in kinds if k is not False) or "none"
+                         for e, k in layers[:40]) + (" ..." if len(layers) > 40 else "")
         return ModelFormatError(
             f"the weights file does not fit the architecture: {why}. The file's groups with weights, in order: "
-            f"{listed or 'none'}. The architecture's {len(layers)} layers with weights, in order: {arch}",
+            f"{listed or 'none'}. The architecture's {len(layers)} layers with weights, in order: {arch or 'none'}",
             self.source)
 
     def arrays(self, entry):
