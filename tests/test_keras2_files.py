@@ -646,3 +646,15 @@ def test_keras1_bidirectional_lstm_and_time_distributed_dense(tmp_path):
 
     h = np.concatenate([lstm(X, fw), lstm(X[:, ::-1], bw)[:, ::-1]], axis=-1)
     assert_close(fm.predict(X), dense(h, k_d, b_d), REF_ATOL, REF_RTOL)
+
+
+def test_keras1_layers_in_another_layout_are_refused_by_name(tmp_path):
+    conv = {"class_name": "Convolution1D", "config": {
+        "name": "convolution1d_1", "nb_filter": 4, "filter_length": 3, "init": "glorot_uniform",
+        "activation": "linear", "border_mode": "valid", "subsample_length": 1, "bias": True,
+        "batch_input_shape": [None, 5, 8], "input_dtype": "float32"}}
+    arch = {"class_name": "Sequential", "config": [conv], "keras_version": "1.2.2"}
+    write_weights_h5(tmp_path / "k1.h5", [("convolution1d_1", [("convolution1d_1_W", rand(3, 1, 8, 4)),
+                                                               ("convolution1d_1_b", rand(4))])], keras_version=None)
+    with pytest.raises(fastrnn.UnsupportedLayerError, match="Keras 1 Convolution1D"):
+        fastrnn.load(tmp_path / "k1.h5", architecture=arch)

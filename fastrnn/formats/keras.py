@@ -1562,6 +1562,9 @@ def _pooling(ctx, e, cfg, weights, kw):
 
 
 def _conv1d(ctx, e, cfg, weights, kw):
+    if "nb_filter" in cfg:
+        raise ctx.unsupported(e, "a Keras 1 Convolution1D (nb_filter, filter_length: its kernel is stored in "
+                                 "another layout) is not supported; rebuild it as a Keras 2 Conv1D")
     _channels_last(ctx, e, cfg)
     if int(cfg.get("groups", 1)) != 1:
         raise ctx.unsupported(e, "grouped convolutions (groups > 1) are not supported")
@@ -1617,6 +1620,8 @@ def _layer_norm(ctx, e, cfg, weights, kw):
 
 
 def _batch_norm(ctx, e, cfg, weights, kw):
+    if cfg.get("mode", 0) != 0:  # Keras 1: modes 1 and 2 normalize with the batch's own statistics
+        raise ctx.unsupported(e, f"Keras 1 BatchNormalization mode={cfg.get('mode')} is not supported (mode 0 is)")
     if _norm_axis(ctx, e, cfg) != -1:
         raise ctx.unsupported(e, "normalization over an axis other than the last (-1) is not supported")
     names = (["gamma"] if cfg.get("scale", True) else []) + (["beta"] if cfg.get("center", True) else []) + [
