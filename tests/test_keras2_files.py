@@ -658,3 +658,20 @@ def test_keras1_layers_in_another_layout_are_refused_by_name(tmp_path):
                                                                ("convolution1d_1_b", rand(4))])], keras_version=None)
     with pytest.raises(fastrnn.UnsupportedLayerError, match="Keras 1 Convolution1D"):
         fastrnn.load(tmp_path / "k1.h5", architecture=arch)
+
+
+def test_load_architecture_routes_a_torch_state_dict_to_fastrnns_spec(tmp_path):
+    """fastrnn.load(path, architecture=...) routes by the file's kind, like convert --architecture:
+    a PyTorch state_dict takes fastrnn's architecture JSON (it is tested in full in test_torch_files)."""
+    torch = require("torch")
+    torch.manual_seed(0)
+    rnn, fc = torch.nn.GRU(8, 5, batch_first=True), torch.nn.Linear(5, 2)
+    torch.save({**{f"rnn.{k}": v for k, v in rnn.state_dict().items()},
+                **{f"fc.{k}": v for k, v in fc.state_dict().items()}}, tmp_path / "weights")
+    spec = {"format": "fastrnn-torch-architecture",
+            "layers": [{"module": "GRU", "prefix": "rnn."}, {"module": "Tanh"}, {"module": "Linear", "prefix": "fc."}]}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    fm = fastrnn.load(tmp_path / "weights", architecture=str(tmp_path / "spec.json"))
+    with torch.no_grad():
+        want = fc(torch.tanh(rnn(torch.from_numpy(X))[0])).numpy()
+    assert_close(fm.predict(X), want, FRAMEWORK_ATOL, FRAMEWORK_RTOL)
