@@ -55,7 +55,7 @@ def save(model: Model, path, quantize=None):
 
 
 def load(path, mmap: bool = False, custom_layers=None, tokenizer=None, padding="pre", truncating="pre",
-         maxlen=None) -> Model:
+         maxlen=None, architecture=None, by_name=False) -> Model:
     """Load a model file. Native fastrnn ``.safetensors`` files are read with NumPy only; Keras
     and ONNX files go to their importers.
 
@@ -76,8 +76,19 @@ def load(path, mmap: bool = False, custom_layers=None, tokenizer=None, padding="
     ``tokenizer``: the Keras ``Tokenizer.to_json()`` the model was trained with (a path, or the JSON
     text): it becomes the model's vocabulary, with ``pad_sequences``' ``padding`` / ``truncating``
     side (Keras's default "pre") and ``maxlen``, so ``classify`` on raw text feeds the model the ids
-    and padding Keras did (fastrnn.formats.tokenizers)."""
-    model = _load(path, mmap, custom_layers)
+    and padding Keras did (fastrnn.formats.tokenizers).
+
+    ``architecture``: for a file that holds weights only. A Keras weights-only HDF5 file (Keras 2
+    ``save_weights("weights.h5")``, Keras 3 ``.weights.h5``) takes the Keras architecture: the
+    ``model.to_json()`` output (a path such as the ``model.json`` Keras 2 projects ship, the JSON
+    text, or the parsed dict) or a Keras model in memory; its weight groups are matched to the
+    layers in order, as Keras 2's ``load_weights`` does, or by layer name with ``by_name=True``
+    (fastrnn.formats.keras.load_weights_h5). A PyTorch state_dict takes fastrnn's architecture
+    JSON (fastrnn.formats.torch_spec)."""
+    if architecture is not None:
+        model = _load_with_architecture(path, architecture, custom_layers, by_name)
+    else:
+        model = _load(path, mmap, custom_layers)
     if tokenizer is not None:
         from .formats.tokenizers import attach_tokenizer
 
@@ -104,6 +115,28 @@ def _load(path, mmap, custom_layers):
     from .formats import native
 
     return native.load(path, mmap=mmap, custom_layers=custom_layers)
+
+
+def _load_with_architecture(path, architecture, custom_layers, by_name):
+    """A weights-only file plus the architecture it needs (``load(path, architecture=...)``)."""
+    path = os.fspath(path)
+    kind = _sniff(path)
+    if kind == "keras" and not os.path.isdir(path):
+        with open(path, "rb") as f:
+            hdf5 = f.read(8) == _HDF5_MAGIC
+        if hdf5:
+            from .formats import keras
+
+            return keras.load_weights_h5(path, architecture, custom_layers=custom_layers, by_name=by_name)
+    if kind == "torch":
+        from .formats.torch import read_state_dict
+        from .formats.torch_spec import check_finite_params, from_architecture
+
+        params = check_finite_params(read_state_dict(path), path)
+        return from_architecture(params, architecture, name=os.path.splitext(os.path.basename(path))[0], source=path)
+    raise ModelFormatError("architecture= is for files that hold weights only: a Keras weights HDF5 file (with the "
+                           "model.to_json() architecture) or a PyTorch state_dict (with fastrnn's architecture "
+                           "JSON); this file holds its own architecture: load it without architecture=", path)
 
 
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"

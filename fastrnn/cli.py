@@ -1,7 +1,8 @@
 """The ``fastrnn`` command line.
 
     fastrnn summary MODEL
-    fastrnn convert SRC DST [--cell lstm|gru|rnn_tanh|rnn_relu] [--last] [--activation A] [--vocab FILE]
+    fastrnn convert SRC DST [--cell lstm|gru|rnn_tanh|rnn_relu] [--architecture FILE] [--by-name]
+                            [--last] [--activation A] [--vocab FILE]
                             [--quantize float16|int8] [--tokenizer FILE] [--padding S] [--truncating S] [--maxlen N]
                             [--custom-layers MODULE.py]
     fastrnn generate ...     (fastrnn/generate.py adds it)
@@ -90,7 +91,13 @@ def cmd_convert(args):
         model = from_architecture(params, spec, vocabulary=vocab, name=os.path.splitext(os.path.basename(src))[0],
                                   source=src)
     else:
-        model = load(src, custom_layers=load_custom_layers(args.custom_layers))
+        if args.architecture:  # a Keras weights-only HDF5 file + its model.to_json() (else a clear error)
+            model = load(src, custom_layers=load_custom_layers(args.custom_layers), architecture=args.architecture,
+                         by_name=args.by_name)
+        else:
+            if args.by_name:
+                raise ValueError("--by-name goes with --architecture (a Keras weights-only .h5 file)")
+            model = load(src, custom_layers=load_custom_layers(args.custom_layers))
         if vocab is not None:  # --vocab applies to every source (it replaces a stored vocabulary)
             if not model.takes_tokens:
                 raise ValueError(f"--vocab: {src} takes feature vectors, not token ids, so it has no use for a "
@@ -157,13 +164,20 @@ def build_parser():
     p.set_defaults(func=cmd_summary)
 
     p = sub.add_parser("convert", help="convert a model to fastrnn's native .safetensors file")
-    p.add_argument("src", help="native file, .keras/.h5, .onnx, or a PyTorch state_dict (.pt/.pth)")
+    p.add_argument("src", help="native file, .keras/.h5, .onnx, a PyTorch state_dict (.pt/.pth), or a Keras "
+                                "weights-only .h5 with --architecture model.json")
     p.add_argument("dst", help="output file, *.safetensors (fastrnn's native format; other suffixes are refused)")
     p.add_argument("--cell", choices=["lstm", "gru", "rnn_tanh", "rnn_relu"],
                    help="cell type of the RNN modules in a PyTorch state_dict")
     p.add_argument("--architecture", metavar="FILE",
-                   help="state_dict: the network as fastrnn's architecture JSON (modules in order, with Tanh, "
-                        "LogSoftmax, ...; see README 'PyTorch weight files'); replaces --cell")
+                   help="for a file holding weights only. PyTorch state_dict: the network as fastrnn's architecture "
+                        "JSON (modules in order, with Tanh, LogSoftmax, ...; see README 'PyTorch weight files'); "
+                        "replaces --cell. Keras weights-only .h5 (save_weights): the model.json of "
+                        "model.to_json() (Keras 1, 2 or 3); weights matched to layers in order, as Keras 2's "
+                        "load_weights")
+    p.add_argument("--by-name", action="store_true",
+                   help="--architecture with a Keras .h5: match weight groups to layers by name (Keras 2's "
+                        "load_weights(by_name=True)) instead of in order")
     p.add_argument("--last", action="store_true",
                    help="state_dict: apply the final Linear to the last state (classifier) instead of every step")
     p.add_argument("--activation", default="linear", help="activation after the final Linear (e.g. softmax)")

@@ -8,11 +8,13 @@ Entry points
     ``.keras`` (zip of config.json, metadata.json, model.weights.h5; also an unzipped directory
     holding the same files) or a legacy full-model ``.h5``/``.hdf5`` (root attribute
     ``model_config``). A weights-only HDF5 file is refused with a pointer to ``load_weights_h5``.
-``load_weights_h5(weights_path, config, custom_layers=None)``
-    A weights-only HDF5 file (Keras 3 ``model.save_weights("x.weights.h5")`` or a legacy
-    Keras 2 ``save_weights("x.h5")``) plus the architecture: ``config`` is the parsed JSON dict
-    (the ``config.json`` of a .keras archive, or ``json.loads(model.to_json())``) or the path
-    of a JSON file holding it.
+``load_weights_h5(weights_path, config, custom_layers=None, by_name=False)``
+    A weights-only HDF5 file (Keras 3 ``model.save_weights("x.weights.h5")`` or a legacy Keras 1 /
+    2 ``save_weights("x.h5")``) plus the architecture (``fastrnn.load(path, architecture=...)``):
+    ``config`` is ``model.to_json()`` as a dict, its text or a JSON file's path (the
+    ``config.json`` of a .keras archive too), or a Keras model in memory. Legacy files are matched
+    as Keras 2's ``load_weights`` matched them: in order of the layers that have weights, or by
+    name with ``by_name=True``; counts and shapes are checked first.
 ``from_keras(keras_model, custom_layers=None)``
     A Keras model in memory: its config and weights are read through Keras's own API.
 
@@ -52,7 +54,17 @@ Keras facts mapped here, and only here (../../shared/CONVENTIONS.md):
   backward outputs flipped back before merging -> a two-direction Recurrent.
 - return_state: [output, h, c] (LSTM) / [output, h]; Bidirectional [output, h_f, (c_f,) h_b, (c_b)].
 - hard_sigmoid: Keras 3 clip(x/6 + 0.5, 0, 1); Keras 1/2 clip(0.2x + 0.5, 0, 1). The file's
-  keras_version decides. LeakyReLU: Keras 3 ``negative_slope`` (default 0.3), Keras 2 ``alpha``.
+  keras_version decides (for a weights-only file: the architecture's, else the file's; a legacy
+  file without one is Keras 1's, as Keras 2 read it). LeakyReLU: Keras 3 ``negative_slope``
+  (default 0.3), Keras 2 ``alpha``.
+- Keras 1.2 configs (``output_dim``, ``inner_activation``, Dense ``bias``, ``input_dtype``, the
+  input shape from ``input_dim`` / ``input_length``) are read in Keras 2 spelling; Keras 1 LSTM
+  weights are 12 per-gate arrays (i, c, f, o), GRU 9 (z, r, h), concatenated as Keras 2 did.
+  Keras 1 ``Merge`` (mode concat / sum / mul / ave / max) -> Concatenate / Merge.
+- CuDNNLSTM / CuDNNGRU (Keras 2, GPU): sigmoid / tanh, the GRU reset after; their bias holds the
+  input and recurrent halves (8U / 6U). Recognised by that bias shape, whether the architecture
+  says CuDNN* or LSTM / GRU(reset_after=True), and converted as Keras 2's loader did
+  (``_keras2_rnn_arrays``).
 - Dense(activation=...) with an activation the Dense kernel does not apply becomes Dense(linear)
   followed by an Activation node; Dropout-like layers and ActivityRegularization are Identity
   nodes (removed by the graph passes).
@@ -81,7 +93,10 @@ from ..layers import (Activation, Attention, BatchNormalization, Concatenate, Co
 from ..layers.custom import call_factory
 from ..model import Model
 
-RECURRENT_CELLS = {"SimpleRNN": "rnn", "LSTM": "lstm", "GRU": "gru"}
+RECURRENT_CELLS = {"SimpleRNN": "rnn", "LSTM": "lstm", "GRU": "gru", "CuDNNLSTM": "lstm", "CuDNNGRU": "gru"}
+CUDNN_LAYERS = ("CuDNNLSTM", "CuDNNGRU")  # Keras 2 GPU layers: tanh / sigmoid, GRU reset after, 2 biases
+# Keras 1 merge(mode=...) -> fastrnn merge; "concat" is a Concatenate
+KERAS1_MERGE_MODES = {"sum": "add", "mul": "multiply", "ave": "average", "max": "maximum"}
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}
 NO_OP_LAYERS = ("Dropout", "SpatialDropout1D", "GaussianNoise", "GaussianDropout", "AlphaDropout",
                 "ActivityRegularization", "Identity")
@@ -91,11 +106,13 @@ MERGE_OPS = {"Add": "add", "Subtract": "subtract", "Multiply": "multiply", "Aver
 MODEL_CLASSES = ("Sequential", "Functional", "Model")
 SUPPORTED_LAYERS = (
     "InputLayer", "Embedding", "Masking", "Dense", "TimeDistributed(Dense and other per-step layers)",
-    "SimpleRNN", "LSTM", "GRU", "Bidirectional", "Activation", "Softmax", "ReLU", "LeakyReLU", "ELU",
+    "SimpleRNN", "LSTM", "GRU", "CuDNNLSTM", "CuDNNGRU", "Bidirectional", "Activation", "Softmax", "ReLU",
+    "LeakyReLU", "ELU",
     "Concatenate", "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Dot",
     "GlobalAveragePooling1D", "GlobalMaxPooling1D", "MaxPooling1D", "AveragePooling1D", "Conv1D", "Flatten",
     "Reshape", "Permute", "RepeatVector", "LayerNormalization", "BatchNormalization", "Attention",
-    "AdditiveAttention", "Sequential / Functional (nested)") + NO_OP_LAYERS
+    "AdditiveAttention", "Merge (Keras 1: mode concat, sum, mul, ave, max)", "Sequential / Functional (nested)"
+) + NO_OP_LAYERS
 
 # Keras activation name -> fastrnn activation name, for functions defined identically in both.
 # hard_sigmoid is handled apart (its definition depends on the Keras version).
@@ -136,19 +153,51 @@ def load(path, custom_layers=None) -> Model:
     return _guarded(path, lambda p: _load(p, custom))
 
 
-def load_weights_h5(weights_path, config, custom_layers=None) -> Model:
+def load_weights_h5(weights_path, config, custom_layers=None, by_name=False) -> Model:
     """Build a Model from a weights-only HDF5 file and the model's architecture.
 
-    weights_path : a Keras 3 ``model.save_weights("x.weights.h5")`` file, or a legacy Keras 2
-        ``save_weights("x.h5")`` file (a legacy full-model .h5 is accepted too).
-    config : the architecture, as the dict ``{"class_name": "Sequential" | "Functional",
-        "config": {...}}`` — the ``config.json`` of a .keras archive or
-        ``json.loads(keras_model.to_json())`` — or the path of a JSON file holding it.
+    weights_path : a Keras 3 ``model.save_weights("x.weights.h5")`` file, or a legacy Keras 1 / 2
+        ``save_weights("x.h5")`` file (a legacy full-model .h5 is accepted too: its weights are used,
+        with the architecture given here).
+    config : the architecture: ``model.to_json()`` of Keras 1, 2 or 3 (Keras 2 projects ship it as
+        ``model.json`` beside ``weights.h5``) as the parsed dict, the JSON text or the path of a file
+        holding it (the ``config.json`` of a .keras archive also works), or a Keras model in memory
+        (read as ``fastrnn.from_keras`` reads it).
+    by_name : legacy files only. False (Keras 2's ``load_weights`` default): the file's weight
+        groups are matched IN ORDER to the architecture's layers that have weights, whatever
+        their names (a file saved by one process often says ``lstm_3`` where a freshly built model
+        says ``lstm_1``). True: each layer takes the group of its own name. Shapes are checked
+        either way; when the file does not fit, the error lists the file's groups (with their
+        weight shapes) and the architecture's layers that have weights. Keras 3 ``.weights.h5``
+        files are matched as Keras 3 does (by each layer's position per class).
+
+    The architecture's ``keras_version`` (else the file's) decides the legacy semantics, as the
+    Keras that made the model computed: Keras 1 / 2 ``hard_sigmoid`` is clip(0.2x + 0.5), a GRU
+    without ``reset_after`` in its config is the reset-before variant (Keras < 2.1.3). Keras 1
+    per-gate weight arrays and CuDNNLSTM / CuDNNGRU weights are converted as Keras 2's loader did.
     """
     weights_path = os.fspath(weights_path)
     if not os.path.exists(weights_path):
         raise FileNotFoundError(weights_path)
-    if isinstance(config, (str, os.PathLike)):
+    config, live_version = _architecture(config)
+    custom = _check_custom(custom_layers)
+    return _guarded(weights_path, lambda p: _load_weights_h5(p, config, custom, bool(by_name), live_version))
+
+
+def _architecture(config):
+    """(config dict, Keras version of a live model or None) from a dict, JSON text, a path or a
+    Keras model in memory."""
+    if hasattr(config, "get_config") and hasattr(config, "get_layer"):  # a Keras model in memory
+        cfg, version, _ = _live_config(config)
+        return cfg, version
+    if isinstance(config, (bytes, bytearray)):
+        config = bytes(config).decode("utf-8")
+    if isinstance(config, str) and config.lstrip().startswith("{"):
+        try:
+            config = json.loads(config)
+        except ValueError as exc:
+            raise ModelFormatError(f"the architecture JSON text is not valid JSON: {exc}", "architecture") from None
+    elif isinstance(config, (str, os.PathLike)):
         config_path = os.fspath(config)
         try:
             with open(config_path, encoding="utf-8") as f:
@@ -156,10 +205,9 @@ def load_weights_h5(weights_path, config, custom_layers=None) -> Model:
         except (OSError, ValueError, UnicodeDecodeError) as exc:
             raise ModelFormatError(f"cannot read the model config JSON: {exc}", config_path) from None
     if not isinstance(config, dict):
-        raise TypeError(f"config must be a dict (the parsed config.json) or a path to a JSON file, "
-                        f"got {type(config).__name__}")
-    custom = _check_custom(custom_layers)
-    return _guarded(weights_path, lambda p: _load_weights_h5(p, config, custom))
+        raise TypeError(f"the architecture must be a dict (the parsed model.to_json() / config.json), its JSON "
+                        f"text, the path of a JSON file or a Keras model, got {type(config).__name__}")
+    return config, None
 
 
 # -- containers ------------------------------------------------------------------------------
@@ -265,15 +313,17 @@ def _load_legacy_h5(path, custom) -> Model:
         _refuse_external(h5, path)
         if "model_config" not in h5.attrs:
             raise ModelFormatError(
-                "this HDF5 file holds weights only (no model_config attribute); pass the architecture: "
-                "fastrnn.formats.keras.load_weights_h5(path, config)", path)
+                "this HDF5 file holds weights only (no model_config attribute); pass the architecture (the "
+                "model.json of model.to_json(), its text or dict, or the Keras model): fastrnn.load(path, "
+                "architecture=\"model.json\") or fastrnn.formats.keras.load_weights_h5(path, config); on the "
+                "command line fastrnn convert weights.h5 out.safetensors --architecture model.json", path)
         config = _parse_json(h5.attrs["model_config"], "model_config", path)
         group = h5["model_weights"] if "model_weights" in h5 else h5
         version = _attr_str(h5.attrs.get("keras_version", group.attrs.get("keras_version", "2")))
         return _build(config, _LegacyWeights(group, path), version, "h5", path, custom)
 
 
-def _load_weights_h5(path, config, custom) -> Model:
+def _load_weights_h5(path, config, custom, by_name=False, live_version=None) -> Model:
     h5py = _h5py()
     with open(path, "rb") as f:
         if f.read(8) != _HDF5_MAGIC:
@@ -281,15 +331,30 @@ def _load_weights_h5(path, config, custom) -> Model:
     with h5py.File(path, "r") as h5:
         _refuse_external(h5, path)
         if "layers" in h5 or "vars" in h5:  # Keras 3 layout
-            return _build(config, _Keras3Weights(h5, path), str(config.get("keras_version", "3")),
+            return _build(config, _Keras3Weights(h5, path), live_version or str(config.get("keras_version", "3")),
                           "weights.h5", path, custom)
         group = h5["model_weights"] if "model_weights" in h5 else h5
-        if "layer_names" not in group.attrs:
+        if not _attr_list(group, "layer_names"):
             raise ModelFormatError("HDF5 file has neither Keras 3 'layers/' groups nor a legacy 'layer_names' "
                                    "attribute: not a Keras weights file", path)
-        version = _attr_str(h5.attrs.get("keras_version", group.attrs.get("keras_version",
-                                                                          config.get("keras_version", "2"))))
-        return _build(config, _LegacyWeights(group, path), version, "weights.h5", path, custom)
+        # Keras 2's rule: a legacy file without keras_version was written by Keras 1
+        file_version = _attr_str(group.attrs.get("keras_version", h5.attrs.get("keras_version", "1")))
+        version = live_version or _config_version(config) or file_version
+        weights = _LegacyWeights(group, path, match="name" if by_name else "order")
+        return _build(config, weights, version, "weights.h5", path, custom)
+
+
+def _config_version(config):
+    """The Keras version an architecture JSON was written by: its ``keras_version`` (Keras 1 and 2
+    ``to_json()`` record it), "3" for a Keras 3 config (which does not, but names each layer's
+    ``module``), None when it does not say."""
+    if config.get("keras_version"):
+        return _attr_str(config["keras_version"])
+    body = config.get("config")
+    layers = body.get("layers") if isinstance(body, dict) else body
+    if isinstance(layers, list) and any(isinstance(lc, dict) and "module" in lc for lc in layers):
+        return "3"
+    return None
 
 
 def _parse_json(raw, what, path):
@@ -305,6 +370,18 @@ def _attr_str(value) -> str:
     if isinstance(value, (bytes, np.bytes_)):
         return bytes(value).decode("utf-8")
     return str(value)
+
+
+def _attr_list(group, name):
+    """A list-of-names attribute of a legacy file (Keras splits one too long for an HDF5 object
+    header into ``name0``, ``name1``, ...)."""
+    if name in group.attrs:
+        return [_attr_str(n) for n in np.atleast_1d(group.attrs[name])]
+    out, k = [], 0
+    while f"{name}{k}" in group.attrs:
+        out += [_attr_str(n) for n in np.atleast_1d(group.attrs[f"{name}{k}"])]
+        k += 1
+    return out
 
 
 class _Keras3Weights:
@@ -331,7 +408,7 @@ class _Keras3Weights:
                 self.by_name[_attr_str(vars_group.attrs["name"])] = key
         self.by_position = {}
 
-    def set_layer_order(self, entries):
+    def set_layer_order(self, entries, sizes=None):
         """Keys as Keras computes them, from model.layers (class name snake_cased, numbered)."""
         used = {}
         for e in entries:
@@ -380,13 +457,85 @@ class _Keras3Weights:
 class _LegacyWeights:
     """Legacy Keras 1/2 HDF5 weights: ``<group>/<layer name>`` lists its datasets, in Keras's
     weight order, in attribute ``weight_names`` (tf.keras names end in ':0'). A nested model is
-    one group listing all its layers' weights (``<layer>/<weight>:0``)."""
+    one group listing all its layers' weights (``<layer>/<weight>:0``).
 
-    def __init__(self, group, source, nested=False):
-        self.group, self.source, self.nested = group, source, nested
+    ``match``: None (a full-model file: each layer reads the group of its name), "name" or
+    "order" (a weights-only file, as Keras 2's ``load_weights(by_name=True | False)``: the file's
+    groups that hold weights are paired with the model's layers that have weights, by name or in
+    order; counts and shapes are checked first, and a misfit lists both sides)."""
 
-    def set_layer_order(self, entries):
-        pass  # legacy files address layers by their user names
+    def __init__(self, group, source, nested=False, match=None):
+        self.group, self.source, self.nested, self.match = group, source, nested, match
+        self.assigned = {}  # architecture layer name -> file group name
+
+    def set_layer_order(self, entries, sizes=None):
+        """``sizes``: {layer name: its input feature size} where the config shows it."""
+        sizes = sizes or {}
+        if self.nested or self.match is None:
+            return  # inside a nested model, or a full-model file: by the layer names
+        files = self._file_groups()
+        kinds = [(e, _has_weights(e, self.source)) for e in entries]
+        if self.match == "name":
+            names = {g for g, _ in files}
+            weighted = [e for e, k in kinds if k or (k is None and e["name"] in names)]
+            for i, e in enumerate(weighted):
+                if e["name"] not in names:
+                    raise self._misfit(f"by_name=True and the file has no weights group named {e['name']!r} "
+                                       f"({e['class_name']})", files, kinds)
+                shapes = dict(files)[e["name"]]
+                why = _shape_problem(e, shapes, self.source, sizes.get(e["name"]))
+                if why:
+                    raise self._misfit(f"layer {e['name']!r} ({e['class_name']}): {why}", files, kinds)
+                self.assigned[e["name"]] = e["name"]
+            return
+        known = [e for e, k in kinds if k]
+        unknown = [e for e, k in kinds if k is None]  # custom layers: weights or not, the file says
+        weighted = known
+        if unknown and len(known) + len(unknown) == len(files):
+            weighted = [e for e, k in kinds if k is not False]
+        hint = ""
+        if known and all(e["name"] in dict(files) for e in known):
+            hint = " (every layer with weights has a group of its name in the file: by_name=True reads them)"
+        if len(weighted) != len(files):
+            raise self._misfit(f"the file holds weights for {len(files)} layers, the architecture has "
+                               f"{len(weighted)} layers with weights{hint}", files, kinds)
+        for i, (e, (gname, shapes)) in enumerate(zip(weighted, files)):
+            why = _shape_problem(e, shapes, self.source, sizes.get(e["name"]))
+            if why:
+                raise self._misfit(f"matched in order (Keras 2's load_weights), layer #{i} {e['name']!r} "
+                                   f"({e['class_name']}) takes the file's group {gname!r}, but {why}{hint}",
+                                   files, kinds)
+            self.assigned[e["name"]] = gname
+
+    def _file_groups(self):
+        """[(group name, [(weight name, shape)])] of the groups holding weights, in file order."""
+        out = []
+        for name in _attr_list(self.group, "layer_names"):
+            if name not in self.group:
+                raise ModelFormatError(f"layer_names lists {name!r} but the file has no such group", self.source)
+            g = self.group[name]
+            shapes = []
+            for n in self._names(g):
+                if n not in g or not hasattr(g[n], "shape"):
+                    raise ModelFormatError(f"group {name!r}: weight {n!r} listed in weight_names is missing",
+                                           self.source)
+                shapes.append((n, tuple(g[n].shape)))
+            if shapes:
+                out.append((name, shapes))
+        return out
+
+    def _misfit(self, why, files, kinds):
+        def weights(shapes):
+            return ", ".join(f"{n} {tuple(s)}" for n, s in shapes)
+
+        listed = "; ".join(f"{g} [{weights(sh)}]" for g, sh in files[:40]) + (" ..." if len(files) > 40 else "")
+        layers = [(e, k) for e, k in kinds if k is not False]
+        arch = "; ".join(f"{e['name']} ({_describe(e)})" + (" (custom: weights unknown)" if k is None else "")
+                         for e, k in layers[:40]) + (" ..." if len(layers) > 40 else "")
+        return ModelFormatError(
+            f"the weights file does not fit the architecture: {why}. The file's groups with weights, in order: "
+            f"{listed or 'none'}. The architecture's {len(layers)} layers with weights, in order: {arch or 'none'}",
+            self.source)
 
     def arrays(self, entry):
         name = entry["name"]
@@ -394,9 +543,10 @@ class _LegacyWeights:
             g = self.group
             names = [n for n in self._names(g) if name in n.split("/")[:-1]]
         else:
-            if name not in self.group:
+            gname = self.assigned.get(name, name)
+            if gname not in self.group:
                 raise ModelFormatError(f"no weights group for layer {name!r} ({entry['class_name']})", self.source)
-            g = self.group[name]
+            g = self.group[gname]
             names = self._names(g)
         out = []
         for n in names:
@@ -407,13 +557,183 @@ class _LegacyWeights:
 
     @staticmethod
     def _names(g):
-        return [_attr_str(n) for n in np.atleast_1d(g.attrs.get("weight_names", []))]
+        return _attr_list(g, "weight_names")
 
     def scope(self, entry):
-        name = entry["name"]
+        name = self.assigned.get(entry["name"], entry["name"])
         if name not in self.group:
-            raise ModelFormatError(f"no weights group for nested model {name!r}", self.source)
+            raise ModelFormatError(f"no weights group for nested model {entry['name']!r}", self.source)
         return _LegacyWeights(self.group[name], self.source, nested=True)
+
+
+def _has_weights(e, source):
+    """Whether a layer entry has weights, from its class and config: True, False, or None (a class
+    fastrnn does not know: a custom layer)."""
+    cls = e["class_name"]
+    cfg = e["config"] if isinstance(e["config"], dict) else {}
+    module = str(e.get("module") or "")
+    if module and not module.startswith("keras"):
+        return None
+    if cls in RECURRENT_CELLS or cls in ("Bidirectional", "Dense", "Embedding", "Conv1D", "Convolution1D",
+                                        "BatchNormalization"):
+        return True
+    if cls == "TimeDistributed":
+        try:
+            return _has_weights(_entry(cfg.get("layer") or {}, source), source)
+        except ModelFormatError:
+            return None
+    if cls == "LayerNormalization":
+        return bool(cfg.get("scale", True) or cfg.get("center", True))
+    if cls == "Attention":
+        return bool(cfg.get("use_scale", False)) or cfg.get("score_mode") == "concat"
+    if cls == "AdditiveAttention":
+        return bool(cfg.get("use_scale", True))
+    if cls in MODEL_CLASSES:
+        body = e["config"]
+        layers = body if isinstance(body, list) else (body or {}).get("layers") or []
+        kinds = []
+        for lc in layers:
+            try:
+                kinds.append(_has_weights(_entry(lc, source), source))
+            except ModelFormatError:
+                kinds.append(None)
+        return True if any(kinds) else (None if None in kinds else False)
+    if cls in _CONVERTERS or cls in NO_OP_LAYERS or cls in ("InputLayer", "Lambda") or cls in MASK_OPS:
+        return False
+    return None
+
+
+_SAME_SIZE = {"Activation", "Masking", "Softmax", "ReLU", "LeakyReLU", "ELU", "LayerNormalization",
+              "BatchNormalization"} | set(NO_OP_LAYERS)
+
+
+def _feature_sizes(kind, entries, source):
+    """{layer name: the feature size (last axis) of its input} where the config shows it: from the
+    input's shape through the layers whose output size their config gives. Only for checking a
+    weights file against the architecture before anything is built."""
+    def out_size(e, n):
+        cls = e["class_name"]
+        cfg = e["config"] if isinstance(e["config"], dict) else {}
+        if cls == "InputLayer":
+            shape = cfg.get("batch_input_shape") or cfg.get("batch_shape")
+            return shape[-1] if isinstance(shape, list) and shape and isinstance(shape[-1], int) else None
+        if cls in RECURRENT_CELLS or cls == "Dense":
+            return cfg.get("units") if isinstance(cfg.get("units"), int) else None
+        if cls in ("Bidirectional", "TimeDistributed"):
+            try:
+                inner = _entry(cfg.get("layer") or {}, source)
+            except ModelFormatError:
+                return None
+            m = out_size(inner, n)
+            if cls == "Bidirectional" and m is not None and cfg.get("merge_mode", "concat") == "concat":
+                return 2 * m
+            return m
+        if cls == "Embedding":
+            return cfg.get("output_dim") if isinstance(cfg.get("output_dim"), int) else None
+        if cls in _SAME_SIZE:
+            return n
+        return None
+
+    sizes, outs = {}, {}
+    if kind == "Sequential":
+        first = entries[0]["config"] if entries and isinstance(entries[0]["config"], dict) else {}
+        shape = first.get("batch_input_shape") or first.get("batch_shape")
+        n = shape[-1] if isinstance(shape, list) and shape and isinstance(shape[-1], int) else None
+        for e in entries:
+            if e["class_name"] == "InputLayer":
+                n = out_size(e, None)
+                continue
+            sizes[e["name"]] = n
+            n = out_size(e, n)
+        return sizes
+    for e in entries:
+        n = None
+        try:
+            if e["inbound_nodes"]:
+                args = _node_call(e["inbound_nodes"][0], source, e["name"])[0]
+                if len(args) == 1:
+                    n = outs.get(args[0][0])
+        except (ModelFormatError, KeyError, TypeError, ValueError, IndexError):
+            n = None
+        sizes[e["name"]] = n
+        outs[e["name"]] = out_size(e, n)
+    return sizes
+
+
+def _describe(e):
+    cfg = e["config"] if isinstance(e["config"], dict) else {}
+    if e["class_name"] in ("Bidirectional", "TimeDistributed") and isinstance(cfg.get("layer"), dict):
+        inner = cfg["layer"]
+        icfg = _keras1_config(str(inner.get("class_name")), inner.get("config") or {})
+        sizes = {k: icfg[k] for k in ("units",) if k in icfg}
+        return f"{e['class_name']}({inner.get('class_name')}{', ' if sizes else ''}" \
+               f"{', '.join(f'{k}={v}' for k, v in sizes.items())})"
+    sizes = {k: cfg[k] for k in ("units", "input_dim", "output_dim", "filters") if k in cfg}
+    return e["class_name"] + (", " + ", ".join(f"{k}={v}" for k, v in sizes.items()) if sizes else "")
+
+
+def _expected_shapes(e, source, n_in=None):
+    """The weight shapes a layer entry may hold, from its config (None: any size), as a list of
+    alternatives; None when fastrnn does not check this class here (its converter checks)."""
+    cls = e["class_name"]
+    cfg = e["config"] if isinstance(e["config"], dict) else {}
+    if cls in ("Bidirectional", "TimeDistributed"):
+        try:
+            inner = _entry(cfg.get("layer") or {}, source)
+        except ModelFormatError:
+            return None
+        alts = _expected_shapes(inner, source, n_in)
+        if alts is None or cls == "TimeDistributed":
+            return alts
+        return [a + a for a in alts]
+    if cls in RECURRENT_CELLS:
+        try:
+            U = int(cfg["units"])
+        except (KeyError, TypeError, ValueError):
+            return None
+        cell = RECURRENT_CELLS[cls]
+        G = GATES[cell]
+        base = [(n_in, G * U), (U, G * U)]
+        if cls in CUDNN_LAYERS:
+            alts = [base + [(2 * G * U,)]]
+        elif not cfg.get("use_bias", True):
+            return [base]
+        else:
+            alts = [base + [(G * U,)]]
+        if cell == "gru":
+            alts.append(base + [(2, G * U)])
+        if cell in ("lstm", "gru"):
+            alts.append(base + [(2 * G * U,)])  # cuDNN weights, converted as Keras 2 did
+            alts.append([(n_in, U), (U, U), (U,)] * G)  # Keras 1: one kernel, recurrent kernel, bias per gate
+        return alts
+    if cls == "Dense":
+        try:
+            U = int(cfg["units"])
+        except (KeyError, TypeError, ValueError):
+            return None
+        return [[(n_in, U)] + ([(U,)] if cfg.get("use_bias", True) else [])]
+    if cls == "Embedding" and isinstance(cfg.get("input_dim"), int) and isinstance(cfg.get("output_dim"), int):
+        return [[(cfg["input_dim"], cfg["output_dim"])]]
+    return None
+
+
+def _shape_problem(e, shapes, source, n_in=None):
+    """None when the file's weights ``shapes`` [(name, shape)] fit layer entry ``e`` (reading
+    ``n_in`` features, None if unknown), else why not."""
+    alts = _expected_shapes(e, source, n_in)
+    if alts is None:
+        return None
+    got = [tuple(s) for _, s in shapes]
+
+    def fits(alt):
+        return len(alt) == len(got) and all(
+            len(a) == len(b) and all(x is None or x == y for x, y in zip(a, b)) for a, b in zip(alt, got))
+
+    if any(fits(a) for a in alts):
+        return None
+    want = " or ".join("[" + ", ".join(str(tuple("?" if x is None else x for x in s)) for s in a) + "]"
+                       for a in alts[:2])
+    return f"its weights have shapes [{', '.join(str(s) for s in got)}] where {_describe(e)} takes {want}"
 
 
 class _LiveWeights:
@@ -422,7 +742,7 @@ class _LiveWeights:
     def __init__(self, model, source):
         self.model, self.source = model, source
 
-    def set_layer_order(self, entries):
+    def set_layer_order(self, entries, sizes=None):
         pass
 
     def _layer(self, entry):
@@ -492,6 +812,12 @@ def from_keras(keras_model, custom_layers=None) -> Model:
     its config through ``keras.saving.serialize_keras_object`` (or ``get_config``) and its
     weights through each layer's ``weights``. ``custom_layers`` as for ``fastrnn.load``."""
     custom = _check_custom(custom_layers)
+    config, version, source = _live_config(keras_model)
+    return _build(config, _LiveWeights(keras_model, source), version, "in-memory", source, custom)
+
+
+def _live_config(keras_model):
+    """(config dict, Keras version, source label) of a Keras model in memory."""
     if not (hasattr(keras_model, "get_config") and hasattr(keras_model, "get_layer")):
         raise TypeError(f"from_keras takes a Keras Sequential or Functional model, got {type(keras_model).__name__}")
     source = f"keras model {getattr(keras_model, 'name', '?')!r}"
@@ -511,7 +837,7 @@ def from_keras(keras_model, custom_layers=None) -> Model:
             f"model class {config.get('class_name')!r}: fastrnn reads Sequential and Functional models "
             "(a subclassed model has no architecture to read)", source)
     config = json.loads(json.dumps(config, default=_json_default))
-    return _build(config, _LiveWeights(keras_model, source), version, "in-memory", source, custom)
+    return config, version, source
 
 
 def _json_default(obj):
@@ -533,12 +859,51 @@ def _entry(layer_cfg, source):
         raise ModelFormatError(f"layer {layer_cfg['class_name']}: config is not an object", source)
     name = layer_cfg.get("name") or (cfg.get("name") if isinstance(cfg, dict) else None) \
         or layer_cfg["class_name"].lower()
+    if isinstance(cfg, dict):
+        cfg = _keras1_config(str(layer_cfg["class_name"]), cfg)
     nodes = layer_cfg.get("inbound_nodes") or []
     if not isinstance(nodes, list):
         raise ModelFormatError(f"layer {name!r}: inbound_nodes is not a list", source)
     return {"class_name": str(layer_cfg["class_name"]), "name": str(name), "config": cfg, "inbound_nodes": nodes,
             "module": layer_cfg.get("module"), "registered_name": layer_cfg.get("registered_name"),
             "raw": layer_cfg}
+
+
+_KERAS1_RECURRENT = ("SimpleRNN", "LSTM", "GRU")
+
+
+def _keras1_config(cls, cfg):
+    """A Keras 1.x layer config in the Keras 2 spelling (Keras 2 and 3 configs pass unchanged):
+    ``output_dim`` -> ``units`` (not Embedding's), ``inner_activation`` -> ``recurrent_activation``,
+    Dense ``bias`` -> ``use_bias``, ``input_dtype`` -> ``dtype``, and the input shape from
+    ``input_dim`` / ``input_length``. The rest (``init``, ``inner_init``, ``consume_less``,
+    ``W_regularizer``, ``dropout_W``, ...) does not change inference."""
+    if not any(k in cfg for k in ("output_dim", "inner_activation", "input_dtype", "bias", "input_dim",
+                                  "input_length")):
+        return cfg
+    cfg = dict(cfg)
+    if cls in _KERAS1_RECURRENT + ("Dense",) and "output_dim" in cfg and "units" not in cfg:
+        cfg["units"] = cfg.pop("output_dim")
+    if "inner_activation" in cfg and "recurrent_activation" not in cfg:
+        cfg["recurrent_activation"] = cfg.pop("inner_activation")
+    if cls == "Dense" and isinstance(cfg.get("bias"), bool) and "use_bias" not in cfg:
+        cfg["use_bias"] = cfg.pop("bias")
+    if "input_dtype" in cfg and "dtype" not in cfg:
+        cfg["dtype"] = cfg.pop("input_dtype")
+    if "batch_input_shape" not in cfg and "batch_shape" not in cfg:
+        length = cfg.get("input_length")
+        if cls in _KERAS1_RECURRENT and isinstance(cfg.get("input_dim"), int):
+            cfg["batch_input_shape"] = [None, length, cfg["input_dim"]]
+        elif cls == "Dense" and isinstance(cfg.get("input_dim"), int):
+            cfg["batch_input_shape"] = [None, cfg["input_dim"]]
+        elif cls == "Embedding" and "input_length" in cfg and (length is None or isinstance(length, int)):
+            cfg["batch_input_shape"] = [None, length]
+    return cfg
+
+
+def _version_tuple(version):
+    nums = [int(n) for n in re.findall(r"\d+", str(version))[:2]]
+    return tuple(nums + [0] * (2 - len(nums))) if nums else (3, 0)
 
 
 def _major(version) -> int:
@@ -609,6 +974,7 @@ def _ref_specs(spec):
 class _Context:
     def __init__(self, keras_version, source, custom):
         self.legacy = _major(keras_version) < 3
+        self.version = _version_tuple(keras_version)
         self.source = source
         self.custom = custom
 
@@ -734,7 +1100,8 @@ def _expand_model(b, config, weights, prefix, feeds):
         if not isinstance(layers, list) or not layers:
             raise ModelFormatError("Sequential config has no layers", source)
         entries = [_entry(lc, source) for lc in layers]
-        weights.set_layer_order([e for e in entries if e["class_name"] != "InputLayer"])
+        weights.set_layer_order([e for e in entries if e["class_name"] != "InputLayer"],
+                                _feature_sizes(kind, entries, source))
         if feeds is not None:
             cur = feeds[0]
         elif entries[0]["class_name"] == "InputLayer":
@@ -762,7 +1129,7 @@ def _expand_model(b, config, weights, prefix, feeds):
     if not isinstance(body, dict) or not isinstance(body.get("layers"), list):
         raise ModelFormatError(f"{kind} config has no layers", source)
     entries = [_entry(lc, source) for lc in body["layers"]]
-    weights.set_layer_order([e for e in entries if not _is_op(e)])
+    weights.set_layer_order([e for e in entries if not _is_op(e)], _feature_sizes(kind, entries, source))
     by_name = {e["name"]: e for e in entries}
     tensors = {}  # (keras layer name, node index, tensor index) -> graph ref
     try:
@@ -1142,6 +1509,23 @@ def _merge(ctx, e, cfg, weights, kw):
     return Merge(MERGE_OPS[e.get("inner_class", e["class_name"])], name=e["name"])
 
 
+def _keras1_merge(ctx, e, cfg, weights, kw):
+    """Keras 1's ``merge(..., mode=...)`` layer."""
+    if cfg.get("layers"):
+        raise ctx.unsupported(e, "a Keras 1 Merge of whole models inside a Sequential model is not supported; "
+                                 "rebuild it as a functional model (Concatenate / Add / ...) with the same weights")
+    mode = cfg.get("mode", "sum")
+    if not isinstance(mode, str):
+        raise ctx.unsupported(e, "a Keras 1 Merge with a Python function as mode is never run; pass "
+                                 "custom_layers={'Merge': factory}")
+    if mode == "concat":
+        return Concatenate(int(cfg.get("concat_axis", -1)), name=e["name"])
+    if mode in KERAS1_MERGE_MODES:
+        return Merge(KERAS1_MERGE_MODES[mode], name=e["name"])
+    raise ctx.unsupported(e, f"Keras 1 Merge mode {mode!r} is not supported; fastrnn reads modes concat, "
+                             f"{', '.join(KERAS1_MERGE_MODES)}")
+
+
 def _dot(ctx, e, cfg, weights, kw):
     axes = cfg.get("axes", -1)
     return Dot(tuple(axes) if isinstance(axes, list) else int(axes), bool(cfg.get("normalize", False)), name=e["name"])
@@ -1178,6 +1562,9 @@ def _pooling(ctx, e, cfg, weights, kw):
 
 
 def _conv1d(ctx, e, cfg, weights, kw):
+    if "nb_filter" in cfg:
+        raise ctx.unsupported(e, "a Keras 1 Convolution1D (nb_filter, filter_length: its kernel is stored in "
+                                 "another layout) is not supported; rebuild it as a Keras 2 Conv1D")
     _channels_last(ctx, e, cfg)
     if int(cfg.get("groups", 1)) != 1:
         raise ctx.unsupported(e, "grouped convolutions (groups > 1) are not supported")
@@ -1233,6 +1620,8 @@ def _layer_norm(ctx, e, cfg, weights, kw):
 
 
 def _batch_norm(ctx, e, cfg, weights, kw):
+    if cfg.get("mode", 0) != 0:  # Keras 1: modes 1 and 2 normalize with the batch's own statistics
+        raise ctx.unsupported(e, f"Keras 1 BatchNormalization mode={cfg.get('mode')} is not supported (mode 0 is)")
     if _norm_axis(ctx, e, cfg) != -1:
         raise ctx.unsupported(e, "normalization over an axis other than the last (-1) is not supported")
     names = (["gamma"] if cfg.get("scale", True) else []) + (["beta"] if cfg.get("center", True) else []) + [
@@ -1262,11 +1651,11 @@ _CONVERTERS = {
     "MaxPooling1D": _pooling, "AveragePooling1D": _pooling, "MaxPool1D": _pooling, "AvgPool1D": _pooling,
     "Conv1D": _conv1d, "Convolution1D": _conv1d, "Flatten": _flatten, "Reshape": _reshape, "Permute": _permute,
     "RepeatVector": _repeat_vector, "LayerNormalization": _layer_norm, "BatchNormalization": _batch_norm,
-    "Attention": _attention, "AdditiveAttention": _attention,
+    "Attention": _attention, "AdditiveAttention": _attention, "Merge": _keras1_merge,
 }
 _CONVERTERS.update({cls: _merge for cls in MERGE_OPS})
 _CONVERTERS.update({cls: _no_op for cls in NO_OP_LAYERS})
-_MULTI_INPUT = set(MERGE_OPS) | {"Concatenate", "Dot", "Attention", "AdditiveAttention"}
+_MULTI_INPUT = set(MERGE_OPS) | {"Concatenate", "Dot", "Attention", "AdditiveAttention", "Merge"}
 # layers that act on each step alone (on the last axis): TimeDistributed of them is the layer itself
 _PER_STEP = {"Dense", "Activation", "Softmax", "ReLU", "LeakyReLU", "ELU", "LayerNormalization",
              "BatchNormalization"} | set(NO_OP_LAYERS)
@@ -1280,23 +1669,74 @@ def _rnn_options(ctx, e, cfg):
     if cfg.get("time_major"):
         raise ctx.unsupported(e, "time_major=True is not supported")
     cell = RECURRENT_CELLS[cls]
-    act = cfg.get("activation", "tanh")
+    cudnn = cls in CUDNN_LAYERS
+    act = "tanh" if cudnn else cfg.get("activation", "tanh")
     if cell == "rnn":
         acts = (_activation(ctx, e, act, "activation"),)
     else:
-        rec = _activation(ctx, e, cfg.get("recurrent_activation", "sigmoid"), "recurrent_activation")
+        # Keras 1 and Keras 2 before 2.3 defaulted to hard_sigmoid (their configs record it anyway)
+        default = "hard_sigmoid" if ctx.version < (2, 3) else "sigmoid"
+        rec = _activation(ctx, e, "sigmoid" if cudnn else cfg.get("recurrent_activation", default),
+                          "recurrent_activation")
         g = _activation(ctx, e, act, "activation")
         acts = (rec, g, g) if cell == "lstm" else (rec, g)
+    if "units" not in cfg:
+        raise ctx.error(e, "the config has no 'units' (nor Keras 1's 'output_dim')")
     return {
-        "cell": cell, "units": int(cfg["units"]), "activations": acts,
-        "use_bias": bool(cfg.get("use_bias", True)),
-        # reset_after appeared in Keras 2.1.3 (default False); Keras 3 defaults to True
-        "reset_after": bool(cfg.get("reset_after", not ctx.legacy)) if cell == "gru" else True,
+        "cell": cell, "units": int(cfg["units"]), "activations": acts, "cudnn": cudnn,
+        "use_bias": True if cudnn else bool(cfg.get("use_bias", True)),
+        # reset_after appeared in Keras 2.1.3 (default False); Keras 3 defaults to True; CuDNNGRU is
+        # the reset-after variant
+        "reset_after": (cudnn or bool(cfg.get("reset_after", not ctx.legacy))) if cell == "gru" else True,
         "go_backwards": bool(cfg.get("go_backwards", False)),
         "return_sequences": bool(cfg.get("return_sequences", False)),
         "return_state": bool(cfg.get("return_state", False)),
         "zero_output_for_mask": bool(cfg.get("zero_output_for_mask", False)),
     }
+
+
+def _per_gate(a, gates, fn):
+    """Apply ``fn`` to each gate block (last axis split in ``gates``) and put them back together."""
+    return np.concatenate([fn(block) for block in np.split(a, gates, axis=-1)], axis=-1)
+
+
+def _keras2_rnn_arrays(ctx, e, opts, arrays):
+    """One direction's weight arrays in the Keras 2 LSTM / GRU / SimpleRNN layout [kernel,
+    recurrent_kernel(, bias)], converted as Keras 2's loader did (its
+    ``preprocess_weights_for_loading``):
+
+    - Keras 1 stored one kernel, recurrent kernel and bias per gate: LSTM 12 arrays in gate order
+      i, c, f, o (-> i|f|c|o), GRU 9 arrays z, r, h (-> z|r|h).
+    - CuDNNLSTM / CuDNNGRU (recognised by their bias: input and recurrent halves, 2x the size, as
+      Keras 2 did, whether the architecture says CuDNNLSTM or LSTM): cuDNN reads each gate's
+      kernel block (I, U) as the flat bytes of a row-major (U, I) matrix W applied as W @ x, so the
+      row-vector kernel is that W transposed; each recurrent block (U, U) is applied as R @ h, so
+      it is transposed; CuDNNLSTM's two biases are summed, CuDNNGRU's become GRU(reset_after)'s
+      (2, 3U) [input; recurrent] bias. CuDNNGRU weights do not fit a reset-before GRU."""
+    cell, U = opts["cell"], opts["units"]
+    G = GATES[cell]
+    names, a = [n for n, _ in arrays], [x for _, x in arrays]
+    if cell == "lstm" and len(a) == 12:
+        order = (0, 2, 1, 3)  # file i, c, f, o -> i, f, c, o
+        return [(f"{names[0]}..{names[-1]} (Keras 1, {part})",
+                 np.concatenate([a[3 * gate + j] for gate in order], axis=-1))
+                for j, part in enumerate(("kernel", "recurrent_kernel", "bias"))]
+    if cell == "gru" and len(a) == 9:  # z, r, h: Keras 2's order already
+        return [(f"{names[0]}..{names[-1]} (Keras 1, {part})",
+                 np.concatenate([a[3 * gate + j] for gate in range(3)], axis=-1))
+                for j, part in enumerate(("kernel", "recurrent_kernel", "bias"))]
+    if cell in ("lstm", "gru") and len(a) == 3 and a[1].ndim == 2 and a[2].shape == (2 * G * a[1].shape[0],):
+        kernel, rec, bias = a
+        if cell == "gru" and not opts["reset_after"]:
+            raise ctx.error(e, "the file holds CuDNNGRU weights (bias of 6 x units), which do not fit a GRU with "
+                               "reset_after=False (Keras 2 refused it too): the architecture must say "
+                               "CuDNNGRU or GRU(reset_after=True)")
+        n_in, units = kernel.shape[0], rec.shape[0]
+        kernel = _per_gate(kernel, G, lambda k: k.reshape(units, n_in).T)
+        rec = _per_gate(rec, G, lambda r: r.T)
+        bias = bias[:G * units] + bias[G * units:] if cell == "lstm" else bias.reshape(2, G * units)
+        return [(names[0] + " (cuDNN)", kernel), (names[1] + " (cuDNN)", rec), (names[2] + " (cuDNN)", bias)]
+    return arrays
 
 
 def _zrh_to_rzn(a, units):
@@ -1309,6 +1749,7 @@ def _direction(ctx, e, opts, arrays) -> DirectionWeights:
     """One direction from Keras kernel (I, G*U), recurrent_kernel (U, G*U) [, bias]."""
     cell, U = opts["cell"], opts["units"]
     G = GATES[cell]
+    arrays = _keras2_rnn_arrays(ctx, e, opts, arrays)
     got = _take(ctx, e, arrays, ["kernel", "recurrent_kernel", "bias"] if opts["use_bias"]
                 else ["kernel", "recurrent_kernel"])
     kernel, rec = got[0], got[1]
@@ -1360,12 +1801,12 @@ def _bidirectional(ctx, e, weights) -> Recurrent:
     if fo["go_backwards"] or not bo["go_backwards"]:
         raise ctx.unsupported(e, "the forward layer must have go_backwards=False and the backward layer "
                                  "go_backwards=True (fastrnn's bidirectional layout)")
-    same = ("cell", "units", "activations", "reset_after", "return_sequences")
+    same = ("cell", "units", "activations", "reset_after", "return_sequences", "cudnn")
     if fwd["class_name"] != bwd["class_name"] or any(fo[k] != bo[k] for k in same):
         raise ctx.unsupported(e, "a backward layer that differs from the forward layer (class, units, "
                                  "activations, reset_after) is not supported")
     arrays = weights.arrays(e)
-    n_fwd = 3 if fo["use_bias"] else 2
+    n_fwd = len(arrays) // 2  # forward then backward weights (3 each, 12 / 9 for Keras 1 files)
     dirs = [_direction(ctx, e, fo, arrays[:n_fwd]), _direction(ctx, e, bo, arrays[n_fwd:])]
     try:
         return Recurrent(
