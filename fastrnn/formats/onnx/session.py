@@ -56,8 +56,11 @@ class InferenceSession:
         else:
             from ...model import Model
 
-            self.model = Model(graph=graph, name=model_name(self._source), metadata={
-                "source": "onnx", "onnx_batch_axes": {name: b for name, b, _ in self._boundary.inputs}})
+            metadata = {"source": "onnx", "onnx_batch_axes": {name: b for name, b, _ in self._boundary.inputs}}
+            if self._boundary.int8 is not None:  # onnxruntime-quantized: an int8 model (fastrnn.quantize)
+                metadata["quantized"] = "int8"
+                metadata["onnx_int8"] = self._boundary.int8
+            self.model = Model(graph=graph, name=model_name(self._source), metadata=metadata)
         # recurrent weights fed as graph inputs (the ONNX conformance cases): the Model is built
         # for the weights of each run (the last one kept), so these graphs run on the Model too
         self._weight_inputs = weight_inputs(self._graph) if self.model is None else []
