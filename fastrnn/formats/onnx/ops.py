@@ -452,8 +452,8 @@ def dynamic_quantize(x):
     lo = min(0.0, float(x.min())) if x.size else 0.0
     hi = max(0.0, float(x.max())) if x.size else 0.0
     scale = np.float32((np.float32(hi) - np.float32(lo)) / np.float32(255))
-    if scale == 0:
-        return np.zeros(x.shape, np.uint8), scale, np.uint8(0)
+    if scale == 0:  # all zeros: scale 1, as onnxruntime gives
+        return np.zeros(x.shape, np.uint8), np.float32(1), np.uint8(0)
     zero = np.uint8(np.clip(np.rint(np.float32(0) - np.float32(lo) / scale), 0, 255))
     return quantize_values(x, scale, zero, np.uint8), scale, zero
 

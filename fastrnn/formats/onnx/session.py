@@ -67,7 +67,7 @@ class InferenceSession:
         self._specialised = (None, None, None)
         if self.model is None:
             for node in self._graph.nodes:
-                if node.op_type not in RECURRENT_OPS and node.op_type not in OPS:
+                if node.op_type not in RECURRENT_OPS and node.op_type not in OPS and node.op_type != "DynamicQuantizeLSTM":
                     raise UnsupportedLayerError(
                         f"{node.where()}: operator {node.op_type} is not supported by fastrnn.onnx (it runs RNN, "
                         f"LSTM, GRU, the operators that map to fastrnn layers and the glue operators "
@@ -133,6 +133,8 @@ class InferenceSession:
             try:
                 if node.op_type in RECURRENT_OPS:
                     outs = run_node(node, values, self._source, self._layers.get(id(node)))
+                elif node.op_type == "DynamicQuantizeLSTM":  # its dequantized weights, on the float kernels
+                    outs = run_node(*dequantized_lstm(node, values), self._source)
                 else:
                     outs = OPS[node.op_type](node, inputs)
             except (ModelFormatError, UnsupportedLayerError):
@@ -189,6 +191,36 @@ class InferenceSession:
             k, split, axes = by_name[n]
             result.append(to_onnx_output(outs[k], split, axes))
         return result
+
+
+def dequantized_lstm(node, values):
+    """DynamicQuantizeLSTM as an LSTM node with the dequantized weights -> (node, values)."""
+    import dataclasses
+
+    from .ops import OPS
+
+    names = list(node.inputs) + [""] * (12 - len(node.inputs))
+    vals = dict(values)
+    new = list(names[:8])
+    for k, (w, sc, zp) in ((1, (1, 8, 9)), (2, (2, 10, 11))):
+        q = np.asarray(values[names[w]])
+        if q.ndim != 3 or not names[sc]:
+            raise ValueError(f"{node.where()}: input {k} must be 3-D with its scale")
+        D = q.shape[0]
+        scale = np.asarray(values[names[sc]], np.float32)
+        zero = np.asarray(values[names[zp]]) if names[zp] else np.zeros((), q.dtype)
+        deq = OPS["DequantizeLinear"]
+        parts = []
+        for d in range(D):
+            s_d = scale if scale.size == 1 else scale.reshape(D, -1)[d]
+            z_d = zero if zero.size == 1 else zero.reshape(D, -1)[d]
+            axis_node = dataclasses.replace(node, attrs={"axis": 1})
+            parts.append(deq(axis_node, [q[d], s_d.reshape(-1) if s_d.size > 1 else s_d.reshape(()),
+                                         z_d.reshape(-1) if z_d.size > 1 else z_d.reshape(())])[0].T)
+        name = f"{node.name}/input{k}_dequantized"
+        vals[name] = np.ascontiguousarray(np.stack(parts))
+        new[k] = name
+    return dataclasses.replace(node, op_type="LSTM", inputs=new), vals
 
 
 def model_name(source):
