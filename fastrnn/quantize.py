@@ -18,7 +18,9 @@ Kinds
 The model returned holds the rounded values as float32 arrays (``scale * q`` exactly, the same
 numbers a quantized file loads as) and ``metadata["quantized"] = kind``; the int8 engine
 recovers ``q`` and ``scale`` from them bitwise (the rule is idempotent on its own output), so a
-model quantized in memory, saved and loaded again gives the same results.
+model quantized in memory, saved and loaded again gives the same results. Matrices quantized by
+another tool (onnxruntime's int8 ONNX files) have scales the rule does not recover; their exact
+integers are registered (register_exact_int8 below) and every int8 consumer takes them.
 
 The int8 arithmetic (the spec; kernels/int8_core.h implements it in C)
 -------------------------------------------------------------------

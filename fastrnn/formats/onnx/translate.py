@@ -30,7 +30,12 @@ tests/test_onnx_graphs.py):
 - Softmax / LogSoftmax / Tanh / Relu / Sigmoid / ... -> Activation; Exp, Log, Neg, ... -> Math;
 - Add / Sub / Mul / Max / Min between tensors -> Merge; with a constant -> Arithmetic;
 - Concat -> Concatenate; ReduceMean / ReduceMax over time -> GlobalPooling1D;
-- Reshape / Flatten: a view change when possible, else Reshape (after Permute if needed).
+- Reshape / Flatten: a view change when possible, else Reshape (after Permute if needed);
+- onnxruntime's quantized operators (quantize_dynamic): DynamicQuantizeLSTM -> Recurrent;
+  DynamicQuantizeLinear(x) -> MatMulInteger(B) -> Cast -> Mul(x scale * B scale) [+ Add(b)],
+  MatMulIntegerToFloat and DynamicQuantizeMatMul -> Dense; Gather of a quantized table ->
+  DequantizeLinear -> Embedding of the dequantized table. The Model is then an int8 model
+  (metadata "quantized") whose matrices keep onnxruntime's integers (int8_rows below).
 
 What cannot be expressed raises Untranslatable with the reason; the session then runs the graph
 with its interpreter (see session.py for exactly which graphs).
