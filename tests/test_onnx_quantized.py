@@ -281,6 +281,18 @@ def test_quantize_linear(rng, zero_type, per_axis):
     np.testing.assert_array_equal(ours[0], theirs[0])
 
 
+@pytest.mark.parametrize("zero_type", [U8, I8])
+def test_quantize_linear_rounds_ties_to_even(zero_type):
+    x = np.array([[0.25, 0.75, 1.25, -0.25, -0.75, -1.25, 63.25, -64.25, 200.0]], np.float32)  # x / 0.5: ties
+    dt = np.uint8 if zero_type == U8 else np.int8
+    model = _one_node("QuantizeLinear", [("x", F), ("s", F), ("z", zero_type)], [("y", zero_type)],
+                      inits=[("s", np.array(0.5, np.float32)), ("z", np.array(0 if dt == np.int8 else 3, dt))])
+    ours, theirs = _both(model, {"x": x})
+    np.testing.assert_array_equal(ours[0], theirs[0])
+    if dt == np.int8:
+        np.testing.assert_array_equal(ours[0][0, :6], [0, 2, 2, 0, -2, -2])
+
+
 @pytest.mark.parametrize("x_type", [U8, I8, I32])
 @pytest.mark.parametrize("per_axis", [False, True])
 def test_dequantize_linear(rng, x_type, per_axis):
