@@ -20,6 +20,8 @@ fastrnn's kernels, glue operators in NumPy, ops.py); ``session.model`` is then N
 - sequence_lens computed inside the graph, or given for an X that is not a graph input;
 - inputs of other types than float32 features and int32/int64 token ids;
 - an operator applied to run-time tensors that has no fastrnn layer (see translate.py).
+onnxruntime's quantized operators run there too (ops.py); DynamicQuantizeLSTM runs as an LSTM with
+its dequantized weights (float kernels), the int8 engine being reserved for translated Models.
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ from .translate import Untranslatable, to_model_inputs, to_onnx_output, translat
 FEED_DTYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(int64)": np.int64,
                "tensor(int32)": np.int32, "tensor(float16)": np.float16, "tensor(bool)": np.bool_,
                "tensor(int8)": np.int8, "tensor(uint8)": np.uint8, "tensor(int16)": np.int16}
+QUANTIZED_LSTM = "DynamicQuantizeLSTM"  # onnxruntime's (com.microsoft); the interpreter runs it dequantized
 
 
 class InferenceSession:
@@ -67,7 +70,7 @@ class InferenceSession:
         self._specialised = (None, None, None)
         if self.model is None:
             for node in self._graph.nodes:
-                if node.op_type not in RECURRENT_OPS and node.op_type not in OPS and node.op_type != "DynamicQuantizeLSTM":
+                if node.op_type not in RECURRENT_OPS and node.op_type not in OPS and node.op_type != QUANTIZED_LSTM:
                     raise UnsupportedLayerError(
                         f"{node.where()}: operator {node.op_type} is not supported by fastrnn.onnx (it runs RNN, "
                         f"LSTM, GRU, the operators that map to fastrnn layers and the glue operators "
@@ -133,7 +136,7 @@ class InferenceSession:
             try:
                 if node.op_type in RECURRENT_OPS:
                     outs = run_node(node, values, self._source, self._layers.get(id(node)))
-                elif node.op_type == "DynamicQuantizeLSTM":  # its dequantized weights, on the float kernels
+                elif node.op_type == QUANTIZED_LSTM:  # its dequantized weights, on the float kernels
                     outs = run_node(*dequantized_lstm(node, values), self._source)
                 else:
                     outs = OPS[node.op_type](node, inputs)
