@@ -129,10 +129,11 @@ def _gate_rows(q, H):
     return np.concatenate([i, f, c, o])
 
 
-def test_weights_keep_onnxruntimes_integers(tmp_path):
+@pytest.mark.parametrize("config", ["s8", "s8-channel", "s8-reduce"])
+def test_weights_keep_onnxruntimes_integers(tmp_path, config):
     """The int8 engine multiplies by exactly the integers and scales onnxruntime stored (a per-
     tensor scale: most rows have max |q| < 127, where the int8 rule alone would pick others)."""
-    qpath = quantized(tmp_path, export(tmp_path, "lstm-bi-2"), "s8")
+    qpath = quantized(tmp_path, export(tmp_path, "lstm-bi-2"), config)
     inits = _initializers(qpath)
     model = fastrnn.load(str(qpath))
     lstms = [n for n in onnx.load(str(qpath)).graph.node if n.op_type == "DynamicQuantizeLSTM"]
@@ -142,20 +143,21 @@ def test_weights_keep_onnxruntimes_integers(tmp_path):
     for node, layer in zip(lstms, rnns):
         for k, field, sc in ((1, "w_ih", 8), (2, "w_hh", 10)):
             q_ort = inits[node.input[k]]  # (D, K, 4H), zero point 0
-            s_ort = inits[node.input[sc]]  # (D,) per tensor
+            s_ort = inits[node.input[sc]].reshape(2, -1)  # (D, 1) per tensor or (D, 4H) per column
             assert not inits[node.input[sc + 1]].any()
             for d, w in enumerate(layer.directions):
                 a = getattr(w, field)
                 q, scale = quantize_int8(a)  # what the int8 engines pack
                 np.testing.assert_array_equal(q, _gate_rows(q_ort[d].T, HID))
-                np.testing.assert_array_equal(scale, np.full(a.shape[0], s_ort[d], np.float32))
+                np.testing.assert_array_equal(scale, _gate_rows(np.broadcast_to(s_ort[d], (4 * HID,)), HID))
                 rq, rs = native.quantize_int8(a, exact=False)
                 differs += int(np.any(rq != q))
-    assert differs  # the rule alone would have changed integers
+    if config != "s8-channel":  # (per column, every row reaches 127: the rule finds the same)
+        assert differs  # the rule alone would have changed integers
     dense = [layer for layer in model.layers if isinstance(layer, Dense)][0]
     q, scale = quantize_int8(dense.weight)
     np.testing.assert_array_equal(q, inits["fc.weight_Transposed_quantized"].T)
-    np.testing.assert_array_equal(scale, np.full(CLASSES, inits["fc.weight_Transposed_scale"], np.float32))
+    np.testing.assert_array_equal(scale, np.broadcast_to(inits["fc.weight_Transposed_scale"], (CLASSES,)))
 
 
 @pytest.mark.parametrize("backend", ["cython", "numpy"])
