@@ -83,7 +83,7 @@ def quantize_int8(a):
 # Only rows the rule would quantize differently are stored. Not kept across processes (a model
 # pickled to another process requantizes those rows by the rule, |change| <= scale / 2 each).
 _exact_rows = {}  # row key -> [owners, q row int8 (K,), scale float32]
-_exact_lock = threading.Lock()
+_exact_lock = threading.RLock()  # reentrant: a finalizer may run (GC) while it is held
 
 
 def _row_keys(a):
