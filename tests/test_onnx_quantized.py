@@ -401,3 +401,29 @@ def test_quantized_ops_refuse_huge_outputs():
     b = np.lib.stride_tricks.as_strided(np.zeros(1, np.uint8), (2, 1 << 15), (0, 0))
     with pytest.raises(ValueError, match="big.*limit"):
         OPS["MatMulInteger"](node, [a, b])
+
+
+# -- the registry of exact int8 forms (fastrnn.quantize.register_exact_int8) ----------------------
+def test_exact_rows_are_found_by_content_and_released_with_their_array(rng):
+    import gc
+
+    from fastrnn.quantize import _exact_rows, register_exact_int8
+
+    q = rng.integers(-60, 61, (6, 9)).astype(np.int8)  # max |q| < 127: the rule alone differs
+    scale = rng.uniform(0.001, 0.01, 6).astype(np.float32)
+    a = (scale[:, None] * q.astype(np.float32)).astype(np.float32)
+    rule_q, _ = native.quantize_int8(a, exact=False)
+    assert np.any(rule_q != q)
+    before = len(_exact_rows)
+    assert register_exact_int8(a, q, scale) == 6
+    cases = [(a, q, scale), (a.copy(), q, scale), (np.ascontiguousarray(a[2:5]), q[2:5], scale[2:5]),
+             (a[::-1], q[::-1], scale[::-1])]  # itself, a copy, a row slice, reordered rows
+    for view, want_q, want_s in cases:
+        got_q, got_s = quantize_int8(view)
+        np.testing.assert_array_equal(got_q, want_q)
+        np.testing.assert_array_equal(got_s, want_s)
+    del cases, view, a
+    gc.collect()
+    assert len(_exact_rows) == before  # released with the registered array
+    with pytest.raises(ValueError, match="not scale"):
+        register_exact_int8(np.ones((2, 3), np.float32), np.ones((2, 3), np.int8), np.full(2, 0.5, np.float32))
