@@ -427,3 +427,19 @@ def test_exact_rows_are_found_by_content_and_released_with_their_array(rng):
     assert len(_exact_rows) == before  # released with the registered array
     with pytest.raises(ValueError, match="not scale"):
         register_exact_int8(np.ones((2, 3), np.float32), np.ones((2, 3), np.int8), np.full(2, 0.5, np.float32))
+
+
+def test_matmul_integer_outside_the_pattern_runs_on_the_interpreter(tmp_path, rng):
+    """The dynamic scale of the quantized head is also a graph output: no Model equivalent, so the
+    interpreter runs DynamicQuantizeLinear, MatMulInteger, Cast and the Muls with ONNX semantics."""
+    qpath = quantized(tmp_path, export(tmp_path, "gru-bi-2"), "s8")
+    m = onnx.load(str(qpath))
+    dql = [n for n in m.graph.node if n.op_type == "DynamicQuantizeLinear"][0]
+    m.graph.output.append(helper.make_tensor_value_info(dql.output[1], TensorProto.FLOAT, None))
+    data = m.SerializeToString()
+    ours = fastrnn.onnx.InferenceSession(data)
+    assert ours.model is None and "Quantized" in ours.fallback_reason
+    x = rng.integers(0, VOCAB, (1, 7)).astype(np.int64)
+    (y, scale), (want, want_scale) = ours.run(None, {"x": x}), ort_session(data).run(None, {"x": x})
+    assert np.abs(y - want).max() < 1e-4  # the GRUs in float on both sides; the head bit for bit but for them
+    assert abs(float(scale) - float(want_scale)) < 1e-6
