@@ -18,7 +18,9 @@ Kinds
 The model returned holds the rounded values as float32 arrays (``scale * q`` exactly, the same
 numbers a quantized file loads as) and ``metadata["quantized"] = kind``; the int8 engine
 recovers ``q`` and ``scale`` from them bitwise (the rule is idempotent on its own output), so a
-model quantized in memory, saved and loaded again gives the same results.
+model quantized in memory, saved and loaded again gives the same results. Matrices quantized by
+another tool (onnxruntime's int8 ONNX files) have scales the rule does not recover; their exact
+integers are registered (register_exact_int8 below) and every int8 consumer takes them.
 
 The int8 arithmetic (the spec; kernels/int8_core.h implements it in C)
 -------------------------------------------------------------------
@@ -63,10 +65,93 @@ KINDS = ("int8", "float16", "bfloat16")
 
 # -- rounding the weights ----------------------------------------------------------------------
 def quantize_int8(a):
-    """a (N, K) float32 -> (q int8 (N, K), scale float32 (N,)), per row (the file format's rule)."""
+    """a (N, K) float32 -> (q int8 (N, K), scale float32 (N,)), per row (the file format's rule,
+    except rows registered with an exact form: see register_exact_int8)."""
     from .formats.native import quantize_int8 as rule
 
     return rule(np.ascontiguousarray(a, dtype=f32))
+
+
+# -- exact int8 forms from other tools -----------------------------------------------------------
+# An int8 matrix made by another tool (onnxruntime's quantize_dynamic) is (q, scale) with a scale
+# the rule above does not recover when a row's largest |q| is below 127 (a per-tensor scale).
+# The model holds such a matrix as float32 scale * q like any int8 model; the exact integers are
+# kept here, keyed by each row's float32 bytes, and every place that turns float32 weights into
+# int8 (the rule: the int8 engines' packing, int8 files, generation's int8 weights) takes them
+# for rows it knows. A row's key is its content, so copies, slices (the GRU's r|z and n rows) and
+# reordered gate blocks find them too; an entry lives as long as the array registered with it.
+# Only rows the rule would quantize differently are stored. Not kept across processes (a model
+# pickled to another process requantizes those rows by the rule, |change| <= scale / 2 each).
+_exact_rows = {}  # row key -> [owners, q row int8 (K,), scale float32]
+_exact_lock = threading.RLock()  # reentrant: a finalizer may run (GC) while it is held
+
+
+def _row_keys(a):
+    import hashlib
+
+    return [hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in a]
+
+
+def register_exact_int8(a, q, scale):
+    """Record that a (N, K) float32 is exactly scale[:, None] * q (q int8 in [-127, 127], scale > 0
+    float32 (N,)): int8 products with ``a`` then use these integers. Raises ValueError when a is
+    not exactly that product. Returns the number of rows that differ from the rule's."""
+    import weakref
+
+    from .formats.native import quantize_int8 as rule
+
+    a = np.asarray(a)
+    q = np.ascontiguousarray(q, dtype=np.int8)
+    scale = np.ascontiguousarray(scale, dtype=f32).reshape(-1)
+    if a.dtype != f32 or a.ndim != 2 or q.shape != a.shape or scale.shape != a.shape[:1]:
+        raise ValueError(f"register_exact_int8: shapes {a.shape} {q.shape} {scale.shape} do not fit")
+    if q.size and (int(q.min()) < -127 or not np.all(scale > 0) or not np.all(np.isfinite(scale))):
+        raise ValueError("register_exact_int8: q must be in [-127, 127] and scales positive and finite")
+    back = (scale[:, None] * q.astype(f32)).astype(f32)
+    if not np.array_equal(back.view(np.uint32), np.ascontiguousarray(a).view(np.uint32)):
+        raise ValueError("register_exact_int8: the matrix is not scale * q")
+    rq, rs = rule(np.ascontiguousarray(a), exact=False)
+    differ = np.nonzero((rs != scale) | np.any(rq != q, axis=1))[0]
+    if differ.size == 0:
+        return 0
+    owner = a
+    while isinstance(owner.base, np.ndarray):  # the array owning the memory outlives every view
+        owner = owner.base
+    rows = np.ascontiguousarray(a[differ])
+    keys = _row_keys(rows)
+    with _exact_lock:
+        for key, i in zip(keys, differ):
+            entry = _exact_rows.get(key)
+            if entry is None:
+                _exact_rows[key] = [1, q[i].copy(), scale[i]]
+            else:
+                entry[0] += 1
+    weakref.finalize(owner, _release_exact, keys)
+    return int(differ.size)
+
+
+def _release_exact(keys):
+    with _exact_lock:
+        for key in keys:
+            entry = _exact_rows.get(key)
+            if entry is not None:
+                entry[0] -= 1
+                if entry[0] <= 0:
+                    del _exact_rows[key]
+
+
+def exact_int8_rows(a, q, scale):
+    """The rule's (q, scale) for a (N, K) with the rows registered by register_exact_int8 replaced
+    by their exact forms (in place); called by the rule itself (formats.native.quantize_int8)."""
+    if not _exact_rows or a.ndim != 2 or a.shape[0] == 0:
+        return q, scale
+    keys = _row_keys(np.ascontiguousarray(a))
+    with _exact_lock:
+        found = [(i, _exact_rows.get(k)) for i, k in enumerate(keys)]
+    for i, entry in found:
+        if entry is not None and entry[1].shape[0] == a.shape[1]:
+            q[i], scale[i] = entry[1], entry[2]
+    return q, scale
 
 
 def round_bfloat16(a):
@@ -81,7 +166,10 @@ def round_matrix(a, kind, name="weights"):
     a = np.ascontiguousarray(a, dtype=f32)
     if kind == "int8":
         q, scale = quantize_int8(a)
-        return scale[:, None] * q.astype(f32)
+        r = scale[:, None] * q.astype(f32)
+        if _exact_rows:  # exact rows of a's (an int8 model quantized again) stay with the copy
+            register_exact_int8(r, q, scale)
+        return r
     if kind == "float16":
         if a.size and float(np.abs(a).max()) > 65504.0:
             raise ValueError(f"{name} has weights beyond the float16 range (65504); use 'bfloat16' or 'int8'")

@@ -47,12 +47,17 @@ READABLE_VERSIONS = (1, 2)
 QUANTIZE_KINDS = ("float16", "int8")
 
 
-def quantize_int8(a):
+def quantize_int8(a, exact=True):
     """a (N, K) float32 -> (q int8 (N, K), scale float32 (N,)): a[n] ~ scale[n] * q[n], with
-    scale = max |a[n]| / 127 (1 for an all-zero row) and q = round(a / scale)."""
+    scale = max |a[n]| / 127 (1 for an all-zero row) and q = round(a / scale); rows registered
+    with their exact integers (int8 weights of other tools, fastrnn.quantize.register_exact_int8)
+    keep those when ``exact``."""
     top = np.abs(a).max(axis=1) if a.size else np.zeros(a.shape[0], np.float32)
     scale = np.where(top > 0, top / 127.0, 1.0).astype(np.float32)
     q = np.clip(np.rint(a / scale[:, None]), -127, 127).astype(np.int8)
+    if exact:
+        from ..quantize import exact_int8_rows
+        q, scale = exact_int8_rows(a, q, scale)
     return q, scale
 
 
@@ -169,7 +174,10 @@ def _tensor(tensors, names, field, path, required=True):
                                    f"({arr.shape[0]},)", path)
         if not np.all(np.isfinite(scale)):
             raise ModelFormatError(f"tensor {key + '.scale'!r} contains NaN or infinite values", path)
-        arr = scale[:, None] * arr.astype(np.float32)
+        q, arr = arr, scale[:, None] * arr.astype(np.float32)
+        if np.all(np.isfinite(arr)) and q.size and int(q.min()) >= -127 and np.all(scale > 0):
+            from ..quantize import register_exact_int8  # the stored integers, not the rule's
+            register_exact_int8(arr, q, scale)
     elif arr.dtype != np.float32:
         raise ModelFormatError(f"tensor {key!r} has dtype {arr.dtype}, expected float32 (or a float16/int8 "
                                "weight matrix)", path)

@@ -6,7 +6,12 @@
   (Gather on a weight -> Embedding, RNN nodes with their layout glue -> Recurrent, MatMul + Add /
   Gemm -> Dense, Softmax / Tanh / ... -> Activation, Concat -> Concatenate, ...).
 - recurrent.py: RNN/LSTM/GRU node conventions -> fastrnn.layers.Recurrent.
-- ops.py: the glue operators in NumPy (constant folding at import; the session's fallback).
+- ops.py: the glue operators in NumPy (constant folding at import; the session's fallback),
+  including the quantized ones (QuantizeLinear, DequantizeLinear, DynamicQuantizeLinear,
+  MatMulInteger, com.microsoft MatMulIntegerToFloat / DynamicQuantizeMatMul).
+
+onnxruntime-quantized files (quantize_dynamic) load as int8 Models keeping onnxruntime's weight
+integers (translate.py; README "onnxruntime-quantized ONNX files").
 - session.py: InferenceSession.
 
 The Model takes batch-major inputs named as the graph's (token ids as int64, features as float32;

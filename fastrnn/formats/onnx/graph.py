@@ -205,6 +205,11 @@ def read_model_proto(path_or_bytes):
     return proto, source
 
 
+# onnxruntime's quantized operators (domain com.microsoft) that fastrnn reads (translate.py, ops.py)
+MICROSOFT_OPS = frozenset({"DynamicQuantizeLSTM", "MatMulIntegerToFloat", "DynamicQuantizeMatMul",
+                           "DynamicQuantizeLinear", "QuantizeLinear", "DequantizeLinear", "MatMulInteger"})
+
+
 def parse(path_or_bytes) -> Graph:
     proto, source = read_model_proto(path_or_bytes)
     opset = 0
@@ -216,9 +221,10 @@ def parse(path_or_bytes) -> Graph:
     inits = {t.name: tensor_to_array(t, source, base_dir) for t in g.initializer}
     nodes = []
     for i, n in enumerate(g.node):
-        if n.domain not in ("", "ai.onnx"):
+        if n.domain not in ("", "ai.onnx") and not (n.domain == "com.microsoft" and n.op_type in MICROSOFT_OPS):
             raise UnsupportedLayerError(f"node {n.name or i} ({n.op_type}) is in domain {n.domain!r}; "
-                                        "fastrnn runs standard ONNX operators only", source)
+                                        "fastrnn runs standard ONNX operators and onnxruntime's quantized "
+                                        f"operators ({', '.join(sorted(MICROSOFT_OPS))}) only", source)
         nodes.append(Node(n.op_type, n.name or f"{n.op_type}_{i}", list(n.input), list(n.output),
                           {a.name: _attribute(a, source, base_dir) for a in n.attribute}, n.domain))
     inputs = [_value_info(v) for v in g.input if v.name not in inits]

@@ -370,3 +370,163 @@ def _argmax(node, x):
     axis, keep = node.attrs.get("axis", 0), node.attrs.get("keepdims", 1)
     out = np.argmax(x[0], axis=axis)
     return [np.expand_dims(out, axis).astype(np.int64) if keep else out.astype(np.int64)]
+
+
+# -- quantized operators (ONNX QuantizeLinear / DequantizeLinear / DynamicQuantizeLinear /
+# MatMulInteger, and onnxruntime's com.microsoft MatMulIntegerToFloat / DynamicQuantizeMatMul):
+# exact ONNX semantics, integer products in int64 (exact), round half to even, saturation.
+QUANT_RANGES = {np.dtype(np.uint8): (0, 255), np.dtype(np.int8): (-128, 127)}
+
+
+def _quant_dtype(node, a, what):
+    a = np.asarray(a)
+    if a.dtype not in QUANT_RANGES:
+        raise ValueError(f"{node.where()}: {what} has type {a.dtype}; fastrnn reads int8 and uint8 quantized "
+                         "tensors only")
+    return a
+
+
+def _per_axis(node, p, x, axis, what):
+    """A scale / zero point: scalar (per tensor) or 1-D along ``axis`` of x -> broadcastable to x."""
+    p = np.asarray(p)
+    if node.attrs.get("block_size", 0):
+        raise ValueError(f"{node.where()}: blocked quantization (block_size) is not supported")
+    if p.ndim == 0 or p.size == 1 and p.ndim <= 1:
+        return p.reshape(())
+    if p.ndim != 1:
+        raise ValueError(f"{node.where()}: {what} of shape {p.shape} (expected a scalar or 1-D per-axis values)")
+    x = np.asarray(x)
+    ax = axis % x.ndim if x.ndim and -x.ndim <= axis < x.ndim else None
+    if ax is None or x.shape[ax] != p.size:
+        raise ValueError(f"{node.where()}: {what} has {p.size} values, axis {axis} of the input {x.shape} does "
+                         "not fit")
+    shape = [1] * x.ndim
+    shape[ax] = p.size
+    return p.reshape(shape)
+
+
+def quantize_values(x, scale, zero, dtype):
+    """saturate(round_half_even(x / scale) + zero) as ``dtype`` (int8 / uint8): QuantizeLinear."""
+    lo, hi = QUANT_RANGES[np.dtype(dtype)]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q = np.rint(np.asarray(x, np.float32) / np.asarray(scale, np.float32)).astype(np.float64)
+    q = np.nan_to_num(q, nan=0.0, posinf=hi, neginf=lo) + np.asarray(zero, np.float64)
+    return np.clip(q, lo, hi).astype(dtype)
+
+
+@op("QuantizeLinear")
+def _quantize_linear(node, x):
+    data = np.asarray(x[0], np.float32)
+    axis = node.attrs.get("axis", 1)
+    zero = x[2] if len(x) > 2 and x[2] is not None else None
+    dtype = np.uint8 if zero is None else _quant_dtype(node, zero, "the zero point").dtype
+    out_t = node.attrs.get("output_dtype", 0)
+    if out_t:
+        if ONNX_DTYPES.get(out_t) not in (np.int8, np.uint8) or (zero is not None and ONNX_DTYPES[out_t] != dtype):
+            raise ValueError(f"{node.where()}: output_dtype {out_t} is not supported (int8 / uint8 only)")
+        dtype = ONNX_DTYPES[out_t]
+    if not node.attrs.get("saturate", 1):
+        raise ValueError(f"{node.where()}: saturate=0 is for float8 outputs, not supported")
+    scale = _per_axis(node, np.asarray(x[1], np.float32), data, axis, "y_scale")
+    zero = 0 if zero is None else _per_axis(node, zero, data, axis, "y_zero_point")
+    check_size(node, data.shape)
+    return [quantize_values(data, scale, zero, dtype)]
+
+
+@op("DequantizeLinear")
+def _dequantize_linear(node, x):
+    data = np.asarray(x[0])
+    if data.dtype not in QUANT_RANGES and data.dtype != np.int32:
+        raise ValueError(f"{node.where()}: x has type {data.dtype}; fastrnn reads int8, uint8 and int32 only")
+    axis = node.attrs.get("axis", 1)
+    scale = _per_axis(node, np.asarray(x[1], np.float32), data, axis, "x_scale")
+    zero = x[2] if len(x) > 2 and x[2] is not None else 0
+    zero = _per_axis(node, zero, data, axis, "x_zero_point")
+    check_size(node, data.shape)
+    return [((data.astype(np.int64) - np.asarray(zero, np.int64)).astype(np.float32) * scale).astype(np.float32)]
+
+
+def dynamic_quantize(x):
+    """DynamicQuantizeLinear: (y uint8, y_scale float32 scalar, y_zero_point uint8 scalar)."""
+    x = np.asarray(x, np.float32)
+    lo = min(0.0, float(x.min())) if x.size else 0.0
+    hi = max(0.0, float(x.max())) if x.size else 0.0
+    scale = np.float32((np.float32(hi) - np.float32(lo)) / np.float32(255))
+    if scale == 0:  # all zeros: scale 1, as onnxruntime gives
+        return np.zeros(x.shape, np.uint8), np.float32(1), np.uint8(0)
+    zero = np.uint8(np.clip(np.rint(np.float32(0) - np.float32(lo) / scale), 0, 255))
+    return quantize_values(x, scale, zero, np.uint8), scale, zero
+
+
+@op("DynamicQuantizeLinear")
+def _dynamic_quantize_linear(node, x):
+    data = np.asarray(x[0])
+    if data.dtype != np.float32:
+        raise ValueError(f"{node.where()}: x has type {data.dtype}, expected float32")
+    check_size(node, data.shape)
+    y, scale, zero = dynamic_quantize(data)
+    return [y, np.asarray(scale, np.float32), np.asarray(zero, np.uint8)]
+
+
+def integer_matmul(node, a, b, a_zero, b_zero):
+    """(a - a_zero) @ (b - b_zero), exact (int64 sums, returned as int32 as MatMulInteger does).
+    a_zero: scalar or one per row of a (M,); b_zero: scalar or one per column of b (N,)."""
+    a = _quant_dtype(node, a, "A")
+    b = _quant_dtype(node, b, "B")
+    if a.ndim < 1 or b.ndim < 1:
+        raise ValueError(f"{node.where()}: MatMul of a scalar")
+    a2 = a.astype(np.int64)
+    b2 = b.astype(np.int64)
+    if a_zero is not None:
+        za = np.asarray(_quant_dtype(node, a_zero, "a_zero_point"), np.int64)
+        if za.size > 1:
+            if a.ndim < 2 or za.reshape(-1).size != a.shape[-2]:
+                raise ValueError(f"{node.where()}: a_zero_point of shape {za.shape} does not fit A {a.shape}")
+            za = za.reshape(-1, 1)
+        a2 = a2 - za.reshape(za.shape if za.size > 1 else ())
+    if b_zero is not None:
+        zb = np.asarray(_quant_dtype(node, b_zero, "b_zero_point"), np.int64)
+        if zb.size > 1:
+            if b.ndim < 2 or zb.reshape(-1).size != b.shape[-1]:
+                raise ValueError(f"{node.where()}: b_zero_point of shape {zb.shape} does not fit B {b.shape}")
+            zb = zb.reshape(-1)
+        b2 = b2 - zb.reshape(zb.shape if zb.size > 1 else ())
+    sa = a.shape if a.ndim > 1 else (1,) + a.shape
+    sb = b.shape if b.ndim > 1 else b.shape + (1,)
+    if sa[-1] != sb[-2]:
+        raise ValueError(f"{node.where()}: A {a.shape} and B {b.shape} do not multiply")
+    check_size(node, tuple(np.broadcast_shapes(sa[:-2], sb[:-2])) + (sa[-2], sb[-1]))
+    return np.matmul(a2, b2)
+
+
+@op("MatMulInteger")
+def _matmul_integer(node, x):
+    opt = [x[i] if len(x) > i else None for i in (2, 3)]
+    return [integer_matmul(node, x[0], x[1], *opt).astype(np.int32)]
+
+
+@op("MatMulIntegerToFloat")
+def _matmul_integer_to_float(node, x):
+    """com.microsoft: (A - a_zp) @ (B - b_zp) * a_scale * b_scale + bias."""
+    opt = [x[i] if len(x) > i else None for i in range(7)]
+    acc = integer_matmul(node, x[0], x[1], opt[4], opt[5]).astype(np.float32)
+    scale = np.asarray(opt[2], np.float32) * np.asarray(opt[3], np.float32)
+    y = acc * scale.astype(np.float32)
+    if opt[6] is not None:
+        y = y + np.asarray(opt[6], np.float32)
+    return [y.astype(np.float32)]
+
+
+@op("DynamicQuantizeMatMul")
+def _dynamic_quantize_matmul(node, x):
+    """com.microsoft: A quantized as DynamicQuantizeLinear does, times B (int8 / uint8) with its
+    scale and zero point, + bias."""
+    opt = [x[i] if len(x) > i else None for i in range(5)]
+    a = np.asarray(x[0], np.float32)
+    check_size(node, a.shape)
+    aq, a_scale, a_zero = dynamic_quantize(a)
+    acc = integer_matmul(node, aq, x[1], a_zero, opt[3]).astype(np.float32)
+    y = acc * (np.float32(a_scale) * np.asarray(opt[2], np.float32)).astype(np.float32)
+    if opt[4] is not None:
+        y = y + np.asarray(opt[4], np.float32)
+    return [y.astype(np.float32)]

@@ -20,6 +20,8 @@ fastrnn's kernels, glue operators in NumPy, ops.py); ``session.model`` is then N
 - sequence_lens computed inside the graph, or given for an X that is not a graph input;
 - inputs of other types than float32 features and int32/int64 token ids;
 - an operator applied to run-time tensors that has no fastrnn layer (see translate.py).
+onnxruntime's quantized operators run there too (ops.py); DynamicQuantizeLSTM runs as an LSTM with
+its dequantized weights (float kernels), the int8 engine being reserved for translated Models.
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ from .translate import Untranslatable, to_model_inputs, to_onnx_output, translat
 FEED_DTYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(int64)": np.int64,
                "tensor(int32)": np.int32, "tensor(float16)": np.float16, "tensor(bool)": np.bool_,
                "tensor(int8)": np.int8, "tensor(uint8)": np.uint8, "tensor(int16)": np.int16}
+QUANTIZED_LSTM = "DynamicQuantizeLSTM"  # onnxruntime's (com.microsoft); the interpreter runs it dequantized
 
 
 class InferenceSession:
@@ -56,15 +59,18 @@ class InferenceSession:
         else:
             from ...model import Model
 
-            self.model = Model(graph=graph, name=model_name(self._source), metadata={
-                "source": "onnx", "onnx_batch_axes": {name: b for name, b, _ in self._boundary.inputs}})
+            metadata = {"source": "onnx", "onnx_batch_axes": {name: b for name, b, _ in self._boundary.inputs}}
+            if self._boundary.int8 is not None:  # onnxruntime-quantized: an int8 model (fastrnn.quantize)
+                metadata["quantized"] = "int8"
+                metadata["onnx_int8"] = self._boundary.int8
+            self.model = Model(graph=graph, name=model_name(self._source), metadata=metadata)
         # recurrent weights fed as graph inputs (the ONNX conformance cases): the Model is built
         # for the weights of each run (the last one kept), so these graphs run on the Model too
         self._weight_inputs = weight_inputs(self._graph) if self.model is None else []
         self._specialised = (None, None, None)
         if self.model is None:
             for node in self._graph.nodes:
-                if node.op_type not in RECURRENT_OPS and node.op_type not in OPS:
+                if node.op_type not in RECURRENT_OPS and node.op_type not in OPS and node.op_type != QUANTIZED_LSTM:
                     raise UnsupportedLayerError(
                         f"{node.where()}: operator {node.op_type} is not supported by fastrnn.onnx (it runs RNN, "
                         f"LSTM, GRU, the operators that map to fastrnn layers and the glue operators "
@@ -130,6 +136,8 @@ class InferenceSession:
             try:
                 if node.op_type in RECURRENT_OPS:
                     outs = run_node(node, values, self._source, self._layers.get(id(node)))
+                elif node.op_type == QUANTIZED_LSTM:  # its dequantized weights, on the float kernels
+                    outs = run_node(*dequantized_lstm(node, values), self._source)
                 else:
                     outs = OPS[node.op_type](node, inputs)
             except (ModelFormatError, UnsupportedLayerError):
@@ -186,6 +194,36 @@ class InferenceSession:
             k, split, axes = by_name[n]
             result.append(to_onnx_output(outs[k], split, axes))
         return result
+
+
+def dequantized_lstm(node, values):
+    """DynamicQuantizeLSTM as an LSTM node with the dequantized weights -> (node, values)."""
+    import dataclasses
+
+    from .ops import OPS
+
+    names = list(node.inputs) + [""] * (12 - len(node.inputs))
+    vals = dict(values)
+    new = list(names[:8])
+    for k, (w, sc, zp) in ((1, (1, 8, 9)), (2, (2, 10, 11))):
+        q = np.asarray(values[names[w]])
+        if q.ndim != 3 or not names[sc]:
+            raise ValueError(f"{node.where()}: input {k} must be 3-D with its scale")
+        D = q.shape[0]
+        scale = np.asarray(values[names[sc]], np.float32)
+        zero = np.asarray(values[names[zp]]) if names[zp] else np.zeros((), q.dtype)
+        deq = OPS["DequantizeLinear"]
+        parts = []
+        for d in range(D):
+            s_d = scale if scale.size == 1 else scale.reshape(D, -1)[d]
+            z_d = zero if zero.size == 1 else zero.reshape(D, -1)[d]
+            axis_node = dataclasses.replace(node, attrs={"axis": 1})
+            parts.append(deq(axis_node, [q[d], s_d.reshape(-1) if s_d.size > 1 else s_d.reshape(()),
+                                         z_d.reshape(-1) if z_d.size > 1 else z_d.reshape(())])[0].T)
+        name = f"{node.name}/input{k}_dequantized"
+        vals[name] = np.ascontiguousarray(np.stack(parts))
+        new[k] = name
+    return dataclasses.replace(node, op_type="LSTM", inputs=new), vals
 
 
 def model_name(source):
