@@ -93,9 +93,9 @@ import threading
 
 import numpy as np
 
-from . import reference
-from .layers import Dense, DirectionWeights, Embedding, Recurrent
-from .textio import ERRORS
+from .. import reference
+from ..layers import Dense, DirectionWeights, Embedding, Recurrent
+from ..textio import ERRORS
 
 f32 = np.float32
 
@@ -110,7 +110,7 @@ REPETITION_PENALTY_RANGE = (0.01, 100.0)
 MASK64 = (1 << 64) - 1
 GOLDEN_GAMMA = 0x9E3779B97F4A7C15
 
-BUNDLED_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "char_lstm.safetensors")
+BUNDLED_MODEL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "char_lstm.safetensors")
 
 # The defaults of generate(), Model.generate, Session and `fastrnn generate` (see the module doc);
 # a model's metadata "generation" overrides them for that model.
@@ -248,7 +248,7 @@ def to_half(a, name="weights"):
 def to_int8(a):
     """a (N, K) float32 -> (q int8 (N, K), scale float32 (N,)); the same rule as int8 model
     files (fastrnn.formats.native.quantize_int8), so weights read from such a file are kept."""
-    from .formats.native import quantize_int8
+    from ..formats.native import quantize_int8
 
     return quantize_int8(a)
 
@@ -261,7 +261,7 @@ def _measure_auto(model):
     import statistics
     import time
 
-    from .backends import get_backend
+    from ..backends import get_backend
 
     if get_backend().name != "cython" or not model.takes_tokens:
         return "float32"
@@ -583,7 +583,7 @@ class Rows:
 def row_blocks(batch, threads):
     """Contiguous blocks of rows for up to ``threads`` threads, at least MIN_ROWS_PER_TASK rows
     each. A row's tokens never depend on the other rows, so neither does the split."""
-    from .backends import MIN_ROWS_PER_TASK
+    from ..backends import MIN_ROWS_PER_TASK
 
     n = max(1, min(threads, batch // MIN_ROWS_PER_TASK))
     edges = [batch * i // n for i in range(n + 1)]
@@ -783,7 +783,7 @@ def get_engine(backend=None):
     """The generation loop of ``backend``. Without one, the current fastrnn backend's, falling
     back to the next (cython, numba, numpy) when its generation module is missing; a backend
     asked for by name must be there (RuntimeError otherwise)."""
-    from .backends import BACKEND_NAMES, get_backend
+    from ..backends import BACKEND_NAMES, get_backend
 
     name = backend if backend is not None else get_backend().name
     if name not in BACKEND_NAMES:
@@ -803,7 +803,7 @@ def get_engine(backend=None):
 def available_engines():
     """Backends whose own generation loop can run here, fastest first (a superset of the
     backends in fastrnn.available_backends() that can generate)."""
-    from .backends import BACKEND_NAMES
+    from ..backends import BACKEND_NAMES
 
     return [n for n in BACKEND_NAMES if _load_engine(n) is not None]
 
@@ -957,7 +957,7 @@ def check_arguments(model, max_new_tokens=None, temperature=None, top_k=None, to
                     stop=None, weights=None, threads=None):
     """Validate generation arguments without generating (the command line checks everything
     before it prints anything). Raises ValueError as generate() would."""
-    from .backends import check_threads
+    from ..backends import check_threads
 
     kw = _with_defaults(model, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                         repetition_penalty=repetition_penalty)
@@ -1109,7 +1109,7 @@ class _Job:
                                   f"{n} generated tokens): nothing can be sampled; check the model's weights")
 
     def _run_split(self, steps):
-        from . import pool
+        from .. import pool
 
         with pool.Gang(self.parts) as gang:
             if gang.size == 1:
@@ -1143,7 +1143,7 @@ class _Job:
             elif len(self.runners) == 1:
                 self.active = self.runners[0].run(steps)
             else:
-                from .backends import run_tasks
+                from ..backends import run_tasks
 
                 left = [0] * len(self.runners)
 
@@ -1253,7 +1253,7 @@ def _stream_pieces(job, fmt, batch, lock=None):
 def bundled_model():
     """The character-level LSTM shipped with fastrnn (trained by tools/train_char_model.py on
     the CPython standard library sources), loaded once."""
-    from . import load_bundled
+    from .. import load_bundled
 
     return load_bundled(BUNDLED_MODEL, "character model")
 
@@ -1294,7 +1294,7 @@ def generate(model, prompt, max_new_tokens=None, temperature=None, top_k=None, t
     Returns the continuation (without the prompt) in the prompt's kind: str, list of ids or
     array; a list of those for a batch.
     """
-    from .backends import check_threads
+    from ..backends import check_threads
 
     from .beam import _check, beam_search
 
@@ -1572,14 +1572,14 @@ def add_cli(subparsers):
                    help="--batch: a line that is not UTF-8: strict = stop with an error naming it (default), "
                         "replace = decode it with U+FFFD for bad bytes, skip = leave it out and report its line "
                         "number on stderr")
-    from .dask import add_cli_options  # --dask, --partition-size for --batch (issue 16)
+    from ..dask import add_cli_options  # --dask, --partition-size for --batch (issue 16)
 
     add_cli_options(p, "prompts of --batch")
     p.set_defaults(func=cmd_generate)
 
 
 def cmd_generate(args):
-    from . import load
+    from .. import load
 
     model = load(args.model) if args.model else bundled_model()
     if model.vocabulary is None:
@@ -1591,13 +1591,13 @@ def cmd_generate(args):
     seed = args.seed if args.seed is not None else secrets.randbits(63)
     out = sys.stdout
     if getattr(args, "dask", None):  # --batch: the same output from a Dask cluster (issue 16)
-        from .dask import cmd_generate_batch
+        from ..dask import cmd_generate_batch
 
         return cmd_generate_batch(args, seed, kw)
     if args.batch:
         import itertools
 
-        from .textio import LineReader
+        from ..textio import LineReader
 
         if args.batch != "-":  # a file can be read twice: every line is checked before anything is printed
             with open(args.batch, "rb") as first_pass:

@@ -35,7 +35,7 @@ import numbers
 
 import numpy as np
 
-from .generate import (HAS_LOGITS, Rows, Sampling, _count, _Formatter, _Job, _prompt_rows, _stops, _with_defaults,
+from . import (HAS_LOGITS, Rows, Sampling, _count, _Formatter, _Job, _prompt_rows, _stops, _with_defaults,
                        default_weights, generation_plan, get_engine, match_stop, stops_list)
 
 
@@ -90,10 +90,10 @@ def beam_search(model, prompt, max_new_tokens=None, num_beams=4, length_penalty=
     as fastrnn.generate.generate (max_new_tokens=None: the model's recommended count, else
     GENERATION_DEFAULTS'); ``num_beams`` >= 1, ``length_penalty`` a finite number (> 0
     favours longer hypotheses, < 0 shorter ones)."""
-    from .backends import check_threads
+    from ..backends import check_threads
 
     if model is None:
-        from .generate import bundled_model
+        from . import bundled_model
 
         model = bundled_model()
     K, lp = _check(num_beams, length_penalty)

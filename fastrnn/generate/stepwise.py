@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .layers import Activation, Dense, Recurrent
+from ..layers import Activation, Dense, Recurrent
 
 f32 = np.float32
 
@@ -170,8 +170,8 @@ class StepRunner:
     time step of the graph together."""
 
     def __init__(self, plan: StepGraphPlan, engine, sampling, stops, rows, prompt, out):
-        from .backends import get_backend
-        from .generate import Sampling, stops_list
+        from ..backends import get_backend
+        from . import Sampling, stops_list
 
         self.plan, self.engine = plan, engine
         self.sampling = Sampling(*sampling)
@@ -181,7 +181,7 @@ class StepRunner:
         self.backend = get_backend(engine.name)
 
     def run(self, max_steps):
-        from .generate import BAD_LOGITS, FINISHED, HAS_LOGITS, LEN, LIMIT, NOUT, POS, STOP_LEN, match_stop
+        from . import BAD_LOGITS, FINISHED, HAS_LOGITS, LEN, LIMIT, NOUT, POS, STOP_LEN, match_stop
 
         r, st = self.rows, self.rows.status
         limit = np.minimum(st[:, LIMIT], self.out.shape[1])  # a row ends with this many tokens in out
