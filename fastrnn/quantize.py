@@ -4,9 +4,9 @@ Kinds
 -----
 - ``"int8"``: every weight matrix (Embedding, W_ih, W_hh, W_hr, Dense; biases and peepholes stay
   float32) is rounded per output row: ``W[n] ~ scale[n] * q[n]``, ``scale[n] = max|W[n]| / 127``,
-  ``q = rint(W / scale)`` in [-127, 127] (fastrnn.formats.native.quantize_int8, the rule of int8
-  files). ``predict``, ``classify`` and ``generate`` then compute with int8 weights directly:
-  every matrix product quantizes its input rows on the fly (below) and sums integers.
+  ``q = rint(W / scale)`` in [-127, 127] (int8_rule below, the rule of int8 files too).
+  ``predict``, ``classify`` and ``generate`` then compute with int8 weights directly: every
+  matrix product quantizes its input rows on the fly (below) and sums integers.
 - ``"bfloat16"``: the matrices rounded to bfloat16 (to nearest even). predict and classify
   compute bfloat16 products: each input row rounded to bfloat16 too, products accumulated in
   float32 pairwise as AVX512_BF16's vdpbf16ps does (below; on CPUs without AVX-512 the same
@@ -62,11 +62,20 @@ KINDS = ("int8", "float16", "bfloat16")
 
 
 # -- rounding the weights ----------------------------------------------------------------------
+def int8_rule(a):
+    """a (N, K) float32 -> (q int8 (N, K), scale float32 (N,)): a[n] ~ scale[n] * q[n], with
+    scale = max |a[n]| / 127 (1 for an all-zero row) and q = round(a / scale). The rule of int8
+    model files (fastrnn.formats.native.quantize_int8 is this function) and of generation's int8
+    weights."""
+    top = np.abs(a).max(axis=1) if a.size else np.zeros(a.shape[0], np.float32)
+    scale = np.where(top > 0, top / 127.0, 1.0).astype(np.float32)
+    q = np.clip(np.rint(a / scale[:, None]), -127, 127).astype(np.int8)
+    return q, scale
+
+
 def quantize_int8(a):
     """a (N, K) float32 -> (q int8 (N, K), scale float32 (N,)), per row (the file format's rule)."""
-    from .formats.native import quantize_int8 as rule
-
-    return rule(np.ascontiguousarray(a, dtype=f32))
+    return int8_rule(np.ascontiguousarray(a, dtype=f32))
 
 
 def round_bfloat16(a):
