@@ -1,7 +1,8 @@
 """The models shipped inside the package (fastrnn/data), loaded once per process.
 
 A top layer (fastrnn/__init__.py): loading a file builds a fastrnn.Model. Re-exported as
-fastrnn.generate.bundled_model and fastrnn.classify.bundled_classifier.
+fastrnn.generate.bundled_model and fastrnn.classify.bundled_classifier, whose packages import
+this module when Model imports their mixins: so it imports fastrnn only inside the functions.
 """
 from __future__ import annotations
 

@@ -126,6 +126,16 @@ def quantize(model, kind):
     return type(model)(vocabulary=model.vocabulary, metadata=metadata, name=model.name, graph=graph)
 
 
+
+class QuantizeMixin:
+    """What fastrnn.Model gets from this module: ``quantize``."""
+
+    def quantize(self, kind):
+        """A copy computing with reduced-precision weights: "int8" (per-row scales, int8
+        products), "float16" or "bfloat16"; see fastrnn.quantize."""
+        return quantize(self, kind)
+
+
 # -- the spec: int8 products in NumPy -----------------------------------------------------------
 def quantize_rows(x):
     """x (M, K) float32 -> (xq int8 (M, K), xs float32 (M,)): the per-row activation rule."""

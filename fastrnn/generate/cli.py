@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import secrets
 import sys
 
 from ..bundled import bundled_model
@@ -64,6 +63,8 @@ def add_cli(subparsers):
 
 
 def cmd_generate(args):
+    import secrets  # when used: `import fastrnn` loads this module
+
     from .. import load
 
     model = load(args.model) if args.model else bundled_model()

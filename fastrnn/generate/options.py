@@ -27,7 +27,6 @@ Semantics (decisions where the issue is open):
 from __future__ import annotations
 
 import numbers
-import secrets
 
 import numpy as np
 
@@ -121,6 +120,8 @@ def _prompt_rows(model, plan, prompt):
 
 def _seeds(seed, batch):
     if seed is None:
+        import secrets  # when used: `import fastrnn` loads this module
+
         return [secrets.randbits(64) for _ in range(batch)]
     if _is_int(seed):
         return [int(seed) & MASK64] * batch
