@@ -38,8 +38,8 @@ GENERATION_DEFAULTS = {"max_new_tokens": 200, "temperature": 0.8, "top_k": None,
                        "repetition_penalty": None}
 
 # generate(None, ...), beam_search(None, ...) and Session() use the bundled character model.
-# Loading a file builds a Model, which sits above this package in the import layers
-# (fastrnn/__init__.py), so the loader is plugged in from above: fastrnn/generate/__init__.py sets
+# Loading a file builds a Model, which sits above this package in the import layers (README
+# "Design"), so the loader is plugged in from above: fastrnn/generate/__init__.py sets
 # DEFAULT_MODEL to fastrnn.bundled.bundled_model when the package is first imported, which is
 # before any of its modules can be used.
 DEFAULT_MODEL = None

@@ -30,7 +30,6 @@ import numpy as np
 
 f32 = np.float32
 
-
 # A penalty far from 1 divides or multiplies logits into overflow (1e-320 gave NaN probabilities);
 # useful values are around 1.0-2.0.
 REPETITION_PENALTY_RANGE = (0.01, 100.0)
