@@ -115,10 +115,10 @@ def _resolve(ref):
     if ref.startswith(BUNDLED_PREFIX):
         name = ref[len(BUNDLED_PREFIX):]
         if name == "langid":
-            from .classify import BUNDLED_CLASSIFIER
+            from .bundled import BUNDLED_CLASSIFIER
 
             return BUNDLED_CLASSIFIER
-        from .generate import BUNDLED_MODEL
+        from .bundled import BUNDLED_MODEL
 
         return BUNDLED_MODEL
     return ref
@@ -131,8 +131,7 @@ def worker_model(ref):
     with _models_lock:  # a worker's threads share one copy; the first loads it
         try:
             if ref.startswith(BUNDLED_PREFIX):  # exactly what a single process uses (loaded once)
-                from .classify import bundled_classifier
-                from .generate import bundled_model
+                from .bundled import bundled_classifier, bundled_model
 
                 return bundled_classifier() if ref == BUNDLED_PREFIX + "langid" else bundled_model()
             st = os.stat(path)
@@ -172,7 +171,7 @@ def _task_threads(threads):
 
 def classify_partition(items, ref, options):
     """Classify one partition (any iterable of inputs) -> ClassificationList, in order."""
-    from .classify import classify
+    from .classify.classifier import classify
 
     model = worker_model(ref)
     options = dict(options, threads=_task_threads(options.get("threads")))
@@ -210,7 +209,7 @@ class ClassificationList(collections.abc.Sequence):
         return len(self.index)
 
     def _item(self, k, p):
-        from .classify import Classification
+        from .classify.classifier import Classification
 
         i = int(self.index[k])
         return Classification(self.labels[k], None if i < 0 else i, p, float(self.unknown_fraction[k]))
@@ -247,7 +246,7 @@ def _classify_frame(series, ref, options, columns):
 def generate_partition(items, ref, options, seed):
     """Generate for one partition: items are prompts (every row uses ``seed``) or (prompt, seed)
     pairs -> list of continuations, in order. Rows are decoded ``batch_size`` at a time."""
-    from .generate import generate
+    from .generate.decode import generate
 
     model = worker_model(ref)
     options = dict(options)
@@ -287,13 +286,13 @@ def _options_of(function, exclude):
 
 
 def _classify_options():
-    from .classify import classify
+    from .classify.classifier import classify
 
     return _options_of(classify, ("model", "inputs"))
 
 
 def _generate_options():
-    from .generate import generate
+    from .generate.decode import generate
 
     return _options_of(generate, ("model", "prompt", "seed", "stream", "initial_state")) + ("batch_size",)
 
@@ -359,7 +358,7 @@ def classify(texts, model=None, **options):
 def _labels(ref):
     """The model's labels, for the DataFrame's columns: read here when the file is here, else
     asked of a worker (the path only has to exist on the workers)."""
-    from .classify import labels_of
+    from .classify.classifier import labels_of
 
     if not os.path.exists(_resolve(ref)):
         try:
@@ -374,7 +373,7 @@ def _labels(ref):
 
 
 def _worker_labels(ref):
-    from .classify import labels_of
+    from .classify.classifier import labels_of
 
     return labels_of(worker_model(ref))
 
@@ -395,7 +394,7 @@ def generate(prompts, model=None, seed=None, **options):
     kind = _kind(prompts, "generate")
     options = _check_options(options, _generate_options(), "generate")
     if "batch_size" in options:
-        from .classify import _positive
+        from .classify.classifier import _positive
 
         options["batch_size"] = _positive(options["batch_size"], "batch_size")
     if seed is None:
@@ -433,7 +432,7 @@ def ordered(collection, client=None, window=None, timeout=RESULT_TIMEOUT):
 
 def _window(client, window):
     if window is not None:
-        from .classify import _positive
+        from .classify.classifier import _positive
 
         return _positive(window, "window")
     threads = sum(client.nthreads().values()) or 1
@@ -579,7 +578,7 @@ def _submit_chunks(client, items, size, fn, *args):
 def cli_classify(args, texts):
     """`fastrnn classify --dask`: the Classification of every text (an iterator, read lazily) in
     input order, computed on the cluster a bounded number of partitions at a time."""
-    from .classify import _positive
+    from .classify.classifier import _positive
 
     size = _positive(args.partition_size or DEFAULT_PARTITION_LINES, "--partition-size")
     ref = model_ref(args.model, "langid")
@@ -599,7 +598,7 @@ def cmd_generate_batch(args, seed, options):
     import json
     import sys
 
-    from .classify import _positive
+    from .classify.classifier import _positive
 
     if not args.batch:
         raise ValueError("--dask runs a --batch FILE of prompts; a single --prompt runs here")

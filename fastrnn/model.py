@@ -9,16 +9,19 @@ import threading
 import numpy as np
 
 from .backends import check_threads, get_backend
+from .classify.classifier import ClassifierMixin
+from .generate.decode import GenerationMixin
 from .graph import Plan, chain, ref_str, summary_rows, type_name
 from .layers import LAYER_TYPES, Embedding, Recurrent
 from .layers.embedding import lengths_from_mask  # noqa: F401  (public since 0.1)
+from .quantize import QuantizeMixin, int8_backend
 
 LAYER_CLASSES = tuple(LAYER_TYPES.values())
 
 f32 = np.float32
 
 
-class Model:
+class Model(GenerationMixin, ClassifierMixin, QuantizeMixin):
     """A network of layers: a graph with named inputs and outputs (fastrnn.graph), a chain being
     its simplest case, plus an optional vocabulary and metadata.
 
@@ -36,6 +39,10 @@ class Model:
     input_shape : a chain's per-example input shape without the batch, e.g. (T, F) or (T,) for
         token ids; None entries are free.
     graph : a fastrnn.graph.Graph (any number of inputs, outputs, shared layers).
+
+    ``generate``, ``session``, ``classify`` and ``quantize`` come from the mixins of the modules
+    that implement them (fastrnn.generate.decode, fastrnn.classify.classifier, fastrnn.quantize),
+    which never import this module.
     """
 
     def __init__(self, layers=None, vocabulary=None, metadata=None, name="model", input_shape=None, *, graph=None):
@@ -374,8 +381,6 @@ class Model:
         states_in = self._check_states(initial_state, B)
         be = get_backend(backend)
         if self.metadata.get("quantized") in ("int8", "bfloat16"):  # their own products (fastrnn.quantize)
-            from .quantize import int8_backend
-
             be = int8_backend(be, self.metadata["quantized"])
         threads = check_threads(threads)
         outs, states_out = self.plan().run(xs, ls, states_in, be, threads)
@@ -388,48 +393,6 @@ class Model:
         else:
             result = outs
         return (result, states_out) if return_state else result
-
-    # -- features implemented in their own modules ----------------------------------------
-    def quantize(self, kind):
-        """A copy computing with reduced-precision weights: "int8" (per-row scales, int8
-        products), "float16" or "bfloat16"; see fastrnn.quantize."""
-        from .quantize import quantize
-
-        return quantize(self, kind)
-
-    def generate(self, prompt, max_new_tokens=None, temperature=None, top_k=None, top_p=None,
-                 repetition_penalty=None, seed=None, stop=None, stream=False, initial_state=None, backend=None,
-                 weights=None, threads=None, num_beams=1, length_penalty=1.0):
-        """Sample a continuation of ``prompt`` (str, token ids, or a list of either for a batch),
-        or with ``num_beams`` > 1 decode it by beam search (fastrnn.beam).
-
-        Parameters left at None take the model's recommended values (metadata "generation"), else
-        fastrnn.generate.GENERATION_DEFAULTS (200 tokens, temperature 0.8), as `fastrnn generate`
-        does. Every parameter is documented in fastrnn.generate.generate."""
-        from .generate import generate
-
-        return generate(self, prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-                        top_p=top_p, repetition_penalty=repetition_penalty, seed=seed, stop=stop, stream=stream,
-                        initial_state=initial_state, backend=backend, weights=weights, threads=threads,
-                        num_beams=num_beams, length_penalty=length_penalty)
-
-    def classify(self, inputs, batch_size=64, return_probs=True, window=None, max_length=None,
-                 max_batch_tokens=64 * 512, threads=None, backend=None, unknown_threshold=None):
-        """Label every input (texts, id sequences or feature arrays), lazily and in input order,
-        with length-bucketed batches; every parameter is documented in fastrnn.classify.classify."""
-        from .classify import classify
-
-        return classify(self, inputs, batch_size=batch_size, return_probs=return_probs, window=window,
-                        max_length=max_length, max_batch_tokens=max_batch_tokens, threads=threads,
-                        backend=backend, unknown_threshold=unknown_threshold)
-
-    def session(self, seed=None, initial_state=None, temperature=None, top_k=None, top_p=None,
-                repetition_penalty=None, backend=None, weights=None):
-        """A stateful token-by-token session; see fastrnn.generate.Session."""
-        from .generate import Session
-
-        return Session(self, seed=seed, initial_state=initial_state, temperature=temperature, top_k=top_k,
-                       top_p=top_p, repetition_penalty=repetition_penalty, backend=backend, weights=weights)
 
 
 def _batch_axes(model):

@@ -4,9 +4,9 @@ Kinds
 -----
 - ``"int8"``: every weight matrix (Embedding, W_ih, W_hh, W_hr, Dense; biases and peepholes stay
   float32) is rounded per output row: ``W[n] ~ scale[n] * q[n]``, ``scale[n] = max|W[n]| / 127``,
-  ``q = rint(W / scale)`` in [-127, 127] (fastrnn.formats.native.quantize_int8, the rule of int8
-  files). ``predict``, ``classify`` and ``generate`` then compute with int8 weights directly:
-  every matrix product quantizes its input rows on the fly (below) and sums integers.
+  ``q = rint(W / scale)`` in [-127, 127] (int8_rule below, the rule of int8 files too).
+  ``predict``, ``classify`` and ``generate`` then compute with int8 weights directly: every
+  matrix product quantizes its input rows on the fly (below) and sums integers.
 - ``"bfloat16"``: the matrices rounded to bfloat16 (to nearest even). predict and classify
   compute bfloat16 products: each input row rounded to bfloat16 too, products accumulated in
   float32 pairwise as AVX512_BF16's vdpbf16ps does (below; on CPUs without AVX-512 the same
@@ -64,12 +64,24 @@ KINDS = ("int8", "float16", "bfloat16")
 
 
 # -- rounding the weights ----------------------------------------------------------------------
+def int8_rule(a, exact=True):
+    """a (N, K) float32 -> (q int8 (N, K), scale float32 (N,)): a[n] ~ scale[n] * q[n], with
+    scale = max |a[n]| / 127 (1 for an all-zero row) and q = round(a / scale). The rule of int8
+    model files (fastrnn.formats.native.quantize_int8 is this function) and of generation's int8
+    weights. Rows registered with their exact integers (int8 weights of other tools, see
+    register_exact_int8) keep those when ``exact``."""
+    top = np.abs(a).max(axis=1) if a.size else np.zeros(a.shape[0], np.float32)
+    scale = np.where(top > 0, top / 127.0, 1.0).astype(np.float32)
+    q = np.clip(np.rint(a / scale[:, None]), -127, 127).astype(np.int8)
+    if exact:
+        q, scale = exact_int8_rows(a, q, scale)
+    return q, scale
+
+
 def quantize_int8(a):
     """a (N, K) float32 -> (q int8 (N, K), scale float32 (N,)), per row (the file format's rule,
     except rows registered with an exact form: see register_exact_int8)."""
-    from .formats.native import quantize_int8 as rule
-
-    return rule(np.ascontiguousarray(a, dtype=f32))
+    return int8_rule(np.ascontiguousarray(a, dtype=f32))
 
 
 # -- exact int8 forms from other tools -----------------------------------------------------------
@@ -98,8 +110,6 @@ def register_exact_int8(a, q, scale):
     not exactly that product. Returns the number of rows that differ from the rule's."""
     import weakref
 
-    from .formats.native import quantize_int8 as rule
-
     a = np.asarray(a)
     q = np.ascontiguousarray(q, dtype=np.int8)
     scale = np.ascontiguousarray(scale, dtype=f32).reshape(-1)
@@ -110,7 +120,7 @@ def register_exact_int8(a, q, scale):
     back = (scale[:, None] * q.astype(f32)).astype(f32)
     if not np.array_equal(back.view(np.uint32), np.ascontiguousarray(a).view(np.uint32)):
         raise ValueError("register_exact_int8: the matrix is not scale * q")
-    rq, rs = rule(np.ascontiguousarray(a), exact=False)
+    rq, rs = int8_rule(np.ascontiguousarray(a), exact=False)
     differ = np.nonzero((rs != scale) | np.any(rq != q, axis=1))[0]
     if differ.size == 0:
         return 0
@@ -142,7 +152,7 @@ def _release_exact(keys):
 
 def exact_int8_rows(a, q, scale):
     """The rule's (q, scale) for a (N, K) with the rows registered by register_exact_int8 replaced
-    by their exact forms (in place); called by the rule itself (formats.native.quantize_int8)."""
+    by their exact forms (in place); called by the rule itself (int8_rule)."""
     if not _exact_rows or a.ndim != 2 or a.shape[0] == 0:
         return q, scale
     keys = _row_keys(np.ascontiguousarray(a))
@@ -203,6 +213,16 @@ def quantize(model, kind):
     metadata = dict(model.metadata or {})
     metadata["quantized"] = kind
     return type(model)(vocabulary=model.vocabulary, metadata=metadata, name=model.name, graph=graph)
+
+
+
+class QuantizeMixin:
+    """What fastrnn.Model gets from this module: ``quantize``."""
+
+    def quantize(self, kind):
+        """A copy computing with reduced-precision weights: "int8" (per-row scales, int8
+        products), "float16" or "bfloat16"; see fastrnn.quantize."""
+        return quantize(self, kind)
 
 
 # -- the spec: int8 products in NumPy -----------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Beam search (fastrnn.beam, generate(num_beams=, length_penalty=)) against a brute-force NumPy
+"""Beam search (fastrnn.generate.beam, generate(num_beams=, length_penalty=)) against a brute-force NumPy
 beam search that recomputes every prefix with Model.predict (no row states, no reordering), an
 exhaustive search over every sequence, and greedy decoding."""
 import itertools
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import fastrnn
-from fastrnn.beam import beam_search
+from fastrnn.generate.beam import beam_search
 from fastrnn.layers import Dense, DirectionWeights, Embedding, Recurrent
 
 

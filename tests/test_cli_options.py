@@ -21,6 +21,8 @@ import fastrnn
 import fastrnn.cli
 from conftest import FRAMEWORK_ATOL, assert_close
 from fastrnn import generate as g
+from fastrnn.generate import cli as generate_cli
+from fastrnn.generate import run as generate_run
 from fastrnn.classify import bundled_classifier
 from fastrnn.formats import safetensors
 
@@ -121,7 +123,7 @@ def spy_generate(monkeypatch):
         calls.append(kw)
         return real(model, prompt, **kw)
 
-    monkeypatch.setattr(g, "generate", spy)
+    monkeypatch.setattr(generate_cli, "generate", spy)  # the generate() that `fastrnn generate` calls
     return calls
 
 
@@ -192,8 +194,8 @@ def test_backend_option_runs_the_command_on_that_backend(name, tmp_path, monkeyp
     want = list(bundled_classifier().classify(["house", "maison"], backend=name))
     assert [r["label"] for r in rows] == [r.label for r in want]
     # generation too: the loop of that backend
-    monkeypatch.setattr(g, "get_engine", lambda backend=None, _real=g.get_engine: calls.setdefault(
-        "engine", _real(backend)))
+    monkeypatch.setattr(generate_run, "get_engine", lambda backend=None, _real=g.get_engine: calls.setdefault(
+        "engine", _real(backend)))  # the engine lookup of generate()'s sampling run
     try:
         assert fastrnn.cli.main(["--backend", name, "generate", "--prompt", "a", "-n", "3", "--seed", "1"]) == 0
     finally:

@@ -205,7 +205,7 @@ def test_predict_in_chunks_of_time_steps_changes_no_bit(backend, monkeypatch):
 
 
 def test_moving_window_and_bad_logits_in_stepwise_generation(monkeypatch):
-    """A causal graph that is not the compiled chain (fastrnn.stepwise) keeps the same tokens when
+    """A causal graph that is not the compiled chain (fastrnn.generate.stepwise) keeps the same tokens when
     the output window moves, and refuses non-finite logits like the compiled loops."""
     from helpers import random_recurrent
 

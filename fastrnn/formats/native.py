@@ -36,6 +36,7 @@ from ..errors import ModelFormatError
 from ..graph import MAX_NODES, Graph, Input, Node
 from ..layers import LAYER_TYPES, ConfigReader
 from ..model import Model
+from ..quantize import int8_rule as quantize_int8  # the rule of int8 files, kept by model.quantize
 from ..vocab import Vocabulary
 from . import safetensors
 
@@ -45,20 +46,6 @@ READABLE_VERSIONS = (1, 2)
 
 
 QUANTIZE_KINDS = ("float16", "int8")
-
-
-def quantize_int8(a, exact=True):
-    """a (N, K) float32 -> (q int8 (N, K), scale float32 (N,)): a[n] ~ scale[n] * q[n], with
-    scale = max |a[n]| / 127 (1 for an all-zero row) and q = round(a / scale); rows registered
-    with their exact integers (int8 weights of other tools, fastrnn.quantize.register_exact_int8)
-    keep those when ``exact``."""
-    top = np.abs(a).max(axis=1) if a.size else np.zeros(a.shape[0], np.float32)
-    scale = np.where(top > 0, top / 127.0, 1.0).astype(np.float32)
-    q = np.clip(np.rint(a / scale[:, None]), -127, 127).astype(np.int8)
-    if exact:
-        from ..quantize import exact_int8_rows
-        q, scale = exact_int8_rows(a, q, scale)
-    return q, scale
 
 
 def save(model: Model, path, quantize=None):

@@ -35,8 +35,12 @@ import numbers
 
 import numpy as np
 
-from .generate import (HAS_LOGITS, Rows, Sampling, _count, _Formatter, _Job, _prompt_rows, _stops, _with_defaults,
-                       default_weights, generation_plan, get_engine, match_stop, stops_list)
+from .engines import HAS_LOGITS, Rows, get_engine, match_stop, stops_list
+from .job import _Formatter, _Job
+from .options import _count, _prompt_rows, _stops, _with_defaults, model_or_default
+from .plan import generation_plan
+from .run import default_weights
+from .sampling import Sampling
 
 
 class Hypotheses:
@@ -90,12 +94,9 @@ def beam_search(model, prompt, max_new_tokens=None, num_beams=4, length_penalty=
     as fastrnn.generate.generate (max_new_tokens=None: the model's recommended count, else
     GENERATION_DEFAULTS'); ``num_beams`` >= 1, ``length_penalty`` a finite number (> 0
     favours longer hypotheses, < 0 shorter ones)."""
-    from .backends import check_threads
+    from ..backends import check_threads
 
-    if model is None:
-        from .generate import bundled_model
-
-        model = bundled_model()
+    model = model_or_default(model)
     K, lp = _check(num_beams, length_penalty)
     plan = generation_plan(model, default_weights(model, weights))
     threads = check_threads(threads)

@@ -4,7 +4,7 @@
     for r in model.classify(open("reviews.txt", encoding="utf-8")):
         print(r.label, r.probabilities)
 
-    fastrnn classify reviews.txt                          # the command line (see add_cli)
+    fastrnn classify reviews.txt                          # the command line (fastrnn.classify.cli)
 
 How a batch is formed (``classify``): inputs are read a window at a time (``window`` inputs,
 default 16 batches), tokenized with the model's stored vocabulary, sorted by length inside the
@@ -20,29 +20,23 @@ softmax outputs as they are; a linear output is treated as logits and soft-maxed
 sigmoid unit gives two classes [1 - p, p]; several sigmoid units give independent per-class
 probabilities (multi-label; ``label`` is then the most probable class). Label names are read
 from the model's metadata ``"labels"`` (a list, one per class); without it labels are class ids.
+
+ClassifierMixin gives fastrnn.Model its ``classify`` method; this module never imports
+fastrnn.model (Model inherits the mixin, a layer above).
 """
 from __future__ import annotations
 
 import itertools
-import json
-import os
-import sys
-import time
 from typing import Iterable, Iterator, NamedTuple, Optional
 
 import numpy as np
 
-from .layers import Activation, Dense, Embedding, Masking
-from .model import Model
-from .textio import ERRORS, LineReader, clean_text
+from ..layers import Activation, Dense, Embedding, Masking
+from ..textio import clean_text
 
-BUNDLED_CLASSIFIER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "langid.safetensors")
 DEFAULT_BATCH_SIZE = 64
 DEFAULT_MAX_BATCH_TOKENS = 64 * 512  # padded tokens per batch: bounds the (B, T, ...) buffers
 UNKNOWN_LABEL = "unknown"
-# The bundled language identifier answers "unknown" when more than half of a text's characters
-# are outside its vocabulary (see bundled_classifier); other models when their metadata says so.
-BUNDLED_UNKNOWN_THRESHOLD = 0.5
 DEFAULT_MAX_LENGTH = 10_000  # tokens per input used by classify (a giant line is cut, with a warning)
 
 
@@ -61,7 +55,7 @@ class Classification(NamedTuple):
     unknown_fraction: float = 0.0
 
 
-def labels_of(model: Model) -> list:
+def labels_of(model) -> list:
     """The class names stored with ``model`` (metadata "labels"), or the class ids 0..C-1."""
     n = class_count(model)
     labels = (model.metadata or {}).get("labels")
@@ -79,10 +73,10 @@ class _Head:
         self.output_size, self.activation = size, activation
 
 
-def check_classifier(model: Model):
+def check_classifier(model):
     """Raise ValueError saying why ``model`` cannot classify; return its output head (size and
     activation: softmax, sigmoid, linear logits or log_softmax)."""
-    if not isinstance(model, Model):
+    if not isinstance(model, ClassifierMixin):
         raise TypeError(f"expected a fastrnn.Model, got {type(model).__name__}")
     name = model.name
     if len(model.inputs) != 1:
@@ -112,7 +106,7 @@ def check_classifier(model: Model):
     return _Head(shape[0], activation)
 
 
-def class_count(model: Model) -> int:
+def class_count(model) -> int:
     last = check_classifier(model)
     n = last.output_size
     return 2 if (last.activation == "sigmoid" and n == 1) else n
@@ -137,7 +131,7 @@ def probabilities_from_output(out: np.ndarray, activation: str) -> np.ndarray:
                      "(expected softmax, log_softmax, sigmoid or linear logits)")
 
 
-def unknown_threshold_of(model: Model, threshold=None):
+def unknown_threshold_of(model, threshold=None):
     """The threshold above which an input's unknown fraction gives the label "unknown":
     ``threshold`` if given, else the model's metadata "unknown_threshold", else None (off)."""
     if threshold is None:
@@ -150,7 +144,7 @@ def unknown_threshold_of(model: Model, threshold=None):
     return float(threshold)
 
 
-def _unknown_fraction(model: Model, arr) -> float:
+def _unknown_fraction(model, arr) -> float:
     """Fraction of the unknown-token ids in an encoded input (see Classification)."""
     if not model.takes_tokens:
         return 0.0
@@ -160,7 +154,7 @@ def _unknown_fraction(model: Model, arr) -> float:
     return 0.0 if unk is None else float(np.count_nonzero(arr == unk)) / arr.shape[0]
 
 
-def _encoder(model: Model, max_length):
+def _encoder(model, max_length):
     """input -> 1-D array (ids (T,) int64, or features (T, F) float32), truncated to max_length.
     A text is cleaned first (textio.clean_text: BOM and trailing line ending removed)."""
     vocab = model.vocabulary
@@ -211,7 +205,7 @@ def _encoder(model: Model, max_length):
     return encode
 
 
-def _text_input(model: Model):
+def _text_input(model):
     """The pad_sequences of the model's training (metadata "text_input", see
     fastrnn.formats.tokenizers) as a function on one text's ids, or None."""
     spec = (model.metadata or {}).get("text_input")
@@ -251,7 +245,7 @@ def _batches(order, lengths, batch_size, max_batch_tokens):
         start = stop
 
 
-def classify(model: Model, inputs: Iterable, batch_size: int = DEFAULT_BATCH_SIZE, return_probs: bool = True,
+def classify(model, inputs: Iterable, batch_size: int = DEFAULT_BATCH_SIZE, return_probs: bool = True,
              window: Optional[int] = None, max_length: Optional[int] = None,
              max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS, threads=None, backend=None,
              unknown_threshold: Optional[float] = None) -> Iterator[Classification]:
@@ -332,164 +326,13 @@ def _positive(value, name):
     return int(value)
 
 
-# =============================================================================================
-# Bundled classifier
-# =============================================================================================
+class ClassifierMixin:
+    """What fastrnn.Model gets from classification: ``classify``."""
 
-def bundled_classifier() -> Model:
-    """The language-identification GRU shipped with fastrnn (trained by tools/train_langid.py on
-    the Debian word lists), loaded once. It answers "unknown" for a text more than half of whose
-    characters are outside its vocabulary (Korean, Japanese, Cyrillic, only spaces, empty): its
-    metadata "unknown_threshold" is 0.5 (set here for the shipped file, written by the
-    training script for new ones)."""
-    from . import load_bundled
-
-    model = load_bundled(BUNDLED_CLASSIFIER, "classifier")
-    model.metadata.setdefault("unknown_threshold", BUNDLED_UNKNOWN_THRESHOLD)
-    return model
-
-
-# =============================================================================================
-# Command line: fastrnn classify
-# =============================================================================================
-
-class Progress:
-    """A one-line progress bar on a terminal stream: lines, rate, and percent of the file's bytes
-    when its size is known. Redrawn at most 10 times a second; nothing is printed when the
-    stream is not a terminal (pipes, CI logs)."""
-
-    def __init__(self, stream, total_bytes=None, enabled=None):
-        self.stream = stream
-        self.enabled = stream.isatty() if enabled is None else enabled
-        self.total = total_bytes
-        self.start = time.monotonic()
-        self.last = 0.0
-        self.lines = 0
-        self.done_bytes = 0
-
-    def update(self, lines, done_bytes=None, force=False):
-        self.lines = lines
-        if done_bytes is not None:
-            self.done_bytes = done_bytes
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        if not force and now - self.last < 0.1:
-            return
-        self.last = now
-        elapsed = max(now - self.start, 1e-9)
-        rate = lines / elapsed
-        if self.total:
-            frac = min(1.0, self.done_bytes / self.total)
-            width = 30
-            filled = int(frac * width)
-            bar = "#" * filled + "-" * (width - filled)
-            text = f"\r[{bar}] {100 * frac:5.1f}% {lines:,} lines {rate:,.0f}/s"
-        else:
-            text = f"\r{lines:,} lines {rate:,.0f}/s {elapsed:,.0f}s"
-        self.stream.write(text)
-        self.stream.flush()
-
-    def close(self):
-        if self.enabled:
-            self.update(self.lines, force=True)
-            self.stream.write("\n")
-            self.stream.flush()
-
-
-def add_cli(subparsers):
-    import argparse
-
-    p = subparsers.add_parser(
-        "classify", help="label every line of a file or stdin (default: the bundled language identifier)",
-        description="Classify one input per line (UTF-8), writing one output line per input in the same "
-                    "order. Without --model the bundled language-identification GRU is used.")
-    p.add_argument("file", nargs="?", default="-", help="input file, one text per line ('-' = stdin, the default)")
-    p.add_argument("--model", help="classifier model file (.safetensors, .keras, .h5, .onnx)")
-    p.add_argument("--format", choices=["jsonl", "csv"], default="jsonl",
-                   help="jsonl: {\"text\", \"label\", \"probabilities\": {label: p}} per line (default); "
-                        "csv: a header, then text,label,one column per class")
-    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="rows run together (default 64)")
-    p.add_argument("--threads", type=int, default=None, help="threads (default: all cores)")
-    p.add_argument("--max-length", type=int, default=None,
-                   help="use only the first N tokens of each line (default 10000; longer lines are cut, with a warning)")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="progress bar on stderr (default: when stderr is a terminal)")
-    p.add_argument("--errors", choices=ERRORS, default="strict",
-                   help="a line that is not UTF-8: strict = stop with an error naming it (default), replace = "
-                        "decode it with U+FFFD for bad bytes, skip = leave it out and report its line number on stderr")
-    from .dask import add_cli_options  # --dask, --partition-size (issue 16; Dask imported only when used)
-
-    add_cli_options(p, "lines")
-    p.set_defaults(func=cmd_classify)
-
-
-def cmd_classify(args):
-    import csv
-
-    from . import load
-
-    model = load(args.model) if args.model else bundled_classifier()
-    labels = labels_of(model)  # checks it is a classifier before any input is read
-    if args.file == "-":
-        raw, name, total = sys.stdin.buffer, "<stdin>", None
-    else:
-        raw = open(args.file, "rb")
-        name = args.file
-        try:
-            total = os.fstat(raw.fileno()).st_size or None
-        except OSError:
-            total = None
-    reader = LineReader(raw, name, errors=args.errors, command="fastrnn classify")
-    progress = Progress(sys.stderr, total, enabled=args.progress)
-    out = sys.stdout
-    writer = None
-    if args.format == "csv":
-        writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(["text", "label"] + [str(x) for x in labels] + ["unknown_fraction"])
-    texts = _remember(reader)
-    try:
-        results = classify(model, texts, batch_size=args.batch_size, threads=args.threads, max_length=args.max_length)
-        if getattr(args, "dask", None):  # the same results, in order, from a Dask cluster (issue 16)
-            from .dask import cli_classify
-
-            results = cli_classify(args, texts)
-        for n, r in enumerate(results, 1):
-            text = texts.pop()
-            p = r.probabilities
-            if writer is not None:
-                writer.writerow([text, r.label] + [f"{v:.6g}" for v in p.tolist()] + [f"{r.unknown_fraction:.6g}"])
-            else:
-                out.write(json.dumps({"text": text, "label": r.label,
-                                      "probabilities": {str(k): round(float(v), 6) for k, v in zip(labels, p.tolist())},
-                                      "unknown_fraction": round(r.unknown_fraction, 6)},
-                                     ensure_ascii=False) + "\n")
-            progress.update(n, reader.bytes)
-        out.flush()
-    finally:
-        progress.close()
-        if raw is not sys.stdin.buffer:
-            raw.close()
-    return 0
-
-
-class _remember:
-    """Pass items through while keeping those not yet consumed by the caller's output loop (the
-    classifier reads a window ahead); memory is bounded by that window."""
-
-    def __init__(self, iterable):
-        from collections import deque
-
-        self.it = iter(iterable)
-        self.pending = deque()
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        item = next(self.it)
-        self.pending.append(item)
-        return item
-
-    def pop(self):
-        return self.pending.popleft()
+    def classify(self, inputs, batch_size=64, return_probs=True, window=None, max_length=None,
+                 max_batch_tokens=64 * 512, threads=None, backend=None, unknown_threshold=None):
+        """Label every input (texts, id sequences or feature arrays), lazily and in input order,
+        with length-bucketed batches; every parameter is documented in fastrnn.classify.classify."""
+        return classify(self, inputs, batch_size=batch_size, return_probs=return_probs, window=window,
+                        max_length=max_length, max_batch_tokens=max_batch_tokens, threads=threads,
+                        backend=backend, unknown_threshold=unknown_threshold)

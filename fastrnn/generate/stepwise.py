@@ -1,6 +1,6 @@
 """Generation from causal graphs that are not the compiled chain.
 
-The compiled generation loop (fastrnn.generate, kernels/generate_core.c) runs the chain
+The compiled generation loop (fastrnn.generate.plan, kernels/generate_core.c) runs the chain
 [Embedding] -> forward recurrent layers -> Dense. A model whose step is still causal but has
 other per-step layers (a Tanh between the GRU and the Linear, a LayerNorm, two Dense layers, a
 Concatenate of the embedding and the LSTM outputs, several recurrent branches) generates here:
@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .layers import Activation, Dense, Recurrent
+from ..layers import Activation, Dense, Recurrent
+from .engines import BAD_LOGITS, FINISHED, HAS_LOGITS, LEN, LIMIT, NOUT, POS, STOP_LEN, match_stop, stops_list
+from .sampling import Sampling
 
 f32 = np.float32
 
@@ -59,7 +61,7 @@ def causal_problem(model):
 
 
 class StepGraphPlan:
-    """Duck-typed fastrnn.generate.GenerationPlan for a causal graph: the rows' state holds, per
+    """Duck-typed fastrnn.generate.plan.GenerationPlan for a causal graph: the rows' state holds, per
     recurrent node, h (H_out) then c (H) for an LSTM."""
 
     weights = "float32"
@@ -165,13 +167,12 @@ class StepEngine:
 
 
 class StepRunner:
-    """The lockstep loop of fastrnn.generate.NumpyRunner with the step of a graph: every step,
+    """The lockstep loop of fastrnn.generate.engines.NumpyRunner with the step of a graph: every step,
     the rows that have a token to feed (the next prompt token or the one just sampled) run one
     time step of the graph together."""
 
     def __init__(self, plan: StepGraphPlan, engine, sampling, stops, rows, prompt, out):
-        from .backends import get_backend
-        from .generate import Sampling, stops_list
+        from ..backends import get_backend
 
         self.plan, self.engine = plan, engine
         self.sampling = Sampling(*sampling)
@@ -181,8 +182,6 @@ class StepRunner:
         self.backend = get_backend(engine.name)
 
     def run(self, max_steps):
-        from .generate import BAD_LOGITS, FINISHED, HAS_LOGITS, LEN, LIMIT, NOUT, POS, STOP_LEN, match_stop
-
         r, st = self.rows, self.rows.status
         limit = np.minimum(st[:, LIMIT], self.out.shape[1])  # a row ends with this many tokens in out
         V = self.plan.vocab_size
