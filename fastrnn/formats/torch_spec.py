@@ -32,7 +32,7 @@ import re
 import numpy as np
 
 from ..errors import ModelFormatError, UnsupportedLayerError
-from ..layers import Activation, Dense, Embedding, Identity
+from ..layers import Activation, Dense, DirectionWeights, Embedding, Identity, Recurrent
 
 FORMAT = "fastrnn-torch-architecture"
 RECURRENT_MODULES = {"RNN": "rnn", "LSTM": "lstm", "GRU": "gru"}
@@ -129,11 +129,56 @@ def read_architecture(source) -> dict:
     return spec
 
 
+def recurrent_layers_from_params(params, cell, num_layers, bidirectional, nonlinearity="tanh",
+                                 prefix="", name="rnn", last_returns_sequences=True, source=None):
+    """Build one fastrnn Recurrent layer per PyTorch layer from PyTorch-named parameters."""
+    G = {"rnn": 1, "lstm": 4, "gru": 3}[cell]
+    layers = []
+    for k in range(num_layers):
+        dirs = []
+        for suffix in ([""] + (["_reverse"] if bidirectional else [])):
+            def get(key, ndim, required=True):
+                full = f"{prefix}{key}_l{k}{suffix}"
+                if full not in params:
+                    if required:
+                        raise ModelFormatError(f"missing parameter {full!r}", source)
+                    return None
+                arr = params[full]
+                if arr.ndim != ndim:
+                    raise ModelFormatError(f"parameter {full!r} has shape {arr.shape}, expected {ndim} dimensions",
+                                           source)
+                return arr
+
+            dirs.append(DirectionWeights(w_ih=get("weight_ih", 2), w_hh=get("weight_hh", 2),
+                                         b_ih=get("bias_ih", 1, False), b_hh=get("bias_hh", 1, False),
+                                         w_hr=get("weight_hr", 2, False)))
+        rows = dirs[0].w_ih.shape[0]
+        if rows == 0 or rows % G:
+            raise ModelFormatError(f"parameter {prefix}weight_ih_l{k} has {rows} rows; a {cell.upper()} needs a "
+                                   f"positive multiple of {G} (gates x hidden_size)", source)
+        hidden = rows // G
+        proj = 0 if dirs[0].w_hr is None else dirs[0].w_hr.shape[0]
+        expected = {"weight_ih": (G * hidden, dirs[0].w_ih.shape[1]), "weight_hh": (G * hidden, proj or hidden),
+                    "bias_ih": (G * hidden,), "bias_hh": (G * hidden,), "weight_hr": (proj, hidden)}
+        for suffix, w in zip(["", "_reverse"], dirs):
+            for key, arr in zip(expected, (w.w_ih, w.w_hh, w.b_ih, w.b_hh, w.w_hr)):
+                if arr is not None and arr.shape != expected[key]:
+                    raise ModelFormatError(f"parameter {prefix}{key}_l{k}{suffix} has shape {arr.shape}, expected "
+                                           f"{expected[key]} (hidden_size {hidden} from weight_ih_l{k})", source)
+        acts = (nonlinearity,) if cell == "rnn" else ()
+        try:
+            layers.append(Recurrent(cell=cell, hidden_size=hidden, directions=dirs, proj_size=proj, activations=acts,
+                                    return_sequences=last_returns_sequences or k < num_layers - 1,
+                                    name=f"{name}_l{k}" if num_layers > 1 else name))
+        except ValueError as exc:
+            raise ModelFormatError(f"{prefix}*_l{k}: {exc}", source) from None
+    return layers
+
+
 def from_architecture(params, spec, vocabulary=None, name="model", source=None):
     """Build the Model that ``spec`` describes from the state_dict ``params`` ({key: array})."""
     from ..model import Model
     from ..vocab import as_vocabulary
-    from .torch import recurrent_layers_from_params
 
     spec = read_architecture(spec)
     used = set()
