@@ -10,7 +10,11 @@ Every workload also runs fastrnn's int8 engine (``model.quantize("int8")``; pred
 also its bfloat16 engine, ``model.quantize("bfloat16")``) and, where the model
 exports to ONNX, onnxruntime's int8 (``onnxruntime.quantization.quantize_dynamic`` of the same
 exported model, QInt8 weights), in the same process and time window; "x ort8" is fastrnn int8's
-speed-up over onnxruntime int8.
+speed-up over onnxruntime int8. PyTorch's int8 is ``torch.ao.quantization.quantize_dynamic`` of
+the module's nn.LSTM and nn.Linear (qint8 weights, dynamic activations; "pytorch i8").
+bfloat16 (``--bf16``): by default timed only where the CPU has AVX512_BF16; elsewhere fastrnn's
+bfloat16 runs a plain-C emulation (same bits, tens of times slower than float32) and the column
+reads "no bf16" unless ``--bf16 on`` asks for it anyway.
 
 Peers that are not installed are reported as "not installed", never silently dropped.
 Every ratio compares runs made in this process a few seconds apart: absolute times drift on a
@@ -107,6 +111,36 @@ ort = try_import("onnxruntime")
 onnx = try_import("onnx")
 
 
+def cpu_has(flag):
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("flags") and flag in line.split() for line in f)
+    except OSError:
+        return False
+
+
+BF16 = "auto"  # --bf16: auto (time it where the CPU has avx512_bf16), on, off
+
+
+def time_bf16():
+    return BF16 == "on" or (BF16 == "auto" and cpu_has("avx512_bf16"))
+
+
+def torch_int8(module):
+    """PyTorch's own int8 inference: dynamic quantization of the nn.LSTM and nn.Linear modules
+    (qint8 weights, activations quantized per call), or None without torch.ao."""
+    import warnings
+
+    try:
+        from torch.ao.quantization import quantize_dynamic
+    except ImportError:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        wrapped = module if list(module.children()) else torch.nn.Sequential(module)  # the root is not swapped
+        return quantize_dynamic(wrapped, {torch.nn.LSTM, torch.nn.Linear}, dtype=torch.qint8).eval()
+
+
 def set_threads(n):
     if hasattr(fastrnn, "set_num_threads"):
         fastrnn.set_num_threads(n)
@@ -168,22 +202,26 @@ def bench_gen(hidden, threads, repeats, tmp, batch=1, tokens=300):
 
 
     if torch is None:
-        results["pytorch"] = None
+        results["pytorch"] = results["pytorch_int8"] = None
     else:
         gen = torch.Generator().manual_seed(0)
 
-        @torch.no_grad()
-        def run_torch():
-            h = torch.zeros(2, batch, hidden)
-            c = torch.zeros(2, batch, hidden)
-            ids = torch.tensor(prompts)
-            logits, h, c = module(ids, h, c)
-            nxt = torch_sample(logits[:, -1], 0.8, gen)
-            for _ in range(tokens - 1):
-                logits, h, c = module(nxt, h, c)
+        def torch_runner(net):
+            @torch.no_grad()
+            def run_torch():
+                h = torch.zeros(2, batch, hidden)
+                c = torch.zeros(2, batch, hidden)
+                ids = torch.tensor(prompts)
+                logits, h, c = net(ids, h, c)
                 nxt = torch_sample(logits[:, -1], 0.8, gen)
+                for _ in range(tokens - 1):
+                    logits, h, c = net(nxt, h, c)
+                    nxt = torch_sample(logits[:, -1], 0.8, gen)
+            return run_torch
 
-        results["pytorch"] = median_time(run_torch, max(1, repeats // 2))
+        results["pytorch"] = median_time(torch_runner(module), max(1, repeats // 2))
+        tq = torch_int8(module)
+        results["pytorch_int8"] = None if tq is None else median_time(torch_runner(tq), max(1, repeats // 2))
 
     if ort is None or onnx is None or torch is None:
         results["onnxruntime"] = None
@@ -228,18 +266,18 @@ def bench_cls(threads, repeats, tmp):
     ids = np.random.default_rng(0).integers(1, 20000, (64, 100))
     out = {"fastrnn": 64 / median_time(lambda: model.predict(ids), repeats)}
     q = model.quantize("int8")
-    qb = model.quantize("bfloat16")
-    out["fastrnn_bf16"] = 64 / median_time(lambda: qb.predict(ids), repeats)
+    if time_bf16():
+        qb = model.quantize("bfloat16")
+        out["fastrnn_bf16"] = 64 / median_time(lambda: qb.predict(ids), repeats)
+    else:
+        out["fastrnn_bf16"] = None
     if torch is None:
-        out["pytorch"] = None
+        out["pytorch"] = out["pytorch_int8"] = None
     else:
         t_ids = torch.from_numpy(ids)
-
-        @torch.no_grad()
-        def run_torch():
-            module(t_ids)
-
-        out["pytorch"] = 64 / median_time(run_torch, repeats)
+        tq = torch_int8(module)
+        out["pytorch"] = 64 / median_time(torch.no_grad()(lambda: module(t_ids)), repeats)
+        out["pytorch_int8"] = None if tq is None else 64 / median_time(torch.no_grad()(lambda: tq(t_ids)), repeats)
     if ort is None or onnx is None or torch is None:
         out["onnxruntime"] = None
     else:
@@ -283,8 +321,12 @@ def bench_seq(threads, repeats, tmp):
     out = {"fastrnn": median_time(lambda: model.predict(x), repeats) / 1000 * 1e6}
     q = model.quantize("int8")
     out["fastrnn_int8"] = median_time(lambda: q.predict(x), repeats) / 1000 * 1e6
-    qb = model.quantize("bfloat16")
-    out["fastrnn_bf16"] = median_time(lambda: qb.predict(x), repeats) / 1000 * 1e6
+    if time_bf16():
+        qb = model.quantize("bfloat16")
+        out["fastrnn_bf16"] = median_time(lambda: qb.predict(x), repeats) / 1000 * 1e6
+    else:
+        out["fastrnn_bf16"] = None
+    out["pytorch_int8"] = None  # quantize_dynamic has no int8 GRU either
     xt = torch.from_numpy(x)
 
     @torch.no_grad()
@@ -317,16 +359,14 @@ def bench_lstm(batch, steps, threads, repeats, tmp):
     q = model.quantize("int8")
     x = np.random.default_rng(0).standard_normal((batch, steps, 512)).astype(np.float32)
     unit = 1e3 if batch > 1 else 1e6 / steps
-    qb = model.quantize("bfloat16")
-    out = {"fastrnn": median_time(lambda: model.predict(x), repeats) * unit,
-           "fastrnn_bf16": median_time(lambda: qb.predict(x), repeats) * unit}
+    out = {"fastrnn": median_time(lambda: model.predict(x), repeats) * unit, "fastrnn_bf16": None}
+    if time_bf16():
+        qb = model.quantize("bfloat16")
+        out["fastrnn_bf16"] = median_time(lambda: qb.predict(x), repeats) * unit
     xt = torch.from_numpy(x)
-
-    @torch.no_grad()
-    def run_torch():
-        module(xt)
-
-    out["pytorch"] = median_time(run_torch, repeats) * unit
+    tq = torch_int8(module)
+    out["pytorch"] = median_time(torch.no_grad()(lambda: module(xt)), repeats) * unit
+    out["pytorch_int8"] = None if tq is None else median_time(torch.no_grad()(lambda: tq(xt)), repeats) * unit
     if ort is None or onnx is None:
         out["onnxruntime"] = out["onnxruntime_int8"] = None
         out["fastrnn_int8"] = median_time(lambda: q.predict(x), repeats) * unit
@@ -370,11 +410,16 @@ def main(argv=None):
     ap.add_argument("-t", "--threads", nargs="+", type=int, default=[1, 2])
     ap.add_argument("-r", "--repeats", type=int, default=5)
     ap.add_argument("--plot", help="write a bar chart of the ratios to this PNG")
+    ap.add_argument("--bf16", choices=("auto", "on", "off"), default="auto",
+                    help="time fastrnn's bfloat16 engine: auto = only where the CPU has AVX512_BF16")
     args = ap.parse_args(argv)
+    global BF16
+    BF16 = args.bf16
 
     print(f"CPU: {cpu_name()} ({os.cpu_count()} logical cores); fastrnn {fastrnn.__version__} "
           f"backend={fastrnn.get_backend().name}; torch {getattr(torch, '__version__', 'not installed')}; "
-          f"onnxruntime {getattr(ort, '__version__', 'not installed')}")
+          f"onnxruntime {getattr(ort, '__version__', 'not installed')}; "
+          f"AVX512_BF16 {'yes' if cpu_has('avx512_bf16') else 'no'}; load average {os.getloadavg()[0]:.2f}")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for threads in args.threads:
@@ -414,12 +459,24 @@ def fmt(v, digits=1):
 _header_done = False
 
 
+def bf16_txt(res, digits):
+    if "fastrnn_bf16" not in res:
+        return "-"
+    if res["fastrnn_bf16"] is None:
+        return "no bf16" if BF16 == "auto" else "off"
+    return fmt(res["fastrnn_bf16"], digits)
+
+
+def i8_txt(v, digits):
+    return v if isinstance(v, str) else ("-" if v is None else fmt(v, digits))
+
+
 def print_row(w, threads, res, flush=False):
     global _header_done
     if not _header_done:
         print(f"\n{'workload':<9} {'thr':>3} {'unit':>9} {'fastrnn':>10} {'pytorch':>13} {'onnxruntime':>13} "
-              f"{'x pytorch':>10} {'x onnxrt':>9} {'fastrnn bf16':>12} {'fastrnn i8':>11} {'onnxrt i8':>10} "
-              f"{'x ort8':>7}")
+              f"{'x pytorch':>10} {'x onnxrt':>9} {'fastrnn bf16':>12} {'fastrnn i8':>11} {'pytorch i8':>11} "
+              f"{'onnxrt i8':>10} {'x ort8':>7}")
         _header_done = True
     digits = 2 if w == "startup" else 1
     s_pt = speedup(w, res["fastrnn"], res["pytorch"])
@@ -429,8 +486,9 @@ def print_row(w, threads, res, flush=False):
     print(f"{w:<9} {threads:>3} {UNITS[w]:>9} {fmt(res['fastrnn'], digits):>10} {fmt(res['pytorch'], digits):>13} "
           f"{ort_txt:>13} {('-' if s_pt is None else f'{s_pt:.2f}x'):>10} "
           f"{('-' if s_ort is None else f'{s_ort:.2f}x'):>9}"
-          + (f" {(fmt(res['fastrnn_bf16'], digits) if 'fastrnn_bf16' in res else '-'):>12}"
-             f" {fmt(res.get('fastrnn_int8'), digits):>11} {fmt(res.get('onnxruntime_int8'), digits):>10} "
+          + (f" {bf16_txt(res, digits):>12}"
+             f" {fmt(res.get('fastrnn_int8'), digits):>11} {i8_txt(res.get('pytorch_int8', '-'), digits):>11}"
+             f" {fmt(res.get('onnxruntime_int8'), digits):>10} "
              f"{('-' if s_i8 is None else f'{s_i8:.2f}x'):>7}"
              + ("" if s_i8 is None else f" [{res['int8_ci'][0]:.2f}, {res['int8_ci'][1]:.2f}]")
              if w != "startup" else "")

@@ -33,6 +33,8 @@ cdef extern from "rnn_core.h" nogil:
         int linear_before_reset
     size_t rnn_packed_size(ptrdiff_t rows, ptrdiff_t cols)
     void rnn_pack_weight(const float *w, ptrdiff_t rows, ptrdiff_t cols, float *packed)
+    int rnn_simd_enabled()
+    int rnn_select_simd(int level)
 
 
 cdef extern from "generate_core.h" nogil:
@@ -116,6 +118,34 @@ cdef extern from "generate_core.h" nogil:
         float *rh
     ptrdiff_t gen_run_split(const gen_model *m, const gen_sampling *s, const gen_stops *stops, gen_rows *rows,
                             void *workspace, ptrdiff_t max_steps, gen_split_shared *shared, int part)
+
+
+# This module links its own copy of rnn_core (its activations and float32 matrix multiply), so
+# it reads FASTRNN_SIMD itself, like _cykernels and _cyint8: plain|avx2|avx512 caps the loop's
+# instruction set (float32, float16 and int8 products, activations), decided once at import.
+SIMD_LEVELS = ("plain", "avx2", "avx512")
+
+
+def _simd_cap():
+    """FASTRNN_SIMD -> level index, -1 = the best (an unknown name: _cykernels warns once)"""
+    import os
+
+    name = os.environ.get("FASTRNN_SIMD", "").strip().lower()
+    return SIMD_LEVELS.index(name) if name in SIMD_LEVELS else -1
+
+
+rnn_select_simd(_simd_cap())
+
+
+def simd_level():
+    """The instruction set the generation loop uses now: one of SIMD_LEVELS."""
+    return SIMD_LEVELS[rnn_simd_enabled()]
+
+
+def _select_simd(level):
+    """Cap the loop's instruction set (a name of SIMD_LEVELS, None for the best); returns the
+    level now in use. For tests and benchmarks; not thread-safe against running loops."""
+    return SIMD_LEVELS[rnn_select_simd(-1 if level is None else SIMD_LEVELS.index(level))]
 
 
 STATUS_COLS = GEN_STATUS_COLS

@@ -451,6 +451,123 @@ I8_DRIVER(matmul_vnni512, I8_AVX512, tile_vnni512, 6, 4)
 I8_DRIVER(matmul_avxvnni, I8_AVXVNNI, tile_avxvnni, 2, 2)
 I8_DRIVER(matmul_avx2, I8_AVX2, tile_avx2, 2, 2)
 
+/* AVX2 without VNNI, written out so that every accumulator stays in a register (the generic
+ * ymm tile above spills with gcc), same arithmetic and layout as tile_avx2: |xq| as unsigned
+ * bytes times q with xq's sign (vpsignb), pair sums in int16 (at most 2 * 127^2), vpmaddwd with
+ * ones to int32. On a Zen 3 core vpsignb, vpmaddubsw and vpmaddwd issue on different pipes
+ * (measured: the three together at about one per cycle), so 32 multiply-adds cost about one
+ * cycle; the alternative of int16 weights through vpmaddwd alone is limited by vpmovsxbw (one per
+ * cycle) and measured slower.
+ *
+ * Two rows or more (compute bound): tiles of up to SGN_MR rows times one panel (16 outputs, two
+ * ymm of 8 outputs x 4 inputs); the panel's K4 x 16 bytes stay in L1 while the rows pass.
+ * One row (a batch-1 step, bound by streaming the weights): two panels at a time, |xq| and its
+ * broadcast made once per group of 4 inputs and shared by the two panels. */
+#ifndef SGN_MR
+#define SGN_MR 6
+#endif
+
+static I8_AVX2_INLINE __m256i sgn_dot(__m256i acc, __m256i ua, __m256i a, const int8_t *wp, __m256i ones)
+{
+    const __m256i wv = _mm256_loadu_si256((const __m256i *)wp);
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(ua, _mm256_sign_epi8(wv, a)), ones));
+}
+
+static I8_AVX2_INLINE void tile_sgn(const int MR, const int8_t *panel, const int8_t *xq, ptrdiff_t K4,
+                                    const float *xs, const float *scale, const float *const *src, ptrdiff_t n0,
+                                    float *out, ptrdiff_t ld_out, ptrdiff_t valid)
+{
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256i a0[SGN_MR], a1[SGN_MR];
+    I8_UNROLL for (int r = 0; r < MR; r++)
+        a0[r] = a1[r] = _mm256_setzero_si256();
+    for (ptrdiff_t k = 0; k < K4; k += 4) {
+        const int8_t *g = panel + k * I8_PANEL;
+        I8_UNROLL for (int r = 0; r < MR; r++) {
+            const __m256i a = _mm256_set1_epi32(load4(xq + r * K4 + k)), ua = _mm256_abs_epi8(a);
+            a0[r] = sgn_dot(a0[r], ua, a, g, ones);
+            a1[r] = sgn_dot(a1[r], ua, a, g + 32, ones);
+        }
+    }
+    const __m256 sc0 = _mm256_loadu_ps(scale), sc1 = _mm256_loadu_ps(scale + 8);
+    I8_UNROLL for (int r = 0; r < MR; r++) {
+        const __m256 vx = _mm256_set1_ps(xs[r]);
+        float *o = out + r * ld_out;
+        const float *in = src ? src[r] + n0 : o;
+        store8_avx2(o, in, valid, _mm256_mul_ps(_mm256_cvtepi32_ps(a0[r]), _mm256_mul_ps(vx, sc0)));
+        store8_avx2(o + 8, in + 8, valid - 8, _mm256_mul_ps(_mm256_cvtepi32_ps(a1[r]), _mm256_mul_ps(vx, sc1)));
+    }
+}
+
+static I8_AVX2 void matmul_avx2_sgn(const i8_packed *w, const int8_t *xq, const float *xs, ptrdiff_t m,
+                                    const float *const *src, float *out, ptrdiff_t ld_out)
+{
+    const ptrdiff_t N = w->rows, K4 = i8_cols_padded(w->cols), stride = K4 * I8_PANEL;
+    const ptrdiff_t panels = (N + I8_PANEL - 1) / I8_PANEL;
+    /* blocks of rows whose quantized inputs (about 64 KB) stay in L2 while every panel passes */
+    ptrdiff_t block = (65536 / (K4 > 0 ? K4 : 1)) / SGN_MR * SGN_MR;
+    block = block < SGN_MR ? SGN_MR : block;
+    for (ptrdiff_t r0 = 0; r0 < m; r0 += block)
+    for (ptrdiff_t p = 0; p < panels; p++) {
+        const int8_t *panel = w->data + p * stride;
+        const ptrdiff_t n0 = p * I8_PANEL, valid = N - n0, r_end = m - r0 < block ? m : r0 + block;
+        for (ptrdiff_t r = r0; r < r_end; r += SGN_MR) {
+            const float *const *sr = src ? src + r : NULL;
+            float *o = out + r * ld_out + n0;
+            const int8_t *x = xq + r * K4;
+            switch (r_end - r < SGN_MR ? r_end - r : SGN_MR) {
+            case 1: tile_sgn(1, panel, x, K4, xs + r, w->scale + n0, sr, n0, o, ld_out, valid); break;
+            case 2: tile_sgn(2, panel, x, K4, xs + r, w->scale + n0, sr, n0, o, ld_out, valid); break;
+            case 3: tile_sgn(3, panel, x, K4, xs + r, w->scale + n0, sr, n0, o, ld_out, valid); break;
+            case 4: tile_sgn(4, panel, x, K4, xs + r, w->scale + n0, sr, n0, o, ld_out, valid); break;
+            case 5: tile_sgn(5, panel, x, K4, xs + r, w->scale + n0, sr, n0, o, ld_out, valid); break;
+            default: tile_sgn(SGN_MR, panel, x, K4, xs + r, w->scale + n0, sr, n0, o, ld_out, valid); break;
+            }
+        }
+    }
+}
+
+/* one row: NP panels at a time (see above) */
+static I8_AVX2_INLINE void gemv_avx2_panels(const int NP, const i8_packed *w, ptrdiff_t p, const int8_t *xq,
+                                            __m256 vxs, const float *const *src, float *out)
+{
+    const ptrdiff_t N = w->rows, K4 = i8_cols_padded(w->cols), stride = K4 * I8_PANEL;
+    const __m256i ones = _mm256_set1_epi16(1);
+    const int8_t *b = w->data + p * stride;
+    __m256i acc[8];
+    I8_UNROLL for (int h = 0; h < 2 * NP; h++)
+        acc[h] = _mm256_setzero_si256();
+    for (ptrdiff_t k = 0; k < K4; k += 4) {
+        const __m256i a = _mm256_set1_epi32(load4(xq + k)), ua = _mm256_abs_epi8(a);
+        const int8_t *g = b + k * I8_PANEL;
+        I8_UNROLL for (int h = 0; h < 2 * NP; h++)
+            acc[h] = sgn_dot(acc[h], ua, a, g + (h / 2) * stride + (h % 2) * 32, ones);
+    }
+    I8_UNROLL for (int h = 0; h < 2 * NP; h++) {
+        const ptrdiff_t n0 = p * I8_PANEL + h * 8;
+        if (n0 < N) {
+            const __m256 t = _mm256_mul_ps(vxs, _mm256_loadu_ps(w->scale + n0));
+            float *o = out + n0;
+            store8_avx2(o, src ? src[0] + n0 : o, N - n0, _mm256_mul_ps(_mm256_cvtepi32_ps(acc[h]), t));
+        }
+    }
+}
+
+#ifndef GEMV_NP
+#define GEMV_NP 4
+#endif
+static I8_AVX2 void gemv_avx2(const i8_packed *w, const int8_t *xq, const float *xs, const float *const *src,
+                              float *out)
+{
+    const ptrdiff_t panels = (w->rows + I8_PANEL - 1) / I8_PANEL;
+    const __m256 vxs = _mm256_set1_ps(xs[0]);
+    ptrdiff_t p = 0;
+    for (; p + GEMV_NP <= panels; p += GEMV_NP)
+        gemv_avx2_panels(GEMV_NP, w, p, xq, vxs, src, out);
+    for (; p < panels; p++)
+        gemv_avx2_panels(1, w, p, xq, vxs, src, out);
+}
+
 /* AMX: blocks of 16 rows times panels of 16 outputs, K in chunks of 64, with tdpbssd (s8 x s8 ->
  * s32, no offset). A panel's 16 groups of 4 inputs (64 k) are 16 rows of 64 bytes: the packed
  * layout is already tdpbssd's B operand. Tiles 0-3: C (2 row blocks x 2 panels), 4-5: A, 6-7: B,
@@ -567,7 +684,12 @@ void i8_matmul(const i8_packed *w, const int8_t *xq, const float *xs, ptrdiff_t 
             matmul_vnni512(w, xq, xs, m, src, out, ld_out);
         return;
     case I8_SIMD_AVXVNNI: matmul_avxvnni(w, xq, xs, m, src, out, ld_out); return;
-    case I8_SIMD_AVX2: matmul_avx2(w, xq, xs, m, src, out, ld_out); return;
+    case I8_SIMD_AVX2:
+        if (m == 1)
+            gemv_avx2(w, xq, xs, src, out);
+        else
+            matmul_avx2_sgn(w, xq, xs, m, src, out, ld_out);
+        return;
     default: break;
     }
 #endif
