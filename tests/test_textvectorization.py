@@ -246,3 +246,14 @@ def test_vocabulary_larger_than_the_embedding_is_refused(tmp_path):
         emb["config"]["input_dim"] = 10
     with pytest.raises(ModelFormatError):
         fastrnn.load(edited(tmp_path, "word_default", small_embedding))
+
+
+def test_cli_convert_keeps_the_vocabulary(tmp_path):
+    from fastrnn.cli import main
+
+    path, rec = fixture("char_strip")
+    assert main(["convert", path, str(tmp_path / "m.safetensors")]) == 0
+    converted = fastrnn.load(tmp_path / "m.safetensors")
+    assert converted.vocabulary.to_json() == fastrnn.load(path).vocabulary.to_json()
+    np.testing.assert_allclose(probabilities(converted, rec["texts"]), np.array(rec["probabilities"]),
+                               rtol=0, atol=PROBABILITY_ATOL)
