@@ -257,3 +257,17 @@ def test_cli_convert_keeps_the_vocabulary(tmp_path):
     assert converted.vocabulary.to_json() == fastrnn.load(path).vocabulary.to_json()
     np.testing.assert_allclose(probabilities(converted, rec["texts"]), np.array(rec["probabilities"]),
                                rtol=0, atol=PROBABILITY_ATOL)
+
+
+def test_vocabulary_json_of_other_vocabularies_is_unchanged():
+    """The new keys are written only when used: vocabularies of other sources keep their JSON."""
+    from fastrnn.vocab import Vocabulary
+
+    plain = Vocabulary(["a", "b"], level="char", unk=1)
+    assert set(plain.to_json()) == {"level", "tokens", "unk", "pad", "lowercase"}
+    tv = Vocabulary(["", "[UNK]", "a b"], level="word", unk=1, pad=0, lowercase_ascii=True, strip="!",
+                    splitter="whole")
+    assert Vocabulary.from_json(tv.to_json()) == tv
+    assert tv.encode("A! B") == [2] and tv.encode("") == [0] and tv.encode("a  b") == [1]
+    with pytest.raises(ValueError, match="splitter"):
+        Vocabulary(["a"], level="char", splitter="ascii_whitespace")
