@@ -5,13 +5,22 @@ Recorded in the model file's metadata as JSON, so loading runs no code:
 "lowercase": bool}``, plus, for tokenizers imported from Keras (fastrnn.formats.tokenizers),
 ``"filters"`` (characters turned into the separator before splitting), ``"separator"`` (words
 are split on it, empty pieces dropped; null = any whitespace) and ``"drop_unknown"`` (unknown
-pieces are left out, as Keras's Tokenizer does without an oov_token). Characters are Unicode code
-points (a Hangul vocabulary of thousands of syllables works the same as ASCII).
+pieces are left out, as Keras's Tokenizer does without an oov_token). Keras 3's TextVectorization
+(fastrnn.formats.text_vectorization) adds ``"lowercase_ascii"`` (only A-Z are lower-cased, as
+TensorFlow's ``tf.strings.lower``), ``"strip"`` (characters deleted before splitting) and
+``"splitter"`` (``"ascii_whitespace"``: words are split on runs of the six ASCII whitespace
+characters only, as ``tf.strings.split``; ``"whole"``: the whole text is one token, even when
+empty). Each key is written only when it differs from its default, so files without them read
+as before. Characters are Unicode code points (a Hangul vocabulary of thousands of syllables works
+the same as ASCII).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Optional
+
+ASCII_WHITESPACE = " \t\n\v\f\r"  # what TensorFlow's tf.strings.split splits on (no Unicode spaces)
+SPLITTERS = (None, "ascii_whitespace", "whole")
 
 
 @dataclass
@@ -24,6 +33,9 @@ class Vocabulary:
     filters: str = ""
     separator: Optional[str] = None
     drop_unknown: bool = False
+    lowercase_ascii: bool = False
+    strip: str = ""
+    splitter: Optional[str] = None
 
     def __post_init__(self):
         if self.level not in ("char", "word"):
@@ -40,6 +52,24 @@ class Vocabulary:
                 not isinstance(self.separator, str) or self.separator == "")):
             raise ValueError("vocabulary filters must be a string and separator a non-empty string or None")
         self._filter_map = {ord(c): self.separator or " " for c in self.filters} if self.filters else None
+        if not isinstance(self.strip, str) or self.splitter not in SPLITTERS or (
+                self.splitter is not None and (self.level != "word" or self.filters or self.separator is not None)):
+            raise ValueError(f"vocabulary strip must be a string and splitter one of {SPLITTERS} (a word-level "
+                             "splitter, without filters or separator)")
+        # in one str.translate: A-Z lower-cased, then ``strip`` deleted, then (ASCII-whitespace
+        # splitting) the ASCII whitespace turned into spaces
+        upper = "ABCDEFGHIJKLMNOPQRSTUVWXYZ" if self.lowercase_ascii else ""
+        spaces = ASCII_WHITESPACE if self.splitter == "ascii_whitespace" else ""
+        table = {}
+        for c in set(self.strip) | set(upper) | set(spaces):
+            x = c.lower() if c in upper else c
+            if x in self.strip:
+                table[ord(c)] = None
+            elif x in spaces:
+                table[ord(c)] = " "
+            elif x != c:
+                table[ord(c)] = x
+        self._standardize_map = table or None
 
     def __len__(self):
         return len(self.tokens)
@@ -47,8 +77,14 @@ class Vocabulary:
     def split(self, text: str):
         if self.lowercase:
             text = text.lower()
+        if self._standardize_map:
+            text = text.translate(self._standardize_map)
         if self.level == "char":
             return list(text)  # Keras's char_level Tokenizer applies no filters either
+        if self.splitter == "whole":
+            return [text]
+        if self.splitter == "ascii_whitespace":
+            return [w for w in text.split(" ") if w]
         if self._filter_map:
             text = text.translate(self._filter_map)
         if self.separator is None:
@@ -81,13 +117,21 @@ class Vocabulary:
                "lowercase": self.lowercase}
         if self.filters or self.separator is not None or self.drop_unknown:
             out.update(filters=self.filters, separator=self.separator, drop_unknown=self.drop_unknown)
+        if self.lowercase_ascii:
+            out["lowercase_ascii"] = True
+        if self.strip:
+            out["strip"] = self.strip
+        if self.splitter is not None:
+            out["splitter"] = self.splitter
         return out
 
     @classmethod
     def from_json(cls, d):
         return cls(tokens=d["tokens"], level=d.get("level", "char"), unk=d.get("unk"), pad=d.get("pad"),
                    lowercase=bool(d.get("lowercase", False)), filters=d.get("filters", ""),
-                   separator=d.get("separator"), drop_unknown=bool(d.get("drop_unknown", False)))
+                   separator=d.get("separator"), drop_unknown=bool(d.get("drop_unknown", False)),
+                   lowercase_ascii=bool(d.get("lowercase_ascii", False)), strip=d.get("strip", ""),
+                   splitter=d.get("splitter"))
 
 
 def as_vocabulary(value) -> Optional[Vocabulary]:

@@ -160,6 +160,7 @@ def _encoder(model, max_length):
     vocab = model.vocabulary
     takes_tokens = model.takes_tokens
     text_input = _text_input(model)
+    mask_zero = any(isinstance(layer, Embedding) and layer.mask_zero for layer in model.layers)
 
     warned = []
 
@@ -174,12 +175,14 @@ def _encoder(model, max_length):
                                  "pass token ids instead (lists of ints)")
             if max_length is not None:
                 # bound the work on giant lines before tokenizing (a char is at most one token)
-                cut_text = vocab.level == "char" and len(item) > max_length
+                cut_text = vocab.level == "char" and not vocab.strip and len(item) > max_length
                 item = item[: max_length] if cut_text else item
             ids = vocab.encode(item)
             arr = np.asarray(ids, dtype=np.int64)
             if text_input is not None:
                 arr = text_input(arr)
+            if mask_zero and arr.size and arr[-1] == 0:  # Keras skips masked (id 0) steps at the end
+                arr = np.trim_zeros(arr, "b")
         else:
             arr = np.asarray(item)
             if takes_tokens:

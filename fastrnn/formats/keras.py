@@ -92,6 +92,7 @@ from ..layers import (Activation, Attention, BatchNormalization, Concatenate, Co
                       Masking, Merge, Permute, Pooling1D, Recurrent, RepeatVector, Reshape)
 from ..layers.custom import call_factory
 from ..model import Model
+from . import text_vectorization
 
 RECURRENT_CELLS = {"SimpleRNN": "rnn", "LSTM": "lstm", "GRU": "gru", "CuDNNLSTM": "lstm", "CuDNNGRU": "gru"}
 CUDNN_LAYERS = ("CuDNNLSTM", "CuDNNGRU")  # Keras 2 GPU layers: tanh / sigmoid, GRU reset after, 2 biases
@@ -284,10 +285,11 @@ def _load_keras_zip(path, custom) -> Model:
                                        "the default single model.weights.h5", path)
             raise ModelFormatError("the .keras archive has no model.weights.h5", path)
         weights = _read_member(zf, "model.weights.h5", path)
+        assets = text_vectorization.zip_assets(zf, path, _read_member)  # TextVectorization vocabularies
     version = str(meta.get("keras_version", "3")) if isinstance(meta, dict) else "3"
     with h5py.File(io.BytesIO(weights), "r") as h5:
         _refuse_external(h5, path)
-        return _build(config, _Keras3Weights(h5, path), version, "keras", path, custom)
+        return _build(config, _Keras3Weights(h5, path), version, "keras", path, custom, assets)
 
 
 def _load_keras_dir(path, custom) -> Model:
@@ -302,9 +304,10 @@ def _load_keras_dir(path, custom) -> Model:
         with open(os.path.join(path, "metadata.json"), "rb") as f:
             meta = _parse_json(f.read(), "metadata.json", path)
     version = str(meta.get("keras_version", "3")) if isinstance(meta, dict) else "3"
+    assets = text_vectorization.dir_assets(path)  # TextVectorization vocabularies
     with h5py.File(w_path, "r") as h5:
         _refuse_external(h5, w_path)
-        return _build(config, _Keras3Weights(h5, path), version, "keras", path, custom)
+        return _build(config, _Keras3Weights(h5, path), version, "keras", path, custom, assets)
 
 
 def _load_legacy_h5(path, custom) -> Model:
@@ -1031,10 +1034,11 @@ class _Builder:
         return self.layers[key]
 
 
-def _build(config, weights, keras_version, fmt, source, custom) -> Model:
+def _build(config, weights, keras_version, fmt, source, custom, assets=None) -> Model:
     if not isinstance(config, dict) or "class_name" not in config:
         raise ModelFormatError("model config has no 'class_name' (expected Sequential or Functional)", source)
     ctx = _Context(keras_version, source, custom)
+    ctx.assets = assets or {}  # {path under assets/: bytes} of a .keras archive
     b = _Builder(ctx)
     kind = config["class_name"]
     if kind not in MODEL_CLASSES:
@@ -1054,9 +1058,10 @@ def _build(config, weights, keras_version, fmt, source, custom) -> Model:
             f"{missing[0]!r}: factory}}) (see fastrnn.layers.custom)", source)
     metadata = {"source": "keras", "keras_version": str(keras_version), "keras_format": fmt,
                 "keras_model_class": kind, "keras_layers": b.keras_layers}
+    vocabulary = text_vectorization.model_vocabulary(b, metadata)  # None without a TextVectorization
     try:
         graph = Graph(b.inputs, b.nodes, outputs)
-        return Model(graph=graph, metadata=metadata, name=str(name))
+        return Model(graph=graph, metadata=metadata, name=str(name), vocabulary=vocabulary)
     except (ValueError, TypeError) as exc:
         raise ModelFormatError(f"the layers do not form a model fastrnn can run: {exc}", source) from None
 
@@ -1243,6 +1248,8 @@ def _call_layer(b, e, weights, ins, kw, prefix, k, legacy=False):
         return _expand_model(b, e["raw"], b.scope(weights, e), nested_prefix, ins)
     if not isinstance(cfg, dict):
         raise ctx.error(e, "config is not an object")
+    if cls == "TextVectorization" and str(e.get("module") or "keras").startswith("keras"):
+        return text_vectorization.vectorize_input(b, e, weights, ins, prefix)  # becomes the model's vocabulary
     if cls == "Lambda":
         raise UnsupportedLayerError(
             f"layer {e['name']!r} is a Lambda layer: its Python code is not read or run by fastrnn; pass "

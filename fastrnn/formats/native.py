@@ -244,7 +244,9 @@ def _build(spec, tensors, path, version, custom) -> Model:
                                pad=None if vocab.get("pad") is None else v.int("pad"),
                                lowercase=v.bool("lowercase", False), filters=v.str("filters", ""),
                                separator=None if separator is None else v.str("separator", None),
-                               drop_unknown=v.bool("drop_unknown", False))
+                               drop_unknown=v.bool("drop_unknown", False),
+                               lowercase_ascii=v.bool("lowercase_ascii", False), strip=v.str("strip", ""),
+                               splitter=None if vocab.get("splitter") is None else v.str("splitter", None))
         except ValueError as exc:
             raise ModelFormatError(f"vocabulary: {exc}", path) from None
     metadata = spec.get("metadata") or {}
