@@ -84,3 +84,26 @@ def test_newer_format_version_refused(tmp_path, rng):
     safetensors.write(path, tensors, meta)
     with pytest.raises(fastrnn.ModelFormatError, match="newer"):
         fastrnn.load(path)
+
+
+def test_vocabulary_keys_round_trip_and_unknown_key_refused(tmp_path, rng):
+    """Every text rule a Vocabulary writes is read back; a key this version does not know (a newer
+    writer's rule) is refused by name instead of being ignored, which would tokenize differently."""
+    from fastrnn.formats.native import VOCABULARY_KEYS
+
+    path = tmp_path / "m.safetensors"
+    vocab = fastrnn.Vocabulary(["", "[UNK]", "좋아요", "word"], level="word", unk=1, pad=0, lowercase_ascii=True,
+                               strip="!?.", splitter="ascii_whitespace")
+    model = fastrnn.Model([fastrnn.Embedding(rng.standard_normal((4, 3)).astype(np.float32))], vocabulary=vocab)
+    fastrnn.save(model, path)
+    tensors, meta = safetensors.read(path, mmap=False)
+    written = json.loads(meta["model"])["vocabulary"]
+    assert set(written) <= VOCABULARY_KEYS and {"lowercase_ascii", "strip", "splitter"} <= set(written)
+    loaded = fastrnn.load(path).vocabulary
+    assert loaded.encode("WORD 좋아요!!") == vocab.encode("WORD 좋아요!!") == [3, 2]
+    spec = json.loads(meta["model"])
+    spec["vocabulary"]["normalize_unicode"] = "NFC"
+    meta["model"] = json.dumps(spec)
+    safetensors.write(path, tensors, meta)
+    with pytest.raises(fastrnn.ModelFormatError, match=r"unknown keys \['normalize_unicode'\]"):
+        fastrnn.load(path)

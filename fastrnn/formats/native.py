@@ -43,6 +43,10 @@ from . import safetensors
 FORMAT_NAME = "fastrnn"
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
+# Every key a vocabulary may hold (fastrnn.vocab.Vocabulary.to_json); any other key is refused, so a
+# file whose text rules this version does not know is never tokenized differently without a word.
+VOCABULARY_KEYS = frozenset({"level", "tokens", "unk", "pad", "lowercase", "filters", "separator", "drop_unknown",
+                             "lowercase_ascii", "strip", "splitter"})
 
 
 QUANTIZE_KINDS = ("float16", "int8")
@@ -237,6 +241,10 @@ def _build(spec, tensors, path, version, custom) -> Model:
         tokens = vocab.get("tokens") if v else None
         if v is None or not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
             raise ModelFormatError("vocabulary: 'tokens' must be a list of strings", path)
+        unknown = sorted(set(vocab) - VOCABULARY_KEYS)
+        if unknown:  # a newer writer's text rule: ignoring it would tokenize differently
+            raise ModelFormatError(f"vocabulary: unknown keys {unknown} (written by a newer fastrnn? this one "
+                                   f"reads {sorted(VOCABULARY_KEYS)})", path)
         try:
             separator = vocab.get("separator")
             vocab = Vocabulary(tokens, level=v.str("level", "char"),
