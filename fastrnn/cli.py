@@ -5,8 +5,8 @@
                             [--last] [--activation A] [--vocab FILE]
                             [--quantize float16|int8] [--tokenizer FILE] [--padding S] [--truncating S] [--maxlen N]
                             [--custom-layers MODULE.py]
-    fastrnn generate ...     (fastrnn/generate.py adds it)
-    fastrnn classify ...     (fastrnn/classify.py adds it)
+    fastrnn generate ...     (fastrnn/generate/cli.py adds it)
+    fastrnn classify ...     (fastrnn/classify/cli.py adds it)
 
 Each feature module that owns a subcommand exposes ``add_cli(subparsers)``; the subparser's
 ``func`` default receives the parsed arguments and returns the exit code.
@@ -114,7 +114,8 @@ def cmd_convert(args):
         attach_tokenizer(model, args.tokenizer, padding=args.padding, truncating=args.truncating,
                          maxlen=args.maxlen)
     save(model, args.dst, quantize=args.quantize)
-    kind = f", weight matrices stored as {args.quantize}" if args.quantize else ""
+    stored = args.quantize or (model.metadata or {}).get("quantized")  # an int8 source (onnxruntime) stays int8
+    kind = f", weight matrices stored as {stored}" if stored in ("float16", "int8") else ""
     print(f"wrote {args.dst}: {len(model.layers)} layers, {model.count_params():,} parameters{kind}")
     return 0
 

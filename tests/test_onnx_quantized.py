@@ -443,3 +443,17 @@ def test_matmul_integer_outside_the_pattern_runs_on_the_interpreter(tmp_path, rn
     (y, scale), (want, want_scale) = ours.run(None, {"x": x}), ort_session(data).run(None, {"x": x})
     assert np.abs(y - want).max() < 1e-4  # the GRUs in float on both sides; the head bit for bit but for them
     assert abs(float(scale) - float(want_scale)) < 1e-6
+
+
+def test_cli_convert_says_an_int8_source_is_stored_as_int8(tmp_path, capsys):
+    """`fastrnn convert model.int8.onnx out.safetensors` keeps the int8 weights and says so."""
+    from fastrnn.cli import main
+    from fastrnn.formats import safetensors
+
+    qpath = quantized(tmp_path, export(tmp_path, "lstm-bi-2"), "s8")
+    out = tmp_path / "converted.safetensors"
+    assert main(["convert", str(qpath), str(out)]) == 0
+    assert "weight matrices stored as int8" in capsys.readouterr().out
+    tensors, _ = safetensors.read(str(out))
+    assert any(t.dtype == np.int8 for t in tensors.values())
+    assert fastrnn.load(str(out)).metadata["quantized"] == "int8"
