@@ -136,7 +136,12 @@ def sample_token(logits, sampling: Sampling, seen=None, rng_state: int = 0):
 
 def probabilities(logits, sampling: Sampling, seen=None) -> np.ndarray:
     """The distribution a token is drawn from: (V,) float64 (one-hot at the argmax when greedy)."""
-    y = process_logits(logits, sampling, seen)
+    return distribution(process_logits(logits, sampling, seen), sampling)
+
+
+def distribution(y, sampling: Sampling) -> np.ndarray:
+    """Processed logits y (V,) -> the probabilities a token is drawn with: (V,) float64, one-hot at
+    the argmax when greedy (temperature 0)."""
     if sampling.temperature == 0.0:
         p = np.zeros(len(y))
         p[int(np.argmax(y))] = 1.0

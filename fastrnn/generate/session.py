@@ -10,7 +10,7 @@ from .job import GenerationError, _Formatter, _Job, _stream_pieces
 from .options import _count, _prompt_rows, _seeds, _stops, _with_defaults, generation_defaults, model_or_default
 from .plan import generation_plan
 from .run import default_weights
-from .sampling import Sampling
+from .sampling import Sampling, distribution
 
 
 def _locked(method):
@@ -119,13 +119,7 @@ class Session:
         if not np.all(np.isfinite(logits)):
             raise GenerationError("the model's next-token logits hold NaN or infinite values: nothing can be "
                                   "sampled; check the model's weights")
-        y = self.engine.process_logits(logits, self._rows.seen, sampling.as_tuple())[0]
-        if sampling.temperature == 0.0:
-            p = np.zeros(len(y))
-            p[int(np.argmax(y))] = 1.0
-            return p
-        e = np.exp(y)
-        return e / np.cumsum(e)[-1]
+        return distribution(self.engine.process_logits(logits, self._rows.seen, sampling.as_tuple())[0], sampling)
 
     @_locked
     def sample(self, temperature=None, top_k=None, top_p=None, repetition_penalty=None) -> int:
