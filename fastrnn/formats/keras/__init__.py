@@ -36,7 +36,7 @@ NumPy arrays. A user-defined activation function (stored by name, a Keras 2 lamb
 Anything else raises UnsupportedLayerError naming the layer and its class; an unreadable file
 raises ModelFormatError naming the file.
 
-Keras facts mapped here, and only here (../../shared/CONVENTIONS.md):
+Keras facts mapped here, and only here (../../../shared/CONVENTIONS.md):
 - Kernels are row-vector style (x @ kernel): kernel (I, G*U), recurrent_kernel (U, G*U);
   fastrnn wants W (G*U, I) with out = W @ in  ->  transpose. Conv1D kernel (k, in, filters) ->
   (filters, in, k).
@@ -84,15 +84,15 @@ import zlib
 
 import numpy as np
 
-from ..activations import Activation as ActivationFunction
-from ..errors import ModelFormatError, UnsupportedLayerError
-from ..graph import Graph, Input, Node
-from ..layers import (Activation, Attention, BatchNormalization, Concatenate, Conv1D, CustomLayer, Dense,
-                      DirectionWeights, Dot, Embedding, Flatten, GlobalPooling1D, Identity, LayerNormalization,
-                      Masking, Merge, Permute, Pooling1D, Recurrent, RepeatVector, Reshape)
-from ..layers.custom import call_factory
-from ..model import Model
-from . import text_vectorization
+from ...activations import Activation as ActivationFunction
+from ...errors import ModelFormatError, UnsupportedLayerError
+from ...graph import Graph, Input, Node
+from ...layers import (Activation, Attention, BatchNormalization, Concatenate, Conv1D, CustomLayer, Dense,
+                       DirectionWeights, Dot, Embedding, Flatten, GlobalPooling1D, Identity, LayerNormalization,
+                       Masking, Merge, Permute, Pooling1D, Recurrent, RepeatVector, Reshape)
+from ...layers.custom import call_factory
+from ...model import Model
+from .. import text_vectorization
 
 RECURRENT_CELLS = {"SimpleRNN": "rnn", "LSTM": "lstm", "GRU": "gru", "CuDNNLSTM": "lstm", "CuDNNGRU": "gru"}
 CUDNN_LAYERS = ("CuDNNLSTM", "CuDNNGRU")  # Keras 2 GPU layers: tanh / sigmoid, GRU reset after, 2 biases
