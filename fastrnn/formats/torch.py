@@ -254,7 +254,9 @@ _TORCH_DTYPES = {"float32": np.float32, "float": np.float32, "float64": np.float
                  "float16": np.float16, "half": np.float16, "int64": np.int64, "long": np.int64,
                  "int32": np.int32, "int": np.int32, "int16": np.int16, "int8": np.int8, "uint8": np.uint8,
                  "bool": np.bool_}
-MAX_PICKLE_BYTES = 16 * 1024 * 1024  # data.pkl of a state_dict: ~200 bytes per tensor
+# data.pkl of a state_dict: ~200 bytes per tensor, so 4 MiB is ~20,000 tensors (a recurrent model has
+# tens). The pure-Python unpickler reads about 1 MB/s, so this also bounds the time a file can take.
+MAX_PICKLE_BYTES = 4 * 1024 * 1024
 # A state_dict is an OrderedDict of tensors plus a _metadata dict of dicts: a few levels deep.
 MAX_PICKLE_DEPTH = 32
 # Work (container items built or walked) allowed per byte of data.pkl: a pickle can refer to one
@@ -296,6 +298,10 @@ class _StateDictUnpickler(pickle._Unpickler):
         self.bytes_left = 2 * archive_size
         self.storages = {}
         self.work_left = PICKLE_WORK_PER_BYTE * len(data) + 1024
+        # depth of every tuple / frozenset built so far, by id (the object is kept alive with it, so
+        # an id is never reused): a dict key or set item is hashed as soon as it is stored, and
+        # hashing recurses in C without a depth check (a key nested 1,000,000 deep crashes Python)
+        self.depths = {}
 
     def charge(self, items):
         self.work_left -= items
@@ -327,6 +333,37 @@ class _StateDictUnpickler(pickle._Unpickler):
 
     def error(self, message):
         return ModelFormatError(message, self.source)
+
+    def note_depth(self):
+        """After an opcode built a tuple or frozenset (the top of the stack): record its depth and
+        refuse it past MAX_PICKLE_DEPTH, before anything can hash it."""
+        obj = self.stack[-1]
+        self.charge(len(obj) + 1)
+        depth = 1 + max((self.depths[id(x)][0] for x in obj if id(x) in self.depths), default=0)
+        if depth > MAX_PICKLE_DEPTH:
+            raise self.error(f"the pickle nests containers more than {MAX_PICKLE_DEPTH} deep, which a state_dict "
+                             "never does; refused")
+        self.depths[id(obj)] = (depth, obj)
+
+    def charge_memo_reference(self):
+        """After a memo reference (GET, BINGET, LONG_BINGET) pushed a stored object: one unit, plus its
+        items if it is a container (whatever is built from it next may walk them)."""
+        obj = self.stack[-1]
+        self.charge(1 + (len(obj) if isinstance(obj, (dict, list, tuple, set, frozenset)) else 0))
+
+    def _after(op, check):
+        base = pickle._Unpickler.dispatch[op[0]]
+
+        def load(self):
+            base(self)
+            check(self)
+        return load
+
+    for _op in (pickle.TUPLE, pickle.TUPLE1, pickle.TUPLE2, pickle.TUPLE3, pickle.EMPTY_TUPLE, pickle.FROZENSET):
+        dispatch[_op[0]] = _after(_op, note_depth)
+    for _op in (pickle.GET, pickle.BINGET, pickle.LONG_BINGET):
+        dispatch[_op[0]] = _after(_op, charge_memo_reference)
+    del _op, _after
 
     def find_class(self, module, name):
         allowed = {
@@ -516,9 +553,23 @@ def _read_legacy(data, path):
     count and the raw little-endian bytes. Read with the same restricted unpickler."""
     stream = io.BytesIO(data)
 
+    def read(n=-1):  # the pickles come first: bound how much of the file they may take
+        if n is None or n < 0 or stream.tell() + n > MAX_PICKLE_BYTES:
+            n = MAX_PICKLE_BYTES + 1 - stream.tell()
+        out = stream.read(max(n, 0))
+        if stream.tell() > MAX_PICKLE_BYTES:
+            raise ModelFormatError(_too_large(f"more than {MAX_PICKLE_BYTES}"), path)
+        return out
+
+    def readline():
+        line = stream.readline(max(MAX_PICKLE_BYTES + 1 - stream.tell(), 0))
+        if stream.tell() > MAX_PICKLE_BYTES:
+            raise ModelFormatError(_too_large(f"more than {MAX_PICKLE_BYTES}"), path)
+        return line
+
     def small_pickle():
         u = _StateDictUnpickler(b"", None, "", len(data), path)
-        u._file_read, u._file_readline = stream.read, stream.readline  # one stream, pickle after pickle
+        u._file_read, u._file_readline = read, readline  # one stream, pickle after pickle
         return u.load()
 
     magic = small_pickle()
@@ -531,7 +582,8 @@ def _read_legacy(data, path):
     if not isinstance(sys_info, dict) or not sys_info.get("little_endian", True):
         raise ModelFormatError("tensors are stored big-endian; fastrnn reads little-endian files only", path)
     u = _LegacyUnpickler(b"", None, "", len(data), path)
-    u._file_read, u._file_readline = stream.read, stream.readline
+    u.work_left = PICKLE_WORK_PER_BYTE * min(len(data), MAX_PICKLE_BYTES) + 1024
+    u._file_read, u._file_readline = read, readline
     obj = u.load()
     keys = small_pickle()
     if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys) or set(keys) != set(u.storages):
@@ -563,6 +615,12 @@ def _read_legacy(data, path):
     return out
 
 
+def _too_large(nbytes):
+    return (f"its pickle is {nbytes} bytes, over the {MAX_PICKLE_BYTES // 2**20} MiB limit (about 20,000 tensors): "
+            "fastrnn reads the state_dict of one model (a recurrent network has tens of tensors); save only the "
+            "model's weights: torch.save(model.state_dict(), path)")
+
+
 def _read_archive(zf, size, path):
     pkl = [n for n in zf.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
     if len(pkl) != 1:
@@ -575,7 +633,7 @@ def _read_archive(zf, size, path):
                                    "files only", path)
     info = zf.getinfo(pkl[0])
     if info.file_size > MAX_PICKLE_BYTES:
-        raise ModelFormatError("data.pkl is implausibly large for a state_dict", path)
+        raise ModelFormatError(_too_large(info.file_size), path)
     unpickler = _StateDictUnpickler(_read_entry(zf, info, size, path), zf, prefix, size, path)
     obj = unpickler.load()
     unpickler.check_structure(obj)
