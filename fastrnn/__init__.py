@@ -10,6 +10,7 @@ Load a model trained in PyTorch or Keras (or exported to ONNX), then run it with
 from __future__ import annotations
 
 import os
+import struct
 
 from .backends import available_backends, get_backend, get_num_threads, set_backend, set_num_threads
 from .errors import ModelFormatError, UnsupportedLayerError
@@ -144,6 +145,16 @@ _KERAS_EXTENSIONS = (".keras", ".h5", ".hdf5")
 _TORCH_EXTENSIONS = (".pt", ".pth", ".bin")
 
 
+def _looks_like_safetensors(head, size) -> bool:
+    """The safetensors structure: an 8-byte little-endian header length that fits in the file, then
+    a JSON object. No other format fastrnn reads starts so (a legacy torch pickle has 0xF9 at byte 8,
+    a zip archive its compression method, HDF5 its superblock version)."""
+    if len(head) < 10 or head[8:9] != b"{":
+        return False
+    (n,) = struct.unpack("<Q", head[:8])
+    return 2 <= n <= size - 8
+
+
 def _sniff(path) -> str:
     """The kind of model file at ``path``: "native", "keras", "onnx" or "torch"."""
     import zipfile
@@ -157,6 +168,8 @@ def _sniff(path) -> str:
         head = f.read(16)
         if size == 0:
             raise ModelFormatError("file is empty", path)
+        if _looks_like_safetensors(head, size):
+            return "native"  # first: the header length's low byte may be anything, 0x80 (a pickle's) included
         if head.startswith(_HDF5_MAGIC):
             return "keras"  # Keras 2 / legacy .h5
         if head[:1] == b"\x80":
@@ -172,8 +185,6 @@ def _sniff(path) -> str:
             if "config.json" in names or "model.weights.h5" in names:
                 return "keras"  # Keras 3 .keras archive
             raise ModelFormatError("a zip archive that is neither a Keras .keras file nor a torch.save file", path)
-        if len(head) > 8 and head[8:9] == b"{":
-            return "native"  # safetensors: 8-byte header length, then a JSON object
     lower = path.lower()
     if lower.endswith(".onnx"):
         return "onnx"  # protobuf has no signature

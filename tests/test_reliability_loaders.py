@@ -112,3 +112,67 @@ def test_memo_references_are_charged_while_unpickling(tmp_path):
     with pytest.raises(ModelFormatError, match="memo amplification"):
         read_state_dict(torch_archive(tmp_path / "memo.pt", pkl))
     assert time.monotonic() - t0 < QUICK
+
+
+# -- file sniffing and the header limit ---------------------------------------------------------
+def small_model(seed=0):
+    rng = np.random.default_rng(seed)
+    emb = fastrnn.Embedding(rng.standard_normal((10, 3)).astype(np.float32), name="emb")
+    lstm = random_recurrent(rng, "lstm", input_size=3, hidden_size=4, name="lstm")
+    return fastrnn.Model([emb, lstm], name="small")
+
+
+def save_with_reference_writer(path, tensors, metadata, low_byte=0x80):
+    """Write with the safetensors package (another writer: 8-byte padding, not fastrnn's 64),
+    padding the metadata until the header length's low byte is ``low_byte``."""
+    from safetensors.numpy import save_file
+
+    for pad in range(0, 600):
+        save_file(tensors, path, metadata={**metadata, "pad": "x" * pad})
+        with open(path, "rb") as f:
+            head = f.read(9)
+        if head[0] == low_byte:
+            assert head[8:9] == b"{"
+            return path
+    raise AssertionError("no padding gave the wanted header length")
+
+
+def test_safetensors_from_another_writer_is_not_taken_for_a_pickle(tmp_path):
+    """The header length's low byte is 0x80 (a pickle's first byte) in ~1 file in 32 from writers
+    that pad to 8 bytes: the safetensors structure is tested first."""
+    model = small_model()
+    fastrnn.save(model, tmp_path / "m.safetensors")
+    tensors, meta = safetensors.read(tmp_path / "m.safetensors", mmap=False)
+    tensors = {k: np.array(v) for k, v in tensors.items()}
+    path = save_with_reference_writer(str(tmp_path / "other.safetensors"), tensors, meta)
+    x = np.arange(12).reshape(2, 6) % 10
+    np.testing.assert_array_equal(fastrnn.load(path).predict(x), model.predict(x))
+    # a plain (non-fastrnn) safetensors file with that byte: the safetensors advice, not PyTorch's
+    plain = save_with_reference_writer(str(tmp_path / "weights.safetensors"), {"w": np.ones((2, 2), np.float32)}, {})
+    with pytest.raises(ModelFormatError, match="weights.safetensors: safetensors file without fastrnn metadata"):
+        fastrnn.load(plain)
+    # the same files under a PyTorch name are still read as safetensors (the content decides)
+    os.replace(path, tmp_path / "other.pt")
+    np.testing.assert_array_equal(fastrnn.load(tmp_path / "other.pt").predict(x), model.predict(x))
+    # and real PyTorch files are still recognised, in both formats
+    import torch
+
+    for legacy in (False, True):
+        torch.save({"w": torch.ones(2)}, tmp_path / "t.pt", _use_new_zipfile_serialization=not legacy)
+        with pytest.raises(ModelFormatError, match="a PyTorch file holds weights but no architecture"):
+            fastrnn.load(tmp_path / "t.pt")
+
+
+def test_header_just_over_the_limit_names_the_limit(tmp_path):
+    n = safetensors.MAX_HEADER_BYTES + 8
+    path = tmp_path / "big.safetensors"
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", n) + b"{" + b" " * (n - 2) + b"}")
+    for call in (lambda: safetensors.read(path), lambda: fastrnn.load(path)):
+        with pytest.raises(ModelFormatError, match=r"big\.safetensors: header is \d+ bytes, over fastrnn's limit "
+                                                   r"of 64 MiB"):
+            call()
+    # a header claiming more than the file holds is still called truncated
+    path.write_bytes(struct.pack("<Q", 1000) + b"{}")
+    with pytest.raises(ModelFormatError, match="truncated"):
+        fastrnn.load(path)

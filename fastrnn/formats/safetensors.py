@@ -121,10 +121,15 @@ def read(path, mmap: bool = True):
                     "file is empty" if size == 0 else
                     f"file is too short ({size} bytes) to be a safetensors file (truncated)", path)
             (n,) = struct.unpack("<Q", head)
-            if n > MAX_HEADER_BYTES or n > size - 8:
+            if n > size - 8:
                 raise ModelFormatError(
                     f"header claims {n} bytes but the file has {size - 8} after the length field "
                     "(truncated or not a safetensors file)", path)
+            if n > MAX_HEADER_BYTES:
+                raise ModelFormatError(
+                    f"header is {n} bytes, over fastrnn's limit of {MAX_HEADER_BYTES // 2**20} MiB "
+                    f"({MAX_HEADER_BYTES} bytes) for the JSON header; a model's header is a few KB to a few MB: "
+                    "store large data as tensors, not in the header or its metadata", path)
             raw = f.read(n)
             if len(raw) != n:
                 raise ModelFormatError("file shrank while being read", path)
