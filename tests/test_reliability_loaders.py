@@ -6,6 +6,8 @@ framework gives; never a crash, a hang or an allocation sized by the file."""
 import io
 import json
 import os
+
+os.environ.setdefault("KERAS_BACKEND", "torch")  # before anything imports keras
 import pickle
 import struct
 import subprocess
@@ -176,3 +178,90 @@ def test_header_just_over_the_limit_names_the_limit(tmp_path):
     path.write_bytes(struct.pack("<Q", 1000) + b"{}")
     with pytest.raises(ModelFormatError, match="truncated"):
         fastrnn.load(path)
+
+
+# -- Keras architectures ----------------------------------------------------------------------------
+def keras_two_dense(name_a="d1", name_b="d2"):
+    import keras
+
+    rng = np.random.default_rng(3)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name=name_a), keras.layers.Dense(3, name=name_b)])
+    for layer in model.layers:
+        layer.set_weights([rng.standard_normal(w.shape).astype(np.float32) for w in layer.get_weights()])
+    return model
+
+
+def renamed(arch_json, old_names, new):
+    arch = json.loads(arch_json)
+    for lc in arch["config"]["layers"]:
+        if lc["config"].get("name") in old_names:
+            lc["config"]["name"] = new
+            if "name" in lc:
+                lc["name"] = new
+    return arch
+
+
+def legacy_weights_h5(path, groups):
+    """A Keras 2 ``save_weights("w.h5")`` file written with h5py: [(group name, [(weight name, array)])]."""
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        f.attrs["layer_names"] = np.array([g.encode() for g, _ in groups])
+        f.attrs["keras_version"] = b"2.4.0"
+        f.attrs["backend"] = b"tensorflow"
+        for gname, weights in groups:
+            g = f.create_group(gname)
+            g.attrs["weight_names"] = np.array([n.encode() for n, _ in weights] if weights else [], dtype="S64")
+            for n, a in weights:
+                g.create_dataset(n, data=a)
+    return path
+
+
+def test_duplicate_layer_names_in_an_architecture_are_refused_as_keras_does(tmp_path):
+    """Two Dense(3) named "d" (weight groups dense_a, dense_b): both read dense_b before; Keras
+    refuses the architecture, so does fastrnn, for every kind of file and every form of the JSON."""
+    import keras
+
+    model = keras_two_dense()
+    arch = renamed(model.to_json(), ("d1", "d2"), "d")
+    with pytest.raises(ValueError, match="unique"):
+        keras.models.model_from_json(json.dumps(arch))  # what Keras says
+    (a_k, a_b), (b_k, b_b) = (layer.get_weights() for layer in model.layers)
+    path = legacy_weights_h5(tmp_path / "w.h5", [("dense_a", [("dense_a/kernel:0", a_k), ("dense_a/bias:0", a_b)]),
+                                                 ("dense_b", [("dense_b/kernel:0", b_k), ("dense_b/bias:0", b_b)])])
+    (tmp_path / "model.json").write_text(json.dumps(arch))
+    want = r"w\.h5: the Sequential model has two layers named 'd' \(Dense and Dense\); Keras requires unique layer " \
+           r"names .* rename one of them"
+    for form in (arch, json.dumps(arch), str(tmp_path / "model.json")):
+        for by_name in (False, True):
+            with pytest.raises(ModelFormatError, match=want):
+                fastrnn.load(path, architecture=form, by_name=by_name)
+    # Keras 3 .weights.h5, and a Functional architecture
+    model.save_weights(tmp_path / "k3.weights.h5")
+    with pytest.raises(ModelFormatError, match="two layers named 'd'"):
+        fastrnn.load(tmp_path / "k3.weights.h5", architecture=arch)
+    inp = keras.Input((4,), name="x")
+    functional = keras.Model(inp, keras.layers.Dense(2, name="e2")(keras.layers.Dense(3, name="e1")(inp)))
+    farch = renamed(functional.to_json(), ("e1", "e2"), "e")
+    with pytest.raises(ModelFormatError, match="the Functional model has two layers named 'e'"):
+        fastrnn.load(path, architecture=farch)
+    # the same file with the real names still loads, in order, and matches Keras
+    x = np.random.default_rng(0).standard_normal((2, 4)).astype(np.float32)
+    got = fastrnn.load(path, architecture=model.to_json()).predict(x)
+    np.testing.assert_allclose(got, model.predict(x, verbose=0), atol=1e-4, rtol=1e-4)
+
+
+def test_keras1_merge_with_a_non_integer_axis_names_the_layer(tmp_path):
+    arch = {"class_name": "Model", "keras_version": "1.2.2", "config": {"name": "m", "layers": [
+        {"class_name": "InputLayer", "name": "in", "inbound_nodes": [],
+         "config": {"batch_input_shape": [None, 5, 4], "input_dtype": "float32", "name": "in"}},
+        {"class_name": "Merge", "name": "merge_1", "inbound_nodes": [[["in", 0, 0], ["in", 0, 0]]],
+         "config": {"name": "merge_1", "mode": "concat", "concat_axis": "x"}}],
+        "input_layers": [["in", 0, 0]], "output_layers": [["merge_1", 0, 0]]}}
+    path = legacy_weights_h5(tmp_path / "w.h5", [("in", []), ("merge_1", [])])
+    with pytest.raises(ModelFormatError, match=r"w\.h5: layer 'merge_1' \(Merge\): concat_axis is 'x', not an "
+                                               r"integer: give concat_axis as an integer"):
+        fastrnn.load(path, architecture=arch)
+    arch["config"]["layers"][1]["config"]["concat_axis"] = -1
+    x = np.ones((1, 5, 4), np.float32)
+    assert fastrnn.load(path, architecture=arch).predict(x).shape == (1, 5, 8)

@@ -152,6 +152,7 @@ def _expand_model(b, config, weights, prefix, feeds):
         if not isinstance(layers, list) or not layers:
             raise ModelFormatError("Sequential config has no layers", source)
         entries = [_entry(lc, source) for lc in layers]
+        _check_unique_names(entries, kind, source)
         weights.set_layer_order([e for e in entries if e["class_name"] != "InputLayer"],
                                 _feature_sizes(kind, entries, source))
         if feeds is not None:
@@ -181,6 +182,7 @@ def _expand_model(b, config, weights, prefix, feeds):
     if not isinstance(body, dict) or not isinstance(body.get("layers"), list):
         raise ModelFormatError(f"{kind} config has no layers", source)
     entries = [_entry(lc, source) for lc in body["layers"]]
+    _check_unique_names(entries, kind, source)
     weights.set_layer_order([e for e in entries if not _is_op(e)], _feature_sizes(kind, entries, source))
     by_name = {e["name"]: e for e in entries}
     tensors = {}  # (keras layer name, node index, tensor index) -> graph ref
@@ -237,6 +239,19 @@ def _expand_model(b, config, weights, prefix, feeds):
             raise ModelFormatError(f"model output {list(ref)} is not produced by any layer", source)
         outs.append(tensors[ref])
     return outs
+
+
+def _check_unique_names(entries, kind, source):
+    """Keras refuses a model whose layers share a name; weights are matched by name, so two layers
+    named alike would read the same weights."""
+    seen = {}
+    for e in entries:
+        first = seen.setdefault(e["name"], e)
+        if first is not e:
+            raise ModelFormatError(
+                f"the {kind} model has two layers named {e['name']!r} ({first['class_name']} and {e['class_name']}); "
+                "Keras requires unique layer names and refuses this architecture: rename one of them in the "
+                "architecture JSON", source)
 
 
 def _needed(entries, by_name, out_refs, source):
@@ -344,7 +359,7 @@ def _simple(b, e, cls, weights, ins, node_name, kw):
             raise ctx.error(e, "called without inputs")
     elif len(ins) != 1:
         raise ctx.unsupported(e, f"takes one input, called with {len(ins)}")
-    made = b.layer(weights, e, lambda: conv(ctx, e, e["config"], weights, kw))
+    made = b.layer(weights, e, lambda: _convert(ctx, conv, e, weights, kw))
     causal = bool(kw.get("use_causal_mask", False))
     if isinstance(made, Attention) and causal != made.use_causal_mask:  # one layer, called both ways
         made = Attention(made.score_mode, made.scale, made.concat_score_weight, causal, made.name)
@@ -354,6 +369,18 @@ def _simple(b, e, cls, weights, ins, node_name, kw):
         ref = b.add(node_name if i == 0 else f"{node_name}/{layer.name.rsplit('/', 1)[-1]}", layer,
                     ins if i == 0 else [ref])
     return [ref]
+
+
+def _convert(ctx, conv, e, weights, kw):
+    """A layer translation; a config value it cannot use (a string where a number belongs) becomes an
+    error naming the layer, not a bare ValueError / TypeError from int() or float()."""
+    try:
+        return conv(ctx, e, e["config"], weights, kw)
+    except ModelFormatError:
+        raise
+    except (ValueError, TypeError) as exc:
+        raise ctx.error(e, f"its config cannot be read ({exc.__class__.__name__}: {exc}); check the layer's "
+                           "options in the architecture") from None
 
 
 def _custom_factory(ctx, e):

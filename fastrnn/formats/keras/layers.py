@@ -211,7 +211,7 @@ def _elu_layer(ctx, e, cfg, weights, kw):
 
 
 def _concatenate(ctx, e, cfg, weights, kw):
-    return Concatenate(int(cfg.get("axis", -1)), name=e["name"])
+    return Concatenate(_int(ctx, e, cfg.get("axis", -1), "axis"), name=e["name"])
 
 
 def _merge(ctx, e, cfg, weights, kw):
@@ -228,7 +228,7 @@ def _keras1_merge(ctx, e, cfg, weights, kw):
         raise ctx.unsupported(e, "a Keras 1 Merge with a Python function as mode is never run; pass "
                                  "custom_layers={'Merge': factory}")
     if mode == "concat":
-        return Concatenate(int(cfg.get("concat_axis", -1)), name=e["name"])
+        return Concatenate(_int(ctx, e, cfg.get("concat_axis", -1), "concat_axis"), name=e["name"])
     if mode in KERAS1_MERGE_MODES:
         return Merge(KERAS1_MERGE_MODES[mode], name=e["name"])
     raise ctx.unsupported(e, f"Keras 1 Merge mode {mode!r} is not supported; fastrnn reads modes concat, "
@@ -245,12 +245,25 @@ def _channels_last(ctx, e, cfg):
         raise ctx.unsupported(e, f"data_format={cfg.get('data_format')!r} is not supported (channels_last only)")
 
 
+def _int(ctx, e, value, what):
+    """An integer option of the layer's config (a bool, a float or a string is refused, naming it)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ctx.error(e, f"{what} is {value!r:.60}, not an integer: give {what} as an integer in the architecture")
+    return int(value)
+
+
 def _one(ctx, e, value, what):
     if isinstance(value, list):
         if len(value) != 1:
             raise ctx.error(e, f"{what} {value} is not one integer")
         value = value[0]
-    return int(value)
+    return _int(ctx, e, value, what)
+
+
+def _list(ctx, e, value, what):
+    if not isinstance(value, (list, tuple)):
+        raise ctx.error(e, f"{what} is {value!r:.60}, not a list of integers")
+    return value
 
 
 def _global_pooling(ctx, e, cfg, weights, kw):
@@ -275,7 +288,7 @@ def _conv1d(ctx, e, cfg, weights, kw):
         raise ctx.unsupported(e, "a Keras 1 Convolution1D (nb_filter, filter_length: its kernel is stored in "
                                  "another layout) is not supported; rebuild it as a Keras 2 Conv1D")
     _channels_last(ctx, e, cfg)
-    if int(cfg.get("groups", 1)) != 1:
+    if _int(ctx, e, cfg.get("groups", 1), "groups") != 1:
         raise ctx.unsupported(e, "grouped convolutions (groups > 1) are not supported")
     use_bias = bool(cfg.get("use_bias", True))
     got = _take(ctx, e, weights.arrays(e), ["kernel", "bias"] if use_bias else ["kernel"])
@@ -294,15 +307,17 @@ def _flatten(ctx, e, cfg, weights, kw):
 
 
 def _reshape(ctx, e, cfg, weights, kw):
-    return Reshape(tuple(int(s) for s in cfg.get("target_shape", [])), name=e["name"])
+    return Reshape(tuple(_int(ctx, e, s, "target_shape") for s in _list(ctx, e, cfg.get("target_shape", []),
+                                                                          "target_shape")), name=e["name"])
 
 
 def _permute(ctx, e, cfg, weights, kw):
-    return Permute(tuple(int(d) for d in cfg.get("dims", [])), name=e["name"])
+    return Permute(tuple(_int(ctx, e, d, "dims") for d in _list(ctx, e, cfg.get("dims", []), "dims")),
+                   name=e["name"])
 
 
 def _repeat_vector(ctx, e, cfg, weights, kw):
-    return RepeatVector(int(cfg["n"]), name=e["name"])
+    return RepeatVector(_int(ctx, e, cfg.get("n"), "n"), name=e["name"])
 
 
 def _norm_axis(ctx, e, cfg):
@@ -311,7 +326,7 @@ def _norm_axis(ctx, e, cfg):
         if len(axis) != 1:
             raise ctx.unsupported(e, f"normalization over several axes {axis} is not supported (last axis only)")
         axis = axis[0]
-    return int(axis)
+    return _int(ctx, e, axis, "axis")
 
 
 def _layer_norm(ctx, e, cfg, weights, kw):
