@@ -265,3 +265,83 @@ def test_keras1_merge_with_a_non_integer_axis_names_the_layer(tmp_path):
     arch["config"]["layers"][1]["config"]["concat_axis"] = -1
     x = np.ones((1, 5, 4), np.float32)
     assert fastrnn.load(path, architecture=arch).predict(x).shape == (1, 5, 8)
+
+
+# -- JSON nested too deeply, and other specs a user cannot fix from the error -----------------------
+DEEP = 100_000
+FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
+
+
+KERAS_TOP = '{"class_name": "Sequential", "config": {"layers": [%s]}}'
+TORCH_TOP = '{"format": "fastrnn-torch-architecture", "layers": [{"module": "LSTM", "prefix": "rnn.", "x": %s}]}'
+
+
+@pytest.mark.parametrize("kind", ["keras", "torch"])
+def test_deeply_nested_architecture_json_names_the_limit(tmp_path, kind):
+    """The architecture of a weights-only file as text, file, dict and on the command line: one
+    ModelFormatError naming the nesting limit, never a bare RecursionError."""
+    import torch
+
+    if kind == "keras":
+        weights = legacy_weights_h5(tmp_path / "w.h5", [("d", [("d/kernel:0", np.ones((2, 2), np.float32))])])
+        top = KERAS_TOP
+    else:
+        torch.save(torch.nn.LSTM(2, 3).state_dict(prefix="rnn."), tmp_path / "w.pt")
+        weights, top = tmp_path / "w.pt", TORCH_TOP
+    text = top % ('{"a": ' * DEEP + "1" + "}" * DEEP)
+    (tmp_path / "deep.json").write_text(text)
+    d = inner = {}
+    for _ in range(DEEP):
+        inner["a"] = {}
+        inner = inner["a"]
+    as_dict = json.loads(top % "1")
+    if kind == "keras":
+        as_dict["config"]["layers"][0] = d
+    else:
+        as_dict["layers"][0]["x"] = d
+    looped = json.loads(top % "{}")
+    looped_inner = looped["config"]["layers"][0] if kind == "keras" else looped["layers"][0]["x"]
+    looped_inner["self"] = looped  # a dict that contains itself
+    for form in (text, str(tmp_path / "deep.json"), as_dict, looped):
+        with pytest.raises(ModelFormatError, match="nested more than 256 levels deep"):
+            fastrnn.load(weights, architecture=form)
+    cli = run_python("import sys; from fastrnn.cli import main; sys.exit(main())", "convert", weights,
+                     tmp_path / "out.safetensors", "--architecture", tmp_path / "deep.json")
+    assert cli.returncode == 2 and "nested more than 256 levels deep" in cli.stderr, cli.stderr
+    assert "Traceback" not in cli.stderr and not (tmp_path / "out.safetensors").exists()
+
+
+def test_deeply_nested_tokenizer_names_the_limit(tmp_path):
+    """A Keras 2 tokenizer.json (real, from the fixtures) whose word_index string nests deeply, and a
+    tokenizer JSON nested deeply as a whole."""
+    from fastrnn.formats.tokenizers import read_keras_tokenizer
+
+    with open(os.path.join(FIXTURES, "keras2_tokenizer", "word_pre.json"), encoding="utf-8") as f:
+        tok = json.load(f)
+    assert len(read_keras_tokenizer(tok)) > 10  # the real file reads
+    tok["config"]["word_index"] = '{"a": ' * DEEP + "1" + "}" * DEEP
+    (tmp_path / "tok.json").write_text(json.dumps(tok))
+    for form in (tok, json.dumps(tok), str(tmp_path / "tok.json")):
+        with pytest.raises(ModelFormatError, match="word_index is nested more than 256 levels deep"):
+            read_keras_tokenizer(form)
+    (tmp_path / "deep_tok.json").write_text('{"class_name": "Tokenizer", "config": ' + '[' * DEEP + ']' * DEEP + '}')
+    with pytest.raises(ModelFormatError, match=r"deep_tok\.json: tokenizer is nested more than 256 levels deep"):
+        read_keras_tokenizer(str(tmp_path / "deep_tok.json"))
+
+
+def test_architecture_module_that_is_not_a_string(tmp_path):
+    import torch
+
+    torch.save(torch.nn.LSTM(2, 3).state_dict(prefix="rnn."), tmp_path / "w.pt")
+    spec = {"format": "fastrnn-torch-architecture", "layers": [{"module": ["LSTM"], "prefix": "rnn."}]}
+    with pytest.raises(ModelFormatError, match=r"architecture layer 0: 'module' must be the name of a torch module "
+                                               r"as a string .* got \['LSTM'\]"):
+        fastrnn.load(tmp_path / "w.pt", architecture=spec)
+    spec["layers"][0]["module"] = "LSTM"
+    lstm = torch.nn.LSTM(2, 3, batch_first=True)
+    lstm.load_state_dict({k[4:]: v for k, v in torch.load(tmp_path / "w.pt").items()})
+    x = np.random.default_rng(0).standard_normal((2, 5, 2)).astype(np.float32)
+    with torch.no_grad():
+        want = lstm(torch.from_numpy(x))[0].numpy()
+    np.testing.assert_allclose(fastrnn.load(tmp_path / "w.pt", architecture=spec).predict(x), want, atol=1e-4,
+                               rtol=1e-4)

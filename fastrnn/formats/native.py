@@ -38,7 +38,7 @@ from ..layers import LAYER_TYPES, ConfigReader
 from ..model import Model
 from ..quantize import int8_rule as quantize_int8  # the rule of int8 files, kept by model.quantize
 from ..vocab import Vocabulary
-from . import safetensors
+from . import jsontext, safetensors
 
 FORMAT_NAME = "fastrnn"
 FORMAT_VERSION = 2
@@ -131,9 +131,7 @@ def load(path, mmap=False, custom_layers=None) -> Model:
     if "model" not in meta:
         raise ModelFormatError("no architecture: the 'model' metadata entry is missing", path)
     try:
-        spec = json.loads(meta["model"])
-    except RecursionError:
-        raise ModelFormatError("architecture JSON is nested too deeply", path) from None
+        spec = jsontext.loads(meta["model"], "the architecture JSON ('model' metadata)", path)
     except ValueError as exc:
         raise ModelFormatError(f"architecture ('model' metadata) is not valid JSON: {exc}", path) from None
     try:

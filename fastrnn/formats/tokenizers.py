@@ -24,6 +24,7 @@ import os
 
 from ..errors import ModelFormatError
 from ..vocab import Vocabulary
+from . import jsontext
 
 MAX_TOKENIZER_BYTES = 256 * 1024 * 1024
 SIDES = ("pre", "post")
@@ -32,7 +33,7 @@ PAD_TOKEN = ""  # id 0: Keras's padding; splitting never yields an empty piece, 
 
 def _load_json(source, what):
     if isinstance(source, dict):
-        return source, "<dict>"
+        return jsontext.check_depth(source, what, "<dict>"), "<dict>"
     if isinstance(source, (str, os.PathLike)) and os.path.exists(os.fspath(source)):
         path = os.fspath(source)
         if os.path.getsize(path) > MAX_TOKENIZER_BYTES:
@@ -40,13 +41,17 @@ def _load_json(source, what):
         with open(path, "rb") as f:
             raw = f.read()
         try:
-            return json.loads(raw.decode("utf-8-sig")), path
-        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            return jsontext.loads(raw.decode("utf-8-sig"), what, path), path
+        except ModelFormatError:
+            raise
+        except (ValueError, UnicodeDecodeError) as exc:
             raise ModelFormatError(f"{what} is not valid JSON: {exc}", path) from None
     if isinstance(source, str) and source.lstrip().startswith("{"):
         try:
-            return json.loads(source), "<string>"
-        except (ValueError, RecursionError) as exc:
+            return jsontext.loads(source, what, "<string>"), "<string>"
+        except ModelFormatError:
+            raise
+        except ValueError as exc:
             raise ModelFormatError(f"{what} is not valid JSON: {exc}", "<string>") from None
     raise FileNotFoundError(f"{what}: no such file: {source!r}")
 
@@ -68,7 +73,9 @@ def read_keras_tokenizer(source) -> Vocabulary:
     word_index = cfg.get("word_index")
     if isinstance(word_index, str):  # to_json stores it as a JSON string inside the JSON
         try:
-            word_index = json.loads(word_index)
+            word_index = jsontext.loads(word_index, "the tokenizer's word_index", where)
+        except ModelFormatError:
+            raise
         except ValueError as exc:
             raise ModelFormatError(f"tokenizer word_index is not valid JSON: {exc}", where) from None
     if not isinstance(word_index, dict) or not all(

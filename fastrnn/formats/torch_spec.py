@@ -33,6 +33,7 @@ import numpy as np
 
 from ..errors import ModelFormatError, UnsupportedLayerError
 from ..layers import Activation, Dense, DirectionWeights, Embedding, Identity, Recurrent
+from . import jsontext
 
 FORMAT = "fastrnn-torch-architecture"
 RECURRENT_MODULES = {"RNN": "rnn", "LSTM": "lstm", "GRU": "gru"}
@@ -119,13 +120,20 @@ def read_architecture(source) -> dict:
             with open(where, encoding="utf-8-sig") as f:
                 text = f.read()
         try:
-            spec = json.loads(text)
-        except (ValueError, TypeError, RecursionError) as exc:
+            spec = jsontext.loads(text, "the architecture JSON", where)
+        except ModelFormatError:
+            raise
+        except (ValueError, TypeError) as exc:
             raise ModelFormatError(f"architecture is not valid JSON (or not a file): {exc}", where) from None
+    jsontext.check_depth(spec, "the architecture", where)
     if not isinstance(spec, dict) or spec.get("format", FORMAT) != FORMAT or not isinstance(spec.get("layers"), list) \
             or not spec["layers"] or not all(isinstance(e, dict) for e in spec["layers"]):
         raise ModelFormatError(f'an architecture is {{"format": "{FORMAT}", "layers": [{{"module": ...}}, ...]}}',
                                where)
+    for i, e in enumerate(spec["layers"]):
+        if not isinstance(e.get("module"), str):
+            raise ModelFormatError(f"architecture layer {i}: 'module' must be the name of a torch module as a string "
+                                   f"(\"LSTM\", \"Linear\", \"Tanh\", ...), got {e.get('module')!r:.60}", where)
     return spec
 
 

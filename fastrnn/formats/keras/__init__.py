@@ -92,7 +92,7 @@ import zipfile
 
 from ...errors import ModelFormatError
 from ...model import Model
-from .. import text_vectorization
+from .. import jsontext, text_vectorization
 from .build import _build
 # with the public names that fastrnn.formats.keras.<name> gave before the split (the tests also use
 # _build and _LiveWeights)
@@ -168,20 +168,24 @@ def _architecture(config):
         config = bytes(config).decode("utf-8")
     if isinstance(config, str) and config.lstrip().startswith("{"):
         try:
-            config = json.loads(config)
+            config = jsontext.loads(config, "the architecture JSON text", "architecture")
+        except ModelFormatError:
+            raise
         except ValueError as exc:
             raise ModelFormatError(f"the architecture JSON text is not valid JSON: {exc}", "architecture") from None
     elif isinstance(config, (str, os.PathLike)):
         config_path = os.fspath(config)
         try:
             with open(config_path, encoding="utf-8") as f:
-                config = json.load(f)
+                config = jsontext.loads(f.read(), "the model config JSON", config_path)
+        except ModelFormatError:
+            raise
         except (OSError, ValueError, UnicodeDecodeError) as exc:
             raise ModelFormatError(f"cannot read the model config JSON: {exc}", config_path) from None
     if not isinstance(config, dict):
         raise TypeError(f"the architecture must be a dict (the parsed model.to_json() / config.json), its JSON "
                         f"text, the path of a JSON file or a Keras model, got {type(config).__name__}")
-    return config, None
+    return jsontext.check_depth(config, "the architecture", "architecture"), None
 
 
 def _load(path, custom) -> Model:

@@ -13,6 +13,7 @@ import re
 import numpy as np
 
 from ...errors import ModelFormatError, UnsupportedLayerError
+from .. import jsontext
 from .files import _attr_str
 
 RECURRENT_CELLS = {"SimpleRNN": "rnn", "LSTM": "lstm", "GRU": "gru", "CuDNNLSTM": "lstm", "CuDNNGRU": "gru"}
@@ -39,7 +40,9 @@ def _parse_json(raw, what, path):
     if isinstance(raw, (bytes, np.bytes_)):
         raw = bytes(raw).decode("utf-8")
     try:
-        return json.loads(raw)
+        return jsontext.loads(raw, what, path)
+    except ModelFormatError:
+        raise
     except (ValueError, TypeError) as exc:
         raise ModelFormatError(f"{what} is not valid JSON: {exc}", path) from None
 
