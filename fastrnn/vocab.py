@@ -93,8 +93,85 @@ class Vocabulary:
 
     def encode(self, text: str) -> list:
         """Text -> ids. Unknown symbols map to ``unk``; without one they raise ValueError."""
+        return self._ids(self.split(text))
+
+    # windows of text tokenized at a time by encode_bounded (a test makes it tiny)
+    WINDOW_CHARS = 1 << 16
+
+    def encode_bounded(self, text: str, limit: int, from_end: bool = False):
+        """``(ids, longer)``: the first ``limit`` ids of ``encode(text)`` (the last ``limit`` with
+        ``from_end``), and whether the text has more. Equal to cutting ``encode(text)``, but the
+        text is tokenized in windows of about WINDOW_CHARS characters, cut where a piece must end
+        (a separator, or, for lower-cased text, whitespace: the context Python's lower() reads),
+        and only until ``limit`` ids are found: a giant line costs memory for ``limit`` tokens,
+        not for all of its words."""
+        boundary = self._boundary()
+        n = len(text)
+        if boundary is None or n <= self.WINDOW_CHARS:
+            ids = self.encode(text)
+            longer = len(ids) > limit
+            return (ids[len(ids) - limit:] if from_end else ids[:limit]) if longer else ids, longer
+        chunks, count = [], 0
+        pos = n if from_end else 0
+        while (pos > 0 if from_end else pos < n) and count <= limit:
+            if from_end:
+                cut = _cut_before(text, boundary, pos - self.WINDOW_CHARS) if pos > self.WINDOW_CHARS else 0
+                ids = self.encode(text[cut:pos])
+            else:
+                cut = _cut_after(text, boundary, pos + self.WINDOW_CHARS) if pos + self.WINDOW_CHARS < n else n
+                ids = self.encode(text[pos:cut])
+            chunks.append(ids)
+            count += len(ids)
+            pos = cut
+        if from_end:
+            chunks.reverse()
+        ids = [i for chunk in chunks for i in chunk]
+        longer = count > limit
+        return (ids[len(ids) - limit:] if from_end else ids[:limit]) if longer else ids, longer
+
+    def _boundary(self):
+        """A compiled character class of the characters after which a piece always ends and the
+        text before and after tokenizes on its own; None when there is none (one piece per text,
+        a separator of several characters)."""
+        if "_boundary_re" in self.__dict__:
+            return self._boundary_re
+        import re
+
+        if self.level == "char":
+            candidates = None if not self.lowercase else set(ASCII_WHITESPACE + " \u3000\u00a0")
+        elif self.splitter == "whole" or (self.separator is not None and len(self.separator) != 1):
+            candidates = set()
+        else:
+            candidates = set(ASCII_WHITESPACE + "\u3000\u00a0\u2028\u2029\x1c\x1d\x1e\x1f\x85")
+            candidates |= set(self.filters) | set(self.separator or "")
+        if candidates is None:  # characters, not lower-cased: every position is a boundary
+            self._boundary_re = re.compile(r"(?s:.)")
+            return self._boundary_re
+        good = []
+        for c in sorted(candidates):
+            if self.lowercase and not c.isspace():  # whitespace ends the context of a final sigma
+                continue
+            out = c.lower() if self.lowercase else c
+            if self._standardize_map:
+                out = out.translate(self._standardize_map)
+            if self.level == "word" and self._filter_map:
+                out = out.translate(self._filter_map)
+            if self.level == "char":
+                ok = len(out) == 1
+            elif self.splitter == "ascii_whitespace":
+                ok = out == " "
+            elif self.separator is None:
+                ok = out != "" and out.isspace()
+            else:
+                ok = out != "" and set(out) == {self.separator}
+            if ok:
+                good.append(c)
+        self._boundary_re = re.compile("[" + "".join(re.escape(c) for c in good) + "]") if good else None
+        return self._boundary_re
+
+    def _ids(self, pieces) -> list:
         ids = []
-        for piece in self.split(text):
+        for piece in pieces:
             i = self.index.get(piece)
             if i is None:
                 if self.drop_unknown:
@@ -132,6 +209,28 @@ class Vocabulary:
                    separator=d.get("separator"), drop_unknown=bool(d.get("drop_unknown", False)),
                    lowercase_ascii=bool(d.get("lowercase_ascii", False)), strip=d.get("strip", ""),
                    splitter=d.get("splitter"))
+
+
+def _cut_after(text, boundary, pos):
+    """Just after the first boundary character at or after ``pos`` (the end of the text when there
+    is none): the end of a window that starts where the previous window ended."""
+    m = boundary.search(text, pos)
+    return len(text) if m is None else m.end()
+
+
+def _cut_before(text, boundary, pos):
+    """Just after the last boundary character before ``pos`` (0 when there is none): the start
+    of a window that ends where the previous window began."""
+    step = 1 << 12
+    while pos > 0:
+        start = max(0, pos - step)
+        last = None
+        for m in boundary.finditer(text, start, pos):
+            last = m
+        if last is not None:
+            return last.end()
+        pos, step = start, step * 2
+    return 0
 
 
 def as_vocabulary(value) -> Optional[Vocabulary]:

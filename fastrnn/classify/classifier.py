@@ -173,11 +173,14 @@ def _encoder(model, max_length):
             if vocab is None:
                 raise ValueError("the model has no vocabulary stored with it, so it cannot read text: "
                                  "pass token ids instead (lists of ints)")
-            if max_length is not None:
-                # bound the work on giant lines before tokenizing (a char is at most one token)
-                cut_text = vocab.level == "char" and not vocab.strip and len(item) > max_length
-                item = item[: max_length] if cut_text else item
-            ids = vocab.encode(item)
+            # a giant line is tokenized only as far as the ids used: the maxlen ids pad_sequences keeps
+            # (on its truncating side), else the first max_length
+            if text_input is not None and text_input.maxlen is not None:
+                ids, _ = vocab.encode_bounded(item, text_input.maxlen, from_end=text_input.truncating == "pre")
+            elif max_length is not None:
+                ids, cut_text = vocab.encode_bounded(item, max_length)
+            else:
+                ids = vocab.encode(item)
             arr = np.asarray(ids, dtype=np.int64)
             if text_input is not None:
                 arr = text_input(arr)
@@ -232,6 +235,7 @@ def _text_input(model):
             ids = np.concatenate([pad, ids] if padding == "pre" else [ids, pad])
         return ids
 
+    apply.maxlen, apply.truncating = maxlen, truncating
     return apply
 
 

@@ -73,12 +73,23 @@ class Hypotheses:
         return ranked[-1][1]
 
 
+# Each beam is a row of the batch (its state, logits and seen-token buffers): the bound keeps a typo
+# (10**6) from allocating gigabytes. Translation and G2P use 4 to 10 beams.
+MAX_NUM_BEAMS = 1024
+# A score is sum_logprobs / length ** length_penalty: within +-10 that power stays finite for any
+# length (Hugging Face's default is 1.0; 0.6 to 2 are the values in use).
+MAX_LENGTH_PENALTY = 10.0
+
+
 def _check(num_beams, length_penalty):
-    if isinstance(num_beams, bool) or not isinstance(num_beams, numbers.Integral) or num_beams < 1:
-        raise ValueError(f"num_beams must be an integer >= 1, got {num_beams!r}")
+    if isinstance(num_beams, bool) or not isinstance(num_beams, numbers.Integral) or not 1 <= num_beams <= MAX_NUM_BEAMS:
+        raise ValueError(f"num_beams must be an integer from 1 to {MAX_NUM_BEAMS} (each beam is a row of the batch; "
+                         f"4 to 10 are usual), got {num_beams!r:.40}")
     if isinstance(length_penalty, bool) or not isinstance(length_penalty, numbers.Real) \
-            or not math.isfinite(float(length_penalty)):
-        raise ValueError(f"length_penalty must be a finite number, got {length_penalty!r}")
+            or not math.isfinite(float(length_penalty)) or abs(float(length_penalty)) > MAX_LENGTH_PENALTY:
+        raise ValueError(f"length_penalty must be a finite number from {-MAX_LENGTH_PENALTY:g} to "
+                         f"{MAX_LENGTH_PENALTY:g} (1.0 by default; > 0 favours longer hypotheses), got "
+                         f"{length_penalty!r:.40}")
     return int(num_beams), float(length_penalty)
 
 
@@ -92,8 +103,8 @@ def beam_search(model, prompt, max_new_tokens=None, num_beams=4, length_penalty=
                 backend=None, weights=None, threads=None):
     """The best continuation of ``prompt`` by beam search (see the module docstring). Arguments
     as fastrnn.generate.generate (max_new_tokens=None: the model's recommended count, else
-    GENERATION_DEFAULTS'); ``num_beams`` >= 1, ``length_penalty`` a finite number (> 0
-    favours longer hypotheses, < 0 shorter ones)."""
+    GENERATION_DEFAULTS'); ``num_beams`` from 1 to MAX_NUM_BEAMS (1024), ``length_penalty`` a number
+    from -10 to 10 (> 0 favours longer hypotheses, < 0 shorter ones)."""
     from ..backends import check_threads
 
     model = model_or_default(model)

@@ -183,7 +183,20 @@ class Session:
     @_locked
     def restore_state(self, snapshot):
         """Go back to a snapshot from save_state() (of this or another session of the same model)."""
-        rows = snapshot["rows"]
+        if not isinstance(snapshot, dict):
+            raise TypeError(f"restore_state takes the dict that save_state() returned, got {type(snapshot).__name__}")
+        rows = snapshot.get("rows")
+        if not isinstance(rows, Rows) or "pending" not in snapshot:
+            raise ValueError(f"restore_state takes the dict that save_state() returned (keys 'rows' and 'pending'), "
+                             f"got a dict with keys {sorted(map(str, snapshot))[:6]}")
+        wrong = [name for name in Rows.FIELDS if getattr(rows, name).shape != getattr(self._rows, name).shape]
+        if wrong:
+            raise ValueError(f"this snapshot was saved by a session of another model: its {wrong[0]} has shape "
+                             f"{getattr(rows, wrong[0]).shape}, this session's {getattr(self._rows, wrong[0]).shape}; "
+                             "restore a snapshot of a session of this model")
+        pending = snapshot["pending"]
+        if pending is not None and not (isinstance(pending, (int, np.integer)) and 0 <= pending < self.plan.vocab_size):
+            raise ValueError(f"the snapshot's pending token {pending!r:.40} is not an id of this model's vocabulary")
         for name in Rows.FIELDS:
             getattr(self._rows, name)[...] = getattr(rows, name)
         self._pending = snapshot["pending"]

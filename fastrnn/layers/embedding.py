@@ -17,6 +17,8 @@ def lengths_from_mask(mask, what):
     """Per-row lengths from a (B, T) validity mask that must be right-padded."""
     mask = np.asarray(mask, bool)
     T = mask.shape[1]
+    if T == 0:  # no steps: every row is empty (as without a mask)
+        return np.zeros(mask.shape[0], np.int64)
     lengths = np.where(mask.any(axis=1), T - np.argmax(mask[:, ::-1], axis=1), 0).astype(np.int64)
     if not np.array_equal(mask, np.arange(T)[None, :] < lengths[:, None]):
         raise ValueError(

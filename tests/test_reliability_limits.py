@@ -1,0 +1,183 @@
+"""Sizes and arguments that used to end in MemoryError, a hang or an error nobody could act on
+(issue 24): each is bounded where it is given, with an error naming the option, the bound and the
+fix, or now simply works (an empty input with a mask, a giant line of words)."""
+import json
+import os
+import tracemalloc
+import warnings
+
+import numpy as np
+import pytest
+
+import fastrnn
+from fastrnn.formats.tokenizers import attach_tokenizer, read_keras_tokenizer
+from helpers import random_recurrent
+
+FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
+
+
+# -- an empty input with a mask ----------------------------------------------------------------
+@pytest.mark.parametrize("return_sequences", [True, False])
+def test_empty_input_with_a_mask_is_an_empty_sequence(backend, return_sequences):
+    """(1, 0) ids with Embedding(mask_zero=True), or (1, 0, F) with Masking: what the same model
+    without a mask gives (zero steps: the initial state), not numpy's argmax error."""
+    rng = np.random.default_rng(0)
+    table = rng.standard_normal((10, 3)).astype(np.float32)
+    gru = random_recurrent(rng, "gru", input_size=3, hidden_size=4, return_sequences=return_sequences)
+    masked = fastrnn.Model([fastrnn.Embedding(table, mask_zero=True), gru])
+    plain = fastrnn.Model([fastrnn.Embedding(table), gru])
+    for x in (np.zeros((1, 0), np.int64), np.zeros((3, 0), np.int64)):
+        got, states = masked.predict(x, backend=backend, return_state=True)
+        want, want_states = plain.predict(x, backend=backend, return_state=True)
+        assert got.shape == want.shape == ((x.shape[0], 0, 4) if return_sequences else (x.shape[0], 4))
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(states[0], want_states[0])
+    # a row that is all padding gives that too (Keras: the state stays the initial one)
+    np.testing.assert_array_equal(masked.predict(np.zeros((1, 5), np.int64), backend=backend, return_state=True)[1][0],
+                                  plain.predict(np.zeros((1, 0), np.int64), backend=backend, return_state=True)[1][0])
+    features = fastrnn.Model([fastrnn.Masking(0.0), gru])
+    assert features.predict(np.zeros((1, 0, 3), np.float32), backend=backend).shape[1:] == got.shape[1:]
+
+
+# -- sessions: restore_state ---------------------------------------------------------------------
+def language_model(V=6, H=5, seed=0):
+    rng = np.random.default_rng(seed)
+    emb = fastrnn.Embedding(rng.standard_normal((V, 3)).astype(np.float32))
+    gru = random_recurrent(rng, "gru", input_size=3, hidden_size=H)
+    return fastrnn.Model([emb, gru, fastrnn.Dense(rng.standard_normal((V, H)).astype(np.float32))])
+
+
+def test_restore_state_refuses_what_save_state_did_not_make():
+    model, other = language_model(), language_model(V=7, H=9, seed=1)
+    s = model.session(seed=1).feed([1, 2, 3])
+    snap = s.save_state()
+    want = s.generate(10)
+    for bad, error, words in [({}, ValueError, r"save_state\(\) returned \(keys 'rows' and 'pending'\), got a dict "
+                                               r"with keys \[\]"),
+                              ({"rows": None, "pending": None}, ValueError, "keys 'rows' and 'pending'"),
+                              ([1, 2], TypeError, "got list"),
+                              (other.session(seed=1).feed([1]).save_state(), ValueError,
+                               r"saved by a session of another model: its state has shape \(1, 9\), this session's "
+                               r"\(1, 5\)"),
+                              (dict(snap, pending=99), ValueError, "pending token 99 is not an id")]:
+        with pytest.raises(error, match=words):
+            s.restore_state(bad)
+    s.restore_state(snap)  # the session is intact and the real snapshot still works
+    assert s.generate(10) == want
+
+
+# -- beam search sizes ---------------------------------------------------------------------------
+@pytest.mark.parametrize("num_beams", [10**6, 2**62, 1025, 0, 2.0, True])
+def test_num_beams_is_bounded(num_beams):
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=r"num_beams must be an integer from 1 to 1024"):
+            language_model().generate([1], max_new_tokens=3, num_beams=num_beams)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * 2**20  # refused before anything of that size is allocated
+
+
+@pytest.mark.parametrize("lp", [1e300, -1e300, 10.5, float("inf"), float("nan"), "1"])
+def test_length_penalty_is_bounded(lp):
+    with pytest.raises(ValueError, match=r"length_penalty must be a finite number from -10 to 10"):
+        language_model().generate([1], max_new_tokens=3, num_beams=2, length_penalty=lp)
+
+
+def test_beam_bounds_themselves_work():
+    model = language_model()
+    assert len(model.generate([1], max_new_tokens=3, num_beams=1024, length_penalty=10)) == 3
+    assert len(model.generate([1], max_new_tokens=3, num_beams=2, length_penalty=-10)) == 3
+
+
+# -- a giant line and a word-level tokenizer -----------------------------------------------------
+def word_classifier(maxlen=None, truncating="pre"):
+    """A word-level Keras 2 tokenizer (a real tokenizer.json from the fixtures) on a small fastrnn
+    classifier: Embedding -> GRU -> Dense softmax."""
+    path = os.path.join(FIXTURES, "keras2_tokenizer", "word_pre.json")
+    V = len(read_keras_tokenizer(path))
+    rng = np.random.default_rng(4)
+    model = fastrnn.Model([fastrnn.Embedding(rng.standard_normal((V, 4)).astype(np.float32)),
+                           random_recurrent(rng, "gru", input_size=4, hidden_size=5, return_sequences=False),
+                           fastrnn.Dense(rng.standard_normal((3, 5)).astype(np.float32), activation="softmax")])
+    return attach_tokenizer(model, path, maxlen=maxlen, truncating=truncating)
+
+
+def known_words(model):
+    return [t for t in model.vocabulary.tokens if t and t.lower() == t][:40]
+
+
+def test_giant_line_of_words_is_tokenized_only_as_far_as_needed():
+    """A 40 MB single line: tokenized in windows until max_length ids are found (the README's
+    promise that one giant line cannot need gigabytes), with the ids of tokenizing it whole."""
+    model = word_classifier()
+    words = known_words(model)
+    rng = np.random.default_rng(0)
+    unit = " ".join(rng.choice(words, 20_000)) + ", "  # about 250 KB of words
+    line = unit * (40 * 2**20 // len(unit))
+    short = unit * 2  # longer than max_length=100 too: the same first 100 tokens
+    with pytest.warns(UserWarning, match="max_length=100"):
+        want = list(model.classify([short], max_length=100))
+    tracemalloc.start()
+    try:
+        with pytest.warns(UserWarning, match="max_length=100"):
+            got = list(model.classify([line], max_length=100))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_array_equal(got[0].probabilities, want[0].probabilities)
+    assert peak < 24 * 2**20, f"{peak / 2**20:.0f} MB traced while classifying one 40 MB line"  # splitting it: ~1 GB
+
+
+@pytest.mark.parametrize("truncating", ["pre", "post"])
+def test_giant_line_with_pad_sequences_keeps_kerass_side(truncating):
+    """With the tokenizer's maxlen (pad_sequences), the maxlen ids of Keras's truncating side are
+    read, from the end of the line for "pre": the same ids Keras keeps, at any length."""
+    model = word_classifier(maxlen=12, truncating=truncating)
+    vocab = model.vocabulary
+    words = known_words(model)
+    rng = np.random.default_rng(1)
+    head, tail = " ".join(rng.choice(words, 30)), " ".join(rng.choice(words, 30))
+    middle = " ".join(rng.choice(words, 300_000))  # 2 MB: windows of 64 Ki characters
+    line = f"{head} {middle} {tail}"
+    ids = vocab.encode(line)
+    kept = ids[-12:] if truncating == "pre" else ids[:12]
+    want = model.predict(np.array([kept]))[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # maxlen cuts as Keras does: no max_length warning
+        got = next(iter(model.classify([line]))).probabilities
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    # and a char-level tokenizer: the last maxlen characters of the whole text, not of its first max_length
+    char = word_classifier()
+    char.vocabulary = fastrnn.Vocabulary(list("abcdefghij"), level="char", unk=0)
+    char.metadata = dict(char.metadata or {}, text_input={"padding": "pre", "truncating": "pre", "maxlen": 5})
+    text = "abc" * 5000 + "jihgf"
+    want = char.predict(np.array([char.vocabulary.encode("jihgf")]))[0]
+    np.testing.assert_allclose(next(iter(char.classify([text]))).probabilities, want, rtol=1e-6, atol=1e-7)
+
+
+def test_bounded_encoding_equals_cutting_the_whole_encoding(monkeypatch):
+    """Windows cut only where a piece must end: any window size, both ends, every splitting rule
+    (lower-casing with a final sigma, filters, separators, strip, characters, Hangul) give the ids
+    of encoding the whole text, cut."""
+    rng = np.random.default_rng(5)
+    alphabet = list("aAbBΣσς İi'.,: \t\n\u3000가나다\u0301")
+    configs = [dict(level="char"), dict(level="char", lowercase=True), dict(level="char", strip=" ", lowercase_ascii=True),
+               dict(level="word"), dict(level="word", lowercase=True),
+               dict(level="word", lowercase=True, filters="\t\n.,", separator=" "), dict(level="word", separator=","),
+               dict(level="word", splitter="ascii_whitespace", lowercase_ascii=True, strip="'."),
+               dict(level="word", splitter="whole"), dict(level="word", separator="ab")]
+    for cfg in configs:
+        for trial in range(150):
+            text = "".join(rng.choice(alphabet, rng.integers(0, 80)))
+            pieces = sorted(set(fastrnn.Vocabulary(["x"], **cfg).split(text + "".join(rng.choice(alphabet, 40)))))
+            known = pieces[: len(pieces) // 2]
+            vocab = fastrnn.Vocabulary(known + ["<unk>"], unk=len(known), drop_unknown=bool(trial % 2), **cfg)
+            monkeypatch.setattr(vocab, "WINDOW_CHARS", int(rng.integers(1, 10)), raising=False)
+            whole = vocab.encode(text)
+            for limit in (0, 1, 3, 10, 1000):
+                for from_end in (False, True):
+                    want = (whole[len(whole) - limit:] if from_end else whole[:limit]) if len(whole) > limit else whole
+                    assert vocab.encode_bounded(text, limit, from_end) == (want, len(whole) > limit), \
+                        (cfg, text, limit, from_end)
