@@ -48,6 +48,7 @@ import collections
 import collections.abc
 import itertools
 import os
+import re
 import secrets
 import threading
 
@@ -477,6 +478,7 @@ def local_cluster(n_workers=2, threads_per_worker=1, threads=1, **kwargs):
     partitions at a time with ``threads`` fastrnn/Numba/BLAS threads each (thread_env set before
     the worker process starts). Other keyword arguments go to distributed.LocalCluster."""
     _require_dask("fastrnn.dask.local_cluster")
+    _check_workers(n_workers, "local_cluster(n_workers=)")
     from distributed import LocalCluster
 
     env = dict(thread_env(threads), **kwargs.pop("env", {}))
@@ -509,31 +511,99 @@ def setup_workers(client, threads=1):
     client.register_worker_callbacks(setup=functools.partial(_limit_threads, int(threads)))
 
 
-def connect(address, timeout=60):
+DEFAULT_CONNECT_TIMEOUT = 60.0  # seconds: --dask-connect-timeout
+
+
+def max_local_workers():
+    """The most worker processes ``local:N`` / local_cluster start: twice the cores (at least 4).
+    Each is a Python process with fastrnn loaded; more than the cores only share them."""
+    return max(4, 2 * (os.cpu_count() or 1))
+
+
+def _check_workers(n, what):
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= max_local_workers():
+        raise ValueError(f"{what}: the number of local worker processes must be from 1 to {max_local_workers()} "
+                         f"(twice this machine's {os.cpu_count()} cores, at least 4), got {n!r:.40}; for more "
+                         "workers start a Dask cluster and pass its scheduler address (tcp://host:8786)")
+    return n
+
+
+def _check_timeout(timeout):
+    import math
+
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not math.isfinite(timeout) \
+            or not 0 < timeout <= 86400:
+        raise ValueError(f"--dask-connect-timeout must be a number of seconds above 0 (at most a day), got "
+                         f"{timeout!r:.40}")
+    return float(timeout)
+
+
+def _probe(address, timeout):
+    """Open (and close) a TCP connection to a tcp:// or tls:// scheduler address, so that a refused
+    connection or an unknown host fails at once (the Dask client retries until its timeout), and,
+    for tcp://, wait up to ``timeout`` s for the first bytes of the scheduler's handshake (a Dask
+    server sends it as soon as it accepts; distributed's client waits for it without a timeout)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(address)
+    if parts.scheme not in ("tcp", "tls"):
+        return
+    try:
+        host, port = parts.hostname, parts.port or 8786
+    except ValueError:
+        raise ValueError(f"--dask {address}: the port is not a number (tcp://host:8786)") from None
+    if not host:
+        raise ValueError(f"--dask {address}: no host name (tcp://host:8786)")
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            if parts.scheme == "tcp" and not sock.recv(1):
+                raise ValueError(f"cannot reach the Dask scheduler at {address}: the server closed the connection "
+                                 "without a Dask handshake (is it a Dask scheduler?)")
+    except ConnectionRefusedError:
+        raise ValueError(f"cannot reach the Dask scheduler at {address}: connection refused (no scheduler listens "
+                         f"on {host} port {port}: start it, or check the address)") from None
+    except socket.gaierror as exc:
+        raise ValueError(f"cannot reach the Dask scheduler at {address}: unknown host {host!r} ({exc.strerror})") \
+            from None
+    except (socket.timeout, TimeoutError):
+        raise ValueError(f"cannot reach the Dask scheduler at {address}: no Dask answer within {timeout:g} s "
+                         "(is it a Dask scheduler? --dask-connect-timeout SECONDS waits longer)") from None
+    except OSError as exc:
+        raise ValueError(f"cannot reach the Dask scheduler at {address}: {exc.strerror or exc}") from None
+
+
+def connect(address, timeout=DEFAULT_CONNECT_TIMEOUT):
     """``local:N`` -> (Client, LocalCluster of N processes); ``tcp://host:port`` (any scheduler
-    address) -> (Client, None), after waiting up to ``timeout`` s for a worker."""
+    address) -> (Client, None), connecting within ``timeout`` s (a refused connection fails at
+    once) and then waiting up to ``timeout`` s for a worker."""
     _require_dask("--dask")
+    timeout = _check_timeout(timeout)
     from distributed import Client
 
     if address.startswith("local:"):
         n = address[len("local:"):]
-        if not n.isdigit() or int(n) < 1:
+        if not re.fullmatch(r"[0-9]{1,9}", n):  # ASCII digits (str.isdigit also takes "²")
             raise ValueError(f"--dask local:N needs a positive number of worker processes, got {address!r}")
+        _check_workers(int(n), f"--dask {address}")
         # logging.CRITICAL: a worker's heartbeat racing the shutdown must not print a traceback
         # into the user's terminal (task errors still reach the command as exceptions)
         cluster = local_cluster(int(n), silence_logs=50)
         return Client(cluster), cluster
     if "://" not in address:
         raise ValueError(f"--dask takes local:N or a scheduler address such as tcp://host:8786, got {address!r}")
+    _probe(address, timeout)
     try:
         client = Client(address, timeout=timeout)
     except OSError as exc:
-        raise ValueError(f"cannot reach the Dask scheduler at {address}: {exc}") from None
+        raise ValueError(f"cannot reach the Dask scheduler at {address}: {exc} (--dask-connect-timeout "
+                         f"{timeout:g})") from None
     try:
         client.wait_for_workers(1, timeout=timeout)
     except TimeoutError:
         client.close()
-        raise ValueError(f"the Dask scheduler at {address} has no workers (waited {timeout} s)") from None
+        raise ValueError(f"the Dask scheduler at {address} has no workers (waited {timeout:g} s, "
+                         "--dask-connect-timeout)") from None
     setup_workers(client)
     return client, None
 
@@ -550,13 +620,16 @@ def add_cli_options(parser, what="lines"):
                              "is the same, in the same order")
     parser.add_argument("--partition-size", type=int, default=None, metavar="N",
                         help=f"with --dask: {what} per task (default {default})")
+    parser.add_argument("--dask-connect-timeout", type=float, default=DEFAULT_CONNECT_TIMEOUT, metavar="SECONDS",
+                        help="with --dask tcp://...: seconds to wait for the scheduler to answer, then for a worker "
+                             f"(default {DEFAULT_CONNECT_TIMEOUT:g}); a refused connection fails at once")
 
 
 class _Cluster:
     """The CLI's client (and local cluster), closed when the results are done or abandoned."""
 
-    def __init__(self, address):
-        self.client, self.cluster = connect(address)
+    def __init__(self, address, timeout=DEFAULT_CONNECT_TIMEOUT):
+        self.client, self.cluster = connect(address, timeout)
 
     def close(self):
         self.client.close()
@@ -584,7 +657,7 @@ def cli_classify(args, texts):
     ref = model_ref(args.model, "langid")
     options = {"batch_size": args.batch_size, "max_length": args.max_length, "threads": args.threads,
                "backend": getattr(args, "backend", None)}
-    cluster = _Cluster(args.dask)
+    cluster = _Cluster(args.dask, getattr(args, "dask_connect_timeout", DEFAULT_CONNECT_TIMEOUT))
     try:
         futures = _submit_chunks(cluster.client, texts, size, classify_partition, ref, options)
         for results in _in_order(futures, _window(cluster.client, None)):
@@ -617,7 +690,7 @@ def cmd_generate_batch(args, seed, options):
             pending.append(line)
             yield line
 
-    cluster = _Cluster(args.dask)
+    cluster = _Cluster(args.dask, getattr(args, "dask_connect_timeout", DEFAULT_CONNECT_TIMEOUT))
     try:
         futures = _submit_chunks(cluster.client, prompts(), size, generate_partition, ref, options, seed)
         for texts in _in_order(futures, _window(cluster.client, None)):

@@ -181,3 +181,92 @@ def test_bounded_encoding_equals_cutting_the_whole_encoding(monkeypatch):
                     want = (whole[len(whole) - limit:] if from_end else whole[:limit]) if len(whole) > limit else whole
                     assert vocab.encode_bounded(text, limit, from_end) == (want, len(whole) > limit), \
                         (cfg, text, limit, from_end)
+
+
+# -- --dask: addresses and local workers ---------------------------------------------------------
+def cli_error(capsys, *argv):
+    from fastrnn.cli import main
+
+    assert main(list(map(str, argv))) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    return err
+
+
+@pytest.fixture
+def one_line(tmp_path):
+    path = tmp_path / "one.txt"
+    path.write_text("house\n", encoding="utf-8")
+    return path
+
+
+def free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("command", ["classify", "generate"])
+def test_refused_dask_connection_fails_at_once(capsys, one_line, command):
+    """A refused connection was retried for 60 s; now it is reported at once (the bound here only
+    catches the retrying: it is far above a normal run and far below the old 60 s)."""
+    pytest.importorskip("distributed")
+    import time
+
+    argv = [command, one_line] if command == "classify" else [command, "--batch", one_line]
+    for address in (f"tcp://127.0.0.1:{free_port()}", "tcp://127.0.0.1:9"):
+        t0 = time.monotonic()
+        err = cli_error(capsys, *argv, "--dask", address)
+        assert time.monotonic() - t0 < 30
+        assert f"cannot reach the Dask scheduler at {address}: connection refused" in err
+
+
+def test_silent_server_waits_for_dask_connect_timeout(capsys, one_line):
+    """A server that accepts the connection but never speaks Dask: distributed's client waits for
+    its handshake without a timeout; --dask-connect-timeout bounds the wait."""
+    pytest.importorskip("distributed")
+    import socket
+    import time
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(4)
+        address = f"tcp://127.0.0.1:{server.getsockname()[1]}"
+        t0 = time.monotonic()
+        err = cli_error(capsys, "classify", one_line, "--dask", address, "--dask-connect-timeout", "1.5")
+        elapsed = time.monotonic() - t0
+    assert "no Dask answer within 1.5 s" in err and "--dask-connect-timeout" in err
+    assert 1.0 < elapsed < 30
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--dask", "local:²"], "--dask local:N needs a positive number of worker processes, got 'local:²'"),
+    (["--dask", "local:٣"], "needs a positive number"),
+    (["--dask", "local:0"], "from 1 to"),
+    (["--dask", "local:1000"], r"--dask local:1000: the number of local worker processes must be from 1 to \d+ "
+                               r"\(twice this machine's \d+ cores, at least 4\), got 1000; for more workers start a "
+                               r"Dask cluster"),
+    (["--dask", "local:99999999999999999999"], "needs a positive number"),
+    (["--dask", "tcp://127.0.0.1:x"], r"the port is not a number"),
+    (["--dask", "tcp://127.0.0.1:9", "--dask-connect-timeout", "0"], "--dask-connect-timeout must be a number of "
+                                                                     "seconds above 0"),
+    (["--dask", "tcp://127.0.0.1:9", "--dask-connect-timeout", "nan"], "--dask-connect-timeout must be"),
+    (["--dask", "tcp://127.0.0.1:9", "--dask-connect-timeout", "1e300"], "--dask-connect-timeout must be"),
+])
+def test_dask_sizes_and_addresses_are_checked_before_anything_starts(capsys, one_line, argv, words):
+    pytest.importorskip("distributed")
+    import re
+
+    assert re.search(words, cli_error(capsys, "classify", one_line, *argv))
+
+
+def test_local_cluster_size_is_bounded_in_python_too():
+    pytest.importorskip("distributed")
+    from fastrnn.dask import local_cluster, max_local_workers
+
+    for n in (max_local_workers() + 1, 1000, 0, 2.0):
+        with pytest.raises(ValueError, match=r"local_cluster\(n_workers=\): the number of local worker processes "
+                                             r"must be from 1 to"):
+            local_cluster(n)
