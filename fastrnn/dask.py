@@ -690,15 +690,17 @@ def cmd_generate_batch(args, seed, options):
             pending.append(line)
             yield line
 
-    cluster = _Cluster(args.dask, getattr(args, "dask_connect_timeout", DEFAULT_CONNECT_TIMEOUT))
+    cluster = None
     try:
+        cluster = _Cluster(args.dask, getattr(args, "dask_connect_timeout", DEFAULT_CONNECT_TIMEOUT))
         futures = _submit_chunks(cluster.client, prompts(), size, generate_partition, ref, options, seed)
         for texts in _in_order(futures, _window(cluster.client, None)):
             for text in texts:
                 out.write(json.dumps({"prompt": pending.popleft(), "text": text}, ensure_ascii=False) + "\n")
         out.flush()
     finally:
-        cluster.close()
+        if cluster is not None:
+            cluster.close()
         if f is not sys.stdin:
             f.close()
     return 0
