@@ -377,6 +377,7 @@ class Model(GenerationMixin, ClassifierMixin, QuantizeMixin):
                 raise ValueError("lengths: this model takes one unbatched example (no batch axis), so it has no "
                                  "per-row lengths")
         xs, ls = self._check_inputs(x, lengths)
+        _check_size_ranges(self, xs)
         B = xs[0].shape[0]
         states_in = self._check_states(initial_state, B)
         be = get_backend(backend)
@@ -413,6 +414,30 @@ def _batch_axes(model):
     if all(a == 0 for a in ins + outs):
         return None
     return ins, outs
+
+
+def _check_size_ranges(model, xs):
+    """metadata["size_ranges"] (fastrnn.formats.torch_export): the sizes a captured forward is valid
+    for on its batch and time axes, {"input", "axis", "fastrnn_axis", "min", "max"} each (a bound
+    None: open). An input outside them would run the branch the example took: refused."""
+    for r in (model.metadata or {}).get("size_ranges") or ():
+        try:
+            i, k, lo, hi = r["input"], r["fastrnn_axis"], r.get("min"), r.get("max")
+            n = xs[i].shape[k]
+        except (TypeError, KeyError, IndexError):
+            raise ValueError(f"model {model.name!r}: metadata 'size_ranges' entry {r!r:.120} does not fit the model's "
+                             "inputs") from None
+        if (lo is not None and n < lo) or (hi is not None and n > hi):
+            what = "batch" if k == 0 else "time" if k == 1 else f"axis {r.get('axis')}"
+            valid = (f"exactly {lo}" if lo == hi else f"at least {lo}" if hi is None else f"at most {hi}" if lo is None
+                     else f"{lo} to {hi}")
+            why = (f"fastrnn could not check how its forward uses that size ({r['probe_failed']}), so it keeps the "
+                   "example's" if r.get("probe_failed") else "its forward depends on that size (a condition on "
+                   "x.shape, or a reshape with it) and fastrnn runs what the example's size computed")
+            raise ValueError(
+                f"x: input {model.input_names[i]!r} has size {n} on axis {r.get('axis')} (its {what} axis), but model "
+                f"{model.name!r} (captured by torch.export) is valid for sizes {valid} there: {why}; give an input of "
+                "such a size, or capture the module again with an example of the size you need")
 
 
 def _to_batch_major(model, x, axes):

@@ -345,3 +345,52 @@ def test_architecture_module_that_is_not_a_string(tmp_path):
         want = lstm(torch.from_numpy(x))[0].numpy()
     np.testing.assert_allclose(fastrnn.load(tmp_path / "w.pt", architecture=spec).predict(x), want, atol=1e-4,
                                rtol=1e-4)
+
+
+# -- torch.export: the forward's conditions on the batch and time sizes -----------------------------
+def guarded_module(condition):
+    import torch
+    from torch import nn
+
+    class Guarded(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.rnn, self.fc = nn.GRU(3, 4, batch_first=True), nn.Linear(4, 2)
+
+        def forward(self, x):
+            y, _ = self.rnn(x)
+            y = torch.tanh(y) if condition(x.shape) else torch.sigmoid(y)
+            return self.fc(y)
+
+    return Guarded().eval()
+
+
+@pytest.mark.parametrize("condition, ok, refused, words", [
+    (lambda s: s[1] > 4, [(2, 8), (1, 5), (3, 40)], [(2, 3), (2, 4)], "axis 1 \\(its time axis\\).*valid for sizes "
+                                                                        "at least 5 there"),
+    (lambda s: s[1] == 8, [(2, 8), (5, 8)], [(2, 3), (2, 9)], "axis 1 .* valid for sizes exactly 8 there"),
+    (lambda s: s[0] < 10, [(2, 8), (9, 3), (1, 2)], [(10, 8), (12, 8)], "1[02] on axis 0 \\(its batch axis\\).* at "
+                                                                          "most 9 there"),
+    (lambda s: True, [(2, 8), (1, 1), (7, 30)], [], None),
+])
+def test_torch_export_guards_on_batch_and_time_are_enforced(tmp_path, condition, ok, refused, words):
+    """The issue's probe: `if x.shape[1] > 4: tanh else sigmoid` captured at T=8 ran the tanh branch
+    at T=3 (0.66 off). Now sizes inside the recorded range match torch, the others are refused
+    (also after a native save and load)."""
+    import torch
+
+    module = guarded_module(condition)
+    model = fastrnn.from_torch(module, example_inputs=(torch.randn(2, 8, 3),))
+    fastrnn.save(model, tmp_path / "m.safetensors")
+    rng = np.random.default_rng(0)
+    for m in (model, fastrnn.load(tmp_path / "m.safetensors")):
+        for B, T in ok:
+            x = rng.standard_normal((B, T, 3)).astype(np.float32)
+            with torch.no_grad():
+                want = module(torch.from_numpy(x)).numpy()
+            np.testing.assert_allclose(m.predict(x), want, atol=1e-4, rtol=1e-4)
+        for B, T in refused:
+            x = rng.standard_normal((B, T, 3)).astype(np.float32)
+            with pytest.raises(ValueError, match=f"x: input 'x' has size .*{words}.*capture the module again"):
+                m.predict(x)

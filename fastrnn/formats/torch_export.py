@@ -22,6 +22,13 @@ How a captured program becomes a fastrnn graph:
   fastrnn's layers do not need it, so the Model takes any length (float inputs keep their last
   axis, the features, fixed). A forward that reshapes using that length (e.g. flattens the whole
   sequence) still only runs at the example's length.
+- **Guards on the batch and time sizes** (``if x.shape[1] > 4: ... else: ...``): the capture holds
+  only the branch the example took. A second capture, with the recurrent operators replaced by
+  operators whose time axis stays symbolic (``_size_ranges``), records every condition the forward
+  puts on those sizes; the Model keeps the valid sizes in ``metadata["size_ranges"]`` and
+  ``predict`` refuses an input outside them with an error naming the input, the axis and the range
+  (an exact size when the forward depends on it in any other way). Sizes 0 and 1 of an example
+  are specialized by torch.export itself: give an example of at least 2 steps.
 - **Operators** understood: embedding; lstm / gru / rnn_tanh / rnn_relu (flat weights, any
   num_layers, bidirectional, batch_first, initial states from inputs; ``h_n`` read as stacked
   per-layer states); linear, matmul / mm / addmm with a constant weight; element-wise
@@ -825,6 +832,142 @@ def _flatten(args):
     return out
 
 
+
+# ---------------------------------------------------------------------------------------------
+# the lengths the forward is valid for (its guards on the batch and time axes)
+# ---------------------------------------------------------------------------------------------
+# torch.export specializes the time axis of its recurrent operators to the example's length, so a
+# forward that branches on that length (``if x.shape[1] > 4``) is captured with the example's branch
+# and no trace of the condition. A second capture with the recurrent kernels replaced by custom
+# operators whose shapes are symbolic keeps the time axis symbolic: every condition the forward
+# puts on it becomes a recorded range (or pins it to the example's size), which the Model enforces.
+
+_PROBE_OPS = {}
+
+
+def _probe_ops():
+    """{name: custom op} standing for torch._VF.lstm / gru / rnn_tanh / rnn_relu (real results
+    from the real kernels; shapes computed symbolically), registered once per process."""
+    if _PROBE_OPS:
+        return _PROBE_OPS
+    import torch
+    from torch import Tensor
+    from torch.nn.modules import rnn as rnn_module
+
+    vf = rnn_module._VF
+
+    # (input, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first), as
+    # torch._VF's; hx is [h, c] for the LSTM. Annotations set here: this module's are strings.
+    def kernels(name, lstm):
+        def real(input, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first):
+            out = getattr(vf, name)(input, hx, params, has_biases, num_layers, dropout, train, bidirectional,
+                                    batch_first)
+            return tuple(t.clone() for t in out)
+
+        def fake(input, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first):
+            D = 2 if bidirectional else 1
+            states = list(hx) if lstm else [hx]
+            return (input.new_empty((*input.shape[:-1], D * states[0].shape[-1])),
+                    *(h.new_empty(h.shape) for h in states))
+        return real, fake
+
+    for name in ("lstm", "gru", "rnn_tanh", "rnn_relu"):
+        lstm = name == "lstm"
+        real, fake = kernels(name, lstm)
+
+        real.__annotations__ = {"input": Tensor, "hx": list[Tensor] if lstm else Tensor, "params": list[Tensor],
+                                "has_biases": bool, "num_layers": int, "dropout": float, "train": bool,
+                                "bidirectional": bool, "batch_first": bool,
+                                "return": tuple[Tensor, Tensor, Tensor] if lstm else tuple[Tensor, Tensor]}
+        op = torch.library.custom_op(f"fastrnn_probe::{name}", real, mutates_args=())
+        op.register_fake(fake)
+        _PROBE_OPS[name] = op
+    return _PROBE_OPS
+
+
+class _ProbeVF:
+    """Stands for torch._VF inside torch.nn.modules.rnn during the probe capture: the unpacked
+    recurrent calls go to the probe operators, everything else to torch._VF."""
+
+    def __init__(self, vf, ops):
+        self._vf, self._ops = vf, ops
+
+    def __getattr__(self, name):
+        return getattr(self._vf, name)
+
+    def lstm(self, *a):
+        if len(a) == 9 and isinstance(a[1], (list, tuple)):  # (input, hx, params, ...), not a packed sequence
+            return self._ops["lstm"](a[0], list(a[1]), list(a[2]), *a[3:])
+        return self._vf.lstm(*a)
+
+    def _three(self, name, a):
+        if len(a) == 9 and isinstance(a[2], (list, tuple)):
+            return self._ops[name](a[0], a[1], list(a[2]), *a[3:])
+        return getattr(self._vf, name)(*a)
+
+    def gru(self, *a):
+        return self._three("gru", a)
+
+    def rnn_tanh(self, *a):
+        return self._three("rnn_tanh", a)
+
+    def rnn_relu(self, *a):
+        return self._three("rnn_relu", a)
+
+
+def _size_ranges(module, example_inputs, dynamic, ep, axes):
+    """[{"input", "axis", "fastrnn_axis", "min", "max"}]: the sizes the forward is valid for on
+    each free axis (``axes``: per user input, [(torch axis, fastrnn axis)]), from the capture
+    ``ep`` or, when it has recurrent operators, from a probe capture that keeps their time axis
+    symbolic. A bound torch.export assumes for every symbolic size (at least 2) is no bound."""
+    import sympy
+    import torch
+
+    has_rnn = any(n.op == "call_function" and _short_name(n.target) in RNN_TARGETS for n in ep.graph.nodes)
+    failed = None
+    if has_rnn:
+        from torch.nn.modules import rnn as rnn_module
+
+        vf = rnn_module._VF
+        try:
+            rnn_module._VF = _ProbeVF(vf, _probe_ops())
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                ep = torch.export.export(module, example_inputs, dynamic_shapes=dynamic)
+        except Exception as exc:  # noqa: BLE001 - then every free axis keeps the example's size
+            failed = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+        finally:
+            rnn_module._VF = vf
+    from torch.export.graph_signature import InputKind
+
+    names = [spec.arg.name for spec in ep.graph_signature.input_specs if spec.kind == InputKind.USER_INPUT]
+    placeholders = {n.name: n for n in ep.graph.nodes if n.op == "placeholder"}
+    ranges = []
+    for i, (name, input_axes) in enumerate(zip(names, axes)):
+        example = example_inputs[i]
+        shape = placeholders[name].meta["val"].shape
+        for axis, fastrnn_axis in input_axes:
+            size = int(example.shape[axis])
+            if failed is not None:
+                if fastrnn_axis == 0:
+                    continue  # the batch: the first capture's batch axis is symbolic
+                lo = hi = size  # the time: the example's, as the first capture specialized it
+            elif isinstance(shape[axis], int) or not isinstance(shape[axis].node.expr, sympy.Symbol):
+                if size <= 1:  # torch.export specializes sizes 0 and 1 whatever the forward does
+                    continue
+                lo = hi = size
+            else:
+                rng = ep.range_constraints.get(shape[axis].node.expr)
+                if rng is None:
+                    continue
+                lo = int(rng.lower) if isinstance(rng.lower, sympy.Integer) and int(rng.lower) > 2 else None
+                hi = int(rng.upper) if isinstance(rng.upper, sympy.Integer) else None
+                if lo is None and hi is None:
+                    continue
+            ranges.append({"input": i, "axis": axis, "fastrnn_axis": fastrnn_axis, "min": lo, "max": hi,
+                           **({"probe_failed": failed} if failed else {})})
+    return ranges
+
 # ---------------------------------------------------------------------------------------------
 # entry point
 # ---------------------------------------------------------------------------------------------
@@ -892,7 +1035,7 @@ def from_exported_module(module, example_inputs, name=None, vocabulary=None):
                 break
     mapper = Mapper(ep, kind, user_inputs)
     mapper.unbatched = batch_symbol is None
-    inputs, input_axes, env = [], [], {}
+    inputs, input_axes, free_axes, env = [], [], [], {}
     for nm in user_inputs:
         node = placeholders[nm]
         val = node.meta.get("val")
@@ -914,6 +1057,11 @@ def from_exported_module(module, example_inputs, name=None, vocabulary=None):
         free = [None if not isinstance(s, int) else s for s in free]
         inputs.append(Input(nm, tuple(free), dtype))
         input_axes.append(b)
+        # the axes whose size the Model leaves free: the batch (fastrnn axis 0) and those of `free`
+        torch_axes = [a for a in range(len(shp)) if a != b]
+        free_axes.append(([(b, 0)] if b is not None else [])
+                         + [(torch_axes[k], k + 1) for k, s in enumerate(free)
+                            if s is None and not (dtype == "float32" and k == len(rest) - 1)])
         order = (b,) + tuple(i for i in range(len(shp)) if i != b) if b is not None else (None,) + tuple(range(len(shp)))
         env[nm] = T((nm, 0), order, shp)
     for nm, value in consts.items():
@@ -963,4 +1111,7 @@ def from_exported_module(module, example_inputs, name=None, vocabulary=None):
         raise UnsupportedLayerError(f"torch.export of {kind}: the mapped graph is not valid: {exc}") from None
     metadata = {"source": "torch.export", "torch_module": kind,
                 "batch_axes": {"inputs": input_axes, "outputs": out_axes}}
+    size_ranges = _size_ranges(module, example_inputs, dynamic, ep, free_axes)
+    if size_ranges:
+        metadata["size_ranges"] = size_ranges
     return Model(graph=g, vocabulary=vocabulary, name=name or kind.lower(), metadata=metadata)

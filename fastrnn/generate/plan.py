@@ -295,6 +295,9 @@ def generation_plan(model, weights="float32"):
 
 
 def _build_generation_plan(model, weights):
+    if any(r.get("fastrnn_axis") for r in (model.metadata or {}).get("size_ranges") or ()):
+        raise ValueError(f"model {model.name!r}: its captured forward depends on the length of its input "
+                         "(metadata 'size_ranges', from torch.export), so it cannot run one step at a time to generate")
     try:
         return GenerationPlan(model, weights)
     except ValueError as chain_error:
