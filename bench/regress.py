@@ -20,7 +20,8 @@ this environment (``pip install Cython setuptools wheel``); ``--keep DIR`` reuse
 Workloads (random weights, one thread, built with the public layer API so any recent BASE runs
 them): seq (GRU 128 -> 256, batch 1, 200 steps), cls (Embedding(2000, 64) -> BiLSTM(64) ->
 Dense(2), batch 32, 50 steps), lstm64 (LSTM(256), batch 64, 20 steps), gen (Embedding(96, 64)
--> LSTM(256) x 2 -> Dense(96), 60 greedy tokens).
+-> LSTM(256) x 2 -> Dense(96), 60 greedy tokens), long (LSTM(128 -> 256), batch 16, 1200 steps: a
+call long enough to run in chunks of time steps, its input projection in blocks).
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ import tempfile
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-WORKLOADS = ("seq", "cls", "lstm64", "gen")
+WORKLOADS = ("seq", "cls", "lstm64", "gen", "long")
 
 WORKER = r'''
 import sys, time
@@ -70,10 +71,12 @@ cls = fastrnn.Model([emb(2000, 64), rec("lstm", 64, 64, bidirectional=True, retu
 x_cls = rng.integers(1, 2000, (32, 50))
 lstm64 = fastrnn.Model([rec("lstm", 256, 256)])
 x_l64 = rng.standard_normal((64, 20, 256)).astype(np.float32)
+long = fastrnn.Model([rec("lstm", 128, 256)])
+x_long = rng.standard_normal((16, 1200, 128)).astype(np.float32)
 gen = fastrnn.Model([emb(96, 64), rec("lstm", 64, 256), rec("lstm", 256, 256), dense(96, 256)],
                     vocabulary=fastrnn.Vocabulary([chr(32 + i) for i in range(96)]))
 RUN = {"seq": lambda: seq.predict(x_seq), "cls": lambda: cls.predict(x_cls),
-       "lstm64": lambda: lstm64.predict(x_l64),
+       "lstm64": lambda: lstm64.predict(x_l64), "long": lambda: long.predict(x_long),
        "gen": lambda: gen.generate([1, 2, 3], max_new_tokens=60, temperature=0)}
 for fn in RUN.values():
     fn()

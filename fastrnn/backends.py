@@ -8,8 +8,8 @@
 A backend runs whole layers: ``backend.recurrent(layer, x, lengths, state) -> (y, state)``.
 Inputs reaching a backend have been validated by fastrnn.model (dtype float32, shapes, lengths
 in range); backends only compute. The compiled backends share the code below: the input
-projection of all time steps is one GEMM (NumPy/BLAS), then one kernel call per direction runs
-the whole time loop with the GIL released.
+projection of the time steps is one packed matmul, then one kernel call per direction and block
+of rows runs the time loop with the GIL released; long sequences do both in chunks of time steps.
 
 The backend is chosen by ``fastrnn.set_backend(name)``, else the ``FASTRNN_BACKEND`` environment
 variable, else the first available of cython, numba, numpy.
@@ -50,6 +50,10 @@ MAX_FOLDED_TABLE_BYTES = 96 * 1024 * 1024  # per direction
 # Long calls run in chunks of time steps (the state carried from one to the next), so that
 # Ctrl-C is seen between chunks: about this many multiply-adds per chunk (about 10 ms).
 CHUNK_MACS = 1 << 26
+# The input projection of a long call is computed a block of chunks at a time: at most this many
+# bytes and multiply-adds per block (about 4 chunks' work).
+PROJECTION_BYTES = 16 * 1024 * 1024
+PROJECTION_MACS = 4 * CHUNK_MACS
 
 
 def _default_threads():
@@ -187,9 +191,14 @@ class CompiledBackend:
         out[:] = 0.0 if bias is None else bias
         x = np.ascontiguousarray(x, dtype=f32)
         k = self.kernels
-        tasks = [(lambda a=a, b=b: k.matmul_packed(x[a:b], packed, out[a:b]))
-                 for a, b in split_rows(M, threads if M >= 64 * threads else 1)]
-        run_tasks(tasks, threads)
+        # a long product (a Dense layer over every step of a long batch) runs in blocks of rows of
+        # about PROJECTION_MACS each, so that Python sees Ctrl-C between them
+        step = M if M * x.shape[1] * n_out <= 4 * PROJECTION_MACS else max(
+            64 * threads, PROJECTION_MACS // max(1, x.shape[1] * n_out))
+        for r0 in range(0, M, step):
+            r1 = min(M, r0 + step)
+            rows = [(r0 + a, r0 + b) for a, b in split_rows(r1 - r0, threads if r1 - r0 >= 64 * threads else 1)]
+            run_tasks([(lambda a=a, b=b: k.matmul_packed(x[a:b], packed, out[a:b])) for a, b in rows], threads)
         return out
 
     def dense(self, layer: Dense, x, threads=1):
@@ -231,7 +240,12 @@ class CompiledBackend:
 
     # -- one layer ---------------------------------------------------------------------------
     def recurrent(self, layer: Recurrent, x, lengths, state, threads=1, tokens=None):
-        """tokens: (Embedding, ids (B, T)) when x is token ids of an embedding folded into this layer."""
+        """tokens: (Embedding, ids (B, T)) when x is token ids of an embedding folded into this layer.
+
+        A long call runs in chunks of time steps (chunk_steps), the state carried from one to the
+        next, and its input projection in blocks of a few chunks (_Projection): Python sees Ctrl-C
+        between chunks, and the projection never holds more than a block (not B x T x G*H
+        floats). The matmul rows and the kernel steps are those of one call: the same bits."""
         B, T = x.shape[:2]
         D, Ho, H, G = layer.num_directions, layer.output_size_per_direction, layer.hidden_size, layer.gates
         lengths = np.full(B, T, np.int64) if lengths is None else np.ascontiguousarray(lengths, np.int64)
@@ -244,29 +258,47 @@ class CompiledBackend:
             h_all, c_all = np.array(state, dtype=f32, order="C"), None
         cell = self.cell_options(layer)
         y = np.empty((B, T, D * Ho), f32)
-        x2 = None if tokens is not None else x.reshape(B * T, x.shape[2])
         token_ids = None if tokens is None else np.ascontiguousarray(tokens[1], np.int64)
-        tasks = []
-        blocks = split_rows(B, max(1, threads // D))
+        packs = [self.packed(layer, d) for d in range(D)]
+        backwards = [int(d == 1 or layer.reverse or layer.go_backwards) for d in range(D)]
         parts = self._split_parts(layer, B, T, threads)
-        for d in range(D):
-            p = self.packed(layer, d)
-            backward = int(d == 1 or layer.reverse or layer.go_backwards)
-            if tokens is not None:  # the folded table
-                table = self.folded_table(layer, d, tokens[0], threads)
-                xproj = None
-            else:
-                xproj = self.matmul(x2, p["w_ih"], G * H, p["bias"], threads).reshape(B, T, G * H)  # all steps
-            if parts > 1:  # batch 1, one direction: the hidden units across threads
-                xp = table[token_ids] if xproj is None else xproj
-                self._run_split(layer, p, xp, lengths, backward, h_all[d], None if c_all is None else c_all[d],
-                                y, cell, parts)
-                continue
-            for b0, b1 in blocks:  # the folded table is read in place by the kernel (tokens=ids)
-                xp, ids = (table, token_ids[b0:b1]) if xproj is None else (xproj[b0:b1], None)
-                tasks.append(self._task(layer, p, xp, ids, lengths[b0:b1], backward, h_all[d, b0:b1],
-                                        None if c_all is None else c_all[d, b0:b1], y[b0:b1], d * Ho, cell))
-        run_tasks(tasks, threads)
+        steps = chunk_steps(B, G * H * Ho, T)
+        if tokens is not None:
+            tables = [self.folded_table(layer, d, tokens[0], threads) for d in range(D)]
+            projections = [_Projection(lambda t0, t1, d=d: tables[d][token_ids[:, t0:t1]], T, steps, B, G * H)
+                           for d in range(D)] if parts > 1 else None
+        else:
+            tables = None
+            x2 = x.reshape(B * T, x.shape[2])
+
+            def project(t0, t1, d):
+                rows = x2 if (t0, t1) == (0, T) else np.ascontiguousarray(x[:, t0:t1]).reshape(-1, x.shape[2])
+                return self.matmul(rows, packs[d]["w_ih"], G * H, packs[d]["bias"], threads).reshape(B, t1 - t0, G * H)
+            projections = [_Projection(lambda t0, t1, d=d: project(t0, t1, d), T, steps, B, G * H, x.shape[2])
+                           for d in range(D)]
+        if parts > 1:  # batch 1, one direction: the hidden units across threads
+            self._run_split(layer, packs[0], projections[0], lengths, backwards[0], h_all[0],
+                            None if c_all is None else c_all[0], y, cell, parts, steps)
+        else:
+            blocks = split_rows(B, max(1, threads // D))
+            chunks = [time_chunks(T, steps, backwards[d]) for d in range(D)]
+            for k in range(len(chunks[0])):
+                tasks = []
+                for d in range(D):
+                    t0, t1 = chunks[d][k]
+                    whole = (t0, t1) == (0, T)
+                    if tables is None:
+                        xp, ids = projections[d].chunk(t0, t1), None
+                    else:  # the folded table is read in place by the kernel (tokens=ids)
+                        xp, ids = tables[d], token_ids if whole else np.ascontiguousarray(token_ids[:, t0:t1])
+                    local = lengths if whole else np.clip(lengths - t0, 0, t1 - t0).astype(np.int64)
+                    for b0, b1 in blocks:
+                        xb, ib = (xp, ids[b0:b1]) if tables is not None else (xp[b0:b1], None)
+                        yc, offset = (y[b0:b1], d * Ho) if whole else (np.empty((b1 - b0, t1 - t0, Ho), f32), 0)
+                        task = self._task(layer, packs[d], xb, ib, local[b0:b1], backwards[d], h_all[d, b0:b1],
+                                          None if c_all is None else c_all[d, b0:b1], yc, offset, cell)
+                        tasks.append(task if whole else _Into(task, yc, y, b0, b1, t0, t1, d * Ho))
+                run_tasks(tasks, threads)
         new_state = (h_all, c_all) if layer.cell == "lstm" else h_all
         return finish_recurrent(layer, y, h_all, lengths), new_state
 
@@ -278,17 +310,16 @@ class CompiledBackend:
             return 1
         return min(threads, H // 16)
 
-    def _run_split(self, layer, p, xproj, lengths, backward, h, c, y, cell, parts):
-        """Batch 1, one direction: chunks of time steps, each on a gang of up to ``parts``
-        threads that each own a slice of the hidden units and meet at a barrier after every
-        step (kernels/rnn_split.h). A chunk gets one thread when no worker is idle; when the
-        parts mostly waited for each other (another process busy on a core) the kernel returns
-        early, the chunk is finished on one thread and the next gangs get one part for a while
-        (fastrnn/pool.py)."""
+    def _run_split(self, layer, p, projection, lengths, backward, h, c, y, cell, parts, steps):
+        """Batch 1, one direction: chunks of ``steps`` time steps (``projection``: their input
+        projection), each on a gang of up to ``parts`` threads that each own a slice of the hidden
+        units and meet at a barrier after every step (kernels/rnn_split.h). A chunk gets one thread
+        when no worker is idle; when the parts mostly waited for each other (another process busy
+        on a core) the kernel returns early, the chunk is finished on one thread and the next gangs
+        get one part for a while (fastrnn/pool.py)."""
         k = self.kernels
         T = y.shape[1]
-        Ho, GH = layer.output_size_per_direction, layer.gates * layer.hidden_size
-        steps = chunk_steps(1, GH * Ho, T)
+        Ho = layer.output_size_per_direction
         length = int(lengths[0])
         if layer.cell == "gru":
             args = ("gru", p["w_hh_rz"], p["w_hh_n"], p["b_hn"], None)
@@ -300,7 +331,7 @@ class CompiledBackend:
             if n == 0:
                 y[:, t0:t1] = 0.0
                 continue
-            xc = np.ascontiguousarray(xproj[:, t0:t1])
+            xc = projection.chunk(t0, t1)
             yc = y if (t0, t1) == (0, T) else np.empty((1, t1 - t0, Ho), f32)
             local = np.array([n], np.int64)
             with pool.Gang(parts) as gang:
@@ -330,6 +361,46 @@ class CompiledBackend:
         as a task for run_tasks. ``xproj`` is the (b, T, G*H) block, or with ``token_ids`` (b, T)
         the folded table. Long sequences run in chunks of time steps (yielding between them)."""
         return _SequenceTask(self.kernels, layer, p, xproj, token_ids, lengths, backward, h, c, y, y_offset, cell)
+
+
+class _Projection:
+    """The input projection of one direction, ``project(t0, t1)`` -> (B, t1 - t0, G*H), computed in
+    blocks of whole chunks of time steps as the chunks ask for them (in either order): one matmul
+    call per block keeps its rows and threads busy, and a block holds at most PROJECTION_BYTES
+    (and PROJECTION_MACS of work, so Ctrl-C is not kept waiting by a wide input)."""
+
+    def __init__(self, project, T, steps, B, GH, n_in=0):
+        self.project, self.T = project, T
+        per_step = max(1, B * GH)
+        chunks = max(1, min(PROJECTION_BYTES // (4 * per_step * steps), PROJECTION_MACS // (per_step * n_in * steps)
+                            if n_in else PROJECTION_BYTES))
+        self.block = steps * chunks  # time steps per block
+        self.span, self.value = None, None
+
+    def chunk(self, t0, t1):
+        """Steps t0..t1 (inside one block): C-contiguous."""
+        if (t0, t1) == (0, self.T):
+            return self.project(0, self.T)
+        b0 = t0 - t0 % self.block
+        if self.span != b0:
+            self.span, self.value = b0, self.project(b0, min(self.T, b0 + self.block))
+        return np.ascontiguousarray(self.value[:, t0 - b0:t1 - b0])
+
+
+class _Into:
+    """A kernel task over one chunk of time steps writing into its own (b, n, H_out) buffer, then
+    copying it into the layer's output rows b0..b1, steps t0..t1, from column ``offset``."""
+
+    def __init__(self, task, yc, y, b0, b1, t0, t1, offset):
+        self.task, self.yc, self.y = task, yc, y
+        self.where = (slice(b0, b1), slice(t0, t1), slice(offset, offset + yc.shape[2]))
+
+    def __call__(self):
+        result = self.task()
+        if result is not None and hasattr(result, "__next__"):
+            for _ in result:  # (a chunk is never long enough for the task to chunk it again)
+                pass
+        self.y[self.where] = self.yc
 
 
 class _SequenceTask:

@@ -270,3 +270,144 @@ def test_local_cluster_size_is_bounded_in_python_too():
         with pytest.raises(ValueError, match=r"local_cluster\(n_workers=\): the number of local worker processes "
                                              r"must be from 1 to"):
             local_cluster(n)
+
+
+# -- a long predict: Ctrl-C and memory ----------------------------------------------------------
+INTERRUPT_FLOOR = 3.0  # seconds: as tests/test_reliability_signals.py, for a 2-core box shared with busy jobs
+
+
+def test_ctrl_c_lands_within_a_few_chunks_of_a_long_predict():
+    """SIGINT, sent from a thread once the predict has demonstrably run a few chunks (the input
+    projection of each chunk is a matmul call counted here), raises KeyboardInterrupt within a few
+    chunks' time (never less than INTERRUPT_FLOOR): the all-steps projection used to be one call
+    that Ctrl-C waited for (2.8 s of a 5.3 s predict). The model keeps working afterwards."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = """
+        import os, signal, threading, time
+        import numpy as np
+        import fastrnn
+        from fastrnn import backends
+        from helpers import random_recurrent
+
+        rng = np.random.default_rng(0)
+        calls = []  # end times of the chunks' projection matmuls
+        original = backends.CompiledBackend.matmul
+
+        def counted(self, *args, **kwargs):
+            out = original(self, *args, **kwargs)
+            calls.append(time.monotonic())
+            return out
+
+        backends.CompiledBackend.matmul = counted
+        cases = {
+            "rows (B=64, T=4000, LSTM 256)": (random_recurrent(rng, "lstm", input_size=64, hidden_size=256, scale=0.05),
+                                              rng.standard_normal((64, 4000, 64)).astype(np.float32)),
+            "batch 1 split (T=200,000, 2 threads)": (random_recurrent(rng, "lstm", input_size=64, hidden_size=256,
+                                                                      scale=0.05),
+                                                     rng.standard_normal((1, 200_000, 64)).astype(np.float32)),
+        }
+        for name, (layer, x) in cases.items():
+            model = fastrnn.Model([layer])
+            small = x[:, :50]
+            before = model.predict(small, threads=2)
+            calls.clear()
+            sent = []
+
+            returned = threading.Event()
+
+            def interrupt():
+                while len(calls) < 4:  # the predict is running: 4 chunks done
+                    if returned.wait(0.001):
+                        return  # it finished first: reported below
+                sent.append(time.monotonic())
+                os.kill(os.getpid(), signal.SIGINT)
+
+            watcher = threading.Thread(target=interrupt)
+            watcher.start()
+            try:
+                model.predict(x, threads=2)
+            except KeyboardInterrupt:
+                landed = time.monotonic()
+            else:
+                landed = None
+            returned.set()
+            watcher.join()
+            gaps = np.diff(calls[:4])
+            chunk = float(np.max(gaps)) if len(gaps) else 0.0
+            assert np.array_equal(model.predict(small, threads=2), before)
+            print(f"{name}\\t{'finished' if landed is None else landed - sent[0]}\\t{chunk}", flush=True)
+    """
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True,
+                         timeout=600, cwd=os.path.dirname(os.path.abspath(__file__)),
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert out.returncode == 0, out.stderr[-3000:]
+    for line in out.stdout.strip().splitlines():
+        name, latency, chunk = line.split("\t")
+        assert latency != "finished", f"{name}: finished before the interrupt (make it longer)"
+        bound = max(INTERRUPT_FLOOR, 10 * float(chunk))
+        assert float(latency) < bound, f"{name}: {float(latency):.2f} s from SIGINT to KeyboardInterrupt " \
+                                       f"(chunks take {float(chunk):.3f} s)"
+
+
+@pytest.mark.parametrize("batch", [8, 1])
+def test_long_predict_memory_is_bounded_by_a_chunk(batch, compiled_backend):
+    """The input projection is computed per chunk of time steps: a predict holds its output plus
+    about a chunk, not B x T x 4H floats of projection (4 times the output of an LSTM)."""
+    rng = np.random.default_rng(1)
+    T = 80_000 // batch
+    model = fastrnn.Model([random_recurrent(rng, "lstm", input_size=16, hidden_size=128, scale=0.1)])
+    x = rng.standard_normal((batch, T, 16)).astype(np.float32)
+    output = batch * T * 128 * 4
+    want = model.predict(x[:, :300], backend=compiled_backend, threads=2)  # (and Numba's compilation, first)
+    tracemalloc.start()
+    try:
+        y = model.predict(x, backend=compiled_backend, threads=2)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert y.nbytes == output
+    # the projection of all steps alone would be 4 * output (+ 41 MB here); a chunk is ~2 MB
+    assert peak < output + 16 * 2**20, f"{(peak - output) / 2**20:.0f} MB beyond the output"
+    np.testing.assert_array_equal(y[:, :300], want)
+
+
+@pytest.mark.parametrize("engine", ["float32", "int8"])
+def test_projection_blocks_and_row_blocks_change_no_bit(monkeypatch, engine):
+    """Chunks of one step, projection blocks of one to three chunks and Dense products in blocks of
+    a few rows give bitwise the one-call results: every cell and direction, variable lengths, the
+    folded embedding, batch 1 split over the hidden units, the int8 engine."""
+    from fastrnn import backends
+
+    backend = next((b for b in fastrnn.available_backends() if b != "numpy"), None)
+    if backend is None:
+        pytest.skip("no compiled backend")
+    rng = np.random.default_rng(3)
+    models = [
+        fastrnn.Model([fastrnn.Embedding(rng.standard_normal((20, 6)).astype(np.float32)),
+                       random_recurrent(rng, "lstm", input_size=6, hidden_size=8, bidirectional=True, scale=0.3),
+                       fastrnn.Dense(rng.standard_normal((5, 16)).astype(np.float32))]),
+        fastrnn.Model([random_recurrent(rng, "gru", input_size=6, hidden_size=8, scale=0.3, go_backwards=True),
+                       random_recurrent(rng, "rnn", input_size=8, hidden_size=8, scale=0.3, reverse=True)]),
+        fastrnn.Model([random_recurrent(rng, "lstm", input_size=6, hidden_size=128, scale=0.1)]),  # split at B=1
+    ]
+    T = 41
+    inputs = [dict(x=rng.integers(0, 20, (5, T)), lengths=np.array([T, 0, 1, 20, 36])),
+              dict(x=rng.standard_normal((6, T, 6)).astype(np.float32), lengths=np.array([3, T, 17, 0, 30, 40])),
+              dict(x=rng.standard_normal((1, T, 6)).astype(np.float32), lengths=np.array([29]))]
+    if engine == "int8":
+        models = [m.quantize("int8") for m in models]
+    want = [m.predict(**kw, backend=backend, threads=2, return_state=True) for m, kw in zip(models, inputs)]
+    monkeypatch.setattr(backends, "CHUNK_MACS", 1)
+    for block_bytes, block_macs in ((10**9, 1), (2000, 10**12), (7000, 10**12)):  # one chunk per block, then a few
+        monkeypatch.setattr(backends, "PROJECTION_BYTES", block_bytes)
+        monkeypatch.setattr(backends, "PROJECTION_MACS", block_macs)
+        for m, kw, (y, states) in zip(models, inputs, want):
+            for threads in (1, 2):
+                got, got_states = m.predict(**kw, backend=backend, threads=threads, return_state=True)
+                np.testing.assert_array_equal(got, y)
+                for a, b in zip(got_states, states):
+                    for u, v in zip(a if isinstance(a, tuple) else (a,), b if isinstance(b, tuple) else (b,)):
+                        np.testing.assert_array_equal(u, v)
