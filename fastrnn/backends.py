@@ -52,7 +52,7 @@ MAX_FOLDED_TABLE_BYTES = 96 * 1024 * 1024  # per direction
 CHUNK_MACS = 1 << 26
 # The input projection of a long call is computed a block of chunks at a time: at most this many
 # bytes and multiply-adds per block (about 4 chunks' work).
-PROJECTION_BYTES = 16 * 1024 * 1024
+PROJECTION_BYTES = 8 * 1024 * 1024
 PROJECTION_MACS = 4 * CHUNK_MACS
 
 
@@ -287,6 +287,7 @@ class CompiledBackend:
                 for d in range(D):
                     t0, t1 = chunks[d][k]
                     whole = (t0, t1) == (0, T)
+                    xp = xb = task = None  # (a view of the block before would keep it alive)
                     if tables is None:
                         xp, ids = projections[d].chunk(t0, t1), None
                     else:  # the folded table is read in place by the kernel (tokens=ids)
@@ -355,6 +356,7 @@ class CompiledBackend:
                         yc[:, a:b] = ys
             if yc is not y:
                 y[:, t0:t1] = yc
+            xc = None  # a view of the projection block: let the block go when the next one comes
 
     def _task(self, layer, p, xproj, token_ids, lengths, backward, h, c, y, y_offset, cell):
         """One kernel call over a block of rows of one direction (row slices stay C-contiguous),
@@ -383,6 +385,7 @@ class _Projection:
             return self.project(0, self.T)
         b0 = t0 - t0 % self.block
         if self.span != b0:
+            self.span, self.value = None, None  # (the block before is let go first)
             self.span, self.value = b0, self.project(b0, min(self.T, b0 + self.block))
         return np.ascontiguousarray(self.value[:, t0 - b0:t1 - b0])
 

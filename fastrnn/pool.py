@@ -54,6 +54,7 @@ class _Worker:
         while True:
             job = self.jobs.get()
             job()
+            job = None  # an idle worker must not keep the last job's buffers alive (its closures hold them)
 
 
 class _State:
