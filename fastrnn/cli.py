@@ -109,10 +109,20 @@ def cmd_convert(args):
     if args.tokenizer:
         if vocab is not None:
             raise ValueError("--tokenizer and --vocab both give the vocabulary: pass one of them")
-        from .formats.tokenizers import attach_tokenizer
+        import warnings
 
-        attach_tokenizer(model, args.tokenizer, padding=args.padding, truncating=args.truncating,
-                         maxlen=args.maxlen)
+        from .errors import PaddingLengthWarning
+        from .formats.tokenizers import attach_tokenizer, check_maxlen
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", PaddingLengthWarning)
+            attach_tokenizer(model, args.tokenizer, padding=args.padding, truncating=args.truncating,
+                             maxlen=check_maxlen(args.maxlen, "--maxlen"))
+        for w in caught:  # one line on stderr (the others go on as Python would show them)
+            if issubclass(w.category, PaddingLengthWarning):
+                print(f"fastrnn convert: warning: {w.message}", file=sys.stderr)
+            else:
+                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     save(model, args.dst, quantize=args.quantize)
     stored = args.quantize or (model.metadata or {}).get("quantized")  # an int8 source (onnxruntime) stays int8
     kind = f", weight matrices stored as {stored}" if stored in ("float16", "int8") else ""
@@ -193,7 +203,8 @@ def build_parser():
     p.add_argument("--truncating", choices=["pre", "post"], default="pre",
                    help="--tokenizer: pad_sequences' truncating side in training (default pre)")
     p.add_argument("--maxlen", type=int, help="--tokenizer: pad_sequences' maxlen in training (texts are cut to it; "
-                                              "a model without a mask also sees the padding zeros)")
+                                              "a model without a mask also sees the padding zeros); default: the "
+                                              "model's fixed input length, if it has one")
     p.add_argument("--quantize", choices=["float16", "int8"],
                    help="store the weight matrices as float16 or as int8 with per-row scales (2x / 4x "
                         "smaller); the loaded model computes with them (int8: int8 products in predict, classify "
