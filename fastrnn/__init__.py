@@ -76,7 +76,8 @@ def load(path, mmap: bool = False, custom_layers=None, tokenizer=None, padding="
     ``tokenizer``: the Keras ``Tokenizer.to_json()`` the model was trained with (a path, or the JSON
     text): it becomes the model's vocabulary, with ``pad_sequences``' ``padding`` / ``truncating``
     side (Keras's default "pre") and ``maxlen``, so ``classify`` on raw text feeds the model the ids
-    and padding Keras did (fastrnn.formats.tokenizers).
+    and padding Keras did (fastrnn.formats.tokenizers). Without ``maxlen``: the model's fixed input
+    length; a model with neither that nor a mask gets a fastrnn.errors.PaddingLengthWarning.
 
     ``architecture``: for a file that holds weights only. A Keras weights-only HDF5 file (Keras 2
     ``save_weights("weights.h5")``, Keras 3 ``.weights.h5``) takes the Keras architecture: the

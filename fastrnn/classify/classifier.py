@@ -297,9 +297,11 @@ def classify(model, inputs: Iterable, batch_size: int = DEFAULT_BATCH_SIZE, retu
     batch_size : rows run together (default 64).
     return_probs : include the class probabilities (float32 (C,)).
     window : inputs sorted by length together (default 16 * batch_size); memory is bounded by it.
-    max_length : keep only the first max_length tokens (time steps) of each input; default
-        DEFAULT_MAX_LENGTH (10,000), so that one giant line cannot need gigabytes. A warning
-        names the first input that was cut. Pass a larger value to classify longer inputs.
+    max_length : keep only the first max_length tokens (time steps) of each input (of a text
+        whose model truncates at the front, its ``text_input`` from a Keras tokenizer: the last,
+        as pad_sequences does; cut before the padding to maxlen); default DEFAULT_MAX_LENGTH
+        (10,000), so that one giant line cannot need gigabytes. A warning names the first input
+        that was cut. Pass a larger value to classify longer inputs.
     max_batch_tokens : upper bound of rows x padded length per batch (long inputs run in smaller
         batches), default 32768.
     threads, backend : as for Model.predict.
