@@ -376,3 +376,11 @@ def test_maxlen_above_max_length_cuts_the_text_before_padding(tmp_path):
         got = next(iter(model.classify([long_text], max_length=20))).probabilities
     want = km.predict(keras.utils.pad_sequences([ids[-20:]], maxlen=40), verbose=0)[0]
     assert_close(got, want, FRAMEWORK_ATOL, FRAMEWORK_RTOL)
+
+
+def test_lengths_from_mask_still_converts_right_padding_and_explains_left_padding():
+    from fastrnn.model import lengths_from_mask  # public since 0.1
+
+    np.testing.assert_array_equal(lengths_from_mask([[1, 1, 0], [0, 0, 0], [1, 1, 1]], "m"), [2, 0, 3])
+    with pytest.raises(ValueError, match=r"m: this mask is not right padding \(.*left padding"):
+        lengths_from_mask([[0, 1, 1]], "m")

@@ -22,7 +22,8 @@ def lengths_from_mask(mask, what):
     if out.ndim != 1:
         raise ValueError(
             f"{what}: this mask is not right padding (a row has a masked step before a real one: left "
-            "padding or a gap); lengths cannot describe it - pass the mask to the model instead")
+            "padding or a gap), so lengths cannot describe it; a model with Embedding(mask_zero=True) or "
+            "Masking runs such masks itself")
     return out
 
 
