@@ -42,7 +42,7 @@ with its interpreter (see session.py for exactly which graphs).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -51,104 +51,11 @@ from ...layers import (Activation, Arithmetic, Concatenate, Dense, Embedding, Gl
                        Permute, Reshape, Select, Slice)
 from .graph import ONNX_DTYPES
 from .ops import OPS
-from .recurrent import RECURRENT_OPS, layers_for_node
+from . import rules_recurrent
+from .recurrent import RECURRENT_OPS
+from .values import (BATCH, BIG, Const, Dim, IntProduct, Quantized, ScaleProduct, SeqLens, ShapeVec, Tensor,
+                     Untranslatable, WrongBatchAxis, Zeros, _axes_arg, _ints, _py, f32)
 
-f32 = np.float32
-BIG = 2 ** 62
-
-
-class Untranslatable(Exception):
-    """The graph (or one node) has no fastrnn Model equivalent; the message says why."""
-
-
-class WrongBatchAxis(Untranslatable):
-    """The guessed batch axis of a graph input does not fit: another guess may."""
-
-
-# -- the values the translator tracks ----------------------------------------------------------
-
-@dataclass(frozen=True)
-class Dim:
-    """A size only known at run time (the batch "B", or an axis of a model input)."""
-
-    key: object
-
-
-BATCH = Dim("B")
-
-
-@dataclass
-class Const:
-    value: np.ndarray
-
-
-@dataclass
-class ShapeVec:
-    entries: list  # int or Dim
-    scalar: bool = False  # a 0-D shape element (Gather of one index)
-
-
-@dataclass
-class Zeros:
-    shape: list  # int or Dim
-    fill: float
-    dtype: object
-
-
-@dataclass
-class SeqLens:
-    input_name: str
-
-
-@dataclass(eq=False)
-class Quantized:
-    """An output of DynamicQuantizeLinear on the run-time tensor ``source``: part "q" (the uint8
-    values), "scale" or "zero" (its scale and zero point). Only the int8 patterns read these."""
-
-    source: object  # the Tensor quantized (one object per DynamicQuantizeLinear node)
-    part: str
-
-
-@dataclass
-class IntProduct:
-    """MatMulInteger(DynamicQuantizeLinear(source), B): the integer products (``cast``: Cast to float)."""
-
-    source: object
-    weight: np.ndarray  # B (K, N), int8 / uint8
-    zero: np.ndarray  # B's zero point: scalar or (N,)
-    cast: bool = False
-
-
-@dataclass
-class ScaleProduct:
-    """Mul(the dynamic scale of ``source``, B's scale)."""
-
-    source: object
-    scale: np.ndarray  # scalar or (N,)
-
-
-@dataclass
-class Tensor:
-    """ONNX tensor = view of the fastrnn tensor ``ref`` (shape (B,) + shape)."""
-
-    ref: tuple
-    shape: tuple  # fastrnn shape without the batch axis (None = unknown)
-    split: tuple = None  # the fastrnn last axis seen as (outer, inner), or None
-    axes: list = field(default_factory=list)  # per ONNX axis: view axis or None (size 1)
-    dtype: str = "float32"
-    pieces: tuple = None  # (source ref, start, stop) when this is a slice of source's last axis
-
-    @property
-    def view_sizes(self):
-        """Sizes of the view axes (batch first, None for unknown)."""
-        base = [None] + list(self.shape)
-        return base[:-1] + list(self.split) if self.split else base
-
-    def is_split_axis(self, va):
-        return self.split is not None and va >= len(self.shape)
-
-
-# ------------------------------------------------------------------------------------------------
 
 @dataclass
 class Boundary:
@@ -159,6 +66,18 @@ class Boundary:
     outputs: list  # (onnx name, model output index, split, axes)
     seq_inputs: list  # onnx input names that are sequence_lens
     int8: dict = None  # quantized operators read: {"exact": [names], "requantized": [names]}, or None
+
+
+def rule_table(*families):
+    """{ONNX op type: [rule, ...]} from the families' registrations, in the order given."""
+    table = {}
+    for family in families:
+        for op, function in family.rules:
+            table.setdefault(op, []).append(function)
+    return table
+
+
+RULES = rule_table(rules_recurrent.RULES)
 
 
 class Translator:
@@ -327,6 +246,10 @@ class Translator:
             except Exception as exc:  # noqa: BLE001 - a folding failure is the graph's error
                 raise Untranslatable(f"{node.where()}: cannot fold constants: {exc}") from None
             return [Const(np.asarray(o)) for o in outs]
+        for rule in RULES.get(op, ()):
+            outs = rule(self, node, ins)
+            if outs is not None:
+                return outs
         handler = getattr(self, f"op_{op}", None)
         if handler is None:
             raise Untranslatable(f"{node.where()}: operator {op} on run-time tensors has no fastrnn layer")
@@ -783,115 +706,6 @@ class Translator:
         return Tensor(ref, self.shapes[ref], None, [0 if j == out_b else next(others) for j in range(len(entries))],
                       v.dtype)
 
-    # -- recurrent -------------------------------------------------------------------------------
-    def op_RNN(self, node, ins):
-        return self.recurrent(node, ins)
-
-    op_LSTM = op_GRU = op_RNN
-
-    def recurrent(self, node, ins):
-        cell = RECURRENT_OPS[node.op_type]
-        weights = {}
-        for k in (1, 2, 3, 7):
-            if k < len(ins) and ins[k] is not None:
-                if not isinstance(ins[k], Const):
-                    raise Untranslatable(f"{node.where()}: weights computed at run time (input {k})")
-                weights[node.inputs[k]] = ins[k].value
-        layout = int(node.attrs.get("layout", 0))
-        x = ins[0]
-        if not isinstance(x, Tensor) or len(x.axes) != 3:
-            raise Untranslatable(f"{node.where()}: X is not a 3-D tensor")
-        b_pos = 1 if layout == 0 else 0
-        x = self.canonical(x, node.name)
-        if x.axes[b_pos] != 0:
-            raise WrongBatchAxis(f"{node.where()}: X's batch axis")
-        outs = [o if o and (self.uses.get(o) or o in {i.name for i in self.g.outputs}) else "" for o in node.outputs]
-        need_y = len(outs) > 0 and bool(outs[0])
-        need_h = len(outs) > 1 and bool(outs[1])
-        need_c = len(outs) > 2 and bool(outs[2])
-        try:
-            parts = layers_for_node(node, weights, self.g.source, return_sequences=need_y, name=node.name)
-        except Exception as exc:  # noqa: BLE001 - ModelFormatError / UnsupportedLayerError: keep the reason
-            raise Untranslatable(str(exc)) from None
-        D = sum(p.num_directions for p in parts)
-        H = parts[0].hidden_size
-        lengths_in = ins[4] if len(ins) > 4 else None
-        if lengths_in is not None:
-            if not isinstance(lengths_in, SeqLens):
-                raise Untranslatable(f"{node.where()}: sequence_lens computed inside the graph")
-            if x.ref[0] not in {i.name for i in self.model_inputs}:
-                raise Untranslatable(f"{node.where()}: sequence_lens for an X that is not a graph input")
-            prev = self.lengths.get(x.ref[0])
-            if prev is not None and prev != lengths_in.input_name:
-                raise Untranslatable(f"{node.where()}: two sequence_lens for one input")
-            self.lengths[x.ref[0]] = lengths_in.input_name
-        elif x.ref[0] in self.lengths:
-            raise Untranslatable(f"{node.where()}: reads an input with sequence_lens without them")
-        # initial states: zeros are the default; tensors become per-direction inputs (B, H)
-        states = []
-        for k, name in ((5, "initial_h"), (6, "initial_c")):
-            v = ins[k] if len(ins) > k else None
-            if k == 6 and cell != "lstm":
-                continue
-            if v is None or (isinstance(v, Zeros) and v.fill == 0.0) or (
-                    isinstance(v, Const) and not np.any(v.value)):
-                states.append(None)
-            elif isinstance(v, Tensor):
-                if len(v.axes) != 3:
-                    raise Untranslatable(f"{node.where()}: {name} is not 3-D")
-                d_axis = 0 if layout == 0 else 1
-                per = []
-                for d in range(D):
-                    part = self.plain(self.take(node, v, d_axis, d, keep=False), f"{node.name}/{name}{d}")
-                    per.append(part.ref)
-                states.append(per)
-            else:
-                raise Untranslatable(f"{node.where()}: {name} is a {v.__class__.__name__}")
-        if any(s is not None for s in states) and any(s is None for s in states):
-            raise Untranslatable(f"{node.where()}: initial_h and initial_c must both be given (or neither)")
-        state_refs = [] if states[0] is None else states
-        only_h = need_h and not need_y and not need_c and len(parts) == 1
-        ys, hs, cs = [], [], []
-        d0 = 0
-        for p in parts:
-            p.return_sequences = need_y
-            p.return_state = not only_h and (need_h or need_c)
-            extra = []
-            for d in range(d0, d0 + p.num_directions):
-                for s in state_refs:
-                    extra.append(s[d])
-            d0 += p.num_directions
-            refs = self.add(p.name, p, [x.ref] + extra)
-            if p.return_sequences:
-                ys.append(refs[0])
-            if only_h:
-                hs.append(refs[0])
-            elif p.return_state:
-                per = 2 if cell == "lstm" else 1
-                for d in range(p.num_directions):
-                    hs.append(refs[1 + d * per])
-                    if cell == "lstm":
-                        cs.append(refs[2 + d * per])
-        result = []
-
-        def joined(refs, suffix):
-            return refs[0] if len(refs) == 1 else self.joined(f"{node.name}/{suffix}", refs)
-
-        if need_y:
-            y = joined(ys, "Y")
-            axes = [1, 2, 0, 3] if layout == 0 else [0, 1, 2, 3]
-            result.append(Tensor(y, self.shapes[y], (D, H), axes, "float32"))
-        else:
-            result.append(None)
-        state_axes = [1, 0, 2] if layout == 0 else [0, 1, 2]
-        for want, refs, suffix in ((need_h, hs, "Y_h"), (need_c, cs, "Y_c")):
-            if want:
-                r = joined(refs, suffix)
-                result.append(Tensor(r, self.shapes[r], (D, H), state_axes, "float32"))
-            else:
-                result.append(None)
-        return result[:len(node.outputs)]
-
     # -- dense -----------------------------------------------------------------------------------
     def op_MatMul(self, node, ins):
         x, w = ins
@@ -1261,7 +1075,7 @@ class Translator:
                                    + list(node.inputs[3:8]) + [""] * max(0, 8 - len(node.inputs)))
         fake_ins = [ins[0], Const(W), Const(R)] + ins[3:8]
         before = len(self.nodes)
-        outs = self.recurrent(fake, fake_ins)
+        outs = rules_recurrent.recurrent(self, fake, fake_ins)
         layers = [n.layer for n in self.nodes[before:] if isinstance(n.layer, Recurrent)]
         H = int(node.attrs.get("hidden_size", R.shape[2]))
         arrays, d = [], 0
@@ -1273,28 +1087,6 @@ class Translator:
                 d += 1
         self.note_int8(node.name, arrays)
         return outs
-
-
-def _py(v):
-    """An ONNX slice bound -> a Python one (huge values mean 'to the end')."""
-    if v is None:
-        return None
-    v = int(v)
-    return None if abs(v) >= BIG // 4 else v
-
-
-def _ints(c):
-    return [int(x) for x in np.asarray(c.value).reshape(-1)]
-
-
-def _axes_arg(node, ins):
-    if "axes" in node.attrs:
-        return list(node.attrs["axes"])
-    if len(ins) > 1 and ins[1] is not None:
-        if not isinstance(ins[1], Const):
-            raise Untranslatable(f"{node.where()}: axes computed at run time")
-        return _ints(ins[1])
-    return None
 
 
 def _shapevec(entries):
