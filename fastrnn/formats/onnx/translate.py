@@ -47,11 +47,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...graph import Graph, Input, Node
-from ...layers import (Activation, Arithmetic, Concatenate, Dense, Embedding, GlobalPooling1D, Math, Merge,
+from ...layers import (Concatenate, Dense, Embedding,
                        Permute, Reshape, Select, Slice)
 from .graph import ONNX_DTYPES
 from .ops import OPS
-from . import rules_recurrent
+from . import rules_math, rules_quantized, rules_recurrent
 from .recurrent import RECURRENT_OPS
 from .values import (BATCH, BIG, Const, Dim, IntProduct, Quantized, ScaleProduct, SeqLens, ShapeVec, Tensor,
                      Untranslatable, WrongBatchAxis, Zeros, _axes_arg, _ints, _py, f32)
@@ -77,7 +77,7 @@ def rule_table(*families):
     return table
 
 
-RULES = rule_table(rules_recurrent.RULES)
+RULES = rule_table(rules_quantized.RULES, rules_recurrent.RULES, rules_math.RULES)
 
 
 class Translator:
@@ -705,234 +705,6 @@ class Translator:
         others = iter(range(1, len(entries)))
         return Tensor(ref, self.shapes[ref], None, [0 if j == out_b else next(others) for j in range(len(entries))],
                       v.dtype)
-
-    # -- dense -----------------------------------------------------------------------------------
-    def op_MatMul(self, node, ins):
-        x, w = ins
-        if isinstance(x, Tensor) and isinstance(w, Const) and w.value.ndim == 2:
-            if not self.last_axis_ok(x):
-                x = self.canonical(x, node.name)
-                if not self.last_axis_ok(x):
-                    raise WrongBatchAxis(f"{node.where()}: the batch is the last axis")
-            layer = Dense(np.ascontiguousarray(np.asarray(w.value, f32).T), None)
-            ref = self.add(node.name, layer, [x.ref])[0]
-            self.dense_no_bias[ref] = (layer, x.ref)
-            return [Tensor(ref, self.shapes[ref], None, list(x.axes), "float32")]
-        raise Untranslatable(f"{node.where()}: MatMul of a {x.__class__.__name__} by a {w.__class__.__name__}")
-
-    def op_Gemm(self, node, ins):
-        a, b = ins[0], ins[1]
-        c = ins[2] if len(ins) > 2 else None
-        at = node.attrs
-        if not (isinstance(a, Tensor) and isinstance(b, Const) and (c is None or isinstance(c, Const))):
-            raise Untranslatable(f"{node.where()}: Gemm needs a tensor times constant weights")
-        if at.get("transA", 0):
-            raise Untranslatable(f"{node.where()}: Gemm with transA")
-        a = self.plain(a, node.name)
-        w = np.asarray(b.value, f32)
-        w = w if at.get("transB", 0) else w.T  # (out, in)
-        w = w * np.float32(at.get("alpha", 1.0))
-        bias = None
-        if c is not None:
-            cv = np.asarray(c.value, f32) * np.float32(at.get("beta", 1.0))
-            if cv.ndim == 2 and cv.shape[0] != 1:
-                raise Untranslatable(f"{node.where()}: Gemm bias with a batch axis")
-            bias = np.broadcast_to(cv.reshape(-1), (w.shape[0],)) if cv.size in (1, w.shape[0]) else None
-            if bias is None:
-                raise Untranslatable(f"{node.where()}: Gemm bias of shape {cv.shape}")
-        ref = self.add(node.name, Dense(w, None if bias is None else np.array(bias)), [a.ref])[0]
-        return [Tensor(ref, self.shapes[ref], None, [0, 1], "float32")]
-
-    # -- element-wise ------------------------------------------------------------------------------
-    def unary(self, node, ins, layer):
-        v = ins[0]
-        if not isinstance(v, Tensor):
-            raise Untranslatable(f"{node.where()}: {node.op_type} of a {v.__class__.__name__}")
-        ref = self.add(node.name, layer, [v.ref])[0]
-        return [Tensor(ref, self.shapes[ref], v.split, list(v.axes), v.dtype)]
-
-    def op_Tanh(self, node, ins):
-        return self.unary(node, ins, Activation("tanh"))
-
-    def op_Relu(self, node, ins):
-        return self.unary(node, ins, Activation("relu"))
-
-    def op_Sigmoid(self, node, ins):
-        return self.unary(node, ins, Activation("sigmoid"))
-
-    def op_LeakyRelu(self, node, ins):
-        return self.unary(node, ins, Activation("leaky_relu", alpha=node.attrs.get("alpha", 0.01), beta=0.0))
-
-    def op_Elu(self, node, ins):
-        return self.unary(node, ins, Activation("elu", alpha=node.attrs.get("alpha", 1.0), beta=0.0))
-
-    def op_Softplus(self, node, ins):
-        return self.unary(node, ins, Activation("softplus"))
-
-    def op_Softsign(self, node, ins):
-        return self.unary(node, ins, Activation("softsign"))
-
-    def op_HardSigmoid(self, node, ins):
-        return self.unary(node, ins, Activation("hard_sigmoid", alpha=node.attrs.get("alpha", 0.2),
-                                                beta=node.attrs.get("beta", 0.5)))
-
-    def op_Neg(self, node, ins):
-        return self.unary(node, ins, Math("neg"))
-
-    def op_Exp(self, node, ins):
-        return self.unary(node, ins, Math("exp"))
-
-    def op_Log(self, node, ins):
-        return self.unary(node, ins, Math("log"))
-
-    def op_Sqrt(self, node, ins):
-        return self.unary(node, ins, Math("sqrt"))
-
-    def op_Abs(self, node, ins):
-        return self.unary(node, ins, Math("abs"))
-
-    def op_Reciprocal(self, node, ins):
-        return self.unary(node, ins, Math("reciprocal"))
-
-    def op_Softmax(self, node, ins):
-        return self.softmax(node, ins, "softmax")
-
-    def op_LogSoftmax(self, node, ins):
-        return self.softmax(node, ins, "log_softmax")
-
-    def softmax(self, node, ins, function):
-        v = ins[0]
-        if not isinstance(v, Tensor):
-            raise Untranslatable(f"{node.where()}: {node.op_type} of a {v.__class__.__name__}")
-        rank = len(v.axes)
-        opset = self.g.opset
-        axis = node.attrs.get("axis", -1 if opset >= 13 else 1)
-        axis = self.onnx_axis(node, axis, rank)
-        if opset < 13 and axis != rank - 1:
-            # opset < 13 flattens to 2-D at axis: only the last axis is a plain softmax
-            raise Untranslatable(f"{node.where()}: {node.op_type} (opset {opset}) over axes {axis}.. of rank {rank}")
-        va = v.axes[axis]
-        if va is None:
-            raise Untranslatable(f"{node.where()}: {node.op_type} over a size-1 axis")
-        if va == 0:
-            raise WrongBatchAxis(f"{node.where()}: softmax over the batch")
-        if v.is_split_axis(va):
-            v = self.canonical(v, node.name)
-            va = v.axes[axis]
-        ax = -1 if va == len(v.shape) else va
-        ref = self.add(node.name, Activation(function, axis=ax), [v.ref])[0]
-        return [Tensor(ref, self.shapes[ref], v.split, list(v.axes), v.dtype)]
-
-    def binary(self, node, ins, merge_op, arith_op):
-        a, b = ins[0], ins[1]
-        if isinstance(a, Tensor) and isinstance(b, Tensor):
-            if merge_op is None:
-                raise Untranslatable(f"{node.where()}: {node.op_type} of two tensors")
-            return [self.merge(node, [a, b], merge_op)]
-        if isinstance(a, Tensor) and isinstance(b, Const):
-            return [self.with_constant(node, a, b.value, arith_op, constant_first=False)]
-        if isinstance(a, Const) and isinstance(b, Tensor):
-            return [self.with_constant(node, b, a.value, arith_op, constant_first=True)]
-        raise Untranslatable(f"{node.where()}: {node.op_type} of a {a.__class__.__name__} and a "
-                             f"{b.__class__.__name__}")
-
-    def merge(self, node, vals, op):
-        if len({len(v.axes) for v in vals}) != 1:
-            raise Untranslatable(f"{node.where()}: {node.op_type} of tensors of different ranks")
-        if all(v.axes == vals[0].axes and v.split == vals[0].split and len(v.shape) == len(vals[0].shape)
-               for v in vals):
-            ref = self.add(node.name, Merge(op=op), [v.ref for v in vals])[0]
-            return Tensor(ref, self.shapes[ref], vals[0].split, list(vals[0].axes), "float32")
-        cs = [self.canonical(v, node.name) for v in vals]
-        if any(c.axes != cs[0].axes for c in cs):
-            raise Untranslatable(f"{node.where()}: {node.op_type} of tensors with different batch axes")
-        ref = self.add(node.name, Merge(op=op), [c.ref for c in cs])[0]
-        return Tensor(ref, self.shapes[ref], None, list(cs[0].axes), "float32")
-
-    def with_constant(self, node, t: Tensor, c, op, constant_first):
-        c = np.asarray(c)
-        if t.dtype != "float32":
-            raise Untranslatable(f"{node.where()}: arithmetic on token ids")
-        # Add of a bias right after MatMul: one Dense with a bias
-        if op == "add" and t.ref in self.dense_no_bias and self.last_axis_ok(t):
-            layer, src = self.dense_no_bias[t.ref]
-            if c.size == layer.output_size and c.shape[-1] == c.size and c.ndim <= len(t.axes):
-                ref = self.add(node.name, Dense(layer.weight, c.reshape(-1).astype(f32)), [src])[0]
-                return Tensor(ref, self.shapes[ref], None, list(t.axes), "float32")
-        rank = len(t.axes)
-        if c.ndim > rank:
-            raise Untranslatable(f"{node.where()}: constant of rank {c.ndim} on a tensor of rank {rank}")
-        if c.size == 1:
-            const = c.reshape(()).astype(f32)
-            ref = self.add(node.name, Arithmetic(op, const, constant_first), [t.ref])[0]
-            return Tensor(ref, self.shapes[ref], t.split, list(t.axes), "float32")
-        t = self.canonical(t, node.name)
-        cp = c.reshape((1,) * (rank - c.ndim) + c.shape)
-        order = [t.axes.index(j) for j in range(rank)]
-        cf = np.transpose(cp, order)
-        if cf.shape[0] != 1:
-            raise WrongBatchAxis(f"{node.where()}: constant spans the batch axis")
-        ref = self.add(node.name, Arithmetic(op, cf[0].astype(f32), constant_first), [t.ref])[0]
-        return Tensor(ref, self.shapes[ref], None, list(t.axes), "float32")
-
-    def op_Add(self, node, ins):
-        return self.binary(node, ins, "add", "add")
-
-    def op_Sub(self, node, ins):
-        return self.binary(node, ins, "subtract", "subtract")
-
-    def op_Mul(self, node, ins):
-        a, b = ins[0], ins[1]
-        for u, v in ((a, b), (b, a)):
-            if isinstance(u, Quantized) and u.part == "scale" and isinstance(v, Const):
-                return [ScaleProduct(u.source, np.asarray(v.value, f32))]
-            if (isinstance(u, IntProduct) and u.cast and isinstance(v, ScaleProduct)
-                    and u.source is v.source):
-                return [self.int8_dense(node, u.source, u.weight, u.zero, v.scale, None)]
-        return self.binary(node, ins, "multiply", "multiply")
-
-    def op_Div(self, node, ins):
-        return self.binary(node, ins, None, "divide")
-
-    def op_Pow(self, node, ins):
-        return self.binary(node, ins, None, "power")
-
-    def op_Max(self, node, ins):
-        return self.variadic(node, ins, "maximum")
-
-    def op_Min(self, node, ins):
-        return self.variadic(node, ins, "minimum")
-
-    def variadic(self, node, ins, op):
-        vals = [v for v in ins if v is not None]
-        if len(vals) == 1:
-            return vals
-        if all(isinstance(v, Tensor) for v in vals):
-            return [self.merge(node, vals, op)]
-        if len(vals) == 2:
-            return self.binary(node, vals, op, op)
-        raise Untranslatable(f"{node.where()}: {node.op_type} of tensors and constants")
-
-    def op_ReduceMean(self, node, ins):
-        return self.reduce(node, ins, "average")
-
-    def op_ReduceMax(self, node, ins):
-        return self.reduce(node, ins, "max")
-
-    def reduce(self, node, ins, op):
-        v = ins[0]
-        axes = _axes_arg(node, ins)
-        if not isinstance(v, Tensor) or axes is None or len(axes) != 1:
-            raise Untranslatable(f"{node.where()}: {node.op_type} other than over one axis of a tensor")
-        keep = bool(node.attrs.get("keepdims", 1))
-        v = self.canonical(v, node.name)
-        a = self.onnx_axis(node, axes[0], len(v.axes))
-        if len(v.axes) != 3 or v.axes[a] != 1:
-            raise Untranslatable(f"{node.where()}: {node.op_type} over an axis that is not time of (B, T, F)")
-        ref = self.add(node.name, GlobalPooling1D(op=op, keepdims=keep, mask_aware=False), [v.ref],
-                       keep_leading=False)[0]
-        axes = list(v.axes) if keep else [0 if b == 0 else 1 for i, b in enumerate(v.axes) if i != a]
-        return [Tensor(ref, self.shapes[ref], None, axes, "float32")]
 
     # -- quantized operators (onnxruntime's quantize_dynamic) ----------------------------------------
     # DynamicQuantizeLSTM -> Recurrent, the MatMulInteger pattern / MatMulIntegerToFloat /
