@@ -47,7 +47,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...graph import Graph, Input, Node
-from ...layers import (Concatenate, Dense, Embedding,
+from ...layers import (Concatenate, Embedding,
                        Permute, Reshape, Select, Slice)
 from .graph import ONNX_DTYPES
 from .ops import OPS
@@ -319,8 +319,6 @@ class Translator:
     def op_Cast(self, node, ins):
         v = ins[0]
         to = node.attrs.get("to")
-        if isinstance(v, IntProduct) and not v.cast and to == 1:
-            return [IntProduct(v.source, v.weight, v.zero, True)]
         if isinstance(v, ShapeVec) and to in (6, 7):
             return [v]
         if isinstance(v, Zeros):
@@ -706,161 +704,6 @@ class Translator:
         return Tensor(ref, self.shapes[ref], None, [0 if j == out_b else next(others) for j in range(len(entries))],
                       v.dtype)
 
-    # -- quantized operators (onnxruntime's quantize_dynamic) ----------------------------------------
-    # DynamicQuantizeLSTM -> Recurrent, the MatMulInteger pattern / MatMulIntegerToFloat /
-    # DynamicQuantizeMatMul -> Dense, quantized Gather + DequantizeLinear -> Embedding; the float32
-    # weights are onnxruntime's dequantized values and their integers are registered
-    # (fastrnn.quantize.register_exact_int8): the Model is an int8 model computing with them.
-    def note_int8(self, name, arrays):
-        """Register the exact int8 form of each (float32 matrix of a layer, q, scale); q None:
-        the integers did not fit int8 symmetric (they are requantized per row by the int8 rule)."""
-        from ...quantize import register_exact_int8
-
-        if self.int8 is None:
-            self.int8 = {"exact": [], "requantized": []}
-        fits = all(q is not None for _, q, _ in arrays)
-        if fits:
-            for a, q, scale in arrays:
-                register_exact_int8(a, q, scale)
-        self.int8["exact" if fits else "requantized"].append(name)
-
-    def int8_dense(self, node, x, weight, zero, scale, bias):
-        """y = x @ dequantized B (+ bias) as a Dense layer computed by the int8 engine with B's
-        integers. B (K, N) int8 / uint8, zero and scale scalars or per column (N,)."""
-        if not isinstance(x, Tensor) or x.dtype != "float32":
-            raise Untranslatable(f"{node.where()}: a quantized MatMul of a {x.__class__.__name__}")
-        B = np.asarray(weight)
-        if B.ndim != 2 or B.dtype not in (np.int8, np.uint8):
-            raise Untranslatable(f"{node.where()}: a quantized MatMul whose weight is not a 2-D int8/uint8 "
-                                 "constant")
-        N = B.shape[1]
-        scale = _per_output(node, scale, N, "scale", f32)
-        zero = _per_output(node, 0 if zero is None else zero, N, "zero point", np.int64)
-        W, q, sc = int8_rows(B.T, zero, scale)
-        if not self.last_axis_ok(x):
-            x = self.canonical(x, node.name)
-            if not self.last_axis_ok(x):
-                raise WrongBatchAxis(f"{node.where()}: the batch is the last axis")
-        b = None
-        if bias is not None:
-            b = np.asarray(bias, f32).reshape(-1)
-            if b.size != N:
-                raise Untranslatable(f"{node.where()}: bias of {b.size} values for {N} outputs")
-        layer = Dense(W, b)
-        ref = self.add(node.name, layer, [x.ref])[0]
-        self.note_int8(node.name, [(layer.weight, q, sc)])
-        if b is None:
-            self.dense_no_bias[ref] = (layer, x.ref)
-        return Tensor(ref, self.shapes[ref], None, list(x.axes), "float32")
-
-    def op_DynamicQuantizeLinear(self, node, ins):
-        x = ins[0]
-        if not isinstance(x, Tensor) or x.dtype != "float32":
-            raise Untranslatable(f"{node.where()}: DynamicQuantizeLinear of a {x.__class__.__name__}")
-        return [Quantized(x, "q"), Quantized(x, "scale"), Quantized(x, "zero")]
-
-    def op_MatMulInteger(self, node, ins):
-        a, b = ins[0], ins[1]
-        za = ins[2] if len(ins) > 2 else None
-        zb = ins[3] if len(ins) > 3 else None
-        if (isinstance(a, Quantized) and a.part == "q" and isinstance(b, Const)
-                and isinstance(za, Quantized) and za.part == "zero" and za.source is a.source
-                and (zb is None or isinstance(zb, Const))):
-            return [IntProduct(a.source, np.asarray(b.value), None if zb is None else np.asarray(zb.value))]
-        raise Untranslatable(f"{node.where()}: MatMulInteger outside onnxruntime's dynamic-quantization pattern "
-                             "(DynamicQuantizeLinear(x) times constant weights)")
-
-    def op_MatMulIntegerToFloat(self, node, ins):
-        ins = list(ins) + [None] * (7 - len(ins))
-        a, b, sa, sb, za, zb, bias = ins[:7]
-        src = a.source if isinstance(a, Quantized) else None
-        if (src is not None and a.part == "q" and isinstance(b, Const) and isinstance(sa, Quantized)
-                and sa.part == "scale" and sa.source is src and isinstance(sb, Const)
-                and isinstance(za, Quantized) and za.part == "zero" and za.source is src
-                and (zb is None or isinstance(zb, Const)) and (bias is None or isinstance(bias, Const))):
-            return [self.int8_dense(node, src, b.value, None if zb is None else zb.value, sb.value,
-                                    None if bias is None else bias.value)]
-        raise Untranslatable(f"{node.where()}: MatMulIntegerToFloat outside onnxruntime's dynamic-quantization "
-                             "pattern")
-
-    def op_DynamicQuantizeMatMul(self, node, ins):
-        ins = list(ins) + [None] * (5 - len(ins))
-        a, b, sb, zb, bias = ins[:5]
-        if (isinstance(a, Tensor) and isinstance(b, Const) and isinstance(sb, Const)
-                and (zb is None or isinstance(zb, Const)) and (bias is None or isinstance(bias, Const))):
-            return [self.int8_dense(node, a, b.value, None if zb is None else zb.value, sb.value,
-                                    None if bias is None else bias.value)]
-        raise Untranslatable(f"{node.where()}: DynamicQuantizeMatMul needs constant weights, scale and zero point")
-
-    def op_DequantizeLinear(self, node, ins):
-        x, scale = ins[0], ins[1]
-        zero = ins[2] if len(ins) > 2 else None
-        src = self.int_embeddings.get(getattr(x, "ref", None)) if isinstance(x, Tensor) else None
-        if (src is None or not isinstance(scale, Const) or np.asarray(scale.value).size != 1
-                or not (zero is None or (isinstance(zero, Const) and np.asarray(zero.value).size == 1))):
-            raise Untranslatable(f"{node.where()}: DequantizeLinear of a run-time tensor other than a quantized "
-                                 "embedding lookup (per-tensor scale)")
-        s = np.asarray(scale.value, f32).reshape(())
-        z = 0 if zero is None else int(np.asarray(zero.value).reshape(()))
-        key = (x.ref, float(s), z)
-        ref = self.dequantized.get(key)
-        if ref is None:
-            ids_ref, q = src
-            E = ((q.astype(np.int64) - z).astype(f32) * s).astype(f32)
-            ref = self.add(node.name, Embedding(E), [ids_ref])[0]
-            self.dequantized[key] = ref
-            if self.int8 is None:
-                self.int8 = {"exact": [], "requantized": []}
-        return [Tensor(ref, self.shapes[ref], x.split, list(x.axes), "float32", x.pieces)]
-
-    def op_DynamicQuantizeLSTM(self, node, ins):
-        """onnxruntime's int8 LSTM: W [D, I, 4H] and R [D, H, 4H] (transposed against LSTM's)
-        int8 / uint8 with scales and zero points per direction or per column (D, 4H)."""
-        import dataclasses
-
-        from ...layers import Recurrent
-        from .recurrent import _reorder
-
-        ins = list(ins) + [None] * (12 - len(ins))
-        mats = {}
-        for k, (w, sc, zp, what) in enumerate(((ins[1], ins[8], ins[9], "W"), (ins[2], ins[10], ins[11], "R"))):
-            if not isinstance(w, Const) or not isinstance(sc, Const) or not (zp is None or isinstance(zp, Const)):
-                raise Untranslatable(f"{node.where()}: {what}, its scale and zero point must be constants")
-            q = np.asarray(w.value)
-            if q.ndim != 3 or q.dtype not in (np.int8, np.uint8):
-                raise Untranslatable(f"{node.where()}: {what} must be a 3-D int8/uint8 tensor, got {q.dtype} {q.shape}")
-            D, G = q.shape[0], q.shape[2]
-            scale = np.asarray(sc.value, f32)
-            zero = np.zeros((), np.int64) if zp is None else np.asarray(zp.value).astype(np.int64)
-            per = []
-            for d in range(D):
-                s_d = _per_output(node, scale if scale.ndim == 0 or scale.size == 1 else scale.reshape(D, -1)[d], G,
-                                  f"{what}_scale", f32)
-                z_d = _per_output(node, zero if zero.ndim == 0 or zero.size == 1 else zero.reshape(D, -1)[d], G,
-                                  f"{what}_zero_point", np.int64)
-                per.append(int8_rows(q[d].T, z_d, s_d))  # (4H, K) rows in ONNX gate order
-            mats[what] = per
-        wname, rname = node.name + "/W_dequantized", node.name + "/R_dequantized"
-        W = np.stack([m[0] for m in mats["W"]])
-        R = np.stack([m[0] for m in mats["R"]])
-        fake = dataclasses.replace(node, op_type="LSTM", inputs=[node.inputs[0], wname, rname]
-                                   + list(node.inputs[3:8]) + [""] * max(0, 8 - len(node.inputs)))
-        fake_ins = [ins[0], Const(W), Const(R)] + ins[3:8]
-        before = len(self.nodes)
-        outs = rules_recurrent.recurrent(self, fake, fake_ins)
-        layers = [n.layer for n in self.nodes[before:] if isinstance(n.layer, Recurrent)]
-        H = int(node.attrs.get("hidden_size", R.shape[2]))
-        arrays, d = [], 0
-        for layer in layers:
-            for dw in layer.directions:
-                for field, (_, q, sc) in (("w_ih", mats["W"][d]), ("w_hh", mats["R"][d])):
-                    arrays.append((getattr(dw, field), None if q is None else _reorder(q, "lstm", H),
-                                   None if sc is None else _reorder(sc, "lstm", H)))
-                d += 1
-        self.note_int8(node.name, arrays)
-        return outs
-
-
 def _shapevec(entries):
     if all(isinstance(e, int) for e in entries):
         return Const(np.array(entries, np.int64))
@@ -939,29 +782,6 @@ def _groups(dims, entries):
             return None
         groups.append((gi, gj))
     return groups
-
-
-def _per_output(node, v, n, what, dtype):
-    """A scale / zero point that is one value or one per output (n,) -> (n,) of ``dtype``."""
-    v = np.asarray(v)
-    if v.size == 1:
-        return np.full(n, v.reshape(()), dtype)
-    if v.size != n:
-        raise Untranslatable(f"{node.where()}: {what} has {v.size} values for {n} outputs")
-    return v.reshape(n).astype(dtype)
-
-
-def int8_rows(wq, zero, scale):
-    """Weights wq (N, K) integers with zero point and scale per row (N,) -> (W float32 (N, K) =
-    (wq - zero) * scale as onnxruntime dequantizes them, q int8, scale): q = wq - zero when that
-    fits [-127, 127] (fastrnn's symmetric per-row int8, exactly onnxruntime's integers), else
-    (W, None, None): the matrix is then requantized per row by fastrnn's int8 rule."""
-    d = np.asarray(wq).astype(np.int64) - np.asarray(zero, np.int64).reshape(-1, 1)
-    scale = np.asarray(scale, f32).reshape(-1)
-    W = (d.astype(f32) * scale[:, None]).astype(f32)
-    if d.size and (d.min() < -127 or d.max() > 127 or not np.all(scale > 0) or not np.all(np.isfinite(scale))):
-        return W, None, None
-    return W, d.astype(np.int8), scale
 
 
 def translate(g, batch_axes):
