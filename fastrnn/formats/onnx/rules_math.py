@@ -138,8 +138,9 @@ ARITHMETIC = {"Add": ("add", "add"), "Sub": ("subtract", "subtract"), "Mul": ("m
               "Div": (None, "divide"), "Pow": (None, "power")}
 
 
-# tested by tests/test_onnx_graphs.py::test_rule_merges_and_constant_arithmetic
-# (the bias folding into MatMul's Dense by ::test_rule_matmul_add_is_one_dense_and_gemm_folds_alpha_beta)
+# tested by tests/test_onnx_graphs.py::test_rule_merges_and_constant_arithmetic (Pow by
+# ::test_rule_elementwise_functions; a bias folding into MatMul's Dense by
+# ::test_rule_matmul_add_is_one_dense_and_gemm_folds_alpha_beta)
 @RULES.rule("Add", "Sub", "Mul", "Div", "Pow")
 def arithmetic(tr, node, ins):
     """Between two tensors -> Merge (Add, Sub, Mul); with a constant -> Arithmetic. (onnxruntime's
@@ -240,6 +241,6 @@ def reduce(tr, node, ins, op):
     if len(v.axes) != 3 or v.axes[a] != 1:
         raise Untranslatable(f"{node.where()}: {node.op_type} over an axis that is not time of (B, T, F)")
     ref = tr.add(node.name, GlobalPooling1D(op=op, keepdims=keep, mask_aware=False), [v.ref],
-                   keep_leading=False)[0]
+                 keep_leading=False)[0]
     axes = list(v.axes) if keep else [0 if b == 0 else 1 for i, b in enumerate(v.axes) if i != a]
     return [Tensor(ref, tr.shapes[ref], None, axes, "float32")]

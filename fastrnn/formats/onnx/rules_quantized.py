@@ -86,7 +86,7 @@ def matmul_integer_to_float(tr, node, ins):
             and isinstance(za, Quantized) and za.part == "zero" and za.source is src
             and (zb is None or isinstance(zb, Const)) and (bias is None or isinstance(bias, Const))):
         return [int8_dense(tr, node, src, b.value, None if zb is None else zb.value, sb.value,
-                                None if bias is None else bias.value)]
+                           None if bias is None else bias.value)]
     raise Untranslatable(f"{node.where()}: MatMulIntegerToFloat outside onnxruntime's dynamic-quantization "
                          "pattern")
 
@@ -99,7 +99,7 @@ def dynamic_quantize_matmul(tr, node, ins):
     if (isinstance(a, Tensor) and isinstance(b, Const) and isinstance(sb, Const)
             and (zb is None or isinstance(zb, Const)) and (bias is None or isinstance(bias, Const))):
         return [int8_dense(tr, node, a, b.value, None if zb is None else zb.value, sb.value,
-                                None if bias is None else bias.value)]
+                           None if bias is None else bias.value)]
     raise Untranslatable(f"{node.where()}: DynamicQuantizeMatMul needs constant weights, scale and zero point")
 
 
