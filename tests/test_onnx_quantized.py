@@ -381,6 +381,42 @@ def test_dynamic_quantize_lstm_in_the_interpreter(tmp_path, rng):
     assert label[0] == np.argmax(y[0])
 
 
+@pytest.mark.parametrize("op", ["MatMulIntegerToFloat", "DynamicQuantizeMatMul"])
+def test_rule_matmul_integer_to_float_and_dynamic_quantize_matmul(tmp_path, rng, op):
+    """com.microsoft MatMulIntegerToFloat (of DynamicQuantizeLinear(x)) and DynamicQuantizeMatMul
+    on a float graph input: a Dense of the int8 engine with B's integers, bit for bit fastrnn's int8
+    product of them, and onnxruntime's result within TOL (one row per call)."""
+    K, N = 8, 5
+    b = rng.integers(-63, 63, (K, N)).astype(np.int8)  # |b| < 64: see test_dynamic_quantize_matmul
+    sb = rng.uniform(0.01, 0.02, N).astype(np.float32)
+    bias = rng.standard_normal(N).astype(np.float32)
+    inits = [("b", b), ("sb", sb), ("zb", np.zeros(N, np.int8)), ("bias", bias)]
+    if op == "MatMulIntegerToFloat":
+        nodes = [helper.make_node("DynamicQuantizeLinear", ["x"], ["xq", "xs", "xz"]),
+                 helper.make_node(op, ["xq", "b", "xs", "sb", "xz", "zb", "bias"], ["y"], domain="com.microsoft",
+                                  name="head")]
+    else:
+        nodes = [helper.make_node(op, ["x", "b", "sb", "zb", "bias"], ["y"], domain="com.microsoft", name="head")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", F, ["batch", K])],
+                              [helper.make_tensor_value_info("y", F, None)],
+                              initializer=[numpy_helper.from_array(v, n) for n, v in inits])
+    proto = helper.make_model(graph, ir_version=10, opset_imports=[helper.make_opsetid("", 13),
+                                                                   helper.make_opsetid("com.microsoft", 1)])
+    path = tmp_path / "head.onnx"
+    path.write_bytes(proto.SerializeToString())
+    model = fastrnn.load(str(path))
+    assert [type(layer).__name__ for layer in model.layers] == ["Dense"]
+    assert model.metadata["quantized"] == "int8" and model.metadata["onnx_int8"]["exact"] == ["head"]
+    x = rng.standard_normal((4, K)).astype(np.float32)
+    y = model.predict(x)
+    xq, xs = quantize_rows(x)
+    np.testing.assert_array_equal(y, int8_product(xq, xs, np.ascontiguousarray(b.T), sb,
+                                                  np.broadcast_to(bias, (4, N)).astype(np.float32)))
+    sess = ort_session(str(path))
+    for row in range(4):
+        assert np.abs(y[row:row + 1] - sess.run(None, {"x": x[row:row + 1]})[0]).max() < TOL
+
+
 # -- what is refused, and how ----------------------------------------------------------------------
 def test_unknown_microsoft_operator_names_the_node():
     model = _one_node("QAttention", [("x", F)], [("y", F)], domain="com.microsoft", opset=13)
