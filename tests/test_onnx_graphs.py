@@ -530,3 +530,24 @@ def test_every_cell_direction_and_peephole_against_onnxruntime(cell, direction, 
     assert len(got) == len(want)
     for g, w_ in zip(got, want):
         assert_close(g, w_, FRAMEWORK_ATOL, what=f"{cell} {direction} peephole={peephole}")
+
+
+def test_the_names_of_translate_stay_reachable():
+    """translate.py's rules moved into rules_*.py and its value kinds into values.py (issue 27):
+    every name it defined is still fastrnn.formats.onnx.translate.<name>, the same object, and every
+    operator has its rules in the table, the quantized Mul / Cast patterns before the general ones."""
+    from fastrnn.formats.onnx import rules_math, rules_quantized, rules_recurrent, rules_shape, translate, values
+
+    moved = {values: ["Untranslatable", "WrongBatchAxis", "Dim", "BATCH", "Const", "ShapeVec", "Zeros", "SeqLens",
+                      "Quantized", "IntProduct", "ScaleProduct", "Tensor", "BIG", "f32", "_py", "_ints", "_axes_arg"],
+             rules_shape: ["_shapevec", "_fmt", "_groups"], rules_quantized: ["_per_output", "int8_rows"]}
+    for module, names in moved.items():
+        for name in names:
+            assert getattr(translate, name) is getattr(module, name), name
+    for name in ("Boundary", "Translator", "translate", "translate_graph", "batch_axis_guesses", "to_model_inputs",
+                 "to_onnx_output", "_target"):
+        assert callable(getattr(translate, name)), name
+    assert translate.RULES["Mul"] == [rules_quantized.dequantizing_mul, rules_math.arithmetic]
+    assert translate.RULES["Cast"] == [rules_quantized.cast_of_integer_products, rules_shape.cast]
+    assert translate.RULES["LSTM"] == [rules_recurrent.recurrent]
+    assert all(len(rules) == 1 for op, rules in translate.RULES.items() if op not in ("Mul", "Cast"))

@@ -17,7 +17,8 @@ The package, by layer (each module imports only those listed before it):
 - rules_shape.py      shape glue (Shape, Gather, Concat, Reshape, Squeeze / Unsqueeze, Transpose,
                       Slice, Expand, Cast, ...): view changes; Gather on a weight -> Embedding
 - rules_quantized.py  onnxruntime's quantized operators (quantize_dynamic) -> int8 layers keeping
-                      onnxruntime's weight integers (README "onnxruntime-quantized ONNX files")
+                      onnxruntime's weight integers (docs/loading.md "onnxruntime-quantized ONNX
+                      files")
 - translate.py        ONNX nodes -> fastrnn layers and nodes, batch-major: the Translator core
                       (node loop, constant folding, the table of every family's rules, views)
 - session.py          InferenceSession
