@@ -192,7 +192,7 @@ def with_constant(tr, node, t: Tensor, c, op, constant_first):
     if op == "add" and t.ref in tr.dense_no_bias and tr.last_axis_ok(t):
         layer, src = tr.dense_no_bias[t.ref]
         if c.size == layer.output_size and c.shape[-1] == c.size and c.ndim <= len(t.axes):
-            ref = tr.add(node.name, Dense(layer.weight, c.reshape(-1).astype(f32)), [src])[0]
+            ref = tr.add(node.name, Dense(layer.weight, c.reshape(-1).astype(f32), int8=layer.int8), [src])[0]
             return Tensor(ref, tr.shapes[ref], None, list(t.axes), "float32")
     rank = len(t.axes)
     if c.ndim > rank:

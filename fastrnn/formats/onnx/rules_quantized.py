@@ -6,9 +6,10 @@
 - Gather of a quantized table (rules_shape.py's embedding) -> DequantizeLinear -> Embedding of the
   dequantized table.
 
-The float32 weights are onnxruntime's dequantized values and their integers are registered
-(fastrnn.quantize.register_exact_int8): the Model is an int8 model (metadata "quantized") computing
-with onnxruntime's integers (int8_rows).
+The float32 weights are onnxruntime's dequantized values and the layers keep onnxruntime's
+integers beside them (``Dense.int8``, ``DirectionWeights.int8``: fastrnn.layers.Int8Weights made
+by fastrnn.quantize.exact_int8 from int8_rows): the Model is an int8 model (metadata "quantized")
+computing with onnxruntime's integers, in memory, copied, pickled or saved as a native int8 file.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import dataclasses
 import numpy as np
 
 from ...layers import Dense, Embedding, Recurrent
+from ...quantize import exact_int8
 from .recurrent import _reorder
 from .rules_recurrent import recurrent
 from .values import (Const, IntProduct, Quantized, RuleFamily, ScaleProduct, Tensor, Untranslatable, WrongBatchAxis,
@@ -161,28 +163,27 @@ def dynamic_quantize_lstm(tr, node, ins):
     outs = recurrent(tr, fake, fake_ins)
     layers = [n.layer for n in tr.nodes[before:] if isinstance(n.layer, Recurrent)]
     H = int(node.attrs.get("hidden_size", R.shape[2]))
-    arrays, d = [], 0
-    for layer in layers:
-        for dw in layer.directions:
-            for field, (_, q, sc) in (("w_ih", mats["W"][d]), ("w_hh", mats["R"][d])):
-                arrays.append((getattr(dw, field), None if q is None else _reorder(q, "lstm", H),
-                               None if sc is None else _reorder(sc, "lstm", H)))
-            d += 1
-    note_int8(tr, node.name, arrays)
+    fits = all(q is not None for _, q, _ in mats["W"] + mats["R"])
+    if fits:  # each direction keeps onnxruntime's integers, in fastrnn's gate order
+        d = 0
+        for layer in layers:
+            forms = {}
+            for k, dw in enumerate(layer.directions):
+                for field, (_, q, sc) in (("w_ih", mats["W"][d]), ("w_hh", mats["R"][d])):
+                    forms[f"d{k}.{field}"] = exact_int8(getattr(dw, field), _reorder(q, "lstm", H),
+                                                        _reorder(sc, "lstm", H))
+                d += 1
+            layer.set_int8_forms(forms)
+    note_int8(tr, node.name, fits)
     return outs
 
 
-def note_int8(tr, name, arrays):
-    """Register the exact int8 form of each (float32 matrix of a layer, q, scale); q None:
-    the integers did not fit int8 symmetric (they are requantized per row by the int8 rule)."""
-    from ...quantize import register_exact_int8
-
+def note_int8(tr, name, fits):
+    """List the node in the Model's metadata "onnx_int8": under "exact" when its layers keep
+    onnxruntime's integers (their ``int8`` forms), under "requantized" when the integers did not
+    fit int8 symmetric (the int8 rule requantizes those matrices per row)."""
     if tr.int8 is None:
         tr.int8 = {"exact": [], "requantized": []}
-    fits = all(q is not None for _, q, _ in arrays)
-    if fits:
-        for a, q, scale in arrays:
-            register_exact_int8(a, q, scale)
     tr.int8["exact" if fits else "requantized"].append(name)
 
 
@@ -208,9 +209,9 @@ def int8_dense(tr, node, x, weight, zero, scale, bias):
         b = np.asarray(bias, f32).reshape(-1)
         if b.size != N:
             raise Untranslatable(f"{node.where()}: bias of {b.size} values for {N} outputs")
-    layer = Dense(W, b)
+    layer = Dense(W, b, int8=None if q is None else exact_int8(W, q, sc))
     ref = tr.add(node.name, layer, [x.ref])[0]
-    note_int8(tr, node.name, [(layer.weight, q, sc)])
+    note_int8(tr, node.name, q is not None)
     if b is None:
         tr.dense_no_bias[ref] = (layer, x.ref)
     return Tensor(ref, tr.shapes[ref], None, list(x.axes), "float32")
