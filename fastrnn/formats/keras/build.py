@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 
 from ...errors import ModelFormatError, UnsupportedLayerError
-from ...graph import Graph, Input, Node
+from ...graph import Graph, GraphBuilder, Input
 from ...layers import Attention, CustomLayer, Embedding
 from ...layers.custom import call_factory
 from ...model import Model
@@ -41,29 +41,15 @@ class _Context:
         return ModelFormatError(f"layer {entry['name']!r} ({entry['class_name']}): {problem}", self.source)
 
 
-class _Builder:
+class _Builder(GraphBuilder):
     """Collects the graph: inputs, nodes (unique names), one layer object per Keras layer."""
 
     def __init__(self, ctx):
+        super().__init__()
         self.ctx = ctx
         self.inputs = []
-        self.nodes = []
-        self.names = set()
         self.layers = {}  # (weights scope id, layer name) -> converted layer objects
         self.keras_layers = []  # [node name, class name] for the metadata
-
-    def unique(self, name):
-        base, k = name, 1
-        while name in self.names:
-            name = f"{base}_{k}"
-            k += 1
-        self.names.add(name)
-        return name
-
-    def add(self, name, layer, inputs):
-        name = self.unique(name)
-        self.nodes.append(Node(name, layer, list(inputs)))
-        return (name, 0)
 
     def scope(self, weights, entry):
         """The weights of a nested model (one object per nested model: its layers are shared
