@@ -429,12 +429,13 @@ class Plan:
                 if isinstance(x, _Tokens):
                     x, tokens = x.ids, (x.layer, x.ids)
                 state = layer.states_from_inputs(xs, x.shape[0]) if len(xs) > 1 else states[r]
+                mask = ls[0] if layer.use_mask else None
                 if x.shape[0] == 0:
                     y, st = _empty_recurrent(layer, x)
-                elif ls[0] is not None and not is_lengths(ls[0]):
-                    y, st = _masked_recurrent(backend, layer, x, tokens, ls[0], state, threads)
+                elif mask is not None and not is_lengths(mask):
+                    y, st = _masked_recurrent(backend, layer, x, tokens, mask, state, threads)
                 else:
-                    y, st = backend.recurrent(layer, x, ls[0], state, threads=threads, tokens=tokens)
+                    y, st = backend.recurrent(layer, x, mask, state, threads=threads, tokens=tokens)
                 states_out.append(st)
                 r += 1
                 outs = [y] + layer.states_to_outputs(st) if layer.return_state else [y]

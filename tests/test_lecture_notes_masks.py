@@ -384,3 +384,28 @@ def test_lengths_from_mask_still_converts_right_padding_and_explains_left_paddin
     np.testing.assert_array_equal(lengths_from_mask([[1, 1, 0], [0, 0, 0], [1, 1, 1]], "m"), [2, 0, 3])
     with pytest.raises(ValueError, match=r"m: this mask is not right padding \(.*left padding"):
         lengths_from_mask([[0, 1, 1]], "m")
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_keras3_runs_a_layer_given_initial_state_tensors_without_the_mask(tmp_path, bidirectional):
+    """Keras 3 passes a layer its input's mask only when the input is its one tensor argument:
+    a decoder called with initial_state=[h] runs its padding steps too (its returned sequence
+    still carries the mask to the next layer). Keras 2 masked them; fastrnn follows the file."""
+    x, V = padded(WORD_TOKENIZER)
+    h0 = np.random.default_rng(4).normal(size=(len(x), 3)).astype(np.float32)
+    keras.utils.set_random_seed(4)
+    ids, h_in = keras.Input((None,), dtype="int32"), keras.Input((3,))
+    e = L.Embedding(V, 4, mask_zero=True)(ids)
+    gru = L.GRU(3, return_sequences=True, return_state=True)
+    out, *states = (L.Bidirectional(gru)(e, initial_state=[h_in, h_in]) if bidirectional
+                    else gru(e, initial_state=[h_in]))
+    km = keras.Model([ids, h_in], [L.LSTM(2, return_sequences=True)(out)] + states)  # masked again
+    km.save(tmp_path / "decoder.keras")
+    want = km.predict([x, h0], verbose=0)
+    model = fastrnn.load(tmp_path / "decoder.keras")
+    fastrnn.save(model, tmp_path / "decoder.safetensors")
+    for m in (model, fastrnn.load(tmp_path / "decoder.safetensors")):
+        assert [layer.use_mask for layer in m.recurrent_layers] == [False, True]
+        for backend in BACKENDS:
+            for got, w in zip(m.predict([x, h0], backend=backend), want):
+                assert_close(got, w, FRAMEWORK_ATOL, FRAMEWORK_RTOL, backend)

@@ -92,6 +92,9 @@ class Recurrent(Layer):
     return_state: in a graph, the node also outputs the final states, Keras's order: for each
         direction h (B, H_out), then c (B, H) for an LSTM. Its node may take initial states as
         extra inputs in the same order (Keras ``initial_state=[h, c]``).
+    use_mask: False runs every step whatever the mask of the input, which still goes on with a
+        returned sequence (Keras 3 calls a layer given initial_state tensors without its input's
+        mask).
     """
 
     cell: str
@@ -109,6 +112,7 @@ class Recurrent(Layer):
     linear_before_reset: bool = True
     name: str = "recurrent"
     return_state: bool = False
+    use_mask: bool = True
 
     kind = "recurrent"
     num_inputs = None  # x, then optionally the initial states (see return_state)
@@ -250,7 +254,7 @@ class Recurrent(Layer):
 
     def call(self, inputs, lengths=None):
         x = inputs[0]
-        y, state = recurrent(self, x, None if lengths is None else lengths[0],
+        y, state = recurrent(self, x, None if lengths is None or not self.use_mask else lengths[0],
                              self.states_from_inputs(inputs, x.shape[0]))
         return [y] + self.states_to_outputs(state) if self.return_state else y
 
@@ -288,6 +292,7 @@ class Recurrent(Layer):
             "input_forget": self.input_forget,
             "linear_before_reset": self.linear_before_reset,
             "return_state": self.return_state,
+            "use_mask": self.use_mask,
         }
 
     def int8_forms(self):
@@ -322,7 +327,7 @@ class Recurrent(Layer):
             merge_mode=config.str("merge_mode", "concat"), masked_output=config.str("masked_output", "zero"),
             clip=clip, input_forget=config.bool("input_forget", False),
             linear_before_reset=config.bool("linear_before_reset", True), name=name,
-            return_state=config.bool("return_state", False))
+            return_state=config.bool("return_state", False), use_mask=config.bool("use_mask", True))
 
 
 def read_activations(value, where):
