@@ -232,6 +232,8 @@ class Writer:
             elif layer.cell == "lstm":
                 g_act, h_act = layer.activations[1], layer.activations[2]
                 m = "s->tmp" if w_hr is not None else "h"
+                if w_hr is not None:
+                    self.sizes["tmp"] = max(self.sizes.get("tmp", 0), H)
                 c("/* i = f(a_i + p_i c), f = f(a_f + p_f c), g = g(a_g), c' = f c + i g, o = f(a_o + p_o c'),")
                 c("   m = o h(c'); h' = m, or W_hr m with a projection */")
                 c.open(f"for (j = 0; j < {H}; j++)")
@@ -262,6 +264,8 @@ class Writer:
                     c("h[j] = (1.0f - z) * n + z * h[j];")
                     c.close()
                 else:
+                    self.sizes["tmp"] = max(self.sizes.get("tmp", 0), H)
+                    self.sizes["tmp2"] = max(self.sizes.get("tmp2", 0), H)
                     b_hn = "" if b_hh is None else f" + {b_hh}[{2 * H} + j]"
                     c("/* r = f(x_r + h_r), z = f(x_z + h_z), n = g(x_n + W_hn (r * h) + b_hn), h' = (1 - z) n + z h */")
                     c.open(f"for (j = 0; j < {H}; j++)")
@@ -420,15 +424,15 @@ class Writer:
         return "const float *x"
 
     def step_mask_code(self, c):
+        """valid: the step is not padding (only models with a mask have padded steps)."""
         ch = self.chain
         if ch.mask == "zero_id":
             c("valid = !use_mask || token != 0;")
         elif ch.mask == "value":
-            c("valid = !use_mask ? 1 : 0;")
+            c("valid = !use_mask;")
             c(f"for (j = 0; !valid && j < {ch.input_size}; j++)", f"    valid = x[j] != {c_float(ch.mask_value)};")
         else:
             c("(void)use_mask;")
-            c("valid = 1;")
 
     def emit_step(self):
         """run_step: one time step of a causal chain; the public step / predict / generate call it."""
@@ -440,7 +444,10 @@ class Writer:
         red_index = stages.index(reducer) if reducer is not None else None
         c = Code()
         c.depth = 1
-        c("const float *cur;", "int valid;")
+        masked = ch.mask is not None
+        c("const float *cur;")
+        if masked:
+            c("int valid;")
         if ch.takes_tokens:
             rows = ch.input_size
             c(f"if (token < 0 || token >= {rows})", f"    return {self.P}ERR_TOKEN;")
@@ -454,8 +461,7 @@ class Writer:
             if reducer is not None and i > red_index:
                 break
             if i == last_stateful + 1 and (red_index is None):
-                c("s->steps++;")
-                c("if (valid)", "    s->valid_steps++;")
+                self.count_step(c)
                 c("if (!output && !logits)", f"    return {self.P}OK;")
             kind = stage.kind
             tag = self.node_tag(stage)
@@ -474,7 +480,10 @@ class Writer:
                 layer = stage.layer
                 h = f"s->state + {stage.state_offset}"
                 cc = f", s->state + {stage.state_offset + layer.output_size_per_direction}" if layer.cell == "lstm" else ""
-                c(f"if (valid)", f"    {p}{tag}_d0(s, cur, {h}{cc});")
+                if masked:
+                    c("if (valid)", f"    {p}{tag}_d0(s, cur, {h}{cc});")
+                else:
+                    c(f"{p}{tag}_d0(s, cur, {h}{cc});")
                 if stage.reduces:
                     continue
                 if ch.mask is not None:
@@ -507,17 +516,13 @@ class Writer:
                 c(f"cur = {buffers[dst]};")
                 where = dst
         if red_index is not None:
-            c("s->steps++;")
-            c("if (valid)", "    s->valid_steps++;")
+            self.count_step(c)
             c("(void)logits;")
             c("if (output)", f"    {p}finish(s, output);")
             c(f"return {self.P}OK;")
         else:
             if last_stateful == len(stages) - 1:
-                c("s->steps++;")
-                c("if (valid)", "    s->valid_steps++;")
-                if not head_logits:
-                    pass
+                self.count_step(c)
             if self.generation is not None and self.generation["kind"] == "step":
                 kind = self.generation["head"]
                 if kind == "softmax":
@@ -528,10 +533,15 @@ class Writer:
                 c("(void)logits;")
             c("if (output)", f"    for (j = 0; j < {ch.output_size}; j++) output[j] = cur[j];")
             c(f"return {self.P}OK;")
-        self.emit_function(f"/* One time step of the chain: the input, its mask (when use_mask), every layer; the output "
-                           f"(if output is not null) and the logits for generation (if logits is not null). */\n"
+        self.emit_function(f"/* One time step of the chain: the input, its mask (when use_mask), every layer; the\n"
+                           f"   output (if not null) and the logits for generation (if not null). */\n"
                            f"static int {p}run_step(NAME_STATE *s, {self.input_decl()}, int use_mask, float *output, "
                            f"float *logits)", c, uses_j=True)
+
+    def count_step(self, c):
+        c("s->steps++;")
+        if self.chain.mask is not None:
+            c("if (valid)", "    s->valid_steps++;")
 
     def emit_finish(self):
         """finish: the layers after the reduction (a recurrent final state or the last step),
@@ -569,6 +579,8 @@ class Writer:
         c = Code()
         c.depth = 1
         c("int t;")
+        if not layer.return_sequences:
+            c("(void)T; /* the final states: only the L valid steps matter */")
         per = Ho + (H if layer.cell == "lstm" else 0)
         concat = layer.merge_mode == "concat"
         F = layer.output_size
@@ -701,6 +713,8 @@ class Writer:
             c.open("for (t = 0; t < steps; t++)")
             c(f"if (tokens[t] < 0 || tokens[t] >= {ch.input_size})", f"    return {P}ERR_TOKEN;")
             c.close()
+        if ch.mask is None and ch.causal:
+            return
         c("L = steps;")
         if ch.mask == "zero_id":
             c("/* id 0 is padding (mask_zero): only at the end of the sequence, as fastrnn requires */")
@@ -726,10 +740,11 @@ class Writer:
         ch, p, P = self.chain, self.p, self.P
         c = Code()
         c.depth = 1
-        c("int t, L, err;")
+        c("int t, err;" if ch.mask is None else "int t, L, err;")
         c("if (steps < 0)", f"    return {P}ERR_STEPS;")
         self.predict_checks(c)
-        c("(void)L;")
+        if ch.mask is not None:
+            c("(void)L; /* the mask is checked here; the steps see it themselves */")
         arg = "tokens[t]" if ch.takes_tokens else f"x + (long)t * {ch.input_size}"
         if ch.output_per_step:
             c.open("for (t = 0; t < steps; t++)")
@@ -761,7 +776,9 @@ class Writer:
         c.depth = 1
         c(f"for (j = 0; j < {max(ch.state_size, 1)}; j++)", "    s->state[j] = 0.0f;")
         if ch.causal:
-            c("s->steps = 0;", "s->valid_steps = 0;")
+            c("s->steps = 0;")
+            if ch.mask is not None:
+                c("s->valid_steps = 0;")
         self.emit_function(f"void {p}reset(NAME_STATE *s)", c, uses_j=True)
 
     def emit_generate(self):
@@ -894,8 +911,9 @@ class Writer:
              f"recurrent state ({P}STATE_SIZE floats): per recurrent layer, per direction, h then c (LSTM)"),
         ]
         if ch.causal:
-            fields += [("int32_t steps;", "time steps run since reset"),
-                       ("int32_t valid_steps;", "of them, the steps not masked")]
+            fields.append(("int32_t steps;", "time steps run since reset"))
+            if ch.mask is not None:
+                fields.append(("int32_t valid_steps;", "of them, the steps not masked"))
         if ch.reducer is not None and ch.reducer.kind == "select" and ch.causal:
             fields.append((f"float last[{ch.reducer.out_size}];", "the last step's vector (the Select)"))
         if self.generation is not None:
@@ -905,9 +923,11 @@ class Writer:
         fields.append((f"float work[2][{fmax}];", "work buffers (not state): the vectors between layers"))
         if sz["gates"]:
             fields += [(f"float gates_x[{sz['gates']}];", "work: W_ih x + b_ih of a recurrent step"),
-                       (f"float gates_h[{sz['gates']}];", "work: W_hh h + b_hh of a recurrent step"),
-                       (f"float tmp[{sz['hidden']}];", "work: LSTM o * h(c') before the projection, GRU r * h"),
-                       (f"float tmp2[{sz['hidden']}];", "work: GRU z (reset before the product)")]
+                       (f"float gates_h[{sz['gates']}];", "work: W_hh h + b_hh of a recurrent step")]
+        if sz.get("tmp"):
+            fields.append((f"float tmp[{sz['tmp']}];", "work: LSTM o * h(c') before its projection, GRU r * h"))
+        if sz.get("tmp2"):
+            fields.append((f"float tmp2[{sz['tmp2']}];", "work: GRU z, kept while W_hn (r * h) is computed"))
         if self.int8:
             fields += [(f"int8_t xq[{max(sz['mv_k'], 1)}];", "work: an activation row quantized to int8"),
                        (f"int32_t acc[{max(sz['mv_n'], 1)}];", "work: exact int8 sums")]
