@@ -84,7 +84,8 @@ def export_c(model, out_dir, name=None, weights=None, example=False, max_steps=N
         raise TypeError(f"export_c needs a fastrnn.Model, got {type(model).__name__}")
     weights = resolve_weights(model, weights)
     name = check_name(name if name is not None else identifier(model.name))
-    runs = model if weights == "float32" or (model.metadata or {}).get("quantized") == "int8" else model.quantize("int8")
+    is_int8 = (model.metadata or {}).get("quantized") == "int8"
+    runs = model if weights == "float32" or is_int8 else model.quantize("int8")  # the model the C computes
     chain = read_chain(runs)
     if max_steps is None:
         max_steps = chain.fixed_steps or DEFAULT_MAX_STEPS

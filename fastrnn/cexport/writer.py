@@ -18,7 +18,7 @@ import re
 
 import numpy as np
 
-from ..layers.recurrent import CELL_GATES
+from ..graph import type_name
 from . import runtime
 from .chain import Chain
 from .ctext import array_body, c_comment, c_float, c_string
@@ -101,7 +101,7 @@ class Writer:
         self.used = set()
         self.arrays = []  # (name, text)
         self.funcs = []  # C text of the static functions, in order
-        self.sizes = {"mv_n": 0, "mv_k": 0, "gates": 0, "hidden": 0}
+        self.sizes = {"mv_n": 0, "mv_k": 0, "gates": 0}  # work buffers the struct needs
 
     # -- arrays ---------------------------------------------------------------------------------
     def array(self, name, ctype, values, comment):
@@ -169,8 +169,9 @@ class Writer:
     def node_tag(self, stage):
         return f"n{stage.index}"
 
-    def emit_function(self, head, body_code, uses_j=False, uses_s=True):
-        """A static function: ``head`` its signature, body_code a Code."""
+    def emit_function(self, head, body_code, uses_s=True):
+        """A function: ``head`` its comment and signature, ``body_code`` a Code; ``int j`` is declared
+        when the body uses it, and ``s`` voided when the signature has it but the body does not."""
         text = body_code.text()
         lines = [head, "{"]
         if re.search(r"\bj\b", text):
@@ -181,8 +182,7 @@ class Writer:
         self.funcs.append("\n".join(lines) + ("\n" + body if body else "") + "\n}\n")
 
     def stage_comment(self, stage):
-        layer = stage.layer
-        return f"node {c_comment(stage.name)!r} ({c_comment(type(layer).__name__ if not hasattr(layer, 'type_name') else layer.type_name())})"
+        return f"node {c_comment(stage.name)!r} ({c_comment(type_name(stage.layer))})"
 
     def emit_recurrent(self, stage):
         layer = stage.layer
@@ -190,7 +190,6 @@ class Writer:
         p = self.p
         H, Ho, G, I = layer.hidden_size, layer.output_size_per_direction, layer.gates, layer.input_size
         self.sizes["gates"] = max(self.sizes["gates"], G * H)
-        self.sizes["hidden"] = max(self.sizes["hidden"], H)
         f_act = layer.activations[0]
         clip = None if layer.clip is None else c_float(layer.clip)
         if clip is not None:
@@ -267,7 +266,8 @@ class Writer:
                     self.sizes["tmp"] = max(self.sizes.get("tmp", 0), H)
                     self.sizes["tmp2"] = max(self.sizes.get("tmp2", 0), H)
                     b_hn = "" if b_hh is None else f" + {b_hh}[{2 * H} + j]"
-                    c("/* r = f(x_r + h_r), z = f(x_z + h_z), n = g(x_n + W_hn (r * h) + b_hn), h' = (1 - z) n + z h */")
+                    c("/* r = f(x_r + h_r), z = f(x_z + h_z), n = g(x_n + W_hn (r * h) + b_hn),",
+                      "   h' = (1 - z) n + z h */")
                     c.open(f"for (j = 0; j < {H}; j++)")
                     c(f"const float r = {self.act(f_act, clipped('gx[j] + gh[j]'))};")
                     c(f"s->tmp2[j] = {self.act(f_act, clipped(f'gx[{H} + j] + gh[{H} + j]'))};")
@@ -296,7 +296,8 @@ class Writer:
         if b:
             c(f"for (j = 0; j < {layer.output_size}; j++)", f"    y[j] += {b}[j];")
         self.emit_function(f"/* {what}: y ({layer.output_size}) = W x + b */\n"
-                           f"static void {self.p}{tag}_affine(NAME_STATE *s, const float *restrict x, float *restrict y)", c)
+                           f"static void {self.p}{tag}_affine(NAME_STATE *s, const float *restrict x, "
+                           "float *restrict y)", c)
         if layer.activation != "linear":
             from ..activations import Activation as Fn
 
@@ -445,7 +446,7 @@ class Writer:
         c = Code()
         c.depth = 1
         masked = ch.mask is not None
-        c("const float *cur;")
+        c("const float *cur;" if ch.takes_tokens else "const float *cur = x;")
         if masked:
             c("int valid;")
         if ch.takes_tokens:
@@ -453,8 +454,7 @@ class Writer:
             c(f"if (token < 0 || token >= {rows})", f"    return {self.P}ERR_TOKEN;")
         self.step_mask_code(c)
         buffers = ["s->work[0]", "s->work[1]"]
-        where = None  # index of the work buffer cur points into, or None
-        cur_set = False
+        where = None  # index of the work buffer cur points into (None: the input or the state)
         head = stages[-1]
         head_logits = (self.generation is not None and self.generation["kind"] == "chain")
         for i, stage in enumerate(stages):
@@ -469,17 +469,15 @@ class Writer:
                 dst = 0 if where != 0 else 1
                 c(f"{p}{tag}(token, {buffers[dst]});")
                 c(f"cur = {buffers[dst]};")
-                where, cur_set = dst, True
+                where = dst
             elif kind == "masking":
-                c("cur = x;")
-                where, cur_set = None, True
+                continue  # the mask is read from the input above
             elif kind == "recurrent":
-                if not cur_set:
-                    c("cur = x;")
-                    cur_set = True
                 layer = stage.layer
                 h = f"s->state + {stage.state_offset}"
-                cc = f", s->state + {stage.state_offset + layer.output_size_per_direction}" if layer.cell == "lstm" else ""
+                cc = ""
+                if layer.cell == "lstm":
+                    cc = f", s->state + {stage.state_offset + layer.output_size_per_direction}"
                 if masked:
                     c("if (valid)", f"    {p}{tag}_d0(s, cur, {h}{cc});")
                 else:
@@ -502,14 +500,8 @@ class Writer:
                     c(f"cur = {h};")
                     where = None
             elif kind == "select":
-                if not cur_set:
-                    c("cur = x;")
-                    cur_set = True
                 c(f"for (j = 0; j < {stage.out_size}; j++)", "    s->last[j] = cur[j];")
             else:
-                if not cur_set:
-                    c("cur = x;")
-                    cur_set = True
                 dst = 0 if where != 0 else 1
                 is_head = stage is head and head_logits
                 self.vector_stage(c, stage, "cur", buffers[dst], "logits" if is_head else None)
@@ -536,7 +528,7 @@ class Writer:
         self.emit_function(f"/* One time step of the chain: the input, its mask (when use_mask), every layer; the\n"
                            f"   output (if not null) and the logits for generation (if not null). */\n"
                            f"static int {p}run_step(NAME_STATE *s, {self.input_decl()}, int use_mask, float *output, "
-                           f"float *logits)", c, uses_j=True)
+                           f"float *logits)", c)
 
     def count_step(self, c):
         c("s->steps++;")
@@ -567,7 +559,7 @@ class Writer:
         c(f"for (j = 0; j < {ch.output_size}; j++)", "    output[j] = cur[j];")
         self.emit_function(f"/* The layers after the time axis ends, from the reduced vector to the output "
                            f"({ch.output_size}) */\nstatic void {p}finish(NAME_STATE *s, float *output)", c,
-                           uses_j=True)
+                           )
 
     # -- whole sequences (chains with a layer that runs backward in time) ------------------------------
     def emit_sequence_recurrent(self, stage):
@@ -605,7 +597,8 @@ class Writer:
             if layer.return_sequences:
                 hold = layer.masked_output == "hold" and not backward and D == 1
                 value = f"(L > 0 ? ({h})[j] : 0.0f)" if hold else "0.0f"
-                c("for (t = L; t < T; t++)", f"    for (j = 0; j < {Ho}; j++) {out}[(long)t * {stride} + {off} + j] = {value};")
+                c("for (t = L; t < T; t++)",
+                  f"    for (j = 0; j < {Ho}; j++) {out}[(long)t * {stride} + {off} + j] = {value};")
                 if layer.go_backwards:
                     c("/* go_backwards: output t is step t of the reversed scan */")
                     c.open("for (t = 0; t < T / 2; t++)")
@@ -640,7 +633,7 @@ class Writer:
         out_desc = f"y (T, {F})" if layer.return_sequences else f"y ({F})"
         self.emit_function(f"/* {self.stage_comment(stage)} over a whole sequence: x (T, {I}) with L valid steps -> "
                            f"{out_desc} */\nstatic void {p}{tag}_sequence(NAME_STATE *s, const float *x, int T, int L, "
-                           f"float *y)", c, uses_j=True)
+                           f"float *y)", c)
 
     def emit_predict_sequence(self):
         """predict for a chain that is not causal: every stage over the whole sequence."""
@@ -704,7 +697,7 @@ class Writer:
         n = f"(long)steps * {ch.output_size}" if ch.output_per_step else str(ch.output_size)
         c(f"for (t = 0; t < {n}; t++)", "    outputs[t] = cur[t];")
         c(f"return {P}OK;")
-        self.emit_function(self.predict_head(), c, uses_j=True)
+        self.emit_function(self.predict_head(), c)
 
     def predict_checks(self, c):
         """Validate every token id and the mask before anything runs; L = the valid steps."""
@@ -760,7 +753,7 @@ class Writer:
                 c("if (s->steps < 1)", f"    return {P}ERR_STEPS;")
             c(f"{p}finish(s, outputs);")
         c(f"return {P}OK;")
-        self.emit_function(self.predict_head(), c, uses_j=True, uses_s=False)
+        self.emit_function(self.predict_head(), c, uses_s=False)
 
     def emit_public_step(self):
         p = self.p
@@ -779,7 +772,7 @@ class Writer:
             c("s->steps = 0;")
             if ch.mask is not None:
                 c("s->valid_steps = 0;")
-        self.emit_function(f"void {p}reset(NAME_STATE *s)", c, uses_j=True)
+        self.emit_function(f"void {p}reset(NAME_STATE *s)", c)
 
     def emit_generate(self):
         g, p, P = self.generation, self.p, self.P
@@ -818,8 +811,8 @@ class Writer:
             f("s->onehot[token] = 1.0f;")
             f(f"return {p}run_step(s, s->onehot, 0, 0, logits);")
         self.emit_function(f"static int {p}feed(NAME_STATE *s, int32_t token, float *logits)", f, uses_s=False)
-        self.emit_function(f"int {p}generate(NAME_STATE *s, const int32_t *prompt, int prompt_length, int max_new_tokens,"
-                           f" double temperature, uint64_t *rng, int32_t *out)", c, uses_s=False)
+        self.emit_function(f"int {p}generate(NAME_STATE *s, const int32_t *prompt, int prompt_length, "
+                           "int max_new_tokens, double temperature, uint64_t *rng, int32_t *out)", c, uses_s=False)
 
     def emit_text(self):
         """Tokens (decode), the encoder table (encode) and, for classifiers, the labels."""
@@ -828,8 +821,8 @@ class Writer:
         vocab = self.vocab
         if vocab is not None:
             toks = ",\n    ".join(c_string(t) for t in vocab.tokens)
-            out.append(f"/* the vocabulary: token i is id i (UTF-8) */\nstatic const char *const {p}tokens[{len(vocab)}] = "
-                       f"{{\n    {toks}\n}};\n")
+            out.append(f"/* the vocabulary: token i is id i (UTF-8) */\n"
+                       f"static const char *const {p}tokens[{len(vocab)}] = {{\n    {toks}\n}};\n")
             c = Code()
             c.depth = 1
             c(f"return id >= 0 && id < {len(vocab)} ? {p}tokens[id] : 0;")
@@ -887,10 +880,9 @@ class Writer:
             for stage in ch.stages:
                 if stage.kind == "recurrent":
                     self.emit_sequence_recurrent(stage)
-        if ch.reducer is not None and (ch.causal or ch.stages.index(ch.reducer) < len(ch.stages) - 1 or True):
-            if ch.causal:
-                self.emit_finish()
         if ch.causal:
+            if ch.reducer is not None:
+                self.emit_finish()
             self.emit_step()
             self.emit_public_step()
             self.emit_predict_causal()
@@ -949,8 +941,9 @@ class Writer:
         add = lines.append
         add(f"/* {name}.h: the model {c_comment(self.source)!r} as dependency-free C99, written by fastrnn export-c.")
         add(" *")
-        add(f" * Weights: {self.weights}" + (" (fastrnn's int8 rule: one scale per output row; activations "
-                                            "quantized per product)" if self.int8 else " (the model's own values)") + ".")
+        kind = (" (fastrnn's int8 rule: one scale per output row; activations quantized per product)" if self.int8
+                else " (the model's own values)")
+        add(f" * Weights: {self.weights}{kind}.")
         add(" * Layers: " + c_comment(" -> ".join(_stage_desc(s) for s in ch.stages)) + ".")
         add(" * The model is read-only (static const arrays in the .c); everything that changes lives in a")
         add(f" * {name}_state struct the caller owns: one per stream, no dynamic memory, no globals. Needs <math.h>")
@@ -962,7 +955,8 @@ class Writer:
         add("#include <stdint.h>")
         add("")
         consts = [
-            (f"{P}INPUT_SIZE", ch.input_size, "token ids 0 .. INPUT_SIZE-1" if ch.takes_tokens else "features per step"),
+            (f"{P}INPUT_SIZE", ch.input_size,
+             "token ids 0 .. INPUT_SIZE-1" if ch.takes_tokens else "features per step"),
             (f"{P}OUTPUT_SIZE", ch.output_size, ("outputs per step" if ch.output_per_step else
                                                   "outputs per sequence (after its last step)")),
             (f"{P}OUTPUT_PER_STEP", int(ch.output_per_step), "1: predict writes steps * OUTPUT_SIZE floats"),
@@ -1003,34 +997,37 @@ class Writer:
         add(f"void {p}reset({name}_state *s);")
         if ch.causal:
             add("")
-            add("/* One time step: feed one " + ("token id" if ch.takes_tokens else f"vector x ({ch.input_size})")
-                + f" and write the output ({ch.output_size} floats) unless output is 0 (cheaper: the layers after")
-            add(" * the last recurrent one are skipped)." + ("" if ch.output_per_step else
-                " The output is the model's as if the sequence ended at this step."))
+            fed = "token id" if ch.takes_tokens else f"vector x ({ch.input_size})"
+            add(f"/* One time step: feed one {fed} and write the output ({ch.output_size} floats), unless output")
+            add(" * is 0 (cheaper: the layers after the last recurrent one are skipped).")
+            if not ch.output_per_step:
+                add(" * The output is the model's for the sequence ending at this step.")
             if ch.mask:
                 add(" * A masked step (" + ("id 0" if ch.mask == "zero_id" else "every feature equal to the mask value")
                     + ") leaves the state as it is, as fastrnn does with padding.")
             add(f" * Returns {P}OK or {P}ERR_TOKEN. */")
             add(f"int {p}step({name}_state *s, {x_decl}, float *output);")
         add("")
-        add("/* A sequence of steps " + ("tokens" if ch.takes_tokens else f"x (steps, {ch.input_size})")
-            + " from the current state (call reset first for a new")
-        add(" * sequence); outputs: " + (f"(steps, {ch.output_size})" if ch.output_per_step else f"({ch.output_size}), "
-                                       "the output after the last step") + ". As Model.predict of one sequence,")
-        add(" * with initial_state = the struct's state; the final states are left in it.")
-        if not ch.causal:
-            add(f" * At most {P}MAX_STEPS steps; each call is one whole sequence.")
-        add(f" * Returns {P}OK, {P}ERR_TOKEN, {P}ERR_MASK or {P}ERR_STEPS; nothing runs when an input is refused. */")
+        inputs = "tokens (steps ids)" if ch.takes_tokens else f"x (steps, {ch.input_size})"
+        outputs = (f"outputs (steps, {ch.output_size})" if ch.output_per_step
+                   else f"outputs ({ch.output_size}): the output after the last step")
+        add(f"/* Run a sequence, {inputs}, from the current state (reset first for a new sequence);")
+        add(f" * {outputs}. As Model.predict of one sequence with initial_state = the struct's")
+        add(" * state; the final states are left in it." + ("" if ch.causal else
+            f" At most {P}MAX_STEPS steps; each call is one whole sequence."))
+        add(f" * Returns {P}OK, {P}ERR_TOKEN, {P}ERR_MASK or {P}ERR_STEPS; nothing runs when an input")
+        add(" * is refused. */")
         add(f"int {p}predict({name}_state *s, {xs_decl}, int steps, float *outputs);")
         if self.generation is not None:
             add("")
-            add("/* Continue the prompt (prompt_length >= 1 ids) by max_new_tokens ids written to out, from the current")
-            add(" * state: temperature 0 is greedy (Model.generate(..., temperature=0)); above 0, samples with")
-            add(" * SplitMix64 seeded by *rng (the same draws as Model.generate(..., seed=*rng); top-k, top-p and the")
-            add(" * repetition penalty off); *rng advances. The last token out has not been fed: pass it in the next")
-            add(f" * prompt to continue. Returns the number of tokens written, or {P}ERR_ARGUMENT / _TOKEN / _LOGITS. */")
-            add(f"int {p}generate({name}_state *s, const int32_t *prompt, int prompt_length, int max_new_tokens, "
-                "double temperature, uint64_t *rng, int32_t *out);")
+            add("/* Continue a prompt (prompt_length >= 1 ids) by max_new_tokens ids written to out, from the current")
+            add(" * state. temperature 0: greedy, as Model.generate(prompt, n, temperature=0). Above 0: sampled with")
+            add(" * SplitMix64 from *rng, the draws of Model.generate(prompt, n, temperature=T, seed=*rng) (top-k,")
+            add(" * top-p and the repetition penalty off); *rng advances. The last id in out has not been fed: start")
+            add(" * the next prompt with it to continue. Returns the number of ids written, or")
+            add(f" * {P}ERR_ARGUMENT, {P}ERR_TOKEN or {P}ERR_LOGITS. */")
+            add(f"int {p}generate({name}_state *s, const int32_t *prompt, int prompt_length, int max_new_tokens,")
+            add(" " * len(f"int {p}generate(") + "double temperature, uint64_t *rng, int32_t *out);")
         if self.vocab is not None:
             add("")
             add(f"/* The text of token id (UTF-8; 0 when id is out of range). Tokens join with "
@@ -1051,7 +1048,8 @@ class Writer:
 
     def source_text(self, text_tables):
         name = self.name
-        parts = [f"/* {name}.c: written by fastrnn export-c; see {name}.h. Generated: edit the model, not this file. */\n",
+        parts = [f"/* {name}.c: written by fastrnn export-c; see {name}.h. Generated: change the model, not this "
+                 "file. */\n",
                  "#include <math.h>\n", f"#include \"{name}.h\"\n\n"]
         parts.append("/* ---- weights ---- */\n\n")
         parts.extend(a + "\n" for a in self.arrays)
