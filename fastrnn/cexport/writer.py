@@ -900,7 +900,7 @@ class Writer:
         fmax = max([ch.input_size if not ch.takes_tokens else 1] + [s.out_size for s in ch.stages] + [1])
         fields = [
             (f"float state[{max(ch.state_size, 1)}];",
-             f"recurrent state ({P}STATE_SIZE floats): per recurrent layer, per direction, h then c (LSTM)"),
+             "recurrent state: per recurrent layer, per direction, h then c (LSTM)"),
         ]
         if ch.causal:
             fields.append(("int32_t steps;", "time steps run since reset"))
