@@ -589,6 +589,49 @@ def test_internal_layers_peepholes_clip_activations(workdir):
     check_predict(exq, q, x, tol=INT8, backend="numpy", what="internal int8")
 
 
+def test_internal_layers_backward_in_time(workdir):
+    """Whole-sequence layers: a reverse RNN (the ONNX backward direction), a bidirectional LSTM with
+    a projection merged by mul, a bidirectional GRU's final states averaged; float32 and int8."""
+    rng = np.random.default_rng(11)
+    layers = [random_recurrent(rng, "rnn", input_size=4, hidden_size=6, reverse=True, name="rev"),
+              random_recurrent(rng, "lstm", input_size=6, hidden_size=7, proj_size=3, bidirectional=True,
+                               merge_mode="mul", name="bi_proj"),
+              random_recurrent(rng, "gru", input_size=3, hidden_size=5, bidirectional=True, merge_mode="ave",
+                               return_sequences=False, name="bi_gru"),
+              Dense(rng.standard_normal((2, 5)).astype(np.float32), rng.standard_normal(2).astype(np.float32),
+                    "softmax", name="head")]
+    model = fastrnn.Model(layers, name="backward")
+    ex = Exported(model, workdir / "backward", "backward")
+    x = rng.standard_normal((10, 4)).astype(np.float32)
+    check_predict(ex, model, x, what="backward in time")
+    check_predict(ex, model, x, state=rng.standard_normal(ex.state_size).astype(np.float32) * 0.5,
+                  what="backward in time, from a state")
+    assert ex.run(x, mode=1)[0] == 99  # the harness: this model has no step (NAME_CAN_STEP 0)
+    exq = Exported(model, workdir / "backward_i8", "backward", weights="int8")
+    check_predict(exq, model.quantize("int8"), x, tol=INT8, backend="numpy", what="backward in time, int8")
+
+
+def test_masking_features_step_by_step(workdir):
+    """A Masking layer on features in a causal chain: a step whose features are all the mask value
+    leaves the state alone in step and predict; Keras's "hold" output repeats the last valid one."""
+    rng = np.random.default_rng(12)
+    lstm = random_recurrent(rng, "lstm", input_size=3, hidden_size=5, masked_output="hold", name="lstm")
+    model = fastrnn.Model([fastrnn.Masking(0.5, name="mask"), lstm,
+                           Dense(rng.standard_normal((2, 5)).astype(np.float32), None, "tanh", name="out")],
+                          name="masked")
+    ex = Exported(model, workdir / "masked", "masked")
+    x = rng.standard_normal((8, 3)).astype(np.float32)
+    padded = np.concatenate([x, np.full((3, 3), 0.5, np.float32)])
+    out = check_predict(ex, model, padded, what="masked features")
+    rc, steps, _ = ex.run(padded, mode=1)
+    assert rc == 0
+    np.testing.assert_array_equal(steps, out)
+    assert_close(out[8:], np.repeat(out[7:8], 3, axis=0), what="hold", **FLOAT)
+    hole = padded.copy()
+    hole[2] = 0.5
+    assert ex.run(hole)[0] == -2
+
+
 def test_two_models_link_into_one_program(workdir, keras_exported, torch_exported):
     """Every symbol is prefixed by NAME: two exported models build into one program."""
     a, b = keras_exported["k_char"], torch_exported["t_proj"]

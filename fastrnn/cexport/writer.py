@@ -487,7 +487,7 @@ class Writer:
                 if ch.mask is not None:
                     dst = 0 if where != 0 else 1
                     hold = layer.masked_output == "hold"
-                    cond = "valid || s->valid_steps > 0" if hold else "valid"
+                    cond = "valid || s->stepped_valid" if hold else "valid"
                     c.open(f"if ({cond})")
                     c(f"cur = {h};")
                     c.close(" else {")
@@ -531,9 +531,10 @@ class Writer:
                            f"float *logits)", c)
 
     def count_step(self, c):
-        c("s->steps++;")
+        """Flags, not counters: a stream may run for days (a counter would overflow)."""
+        c("s->stepped = 1;")
         if self.chain.mask is not None:
-            c("if (valid)", "    s->valid_steps++;")
+            c("if (valid)", "    s->stepped_valid = 1;")
 
     def emit_finish(self):
         """finish: the layers after the reduction (a recurrent final state or the last step),
@@ -750,7 +751,7 @@ class Writer:
             c("if (err)", "    return err;")
             c.close()
             if ch.reducer.kind == "select":
-                c("if (s->steps < 1)", f"    return {P}ERR_STEPS;")
+                c("if (!s->stepped)", f"    return {P}ERR_STEPS;")
             c(f"{p}finish(s, outputs);")
         c(f"return {P}OK;")
         self.emit_function(self.predict_head(), c, uses_s=False)
@@ -769,9 +770,9 @@ class Writer:
         c.depth = 1
         c(f"for (j = 0; j < {max(ch.state_size, 1)}; j++)", "    s->state[j] = 0.0f;")
         if ch.causal:
-            c("s->steps = 0;")
+            c("s->stepped = 0;")
             if ch.mask is not None:
-                c("s->valid_steps = 0;")
+                c("s->stepped_valid = 0;")
         self.emit_function(f"void {p}reset(NAME_STATE *s)", c)
 
     def emit_generate(self):
@@ -903,9 +904,9 @@ class Writer:
              "recurrent state: per recurrent layer, per direction, h then c (LSTM)"),
         ]
         if ch.causal:
-            fields.append(("int32_t steps;", "time steps run since reset"))
+            fields.append(("int32_t stepped;", "1 once a step has run since reset"))
             if ch.mask is not None:
-                fields.append(("int32_t valid_steps;", "of them, the steps not masked"))
+                fields.append(("int32_t stepped_valid;", "1 once a step not masked has run since reset"))
         if ch.reducer is not None and ch.reducer.kind == "select" and ch.causal:
             fields.append((f"float last[{ch.reducer.out_size}];", "the last step's vector (the Select)"))
         if self.generation is not None:
