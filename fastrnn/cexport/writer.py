@@ -588,18 +588,19 @@ class Writer:
                     out, stride, off = "y", 2 * Ho, d * Ho
                 else:
                     out, stride, off = ("y" if d == 0 else "s->seq_dir"), Ho, 0
+                at = f"(long)t * {stride} + {off} + j" if off else f"(long)t * {stride} + j"
             c(f"/* direction {d}: {'from the last valid step back to step 0' if backward else 'steps 0 .. L-1'} */")
             loop = "for (t = L - 1; t >= 0; t--)" if backward else "for (t = 0; t < L; t++)"
             c.open(loop)
             c(f"{p}{tag}_d{d}(s, x + (long)t * {I}, {h}{cc});")
             if layer.return_sequences:
-                c(f"for (j = 0; j < {Ho}; j++)", f"    {out}[(long)t * {stride} + {off} + j] = ({h})[j];")
+                c(f"for (j = 0; j < {Ho}; j++)", f"    {out}[{at}] = ({h})[j];")
             c.close()
             if layer.return_sequences:
                 hold = layer.masked_output == "hold" and not backward and D == 1
                 value = f"(L > 0 ? ({h})[j] : 0.0f)" if hold else "0.0f"
                 c("for (t = L; t < T; t++)",
-                  f"    for (j = 0; j < {Ho}; j++) {out}[(long)t * {stride} + {off} + j] = {value};")
+                  f"    for (j = 0; j < {Ho}; j++) {out}[{at}] = {value};")
                 if layer.go_backwards:
                     c("/* go_backwards: output t is step t of the reversed scan */")
                     c.open("for (t = 0; t < T / 2; t++)")
