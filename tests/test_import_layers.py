@@ -219,7 +219,7 @@ def test_features_never_import_model_formats_or_the_top():
     assert {"fastrnn.generate.decode", "fastrnn.classify.classifier", "fastrnn.quantize"} <= set(edges["fastrnn.model"])
 
 
-@pytest.mark.parametrize("package", ["fastrnn.generate", "fastrnn.classify", "fastrnn.cexport"])
+@pytest.mark.parametrize("package", ["fastrnn.generate", "fastrnn.classify", "fastrnn.formats.keras", "fastrnn.cexport"])
 def test_package_modules_import_only_those_listed_before_them(package):
     """The package docstring lists its modules by layer: each imports only modules listed above it."""
     import importlib
@@ -232,6 +232,7 @@ def test_package_modules_import_only_those_listed_before_them(package):
     edges = import_edges(mods, "fastrnn")
     upward = [(m, t) for i, m in enumerate(order) for t in edges[m] if t in order[i:]]
     assert not upward, f"imports of modules listed later in {package}'s docstring: {upward}"
+    assert package not in {t for m in order for t in edges[m]}, f"a module of {package} imports its __init__"
 
 
 def test_c_export_sits_above_model_and_below_the_top():

@@ -11,7 +11,7 @@
   MatMulInteger, com.microsoft MatMulIntegerToFloat / DynamicQuantizeMatMul).
 
 onnxruntime-quantized files (quantize_dynamic) load as int8 Models keeping onnxruntime's weight
-integers (translate.py; README "onnxruntime-quantized ONNX files").
+integers (translate.py; docs/loading.md "onnxruntime-quantized ONNX files").
 - session.py: InferenceSession.
 
 The Model takes batch-major inputs named as the graph's (token ids as int64, features as float32;
