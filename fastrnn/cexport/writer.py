@@ -93,14 +93,14 @@ class Writer:
         self.int8 = weights == "int8"
         self.weights = weights
         self.max_steps = max_steps
-        self.generation = generation  # None or dict(kind="chain"|"step", vocab_size, table_rows, head, onehot)
-        self.classifier = classifier  # None or dict(labels, activation, unknown_threshold, unk)
+        self.generation = generation  # None or dict(kind="chain"|"step", vocab_size, table_rows, head)
+        self.classifier = classifier  # None or dict(labels, activation, outputs, unknown_threshold)
         self.table = table  # fastrnn.cexport.text.CodeTable or None
         self.vocab = model.vocabulary
         self.source = source or model.name
         self.used = set()
-        self.arrays = []  # (name, text)
-        self.funcs = []  # C text of the static functions, in order
+        self.arrays = []  # C text of the weight and table arrays, in order
+        self.funcs = []  # C text of the functions, in order
         self.sizes = {"mv_n": 0, "mv_k": 0, "gates": 0}  # work buffers the struct needs
 
     # -- arrays ---------------------------------------------------------------------------------
