@@ -194,7 +194,7 @@ def main(argv=None):
     ap.add_argument("-r", "--repeats", type=int, default=7)
     ap.add_argument("--cc", default="cc", help="C compiler (default cc)")
     ap.add_argument("--cflags", default="-O2", help="compiler flags (default -O2, the documented line; e.g. "
-                                                    "\"-O3 -march=native\" to let GCC vectorize the int8 products)")
+                                                    "\"-O3 -march=native\" for the core's widest vectors)")
     ap.add_argument("--weights", nargs="+", default=["float32", "int8"], choices=["float32", "int8"])
     args = ap.parse_args(argv)
     fastrnn.set_num_threads(1)

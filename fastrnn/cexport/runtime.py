@@ -31,31 +31,33 @@ def closure(names):
 
 
 snippet("mv", r"""
-/* y (N) = W x, W (N, K) stored transposed as w (K, N): y[n] = sum over k = 0..K-1 of w[k][n] x[k],
-   summed in that order; the unrolled rows let the compiler use vector registers (-O2). */
+/* y (N) = W x, W (N, K) stored transposed as w (K, N): y[n] = sum over k of w[k][n] x[k], four
+   columns k at a time (y is read and written once per four); the constant-size blocks of 8
+   outputs let compilers use vector registers at -O2. */
 static void $p_mv(const float *restrict w, const float *restrict x, int K, int N, float *restrict y)
 {
-    int k, n;
+    int k, n, i;
     for (n = 0; n < N; n++)
         y[n] = 0.0f;
-    for (k = 0; k < K; k++) {
+    for (k = 0; k + 4 <= K; k += 4) {
+        const float x0 = x[k], x1 = x[k + 1], x2 = x[k + 2], x3 = x[k + 3];
+        const float *restrict w0 = w + (long)k * N, *restrict w1 = w0 + N, *restrict w2 = w1 + N,
+                    *restrict w3 = w2 + N;
+        for (n = 0; n + 8 <= N; n += 8)
+            for (i = 0; i < 8; i++)
+                y[n + i] += w0[n + i] * x0 + w1[n + i] * x1 + w2[n + i] * x2 + w3[n + i] * x3;
+        for (; n < N; n++)
+            y[n] += w0[n] * x0 + w1[n] * x1 + w2[n] * x2 + w3[n] * x3;
+    }
+    for (; k < K; k++) {
         const float xk = x[k];
         const float *restrict wk = w + (long)k * N;
-        for (n = 0; n + 8 <= N; n += 8) {
-            y[n] += wk[n] * xk;
-            y[n + 1] += wk[n + 1] * xk;
-            y[n + 2] += wk[n + 2] * xk;
-            y[n + 3] += wk[n + 3] * xk;
-            y[n + 4] += wk[n + 4] * xk;
-            y[n + 5] += wk[n + 5] * xk;
-            y[n + 6] += wk[n + 6] * xk;
-            y[n + 7] += wk[n + 7] * xk;
-        }
-        for (; n < N; n++)
+        for (n = 0; n < N; n++)
             y[n] += wk[n] * xk;
     }
 }
 """)
+
 
 snippet("quantize_row", r"""
 /* fastrnn's int8 rule for one activation row x (K) -> xq (K) and its scale (returned):
@@ -90,17 +92,18 @@ snippet("mv_i8", r"""
 static void $p_mv_i8(const int8_t *restrict q, const float *restrict scale, const float *restrict x, int K, int N,
                      float *restrict y, int8_t *restrict xq, int32_t *restrict acc)
 {
-    int k, n;
+    int k, n, i;
     const float xs = $p_quantize_row(x, K, xq);
     for (n = 0; n < N; n++)
         acc[n] = 0;
     for (k = 0; k < K; k++) {
         const int32_t xk = xq[k];
         const int8_t *restrict qk = q + (long)k * N;
-        if (xk == 0)
-            continue;
-        for (n = 0; n < N; n++)
-            acc[n] += xk * (int32_t)qk[n];
+        for (n = 0; n + 16 <= N; n += 16)  /* blocks of a constant 16: vectorized at -O2 */
+            for (i = 0; i < 16; i++)
+                acc[n + i] += xk * qk[n + i];
+        for (; n < N; n++)
+            acc[n] += xk * qk[n];
     }
     for (n = 0; n < N; n++)
         y[n] = (float)acc[n] * (xs * scale[n]);
