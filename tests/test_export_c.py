@@ -30,8 +30,7 @@ import pytest
 import fastrnn
 from conftest import FRAMEWORK_ATOL, FRAMEWORK_RTOL, assert_close, in_ci, require
 from fastrnn.cexport import ExportError
-from fastrnn.layers import (Activation, BatchNormalization, Conv1D, Dense, DirectionWeights, Embedding,
-                            LayerNormalization, Recurrent, Select)
+from fastrnn.layers import Activation, BatchNormalization, Conv1D, Dense, Embedding, Recurrent, Select
 from fastrnn.quantize import quantize_int8, quantize_rows
 from helpers import random_recurrent
 
@@ -50,9 +49,6 @@ def tool(name):
             pytest.fail(f"{name} is not installed (.ci/run installs it with apt)")
         pytest.skip(f"{name} is not installed")
     return path
-
-
-CC = shutil.which("cc")
 
 
 def compile_c(sources, out, cc="cc", flags=CFLAGS, extra=()):

@@ -21,7 +21,7 @@ a bidirectional, reverse or go_backwards layer is read whole (``NAME_predict`` o
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 from ..activations import ACTIVATION_CODES
@@ -82,11 +82,6 @@ class Chain:
     mask: Optional[str] = None  # "zero_id" (Embedding mask_zero) | "value" (Masking) | None
     mask_value: float = 0.0
     fixed_steps: Optional[int] = None  # the model's input declares this many steps
-    notes: list = field(default_factory=list)
-
-    @property
-    def recurrent(self):
-        return [s for s in self.stages if s.kind == "recurrent"]
 
     @property
     def reducer(self):
