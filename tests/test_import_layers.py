@@ -220,7 +220,7 @@ def test_features_never_import_model_formats_or_the_top():
 
 
 @pytest.mark.parametrize("package", ["fastrnn.generate", "fastrnn.classify", "fastrnn.formats.keras",
-                                     "fastrnn.formats.onnx"])
+                                     "fastrnn.formats.onnx", "fastrnn.cexport"])
 def test_package_modules_import_only_those_listed_before_them(package):
     """The package docstring lists its modules by layer: each imports only modules listed above it
     (in fastrnn.formats.onnx: the rule families never import the Translator core, translate.py,
@@ -236,6 +236,23 @@ def test_package_modules_import_only_those_listed_before_them(package):
     upward = [(m, t) for i, m in enumerate(order) for t in edges[m] if t in order[i:]]
     assert not upward, f"imports of modules listed later in {package}'s docstring: {upward}"
     assert package not in {t for m in order for t in edges[m]}, f"a module of {package} imports its __init__"
+
+
+def test_c_export_sits_above_model_and_below_the_top():
+    """fastrnn.cexport (issue 29) reads a Model and the plans of generation and classification: it
+    imports neither the file formats nor the top layer (its cli does, to load files), and nothing
+    below it imports it."""
+    mods = module_files(PACKAGE_DIR, "fastrnn")
+    edges = import_edges(mods, "fastrnn")
+    inside = [m for m in mods if m.startswith("fastrnn.cexport")]
+    assert {"fastrnn.cexport", "fastrnn.cexport.writer", "fastrnn.cexport.chain", "fastrnn.cexport.cli"} <= set(inside)
+    top = ("fastrnn", "fastrnn.cli", "fastrnn.bundled", "fastrnn.dask", "fastrnn.generate.cli", "fastrnn.classify.cli")
+    bad = {m: sorted(t for t in edges[m] if t in top or t.startswith("fastrnn.formats"))
+           for m in inside if m != "fastrnn.cexport.cli"}
+    assert not {m: t for m, t in bad.items() if t}
+    users = sorted(m for m in mods if not m.startswith("fastrnn.cexport") and any(
+        t.startswith("fastrnn.cexport") for t in edges[m]))
+    assert users == ["fastrnn"], users  # the façade's export_c (fastrnn.cli names the cli module in FEATURE_MODULES)
 
 
 def test_a_back_reference_is_caught(tmp_path):
