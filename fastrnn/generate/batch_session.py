@@ -10,24 +10,25 @@ one batched step of the model per call of ``step()``:
     session = BatchSession(model, capacity=64)
     a = session.make_stream("def ", max_new_tokens=50, temperature=0.8, seed=1)
     session.add(a)                           # joins at the next step
-    while session.active:
+    while not session.idle:
         for s in session.step():             # one batched step; the streams that changed
             print(s.take_piece(), end="")     # new text (held back while it may become a stop)
     a.text() == model.generate("def ", max_new_tokens=50, temperature=0.8, seed=1)   # True
 
-How a step runs (each part is the compiled loop of the model's engine, kernels/generate_core.c,
-on caller-owned rows; the loop itself never samples here):
+How a step runs (each part is the generation loop of the model's engine, kernels/generate_core.c
+for the compiled ones, on caller-owned rows, run for one step or a chunk of steps at a time):
 1. streams whose ``cancel()`` was called leave (their row is free for the next ``add``);
 2. prompts are read in: rows that joined run the loop over their prompts in a separate block of
    rows (the "fill" rows), a chunk of steps per call sized to take about as long as one decode
    step, so a long prompt neither waits for a slot of steps nor stalls the streams decoding;
    a row whose prompt is read moves (state, logits, seen tokens) to the decode rows;
 3. every decoding row samples its next token from its logits with its own parameters and its own
-   generator: the engine's sampler (the same C function the loop calls, gen_sample_token; NumPy's
-   reference for the numpy engine), once per group of rows sharing the parameters; then the stop
-   sequences and max_new_tokens end rows;
-4. the rows that go on feed their token through the model in one batched step (the loop with one
-   "prompt" token per row), which leaves their next-token logits.
+   generator, and the rows that go on feed it through the model, in one batched step of the loop:
+   the loop itself samples the rows of the parameters most rows share (its sampler,
+   gen_sample_token, with each row's generator); the other rows are sampled just before, group
+   by group, with the same sampler (the engine's sample_logits; NumPy's reference for the numpy
+   engine) and fed by the same step as one-token prompts; then stop sequences and
+   max_new_tokens end rows. One step per call: a stream cancelled before a call leaves in it.
 The tokens of a row depend only on its prompt, seed and parameters: the loop's matrix multiply
 gives a row the same bits whatever the other rows are, reading a prompt in a block of its own
 computes what the lockstep loop computes, and the sampler is the loop's own. So a stream's text
@@ -46,7 +47,7 @@ import time
 
 import numpy as np
 
-from .engines import FINISHED, HAS_LOGITS, LEN, LIMIT, POS, Rows, get_engine, row_blocks
+from .engines import BAD_LOGITS, FINISHED, HAS_LOGITS, LEN, LIMIT, NOUT, POS, Rows, get_engine, row_blocks
 from .job import GenerationError, _Formatter, _StopMatcher
 from .options import _count, _is_int, _prompt_rows, _seeds, _stops, _with_defaults, model_or_default
 from .plan import generation_plan
@@ -175,9 +176,9 @@ class BatchSession:
         self.fill.status[:, FINISHED] = 1
         self.feed = np.zeros((self.capacity, 1), np.int32)        # the token each decode row feeds
         self.fill_prompt = np.zeros((self.capacity, 16), np.int32)
-        self._out = np.zeros((self.capacity, 1), np.int32)       # the loop's output buffer: unused (it never samples)
+        self._out = np.zeros((self.capacity, 2), np.int32)       # the token the loop samples in a decode step
         self._stops = _stops(self.model, self.plan, None)        # no stop sequences inside the loop
-        self._sampling = Sampling().as_tuple()                    # never used: no row has logits when the loop runs
+        self._sampling = Sampling().as_tuple()                    # the fill runner's: it never samples (LIMIT 0)
         self._runners = {}
         self.streams = [None] * self.capacity
         self._free = list(range(self.capacity - 1, -1, -1))      # lowest row first: rows stay packed
@@ -257,23 +258,21 @@ class BatchSession:
             if s.cancelled:
                 self._finish(s, "cancelled")
                 changed.append(s)
-        if any(s.phase == "fill" for s in self.streams if s is not None):
-            self._read_prompts()
-        decoding = [s for s in self.streams if s is not None and s.phase == "decode"]
+        filling = [s for s in live if s.phase == "fill"]
+        if filling:
+            self._read_prompts(filling, any(s.phase == "decode" for s in live))
+        decoding = [s for s in live if s.phase == "decode"]
         if decoding:
-            fed = self._sample(decoding, changed)
-            if fed:
-                self._decode_step(fed)
+            self._decode(decoding, changed)
         self.steps += 1
         return changed
 
-    def _read_prompts(self):
+    def _read_prompts(self, filling, decoding):
         f = self.fill
-        rows = [s.row for s in self.streams if s is not None and s.phase == "fill"]
+        rows = [s.row for s in filling]
         left = int(max(f.status[b, LEN] - f.status[b, POS] for b in rows))
         if self._fill_step_seconds > 0:
-            budget = max(self._decode_seconds, FILL_MIN_SECONDS) if self._decode_seconds and any(
-                s is not None and s.phase == "decode" for s in self.streams) else FILL_IDLE_SECONDS
+            budget = max(self._decode_seconds, FILL_MIN_SECONDS) if decoding else FILL_IDLE_SECONDS
             steps = int(budget / self._fill_step_seconds)
         else:
             steps = 1  # measure first
@@ -281,111 +280,146 @@ class BatchSession:
         f.status[:, FINISHED] = 1
         f.status[rows, FINISHED] = 0
         t0 = time.perf_counter()
-        self._run("fill", f, self.fill_prompt, max(rows) + 1, steps)
+        self._run("fill", f, self.fill_prompt, steps, self._sampling)
         per_step = (time.perf_counter() - t0) / steps
         self._fill_step_seconds = per_step if not self._fill_step_seconds else (
             0.8 * self._fill_step_seconds + 0.2 * per_step)
         d = self.decode
-        for b in rows:
+        for s in filling:
+            b = s.row
             if not f.status[b, HAS_LOGITS]:
                 continue  # prompt not read yet
-            s = self.streams[b]
             d.state[b] = f.state[b]
             d.logits[b] = f.logits[b]
             d.seen[b] = f.seen[b]
             d.rng[b] = np.uint64(s.seed)
             d.status[b] = 0
-            d.status[b, FINISHED] = 1  # fed only when it has sampled
+            d.status[b, HAS_LOGITS] = 1
+            d.status[b, LIMIT] = 2  # see _decode: the loop samples one token, feeds it, and goes no further
+            d.status[b, FINISHED] = 1
             f.status[b, FINISHED] = 1
             s.phase = "decode"
 
-    def _sample(self, decoding, changed):
-        """Sample the next token of every decoding row; returns [(row, token)] of the rows going on."""
+    def _decode(self, decoding, changed):
+        """Sample the next token of every decoding row and feed the rows that go on, in one step
+        of the loop. The parameters most rows share are the loop's own: it samples those rows
+        itself (status HAS_LOGITS, NOUT 0, out width and LIMIT 2: sample, feed, stop). The other
+        rows are sampled here, group by group, with the engine's sampler, and fed by the same
+        step as prompt tokens. A row that ends at the token the loop sampled was fed one token
+        more than it needed: its state is dropped with it."""
+        d = self.decode
+        st = d.status
+        keys = {}
+        for s in decoding:
+            keys[s.key] = keys.get(s.key, 0) + 1
+        main = max(keys, key=keys.get)
+        inside = decoding if len(keys) == 1 else [s for s in decoding if s.key == main]
+        if len(keys) > 1:
+            self._sample_here([s for s in decoding if s.key != main], changed)
+        rows = np.fromiter((s.row for s in inside), np.intp, len(inside))
+        st[rows, NOUT] = 0
+        st[rows, FINISHED] = 0
+        t0 = time.perf_counter()
+        self._run("decode", d, self.feed, 1, main)
+        seconds = time.perf_counter() - t0
+        self._decode_seconds = seconds if not self._decode_seconds else 0.8 * self._decode_seconds + 0.2 * seconds
+        tokens = self._out[rows, 0].tolist()
+        bad = st[rows, BAD_LOGITS].tolist()
+        for s, tok, b in zip(inside, tokens, bad):
+            if b:
+                self._fail(s)
+            else:
+                self._take(s, tok)
+            changed.append(s)
+
+    def _sample_here(self, streams, changed):
+        """Rows whose parameters are not the loop's this step: sampled with the engine's sampler
+        (the loop's own function), one call per group of equal parameters, and set to feed their
+        token as a one-token prompt."""
         d = self.decode
         groups = {}
-        for i, s in enumerate(decoding):
-            groups.setdefault(s.key, []).append(i)
-        # the rows ordered by parameters, so that each group is a contiguous block: one copy of
-        # logits, seen and generators, one sampler call per group on views of them
-        order = np.fromiter((i for members in groups.values() for i in members), np.intp, len(decoding))
-        idx = np.fromiter((decoding[i].row for i in order), np.intp, len(decoding))
-        logits = d.logits[idx]
-        seen = d.seen[idx]
-        rng = d.rng[idx]  # INOUT below: each row's own generator
+        for s in streams:
+            groups.setdefault(s.key, []).append(s)
+        ordered = [s for members in groups.values() for s in members]  # each group a contiguous block
+        idx = np.fromiter((s.row for s in ordered), np.intp, len(ordered))
+        logits, seen = d.logits[idx], d.seen[idx]
+        rng = d.rng[idx]  # INOUT: each row's own generator
         finite = np.isfinite(logits).all(axis=1)
-        drawn = np.zeros(len(decoding), np.int64)
-        start = 0
+        drawn = np.zeros(len(ordered), np.int64)
+        a = 0
         for key, members in groups.items():
-            a, b = start, start + len(members)
-            start = b
-            if not finite[a:b].all():  # never sample from a row whose logits are not finite
+            b = a + len(members)
+            if finite[a:b].all():
+                drawn[a:b] = self.engine.sample_logits(logits[a:b], seen[a:b], key, rng[a:b])[:, 0]
+            else:  # never sample from logits that are not finite
                 for j in range(a, b):
                     if finite[j]:
                         drawn[j] = self.engine.sample_logits(logits[j:j + 1], seen[j:j + 1], key, rng[j:j + 1])[0, 0]
-                continue
-            drawn[a:b] = self.engine.sample_logits(logits[a:b], seen[a:b], key, rng[a:b])[:, 0]
+            a = b
         d.rng[idx] = rng
-        tokens = np.empty(len(decoding), np.int64)
-        tokens[order] = drawn
-        finite_by_stream = np.empty(len(decoding), bool)
-        finite_by_stream[order] = finite
-        finite = finite_by_stream
-        fed = []
-        for i, s in enumerate(decoding):
-            if not finite[i]:
-                s.error = GenerationError(
-                    f"the model's next-token logits hold NaN or infinite values (after {len(s.tokens)} generated "
-                    "tokens): nothing can be sampled; check the model's weights")
-                self._finish(s, "error")
-                changed.append(s)
-                continue
-            tok = int(tokens[i])
-            s.tokens.append(tok)
-            n = len(s.tokens)
-            stop_len = s.stops.feed(tok) if s.stops is not None else 0
+        going, tokens = [], []
+        for s, ok, tok in zip(ordered, finite.tolist(), drawn.tolist()):
+            changed.append(s)
+            if not ok:
+                self._fail(s)
+            elif self._take(s, tok):
+                going.append(s.row)
+                tokens.append(tok)
+        if going:
+            self.feed[going, 0] = tokens
+            st = d.status
+            st[going, POS] = 0
+            st[going, LEN] = 1
+            st[going, HAS_LOGITS] = 0
+            st[going, FINISHED] = 0
+
+    def _take(self, s, tok):
+        """Append a sampled token to stream s; True when the stream goes on, else it is finished
+        (a stop sequence, or max_new_tokens)."""
+        s.tokens.append(tok)
+        n = len(s.tokens)
+        hold = 0
+        if s.stops is not None:
+            stop_len = s.stops.feed(tok)
             if stop_len:
                 s.visible = n - stop_len
                 self._finish(s, "stop")
-            elif n >= s.max_new:
-                s.visible = n
-                self._finish(s, "length")
-            else:
-                s.visible = n - (s.stops.hold() if s.stops is not None else 0)
-                fed.append((s.row, tok))
-            changed.append(s)
-        return fed
+                return False
+            hold = s.stops.hold()
+        if n >= s.max_new:
+            s.visible = n
+            self._finish(s, "length")
+            return False
+        s.visible = n - hold
+        return True
 
-    def _decode_step(self, fed):
-        d = self.decode
-        rows = np.fromiter((b for b, _ in fed), np.intp, len(fed))
-        self.feed[rows, 0] = [t for _, t in fed]
-        st = d.status
-        st[:, FINISHED] = 1
-        st[rows, POS] = 0
-        st[rows, LEN] = 1
-        st[rows, HAS_LOGITS] = 0
-        st[rows, FINISHED] = 0
-        t0 = time.perf_counter()
-        self._run("decode", d, self.feed, int(rows.max()) + 1, 1)
-        seconds = time.perf_counter() - t0
-        self._decode_seconds = seconds if not self._decode_seconds else 0.8 * self._decode_seconds + 0.2 * seconds
-        bad = rows[st[rows, HAS_LOGITS] == 0]
-        if len(bad):  # pragma: no cover - the loop feeds every row given a token
-            raise RuntimeError(f"the generation loop did not step rows {bad.tolist()}")
+    def _fail(self, s):
+        s.error = GenerationError(
+            f"the model's next-token logits hold NaN or infinite values (after {len(s.tokens)} generated tokens): "
+            "nothing can be sampled; check the model's weights")
+        self._finish(s, "error")
 
-    def _run(self, which, rows, prompt, used, steps):
-        """``steps`` steps of the loop over rows 0..used-1 (blocks of rows on the threads)."""
+    def _used(self):
+        """Rows 0..used-1 hold every row in use (rows are taken lowest first)."""
+        return max((b for b, s in enumerate(self.streams) if s is not None), default=0) + 1
+
+    def _run(self, which, rows, prompt, steps, sampling):
+        """``steps`` steps of the loop over the rows (blocks of the rows in use on the threads),
+        with ``sampling`` for the rows that hold logits."""
         if self.threads > 1:  # rows stay packed at the low indices; round up so few block layouts occur
+            used = self._used()
             blocks = row_blocks(min(self.capacity, -(-used // 8) * 8), self.threads)
         else:
             blocks = [(0, self.capacity)]
         runners = []
         for a, b in blocks:
-            key = (which, a, b)
+            key = (which, a, b, sampling)
             runner = self._runners.get(key)
             if runner is None:
-                runner = self._runners[key] = self.engine.runner(self.plan, self._sampling, self._stops,
-                                                                 rows.view(a, b), prompt[a:b], self._out[a:b])
+                if len(self._runners) > 64:  # parameters come and go: keep the cache small
+                    self._runners.clear()
+                runner = self._runners[key] = self.engine.runner(self.plan, sampling, self._stops, rows.view(a, b),
+                                                                 prompt[a:b], self._out[a:b])
             runners.append(runner)
         if len(runners) == 1:
             runners[0].run(steps)

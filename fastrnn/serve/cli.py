@@ -128,6 +128,7 @@ def _listen(host, port):
     except OSError as exc:
         sock.close()
         raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.listen(2048)  # connections made once the address is printed wait here until uvicorn accepts them
     sock.set_inheritable(True)
     return sock
 
