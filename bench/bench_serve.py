@@ -101,6 +101,15 @@ class Subprocess:
                 raise SystemExit(f"{name} did not start:\n{text}")
             time.sleep(0.05)
 
+    def cpu_seconds(self):
+        """user + system CPU time of the subprocess so far (Linux; 0 elsewhere)."""
+        try:
+            with open(f"/proc/{self.proc.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError):
+            return 0.0
+
     def stop(self):
         if self.proc.poll() is None:
             self.proc.terminate()
@@ -252,8 +261,12 @@ def main(argv=None):
         results["batch1_seconds_per_token"] = 1 / batch1
         for clients in args.clients:
             level = {"clients": clients, "offline_tokens_per_s": offline(model, clients, args.requests, args.max_tokens)}
-            for name, port in servers:
+            for (name, port), proc in zip(servers, (serve, wrapper)):
+                cpu0, client0 = proc.cpu_seconds(), time.process_time()
                 level[name] = summarize(*asyncio.run(load(port, clients, args.requests, args.max_tokens)))
+                tokens = max(level[name]["tokens"], 1)
+                level[name]["server_cpu_us_per_token"] = (proc.cpu_seconds() - cpu0) / tokens * 1e6
+                level[name]["client_cpu_us_per_token"] = (time.process_time() - client0) / tokens * 1e6
             results["levels"].append(level)
             print(f"  {clients} clients done", file=sys.stderr, flush=True)
     finally:
@@ -273,8 +286,8 @@ def report(results):
           f"{results['requests_per_client']} requests per client; {results['machine']}")
     print(f"batch-1 time per token (offline): {results['batch1_seconds_per_token'] * ms:.3f} ms\n")
     print("| clients | serve tok/s | offline tok/s | serve/offline | wrapper tok/s | serve/wrapper | "
-          "TTFT p50 / p99 (ms) | inter-token p50 / p99 (ms) | chunks/token |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "TTFT p50 / p99 (ms) | inter-token p50 / p99 (ms) | chunks/token | CPU us/token server, client |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for level in results["levels"]:
         s = level["serve"]
         w = level.get("wrapper")
@@ -283,7 +296,7 @@ def report(results):
               f"{'-' if w is None else format(w['tokens_per_s'], ',.0f')} | "
               f"{'-' if w is None else format(s['tokens_per_s'] / w['tokens_per_s'], '.1f') + 'x'} | "
               f"{s['ttft_p50'] * ms:.1f} / {s['ttft_p99'] * ms:.1f} | {s['itl_p50'] * ms:.2f} / {s['itl_p99'] * ms:.2f} | "
-              f"{s['chunks_per_token']:.2f} |")
+              f"{s['chunks_per_token']:.2f} | {s['server_cpu_us_per_token']:.0f}, {s['client_cpu_us_per_token']:.0f} |")
     top = max(results["levels"], key=lambda x: x["clients"])
     s = top["serve"]
     print(f"\ntargets at {top['clients']} clients: serve/offline {s['tokens_per_s'] / top['offline_tokens_per_s']:.0%} "
