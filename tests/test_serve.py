@@ -688,7 +688,7 @@ def test_the_command_line_needs_the_extra_only_to_serve():
     out = run_python("import sys\nsys.modules['starlette'] = None\nfrom fastrnn.cli import main\n"
                      "sys.exit(main(['serve']))")
     assert out.returncode == 2
-    assert "pip install 'fastrnn[serve]'" in out.stderr and "starlette" in out.stderr
+    assert 'pip install ".[serve]"' in out.stderr and "starlette" in out.stderr
 
 
 def test_the_command_line_refuses_what_it_cannot_serve(tmp_path):

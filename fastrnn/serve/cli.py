@@ -20,7 +20,7 @@ def add_cli(subparsers):
     d = DEFAULTS
     p = subparsers.add_parser(
         "serve", help="serve models over HTTP: OpenAI-compatible completions with continuous batching, "
-                      "classification, metrics (needs the serve extra: pip install 'fastrnn[serve]')",
+                      "classification, metrics (needs Starlette and uvicorn: in a fastrnn checkout, pip install \".[serve]\")",
         description="Serve language models (POST /v1/completions, OpenAI's schema, streamed or not) and "
                     "classifiers (POST /v1/classify) over HTTP. Concurrent generation requests share one batched "
                     "step of the model; each stream gets exactly the text model.generate gives it alone. "
@@ -138,8 +138,8 @@ def cmd_serve(args):
         import starlette  # noqa: F401
         import uvicorn
     except ImportError as exc:
-        raise ImportError(f"fastrnn serve needs Starlette and uvicorn ({exc.name} is missing): "
-                          "pip install 'fastrnn[serve]' (in a checkout: pip install '.[serve]')") from None
+        raise ImportError(f"fastrnn serve needs Starlette and uvicorn ({exc.name} is missing): pip install starlette "
+                          "uvicorn (or, in a fastrnn checkout, pip install \".[serve]\")") from None
     from ..generate.options import generation_defaults
     from .app import Server, ServedModel, build_app
     from .protocol import Limits
