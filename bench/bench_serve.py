@@ -32,7 +32,6 @@ import json
 import os
 import platform
 import re
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -260,7 +259,8 @@ def main(argv=None):
         batch1 = offline(model, 1, args.requests, args.max_tokens)
         results["batch1_seconds_per_token"] = 1 / batch1
         for clients in args.clients:
-            level = {"clients": clients, "offline_tokens_per_s": offline(model, clients, args.requests, args.max_tokens)}
+            ceiling = offline(model, clients, args.requests, args.max_tokens)
+            level = {"clients": clients, "offline_tokens_per_s": ceiling}
             for (name, port), proc in zip(servers, (serve, wrapper)):
                 cpu0, client0 = proc.cpu_seconds(), time.process_time()
                 level[name] = summarize(*asyncio.run(load(port, clients, args.requests, args.max_tokens)))
@@ -295,7 +295,8 @@ def report(results):
               f"{s['tokens_per_s'] / level['offline_tokens_per_s']:.0%} | "
               f"{'-' if w is None else format(w['tokens_per_s'], ',.0f')} | "
               f"{'-' if w is None else format(s['tokens_per_s'] / w['tokens_per_s'], '.1f') + 'x'} | "
-              f"{s['ttft_p50'] * ms:.1f} / {s['ttft_p99'] * ms:.1f} | {s['itl_p50'] * ms:.2f} / {s['itl_p99'] * ms:.2f} | "
+              f"{s['ttft_p50'] * ms:.1f} / {s['ttft_p99'] * ms:.1f} | "
+              f"{s['itl_p50'] * ms:.2f} / {s['itl_p99'] * ms:.2f} | "
               f"{s['chunks_per_token']:.2f} | {s['server_cpu_us_per_token']:.0f}, {s['client_cpu_us_per_token']:.0f} |")
     top = max(results["levels"], key=lambda x: x["clients"])
     s = top["serve"]

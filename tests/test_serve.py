@@ -346,6 +346,71 @@ def test_classify_requests_arriving_together_share_one_batch():
         assert err is None and [r.label for r in res] == [r.label for r in model.classify(t)]
 
 
+def test_a_failing_step_or_batch_fails_only_what_it_holds(monkeypatch):
+    """In this process: an exception inside a batched step fails the streams then in the batch
+    (an internal error) and the engine goes on with fresh rows; a classify batch that raises is
+    retried request by request, so only the request at fault fails."""
+    from fastrnn.generate.batch_session import BatchSession
+    from fastrnn.serve.metrics import Metrics
+    from fastrnn.serve.workers import ClassifyJob, ClassifyWorker, GenerationWorker, StreamTag
+
+    model = bundled_model()
+    got, lock = {}, threading.Lock()
+
+    def deliver(items):
+        with lock:
+            for job, index, piece, tokens, finish, error in items:
+                text, _, _ = got.get(job, ("", None, None))
+                got[job] = (text + piece, finish, error)
+
+    worker = GenerationWorker("char_lstm", model, deliver, Metrics(), capacity=4)
+    real_step = BatchSession.step
+    calls = {"n": 0}
+
+    def flaky(self):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("a bug")
+        return real_step(self)
+    monkeypatch.setattr(BatchSession, "step", flaky)
+    streams = [worker.make_stream("def ", max_new_tokens=30, seed=i) for i in range(2)]
+    for i, st in enumerate(streams):
+        st.tag = StreamTag(f"early{i}", 0, time.monotonic())
+    worker.submit(streams)
+    worker.start()
+    try:
+        poll(lambda: len(got) == 2 and all(v[1] for v in got.values()), "the failed streams are reported")
+        assert {v[1] for v in got.values()} == {"error"} and all("internal error" in v[2] for v in got.values())
+        later = worker.make_stream("def ", max_new_tokens=30, seed=5)
+        later.tag = StreamTag("later", 0, time.monotonic())
+        worker.submit([later])
+        poll(lambda: got.get("later", (0, None))[1] is not None, "the next stream finishes")
+        assert got["later"] == (model.generate("def ", max_new_tokens=30, seed=5), "length", None)
+    finally:
+        worker.stop(TIMEOUT)
+
+    classifier = bundled_classifier()
+    cw = ClassifyWorker("langid", classifier, Metrics(), wait_seconds=5.0, max_inputs=100)
+    real = cw._classify
+    monkeypatch.setattr(cw, "_classify", lambda texts: real(texts) if "boom" not in texts else 1 / 0)
+    answers, done = {}, threading.Event()
+
+    def on_done(i):
+        def settle(results, error):
+            answers[i] = (results, error)
+            if len(answers) == 3:
+                done.set()
+        return settle
+    for i, texts in enumerate([["maison"], ["boom", "house"], ["Haus"]]):
+        cw.submit(ClassifyJob(texts, on_done(i)))
+    cw.start()
+    assert done.wait(TIMEOUT)
+    cw.stop(TIMEOUT)
+    assert answers[1][0] is None and "ZeroDivisionError" in answers[1][1]
+    assert [r.label for r in answers[0][0]] == [next(iter(classifier.classify(["maison"]))).label]
+    assert [r.label for r in answers[2][0]] == [next(iter(classifier.classify(["Haus"]))).label]
+
+
 def test_models_health_metrics(client, server):
     models = client.get("/v1/models").json()
     assert models["object"] == "list"
@@ -382,7 +447,8 @@ BAD_FIELDS = [
     ({"prompt": "a", "stop": ["a", "b", "c", "d", "e"]}, "stop"), ({"prompt": "a", "stream": "yes"}, "stream"),
     ({"prompt": "a", "stream_options": {"include_usage": True}}, "stream_options"),
     ({"prompt": "a", "model": 3}, "model"), ({"prompt": "a", "max_token": 3}, "max_token"),
-    ({"prompt": "a", "n": 2}, "n"), ({"prompt": "a", "echo": True}, "echo"), ({"prompt": "a", "logprobs": 2}, "logprobs"),
+    ({"prompt": "a", "n": 2}, "n"), ({"prompt": "a", "echo": True}, "echo"),
+    ({"prompt": "a", "logprobs": 2}, "logprobs"),
     ({"prompt": "a", "best_of": 3}, "best_of"), ({"prompt": "a", "presence_penalty": 0.5}, "presence_penalty"),
     ({"prompt": "a", "logit_bias": {"5": 1}}, "logit_bias"), ({"prompt": "a", "suffix": "x"}, "suffix"),
     ({"prompt": "a", "model": "langid"}, "model"),

@@ -151,8 +151,8 @@ class Server:
                            param="model", code="model_not_found")
         if served.kind != kind:
             where = "POST /v1/classify" if served.kind == "classify" else "POST /v1/completions"
-            raise APIError(400, f"model {name!r} is a {'classifier' if served.kind == 'classify' else 'language model'}: "
-                                f"use {where}", param="model")
+            what = "classifier" if served.kind == "classify" else "language model"
+            raise APIError(400, f"model {name!r} is a {what}: use {where}", param="model")
         return served
 
 

@@ -20,7 +20,8 @@ def add_cli(subparsers):
     d = DEFAULTS
     p = subparsers.add_parser(
         "serve", help="serve models over HTTP: OpenAI-compatible completions with continuous batching, "
-                      "classification, metrics (needs Starlette and uvicorn: in a fastrnn checkout, pip install \".[serve]\")",
+                      "classification, metrics (needs Starlette and uvicorn: in a fastrnn checkout, "
+                      "pip install \".[serve]\")",
         description="Serve language models (POST /v1/completions, OpenAI's schema, streamed or not) and "
                     "classifiers (POST /v1/classify) over HTTP. Concurrent generation requests share one batched "
                     "step of the model; each stream gets exactly the text model.generate gives it alone. "

@@ -64,6 +64,7 @@ class GenerationWorker:
         self._waiting = collections.deque()
         self._stopping = False
         self._thread = None
+        self._open = set()  # streams admitted and not yet reported finished (engine thread only)
         metrics.capacity.set(capacity, name)
         metrics.active_rows.set(0, name)
         metrics.queue.set(0, name)
@@ -121,7 +122,9 @@ class GenerationWorker:
                 while not self._waiting and session.idle and not self._stopping:
                     self._cond.wait()
                 while self._waiting and session.free:
-                    session.add(self._waiting.popleft())
+                    stream = self._waiting.popleft()
+                    self._open.add(stream)
+                    session.add(stream)
                 if self._stopping and not self._waiting and session.idle:
                     return
                 self.metrics.queue.set(len(self._waiting), self.name)
@@ -134,14 +137,16 @@ class GenerationWorker:
             self._publish(changed, active)
 
     def _reset(self):
-        """After an exception in a step: every stream in the session fails; fresh rows."""
-        failed = [s for s in self.session.streams if s is not None]
+        """After an exception in a step: every stream of the session not reported finished
+        fails (one that had finished is reported as it is); fresh rows."""
         old = self.session
         self.session = BatchSession(self.model, capacity=old.capacity, backend=old.engine.name,
                                     weights=old.plan.weights, threads=old.threads)
+        failed = list(self._open)
         for s in failed:
-            s.finish_reason = "error"
-            s.error = "internal error in the generation step (see the server's log)"
+            if s.finish_reason is None:
+                s.finish_reason = "error"
+                s.error = "internal error in the generation step (see the server's log)"
         return failed
 
     def _publish(self, changed, active):
@@ -167,6 +172,7 @@ class GenerationWorker:
                 tag.t_last = now
             if s.finish_reason is not None:
                 m.streams.inc(name, s.finish_reason)
+                self._open.discard(s)
             error = str(s.error) if s.error is not None else None
             items.append((tag.job, tag.index, s.take_piece(), n, s.finish_reason, error))
         if generated:
