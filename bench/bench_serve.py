@@ -298,6 +298,15 @@ def report(results):
               f"{s['ttft_p50'] * ms:.1f} / {s['ttft_p99'] * ms:.1f} | "
               f"{s['itl_p50'] * ms:.2f} / {s['itl_p99'] * ms:.2f} | "
               f"{s['chunks_per_token']:.2f} | {s['server_cpu_us_per_token']:.0f}, {s['client_cpu_us_per_token']:.0f} |")
+    if any("wrapper" in level for level in results["levels"]):
+        print("\nthe per-request wrapper's latencies:\n")
+        print("| clients | TTFT p50 / p99 (ms) | inter-token p50 / p99 (ms) | chunks/token | CPU us/token server, client |")
+        print("|---:|---:|---:|---:|---:|")
+        for level in results["levels"]:
+            w = level["wrapper"]
+            print(f"| {level['clients']} | {w['ttft_p50'] * ms:.1f} / {w['ttft_p99'] * ms:.1f} | "
+                  f"{w['itl_p50'] * ms:.2f} / {w['itl_p99'] * ms:.2f} | {w['chunks_per_token']:.2f} | "
+                  f"{w['server_cpu_us_per_token']:.0f}, {w['client_cpu_us_per_token']:.0f} |")
     top = max(results["levels"], key=lambda x: x["clients"])
     s = top["serve"]
     print(f"\ntargets at {top['clients']} clients: serve/offline {s['tokens_per_s'] / top['offline_tokens_per_s']:.0%} "

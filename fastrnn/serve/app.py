@@ -243,12 +243,13 @@ def build_app(server: Server) -> Starlette:
         head = {"id": _completion_id(), "object": "text_completion", "created": int(time.time()),
                 "model": served.name}
         if req.stream:
-            return StreamingResponse(_events(job, head, prompt_tokens, req.include_usage),
-                                     media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+            return EventStream(job, _events(job, head, prompt_tokens, req.include_usage))
         gone = asyncio.ensure_future(_client_gone(request.receive))
         try:
             await asyncio.wait({job.finished, gone}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:  # cancelled (a shutdown past its timeout): the rows are freed
+            job.cancel()
+            raise
         finally:
             gone.cancel()
         if not job.done:  # the client went away: free the rows; nobody reads this answer
@@ -358,6 +359,24 @@ def build_app(server: Server) -> Starlette:
                      exception_handlers={HTTPException: not_found})
 
 
+class EventStream(StreamingResponse):
+    """The server-sent events of a streamed completion. However the response ends (the client
+    went away, even before the first event; a shutdown cancelled it), a request that has not
+    finished is cancelled: its rows leave the batch at the next step."""
+
+    def __init__(self, job: Job, events):
+        super().__init__(events, media_type="text/event-stream",
+                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self.job = job
+
+    async def __call__(self, scope, receive, send):
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            if not self.job.done:
+                self.job.cancel()
+
+
 def _model_card(served):
     return {"id": served.name, "object": "model", "created": served.created, "owned_by": "fastrnn",
             "task": served.kind}
@@ -370,41 +389,37 @@ def _event(obj) -> str:
 async def _events(job: Job, head, prompt_tokens, include_usage):
     """Server-sent events of a streamed completion: per wake-up one chunk per choice with all its
     new text (several steps' worth when the client is slower than the engine), the choice's
-    finish_reason in the chunk that ends it, then the usage (if asked) and ``data: [DONE]``.
-    A client that goes away cancels the request's streams (their rows leave at the next step)."""
+    finish_reason in the chunk that ends it, then the usage (if asked) and ``data: [DONE]``; or,
+    when a choice fails, an error event (OpenAI's error object) and the end of the stream."""
     n = len(job.streams)
     ended = [False] * n
-    try:
-        while True:
-            await job.changed.wait()
-            job.changed.clear()
-            out = []
-            for i in range(n):
-                if ended[i]:
-                    continue
-                if job.errors[i] is not None:
-                    job.cancel()
-                    where = f"prompt[{i}]" if n > 1 else "the prompt"
-                    out.append(_event(error_body(500, f"generation failed for {where}: {job.errors[i]}",
-                                                 param="prompt", code="generation_failed")))
-                    yield "".join(out)
-                    return
-                text = job.take(i)
-                finish = job.finish[i]
-                if text or finish is not None:
-                    out.append(_event({**head, "choices": [{"text": text, "index": i, "logprobs": None,
-                                                            "finish_reason": finish}]}))
-                    ended[i] = finish is not None
-            if out:
+    while True:
+        await job.changed.wait()
+        job.changed.clear()
+        out = []
+        for i in range(n):
+            if ended[i]:
+                continue
+            if job.errors[i] is not None:
+                job.cancel()
+                where = f"prompt[{i}]" if n > 1 else "the prompt"
+                out.append(_event(error_body(500, f"generation failed for {where}: {job.errors[i]}",
+                                             param="prompt", code="generation_failed")))
                 yield "".join(out)
-            if all(ended):
-                break
-        if include_usage:
-            completion_tokens = sum(job.tokens)
-            yield _event({**head, "choices": [], "usage": {"prompt_tokens": prompt_tokens,
-                                                           "completion_tokens": completion_tokens,
-                                                           "total_tokens": prompt_tokens + completion_tokens}})
-        yield "data: [DONE]\n\n"
-    finally:
-        if not job.done:
-            job.cancel()
+                return
+            text = job.take(i)
+            finish = job.finish[i]
+            if text or finish is not None:
+                out.append(_event({**head, "choices": [{"text": text, "index": i, "logprobs": None,
+                                                        "finish_reason": finish}]}))
+                ended[i] = finish is not None
+        if out:
+            yield "".join(out)
+        if all(ended):
+            break
+    if include_usage:
+        completion_tokens = sum(job.tokens)
+        yield _event({**head, "choices": [], "usage": {"prompt_tokens": prompt_tokens,
+                                                       "completion_tokens": completion_tokens,
+                                                       "total_tokens": prompt_tokens + completion_tokens}})
+    yield "data: [DONE]\n\n"
