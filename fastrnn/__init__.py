@@ -27,7 +27,7 @@ __all__ = [
     "Activation", "Attention", "BatchNormalization", "Concatenate", "Conv1D", "CustomLayer", "Dot", "Flatten",
     "GlobalPooling1D", "Identity", "LayerNormalization", "Merge", "Permute", "Pooling1D", "RepeatVector",
     "Reshape", "Select", "Slice", "Vocabulary",
-    "load", "save", "from_torch", "from_keras", "available_backends", "set_backend", "get_backend",
+    "load", "save", "from_torch", "from_keras", "export_c", "available_backends", "set_backend", "get_backend",
     "set_num_threads", "get_num_threads",
     "ModelFormatError", "UnsupportedLayerError", "__version__",
 ]
@@ -198,3 +198,12 @@ def from_torch(obj, **kwargs) -> Model:
     from .formats.torch import from_torch as _from_torch
 
     return _from_torch(obj, **kwargs)
+
+
+def export_c(model, out_dir, name=None, weights=None, example=False, max_steps=None):
+    """Write ``model`` as dependency-free C99 (``NAME.h``, ``NAME.c``, with ``example=True`` also
+    ``main.c``); returns the paths written. See fastrnn.cexport.export_c and
+    docs/running-without-python.md."""
+    from .cexport import export_c as _export_c
+
+    return _export_c(model, out_dir, name=name, weights=weights, example=example, max_steps=max_steps)

@@ -7,6 +7,9 @@
                             [--custom-layers MODULE.py]
     fastrnn generate ...     (fastrnn/generate/cli.py adds it)
     fastrnn classify ...     (fastrnn/classify/cli.py adds it)
+    fastrnn export-c ...     (fastrnn/cexport/cli.py adds it)
+    fastrnn serve ...        (fastrnn/serve/cli.py adds it; Starlette and uvicorn, the serve extra, are
+                              imported only when it runs)
 
 Each feature module that owns a subcommand exposes ``add_cli(subparsers)``; the subparser's
 ``func`` default receives the parsed arguments and returns the exit code.
@@ -22,7 +25,7 @@ import sys
 from .errors import ModelFormatError
 
 # Feature modules that contribute subcommands (imported lazily only to build the parser).
-FEATURE_MODULES = ("fastrnn.generate", "fastrnn.classify")
+FEATURE_MODULES = ("fastrnn.generate", "fastrnn.classify", "fastrnn.cexport.cli", "fastrnn.serve")
 
 
 def _ensure_utf8_stdio():
