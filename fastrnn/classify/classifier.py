@@ -161,6 +161,7 @@ def _encoder(model, max_length):
     takes_tokens = model.takes_tokens
     text_input = _text_input(model)
     mask_zero = any(isinstance(layer, Embedding) and layer.mask_zero for layer in model.layers)
+    input_mask = _input_mask_layer(model)
 
     warned = []
 
@@ -194,6 +195,8 @@ def _encoder(model, max_length):
                 if arr.ndim != 2:
                     raise ValueError(f"input {position}: features must be 2-D (time, features), got shape {arr.shape}")
                 arr = arr.astype(np.float32, copy=False)
+            if input_mask is not None and arr.shape[0]:
+                arr = _cut_masked_end(input_mask, arr, position)
         if max_length is not None and (arr.shape[0] > max_length or cut_text):
             if not warned:
                 import warnings
@@ -206,6 +209,28 @@ def _encoder(model, max_length):
         return arr
 
     return encode
+
+
+def _input_mask_layer(model):
+    """The Embedding(mask_zero) or Masking layer reading the model's input, or None. Each input
+    runs with its exact length (so the mask is not computed): masked steps at the end of an id
+    sequence or feature array (Keras's padding) are cut off instead; Keras skips them."""
+    if len(model.graph.inputs) != 1:
+        return None
+    for node, _ in model.graph.consumers.get((model.graph.inputs[0].name, 0), []):
+        if isinstance(node.layer, Masking) or (isinstance(node.layer, Embedding) and node.layer.mask_zero):
+            return node.layer
+    return None
+
+
+def _cut_masked_end(layer, arr, position):
+    """``arr`` without its masked steps at the end; masked steps before a valid one are refused,
+    as model.predict refuses them (fastrnn runs right-padded masks only)."""
+    try:
+        length = int(layer.mask_lengths(arr[None])[0])
+    except ValueError as exc:
+        raise ValueError(f"input {position}: {exc}") from None
+    return arr[:length]
 
 
 def _text_input(model):
