@@ -95,23 +95,29 @@ def test_multi_output_and_shared_layer(rng, backend):
 
 
 def test_masks_flow_through_merges_and_pooling(rng, backend):
-    """Embedding(mask_zero) -> GRU (sequences) ; Add(GRU, GRU2) (OR of the masks: the longest) ->
-    GlobalAveragePooling1D (mask-aware) vs an explicit masked mean."""
-    emb = Embedding(rand(rng, 9, 3), mask_zero=True, name="emb")
+    """ids_a -> Embedding(mask_zero) -> GRU ; ids_b -> Embedding(mask_zero) -> LSTM (sequences),
+    padded differently; Add(GRU, LSTM) (OR of the masks: the longer of the two in each row) ->
+    GlobalAveragePooling1D (mask-aware) vs an explicit masked mean over that many steps."""
+    emb_a = Embedding(rand(rng, 9, 3), mask_zero=True, name="emb_a")
+    emb_b = Embedding(rand(rng, 9, 3), mask_zero=True, name="emb_b")
     g1 = random_recurrent(rng, "gru", input_size=3, hidden_size=4, name="g1")
     g2 = random_recurrent(rng, "lstm", input_size=3, hidden_size=4, name="g2")
     pool = GlobalPooling1D("average", name="pool")
-    graph = Graph([Input("ids", (None,), "int64")],
-                  [Node("emb", emb, ["ids"]), Node("g1", g1, ["emb"]), Node("g2", g2, ["emb"]),
-                   Node("sum", Merge("add", name="sum"), ["g1", "g2"]), Node("pool", pool, ["sum"])],
+    graph = Graph([Input("ids_a", (None,), "int64"), Input("ids_b", (None,), "int64")],
+                  [Node("emb_a", emb_a, ["ids_a"]), Node("emb_b", emb_b, ["ids_b"]), Node("g1", g1, ["emb_a"]),
+                   Node("g2", g2, ["emb_b"]), Node("sum", Merge("add", name="sum"), ["g1", "g2"]),
+                   Node("pool", pool, ["sum"])],
                   ["pool"])
     model = fastrnn.Model(graph=graph)
-    ids = np.array([[1, 2, 3, 4, 0, 0], [5, 6, 0, 0, 0, 0], [7, 8, 1, 2, 3, 4]])
-    lengths = (ids != 0).sum(axis=1)
-    x = reference.embedding(emb, ids)
-    s = reference.recurrent(g1, x, lengths)[0] + reference.recurrent(g2, x, lengths)[0]
-    want = np.stack([s[b, :lengths[b]].mean(axis=0) for b in range(3)])
-    assert_close(model.predict(ids, backend=backend), want)
+    ids_a = np.array([[1, 2, 3, 4, 0, 0], [5, 6, 0, 0, 0, 0], [7, 8, 1, 2, 3, 4]])
+    ids_b = np.array([[3, 1, 0, 0, 0, 0], [2, 2, 5, 6, 7, 0], [4, 4, 4, 4, 0, 0]])
+    la, lb = (ids_a != 0).sum(axis=1), (ids_b != 0).sum(axis=1)
+    longer = np.maximum(la, lb)
+    assert np.all(longer != np.minimum(la, lb))  # every row tells OR from AND
+    s = (reference.recurrent(g1, reference.embedding(emb_a, ids_a), la)[0]
+         + reference.recurrent(g2, reference.embedding(emb_b, ids_b), lb)[0])
+    want = np.stack([s[b, :longer[b]].mean(axis=0) for b in range(3)])
+    assert_close(model.predict([ids_a, ids_b], backend=backend), want)
 
 
 def test_mask_stops_at_layers_without_time(rng):
