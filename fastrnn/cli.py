@@ -172,7 +172,7 @@ def build_parser():
                    help="cell type of the RNN modules in a PyTorch state_dict")
     p.add_argument("--architecture", metavar="FILE",
                    help="for a file holding weights only. PyTorch state_dict: the network as fastrnn's architecture "
-                        "JSON (modules in order, with Tanh, LogSoftmax, ...; see README 'PyTorch weight files'); "
+                        "JSON (modules in order, with Tanh, LogSoftmax, ...; see docs/loading.md 'PyTorch weight files'); "
                         "replaces --cell. Keras weights-only .h5 (save_weights): the model.json of "
                         "model.to_json() (Keras 1, 2 or 3); weights matched to layers in order, as Keras 2's "
                         "load_weights")

@@ -241,16 +241,38 @@ def chain(layers, input_name="input", input_shape=None, input_dtype=None) -> Gra
 
 
 def _unique_names(names, taken):
-    out = []
     taken = set(taken)
-    for n in names:
-        base, k = n, 1
-        while n in taken:
-            n = f"{base}_{k}"
-            k += 1
-        taken.add(n)
-        out.append(n)
-    return out
+    return [_take_unique(n, taken) for n in names]
+
+
+def _take_unique(name, taken):
+    """``name``, or ``name_1``, ``name_2``, ... : the first not in ``taken`` (which gains it)."""
+    base, k = name, 1
+    while name in taken:
+        name = f"{base}_{k}"
+        k += 1
+    taken.add(name)
+    return name
+
+
+class GraphBuilder:
+    """What every importer (Keras, torch.export, ONNX) builds a graph with: nodes in the order they
+    are added, each under a name no other node or input has. Importers subclass it and add their
+    framework's bookkeeping; the resulting ``nodes`` go into a Graph."""
+
+    def __init__(self, taken_names=()):
+        self.nodes = []
+        self.names = set(taken_names)
+
+    def unique(self, name):
+        """``name`` made unique among the names given so far (``name_1``, ``name_2``, ...)."""
+        return _take_unique(name, self.names)
+
+    def add(self, name, layer, inputs):
+        """Append a node computing ``layer`` on the tensor refs ``inputs``; returns its first output's ref."""
+        name = self.unique(name)
+        self.nodes.append(Node(name, layer, list(inputs)))
+        return (name, 0)
 
 
 # =============================================================================================
@@ -466,5 +488,5 @@ def summary_rows(graph: Graph):
     return rows
 
 
-__all__ = ["Graph", "Node", "Input", "Plan", "chain", "optimize", "remove_identities", "fuse_dense_activation",
+__all__ = ["Graph", "GraphBuilder", "Node", "Input", "Plan", "chain", "optimize", "remove_identities", "fuse_dense_activation",
            "AXIS_FUNCTIONS"]

@@ -6,11 +6,12 @@ middle of a row is refused (lengths_from_mask).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 
-from .base import Layer, frozen_array
+from .base import Int8Weights, Layer, check_int8, frozen_array
 
 
 def lengths_from_mask(mask, what):
@@ -28,11 +29,13 @@ def lengths_from_mask(mask, what):
 
 @dataclass(repr=False)
 class Embedding(Layer):
-    """Token lookup: ids (B, T) -> (B, T, E). ``mask_zero``: id 0 is padding (Keras)."""
+    """Token lookup: ids (B, T) -> (B, T, E). ``mask_zero``: id 0 is padding (Keras). ``int8``:
+    the exact int8 form of the table its source file gave (Int8Weights), or None."""
 
     weight: np.ndarray  # (V, E)
     mask_zero: bool = False
     name: str = "embedding"
+    int8: Optional[Int8Weights] = field(default=None, compare=False)
 
     kind = "embedding"
     per_step = True
@@ -42,6 +45,7 @@ class Embedding(Layer):
         self.weight = frozen_array(self.weight, name=f"{self.name}.weight")
         if self.weight.ndim != 2:
             raise ValueError(f"{self.name}.weight must be 2-D (vocab, dim), got {self.weight.shape}")
+        self.int8 = check_int8(self.int8, self.weight, f"{self.name}.weight")
 
     @property
     def vocab_size(self) -> int:
@@ -66,6 +70,12 @@ class Embedding(Layer):
 
     def config(self):
         return {"mask_zero": self.mask_zero}
+
+    def int8_forms(self):
+        return {} if self.int8 is None else {"weight": self.int8}
+
+    def set_int8_forms(self, forms):
+        self.int8 = check_int8(forms.get("weight"), self.weight, f"{self.name}.weight")
 
     @classmethod
     def from_config(cls, name, config, arrays):

@@ -20,7 +20,7 @@ from typing import Optional
 import numpy as np
 
 from ..activations import Activation, apply_activation
-from .base import Layer, frozen_array
+from .base import Layer, check_int8, frozen_array
 
 f32 = np.float32
 
@@ -40,6 +40,8 @@ class DirectionWeights:
     w_ih (G*H, I); w_hh (G*H, H_out); b_ih, b_hh (G*H,) or None (absent, not counted as
     parameters: Keras has a single bias); w_hr (P, H) LSTM projection or None;
     peephole (3, H) LSTM peepholes, rows i|f|o, or None.
+    int8: {"w_ih" | "w_hh" | "w_hr": Int8Weights}, the exact int8 forms of those matrices the
+    source file gave (onnxruntime's integers, in this layout's gate order), or None.
     """
 
     w_ih: np.ndarray
@@ -48,11 +50,22 @@ class DirectionWeights:
     b_hh: Optional[np.ndarray] = None
     w_hr: Optional[np.ndarray] = None
     peephole: Optional[np.ndarray] = None
+    int8: Optional[dict] = field(default=None, compare=False)
 
     FIELDS = ("w_ih", "w_hh", "b_ih", "b_hh", "w_hr", "peephole")
+    MATRICES = ("w_ih", "w_hh", "w_hr")  # the fields an int8 form may stand for
 
     def arrays(self):
         return {k: getattr(self, k) for k in self.FIELDS if getattr(self, k) is not None}
+
+    def int8_of(self, name):
+        """The Int8Weights of matrix ``name`` ("w_ih", "w_hh", "w_hr"), or None."""
+        return (self.int8 or {}).get(name)
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.pop("_packed", None)  # backend caches: rebuilt on first use
+        return state
 
 
 @dataclass(repr=False)
@@ -147,6 +160,12 @@ class Recurrent(Layer):
                 if self.cell != "lstm":
                     raise ValueError("peepholes are only defined for LSTM")
                 w.peephole = frozen_array(w.peephole, (3, H), f"{p}.peephole")
+            if w.int8:
+                unknown = sorted(set(w.int8) - set(DirectionWeights.MATRICES))
+                if unknown:
+                    raise ValueError(f"{p}.int8 names {unknown}; int8 forms are for {DirectionWeights.MATRICES}")
+                w.int8 = {f: check_int8(form, getattr(w, f), f"{p}.{f}") for f, form in w.int8.items()
+                          if form is not None} or None
         self.input_size = int(in_size)
 
     @property
@@ -268,6 +287,15 @@ class Recurrent(Layer):
             "linear_before_reset": self.linear_before_reset,
             "return_state": self.return_state,
         }
+
+    def int8_forms(self):
+        return {f"d{d}.{f}": form for d, w in enumerate(self.directions) for f, form in (w.int8 or {}).items()}
+
+    def set_int8_forms(self, forms):
+        for d, w in enumerate(self.directions):
+            found = {f: check_int8(forms[f"d{d}.{f}"], getattr(w, f), f"{self.name}.d{d}.{f}")
+                     for f in DirectionWeights.MATRICES if forms.get(f"d{d}.{f}") is not None}
+            w.int8 = found or None
 
     @classmethod
     def from_config(cls, name, config, arrays):
