@@ -32,10 +32,17 @@ from fastrnn.generate import bundled_model
 INTERRUPT_LIMIT = 3.0
 
 
+def default_sigint():
+    """In the child before it starts: SIGINT as a terminal gives it. A shell starts background jobs
+    (``pytest ... &``, nohup, some CI runners) with SIGINT ignored, children inherit that, and a
+    Python started so installs no KeyboardInterrupt handler: the tests below would hang."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run_python(script, *args, timeout=120):
     return subprocess.run([sys.executable, "-c", textwrap.dedent(script), *map(str, args)], capture_output=True,
                           text=True, timeout=timeout, cwd=os.path.dirname(os.path.abspath(__file__)),
-                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}, preexec_fn=default_sigint)
 
 
 def test_sigint_stops_long_calls_and_leaves_the_model_usable():
@@ -112,7 +119,7 @@ def test_cli_generate_stops_on_sigint():
     proc = subprocess.Popen([sys.executable, "-c", "import sys; from fastrnn.cli import main; sys.exit(main())",
                              "generate", "-n", "1000000", "--seed", "1", "--stream"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}, preexec_fn=default_sigint)
     try:
         assert proc.stdout.read(20)  # it is generating
         at_signal = sum(psutil.Process(proc.pid).cpu_times()[:2])  # user + system
