@@ -586,6 +586,55 @@ def test_keras1_functional_gru_nine_arrays_and_merge(tmp_path, mode):
     assert_close(fm.predict(X), dense(merged, k_d, b_d), REF_ATOL, REF_RTOL)
 
 
+
+@pytest.mark.parametrize("cls", ["Add", "Maximum", "Multiply", "Concatenate"])
+def test_keras2_merge_of_masked_inputs_ands_the_masks(tmp_path, cls):
+    """Keras 1 / 2 merges take the AND of their inputs' masks (``_Merge.compute_mask``: ``K.all``
+    over the masks present) and merge the values as they are; Keras 3 ORs them. Two Masking inputs
+    padded to different lengths -> merge -> LSTM: the LSTM runs the steps where BOTH are real (the
+    shorter length), which the OR rule (the longer length) and Keras 3's masked values would miss."""
+    T, F, U = 6, 4, 5
+    rng = np.random.default_rng(21)
+    a, b = rng.standard_normal((3, T, F)).astype(np.float32), rng.standard_normal((3, T, F)).astype(np.float32)
+    la, lb = np.array([6, 2, 4]), np.array([3, 5, 4])
+    for x, lens in ((a, la), (b, lb)):
+        for r, n in enumerate(lens):
+            x[r, n:] = 0.0  # Masking(0.0): right padding of different lengths per input
+    n_in = 2 * F if cls == "Concatenate" else F
+    kernel, rec, bias = rand(n_in, 4 * U), rand(U, 4 * U), rand(4 * U)
+
+    def inp(name):
+        return {"class_name": "InputLayer", "name": name, "inbound_nodes": [],
+                "config": {"batch_input_shape": [None, T, F], "dtype": "float32", "sparse": False, "ragged": False,
+                           "name": name}}
+
+    def masking(name, src):
+        return {"class_name": "Masking", "name": name, "inbound_nodes": [[[src, 0, 0, {}]]],
+                "config": {"name": name, "trainable": True, "dtype": "float32", "mask_value": 0.0}}
+
+    merge_cfg = {"name": "merge", "trainable": True, "dtype": "float32"}
+    if cls == "Concatenate":
+        merge_cfg["axis"] = -1
+    lstm = k2_rnn("LSTM", "lstm", U)
+    arch = {"class_name": "Functional", "keras_version": "2.4.0", "backend": "tensorflow", "config": {
+        "name": "model", "layers": [
+            inp("in_a"), inp("in_b"), masking("mask_a", "in_a"), masking("mask_b", "in_b"),
+            {"class_name": cls, "name": "merge", "config": merge_cfg,
+             "inbound_nodes": [[["mask_a", 0, 0, {}], ["mask_b", 0, 0, {}]]]},
+            dict(lstm, name="lstm", inbound_nodes=[[["merge", 0, 0, {}]]])],
+        "input_layers": [["in_a", 0, 0], ["in_b", 0, 0]], "output_layers": [["lstm", 0, 0]]}}
+    write_weights_h5(tmp_path / "w.h5", [("in_a", []), ("in_b", []), ("mask_a", []), ("mask_b", []), ("merge", []),
+                                         ("lstm", k2_names("lstm", "LSTM", [kernel, rec, bias], "lstm_cell"))])
+    fm = fastrnn.load(tmp_path / "w.h5", architecture=arch)
+    merged = {"Add": lambda: a + b, "Maximum": lambda: np.maximum(a, b), "Multiply": lambda: a * b,
+              "Concatenate": lambda: np.concatenate([a, b], -1)}[cls]()
+    both = np.minimum(la, lb)  # AND of right-padded masks: the shorter length
+    want = np.stack([ref_lstm(merged[r:r + 1, :n], kernel, rec, bias)[0] for r, n in enumerate(both)])
+    assert_close(fm.predict([a, b]), want, REF_ATOL, REF_RTOL, f"Keras 2 {cls}")
+    # the same model saved natively keeps the Keras 2 rule
+    fastrnn.save(fm, tmp_path / "m.safetensors")
+    assert_close(fastrnn.load(tmp_path / "m.safetensors").predict([a, b]), want, REF_ATOL, REF_RTOL)
+
 def test_keras1_merge_modes_without_an_equivalent_are_refused(tmp_path):
     arrays, _ = k1_gate_arrays("gru_1", 8, 5, "zrh")
     arch = {"class_name": "Model", "config": {"name": "model_1", "layers": [

@@ -8,6 +8,11 @@ padding, OR is the longest length. Maximum, Minimum and Multiply also leave an i
 steps out of the value (Keras 3 since keras-team/keras#19685, 2024): Maximum / Minimum take the
 other inputs' values there, Multiply counts them as 1 and gives 0 where every input is masked.
 Add, Subtract and Average combine the values as they are.
+
+Keras 1 and 2 (and tf.keras 2) did otherwise: ``_Merge.compute_mask`` and
+``Concatenate.compute_mask`` take the AND of the masks present (an unmasked input leaves the others'
+mask as it is), and every merge combines the values as they are. Their importer sets
+``mask_rule="and"`` for that; ``"or"`` (the default) is Keras 3's rule above.
 """
 from __future__ import annotations
 
@@ -43,6 +48,7 @@ class Merge(Layer):
 
     op: str = "add"
     name: str = "merge"
+    mask_rule: str = "or"  # "or": Keras 3; "and": Keras 1 / 2 (see the module doc)
 
     kind = "merge"
     num_inputs = None
@@ -52,6 +58,7 @@ class Merge(Layer):
     def __post_init__(self):
         if self.op not in self.OPS:
             raise ValueError(f"{self.name}: merge op must be one of {self.OPS}, got {self.op!r}")
+        _check_mask_rule(self)
 
     def type_name(self):
         return self.op.capitalize()
@@ -63,17 +70,31 @@ class Merge(Layer):
         return _broadcast(shapes, self.name)
 
     def output_lengths(self, lengths, shapes):
-        return combine(list(lengths), "or")  # Keras: OR of the masks, none if an input has none
+        # Keras 3: OR of the masks, none if an input has none; Keras 2: AND of the masks present
+        return combine(list(lengths), self.mask_rule)
 
     def call(self, inputs, lengths=None):
         return merge(self, inputs, lengths)
 
     def config(self):
-        return {"op": self.op}
+        return {"op": self.op, **_mask_rule_config(self)}
 
     @classmethod
     def from_config(cls, name, config, arrays):
-        return cls(config.str("op", "add", choices=cls.OPS), name)
+        return cls(config.str("op", "add", choices=cls.OPS), name, config.str("mask_rule", "or", choices=MASK_RULES))
+
+
+MASK_RULES = ("or", "and")
+
+
+def _check_mask_rule(layer):
+    if layer.mask_rule not in MASK_RULES:
+        raise ValueError(f"{layer.name}: mask_rule must be one of {MASK_RULES}, got {layer.mask_rule!r}")
+
+
+def _mask_rule_config(layer):
+    """The key only when it is not the default, so files without masks read as before."""
+    return {} if layer.mask_rule == "or" else {"mask_rule": layer.mask_rule}
 
 
 def _step_masks(xs, lengths):
@@ -95,7 +116,7 @@ def merge(layer: Merge, xs, lengths=None):
     masks (see the module doc)."""
     xs = [np.asarray(x, f32) for x in xs]
     op = layer.op
-    masks = _step_masks(xs, lengths)
+    masks = _step_masks(xs, lengths) if layer.mask_rule == "or" else [None] * len(xs)  # Keras 2: values as they are
     if op in ("maximum", "minimum") and any(m is not None for m in masks):
         # keras.layers.Merge._apply_merge_op_and_or_mask
         f = np.maximum if op == "maximum" else np.minimum
@@ -142,9 +163,13 @@ class Concatenate(Layer):
 
     axis: int = -1
     name: str = "concatenate"
+    mask_rule: str = "or"  # "or": Keras 3; "and": Keras 1 / 2 (see the module doc)
 
     kind = "concatenate"
     num_inputs = None
+
+    def __post_init__(self):
+        _check_mask_rule(self)
 
     @property
     def per_step(self):
@@ -177,17 +202,18 @@ class Concatenate(Layer):
         ax = check_axis(self.axis, ndim, self.name)
         if ndim < 3 or ax == 1:
             return None  # no time axis left to mask along (or joined along time)
-        return combine(list(lengths), "or")  # Keras 3: OR of the masks, None if an input has none
+        # Keras 3: OR of the masks, None if an input has none; Keras 2: AND of the masks present
+        return combine(list(lengths), self.mask_rule)
 
     def call(self, inputs, lengths=None):
         return concatenate(self, inputs)
 
     def config(self):
-        return {"axis": self.axis}
+        return {"axis": self.axis, **_mask_rule_config(self)}
 
     @classmethod
     def from_config(cls, name, config, arrays):
-        return cls(config.int("axis", -1, minimum=-64), name)
+        return cls(config.int("axis", -1, minimum=-64), name, config.str("mask_rule", "or", choices=MASK_RULES))
 
 
 def concatenate(layer: Concatenate, xs):
