@@ -163,13 +163,15 @@ def _encoder(model, max_length):
     mask_zero = any(isinstance(layer, Embedding) and layer.mask_zero for layer in model.layers)
 
     warned = []
+    features = None if takes_tokens else model.input_size
 
     def encode(item, position):
         cut_text = False
         if isinstance(item, str):
             item = clean_text(item)
-            if not takes_tokens:
-                raise ValueError(f"input {position} is text, but the model takes feature vectors, not tokens")
+            if not takes_tokens and vocab is None:
+                raise ValueError(f"input {position} is text, but the model takes feature vectors and has no "
+                                 "vocabulary; for a one-hot character model set model.vocabulary (e.g. \"helo\")")
             if vocab is None:
                 raise ValueError("the model has no vocabulary stored with it, so it cannot read text: "
                                  "pass token ids instead (lists of ints)")
@@ -183,6 +185,8 @@ def _encoder(model, max_length):
                 arr = text_input(arr)
             if mask_zero and arr.size and arr[-1] == 0:  # Keras skips masked (id 0) steps at the end
                 arr = np.trim_zeros(arr, "b")
+            if not takes_tokens:  # a one-hot model: token i is the vector with a 1 at feature i
+                arr = one_hot(arr, features)
         else:
             arr = np.asarray(item)
             if takes_tokens:
@@ -206,6 +210,17 @@ def _encoder(model, max_length):
         return arr
 
     return encode
+
+
+def one_hot(ids, size):
+    """ids (T,) int -> (T, size) float32 one-hot rows (how a model without an Embedding reads
+    text: token i of its vocabulary is the vector with a 1 at feature i)."""
+    ids = np.asarray(ids, np.int64)
+    if ids.size and (ids.min() < 0 or ids.max() >= size):
+        raise ValueError(f"token id {int(ids.max())} does not fit the model's {size} one-hot features")
+    out = np.zeros((ids.shape[0], size), np.float32)
+    out[np.arange(ids.shape[0]), ids] = 1.0
+    return out
 
 
 def _text_input(model):
