@@ -406,7 +406,8 @@ class Plan:
                 if x.shape[0] == 0:
                     y, st = _empty_recurrent(layer, x)
                 else:
-                    y, st = backend.recurrent(layer, x, ls[0], state, threads=threads, tokens=tokens)
+                    y, st = backend.recurrent(layer, x, ls[0] if layer.use_mask else None, state, threads=threads,
+                                              tokens=tokens)
                 states_out.append(st)
                 r += 1
                 outs = [y] + layer.states_to_outputs(st) if layer.return_state else [y]

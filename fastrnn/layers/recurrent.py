@@ -77,6 +77,9 @@ class Recurrent(Layer):
     return_state: in a graph, the node also outputs the final states, Keras's order: for each
         direction h (B, H_out), then c (B, H) for an LSTM. Its node may take initial states as
         extra inputs in the same order (Keras ``initial_state=[h, c]``).
+    use_mask: False: the layer ignores the mask (lengths) of its input and its outputs carry none,
+        as Keras 3 runs a recurrent layer called with ``initial_state=`` (it passes the layer a mask
+        only when the call has one tensor argument; tf.keras 2 passed the sequence's mask).
     """
 
     cell: str
@@ -94,6 +97,7 @@ class Recurrent(Layer):
     linear_before_reset: bool = True
     name: str = "recurrent"
     return_state: bool = False
+    use_mask: bool = True
 
     kind = "recurrent"
     num_inputs = None  # x, then optionally the initial states (see return_state)
@@ -198,7 +202,7 @@ class Recurrent(Layer):
         return [main] + [(n,) for n in self.state_sizes()]
 
     def output_lengths(self, lengths, shapes):
-        keep = lengths[0] if self.return_sequences else None
+        keep = lengths[0] if (self.return_sequences and self.use_mask) else None
         return [keep] + [None] * len(self.state_sizes()) if self.return_state else keep
 
     def type_name(self):
@@ -229,7 +233,7 @@ class Recurrent(Layer):
 
     def call(self, inputs, lengths=None):
         x = inputs[0]
-        y, state = recurrent(self, x, None if lengths is None else lengths[0],
+        y, state = recurrent(self, x, None if lengths is None or not self.use_mask else lengths[0],
                              self.states_from_inputs(inputs, x.shape[0]))
         return [y] + self.states_to_outputs(state) if self.return_state else y
 
@@ -267,6 +271,7 @@ class Recurrent(Layer):
             "input_forget": self.input_forget,
             "linear_before_reset": self.linear_before_reset,
             "return_state": self.return_state,
+            **({} if self.use_mask else {"use_mask": False}),
         }
 
     @classmethod
@@ -292,7 +297,7 @@ class Recurrent(Layer):
             merge_mode=config.str("merge_mode", "concat"), masked_output=config.str("masked_output", "zero"),
             clip=clip, input_forget=config.bool("input_forget", False),
             linear_before_reset=config.bool("linear_before_reset", True), name=name,
-            return_state=config.bool("return_state", False))
+            return_state=config.bool("return_state", False), use_mask=config.bool("use_mask", True))
 
 
 def read_activations(value, where):

@@ -7,6 +7,7 @@ TimeDistributed, custom layers through ``custom_layers=`` factories) with the tr
 layers.py, then checks that every custom layer has its factory and makes the Graph and Model."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 from ...errors import ModelFormatError, UnsupportedLayerError
@@ -215,6 +216,8 @@ def _expand_model(b, config, weights, prefix, feeds):
                 continue
             ins = [tensors[r] for r in args]
             kw = {key: [tensors[r] for r in refs] if refs else kwargs[key] for key, refs in kw_refs.items()}
+            if kwargs.get("mask") is not None:
+                kw["mask"] = kwargs["mask"]  # recorded (by Keras 3 when it passed one): the layer is masked
             for t, ref in enumerate(_call_layer(b, e, weights, ins, kw, prefix, k, legacy)):
                 tensors[(e["name"], k, t)] = ref
         if len(waiting) == len(pending):
@@ -314,6 +317,10 @@ def _call_layer(b, e, weights, ins, kw, prefix, k, legacy=False):
             raise ctx.unsupported(e, f"a recurrent layer takes one sequence input, got {len(ins)}")
         if extra and len(extra) != len(layer.state_sizes()):
             raise ctx.error(e, f"initial_state has {len(extra)} tensors, expected {len(layer.state_sizes())}")
+        if extra and not legacy and kw.get("mask") is None and layer.use_mask:
+            # Keras 3 fills in a layer's mask= only when the call has one tensor argument: a
+            # recurrent layer called with initial_state= runs unmasked (tf.keras 2 masked it)
+            layer = dataclasses.replace(layer, use_mask=False)
         name = b.add(node_name, layer, ins + extra)[0]
         n_out = 1 + (len(layer.state_sizes()) if layer.return_state else 0)
         return [(name, i) for i in range(n_out)]
