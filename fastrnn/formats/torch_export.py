@@ -692,6 +692,11 @@ class Mapper:
         return T(ref, (x.order[0] if x.order[0] is None or x.order[0] < dim else x.order[0] - 1,)
                  + _drop(x.order[1:], dim), shape)
 
+    def op_stack(self, fx, args, kwargs, shape):
+        self.fail(fx, "stacks separately computed tensors, as a loop over time steps gathers its outputs, but "
+                      "fastrnn found no loop whose steps it could map (with a batch of one, torch.export fixes the "
+                      "batch: give example inputs with a batch of 2 or more). " + HAND_WRITTEN_ADVICE)
+
     def op_unbind(self, fx, args, kwargs, shape):
         x = self.tensor(args[0], fx)
         dim = int(args[1] if len(args) > 1 else kwargs.get("dim", 0)) % x.ndim
@@ -1185,10 +1190,12 @@ def from_exported_module(module, example_inputs, name=None, vocabulary=None):
         if n.op != "call_function":
             continue
         op = _short_name(n.target)
-        if op in RNN_TARGETS or op == "conv1d":
+        if op in RNN_TARGETS or op == "conv1d" or op in CELL_OPS:
             shp = _sizes(n.args[0])
             if op == "conv1d":
                 s = shp[0] if len(shp) == 3 else 1
+            elif op in CELL_OPS:  # one step (B, I) of a loop (an unbatched cell reads (I,))
+                s = shp[0] if len(shp) == 2 else 1
             else:
                 s = shp[0 if n.args[8] else 1]
             if not isinstance(s, int):
