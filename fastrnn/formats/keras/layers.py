@@ -14,6 +14,7 @@ from ...layers import (Activation, Attention, BatchNormalization, Concatenate, C
                        Embedding, Flatten, GlobalPooling1D, Identity, LayerNormalization, Masking, Merge, Permute,
                        Pooling1D, Recurrent, RepeatVector, Reshape)
 from ...layers.custom import call_factory
+from ...layers.activation import FRAMEWORK_ACTIVATIONS
 from .config import CUDNN_LAYERS, GATES, RECURRENT_CELLS, _entry
 
 # Keras 1 merge(mode=...) -> fastrnn merge; "concat" is a Concatenate
@@ -34,11 +35,9 @@ SUPPORTED_LAYERS = (
 
 # Keras activation name -> fastrnn activation name, for functions defined identically in both.
 # hard_sigmoid is handled apart (its definition depends on the Keras version).
-_SAME_ACTIVATIONS = {
-    "tanh": "tanh", "sigmoid": "sigmoid", "relu": "relu", "linear": "affine", "elu": "elu",
-    "selu": "selu", "softplus": "softplus", "softsign": "softsign", "exponential": "exponential",
-    "swish": "swish", "silu": "swish",
-}
+# Keras's element-wise activation names (fastrnn.layers.activation.FRAMEWORK_ACTIVATIONS, the table
+# every importer shares, less the aten-only "exp")
+_SAME_ACTIVATIONS = {k: v for k, v in FRAMEWORK_ACTIVATIONS.items() if k != "exp"}
 # activations an Activation layer adds to the element-wise ones (softmax over the last axis)
 _LAYER_ACTIVATIONS = {"softmax": "softmax", "log_softmax": "log_softmax", "gelu": "gelu"}
 _DENSE_ACTIVATIONS = {"linear", "softmax", "sigmoid", "tanh", "relu", "elu", "selu", "softplus",
