@@ -258,5 +258,10 @@ def test_step_function_refusals(tmp_path):
     keras.Model([tok, h_in], [y, L.Dense(3)(h)]).save(str(tmp_path / "b.keras"))
     with pytest.raises(ValueError, match="neither the per-step output nor final states"):
         fastrnn.load(tmp_path / "b.keras").generate([1], initial_state=[np.zeros((1, HIDDEN))], max_new_tokens=2)
+    keras.Model([tok, h_in], [L.Dense(V)(seq), h]).save(str(tmp_path / "c.keras"))  # a valid step function
+    step = fastrnn.load(tmp_path / "c.keras")
+    assert len(step.generate([1], initial_state=[np.zeros((1, HIDDEN))], temperature=0, max_new_tokens=2)) == 2
     with pytest.raises(ValueError, match="one array \\(batch, size\\) per input"):
-        fastrnn.load(tmp_path / "a.keras").generate([1], initial_state=np.zeros((2, 1, HIDDEN)), max_new_tokens=2)
+        step.generate([1], initial_state=[np.zeros((1, HIDDEN))] * 2, max_new_tokens=2)
+    with pytest.raises(ValueError, match=r"has shape \(1, 3\), expected \(1, 24\)"):
+        step.generate([1], initial_state=[np.zeros((1, 3))], max_new_tokens=2)

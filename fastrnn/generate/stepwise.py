@@ -130,8 +130,9 @@ class StepSpec:
                     raise _Problem(f"layer {n.name!r} combines a last state with a sequence")
                 for k in range(g.num_outputs[n.name]):
                     flat.add((n.name, k))
-        mains = [r for r in g.outputs if r in timed and not _is_state_output(g, r)]
-        if len(mains) != 1 or len(g.shapes[mains[0]]) != (1 if mains[0] in flat else 2):
+        mains = [r for r in g.outputs if r in timed and not _is_state_output(g, r)
+                 and len(g.shapes[r]) == (1 if r in flat else 2)]
+        if len(mains) != 1:
             raise _Problem("generation needs one output of shape (batch, time, vocabulary) (besides the final states "
                            f"of recurrent layers); this model's outputs are {[g.shapes[r] for r in g.outputs]}")
         self.main = mains[0]
