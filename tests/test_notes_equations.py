@@ -21,7 +21,7 @@ def sig(a):
 
 @pytest.fixture
 def xs():
-    return np.random.default_rng(0).random((T, I)).astype(np.float32)  # note 001: np.random.random((timesteps, input_dim))
+    return np.random.default_rng(0).random((T, I)).astype(np.float32)  # note 001: np.random.random((T, input_dim))
 
 
 def test_note_001_numpy_rnn(xs, backend):

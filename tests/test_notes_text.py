@@ -151,7 +151,8 @@ def test_labels_and_one_hot_classify(sentiment, tmp_path):
     out = cli("classify", "in.txt", "--model", "review.safetensors", "--format", "csv", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.decode("utf-8").splitlines()
-    assert lines[0].startswith("text,label,부정,긍정") and [line.split(",")[1] for line in lines[1:]] == [r.label for r in results]
+    assert lines[0].startswith("text,label,부정,긍정")
+    assert [line.split(",")[1] for line in lines[1:]] == [r.label for r in results]
     (tmp_path / "labels.txt").write_text("부정\n긍정\n", encoding="utf-8")
     out = cli("convert", path, "r2.safetensors", "--vocab-chars", chars, "--labels", "labels.txt", cwd=tmp_path)
     assert out.returncode == 0 and fastrnn.load(tmp_path / "r2.safetensors").metadata["labels"] == ["부정", "긍정"]
