@@ -141,8 +141,11 @@ def test_forward_that_is_not_the_chain_is_refused(module, kwargs, message):
 
 def test_forward_that_is_the_chain_is_read():
     torch.manual_seed(1)
-    m = SoftmaxHead().eval()
-    model = fastrnn.from_torch(m, activation="softmax")
+    m = SoftmaxHead().train()
+    m.fc.eval()
+    model = fastrnn.from_torch(m, activation="softmax")  # forward runs once, in eval mode
+    assert m.training and m.rnn.training and not m.fc.training  # the module's modes are left as they were
+    m.eval()
     x = np.random.default_rng(0).standard_normal((3, 7, 4)).astype(np.float32)
     assert_close(model.predict(x), out(m, x), **TOL)
     # BiLast's forward, captured as it is

@@ -348,7 +348,7 @@ def _check_forward_numbers(module, kind, children, model, return_sequences, time
             return
         x = rng.standard_normal((B, T, features)).astype(np.float32)
         tx = torch.as_tensor(np.ascontiguousarray(x.transpose(1, 0, 2)) if time_major else x)
-    training = module.training
+    modes = [(m, m.training) for m in module.modules()]  # restored one by one afterwards
     try:
         module.eval()
         with torch.no_grad():
@@ -356,7 +356,8 @@ def _check_forward_numbers(module, kind, children, model, return_sequences, time
     except Exception:  # noqa: BLE001 - a forward that needs more arguments: the structure check stands
         return
     finally:
-        module.train(training)
+        for m, training in modes:
+            m.training = training
     if isinstance(out, (list, tuple)):
         out = out[0]
     if not isinstance(out, torch.Tensor):
