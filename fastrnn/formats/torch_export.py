@@ -30,8 +30,19 @@ How a captured program becomes a fastrnn graph:
   add / sub / mul / div by tensors, constants and numbers; neg; permute, transpose, t; view,
   reshape, flatten, squeeze, unsqueeze; mean / amax / max over time; conv1d; layer_norm;
   batch_norm (eval); dropout (identity); getitem of tuple outputs; constant sub-expressions
-  (evaluated once here with torch). Anything else raises UnsupportedLayerError naming the ATen
-  operator and the line of the user's source that produced it.
+  (evaluated once here with torch); dtype casts that keep ids ids and numbers numbers
+  (``torch.LongTensor(ids)``, ``ids.long()``, ``x.float()``; ids turned into numbers are refused).
+  Anything else raises UnsupportedLayerError naming the ATen operator and the line of the user's
+  source that produced it.
+- **Loops over time**: torch.export unrolls ``for t in range(x.size(1))`` (and ``x.unbind(1)``);
+  ``x[:, t]`` becomes a Step; an unrolled loop of nn.RNNCell / nn.LSTMCell / nn.GRUCell
+  (aten.rnn_tanh_cell, rnn_relu_cell, lstm_cell, gru_cell) over every step from step 0, from zeros
+  (torch.zeros inside forward) or given states, becomes one Recurrent node; operators applied alike
+  to every step (a Linear head, an activation) are mapped once on the whole sequence;
+  ``torch.stack(outputs, dim)`` / ``torch.cat`` of unsqueezed outputs gives the sequence back, and
+  the last step's value is read from the layer's final state. Steps that depend on each other
+  without a cell (a recurrence written with nn.Linear) are refused, pointing to fastrnn.Recurrent.
+  Give examples with a batch of 2 or more: torch.export fixes a batch of one.
 """
 from __future__ import annotations
 
