@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import fastrnn
-from conftest import assert_close
+from conftest import assert_close, require
 from fastrnn import Dense, DirectionWeights, Recurrent
 
 TOL = dict(atol=1e-5, rtol=1e-5)
@@ -107,7 +107,7 @@ def test_lstm_gate_blocks(xs, backend):
 
 def test_the_refused_torch_module_built_from_its_matrices():
     """What the error of from_torch(NotesRNN) says to do: the same numbers as its forward."""
-    torch = pytest.importorskip("torch")
+    torch = require("torch")
     from test_torch_cells import NotesRNN
 
     torch.manual_seed(0)

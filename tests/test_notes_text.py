@@ -87,7 +87,7 @@ def test_vocabulary_forms_for_token_models():
     assert model.vocabulary.encode("나도") == [2, 3]
     with pytest.raises(ValueError, match="6 tokens but the embedding only 5 rows"):
         model.vocabulary = "안녕하세요!"
-    torch = pytest.importorskip("torch")
+    torch = require("torch")
     net = torch.nn.GRU(3, 4)
     assert fastrnn.from_torch(net, vocabulary="abc").vocabulary.tokens == ["a", "b", "c"]
 
