@@ -215,6 +215,33 @@ def test_keras_classifier_probabilities(tmp_path, rng):
     want = keras.ops.convert_to_numpy(km(padded, training=False))
     assert want.max() - want.min() > 0.5, "the probabilities must depend on the weights and the input"
     assert_close(got, want, FRAMEWORK_ATOL)
+    # the Keras-padded rows themselves: their trailing zeros are masked steps, which Keras skips
+    assert_close(np.array([r.probabilities for r in model.classify(padded, batch_size=6)]), want, FRAMEWORK_ATOL)
+    # zeros before or between tokens are masked steps too (Keras's default pre-padding, issue 22):
+    # classify gives what Keras gives for the same rows
+    front = np.array([[0, 0, 5, 6, 7], [3, 0, 4, 0, 0], [0, 9, 0, 0, 8]], np.int32)
+    want_front = keras.ops.convert_to_numpy(km(front, training=False))
+    assert_close(np.array([r.probabilities for r in model.classify(front)]), want_front, FRAMEWORK_ATOL)
+
+
+def test_keras_masking_classifier_cuts_masked_feature_steps(tmp_path, rng):
+    """Masking(mask_value) -> LSTM -> Dense: feature rows equal to mask_value at the end of an input
+    are padding to Keras, and to classify."""
+    keras = require("keras")
+    L = keras.layers
+    km = keras.Sequential([keras.Input((None, 3)), L.Masking(mask_value=-1.0), L.LSTM(5),
+                           L.Dense(3, activation="softmax")])
+    wrng = np.random.default_rng(5)
+    km.set_weights([(wrng.standard_normal(w.shape) * 0.7).astype(np.float32) for w in km.get_weights()])
+    km.save(tmp_path / "masking.keras")
+    model = fastrnn.load(tmp_path / "masking.keras")
+    x = np.full((4, 7, 3), -1.0, np.float32)
+    for i, n in enumerate([7, 3, 5, 1]):
+        x[i, :n] = rng.standard_normal((n, 3))
+    want = keras.ops.convert_to_numpy(km(x, training=False))
+    assert_close(np.array([r.probabilities for r in model.classify(list(x))]), want, FRAMEWORK_ATOL)
+    assert_close(np.array([r.probabilities for r in model.classify([a[:n] for a, n in zip(x, [7, 3, 5, 1])])]),
+                 want, FRAMEWORK_ATOL)
 
 
 # -- the other shapes of the notes: many-to-many, one-to-many, encoder-decoder -----------------

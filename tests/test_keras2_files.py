@@ -369,6 +369,52 @@ def test_keras2_gru_reset_before_and_hard_sigmoid(tmp_path, version):
     assert_close(fm.predict(X), keras_out(twin, X), FRAMEWORK_ATOL, FRAMEWORK_RTOL)
 
 
+def k2_activation(name, activation):
+    return {"class_name": "Activation", "config": {"name": name, "trainable": True, "dtype": "float32",
+                                                   "activation": activation}}
+
+
+@pytest.mark.parametrize("version", ["2.2.4", "2.4.0"])
+def test_keras2_hard_sigmoid_outside_the_cell_is_keras2s(tmp_path, version):
+    """hard_sigmoid as a Dense activation and as an Activation layer of a Keras 2 file is Keras 2's
+    clip(0.2x + 0.5, 0, 1) (Keras 3's x/6 + 0.5 differs by up to 1/30 of x): LSTM -> Dense(5,
+    hard_sigmoid) -> Dense(3) -> Activation(hard_sigmoid), checked against that formula in NumPy and
+    against Keras 3 running the same weights with clip(0.2x + 0.5) as a custom activation."""
+    rng = np.random.default_rng(25)  # its own draws: the checks below on the pre-activations hold in any order
+
+    def draw(*shape, scale=0.5):
+        return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+    kernel, rec, bias = draw(8, 24), draw(6, 24), draw(24)
+    k1, b1, k2, b2 = draw(6, 5, scale=2.0), draw(5), draw(5, 3, scale=2.0), draw(3)
+    arch = k2_sequential([k2_rnn("LSTM", "lstm_1", 6, version=version), k2_dense("dense_1", 5, "hard_sigmoid"),
+                          k2_dense("dense_2", 3), k2_activation("activation_1", "hard_sigmoid")], version=version,
+                         name="sequential_1")
+    write_weights_h5(tmp_path / "w.h5", [("lstm_1", k2_names("lstm_1", "LSTM", [kernel, rec, bias])),
+                                         ("dense_1", [("dense_1/kernel:0", k1), ("dense_1/bias:0", b1)]),
+                                         ("dense_2", [("dense_2/kernel:0", k2), ("dense_2/bias:0", b2)]),
+                                         ("activation_1", [])], keras_version=version)
+    fm = fastrnn.load(tmp_path / "w.h5", architecture=arch)
+    rec_act = hard_sigmoid_k2 if version < "2.3" else sigmoid  # the LSTM's own default of that version
+    h = ref_lstm(X, kernel, rec, bias, rec_act)
+    z1 = dense(h, k1, b1)
+    z2 = dense(hard_sigmoid_k2(z1), k2, b2)
+    want = hard_sigmoid_k2(z2)
+    # the inputs reach where the two definitions differ, unclipped, in both hard_sigmoids
+    keras3 = lambda v: np.clip(v / 6 + 0.5, 0.0, 1.0)  # noqa: E731
+    for z in (z1, z2):
+        inside = np.abs(z) < 2.5
+        assert inside.mean() > 0.3 and np.abs(hard_sigmoid_k2(z) - keras3(z))[inside].max() > 0.02
+    assert np.abs(hard_sigmoid_k2(keras3(z1) @ k2 + b2) - want).max() > 0.01  # Keras 3's in the Dense alone
+    assert np.abs(keras3(z2) - want).max() > 0.01  # Keras 3's in the Activation alone
+    assert_close(fm.predict(X), want, REF_ATOL, REF_RTOL)
+    twin = keras.Sequential([keras.Input((None, 8)), L.LSTM(6, recurrent_activation=k2_hard_sigmoid if
+                                                            version < "2.3" else "sigmoid"),
+                             L.Dense(5, activation=k2_hard_sigmoid), L.Dense(3), L.Activation(k2_hard_sigmoid)])
+    twin.set_weights([kernel, rec, bias, k1, b1, k2, b2])
+    assert_close(fm.predict(X), keras_out(twin, X), FRAMEWORK_ATOL, FRAMEWORK_RTOL)
+
+
 def test_keras3_architecture_of_a_rebuilt_model_is_a_different_model(tmp_path):
     """A Keras 3 to_json() of the model rebuilt from Keras 2 code computes Keras 3's hard_sigmoid
     (x/6 + 0.5): the architecture's version decides, not the weights file's."""

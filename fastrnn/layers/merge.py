@@ -4,7 +4,10 @@ Inputs are batch-major arrays; element-wise merges broadcast as NumPy (and Keras
 Masks (Keras 3): Concatenate ORs its inputs' masks, an unmasked input counting as all valid
 (``ops.any`` over the concatenated masks: an unmasked input leaves every step valid); the
 element-wise merges OR them too (no mask if any input has none); Dot drops them. With right
-padding, OR is the longest length.
+padding, OR is the longest length. Maximum, Minimum and Multiply also leave an input's masked
+steps out of the value (Keras 3 since keras-team/keras#19685, 2024): Maximum / Minimum take the
+other inputs' values there, Multiply counts them as 1 and gives 0 where every input is masked.
+Add, Subtract and Average combine the values as they are.
 """
 from __future__ import annotations
 
@@ -63,7 +66,7 @@ class Merge(Layer):
         return combine(list(lengths), "or")  # Keras: OR of the masks, none if an input has none
 
     def call(self, inputs, lengths=None):
-        return merge(self, inputs)
+        return merge(self, inputs, lengths)
 
     def config(self):
         return {"op": self.op}
@@ -73,9 +76,51 @@ class Merge(Layer):
         return cls(config.str("op", "add", choices=cls.OPS), name)
 
 
-def merge(layer: Merge, xs):
+def _step_masks(xs, lengths):
+    """Per input: a (B, T, 1, ...) bool mask of its valid steps (right padding), or None."""
+    if lengths is None:
+        return [None] * len(xs)
+    out = []
+    for x, L in zip(xs, lengths):
+        if L is None or x.ndim < 3:
+            out.append(None)
+        else:
+            valid = np.arange(x.shape[1])[None, :] < np.asarray(L)[:, None]
+            out.append(valid.reshape(valid.shape + (1,) * (x.ndim - 2)))
+    return out
+
+
+def merge(layer: Merge, xs, lengths=None):
+    """Element-wise merge of ``xs``; ``lengths`` (one per input, None when unmasked) as Keras 3's
+    masks (see the module doc)."""
     xs = [np.asarray(x, f32) for x in xs]
     op = layer.op
+    masks = _step_masks(xs, lengths)
+    if op in ("maximum", "minimum") and any(m is not None for m in masks):
+        # keras.layers.Merge._apply_merge_op_and_or_mask
+        f = np.maximum if op == "maximum" else np.minimum
+        out, out_mask = xs[0], masks[0]
+        for x, mask in zip(xs[1:], masks[1:]):
+            if mask is not None:
+                x = np.where(mask, x, out)
+            if out_mask is not None:
+                out = np.where(out_mask, out, x)
+            out_mask = out_mask | mask if (mask is not None and out_mask is not None) else None
+            out = f(out, x)
+        return np.asarray(out, f32)
+    if op == "multiply" and any(m is not None for m in masks):
+        # keras.layers.Multiply._merge_function: masked steps count as 1, all masked gives 0
+        every = all(m is not None for m in masks)
+        out = out_mask = None
+        for x, mask in zip(xs, masks):
+            if mask is not None:
+                x = np.where(mask, x, f32(1))
+                if every:
+                    out_mask = mask if out_mask is None else out_mask | mask
+            out = x if out is None else out * x
+        if every:
+            out = np.where(out_mask, out, f32(0))
+        return np.asarray(out, f32)
     if op == "subtract":
         out = xs[0] - xs[1]
     elif op == "average":
