@@ -55,7 +55,7 @@ def save(model: Model, path, quantize=None):
 
 
 def load(path, mmap: bool = False, custom_layers=None, tokenizer=None, padding="pre", truncating="pre",
-         maxlen=None, architecture=None, by_name=False) -> Model:
+         maxlen=None, architecture=None, by_name=False, vocabulary=None) -> Model:
     """Load a model file. Native fastrnn ``.safetensors`` files are read with NumPy only; Keras
     and ONNX files go to their importers.
 
@@ -85,11 +85,20 @@ def load(path, mmap: bool = False, custom_layers=None, tokenizer=None, padding="
     text, or the parsed dict) or a Keras model in memory; its weight groups are matched to the
     layers in order, as Keras 2's ``load_weights`` does, or by layer name with ``by_name=True``
     (fastrnn.formats.keras.load_weights_h5). A PyTorch state_dict takes fastrnn's architecture
-    JSON (fastrnn.formats.torch_spec)."""
+    JSON (fastrnn.formats.torch_spec).
+
+    ``vocabulary``: text <-> ids to attach (it replaces one the file has): a str of characters
+    (``"helo"``), a list of tokens, a dict {token: id} or a fastrnn.Vocabulary, the same forms
+    as ``Model.vocabulary`` and ``from_torch(vocabulary=)``. For a model without an Embedding
+    (one-hot input) token i is the input vector with a 1 at position i."""
     if architecture is not None:
         model = _load_with_architecture(path, architecture, custom_layers, by_name)
     else:
         model = _load(path, mmap, custom_layers)
+    if vocabulary is not None:
+        if tokenizer is not None:
+            raise ValueError("tokenizer= and vocabulary= both give the vocabulary: pass one of them")
+        model.vocabulary = vocabulary
     if tokenizer is not None:
         from .formats.tokenizers import attach_tokenizer
 
@@ -185,12 +194,15 @@ def _sniff(path) -> str:
     return "native"  # the native reader says precisely what is wrong
 
 
-def from_keras(keras_model, custom_layers=None) -> Model:
+def from_keras(keras_model, custom_layers=None, vocabulary=None) -> Model:
     """Build a Model from a Keras model in memory (Sequential or Functional, any graph of the
-    layers fastrnn.formats.keras lists); ``custom_layers`` as for ``load``."""
+    layers fastrnn.formats.keras lists); ``custom_layers`` and ``vocabulary`` as for ``load``."""
     from .formats.keras import from_keras as _from_keras
 
-    return _from_keras(keras_model, custom_layers=custom_layers)
+    model = _from_keras(keras_model, custom_layers=custom_layers)
+    if vocabulary is not None:
+        model.vocabulary = vocabulary
+    return model
 
 
 def from_torch(obj, **kwargs) -> Model:

@@ -39,6 +39,21 @@ class TorchClassifier(nn.Module):
         return torch.softmax(self.fc(last), 1)
 
 
+class TorchTagger(TorchClassifier):
+    """The same layers with a Linear at every step (a per-step model, not a classifier)."""
+
+    def forward(self, ids):
+        return self.fc(self.rnn(self.embedding(ids))[0])
+
+
+class TorchSigmoidClassifier(TorchClassifier):
+    """One sigmoid unit on the last state (binary sentiment)."""
+
+    def forward(self, ids):
+        _, h = self.rnn(self.embedding(ids))
+        return torch.sigmoid(self.fc(h[-1]))
+
+
 def torch_probs(net, ids):
     with torch.no_grad():
         if len(ids) == 0:  # an empty input: the classifier sees the zero state
@@ -134,7 +149,7 @@ def test_token_ids_and_return_probs_false(torch_pair):
 
 
 def test_not_a_classifier_and_bad_arguments(torch_pair):
-    lm = fastrnn.from_torch(TorchClassifier(), return_sequences=True, vocabulary=VOCAB)  # per-step outputs
+    lm = fastrnn.from_torch(TorchTagger(), return_sequences=True, vocabulary=VOCAB)  # per-step outputs
     with pytest.raises(ValueError, match="not a classifier.*per time step"):
         lm.classify(["abc"])
     _, model = torch_pair
@@ -165,7 +180,7 @@ def test_probabilities_from_each_output_activation():
 
 def test_single_sigmoid_unit_gives_two_classes():
     torch.manual_seed(2)
-    net = TorchClassifier(classes=1, bidirectional=False, layers=1).eval()
+    net = TorchSigmoidClassifier(classes=1, bidirectional=False, layers=1).eval()
     model = fastrnn.from_torch(net, return_sequences=False, activation="sigmoid", vocabulary=VOCAB)
     (r,) = model.classify(["so so"])
     with torch.no_grad():
@@ -349,7 +364,7 @@ def test_cli_csv_file_unicode_and_progress(tmp_path):
 
 def test_cli_errors_are_clear(tmp_path):
     lm_path = tmp_path / "lm.safetensors"
-    fastrnn.save(fastrnn.from_torch(TorchClassifier(), vocabulary=VOCAB), lm_path)
+    fastrnn.save(fastrnn.from_torch(TorchTagger(), vocabulary=VOCAB), lm_path)
     out = run_cli("--model", lm_path, stdin=b"abc\n")
     assert out.returncode == 2 and b"not a classifier" in out.stderr and b"Traceback" not in out.stderr
     out = run_cli(stdin=b"fine\n\xff\xfe bad\n")

@@ -174,6 +174,7 @@ def _encoder(model, max_length):
     keep_last = text_input is not None and text_input.truncating == "pre"  # pad_sequences keeps the end
 
     warned = []
+    features = None if takes_tokens else model.input_size
 
     def cut(arr, position, from_end, forced=False):
         """arr cut to max_length; ``from_end``: keep its last tokens (pad_sequences' truncating="pre")."""
@@ -191,8 +192,9 @@ def _encoder(model, max_length):
     def encode(item, position):
         if isinstance(item, str):
             item = clean_text(item)
-            if not takes_tokens:
-                raise ValueError(f"input {position} is text, but the model takes feature vectors, not tokens")
+            if not takes_tokens and vocab is None:
+                raise ValueError(f"input {position} is text, but the model takes feature vectors and has no "
+                                 "vocabulary; for a one-hot character model set model.vocabulary (e.g. \"helo\")")
             if vocab is None:
                 raise ValueError("the model has no vocabulary stored with it, so it cannot read text: "
                                  "pass token ids instead (lists of ints)")
@@ -203,7 +205,8 @@ def _encoder(model, max_length):
                 if cut_text:
                     item = item[-max_length:] if keep_last else item[:max_length]
             arr = cut(np.asarray(vocab.encode(item), dtype=np.int64), position, keep_last, cut_text)
-            return arr if text_input is None else text_input(arr)  # padded after the cut: never only padding
+            arr = arr if text_input is None else text_input(arr)  # padded after the cut: never only padding
+            return arr if takes_tokens else one_hot(arr, features)  # token i: a 1 at feature i
         arr = np.asarray(item)
         if takes_tokens:
             if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
@@ -217,6 +220,17 @@ def _encoder(model, max_length):
         return cut(arr, position, False)
 
     return encode
+
+
+def one_hot(ids, size):
+    """ids (T,) int -> (T, size) float32 one-hot rows (how a model without an Embedding reads
+    text: token i of its vocabulary is the vector with a 1 at feature i)."""
+    ids = np.asarray(ids, np.int64)
+    if ids.size and (ids.min() < 0 or ids.max() >= size):
+        raise ValueError(f"token id {int(ids.max())} does not fit the model's {size} one-hot features")
+    out = np.zeros((ids.shape[0], size), np.float32)
+    out[np.arange(ids.shape[0]), ids] = 1.0
+    return out
 
 
 #: the largest pad_sequences ``maxlen`` a model's text input may name (texts are padded to it)
