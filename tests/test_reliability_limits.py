@@ -17,26 +17,24 @@ FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
 
 
 # -- an empty input with a mask ----------------------------------------------------------------
-@pytest.mark.parametrize("return_sequences", [True, False])
-def test_empty_input_with_a_mask_is_an_empty_sequence(backend, return_sequences):
-    """(1, 0) ids with Embedding(mask_zero=True), or (1, 0, F) with Masking: what the same model
-    without a mask gives (zero steps: the initial state), not numpy's argmax error."""
+def test_empty_input_with_a_mask_is_one_clear_error(backend):
+    """(1, 0) ids with Embedding(mask_zero=True), or (1, 0, F) with Masking: numpy's "attempt to get
+    argmax of an empty sequence" before; now an error naming the layer, the shape and the fix (the
+    rule main's masks chose); without a mask zero steps still give the initial state."""
     rng = np.random.default_rng(0)
     table = rng.standard_normal((10, 3)).astype(np.float32)
-    gru = random_recurrent(rng, "gru", input_size=3, hidden_size=4, return_sequences=return_sequences)
+    gru = random_recurrent(rng, "gru", input_size=3, hidden_size=4, return_sequences=False)
     masked = fastrnn.Model([fastrnn.Embedding(table, mask_zero=True), gru])
-    plain = fastrnn.Model([fastrnn.Embedding(table), gru])
     for x in (np.zeros((1, 0), np.int64), np.zeros((3, 0), np.int64)):
-        got, states = masked.predict(x, backend=backend, return_state=True)
-        want, want_states = plain.predict(x, backend=backend, return_state=True)
-        assert got.shape == want.shape == ((x.shape[0], 0, 4) if return_sequences else (x.shape[0], 4))
-        np.testing.assert_array_equal(got, want)
-        np.testing.assert_array_equal(states[0], want_states[0])
-    # a row that is all padding gives that too (Keras: the state stays the initial one)
-    np.testing.assert_array_equal(masked.predict(np.zeros((1, 5), np.int64), backend=backend, return_state=True)[1][0],
-                                  plain.predict(np.zeros((1, 0), np.int64), backend=backend, return_state=True)[1][0])
-    features = fastrnn.Model([fastrnn.Masking(0.0), gru])
-    assert features.predict(np.zeros((1, 0, 3), np.float32), backend=backend).shape[1:] == got.shape[1:]
+        with pytest.raises(ValueError, match=r"Embedding with mask_zero\): the input has no time steps \(shape "
+                                             r"\(\d, 0\)\).* give each row at least one step"):
+            masked.predict(x, backend=backend)
+    with pytest.raises(ValueError, match="no time steps"):
+        fastrnn.Model([fastrnn.Masking(0.0), gru]).predict(np.zeros((1, 0, 3), np.float32), backend=backend)
+    # the fix the message gives: an all-padding row is the initial state, as zero steps without a mask
+    plain = fastrnn.Model([fastrnn.Embedding(table), gru])
+    np.testing.assert_array_equal(masked.predict(np.zeros((1, 1), np.int64), backend=backend),
+                                  plain.predict(np.zeros((1, 0), np.int64), backend=backend))
 
 
 # -- sessions: restore_state ---------------------------------------------------------------------
@@ -132,8 +130,8 @@ def test_giant_line_of_words_is_tokenized_only_as_far_as_needed():
 
 @pytest.mark.parametrize("truncating", ["pre", "post"])
 def test_giant_line_with_pad_sequences_keeps_kerass_side(truncating):
-    """With the tokenizer's maxlen (pad_sequences), the maxlen ids of Keras's truncating side are
-    read, from the end of the line for "pre": the same ids Keras keeps, at any length."""
+    """Keras's truncating side is read from the end of the line for "pre" (max_length ids of it,
+    then pad_sequences' maxlen of those): the ids Keras keeps, at any length."""
     model = word_classifier(maxlen=12, truncating=truncating)
     vocab = model.vocabulary
     words = known_words(model)
@@ -144,9 +142,8 @@ def test_giant_line_with_pad_sequences_keeps_kerass_side(truncating):
     ids = vocab.encode(line)
     kept = ids[-12:] if truncating == "pre" else ids[:12]
     want = model.predict(np.array([kept]))[0]
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # maxlen cuts as Keras does: no max_length warning
-        got = next(iter(model.classify([line]))).probabilities
+    with pytest.warns(UserWarning, match=f"only its {'last' if truncating == 'pre' else 'first'} 10000 tokens"):
+        got = next(iter(model.classify([line]))).probabilities  # max_length (10,000) first, then maxlen
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
     # and a char-level tokenizer: the last maxlen characters of the whole text, not of its first max_length
     char = word_classifier()
@@ -154,7 +151,15 @@ def test_giant_line_with_pad_sequences_keeps_kerass_side(truncating):
     char.metadata = dict(char.metadata or {}, text_input={"padding": "pre", "truncating": "pre", "maxlen": 5})
     text = "abc" * 5000 + "jihgf"
     want = char.predict(np.array([char.vocabulary.encode("jihgf")]))[0]
-    np.testing.assert_allclose(next(iter(char.classify([text]))).probabilities, want, rtol=1e-6, atol=1e-7)
+    with pytest.warns(UserWarning, match="only its last 10000 tokens"):
+        got = next(iter(char.classify([text]))).probabilities
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # shorter than max_length: maxlen cuts as Keras does, no warning
+        got = next(iter(model.classify([line[:20000]]))).probabilities
+    kept = vocab.encode(line[:20000])
+    want = model.predict(np.array([kept[-12:] if truncating == "pre" else kept[:12]]))[0]
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
 
 
 def test_bounded_encoding_equals_cutting_the_whole_encoding(monkeypatch):

@@ -8,10 +8,11 @@ layers.py, then checks that every custom layer has its factory and makes the Gra
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 from ...errors import ModelFormatError, UnsupportedLayerError
-from ...graph import Graph, Input, Node
-from ...layers import Attention, CustomLayer, Embedding
+from ...graph import Graph, GraphBuilder, Input
+from ...layers import Attention, CustomLayer, Embedding, Select
 from ...layers.custom import call_factory
 from ...model import Model
 from .. import text_vectorization
@@ -41,29 +42,15 @@ class _Context:
         return ModelFormatError(f"layer {entry['name']!r} ({entry['class_name']}): {problem}", self.source)
 
 
-class _Builder:
+class _Builder(GraphBuilder):
     """Collects the graph: inputs, nodes (unique names), one layer object per Keras layer."""
 
     def __init__(self, ctx):
+        super().__init__()
         self.ctx = ctx
         self.inputs = []
-        self.nodes = []
-        self.names = set()
         self.layers = {}  # (weights scope id, layer name) -> converted layer objects
         self.keras_layers = []  # [node name, class name] for the metadata
-
-    def unique(self, name):
-        base, k = name, 1
-        while name in self.names:
-            name = f"{base}_{k}"
-            k += 1
-        self.names.add(name)
-        return name
-
-    def add(self, name, layer, inputs):
-        name = self.unique(name)
-        self.nodes.append(Node(name, layer, list(inputs)))
-        return (name, 0)
 
     def scope(self, weights, entry):
         """The weights of a nested model (one object per nested model: its layers are shared
@@ -217,6 +204,8 @@ def _expand_model(b, config, weights, prefix, feeds):
                 continue
             ins = [tensors[r] for r in args]
             kw = {key: [tensors[r] for r in refs] if refs else kwargs[key] for key, refs in kw_refs.items()}
+            if kwargs.get("mask") is not None:
+                kw["mask"] = True  # an explicit mask= (fastrnn derives the mask itself; Keras uses it)
             for t, ref in enumerate(_call_layer(b, e, weights, ins, kw, prefix, k, legacy)):
                 tensors[(e["name"], k, t)] = ref
         if len(waiting) == len(pending):
@@ -329,9 +318,22 @@ def _call_layer(b, e, weights, ins, kw, prefix, k, legacy=False):
             raise ctx.unsupported(e, f"a recurrent layer takes one sequence input, got {len(ins)}")
         if extra and len(extra) != len(layer.state_sizes()):
             raise ctx.error(e, f"initial_state has {len(extra)} tensors, expected {len(layer.state_sizes())}")
+        if extra and not ctx.legacy and not kw.get("mask"):
+            # Keras 3 passes a layer its input's mask only when the input is its one tensor argument:
+            # given initial_state tensors, it runs every step (its returned sequence keeps the mask)
+            layer = replace(layer, use_mask=False)
+        last_step = cls != "Bidirectional" and layer.masked_output == "zero" and not layer.return_sequences
+        if last_step:
+            # zero_output_for_mask=True without return_sequences: Keras returns the last output of the
+            # scan, which is 0 when that step is masked (not the final state): the sequence's last step
+            layer = replace(layer, return_sequences=True)
         name = b.add(node_name, layer, ins + extra)[0]
         n_out = 1 + (len(layer.state_sizes()) if layer.return_state else 0)
-        return [(name, i) for i in range(n_out)]
+        outs = [(name, i) for i in range(n_out)]
+        if last_step:
+            outs[0] = b.add(node_name + "/last_step", Select(axis=1, index=-1, name=e["name"] + "/last_step"),
+                            [outs[0]])
+        return outs
     if cls == "TimeDistributed":
         inner = _entry(cfg.get("layer") or {}, ctx.source)
         inner = dict(inner, name=e["name"])

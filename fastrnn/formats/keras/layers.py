@@ -14,6 +14,7 @@ from ...layers import (Activation, Attention, BatchNormalization, Concatenate, C
                        Embedding, Flatten, GlobalPooling1D, Identity, LayerNormalization, Masking, Merge, Permute,
                        Pooling1D, Recurrent, RepeatVector, Reshape)
 from ...layers.custom import call_factory
+from ...layers.activation import FRAMEWORK_ACTIVATIONS
 from .config import CUDNN_LAYERS, GATES, RECURRENT_CELLS, _entry
 
 # Keras 1 merge(mode=...) -> fastrnn merge; "concat" is a Concatenate
@@ -34,11 +35,9 @@ SUPPORTED_LAYERS = (
 
 # Keras activation name -> fastrnn activation name, for functions defined identically in both.
 # hard_sigmoid is handled apart (its definition depends on the Keras version).
-_SAME_ACTIVATIONS = {
-    "tanh": "tanh", "sigmoid": "sigmoid", "relu": "relu", "linear": "affine", "elu": "elu",
-    "selu": "selu", "softplus": "softplus", "softsign": "softsign", "exponential": "exponential",
-    "swish": "swish", "silu": "swish",
-}
+# Keras's element-wise activation names (fastrnn.layers.activation.FRAMEWORK_ACTIVATIONS, the table
+# every importer shares, less the aten-only "exp")
+_SAME_ACTIVATIONS = {k: v for k, v in FRAMEWORK_ACTIVATIONS.items() if k != "exp"}
 # activations an Activation layer adds to the element-wise ones (softmax over the last axis)
 _LAYER_ACTIVATIONS = {"softmax": "softmax", "log_softmax": "log_softmax", "gelu": "gelu"}
 _DENSE_ACTIVATIONS = {"linear", "softmax", "sigmoid", "tanh", "relu", "elu", "selu", "softplus",
@@ -210,12 +209,18 @@ def _elu_layer(ctx, e, cfg, weights, kw):
     return Activation("elu", alpha=float(cfg.get("alpha", 1.0)), name=e["name"])
 
 
+def _merge_mask_rule(ctx):
+    """Keras 3 ORs the masks of a merge's inputs; Keras 1 and 2 took the AND of the masks present
+    (``_Merge.compute_mask``: ``K.all`` over them) and merged the values as they are."""
+    return "and" if ctx.legacy else "or"
+
+
 def _concatenate(ctx, e, cfg, weights, kw):
-    return Concatenate(_int(ctx, e, cfg.get("axis", -1), "axis"), name=e["name"])
+    return Concatenate(_int(ctx, e, cfg.get("axis", -1), "axis"), name=e["name"], mask_rule=_merge_mask_rule(ctx))
 
 
 def _merge(ctx, e, cfg, weights, kw):
-    return Merge(MERGE_OPS[e.get("inner_class", e["class_name"])], name=e["name"])
+    return Merge(MERGE_OPS[e.get("inner_class", e["class_name"])], name=e["name"], mask_rule=_merge_mask_rule(ctx))
 
 
 def _keras1_merge(ctx, e, cfg, weights, kw):
@@ -228,9 +233,10 @@ def _keras1_merge(ctx, e, cfg, weights, kw):
         raise ctx.unsupported(e, "a Keras 1 Merge with a Python function as mode is never run; pass "
                                  "custom_layers={'Merge': factory}")
     if mode == "concat":
-        return Concatenate(_int(ctx, e, cfg.get("concat_axis", -1), "concat_axis"), name=e["name"])
+        return Concatenate(_int(ctx, e, cfg.get("concat_axis", -1), "concat_axis"), name=e["name"],
+                           mask_rule=_merge_mask_rule(ctx))
     if mode in KERAS1_MERGE_MODES:
-        return Merge(KERAS1_MERGE_MODES[mode], name=e["name"])
+        return Merge(KERAS1_MERGE_MODES[mode], name=e["name"], mask_rule=_merge_mask_rule(ctx))
     raise ctx.unsupported(e, f"Keras 1 Merge mode {mode!r} is not supported; fastrnn reads modes concat, "
                              f"{', '.join(KERAS1_MERGE_MODES)}")
 
