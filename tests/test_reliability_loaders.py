@@ -394,3 +394,147 @@ def test_torch_export_guards_on_batch_and_time_are_enforced(tmp_path, condition,
             x = rng.standard_normal((B, T, 3)).astype(np.float32)
             with pytest.raises(ValueError, match=f"x: input 'x' has size .*{words}.*capture the module again"):
                 m.predict(x)
+
+
+# -- ONNX: quantization parameters and the LSTM clip ---------------------------------------------
+def onnx_classifier(tmp_path, quantize=None, name="m"):
+    """Embedding -> LSTM -> Linear exported by torch; with ``quantize`` ("QInt8" / "QUInt8") also
+    quantized by onnxruntime's quantize_dynamic (DynamicQuantizeLSTM, the MatMulInteger head)."""
+    import torch
+    from onnxruntime import quantization
+
+    class Classifier(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.emb, self.rnn, self.fc = torch.nn.Embedding(40, 16), torch.nn.LSTM(16, 24, batch_first=True), \
+                torch.nn.Linear(24, 5)
+
+        def forward(self, x):
+            y, _ = self.rnn(self.emb(x))
+            return self.fc(y[:, -1])
+
+    path = tmp_path / f"{name}.onnx"
+    torch.onnx.export(Classifier().eval(), (torch.randint(0, 40, (1, 6)),), str(path), dynamo=False,
+                      input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "b", 1: "t"}})
+    if quantize is None:
+        return path
+    out = tmp_path / f"{name}.{quantize}.onnx"
+    quantization.quantize_dynamic(str(path), str(out), weight_type=getattr(quantization.QuantType, quantize))
+    return out
+
+
+def edited(path, out, initializers=None, node_attrs=None):
+    """A copy of an ONNX file with initializers replaced ({name: array}) and node attributes set
+    ({op_type: {attr: value}})."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(path))
+    for t in model.graph.initializer:
+        if t.name in (initializers or {}):
+            t.CopyFrom(numpy_helper.from_array(np.asarray(initializers[t.name]), t.name))
+    for node in model.graph.node:
+        for attr, value in (node_attrs or {}).get(node.op_type, {}).items():
+            for a in list(node.attribute):
+                if a.name == attr:
+                    node.attribute.remove(a)
+            node.attribute.append(helper.make_attribute(attr, value))
+    onnx.save(model, str(out))
+    return out
+
+
+def initializer_names(path, op_type, positions):
+    import onnx
+
+    node = next(n for n in onnx.load(str(path)).graph.node if n.op_type == op_type)
+    return [node.input[i] for i in positions]
+
+
+def refuses(call, words):
+    with pytest.raises(ModelFormatError, match=words):
+        call()
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -0.01, 0.0])
+def test_quantized_lstm_scale_that_is_not_finite_and_positive_is_refused(tmp_path, bad):
+    """A quantize_dynamic file whose DynamicQuantizeLSTM R_scale is NaN loaded and gave finite
+    garbage; every scale is now checked (the LSTM's, the head's Mul of the MatMulInteger pattern,
+    the embedding's DequantizeLinear), by load, the session and `fastrnn convert`."""
+    import fastrnn.onnx
+
+    q = onnx_classifier(tmp_path, "QInt8")
+    x = np.random.default_rng(0).integers(0, 40, (1, 7))
+    good = fastrnn.load(str(q)).predict(x)
+    assert np.all(np.isfinite(good))
+    r_scale, = initializer_names(q, "DynamicQuantizeLSTM", [10])
+    cases = {"R_scale": (r_scale, "DynamicQuantizeLSTM"), "the weight scale": ("fc.weight_Transposed_scale", "Mul"),
+             "x_scale": ("emb.weight_scale", "DequantizeLinear")}
+    for what, (name, op) in cases.items():
+        shape = np.asarray(onnx_initializer(q, name)).shape
+        bad_file = edited(q, tmp_path / "bad.onnx", {name: np.full(shape, bad, np.float32)})
+        words = rf"bad\.onnx: node .* \({op}\): {what} holds .* finite number > 0"
+        refuses(lambda: fastrnn.load(str(bad_file)), words)
+        refuses(lambda: fastrnn.onnx.InferenceSession(str(bad_file)), words)
+        cli = run_python("import sys; from fastrnn.cli import main; sys.exit(main())", "convert", bad_file,
+                         tmp_path / "out.safetensors")
+        assert cli.returncode == 2 and "finite number > 0" in cli.stderr and "Traceback" not in cli.stderr
+
+
+def onnx_initializer(path, name):
+    import onnx
+    from onnx import numpy_helper
+
+    return next(numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer if t.name == name)
+
+
+def test_quantized_zero_point_type_must_match_its_weights(tmp_path):
+    """int8 weights with a uint8 zero point: onnxruntime refuses the file; so does fastrnn now."""
+    import onnxruntime as ort
+
+    q = onnx_classifier(tmp_path, "QInt8")
+    w_zero, = initializer_names(q, "DynamicQuantizeLSTM", [9])
+    bad = edited(q, tmp_path / "bad.onnx", {w_zero: onnx_initializer(q, w_zero).astype(np.uint8)})
+    with pytest.raises(Exception):
+        ort.InferenceSession(str(bad), providers=["CPUExecutionProvider"])
+    refuses(lambda: fastrnn.load(str(bad)), r"bad\.onnx: node .* \(DynamicQuantizeLSTM\): W_zero_point is uint8 but W "
+                                            r"is int8; they must have the same integer type")
+    bad = edited(q, tmp_path / "bad2.onnx",
+                 {"fc.weight_Transposed_zero_point": onnx_initializer(q, "fc.weight_Transposed_zero_point")
+                  .astype(np.uint8)})
+    refuses(lambda: fastrnn.load(str(bad)), r"\(MatMulInteger\): b_zero_point is uint8 but B is int8")
+    # the untouched files load, in both weight types, and match onnxruntime's int8 output closely
+    for kind in ("QInt8", "QUInt8"):
+        path = onnx_classifier(tmp_path, kind, name=kind)
+        x = np.random.default_rng(1).integers(0, 40, (1, 9))
+        want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        np.testing.assert_allclose(fastrnn.load(str(path)).predict(x), want, atol=0.03)
+
+
+@pytest.mark.parametrize("clip, ok", [(np.nan, False), (-1.0, False), (0.0, False), (np.inf, True), (0.5, True)])
+def test_onnx_lstm_clip_follows_onnxruntimes_rule_at_load(tmp_path, clip, ok):
+    """clip NaN or <= 0: predict ran while `fastrnn convert` and onnxruntime refused; now one rule
+    at load (onnxruntime's: clip > 0; +inf clips nothing), the same for load, session and convert,
+    and an accepted clip computes what onnxruntime computes."""
+    import fastrnn.onnx
+    import onnxruntime as ort
+
+    path = edited(onnx_classifier(tmp_path), tmp_path / "clip.onnx", node_attrs={"LSTM": {"clip": float(clip)}})
+    try:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception:  # noqa: BLE001 - onnxruntime's own refusal
+        session = None
+    assert (session is not None) == ok
+    cli = run_python("import sys; from fastrnn.cli import main; sys.exit(main())", "convert", path,
+                     tmp_path / "out.safetensors")
+    if not ok:
+        words = r"clip\.onnx: node .* \(LSTM\): clip must be a number > 0 .*\(onnxruntime refuses"
+        refuses(lambda: fastrnn.load(str(path)), words)
+        refuses(lambda: fastrnn.onnx.InferenceSession(str(path)), words)
+        assert cli.returncode == 2 and "clip must be a number > 0" in cli.stderr
+        return
+    x = np.random.default_rng(2).integers(0, 40, (3, 8))
+    want = session.run(None, {"x": x})[0]
+    np.testing.assert_allclose(fastrnn.load(str(path)).predict(x), want, atol=1e-4, rtol=1e-4)
+    assert cli.returncode == 0, cli.stderr
+    np.testing.assert_allclose(fastrnn.load(tmp_path / "out.safetensors").predict(x), want, atol=1e-4, rtol=1e-4)

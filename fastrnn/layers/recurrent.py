@@ -137,6 +137,7 @@ class Recurrent(Layer):
             raise ValueError("reverse/go_backwards apply to single-direction layers only")
         if self.proj_size and self.cell != "lstm":
             raise ValueError("proj_size is only defined for LSTM")
+        self.clip = check_clip(self.clip, self.name)
         self.hidden_size = int(self.hidden_size)
         self.proj_size = int(self.proj_size or 0)
         G, H, Ho = self.gates, self.hidden_size, self.output_size_per_direction
@@ -348,6 +349,17 @@ def read_activations(value, where):
 
 
 # -- the NumPy reference: the specification the compiled kernels must match ---------------------
+
+def check_clip(clip, where):
+    """The one rule for a cell clip (ONNX's ``clip``, as onnxruntime's loader applies it): None or a
+    number > 0; +inf clips nothing (-> None); NaN, 0 and negative values are refused."""
+    if clip is None:
+        return None
+    if isinstance(clip, bool) or not isinstance(clip, (int, float, np.integer, np.floating)) or not clip > 0:
+        raise ValueError(f"{where}: clip must be a number > 0 (the cell values are clipped to [-clip, clip]) or "
+                         f"None for no clipping, got {clip!r:.40}")
+    return None if math.isinf(clip) else float(clip)
+
 
 def _clip(x, clip):
     return x if clip is None else np.clip(x, -clip, clip)

@@ -377,6 +377,61 @@ def _argmax(node, x):
 # exact ONNX semantics, integer products in int64 (exact), round half to even, saturation.
 QUANT_RANGES = {np.dtype(np.uint8): (0, 255), np.dtype(np.int8): (-128, 127)}
 
+# The quantization parameters of each quantized operator, by input position: its scales, and the
+# (quantized tensor, zero point) pairs that must share one integer type (onnxruntime's type
+# constraints: its loader refuses a file where they differ).
+QUANTIZED_INPUTS = {
+    "DynamicQuantizeLSTM": {"scales": {8: "W_scale", 10: "R_scale"},
+                            "pairs": [((1, "W"), (9, "W_zero_point")), ((2, "R"), (11, "R_zero_point")),
+                                      ((1, "W"), (2, "R"))]},
+    "MatMulIntegerToFloat": {"scales": {2: "a_scale", 3: "b_scale"},
+                             "pairs": [((0, "A"), (4, "a_zero_point")), ((1, "B"), (5, "b_zero_point"))]},
+    "DynamicQuantizeMatMul": {"scales": {2: "b_scale"}, "pairs": [((1, "B"), (3, "b_zero_point"))]},
+    "MatMulInteger": {"scales": {}, "pairs": [((0, "A"), (2, "a_zero_point")), ((1, "B"), (3, "b_zero_point"))]},
+    "DequantizeLinear": {"scales": {1: "x_scale"}, "pairs": [((0, "x"), (2, "x_zero_point"))]},
+    "QuantizeLinear": {"scales": {1: "y_scale"}, "pairs": []},
+}
+
+
+def check_quantization_parameters(nodes, constants):
+    """Refuse (ValueError naming the node and the input) a quantized operator whose constant scale
+    is not finite and positive (onnxruntime's quantize_dynamic writes positive finite scales; a NaN
+    one turns every output into garbage) or whose zero point's type differs from its tensor's
+    (int8 weights with a uint8 zero point: onnxruntime refuses the file). ``constants``: the
+    initializers and Constant outputs by name."""
+    # onnxruntime's MatMulInteger pattern: Mul(DynamicQuantizeLinear's scale of x, B's scale)
+    dynamic_scales = {n.outputs[1] for n in nodes if n.op_type == "DynamicQuantizeLinear" and len(n.outputs) > 1}
+    for node in nodes:
+        spec = QUANTIZED_INPUTS.get(node.op_type)
+        if node.op_type == "Mul" and len(node.inputs) == 2 and set(node.inputs) & dynamic_scales:
+            spec = {"scales": {k: "the weight scale" for k, n in enumerate(node.inputs) if n not in dynamic_scales},
+                    "pairs": []}
+        if spec is None:
+            continue
+
+        def const(i):
+            name = node.inputs[i] if i < len(node.inputs) else ""
+            return constants.get(name) if name else None
+
+        for i, what in spec["scales"].items():
+            scale = const(i)
+            if scale is None:
+                continue
+            scale = np.asarray(scale)
+            if scale.dtype.kind != "f":
+                raise ValueError(f"{node.where()}: {what} has type {scale.dtype}, expected float32")
+            if scale.size and not (np.all(np.isfinite(scale)) and np.all(scale > 0)):
+                bad = scale.reshape(-1)[~(np.isfinite(scale.reshape(-1)) & (scale.reshape(-1) > 0))][0]
+                raise ValueError(f"{node.where()}: {what} holds {bad} (every scale must be a finite number > 0, as "
+                                 "onnxruntime's quantizer writes them): the file is damaged or was edited; quantize "
+                                 "the float model again")
+        for (i, a_what), (j, b_what) in spec["pairs"]:
+            a, b = const(i), const(j)
+            if a is not None and b is not None and np.asarray(a).dtype != np.asarray(b).dtype:
+                raise ValueError(f"{node.where()}: {b_what} is {np.asarray(b).dtype} but {a_what} is "
+                                 f"{np.asarray(a).dtype}; they must have the same integer type (onnxruntime refuses "
+                                 "this file too): quantize the float model again")
+
 
 def _quant_dtype(node, a, what):
     a = np.asarray(a)
@@ -441,6 +496,9 @@ def _dequantize_linear(node, x):
     axis = node.attrs.get("axis", 1)
     scale = _per_axis(node, np.asarray(x[1], np.float32), data, axis, "x_scale")
     zero = x[2] if len(x) > 2 and x[2] is not None else 0
+    if len(x) > 2 and x[2] is not None and np.asarray(x[2]).dtype != data.dtype:
+        raise ValueError(f"{node.where()}: x_zero_point is {np.asarray(x[2]).dtype} but x is {data.dtype}; they must "
+                         "have the same integer type")
     zero = _per_axis(node, zero, data, axis, "x_zero_point")
     check_size(node, data.shape)
     return [((data.astype(np.int64) - np.asarray(zero, np.int64)).astype(np.float32) * scale).astype(np.float32)]
@@ -477,6 +535,10 @@ def integer_matmul(node, a, b, a_zero, b_zero):
         raise ValueError(f"{node.where()}: MatMul of a scalar")
     a2 = a.astype(np.int64)
     b2 = b.astype(np.int64)
+    for v, z, what in ((a, a_zero, "a_zero_point"), (b, b_zero, "b_zero_point")):
+        if z is not None and np.asarray(z).dtype != v.dtype:
+            raise ValueError(f"{node.where()}: {what} is {np.asarray(z).dtype} but its tensor is {v.dtype}; they must "
+                             "have the same integer type")
     if a_zero is not None:
         za = np.asarray(_quant_dtype(node, a_zero, "a_zero_point"), np.int64)
         if za.size > 1:

@@ -16,6 +16,7 @@ import numpy as np
 
 from ...errors import ModelFormatError, UnsupportedLayerError
 from ...layers import DirectionWeights, Recurrent
+from ...layers.recurrent import check_clip
 
 RECURRENT_OPS = {"RNN": "rnn", "LSTM": "lstm", "GRU": "gru"}
 GATE_ORDER = {"lstm": [0, 3, 1, 2], "gru": [1, 0, 2], "rnn": [0]}  # ONNX block -> internal position
@@ -116,9 +117,13 @@ def layers_for_node(node, values, source, return_sequences=True, name=None) -> l
         dirs.append(DirectionWeights(w_ih=_reorder(W[d], cell, H), w_hh=_reorder(R[d], cell, H), b_ih=b_ih,
                                      b_hh=b_hh, peephole=peep))
     clip = node.attrs.get("clip")
+    try:
+        clip = check_clip(clip, where)
+    except ValueError as exc:
+        raise ModelFormatError(f"{exc} (onnxruntime refuses to load this node too)", source) from None
     acts = _activations(node, cell, D, source)
     options = dict(cell=cell, hidden_size=int(H), return_sequences=return_sequences,
-                   clip=None if clip is None else float(clip), input_forget=bool(node.attrs.get("input_forget", 0)),
+                   clip=clip, input_forget=bool(node.attrs.get("input_forget", 0)),
                    linear_before_reset=bool(node.attrs.get("linear_before_reset", 0)) if cell == "gru" else True)
     if D == 2 and acts[0] != acts[1]:
         return [Recurrent(directions=[dirs[d]], activations=acts[d], reverse=d == 1, name=f"{name or node.name}.d{d}",

@@ -29,7 +29,7 @@ import numpy as np
 
 from ...errors import ModelFormatError, UnsupportedLayerError
 from . import graph as graph_mod
-from .ops import OPS
+from .ops import OPS, check_quantization_parameters
 from .recurrent import RECURRENT_OPS, layers_for_node, run_node
 from .translate import Untranslatable, to_model_inputs, to_onnx_output, translate_graph
 
@@ -50,6 +50,13 @@ class InferenceSession:
         self._layers = {}
         for node in self._graph.nodes:
             node.attrs.setdefault("_opset", opset)
+        constants = dict(self._graph.initializers)
+        constants.update({n.outputs[0]: n.attrs["value"] for n in self._graph.nodes
+                          if n.op_type == "Constant" and n.outputs and isinstance(n.attrs.get("value"), np.ndarray)})
+        try:
+            check_quantization_parameters(self._graph.nodes, constants)
+        except ValueError as exc:
+            raise ModelFormatError(str(exc), self._source) from None
         self.model = None
         self.fallback_reason = None
         try:
@@ -200,7 +207,7 @@ def dequantized_lstm(node, values):
     """DynamicQuantizeLSTM as an LSTM node with the dequantized weights -> (node, values)."""
     import dataclasses
 
-    from .ops import OPS
+    from .ops import OPS, check_quantization_parameters
 
     names = list(node.inputs) + [""] * (12 - len(node.inputs))
     vals = dict(values)
