@@ -538,3 +538,27 @@ def test_onnx_lstm_clip_follows_onnxruntimes_rule_at_load(tmp_path, clip, ok):
     np.testing.assert_allclose(fastrnn.load(str(path)).predict(x), want, atol=1e-4, rtol=1e-4)
     assert cli.returncode == 0, cli.stderr
     np.testing.assert_allclose(fastrnn.load(tmp_path / "out.safetensors").predict(x), want, atol=1e-4, rtol=1e-4)
+
+
+def test_torch_export_model_guarded_on_length_does_not_generate():
+    """Generation feeds one step at a time: a forward whose result depends on the length cannot be
+    run so; an unguarded capture still generates."""
+    import torch
+
+    class LM(torch.nn.Module):
+        def __init__(self, guard):
+            super().__init__()
+            torch.manual_seed(0)
+            self.guard = guard
+            self.emb, self.rnn, self.fc = torch.nn.Embedding(10, 4), torch.nn.GRU(4, 8, batch_first=True), \
+                torch.nn.Linear(8, 10)
+
+        def forward(self, x):
+            y = self.rnn(self.emb(x))[0]
+            return self.fc(torch.tanh(y) if self.guard and x.shape[1] > 4 else y)
+
+    plain = fastrnn.from_torch(LM(False).eval(), example_inputs=(torch.randint(0, 10, (2, 8)),))
+    assert "size_ranges" not in plain.metadata and len(plain.generate([1, 2, 3], max_new_tokens=5, seed=1)) == 5
+    guarded = fastrnn.from_torch(LM(True).eval(), example_inputs=(torch.randint(0, 10, (2, 8)),))
+    with pytest.raises(ValueError, match="depends on the length of its input .* cannot run one step at a time"):
+        guarded.generate([1, 2, 3], max_new_tokens=5, seed=1)
