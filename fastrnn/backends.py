@@ -199,7 +199,7 @@ class CompiledBackend:
         k = self.kernels
         # a long product (a Dense layer over every step of a long batch) runs in blocks of rows of
         # about PROJECTION_MACS each, so that Python sees Ctrl-C between them
-        step = M if M * x.shape[1] * n_out <= 4 * PROJECTION_MACS else max(
+        step = max(1, M) if M * x.shape[1] * n_out <= 4 * PROJECTION_MACS else max(
             64 * threads, PROJECTION_MACS // max(1, x.shape[1] * n_out))
         for r0 in range(0, M, step):
             r1 = min(M, r0 + step)
