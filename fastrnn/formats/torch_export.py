@@ -1233,11 +1233,14 @@ class _ProbeVF:
         return self._three("rnn_relu", a)
 
 
-def _size_ranges(module, example_inputs, dynamic, ep, axes):
+def _size_ranges(module, example_inputs, dynamic, ep, axes, cell_loops=False):
     """[{"input", "axis", "fastrnn_axis", "min", "max"}]: the sizes the forward is valid for on
     each free axis (``axes``: per user input, [(torch axis, fastrnn axis)]), from the capture
     ``ep`` or, when it has recurrent operators, from a probe capture that keeps their time axis
-    symbolic. A bound torch.export assumes for every symbolic size (at least 2) is no bound."""
+    symbolic. A bound torch.export assumes for every symbolic size (at least 2) is no bound.
+    ``cell_loops``: the forward loops over the steps with recurrent cells, which fixes the time
+    size in any capture; the loop was mapped to a Recurrent node over every step, so a fixed time
+    size is that loop's, not a condition (one beside it cannot be seen)."""
     import sympy
     import torch
 
@@ -1267,11 +1270,12 @@ def _size_ranges(module, example_inputs, dynamic, ep, axes):
         for axis, fastrnn_axis in input_axes:
             size = int(example.shape[axis])
             if failed is not None:
-                if fastrnn_axis == 0:
+                if fastrnn_axis == 0 or cell_loops:
                     continue  # the batch: the first capture's batch axis is symbolic
                 lo = hi = size  # the time: the example's, as the first capture specialized it
             elif isinstance(shape[axis], int) or not isinstance(shape[axis].node.expr, sympy.Symbol):
-                if size <= 1:  # torch.export specializes sizes 0 and 1 whatever the forward does
+                # torch.export specializes sizes 0 and 1 whatever the forward does; a cell loop fixes time
+                if size <= 1 or (cell_loops and fastrnn_axis != 0):
                     continue
                 lo = hi = size
             else:
@@ -1433,7 +1437,7 @@ def from_exported_module(module, example_inputs, name=None, vocabulary=None):
         raise UnsupportedLayerError(f"torch.export of {kind}: the mapped graph is not valid: {exc}") from None
     metadata = {"source": "torch.export", "torch_module": kind,
                 "batch_axes": {"inputs": input_axes, "outputs": out_axes}}
-    size_ranges = _size_ranges(module, example_inputs, dynamic, ep, free_axes)
+    size_ranges = _size_ranges(module, example_inputs, dynamic, ep, free_axes, cell_loops=bool(mapper.loops))
     if size_ranges:
         metadata["size_ranges"] = size_ranges
     return Model(graph=g, vocabulary=vocabulary, name=name or kind.lower(), metadata=metadata)
