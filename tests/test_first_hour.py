@@ -471,7 +471,7 @@ def test_readme_synopses_list_every_option():
     parser, commands = _subcommands()
     synopses = {}
     for i, line in enumerate(lines):  # a synopsis: "fastrnn NAME [...]" and its indented continuation lines
-        m = re.match(r"fastrnn (\w+) (?!\.\.\.)", line)
+        m = re.match(r"fastrnn ([\w-]+) (?!\.\.\.)", line)
         if m:
             j = i + 1
             while j < len(lines) and lines[j].startswith(" "):
