@@ -12,17 +12,12 @@
  * operation (same sums in the same order), so the same logits and seed give the same token.
  */
 #include "generate_core.h"
+#include "cpu_features.h"
 #include "spin_barrier.h"
 
 #include <math.h>
 #include <string.h>
 
-#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
-#include <immintrin.h>
-#define GEN_X86 1
-#else
-#define GEN_X86 0
-#endif
 
 /* ============================================================================================
  * 1. random numbers
@@ -193,49 +188,28 @@ int32_t gen_sample_token(const float *logits, const uint8_t *seen, ptrdiff_t V, 
  * 3. the matrix multiply
  * ========================================================================================== */
 
-#if GEN_X86
-#define GEN_HALF __attribute__((target("avx2,fma,f16c")))
-#define GEN_HALF_INLINE __attribute__((target("avx2,fma,f16c"), always_inline)) inline
-
+#if FR_X86_SIMD
 static int half_state = -1; /* -1: not decided, 0: no F16C, 1: F16C */
 
 static int half_supported(void)
 {
-    if (half_state < 0) {
-        __builtin_cpu_init();
-        half_state = __builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx2") &&
-                     __builtin_cpu_supports("fma");
-    }
+    if (half_state < 0)
+        half_state = fr_cpu_has(FR_HAS_F16C);
     return half_state && rnn_simd_enabled(); /* rnn_select_simd(0) turns this path off too */
-}
-
-static GEN_HALF_INLINE __m256i lanes(ptrdiff_t count) /* lanes [0, count) set, count in 1..8 */
-{
-    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)count), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
 /* out (MR, NPG*16) += in (MR, K) @ NPG half panels, each (K, 16): for every k, the panel rows
  * are converted to floats and fused-multiply-added into accumulators that were loaded from out,
  * k = 0 .. K-1 in order: the chain rnn_core's AVX2 kernel computes for the same values.
  * Only NPG == 1 handles a partial last panel (valid < 16). */
-static GEN_HALF_INLINE void half_tile(const int MR, const int NPG, const uint16_t *panel, ptrdiff_t panel_stride,
+static FR_F16C_INLINE void half_tile(const int MR, const int NPG, const uint16_t *panel, ptrdiff_t panel_stride,
                                       ptrdiff_t K, const float *in, ptrdiff_t ld_in, float *out, ptrdiff_t ld_out,
                                       ptrdiff_t valid)
 {
     __m256 acc[4][8];
-    const int full = valid >= RNN_PANEL;
-    const __m256i mask0 = lanes(valid > 8 ? 8 : valid), mask1 = lanes(valid > 8 ? valid - 8 : 1);
     for (int r = 0; r < MR; r++)
-        for (int g = 0; g < NPG; g++) {
-            float *o = out + r * ld_out + g * RNN_PANEL;
-            if (full) {
-                acc[r][2 * g] = _mm256_loadu_ps(o);
-                acc[r][2 * g + 1] = _mm256_loadu_ps(o + 8);
-            } else {
-                acc[r][2 * g] = _mm256_maskload_ps(o, mask0);
-                acc[r][2 * g + 1] = valid > 8 ? _mm256_maskload_ps(o + 8, mask1) : _mm256_setzero_ps();
-            }
-        }
+        for (int g = 0; g < NPG; g++)
+            fr_load16(out + r * ld_out + g * RNN_PANEL, valid, &acc[r][2 * g], &acc[r][2 * g + 1]);
     for (ptrdiff_t k = 0; k < K; k++) {
         __m256 wv[8];
         for (int g = 0; g < NPG; g++) {
@@ -250,22 +224,13 @@ static GEN_HALF_INLINE void half_tile(const int MR, const int NPG, const uint16_
         }
     }
     for (int r = 0; r < MR; r++)
-        for (int g = 0; g < NPG; g++) {
-            float *o = out + r * ld_out + g * RNN_PANEL;
-            if (full) {
-                _mm256_storeu_ps(o, acc[r][2 * g]);
-                _mm256_storeu_ps(o + 8, acc[r][2 * g + 1]);
-            } else {
-                _mm256_maskstore_ps(o, mask0, acc[r][2 * g]);
-                if (valid > 8)
-                    _mm256_maskstore_ps(o + 8, mask1, acc[r][2 * g + 1]);
-            }
-        }
+        for (int g = 0; g < NPG; g++)
+            fr_store16(out + r * ld_out + g * RNN_PANEL, valid, acc[r][2 * g], acc[r][2 * g + 1]);
 }
 
 /* MR rows over every panel: NPG panels at a time while whole groups fit, then one at a time */
 #define HALF_ROWS(MR, NPG)                                                                        \
-    static GEN_HALF void half_rows_##MR(const gen_matrix *w, const float *in, ptrdiff_t ld_in, float *out, \
+    static FR_F16C void half_rows_##MR(const gen_matrix *w, const float *in, ptrdiff_t ld_in, float *out, \
                                         ptrdiff_t ld_out)                                         \
     {                                                                                             \
         const ptrdiff_t N = w->f32.rows, K = w->f32.cols, stride = K * RNN_PANEL;                 \
@@ -285,7 +250,7 @@ HALF_ROWS(4, 1)
 
 /* int8: acc (MR, NPG*16) int32 = q (NPG pair panels) @ xq (MR, K2) int16, exact; then
  * out = out + float(acc) * (scale * xs[r]). One vpmaddwd per 8 outputs and pair of inputs. */
-static GEN_HALF_INLINE void int8_tile(const int MR, const int NPG, const int8_t *panel, ptrdiff_t panel_stride,
+static FR_F16C_INLINE void int8_tile(const int MR, const int NPG, const int8_t *panel, ptrdiff_t panel_stride,
                                       ptrdiff_t K2, const int16_t *xq, const float *xs, float *out,
                                       ptrdiff_t ld_out, ptrdiff_t valid, const float *scale)
 {
@@ -308,31 +273,23 @@ static GEN_HALF_INLINE void int8_tile(const int MR, const int NPG, const int8_t 
                 acc[r][v] = _mm256_add_epi32(acc[r][v], _mm256_madd_epi16(wv[v], xp));
         }
     }
-    const int full = valid >= RNN_PANEL;
-    const __m256i mask0 = lanes(valid > 8 ? 8 : valid), mask1 = lanes(valid > 8 ? valid - 8 : 1);
     for (int r = 0; r < MR; r++) {
         const __m256 sx = _mm256_set1_ps(xs[r]);
         for (int g = 0; g < NPG; g++) {
             float *o = out + r * ld_out + g * RNN_PANEL;
             const __m256 w0 = _mm256_mul_ps(_mm256_loadu_ps(scale + g * RNN_PANEL), sx);
             const __m256 w1 = _mm256_mul_ps(_mm256_loadu_ps(scale + g * RNN_PANEL + 8), sx);
-            const __m256 t0 = _mm256_mul_ps(_mm256_cvtepi32_ps(acc[r][2 * g]), w0);
-            const __m256 t1 = _mm256_mul_ps(_mm256_cvtepi32_ps(acc[r][2 * g + 1]), w1);
-            if (full) {
-                _mm256_storeu_ps(o, _mm256_add_ps(_mm256_loadu_ps(o), t0));
-                _mm256_storeu_ps(o + 8, _mm256_add_ps(_mm256_loadu_ps(o + 8), t1));
-            } else {
-                _mm256_maskstore_ps(o, mask0, _mm256_add_ps(_mm256_maskload_ps(o, mask0), t0));
-                if (valid > 8)
-                    _mm256_maskstore_ps(o + 8, mask1, _mm256_add_ps(_mm256_maskload_ps(o + 8, mask1), t1));
-            }
+            __m256 o0, o1;
+            fr_load16(o, valid, &o0, &o1);
+            fr_store16(o, valid, _mm256_add_ps(o0, _mm256_mul_ps(_mm256_cvtepi32_ps(acc[r][2 * g]), w0)),
+                       _mm256_add_ps(o1, _mm256_mul_ps(_mm256_cvtepi32_ps(acc[r][2 * g + 1]), w1)));
         }
     }
 }
 
 /* MR rows over every panel of an int8 matrix */
 #define INT8_ROWS(MR, NPG)                                                                        \
-    static GEN_HALF void int8_rows_##MR(const gen_matrix *w, const int16_t *xq, const float *xs, float *out, \
+    static FR_F16C void int8_rows_##MR(const gen_matrix *w, const int16_t *xq, const float *xs, float *out, \
                                         ptrdiff_t ld_out)                                         \
     {                                                                                             \
         const ptrdiff_t N = w->f32.rows, K2 = (w->f32.cols + 1) / 2 * 2, stride = K2 * RNN_PANEL; \
@@ -351,7 +308,7 @@ INT8_ROWS(3, 2)
 INT8_ROWS(4, 1)
 
 /* many rows: panel by panel, so that a panel stays in L1 while every block of rows reads it */
-static GEN_HALF void int8_many(const gen_matrix *w, const int16_t *xq, const float *xs, float *out,
+static FR_F16C void int8_many(const gen_matrix *w, const int16_t *xq, const float *xs, float *out,
                                ptrdiff_t ld_out, ptrdiff_t m)
 {
     const ptrdiff_t N = w->f32.rows, K2 = (w->f32.cols + 1) / 2 * 2, stride = K2 * RNN_PANEL;
@@ -398,9 +355,9 @@ static float quantize_plain(const float *x, ptrdiff_t K, float xmax, int16_t *q)
     return s;
 }
 
-#if GEN_X86
+#if FR_X86_SIMD
 /* the same numbers, 16 at a time (the division and the rounding are exact IEEE operations) */
-static GEN_HALF float quantize_avx2(const float *x, ptrdiff_t K, float xmax, int16_t *q)
+static FR_F16C float quantize_avx2(const float *x, ptrdiff_t K, float xmax, int16_t *q)
 {
     const __m256 sign = _mm256_set1_ps(-0.0f);
     __m256 vtop = _mm256_setzero_ps();
@@ -446,7 +403,7 @@ static void quantize_rows(const float *in, ptrdiff_t ld_in, ptrdiff_t m, ptrdiff
     const float xmax = (float)gen_int8_xmax(K);
     for (ptrdiff_t r = 0; r < m; r++) {
         int16_t *q = xq + r * K2;
-#if GEN_X86
+#if FR_X86_SIMD
         if (rnn_simd_enabled())
             xs[r] = quantize_avx2(in + r * ld_in, K, xmax, q);
         else
@@ -489,7 +446,7 @@ void gen_matmul(const gen_matrix *w, const float *in, ptrdiff_t ld_in, float *ou
         return;
     if (w->q8) {
         quantize_rows(in, ld_in, m, w->f32.cols, xq, xs);
-#if GEN_X86
+#if FR_X86_SIMD
         if (rnn_simd_enabled()) {
             switch (m) {
             case 1: int8_rows_1(w, xq, xs, out, ld_out); break;
@@ -504,7 +461,7 @@ void gen_matmul(const gen_matrix *w, const float *in, ptrdiff_t ld_in, float *ou
         int8_plain(w, xq, xs, out, ld_out, m);
         return;
     }
-#if GEN_X86
+#if FR_X86_SIMD
     if (w->half && m <= GEN_SMALL_ROWS && half_supported()) {
         switch (m) {
         case 1: half_rows_1(w, in, ld_in, out, ld_out); return;
