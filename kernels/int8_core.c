@@ -197,43 +197,142 @@ static void matmul_plain(const i8_packed *w, const int8_t *xq, const float *xs, 
 }
 
 #if FR_X86_SIMD
-/* AVX-512 VNNI: out (MR, NPG*16) += MR rows of xq times NPG panels; acc[r][g] holds
- * sum_k (xq + 128) q, the offset is removed with the row sums at the end. `left`: outputs of
- * the matrix from this tile's first column on (only the last panel can be partial). */
-static FR_AVX512VNNI_INLINE void tile_vnni512(const int MR, const int NPG, const i8_packed *w, ptrdiff_t p0,
-                                          const int8_t *xq, ptrdiff_t K4, const float *xs, const float *const *src,
-                                          float *out, ptrdiff_t ld_out, ptrdiff_t left)
+/* AVX-512 VNNI, two rows or more (compute bound). vpdpbusd multiplies unsigned bytes by signed
+ * ones: the activations enter as xu = xq + 128 (xq ^ 0x80), flipped once per block of rows into
+ * a buffer on the stack (I8_XU_BYTES), and 128 * row_sum[n] is taken back out at the end.
+ *
+ * The tile: MR (<= 6) rows times NPG (<= 4) panels of 16 outputs, the whole of K, in 24 zmm
+ * accumulators named c<row><panel> (named, not an array: gcc kept an array's elements in memory
+ * beside their registers, two moves and a store per vpdpbusd, 41% of the vpdpbusd peak). For
+ * each group of 4 inputs: NPG weight vectors are loaded once and serve MR rows, each row's 4
+ * bytes are broadcast once (a load-port broadcast, no ALU op) and serve NPG panels: MR * NPG
+ * vpdpbusd for NPG + MR loads. `flip`: 1 when xq is still signed (the rows did not fit the
+ * buffer: an xor per broadcast instead). `left`: outputs from this tile's first column on. */
+#define I8_XU_BYTES 32768
+/* acc += the dot products of 4 unsigned bytes of a with 4 signed bytes of b, per int32 lane
+ * (vpdpbusd). In asm because gcc 12 ties the accumulator of _mm512_dpbusd_epi32 to zmm0-15 (the
+ * AVX-VNNI alternative of its pattern): with 24 accumulators that meant a copy in, a copy out
+ * and a store per instruction. */
+static FR_AVX512VNNI_INLINE __m512i dpbusd512(__m512i acc, __m512i a, __m512i b)
 {
-    __m512i acc[6][4];
+#if defined(__GNUC__) && !defined(__clang__)
+    __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(a), "v"(b));
+    return acc;
+#else
+    return _mm512_dpbusd_epi32(acc, a, b);
+#endif
+}
+#define VNNI_W(g) (NPG > g ? _mm512_loadu_si512((const void *)(bk + g * stride)) : zero)
+#define VNNI_ROW(r)                                                                                   \
+    if (MR > r) {                                                                                     \
+        __m512i x = _mm512_set1_epi32(load4((const int8_t *)xu + r * K4 + k));                        \
+        if (flip)                                                                                     \
+            x = _mm512_xor_si512(x, flip_bits);                                                       \
+        c##r##0 = dpbusd512(c##r##0, x, w0);                                                \
+        if (NPG > 1) c##r##1 = dpbusd512(c##r##1, x, w1);                                   \
+        if (NPG > 2) c##r##2 = dpbusd512(c##r##2, x, w2);                                   \
+        if (NPG > 3) c##r##3 = dpbusd512(c##r##3, x, w3);                                   \
+    }
+#define VNNI_OUT(r, g)                                                                                \
+    if (MR > r && NPG > g)                                                                            \
+        vnni512_store(c##r##g, w, p0 + g, left - g * I8_PANEL, xs[r], src ? src[r] : NULL,           \
+                      out + r * ld_out + g * I8_PANEL);
+
+/* o[0..valid) = in + float(acc - 128 row_sum) * (xs_r * scale): in = src_r + n0, or o itself */
+static FR_AVX512VNNI_INLINE void vnni512_store(__m512i acc, const i8_packed *w, ptrdiff_t panel, ptrdiff_t valid,
+                                               float xs_r, const float *src_r, float *o)
+{
+    const __mmask16 mask = valid >= I8_PANEL ? (__mmask16)0xFFFF : (__mmask16)((1u << valid) - 1u);
+    const ptrdiff_t n0 = panel * I8_PANEL;
+    const __m512i off = _mm512_slli_epi32(_mm512_loadu_si512((const void *)(w->row_sum + n0)), 7);
+    const __m512 f = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc, off));
+    const __m512 t = _mm512_mul_ps(_mm512_set1_ps(xs_r), _mm512_loadu_ps(w->scale + n0));
+    const float *in = src_r ? src_r + n0 : o;
+    _mm512_mask_storeu_ps(o, mask, _mm512_add_ps(_mm512_maskz_loadu_ps(mask, in), _mm512_mul_ps(f, t)));
+}
+
+static FR_AVX512VNNI_INLINE void tile_vnni512(const int MR, const int NPG, const int flip, const i8_packed *w,
+                                              ptrdiff_t p0, const uint8_t *xu, ptrdiff_t K4, const float *xs,
+                                              const float *const *src, float *out, ptrdiff_t ld_out, ptrdiff_t left)
+{
     const ptrdiff_t stride = K4 * I8_PANEL;
     const int8_t *panel = w->data + p0 * stride;
-    const __m512i flip = _mm512_set1_epi32((int32_t)0x80808080u);
-    FR_UNROLL for (int r = 0; r < MR; r++)
-        FR_UNROLL for (int g = 0; g < NPG; g++)
-            acc[r][g] = _mm512_setzero_si512();
+    const __m512i zero = _mm512_setzero_si512(), flip_bits = _mm512_set1_epi32((int32_t)0x80808080u);
+    __m512i c00 = zero, c01 = zero, c02 = zero, c03 = zero, c10 = zero, c11 = zero, c12 = zero, c13 = zero;
+    __m512i c20 = zero, c21 = zero, c22 = zero, c23 = zero, c30 = zero, c31 = zero, c32 = zero, c33 = zero;
+    __m512i c40 = zero, c41 = zero, c42 = zero, c43 = zero, c50 = zero, c51 = zero, c52 = zero, c53 = zero;
     for (ptrdiff_t k = 0; k < K4; k += 4) {
-        __m512i wv[4];
-        FR_UNROLL for (int g = 0; g < NPG; g++)
-            wv[g] = _mm512_loadu_si512((const void *)(panel + g * stride + k * I8_PANEL));
-        FR_UNROLL for (int r = 0; r < MR; r++) {
-            const __m512i a = _mm512_xor_si512(_mm512_set1_epi32(load4(xq + r * K4 + k)), flip);
-            FR_UNROLL for (int g = 0; g < NPG; g++)
-                acc[r][g] = _mm512_dpbusd_epi32(acc[r][g], a, wv[g]);
+        const int8_t *bk = panel + k * I8_PANEL;
+        const __m512i w0 = VNNI_W(0), w1 = VNNI_W(1), w2 = VNNI_W(2), w3 = VNNI_W(3);
+        VNNI_ROW(0) VNNI_ROW(1) VNNI_ROW(2) VNNI_ROW(3) VNNI_ROW(4) VNNI_ROW(5)
+    }
+    VNNI_OUT(0, 0) VNNI_OUT(0, 1) VNNI_OUT(0, 2) VNNI_OUT(0, 3)
+    VNNI_OUT(1, 0) VNNI_OUT(1, 1) VNNI_OUT(1, 2) VNNI_OUT(1, 3)
+    VNNI_OUT(2, 0) VNNI_OUT(2, 1) VNNI_OUT(2, 2) VNNI_OUT(2, 3)
+    VNNI_OUT(3, 0) VNNI_OUT(3, 1) VNNI_OUT(3, 2) VNNI_OUT(3, 3)
+    VNNI_OUT(4, 0) VNNI_OUT(4, 1) VNNI_OUT(4, 2) VNNI_OUT(4, 3)
+    VNNI_OUT(5, 0) VNNI_OUT(5, 1) VNNI_OUT(5, 2) VNNI_OUT(5, 3)
+}
+
+/* xu (n,) <- xq ^ 0x80 (xq + 128 as unsigned bytes); n a multiple of 4 */
+static FR_AVX512VNNI void flip_bytes512(const int8_t *xq, ptrdiff_t n, uint8_t *xu)
+{
+    const __m512i bits = _mm512_set1_epi32((int32_t)0x80808080u);
+    ptrdiff_t i = 0;
+    for (; i + 64 <= n; i += 64)
+        _mm512_storeu_si512((void *)(xu + i), _mm512_xor_si512(_mm512_loadu_si512((const void *)(xq + i)), bits));
+    if (i < n) {
+        const __mmask64 m = ((__mmask64)1 << (n - i)) - 1;
+        _mm512_mask_storeu_epi8(xu + i, m, _mm512_xor_si512(_mm512_maskz_loadu_epi8(m, xq + i), bits));
+    }
+}
+
+/* the tile for the literal (mr, npg) of a runtime one (mr 1..6, npg 1..4) */
+#define VNNI_CASE(MR, NPG, FLIP) \
+    case (MR - 1) * 4 + (NPG - 1): tile_vnni512(MR, NPG, FLIP, w, p, x, K4, s, sr, o, ld_out, left); break;
+#define VNNI_CASES_ROW(MR, FLIP) \
+    VNNI_CASE(MR, 1, FLIP) VNNI_CASE(MR, 2, FLIP) VNNI_CASE(MR, 3, FLIP) VNNI_CASE(MR, 4, FLIP)
+#define VNNI_CASES(FLIP) VNNI_CASES_ROW(1, FLIP) VNNI_CASES_ROW(2, FLIP) VNNI_CASES_ROW(3, FLIP) \
+    VNNI_CASES_ROW(4, FLIP) VNNI_CASES_ROW(5, FLIP) VNNI_CASES_ROW(6, FLIP)
+
+/* rows [r0, r1) of xu (flipped, or still signed when flip) over every panel: for each group of
+ * 4 panels (K4 x 64 bytes, kept in L1 while the rows pass), every block of 6 rows */
+static FR_AVX512VNNI void vnni512_rows(const i8_packed *w, const uint8_t *xu, ptrdiff_t rows, int flip,
+                                       const float *xs, const float *const *src, float *out, ptrdiff_t ld_out)
+{
+    const ptrdiff_t N = w->rows, K4 = i8_cols_padded(w->cols), panels = (N + I8_PANEL - 1) / I8_PANEL;
+    for (ptrdiff_t p = 0; p < panels; p += 4) {
+        const ptrdiff_t npg = panels - p < 4 ? panels - p : 4, left = N - p * I8_PANEL;
+        for (ptrdiff_t r = 0; r < rows; r += 6) {
+            const ptrdiff_t mr = rows - r < 6 ? rows - r : 6;
+            const uint8_t *x = xu + r * K4;
+            const float *s = xs + r;
+            const float *const *sr = src ? src + r : NULL;
+            float *o = out + r * ld_out + p * I8_PANEL;
+            if (flip) {
+                switch ((mr - 1) * 4 + (npg - 1)) { VNNI_CASES(1) }
+            } else {
+                switch ((mr - 1) * 4 + (npg - 1)) { VNNI_CASES(0) }
+            }
         }
     }
-    FR_UNROLL for (int g = 0; g < NPG; g++) {
-        const ptrdiff_t valid = left - g * I8_PANEL;
-        const __mmask16 mask = valid >= I8_PANEL ? (__mmask16)0xFFFF : (__mmask16)((1u << valid) - 1u);
-        const ptrdiff_t n0 = (p0 + g) * I8_PANEL;
-        const __m512i off = _mm512_slli_epi32(_mm512_loadu_si512((const void *)(w->row_sum + n0)), 7);
-        const __m512 sc = _mm512_loadu_ps(w->scale + n0);
-        FR_UNROLL for (int r = 0; r < MR; r++) {
-            const __m512 f = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r][g], off));
-            const __m512 t = _mm512_mul_ps(_mm512_set1_ps(xs[r]), sc);
-            float *o = out + r * ld_out + g * I8_PANEL;
-            const float *in = src ? src[r] + n0 : o;
-            _mm512_mask_storeu_ps(o, mask, _mm512_add_ps(_mm512_maskz_loadu_ps(mask, in), _mm512_mul_ps(f, t)));
-        }
+}
+
+/* out (m, N) = src + W xq (see i8_matmul), m >= 2: blocks of rows flipped into the stack buffer */
+static FR_AVX512VNNI void matmul_vnni512(const i8_packed *w, const int8_t *xq, const float *xs, ptrdiff_t m,
+                                         const float *const *src, float *out, ptrdiff_t ld_out)
+{
+    const ptrdiff_t K4 = i8_cols_padded(w->cols);
+    const ptrdiff_t block = K4 > 0 ? I8_XU_BYTES / K4 / 6 * 6 : 6;
+    if (block < 6) { /* rows too long for the buffer: flip at each broadcast */
+        vnni512_rows(w, (const uint8_t *)xq, m, 1, xs, src, out, ld_out);
+        return;
+    }
+    uint8_t xu[I8_XU_BYTES] __attribute__((aligned(64)));
+    for (ptrdiff_t r0 = 0; r0 < m; r0 += block) {
+        const ptrdiff_t rows = m - r0 < block ? m - r0 : block;
+        flip_bytes512(xq + r0 * K4, rows * K4, xu);
+        vnni512_rows(w, xu, rows, 0, xs + r0, src ? src + r0 : NULL, out + r0 * ld_out, ld_out);
     }
 }
 
@@ -284,13 +383,6 @@ static FR_AVX512VNNI void gemv_vnni512(const i8_packed *w, const int8_t *xq, con
 }
 
 /* AVX-VNNI (ymm) and AVX2: a panel is two ymm halves of 8 outputs. */
-static FR_AVX2_INLINE __m256i dot4_avx2(__m256i acc, __m256i a, __m256i wv, __m256i ones)
-{
-    /* |a| as unsigned bytes times q with a's sign: pair sums <= 2 * 127 * 127, no saturation */
-    const __m256i pairs = _mm256_maddubs_epi16(_mm256_abs_epi8(a), _mm256_sign_epi8(wv, a));
-    return _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, ones));
-}
-
 static FR_AVX2_INLINE void store8_avx2(float *o, const float *in, ptrdiff_t valid, __m256 v)
 {
     if (valid >= 8) {
@@ -303,7 +395,7 @@ static FR_AVX2_INLINE void store8_avx2(float *o, const float *in, ptrdiff_t vali
     }
 }
 
-/* one ymm tile, VNNI or not (use_vnni is a literal at every call site) */
+/* one AVX-VNNI tile: MR (<= 2) rows times NPG (<= 2) panels, each panel two ymm of 8 outputs */
 #define TILE_YMM_BODY(DOT, OFFSET)                                                                    \
     __m256i acc[2][4];                                                                                \
     const ptrdiff_t stride = K4 * I8_PANEL;                                                           \
@@ -332,15 +424,6 @@ static FR_AVX2_INLINE void store8_avx2(float *o, const float *in, ptrdiff_t vali
             store8_avx2(o, src ? src[r] + n0 : o, left - g * 8, _mm256_mul_ps(f, t));                 \
         }                                                                                             \
     }
-
-#define DOT_AVX2(acc, a, wv) dot4_avx2(acc, a, wv, ones)
-static FR_AVX2_INLINE void tile_avx2(const int MR, const int NPG, const i8_packed *w, ptrdiff_t p0,
-                                     const int8_t *xq, ptrdiff_t K4, const float *xs, const float *const *src,
-                                     float *out, ptrdiff_t ld_out, ptrdiff_t left)
-{
-    const __m256i ones = _mm256_set1_epi16(1);
-    TILE_YMM_BODY(DOT_AVX2, _mm256_setzero_si256())
-}
 
 static FR_AVXVNNI_INLINE __m256i dot4_avxvnni(__m256i acc, __m256i a, __m256i wv)
 {
@@ -379,18 +462,13 @@ static FR_AVXVNNI_INLINE void tile_avxvnni(const int MR, const int NPG, const i8
     }
 
 #define I8_CASE(TILE, MR, NPG) case (MR - 1) * 4 + (NPG - 1): TILE(MR, NPG, w, p, x, K4, s, sr, o, ld_out, left); break;
-#define I8_CASES_ROW(TILE, MR) I8_CASE(TILE, MR, 1) I8_CASE(TILE, MR, 2) I8_CASE(TILE, MR, 3) I8_CASE(TILE, MR, 4)
 #define I8_CASES_ROW2(TILE, MR) I8_CASE(TILE, MR, 1) I8_CASE(TILE, MR, 2)
-#define I8_CASES_6(TILE) I8_CASES_ROW(TILE, 1) I8_CASES_ROW(TILE, 2) I8_CASES_ROW(TILE, 3) \
-    I8_CASES_ROW(TILE, 4) I8_CASES_ROW(TILE, 5) I8_CASES_ROW(TILE, 6)
 #define I8_CASES_2(TILE) I8_CASES_ROW2(TILE, 1) I8_CASES_ROW2(TILE, 2)
 
-I8_DRIVER(matmul_vnni512, FR_AVX512VNNI, tile_vnni512, 6, 4)
 I8_DRIVER(matmul_avxvnni, FR_AVXVNNI, tile_avxvnni, 2, 2)
-I8_DRIVER(matmul_avx2, FR_AVX2, tile_avx2, 2, 2)
 
-/* AVX2 without VNNI, written out so that every accumulator stays in a register (the generic
- * ymm tile above spills with gcc), same arithmetic and layout as tile_avx2: |xq| as unsigned
+/* AVX2 without VNNI, written out so that every accumulator stays in a register (a generic
+ * ymm tile like the AVX-VNNI one spilled with gcc): |xq| as unsigned
  * bytes times q with xq's sign (vpsignb), pair sums in int16 (at most 2 * 127^2), vpmaddwd with
  * ones to int32. On a Zen 3 core vpsignb, vpmaddubsw and vpmaddwd issue on different pipes
  * (measured: the three together at about one per cycle), so 32 multiply-adds cost about one
