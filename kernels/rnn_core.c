@@ -695,6 +695,8 @@ void rnn_rows_prefetch(const rnn_sequence_io *io, const rnn_rows *rows, const fl
                        ptrdiff_t n, ptrdiff_t s)
 {
 #if defined(__GNUC__) || defined(__clang__)
+    if (!io->tokens) /* (B, T, G*H) rows: each row is read in order, the hardware prefetches it */
+        return;
     for (ptrdiff_t i = 0; i < n && rows->length[i] > s; i++) {
         const char *row = (const char *)rnn_rows_input(io, rows, xproj, width, i, s);
         for (ptrdiff_t off = 0; off < width * (ptrdiff_t)sizeof(float); off += 64)

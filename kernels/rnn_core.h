@@ -152,7 +152,8 @@ ptrdiff_t rnn_rows_active(const rnn_rows *rows, ptrdiff_t n, ptrdiff_t s);
 const float *rnn_rows_input(const rnn_sequence_io *io, const rnn_rows *rows, const float *xproj, ptrdiff_t width,
                             ptrdiff_t i, ptrdiff_t s);
 /* ask for the inputs of the first n rows at step s (while step s - 1 computes: folded-table rows
- * are scattered over many MB, each would otherwise be a cache miss) */
+ * are scattered over many MB, each would otherwise be a cache miss); nothing for xproj rows,
+ * which the hardware prefetcher follows (asking for them cost 5% of a batch-64 int8 LSTM) */
 void rnn_rows_prefetch(const rnn_sequence_io *io, const rnn_rows *rows, const float *xproj, ptrdiff_t width,
                        ptrdiff_t n, ptrdiff_t s);
 /* y[b, t, y_offset:] <- rows->h of the first n rows at step s */
