@@ -1,4 +1,4 @@
-"""Benchmarks (never run in CI). See README "Performance" for the workflow.
+"""Benchmarks (never run in CI). See docs/performance.md for the workflow.
 
 Run from the repository root (``python -m bench.compare``, ``pytest bench/...``): the root is
 then on sys.path, and its ``fastrnn/`` source folder has no compiled kernels. Importing this

@@ -1,5 +1,5 @@
 """The machine's floors for the standard workloads, measured with fastrnn's own matrix multiply
-(the README's "Where the time goes" cites them). One thread, medians over repeats.
+(docs/performance.md cites them). One thread, medians over repeats.
 
     python -m bench.floors
 

@@ -27,7 +27,7 @@ __all__ = [
     "Activation", "Attention", "BatchNormalization", "Concatenate", "Conv1D", "CustomLayer", "Dot", "Flatten",
     "GlobalPooling1D", "Identity", "LayerNormalization", "Merge", "Permute", "Pooling1D", "RepeatVector",
     "Reshape", "Select", "Slice", "Vocabulary",
-    "load", "save", "from_torch", "from_keras", "available_backends", "set_backend", "get_backend",
+    "load", "save", "from_torch", "from_keras", "export_c", "available_backends", "set_backend", "get_backend",
     "set_num_threads", "get_num_threads",
     "ModelFormatError", "UnsupportedLayerError", "__version__",
 ]
@@ -76,7 +76,8 @@ def load(path, mmap: bool = False, custom_layers=None, tokenizer=None, padding="
     ``tokenizer``: the Keras ``Tokenizer.to_json()`` the model was trained with (a path, or the JSON
     text): it becomes the model's vocabulary, with ``pad_sequences``' ``padding`` / ``truncating``
     side (Keras's default "pre") and ``maxlen``, so ``classify`` on raw text feeds the model the ids
-    and padding Keras did (fastrnn.formats.tokenizers).
+    and padding Keras did (fastrnn.formats.tokenizers). Without ``maxlen``: the model's fixed input
+    length; a model with neither that nor a mask gets a fastrnn.errors.PaddingLengthWarning.
 
     ``architecture``: for a file that holds weights only. A Keras weights-only HDF5 file (Keras 2
     ``save_weights("weights.h5")``, Keras 3 ``.weights.h5``) takes the Keras architecture: the
@@ -197,3 +198,12 @@ def from_torch(obj, **kwargs) -> Model:
     from .formats.torch import from_torch as _from_torch
 
     return _from_torch(obj, **kwargs)
+
+
+def export_c(model, out_dir, name=None, weights=None, example=False, max_steps=None):
+    """Write ``model`` as dependency-free C99 (``NAME.h``, ``NAME.c``, with ``example=True`` also
+    ``main.c``); returns the paths written. See fastrnn.cexport.export_c and
+    docs/running-without-python.md."""
+    from .cexport import export_c as _export_c
+
+    return _export_c(model, out_dir, name=name, weights=weights, example=example, max_steps=max_steps)

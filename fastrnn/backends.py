@@ -160,22 +160,28 @@ class CompiledBackend:
                     cache[self.name] = entry
         return entry
 
+    def pack_matrix(self, a, int8=None):
+        """A weight matrix a (N, K) in the kernels' packed form. ``int8``: its exact int8 form
+        (fastrnn.layers.Int8Weights, or None), which only the int8 engine reads."""
+        return self.kernels.pack_weight(np.ascontiguousarray(a))
+
     def _pack(self, layer, w):
         G, H = layer.gates, layer.hidden_size
-        k = self.kernels
+        pack = self.pack_matrix
         b_ih = np.zeros(G * H, f32) if w.b_ih is None else w.b_ih
         b_hh = np.zeros(G * H, f32) if w.b_hh is None else w.b_hh
-        entry = {"w_ih": k.pack_weight(w.w_ih)}  # (G*H <- I): xproj = x @ W_ih.T + bias, or the folded table
+        entry = {"w_ih": pack(w.w_ih, w.int8_of("w_ih"))}  # (G*H <- I): xproj = x @ W_ih.T + bias, or the folded table
         if layer.cell == "gru":
             # b_hr, b_hz fold into the projection; b_hn stays inside the reset product
+            exact = w.int8_of("w_hh")
             entry["bias"] = (b_ih + np.concatenate([b_hh[: 2 * H], np.zeros(H, f32)])).astype(f32)
-            entry["w_hh_rz"] = k.pack_weight(np.ascontiguousarray(w.w_hh[: 2 * H]))
-            entry["w_hh_n"] = k.pack_weight(np.ascontiguousarray(w.w_hh[2 * H:]))
+            entry["w_hh_rz"] = pack(w.w_hh[: 2 * H], None if exact is None else exact[: 2 * H])
+            entry["w_hh_n"] = pack(w.w_hh[2 * H:], None if exact is None else exact[2 * H:])
             entry["b_hn"] = np.ascontiguousarray(b_hh[2 * H:])
         else:
             entry["bias"] = (b_ih + b_hh).astype(f32)
-            entry["w_hh"] = k.pack_weight(w.w_hh)
-            entry["w_hr"] = None if w.w_hr is None else k.pack_weight(w.w_hr)
+            entry["w_hh"] = pack(w.w_hh, w.int8_of("w_hh"))
+            entry["w_hr"] = None if w.w_hr is None else pack(w.w_hr, w.int8_of("w_hr"))
             entry["peephole"] = w.peephole
         return entry
 
@@ -198,7 +204,7 @@ class CompiledBackend:
         cache = layer.__dict__.setdefault("_packed", {})
         packed = cache.get(self.name)
         if packed is None:
-            packed = cache[self.name] = self.kernels.pack_weight(layer.weight)
+            packed = cache[self.name] = self.pack_matrix(layer.weight, layer.int8)
         shape = x.shape
         y = self.matmul(x.reshape(-1, shape[-1]), packed, layer.output_size, layer.bias, threads)
         y = y.reshape(shape[:-1] + (layer.output_size,))

@@ -7,6 +7,9 @@
                             [--custom-layers MODULE.py]
     fastrnn generate ...     (fastrnn/generate/cli.py adds it)
     fastrnn classify ...     (fastrnn/classify/cli.py adds it)
+    fastrnn export-c ...     (fastrnn/cexport/cli.py adds it)
+    fastrnn serve ...        (fastrnn/serve/cli.py adds it; Starlette and uvicorn, the serve extra, are
+                              imported only when it runs)
 
 Each feature module that owns a subcommand exposes ``add_cli(subparsers)``; the subparser's
 ``func`` default receives the parsed arguments and returns the exit code.
@@ -22,7 +25,7 @@ import sys
 from .errors import ModelFormatError
 
 # Feature modules that contribute subcommands (imported lazily only to build the parser).
-FEATURE_MODULES = ("fastrnn.generate", "fastrnn.classify")
+FEATURE_MODULES = ("fastrnn.generate", "fastrnn.classify", "fastrnn.cexport.cli", "fastrnn.serve")
 
 
 def _ensure_utf8_stdio():
@@ -109,10 +112,20 @@ def cmd_convert(args):
     if args.tokenizer:
         if vocab is not None:
             raise ValueError("--tokenizer and --vocab both give the vocabulary: pass one of them")
-        from .formats.tokenizers import attach_tokenizer
+        import warnings
 
-        attach_tokenizer(model, args.tokenizer, padding=args.padding, truncating=args.truncating,
-                         maxlen=args.maxlen)
+        from .errors import PaddingLengthWarning
+        from .formats.tokenizers import attach_tokenizer, check_maxlen
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", PaddingLengthWarning)
+            attach_tokenizer(model, args.tokenizer, padding=args.padding, truncating=args.truncating,
+                             maxlen=check_maxlen(args.maxlen, "--maxlen"))
+        for w in caught:  # one line on stderr (the others go on as Python would show them)
+            if issubclass(w.category, PaddingLengthWarning):
+                print(f"fastrnn convert: warning: {w.message}", file=sys.stderr)
+            else:
+                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     save(model, args.dst, quantize=args.quantize)
     stored = args.quantize or (model.metadata or {}).get("quantized")  # an int8 source (onnxruntime) stays int8
     kind = f", weight matrices stored as {stored}" if stored in ("float16", "int8") else ""
@@ -172,7 +185,7 @@ def build_parser():
                    help="cell type of the RNN modules in a PyTorch state_dict")
     p.add_argument("--architecture", metavar="FILE",
                    help="for a file holding weights only. PyTorch state_dict: the network as fastrnn's architecture "
-                        "JSON (modules in order, with Tanh, LogSoftmax, ...; see README 'PyTorch weight files'); "
+                        "JSON (modules in order, with Tanh, LogSoftmax, ...; see docs/loading.md 'PyTorch weight files'); "
                         "replaces --cell. Keras weights-only .h5 (save_weights): the model.json of "
                         "model.to_json() (Keras 1, 2 or 3); weights matched to layers in order, as Keras 2's "
                         "load_weights")
@@ -193,7 +206,8 @@ def build_parser():
     p.add_argument("--truncating", choices=["pre", "post"], default="pre",
                    help="--tokenizer: pad_sequences' truncating side in training (default pre)")
     p.add_argument("--maxlen", type=int, help="--tokenizer: pad_sequences' maxlen in training (texts are cut to it; "
-                                              "a model without a mask also sees the padding zeros)")
+                                              "a model without a mask also sees the padding zeros); default: the "
+                                              "model's fixed input length, if it has one")
     p.add_argument("--quantize", choices=["float16", "int8"],
                    help="store the weight matrices as float16 or as int8 with per-row scales (2x / 4x "
                         "smaller); the loaded model computes with them (int8: int8 products in predict, classify "

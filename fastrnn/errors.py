@@ -11,3 +11,8 @@ class ModelFormatError(ValueError):
 
 class UnsupportedLayerError(ModelFormatError):
     """The model contains a layer or option fastrnn does not implement."""
+
+
+class PaddingLengthWarning(UserWarning):
+    """A model without a mask reads texts through a tokenizer, but the padding length it was
+    trained with (pad_sequences' ``maxlen``) is unknown: its results depend on it."""

@@ -12,9 +12,12 @@ may appear in several nodes (a shared layer); a chain is a graph with one path. 
 graphs; fusions are passes over them (``optimize``) shared by every importer, so a model runs the
 same plan whatever file it came from; ``Plan`` runs a graph on a backend.
 
-Masks travel beside the tensors as ``lengths`` (B,) int64 (right padding), created by
-Embedding(mask_zero) and Masking and propagated by each layer's ``output_lengths`` as Keras
-propagates masks.
+Masks travel beside the tensors, created by Embedding(mask_zero) and Masking (and ``lengths=``
+of predict) and propagated by each layer's ``output_lengths`` as Keras propagates masks: as
+``lengths`` (B,) int64 when they are right padding (the kernels' own form), else as a boolean
+(B, T) array (fastrnn.layers.mask). A recurrent layer runs a (B, T) mask by packing each row's
+real steps to the left, running them with lengths, and putting the outputs back (exact: a
+masked step leaves the state unchanged).
 """
 from __future__ import annotations
 
@@ -28,7 +31,8 @@ from .layers.base import shape_str
 from .layers.custom import CustomLayer
 from .layers.dense import Dense
 from .layers.embedding import Embedding, Masking
-from .layers.recurrent import Recurrent
+from .layers.mask import combine, compact, is_lengths
+from .layers.recurrent import Recurrent, expand_compacted
 from .layers.reshape import Identity
 
 f32 = np.float32
@@ -241,16 +245,38 @@ def chain(layers, input_name="input", input_shape=None, input_dtype=None) -> Gra
 
 
 def _unique_names(names, taken):
-    out = []
     taken = set(taken)
-    for n in names:
-        base, k = n, 1
-        while n in taken:
-            n = f"{base}_{k}"
-            k += 1
-        taken.add(n)
-        out.append(n)
-    return out
+    return [_take_unique(n, taken) for n in names]
+
+
+def _take_unique(name, taken):
+    """``name``, or ``name_1``, ``name_2``, ... : the first not in ``taken`` (which gains it)."""
+    base, k = name, 1
+    while name in taken:
+        name = f"{base}_{k}"
+        k += 1
+    taken.add(name)
+    return name
+
+
+class GraphBuilder:
+    """What every importer (Keras, torch.export, ONNX) builds a graph with: nodes in the order they
+    are added, each under a name no other node or input has. Importers subclass it and add their
+    framework's bookkeeping; the resulting ``nodes`` go into a Graph."""
+
+    def __init__(self, taken_names=()):
+        self.nodes = []
+        self.names = set(taken_names)
+
+    def unique(self, name):
+        """``name`` made unique among the names given so far (``name_1``, ``name_2``, ...)."""
+        return _take_unique(name, self.names)
+
+    def add(self, name, layer, inputs):
+        """Append a node computing ``layer`` on the tensor refs ``inputs``; returns its first output's ref."""
+        name = self.unique(name)
+        self.nodes.append(Node(name, layer, list(inputs)))
+        return (name, 0)
 
 
 # =============================================================================================
@@ -389,7 +415,7 @@ class Plan:
             ls = [lens[ref] for ref in node.inputs]
             if isinstance(layer, (Embedding, Masking)):
                 x = xs[0]
-                L = ls[0] if ls[0] is not None else layer.mask_lengths(x)
+                L = combine([ls[0], layer.mask_lengths(x)], "and")  # lengths= and the padding ids both mask
                 if isinstance(layer, Masking):
                     y = x
                 elif node.name in self.foldable and backend.can_fold_embedding(
@@ -403,10 +429,13 @@ class Plan:
                 if isinstance(x, _Tokens):
                     x, tokens = x.ids, (x.layer, x.ids)
                 state = layer.states_from_inputs(xs, x.shape[0]) if len(xs) > 1 else states[r]
+                mask = ls[0] if layer.use_mask else None
                 if x.shape[0] == 0:
                     y, st = _empty_recurrent(layer, x)
+                elif mask is not None and not is_lengths(mask):
+                    y, st = _masked_recurrent(backend, layer, x, tokens, mask, state, threads)
                 else:
-                    y, st = backend.recurrent(layer, x, ls[0], state, threads=threads, tokens=tokens)
+                    y, st = backend.recurrent(layer, x, mask, state, threads=threads, tokens=tokens)
                 states_out.append(st)
                 r += 1
                 outs = [y] + layer.states_to_outputs(st) if layer.return_state else [y]
@@ -434,6 +463,22 @@ def _lengths_for(y, L):
     if L is None or isinstance(y, _Tokens):
         return L
     return L if (y.ndim >= 3 or (y.ndim == 2 and y.dtype.kind in "iu")) else None
+
+
+def _masked_recurrent(backend, layer, x, tokens, mask, state, threads):
+    """A recurrent layer under a (B, T) mask that is not right padding: each row's real steps
+    packed to the left (a gather of x, or of the token ids of a folded embedding), run with
+    lengths = their counts, the outputs put back at their positions (expand_compacted)."""
+    order, lengths = compact(mask)
+    if tokens is not None:
+        x = np.take_along_axis(tokens[1], order, axis=1)
+        tokens = (tokens[0], x)
+    else:
+        x = np.take_along_axis(x, order[:, :, None], axis=1)
+    y, st = backend.recurrent(layer, x, lengths, state, threads=threads, tokens=tokens)
+    if layer.return_sequences:
+        y = expand_compacted(layer, y, mask)
+    return y, st
 
 
 def _empty_recurrent(layer, x):
@@ -466,5 +511,5 @@ def summary_rows(graph: Graph):
     return rows
 
 
-__all__ = ["Graph", "Node", "Input", "Plan", "chain", "optimize", "remove_identities", "fuse_dense_activation",
+__all__ = ["Graph", "GraphBuilder", "Node", "Input", "Plan", "chain", "optimize", "remove_identities", "fuse_dense_activation",
            "AXIS_FUNCTIONS"]

@@ -92,6 +92,17 @@ class Model(GenerationMixin, ClassifierMixin, QuantizeMixin):
     def is_chain(self) -> bool:
         return self.graph.is_chain()
 
+    def __getstate__(self):
+        """What a copy or a pickle of the model keeps: the graph (its layers with their weights and
+        exact int8 forms), vocabulary, metadata and name. The caches (execution plan, generation
+        plans, measured defaults, the layers' packed weights) are rebuilt on first use."""
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._plan = None
+        self._plan_lock = threading.Lock()
+
     def plan(self) -> Plan:
         """The optimized execution plan (built once, on first use)."""
         if self._plan is None:

@@ -19,8 +19,11 @@ The model returned holds the rounded values as float32 arrays (``scale * q`` exa
 numbers a quantized file loads as) and ``metadata["quantized"] = kind``; the int8 engine
 recovers ``q`` and ``scale`` from them bitwise (the rule is idempotent on its own output), so a
 model quantized in memory, saved and loaded again gives the same results. Matrices quantized by
-another tool (onnxruntime's int8 ONNX files) have scales the rule does not recover; their exact
-integers are registered (register_exact_int8 below) and every int8 consumer takes them.
+another tool (onnxruntime's int8 ONNX files) have scales the rule does not recover: their layers
+carry the exact integers (``Dense.int8``, ``Embedding.int8``, ``DirectionWeights.int8``: a
+fastrnn.layers.Int8Weights (q, scale), made by exact_int8 below) and every int8 consumer (the
+engines' packing, int8 files, generation's int8 weights, ``quantize``) takes them through
+``int8_rule(a, exact)``. They travel with the layers: copies, pickles and saved files keep them.
 
 The int8 arithmetic (the spec; kernels/int8_core.h implements it in C)
 -------------------------------------------------------------------
@@ -57,111 +60,67 @@ import numpy as np
 
 from . import reference
 from .backends import CompiledBackend, NumpyBackend
-from .layers import Dense, DirectionWeights, Embedding, Recurrent
+from .layers import Dense, DirectionWeights, Embedding, Int8Weights, Recurrent
 
 f32 = np.float32
 KINDS = ("int8", "float16", "bfloat16")
 
 
 # -- rounding the weights ----------------------------------------------------------------------
-def int8_rule(a, exact=True):
+def int8_rule(a, exact=None):
     """a (N, K) float32 -> (q int8 (N, K), scale float32 (N,)): a[n] ~ scale[n] * q[n], with
     scale = max |a[n]| / 127 (1 for an all-zero row) and q = round(a / scale). The rule of int8
     model files (fastrnn.formats.native.quantize_int8 is this function) and of generation's int8
-    weights. Rows registered with their exact integers (int8 weights of other tools, see
-    register_exact_int8) keep those when ``exact``."""
+    weights. ``exact``: the matrix's exact int8 form from its source file (an Int8Weights, the
+    layer's ``int8``), returned instead of the rule's (int8 weights of other tools)."""
+    if exact is not None:
+        if not isinstance(exact, Int8Weights) or exact.shape != np.shape(a):
+            raise ValueError(f"int8_rule: exact must be the Int8Weights of the matrix {np.shape(a)}, "
+                             f"got {getattr(exact, 'shape', type(exact).__name__)}")
+        return np.array(exact.q), np.array(exact.scale)
     top = np.abs(a).max(axis=1) if a.size else np.zeros(a.shape[0], np.float32)
     scale = np.where(top > 0, top / 127.0, 1.0).astype(np.float32)
     q = np.clip(np.rint(a / scale[:, None]), -127, 127).astype(np.int8)
-    if exact:
-        q, scale = exact_int8_rows(a, q, scale)
     return q, scale
 
 
-def quantize_int8(a):
+def quantize_int8(a, exact=None):
     """a (N, K) float32 -> (q int8 (N, K), scale float32 (N,)), per row (the file format's rule,
-    except rows registered with an exact form: see register_exact_int8)."""
-    return int8_rule(np.ascontiguousarray(a, dtype=f32))
+    or ``exact``, the matrix's Int8Weights: see int8_rule)."""
+    return int8_rule(np.ascontiguousarray(a, dtype=f32), exact)
 
 
 # -- exact int8 forms from other tools -----------------------------------------------------------
 # An int8 matrix made by another tool (onnxruntime's quantize_dynamic) is (q, scale) with a scale
 # the rule above does not recover when a row's largest |q| is below 127 (a per-tensor scale).
-# The model holds such a matrix as float32 scale * q like any int8 model; the exact integers are
-# kept here, keyed by each row's float32 bytes, and every place that turns float32 weights into
-# int8 (the rule: the int8 engines' packing, int8 files, generation's int8 weights) takes them
-# for rows it knows. A row's key is its content, so copies, slices (the GRU's r|z and n rows) and
-# reordered gate blocks find them too; an entry lives as long as the array registered with it.
-# Only rows the rule would quantize differently are stored. Not kept across processes (a model
-# pickled to another process requantizes those rows by the rule, |change| <= scale / 2 each).
-_exact_rows = {}  # row key -> [owners, q row int8 (K,), scale float32]
-_exact_lock = threading.RLock()  # reentrant: a finalizer may run (GC) while it is held
-
-
-def _row_keys(a):
-    import hashlib
-
-    return [hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in a]
-
-
-def register_exact_int8(a, q, scale):
-    """Record that a (N, K) float32 is exactly scale[:, None] * q (q int8 in [-127, 127], scale > 0
-    float32 (N,)): int8 products with ``a`` then use these integers. Raises ValueError when a is
-    not exactly that product. Returns the number of rows that differ from the rule's."""
-    import weakref
-
+# The model holds such a matrix as float32 scale * q like any int8 model, and its layer holds the
+# exact integers beside it (an Int8Weights in ``Dense.int8``, ``Embedding.int8`` or
+# ``DirectionWeights.int8[field]``); every place that turns float32 weights into int8 passes them
+# to int8_rule. Rows slice with the matrix (the GRU's r|z and n blocks: ``form[rows]``).
+def exact_int8(a, q, scale):
+    """The Int8Weights recording that a (N, K) float32 is exactly scale[:, None] * q (q int8 in
+    [-127, 127], scale > 0 float32 (N,)), for the layer holding ``a`` to keep; None when the rule
+    finds these very integers (nothing to keep). Raises ValueError when a is not exactly that
+    product."""
     a = np.asarray(a)
     q = np.ascontiguousarray(q, dtype=np.int8)
     scale = np.ascontiguousarray(scale, dtype=f32).reshape(-1)
     if a.dtype != f32 or a.ndim != 2 or q.shape != a.shape or scale.shape != a.shape[:1]:
-        raise ValueError(f"register_exact_int8: shapes {a.shape} {q.shape} {scale.shape} do not fit")
+        raise ValueError(f"exact_int8: shapes {a.shape} {q.shape} {scale.shape} do not fit")
     if q.size and (int(q.min()) < -127 or not np.all(scale > 0) or not np.all(np.isfinite(scale))):
-        raise ValueError("register_exact_int8: q must be in [-127, 127] and scales positive and finite")
+        raise ValueError("exact_int8: q must be in [-127, 127] and scales positive and finite")
     back = (scale[:, None] * q.astype(f32)).astype(f32)
     if not np.array_equal(back.view(np.uint32), np.ascontiguousarray(a).view(np.uint32)):
-        raise ValueError("register_exact_int8: the matrix is not scale * q")
-    rq, rs = int8_rule(np.ascontiguousarray(a), exact=False)
-    differ = np.nonzero((rs != scale) | np.any(rq != q, axis=1))[0]
-    if differ.size == 0:
-        return 0
-    owner = a
-    while isinstance(owner.base, np.ndarray):  # the array owning the memory outlives every view
-        owner = owner.base
-    rows = np.ascontiguousarray(a[differ])
-    keys = _row_keys(rows)
-    with _exact_lock:
-        for key, i in zip(keys, differ):
-            entry = _exact_rows.get(key)
-            if entry is None:
-                _exact_rows[key] = [1, q[i].copy(), scale[i]]
-            else:
-                entry[0] += 1
-    weakref.finalize(owner, _release_exact, keys)
-    return int(differ.size)
+        raise ValueError("exact_int8: the matrix is not scale * q")
+    rq, rs = int8_rule(np.ascontiguousarray(a))
+    if np.array_equal(rs, scale) and np.array_equal(rq, q):
+        return None
+    return Int8Weights(q, scale)
 
 
-def _release_exact(keys):
-    with _exact_lock:
-        for key in keys:
-            entry = _exact_rows.get(key)
-            if entry is not None:
-                entry[0] -= 1
-                if entry[0] <= 0:
-                    del _exact_rows[key]
-
-
-def exact_int8_rows(a, q, scale):
-    """The rule's (q, scale) for a (N, K) with the rows registered by register_exact_int8 replaced
-    by their exact forms (in place); called by the rule itself (int8_rule)."""
-    if not _exact_rows or a.ndim != 2 or a.shape[0] == 0:
-        return q, scale
-    keys = _row_keys(np.ascontiguousarray(a))
-    with _exact_lock:
-        found = [(i, _exact_rows.get(k)) for i, k in enumerate(keys)]
-    for i, entry in found:
-        if entry is not None and entry[1].shape[0] == a.shape[1]:
-            q[i], scale[i] = entry[1], entry[2]
-    return q, scale
+def int8_slice(form, rows):
+    """The Int8Weights of some rows of a matrix (None stays None)."""
+    return None if form is None else form[rows]
 
 
 def round_bfloat16(a):
@@ -171,15 +130,13 @@ def round_bfloat16(a):
     return r.view(f32)
 
 
-def round_matrix(a, kind, name="weights"):
-    """The float32 values the ``kind`` engine computes with for matrix ``a`` (N, K)."""
+def round_matrix(a, kind, name="weights", exact=None):
+    """The float32 values the ``kind`` engine computes with for matrix ``a`` (N, K) (``exact``:
+    its Int8Weights, the values of an int8 model quantized again)."""
     a = np.ascontiguousarray(a, dtype=f32)
     if kind == "int8":
-        q, scale = quantize_int8(a)
-        r = scale[:, None] * q.astype(f32)
-        if _exact_rows:  # exact rows of a's (an int8 model quantized again) stay with the copy
-            register_exact_int8(r, q, scale)
-        return r
+        q, scale = quantize_int8(a, exact)
+        return scale[:, None] * q.astype(f32)
     if kind == "float16":
         if a.size and float(np.abs(a).max()) > 65504.0:
             raise ValueError(f"{name} has weights beyond the float16 range (65504); use 'bfloat16' or 'int8'")
@@ -196,13 +153,16 @@ def quantize(model, kind):
         raise ValueError(f"quantize: kind must be one of {', '.join(KINDS)}, got {kind!r}")
     from .graph import Graph, Node
 
+    keep = kind == "int8"  # the exact int8 forms stay with int8 (the values do not change)
     rounded = {}  # id(layer) -> its copy with rounded matrices (a shared layer stays shared)
     for layer in model.layers:
         if isinstance(layer, (Embedding, Dense)):
-            new = dataclasses.replace(layer, weight=round_matrix(layer.weight, kind, f"{layer.name}.weight"))
+            weight = round_matrix(layer.weight, kind, f"{layer.name}.weight", layer.int8)
+            new = dataclasses.replace(layer, weight=weight, int8=layer.int8 if keep else None)
         elif isinstance(layer, Recurrent):
-            dirs = [dataclasses.replace(w, **{f: round_matrix(getattr(w, f), kind, f"{layer.name}.{f}")
-                                              for f in ("w_ih", "w_hh", "w_hr") if getattr(w, f) is not None})
+            dirs = [dataclasses.replace(w, **{f: round_matrix(getattr(w, f), kind, f"{layer.name}.{f}", w.int8_of(f))
+                                              for f in DirectionWeights.MATRICES if getattr(w, f) is not None},
+                                        int8=w.int8 if keep else None)
                     for w in layer.directions]
             new = dataclasses.replace(layer, directions=dirs)
         else:  # other layers compute in float32 as they are
@@ -253,8 +213,8 @@ class Int8Matrix:
         self.q, self.scale = q, scale
 
     @classmethod
-    def of(cls, a):
-        return None if a is None else cls(*quantize_int8(a))
+    def of(cls, a, exact=None):
+        return None if a is None else cls(*quantize_int8(a, exact))
 
     def __getitem__(self, rows):
         return Int8Matrix(self.q[rows], self.scale[rows])
@@ -302,7 +262,7 @@ class Bf16Matrix(Int8Matrix):
         self.w = w
 
     @classmethod
-    def of(cls, a):
+    def of(cls, a, exact=None):
         return None if a is None else cls(round_bfloat16(a))
 
     def __getitem__(self, rows):
@@ -328,7 +288,8 @@ class Int8ReferenceBackend(NumpyBackend):
         if proxy is None:
             of = self.matrix.of
             proxy = copy.copy(layer)  # the same cell, its matrices as Int8Matrix / Bf16Matrix
-            proxy.directions = [DirectionWeights(of(w.w_ih), of(w.w_hh), w.b_ih, w.b_hh, of(w.w_hr), w.peephole)
+            proxy.directions = [DirectionWeights(of(w.w_ih, w.int8_of("w_ih")), of(w.w_hh, w.int8_of("w_hh")),
+                                                 w.b_ih, w.b_hh, of(w.w_hr, w.int8_of("w_hr")), w.peephole)
                                 for w in layer.directions]
             cache[self.name] = proxy
         return proxy
@@ -337,7 +298,7 @@ class Int8ReferenceBackend(NumpyBackend):
         return reference.recurrent(self._int8_layer(layer), x, lengths, state)
 
     def dense(self, layer, x, threads=1):
-        y = x @ self.matrix.of(layer.weight).T
+        y = x @ self.matrix.of(layer.weight, layer.int8).T
         if layer.bias is not None:
             y = y + layer.bias
         return reference.dense_activation(layer, y.astype(f32))
@@ -350,10 +311,11 @@ class _Int8Kernels:
     def __init__(self, module, kind):
         self.module, self.kind = module, kind
 
-    def pack_weight(self, w):
+    def pack_weight(self, w, exact=None):
+        """w (N, K) float32 (``exact``: its Int8Weights, int8 only) -> the kernels' packed form."""
         if self.kind == "bfloat16":
             return self.module.pack_bf16(w)
-        return self.module.pack_int8(*quantize_int8(w))
+        return self.module.pack_int8(*quantize_int8(w, exact))
 
     def matmul_packed(self, x, packed, out):
         self.module.matmul_int8(x, packed, out)
@@ -365,6 +327,9 @@ class Int8CompiledBackend(CompiledBackend):
 
     def __init__(self, module, kind="int8"):
         super().__init__(f"cython-{kind}", _Int8Kernels(module, kind))
+
+    def pack_matrix(self, a, int8=None):
+        return self.kernels.pack_weight(np.ascontiguousarray(a, dtype=f32), int8)
 
     def matmul(self, x, packed, n_out, bias, threads=1):
         """x (M, K) @ W.T + bias as the parent's, with the bias added in the kernel's epilogue

@@ -1,5 +1,6 @@
 """Issue 17: what a new user hit in the first hour. One section per item of the issue; the
 README's own code examples run in tests/test_readme.py."""
+import glob
 import importlib.util
 import inspect
 import json
@@ -251,6 +252,7 @@ def test_missing_optional_package_is_one_line_with_the_install_hint(tmp_path, pa
 def test_every_install_hint_names_an_existing_extra_or_a_package():
     extras = set(pyproject()["project"]["optional-dependencies"])
     files = [os.path.join(ROOT, "README.md"), os.path.join(ROOT, "kernels", "README.md")]
+    files += sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))
     for top in ("fastrnn", "bench", "tools", "kernels"):
         for dirpath, _, names in os.walk(os.path.join(ROOT, top)):
             files += [os.path.join(dirpath, n) for n in names if n.endswith(".py")]
@@ -454,9 +456,11 @@ def test_every_option_has_help():
 
 
 def test_readme_synopses_list_every_option():
-    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
-        readme = f.read()
-    lines = []  # the lines of the README's plain (no language) code blocks
+    readme = ""  # the README and the docs/ pages it links (the synopses live in docs/cli.md & co.)
+    for path in [os.path.join(ROOT, "README.md")] + sorted(glob.glob(os.path.join(ROOT, "docs", "*.md"))):
+        with open(path, encoding="utf-8") as f:
+            readme += f.read() + "\n"
+    lines = []  # the lines of the documentation's plain (no language) code blocks
     fence = None
     for line in readme.splitlines():
         if line.startswith("```"):

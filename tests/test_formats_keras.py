@@ -394,6 +394,21 @@ def test_fastrnn_never_imports_keras(tmp_path):
     assert proc.returncode == 0, proc.stderr
 
 
+def test_the_names_of_the_single_module_stay_reachable():
+    """formats/keras.py became a package (issue 27): every public name it had, and the private ones
+    the tests use, are still fastrnn.formats.keras.<name>, the same objects as in their modules."""
+    import fastrnn.formats.keras as k
+    from fastrnn.formats.keras import build, config, files, layers, weights
+
+    public = {"load": k, "load_weights_h5": k, "from_keras": k, "_build": build, "_LiveWeights": weights,
+              "SUPPORTED_LAYERS": layers, "NO_OP_LAYERS": layers, "MERGE_OPS": layers, "KERAS1_MERGE_MODES": layers,
+              "RECURRENT_CELLS": config, "CUDNN_LAYERS": config, "GATES": config, "MASK_OPS": config,
+              "MODEL_CLASSES": config, "MAX_JSON_MEMBER_BYTES": files, "MAX_EXPANSION": files}
+    for name, module in public.items():
+        assert getattr(k, name) is getattr(module, name), name
+    assert "LSTM" in k.SUPPORTED_LAYERS and k.RECURRENT_CELLS["GRU"] == "gru"
+
+
 # -- errors ----------------------------------------------------------------------------------------
 def test_unsupported_layer_names_layer_class_and_supported_list(tmp_path):
     model = seq((6, 4), L.UpSampling1D(2, name="my_up"), L.LSTM(3))

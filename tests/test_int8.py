@@ -297,6 +297,59 @@ def test_weights_auto_measures_once_and_generates_with_its_choice(rng):
     assert default_weights(gen.quantize("int8"), "auto") == "int8"  # a quantized model keeps its kind
 
 
+def _per_tensor(rng, N, K, scale=0.01):
+    """W = scale * q with one scale for the whole matrix (onnxruntime's per-tensor int8): most
+    rows' largest |q| is below 127, so the per-row rule would pick other integers."""
+    q = rng.integers(-100, 101, (N, K)).astype(np.int8)
+    s = np.full(N, scale, np.float32)
+    return (s[:, None] * q.astype(np.float32)).astype(np.float32), q, s
+
+
+def test_exact_int8_forms_reach_every_int8_consumer(tmp_path, rng):
+    """Layers carrying their exact int8 forms (Int8Weights, as an onnxruntime-quantized file gives
+    them): both int8 engines, generation's int8 weights (GRU blocks sliced by rows), int8 files,
+    model.quantize and pickles use those integers, not the rule's."""
+    import pickle
+
+    from fastrnn.generate import generation_plan
+    from fastrnn.layers import DirectionWeights, Recurrent
+    from fastrnn.quantize import exact_int8
+
+    V, E, H = 20, 6, 5
+    w_ih, q_ih, s_ih = _per_tensor(rng, 3 * H, E)
+    w_hh, q_hh, s_hh = _per_tensor(rng, 3 * H, H)
+    w_d, q_d, s_d = _per_tensor(rng, V, H)
+    b = [(rng.standard_normal(n) * 0.1).astype(np.float32) for n in (3 * H, 3 * H, V)]
+    table = rng.standard_normal((V, E)).astype(np.float32)
+
+    def build(exact):
+        forms = {"w_ih": exact_int8(w_ih, q_ih, s_ih), "w_hh": exact_int8(w_hh, q_hh, s_hh)} if exact else None
+        gru = Recurrent("gru", H, [DirectionWeights(w_ih, w_hh, b[0], b[1], int8=forms)], name="gru")
+        dense = Dense(w_d, b[2], name="out", int8=exact_int8(w_d, q_d, s_d) if exact else None)
+        return fastrnn.Model([Embedding(table), gru, dense], metadata={"quantized": "int8"})
+
+    model, rule_only = build(True), build(False)
+    x = rng.integers(0, V, (3, 7))
+    y = model.predict(x, backend="cython")
+    assert_close(y, model.predict(x, backend="numpy"), atol=INT8_SPEC_ATOL, rtol=1e-3)
+    assert np.abs(y - rule_only.predict(x, backend="cython")).max() > 1e-4  # the integers matter
+    plan = generation_plan(model, "int8")
+    np.testing.assert_array_equal(plan.layers[0].w_a.q, q_hh[: 2 * H])  # r|z rows of the first layer's W_hh
+    np.testing.assert_array_equal(plan.layers[0].w_hn.q, q_hh[2 * H:])
+    np.testing.assert_array_equal(plan.dense_w.q, q_d)
+    np.testing.assert_array_equal(plan.dense_w.scale, s_d)
+    path = tmp_path / "exact.safetensors"
+    fastrnn.save(model, path)
+    from fastrnn.formats import safetensors
+    tensors, _ = safetensors.read(str(path))
+    np.testing.assert_array_equal(tensors["layers.1.d0.w_hh"], q_hh)
+    np.testing.assert_array_equal(tensors["layers.2.weight"], q_d)
+    loaded = fastrnn.load(path)
+    np.testing.assert_array_equal(loaded.layers[1].directions[0].int8_of("w_ih").q, q_ih)
+    for other in (loaded, model.quantize("int8"), pickle.loads(pickle.dumps(model))):
+        np.testing.assert_array_equal(other.predict(x, backend="cython"), y)
+
+
 # -- bfloat16 products (vdpbf16ps) -------------------------------------------------------------
 @pytest.mark.parametrize("N,K,m", [(37, 45, 11), (70, 128, 50), (16, 3, 1), (512, 64, 7)])
 def test_bf16_matmul_equal_spec_at_every_level_and_form(N, K, m, at_level, rng):

@@ -5,7 +5,7 @@ operators, and fastrnn.onnx.InferenceSession running that same Model.
   Tanh / LogSoftmax between layers (time-major), the last step of a sequence, a bidirectional
   classifier. Each: fastrnn.load against onnxruntime, saved natively and reloaded, classified;
   the session gives exactly the Model's numbers in ONNX layouts.
-- Every pattern rule of fastrnn/formats/onnx/translate.py on a small graph, against onnxruntime,
+- Every pattern rule of fastrnn/formats/onnx/rules_*.py on a small graph, against onnxruntime,
   with the layers it must (or must not) produce.
 - Random-weight RNN / LSTM / GRU nodes for every cell, direction and peephole setting against
   onnxruntime, run through the Model (the proof of the gate orders, issue 18).
@@ -430,6 +430,53 @@ def test_rule_reshape_flatten_and_slice(tmp_path):
     assert kinds(model) == ["Slice", "Reshape", "Reshape"]
 
 
+def test_rule_elementwise_functions(tmp_path):
+    """The element-wise functions the graphs above do not use, one node each (Log, Sqrt and
+    Reciprocal on a positive input), Pow by a constant and Min of two tensors."""
+    signed = [("Elu", {"alpha": 0.7}), ("Softplus", {}), ("Softsign", {}), ("HardSigmoid", {"alpha": 0.3, "beta": 0.4}),
+              ("Neg", {}), ("Abs", {})]
+    positive = [("Log", {}), ("Sqrt", {}), ("Reciprocal", {})]
+    nodes = [helper.make_node(op, ["x"], [op.lower()], **attrs) for op, attrs in signed]
+    nodes += [helper.make_node(op, ["p"], [op.lower()], **attrs) for op, attrs in positive]
+    nodes += [helper.make_node("Pow", ["x", "two"], ["pow"]), helper.make_node("Min", ["x", "y"], ["min"])]
+    outputs = [fout(op.lower()) for op, _ in signed + positive] + [fout("pow"), fout("min")]
+    m = make(nodes, [fin("x", ["b", 5, 3]), fin("p", ["b", 5, 3]), fin("y", ["b", 5, 3])], outputs,
+             [("two", np.array(2.0, np.float32))])
+    rng = np.random.default_rng(5)
+    feed = {"x": rng.standard_normal((2, 5, 3)).astype(np.float32),
+            "p": rng.uniform(0.2, 3.0, (2, 5, 3)).astype(np.float32),
+            "y": rng.standard_normal((2, 5, 3)).astype(np.float32)}
+    model = against_ort(m, feed, tmp_path)
+    assert sorted(kinds(model)) == ["Activation"] * 4 + ["Arithmetic"] + ["Math"] * 5 + ["Merge"]
+
+
+def test_rule_glue_that_adds_no_layer(tmp_path):
+    """Identity, Dropout (inference: its input), Cast to float of a float tensor and Expand to the
+    tensor's own shape add no node."""
+    m = make([helper.make_node("Identity", ["x"], ["i"]),
+              helper.make_node("Dropout", ["i"], ["d"]),
+              helper.make_node("Cast", ["d"], ["c"], to=TensorProto.FLOAT),
+              helper.make_node("Shape", ["c"], ["s"]),
+              helper.make_node("Expand", ["c", "s"], ["e"]),
+              helper.make_node("Tanh", ["e"], ["out"])],
+             [fin("x", ["b", 4, 3])], [fout("out")])
+    model = against_ort(m, {"x": RNG.standard_normal((2, 4, 3)).astype(np.float32)}, tmp_path)
+    assert kinds(model) == ["Activation"]
+
+
+def test_rule_size_of_a_tensor_runs_on_the_interpreter(tmp_path):
+    """Size of a run-time tensor (it depends on the batch) has no layer: the session interprets
+    the graph, says why, and matches onnxruntime."""
+    m = make([helper.make_node("Size", ["x"], ["n"]),
+              helper.make_node("Cast", ["n"], ["nf"], to=TensorProto.FLOAT),
+              helper.make_node("Mul", ["x", "nf"], ["out"])],
+             [fin("x", ["b", 3])], [fout("out")])
+    sess = fonnx.InferenceSession(m.SerializeToString())
+    assert sess.model is None and "Size" in sess.fallback_reason
+    feed = {"x": RNG.standard_normal((2, 3)).astype(np.float32)}
+    assert_close(sess.run(None, feed)[0], ort_run(m, feed)[0], FRAMEWORK_ATOL)
+
+
 def test_weights_fed_at_run_time_run_on_a_model_built_for_them():
     """The ONNX conformance cases feed W, R (B, P) as graph inputs: fastrnn.load cannot make one
     Model of them, the session builds the Model for the weights of the run (and keeps it)."""
@@ -483,3 +530,24 @@ def test_every_cell_direction_and_peephole_against_onnxruntime(cell, direction, 
     assert len(got) == len(want)
     for g, w_ in zip(got, want):
         assert_close(g, w_, FRAMEWORK_ATOL, what=f"{cell} {direction} peephole={peephole}")
+
+
+def test_the_names_of_translate_stay_reachable():
+    """translate.py's rules moved into rules_*.py and its value kinds into values.py (issue 27):
+    every name it defined is still fastrnn.formats.onnx.translate.<name>, the same object, and every
+    operator has its rules in the table, the quantized Mul / Cast patterns before the general ones."""
+    from fastrnn.formats.onnx import rules_math, rules_quantized, rules_recurrent, rules_shape, translate, values
+
+    moved = {values: ["Untranslatable", "WrongBatchAxis", "Dim", "BATCH", "Const", "ShapeVec", "Zeros", "SeqLens",
+                      "Quantized", "IntProduct", "ScaleProduct", "Tensor", "BIG", "f32", "_py", "_ints", "_axes_arg"],
+             rules_shape: ["_shapevec", "_fmt", "_groups"], rules_quantized: ["_per_output", "int8_rows"]}
+    for module, names in moved.items():
+        for name in names:
+            assert getattr(translate, name) is getattr(module, name), name
+    for name in ("Boundary", "Translator", "translate", "translate_graph", "batch_axis_guesses", "to_model_inputs",
+                 "to_onnx_output", "_target"):
+        assert callable(getattr(translate, name)), name
+    assert translate.RULES["Mul"] == [rules_quantized.dequantizing_mul, rules_math.arithmetic]
+    assert translate.RULES["Cast"] == [rules_quantized.cast_of_integer_products, rules_shape.cast]
+    assert translate.RULES["LSTM"] == [rules_recurrent.recurrent]
+    assert all(len(rules) == 1 for op, rules in translate.RULES.items() if op not in ("Mul", "Cast"))

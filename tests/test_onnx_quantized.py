@@ -147,15 +147,15 @@ def test_weights_keep_onnxruntimes_integers(tmp_path, config):
             assert not inits[node.input[sc + 1]].any()
             for d, w in enumerate(layer.directions):
                 a = getattr(w, field)
-                q, scale = quantize_int8(a)  # what the int8 engines pack
+                q, scale = quantize_int8(a, w.int8_of(field))  # what the int8 engines pack
                 np.testing.assert_array_equal(q, _gate_rows(q_ort[d].T, HID))
                 np.testing.assert_array_equal(scale, _gate_rows(np.broadcast_to(s_ort[d], (4 * HID,)), HID))
-                rq, rs = native.quantize_int8(a, exact=False)
+                rq, rs = native.quantize_int8(a)  # the rule alone
                 differs += int(np.any(rq != q))
     if config != "s8-channel":  # (per column, every row reaches 127: the rule finds the same)
         assert differs  # the rule alone would have changed integers
     dense = [layer for layer in model.layers if isinstance(layer, Dense)][0]
-    q, scale = quantize_int8(dense.weight)
+    q, scale = quantize_int8(dense.weight, dense.int8)
     np.testing.assert_array_equal(q, inits["fc.weight_Transposed_quantized"].T)
     np.testing.assert_array_equal(scale, np.broadcast_to(inits["fc.weight_Transposed_scale"], (CLASSES,)))
 
@@ -216,7 +216,8 @@ def test_native_round_trip_keeps_the_integers(tmp_path, rng):
     del model  # the loaded file alone must carry them
     loaded = fastrnn.load(str(out))
     assert loaded.metadata["quantized"] == "int8"
-    np.testing.assert_array_equal(quantize_int8(loaded.layers[i].directions[0].w_ih)[0], stored)
+    w = loaded.layers[i].directions[0]
+    np.testing.assert_array_equal(quantize_int8(w.w_ih, w.int8_of("w_ih"))[0], stored)
     # the uint8 embedding table (zero point 111: integers beyond int8) is stored by the int8 rule,
     # each value within half a step; the lookups are quantized per row as before
     assert np.abs(loaded.predict(x) - y).max() < 2e-3
@@ -381,6 +382,42 @@ def test_dynamic_quantize_lstm_in_the_interpreter(tmp_path, rng):
     assert label[0] == np.argmax(y[0])
 
 
+@pytest.mark.parametrize("op", ["MatMulIntegerToFloat", "DynamicQuantizeMatMul"])
+def test_rule_matmul_integer_to_float_and_dynamic_quantize_matmul(tmp_path, rng, op):
+    """com.microsoft MatMulIntegerToFloat (of DynamicQuantizeLinear(x)) and DynamicQuantizeMatMul
+    on a float graph input: a Dense of the int8 engine with B's integers, bit for bit fastrnn's int8
+    product of them, and onnxruntime's result within TOL (one row per call)."""
+    K, N = 8, 5
+    b = rng.integers(-63, 63, (K, N)).astype(np.int8)  # |b| < 64: see test_dynamic_quantize_matmul
+    sb = rng.uniform(0.01, 0.02, N).astype(np.float32)
+    bias = rng.standard_normal(N).astype(np.float32)
+    inits = [("b", b), ("sb", sb), ("zb", np.zeros(N, np.int8)), ("bias", bias)]
+    if op == "MatMulIntegerToFloat":
+        nodes = [helper.make_node("DynamicQuantizeLinear", ["x"], ["xq", "xs", "xz"]),
+                 helper.make_node(op, ["xq", "b", "xs", "sb", "xz", "zb", "bias"], ["y"], domain="com.microsoft",
+                                  name="head")]
+    else:
+        nodes = [helper.make_node(op, ["x", "b", "sb", "zb", "bias"], ["y"], domain="com.microsoft", name="head")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", F, ["batch", K])],
+                              [helper.make_tensor_value_info("y", F, None)],
+                              initializer=[numpy_helper.from_array(v, n) for n, v in inits])
+    proto = helper.make_model(graph, ir_version=10, opset_imports=[helper.make_opsetid("", 13),
+                                                                   helper.make_opsetid("com.microsoft", 1)])
+    path = tmp_path / "head.onnx"
+    path.write_bytes(proto.SerializeToString())
+    model = fastrnn.load(str(path))
+    assert [type(layer).__name__ for layer in model.layers] == ["Dense"]
+    assert model.metadata["quantized"] == "int8" and model.metadata["onnx_int8"]["exact"] == ["head"]
+    x = rng.standard_normal((4, K)).astype(np.float32)
+    y = model.predict(x)
+    xq, xs = quantize_rows(x)
+    np.testing.assert_array_equal(y, int8_product(xq, xs, np.ascontiguousarray(b.T), sb,
+                                                  np.broadcast_to(bias, (4, N)).astype(np.float32)))
+    sess = ort_session(str(path))
+    for row in range(4):
+        assert np.abs(y[row:row + 1] - sess.run(None, {"x": x[row:row + 1]})[0]).max() < TOL
+
+
 # -- what is refused, and how ----------------------------------------------------------------------
 def test_unknown_microsoft_operator_names_the_node():
     model = _one_node("QAttention", [("x", F)], [("y", F)], domain="com.microsoft", opset=13)
@@ -403,30 +440,73 @@ def test_quantized_ops_refuse_huge_outputs():
         OPS["MatMulInteger"](node, [a, b])
 
 
-# -- the registry of exact int8 forms (fastrnn.quantize.register_exact_int8) ----------------------
-def test_exact_rows_are_found_by_content_and_released_with_their_array(rng):
-    import gc
-
-    from fastrnn.quantize import _exact_rows, register_exact_int8
+# -- the exact int8 forms, carried on the layers (fastrnn.layers.Int8Weights) ---------------------
+def test_exact_int8_forms_check_the_matrix_and_slice_by_rows(rng):
+    from fastrnn.layers import Int8Weights
+    from fastrnn.quantize import exact_int8
 
     q = rng.integers(-60, 61, (6, 9)).astype(np.int8)  # max |q| < 127: the rule alone differs
     scale = rng.uniform(0.001, 0.01, 6).astype(np.float32)
     a = (scale[:, None] * q.astype(np.float32)).astype(np.float32)
-    rule_q, _ = native.quantize_int8(a, exact=False)
+    rule_q, _ = native.quantize_int8(a)
     assert np.any(rule_q != q)
-    before = len(_exact_rows)
-    assert register_exact_int8(a, q, scale) == 6
-    cases = [(a, q, scale), (a.copy(), q, scale), (np.ascontiguousarray(a[2:5]), q[2:5], scale[2:5]),
-             (a[::-1], q[::-1], scale[::-1])]  # itself, a copy, a row slice, reordered rows
-    for view, want_q, want_s in cases:
-        got_q, got_s = quantize_int8(view)
-        np.testing.assert_array_equal(got_q, want_q)
-        np.testing.assert_array_equal(got_s, want_s)
-    del cases, view, a
-    gc.collect()
-    assert len(_exact_rows) == before  # released with the registered array
+    form = exact_int8(a, q, scale)
+    for rows in (slice(None), slice(2, 5), slice(None, None, -1)):  # all, a block (GRU r|z), reordered
+        got_q, got_s = quantize_int8(a[rows], form[rows])
+        np.testing.assert_array_equal(got_q, q[rows])
+        np.testing.assert_array_equal(got_s, scale[rows])
+    rule_s = native.quantize_int8(a)[1]
+    ruled = (rule_s[:, None] * rule_q.astype(np.float32)).astype(np.float32)
+    assert exact_int8(ruled, rule_q, rule_s) is None  # the rule's own integers: nothing to keep
     with pytest.raises(ValueError, match="not scale"):
-        register_exact_int8(np.ones((2, 3), np.float32), np.ones((2, 3), np.int8), np.full(2, 0.5, np.float32))
+        exact_int8(np.ones((2, 3), np.float32), np.ones((2, 3), np.int8), np.full(2, 0.5, np.float32))
+    with pytest.raises(ValueError, match="Int8Weights of the matrix"):
+        quantize_int8(a[:3], form)
+    with pytest.raises(ValueError, match="int8 form of shape"):
+        Dense(a[:3], int8=Int8Weights(q, scale))
+
+
+def test_pickled_and_copied_models_keep_onnxruntimes_integers(tmp_path, rng):
+    """The integers travel with the layers: a pickled (protocol 5, in this process and another)
+    or copied onnxruntime-quantized model gives bit for bit the unpickled model's results, which are
+    onnxruntime's within TOL (one sequence per call); model.quantize("int8") keeps them too."""
+    import copy
+    import pickle
+    import subprocess
+    import sys
+
+    qpath = quantized(tmp_path, export(tmp_path, "lstm-bi-2"), "s8")
+    model = fastrnn.load(str(qpath))
+    forms = [w.int8 for layer in model.layers if isinstance(layer, Recurrent) for w in layer.directions]
+    assert all(f and set(f) == {"w_ih", "w_hh"} for f in forms)
+    assert [layer for layer in model.layers if isinstance(layer, Dense)][0].int8 is not None
+    x = rng.integers(0, VOCAB, (3, 9)).astype(np.int64)
+    want = model.predict(x)
+    sess = ort_session(qpath)
+    for b in range(3):
+        assert np.abs(want[b] - sess.run(None, {"x": x[b:b + 1]})[0][0]).max() < TOL
+    blob = pickle.dumps(model, protocol=5)
+    for other in (pickle.loads(blob), copy.deepcopy(model), copy.copy(model)):
+        np.testing.assert_array_equal(other.predict(x), want)
+        np.testing.assert_array_equal(other.predict(x, backend="numpy"), model.predict(x, backend="numpy"))
+    # model.quantize("int8") keeps the forms (it requantizes only the uint8 embedding table, by the
+    # rule: see test_native_round_trip_keeps_the_integers), and so does its pickle
+    again = model.quantize("int8")
+    assert [w.int8 for layer in again.layers if isinstance(layer, Recurrent) for w in layer.directions] == forms
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(again)).predict(x), again.predict(x))
+    model.predict(x)  # packed weights cached on the layers: still picklable, the caches left out
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(model)).predict(x), want)
+    # a fresh process has none of this process's state: the integers come with the pickle
+    (tmp_path / "m.pkl").write_bytes(blob)
+    np.save(tmp_path / "x.npy", x)
+    code = ("import pickle, sys, numpy as np; m = pickle.load(open(sys.argv[1], 'rb')); "
+            "np.save(sys.argv[2], m.predict(np.load(sys.argv[3])))")
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "m.pkl"), str(tmp_path / "y.npy"),
+                    str(tmp_path / "x.npy")], check=True, timeout=300)
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), want)
+    # and float16 / bfloat16 copies drop them (their values are no longer scale * q)
+    assert all(w.int8 is None for layer in model.quantize("float16").layers if isinstance(layer, Recurrent)
+               for w in layer.directions)
 
 
 def test_matmul_integer_outside_the_pattern_runs_on_the_interpreter(tmp_path, rng):

@@ -36,6 +36,7 @@ from ..errors import ModelFormatError
 from ..graph import MAX_NODES, Graph, Input, Node
 from ..layers import LAYER_TYPES, ConfigReader
 from ..model import Model
+from ..quantize import exact_int8
 from ..quantize import int8_rule as quantize_int8  # the rule of int8 files, kept by model.quantize
 from ..vocab import Vocabulary
 from . import safetensors
@@ -65,6 +66,7 @@ def save(model: Model, path, quantize=None):
     layer_names = {}
     for i, layer in enumerate(model.layers):
         names = {}
+        exact = layer.int8_forms()  # the integers another tool gave (onnxruntime's), kept as they are
         for field, arr in layer.arrays().items():
             key = f"layers.{i}.{field}"
             if quantize and arr.ndim == 2:
@@ -73,7 +75,7 @@ def save(model: Model, path, quantize=None):
                         raise ValueError(f"{layer.name}.{field} has weights beyond the float16 range (65504)")
                     arr = arr.astype(np.float16)
                 else:
-                    arr, tensors[key + ".scale"] = quantize_int8(arr)
+                    arr, tensors[key + ".scale"] = quantize_int8(arr, exact.get(field))
             tensors[key] = arr
             names[field] = key
         layer_names[id(layer)] = f"{layer.name}#{i}" if any(
@@ -145,7 +147,9 @@ def load(path, mmap=False, custom_layers=None) -> Model:
         raise ModelFormatError(f"invalid model description: {exc.__class__.__name__}: {exc}", path) from None
 
 
-def _tensor(tensors, names, field, path, required=True):
+def _tensor(tensors, names, field, path, required=True, int8=None):
+    """The float32 array of ``field`` (dequantized, checked finite); ``int8``: a dict receiving the
+    field's Int8Weights when the file stores integers the per-row rule would not give."""
     key = names.get(field)
     if key is None:
         if required:
@@ -166,9 +170,10 @@ def _tensor(tensors, names, field, path, required=True):
         if not np.all(np.isfinite(scale)):
             raise ModelFormatError(f"tensor {key + '.scale'!r} contains NaN or infinite values", path)
         q, arr = arr, scale[:, None] * arr.astype(np.float32)
-        if np.all(np.isfinite(arr)) and q.size and int(q.min()) >= -127 and np.all(scale > 0):
-            from ..quantize import register_exact_int8  # the stored integers, not the rule's
-            register_exact_int8(arr, q, scale)
+        if int8 is not None and np.all(np.isfinite(arr)) and q.size and int(q.min()) >= -127 and np.all(scale > 0):
+            form = exact_int8(arr, q, scale)  # the stored integers, not the rule's
+            if form is not None:
+                int8[field] = form
     elif arr.dtype != np.float32:
         raise ModelFormatError(f"tensor {key!r} has dtype {arr.dtype}, expected float32 (or a float16/int8 "
                                "weight matrix)", path)
@@ -178,13 +183,15 @@ def _tensor(tensors, names, field, path, required=True):
 
 
 class _Arrays:
-    """The tensors of one layer, looked up by field name (dequantized, checked finite)."""
+    """The tensors of one layer, looked up by field name (dequantized, checked finite); ``int8``
+    collects the exact int8 forms of the int8 tensors read (for layer.set_int8_forms)."""
 
     def __init__(self, tensors, names, path):
         self.tensors, self.names, self.path = tensors, names, path
+        self.int8 = {}
 
     def get(self, field):
-        return _tensor(self.tensors, self.names, field, self.path, required=False)
+        return _tensor(self.tensors, self.names, field, self.path, required=False, int8=self.int8)
 
 
 def _build(spec, tensors, path, version, custom) -> Model:
@@ -229,6 +236,8 @@ def _build(spec, tensors, path, version, custom) -> Model:
         except (ValueError, TypeError) as exc:
             msg = str(exc)
             raise ModelFormatError(msg if msg.startswith(where) else f"{where}: {msg}", path) from None
+        if arrays.int8:
+            layer.set_int8_forms(arrays.int8)
         layers.append(layer)
         by_name[name] = layer
     if missing_custom:

@@ -42,11 +42,12 @@ import warnings
 import numpy as np
 
 from ..errors import ModelFormatError, UnsupportedLayerError
-from ..graph import Graph, Input, Node
+from ..graph import Graph, GraphBuilder, Input, Node
 from ..layers import (Activation, BatchNormalization, Concatenate, Conv1D, Dense, DirectionWeights, Embedding,
                       GlobalPooling1D, Identity, LayerNormalization, Merge, Permute, Recurrent, Reshape, Select,
                       Slice)
 from ..layers.constant import Constant
+from ..layers.activation import FRAMEWORK_ACTIVATIONS
 
 f32 = np.float32
 BIG = 2 ** 62
@@ -145,41 +146,31 @@ def _short_name(target):
 # the mapper
 # ---------------------------------------------------------------------------------------------
 
-ELEMENTWISE = {
-    "tanh": "tanh", "relu": "relu", "sigmoid": "sigmoid", "silu": "swish", "selu": "selu",
-    "softsign": "softsign", "exp": "exponential",
-}
+# aten's parameter-free element-wise operators, mapped by the table every importer shares (elu,
+# softplus, hardsigmoid, leaky_relu take parameters: their op_ methods map them)
+ELEMENTWISE = {k: FRAMEWORK_ACTIVATIONS[k] for k in ("tanh", "relu", "sigmoid", "silu", "selu", "softsign", "exp")}
 IDENTITY_OPS = {"clone", "contiguous", "detach", "alias", "lift_fresh_copy", "dropout", "feature_dropout",
                 "alpha_dropout", "feature_alpha_dropout", "_to_copy", "to", "type_as"}
 RNN_OPS = {"lstm": "lstm", "gru": "gru", "rnn_tanh": "rnn", "rnn_relu": "rnn"}
 RESHAPE_OPS = {"view", "reshape", "_unsafe_view", "flatten", "unflatten", "unsqueeze", "squeeze"}
 
 
-class Mapper:
+class Mapper(GraphBuilder):
     def __init__(self, ep, module_name, input_names):
+        super().__init__(input_names)
         self.ep = ep
         self.module_name = module_name
-        self.nodes = []
-        self.names = set(input_names)
         self.layer_cache = {}
         self.permute_cache = {}
         self.unbatched = False
         self.input_names = set(input_names)
 
     # -- graph building --------------------------------------------------------------------
-    def fresh(self, base):
-        base = re.sub(r"[^0-9A-Za-z_.]", "_", base) or "node"
-        name, k = base, 1
-        while name in self.names:
-            name = f"{base}_{k}"
-            k += 1
-        self.names.add(name)
-        return name
+    def unique(self, base):
+        """An FX node name made a fastrnn node name: characters other than [0-9A-Za-z_.] become "_"."""
+        return super().unique(re.sub(r"[^0-9A-Za-z_.]", "_", base) or "node")
 
-    def add(self, base, layer, inputs):
-        name = self.fresh(base)
-        self.nodes.append(Node(name, layer, list(inputs)))
-        return (name, 0)
+    fresh = unique
 
     def materialize(self, v, order, fx):
         """v's fastrnn tensor laid out as ``order`` (a Permute node when it is not already)."""

@@ -35,7 +35,7 @@ import threading
 import numpy as np
 
 from ..layers import Dense, DirectionWeights, Embedding, Recurrent
-from ..quantize import int8_rule
+from ..quantize import int8_rule, int8_slice
 from .stepwise import StepGraphPlan, causal_problem
 
 f32 = np.float32
@@ -52,25 +52,27 @@ def to_half(a, name="weights"):
     return np.ascontiguousarray(a.astype(np.float16).astype(f32))
 
 
-def to_int8(a):
+def to_int8(a, exact=None):
     """a (N, K) float32 -> (q int8 (N, K), scale float32 (N,)); the same rule as int8 model
-    files (fastrnn.quantize.int8_rule), so weights read from such a file are kept."""
-    return int8_rule(a)
+    files (fastrnn.quantize.int8_rule), so weights read from such a file are kept, and the exact
+    integers of other tools' int8 weights when given (``exact``: the layer's Int8Weights)."""
+    return int8_rule(a, exact)
 
 
 class Matrix:
     """One matrix of the loop, out = W @ in: ``values`` (N, K) float32 are the weights every
-    engine computes with (for int8, scale * q rounded to float32); ``q``/``scale`` for int8."""
+    engine computes with (for int8, scale * q rounded to float32); ``q``/``scale`` for int8
+    (``int8``: the matrix's exact int8 form from its layer, fastrnn.layers.Int8Weights, or None)."""
 
     __slots__ = ("values", "q", "scale")
 
-    def __init__(self, a, weights, name):
+    def __init__(self, a, weights, name, int8=None):
         a = np.ascontiguousarray(a, dtype=f32)
         self.q = self.scale = None
         if weights == "float16":
             self.values = to_half(a, name)
         elif weights == "int8":
-            self.q, self.scale = to_int8(a)
+            self.q, self.scale = to_int8(a, int8)
             self.values = np.ascontiguousarray(self.q.astype(f32) * self.scale[:, None])
         else:
             self.values = a
@@ -107,19 +109,19 @@ class LayerPlan:
         rows = slice(0, 2 * H) if layer.cell == "gru" else slice(0, G * H)
         name = layer.name
         if first:
-            self.w_a = Matrix(w.w_hh[rows], weights, name)
+            self.w_a = Matrix(w.w_hh[rows], weights, name, int8_slice(w.int8_of("w_hh"), rows))
             self.b_a = None
-        else:
+        else:  # (rows of [W_ih | W_hh] take one scale each: the rule's, over both parts)
             self.w_a = Matrix(np.concatenate([w.w_ih[rows], w.w_hh[rows]], axis=1), weights, name)
             self.b_a = np.ascontiguousarray(b_ih[rows] + b_hh[rows])
         self.w_xn = self.b_xn = self.w_hn = self.b_hn = None
         if layer.cell == "gru":
             if not first:
-                self.w_xn = Matrix(w.w_ih[2 * H:], weights, name)
+                self.w_xn = Matrix(w.w_ih[2 * H:], weights, name, int8_slice(w.int8_of("w_ih"), slice(2 * H, None)))
                 self.b_xn = np.ascontiguousarray(b_ih[2 * H:])
-            self.w_hn = Matrix(w.w_hh[2 * H:], weights, name)
+            self.w_hn = Matrix(w.w_hh[2 * H:], weights, name, int8_slice(w.int8_of("w_hh"), slice(2 * H, None)))
             self.b_hn = np.ascontiguousarray(b_hh[2 * H:])
-        self.w_hr = None if w.w_hr is None else Matrix(w.w_hr, weights, name)
+        self.w_hr = None if w.w_hr is None else Matrix(w.w_hr, weights, name, w.int8_of("w_hr"))
         self.peephole = None if w.peephole is None else np.ascontiguousarray(w.peephole)
         acts = list(layer.activations) + [layer.activations[-1]] * (3 - len(layer.activations))
         self.acts = np.array([a.code for a in acts], np.int32)
@@ -237,7 +239,7 @@ class GenerationPlan:
             self.table = self.layers[0].input_projection(self.embedding.weight)
         else:
             self.table = self.layers[0].input_projection(np.eye(V, dtype=f32))
-        self.dense_w = Matrix(self.dense.weight, weights, self.dense.name)
+        self.dense_w = Matrix(self.dense.weight, weights, self.dense.name, self.dense.int8)
         self.dense_b = None if self.dense.bias is None else np.ascontiguousarray(self.dense.bias)
         self.compiled = {}  # engine name -> the engine's packed form
         self._lock = threading.Lock()

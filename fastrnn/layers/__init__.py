@@ -21,7 +21,7 @@ r|z|n). See base.py for the protocol every layer follows.
 """
 from .activation import Activation
 from .attention import Attention
-from .base import ConfigReader, Layer, frozen_array
+from .base import ConfigReader, Int8Weights, Layer, frozen_array
 from .constant import Constant
 from .conv import Conv1D
 from .custom import CustomLayer
@@ -41,5 +41,5 @@ LAYER_TYPES = {cls.kind: cls for cls in (
     RepeatVector, Select, Slice, CustomLayer, Arithmetic, Math, Constant)}
 
 __all__ = sorted(cls.__name__ for cls in LAYER_TYPES.values()) + [
-    "DirectionWeights", "Layer", "ConfigReader", "frozen_array", "CELL_GATES", "DEFAULT_ACTIVATIONS",
+    "DirectionWeights", "Int8Weights", "Layer", "ConfigReader", "frozen_array", "CELL_GATES", "DEFAULT_ACTIVATIONS",
     "MERGE_MODES", "DENSE_ACTIVATIONS", "LAYER_TYPES"]

@@ -22,6 +22,16 @@ f32 = np.float32
 AXIS_FUNCTIONS = ("softmax", "log_softmax")
 EXTRA_FUNCTIONS = ("gelu", "gelu_tanh", "identity") + AXIS_FUNCTIONS
 
+# The one table of framework activation names -> fastrnn element-wise function names, for every
+# importer: Keras activation names ("linear", "swish", "exponential") and PyTorch / aten operator
+# names ("silu", "exp"). A function with parameters of its own (ELU's alpha, leaky ReLU's slope,
+# hard sigmoid's line, which Keras 2 and 3 define differently) is mapped by its importer instead.
+FRAMEWORK_ACTIVATIONS = {
+    "tanh": "tanh", "sigmoid": "sigmoid", "relu": "relu", "linear": "affine", "elu": "elu",
+    "selu": "selu", "softplus": "softplus", "softsign": "softsign", "exponential": "exponential",
+    "exp": "exponential", "swish": "swish", "silu": "swish",
+}
+
 
 def erf(x):
     """Error function in float64, through the complementary function's Chebyshev fit (Numerical

@@ -9,19 +9,27 @@ its options. It never holds running state. Every layer type provides:
 - ``output_shape(shapes)``: the output shape(s) without the batch axis, from the input shapes
   (a list, one per input; ``None`` entries are free sizes);
 - ``call(inputs, lengths)``: the NumPy definition of the layer, batch-major (the spec, and the
-  implementation for every layer that has no compiled kernel). ``lengths`` is one int64 array
-  (B,) per input, or None: the number of valid (unmasked) steps of each row; masks in fastrnn
-  are right padding, as Keras masks of right-padded data are;
-- ``output_lengths(lengths, shapes)``: how the mask propagates (Keras's ``compute_mask``);
+  implementation for every layer that has no compiled kernel). ``lengths`` is one mask per
+  input, or None: int64 (B,), the number of valid steps of each row (right padding), or a
+  boolean (B, T) array for any other pattern (fastrnn.layers.mask: ``step_mask`` gives the
+  (B, T) form of either);
+- ``output_lengths(lengths, shapes)``: how the mask propagates (Keras's ``compute_mask``), in
+  the same forms;
 - ``per_step``: True when the output at step t depends only on the inputs at step t (such a layer
   runs unchanged inside generation, one step at a time);
 - ``count_params()``, ``arrays()`` (name -> array, what the native file stores), ``config()``
   (JSON-serialisable options) and the class method ``from_config(name, config, arrays)``, the
-  inverse used by the native loader (``config`` is a ConfigReader that validates as it reads).
+  inverse used by the native loader (``config`` is a ConfigReader that validates as it reads);
+- ``int8_forms()`` / ``set_int8_forms(forms)``: the exact int8 forms (Int8Weights) a source file
+  gave for some of those arrays, keyed as ``arrays()`` (Embedding, Dense and Recurrent keep them;
+  the other layers compute in float32 and have none).
+
+A layer may cache backend data (packed weights) in ``_packed``; a copy or a pickle leaves it out.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -38,20 +46,60 @@ def frozen_array(a, shape=None, name="array") -> np.ndarray:
     return arr
 
 
+@dataclass(frozen=True, eq=False)
+class Int8Weights:
+    """The int8 form a source file gave for a weight matrix W (N, K): W == scale[:, None] * q
+    exactly, q int8 (N, K) in [-127, 127], scale float32 (N,) > 0 (onnxruntime's weight integers,
+    the integers of an int8 native file). A layer keeps it (``Dense.int8``, ``Embedding.int8``,
+    ``DirectionWeights.int8``) where fastrnn's per-row rule would pick other integers (a per-tensor
+    scale); the int8 engines, int8 files and generation's int8 weights then use these integers
+    (fastrnn.quantize.int8_rule). It travels with the layer: copies, pickles, saved files.
+    Rows slice like the matrix: ``form[rows]`` (the GRU's r|z and n blocks)."""
+
+    q: np.ndarray  # (N, K) int8
+    scale: np.ndarray  # (N,) float32
+
+    def __post_init__(self):
+        q = np.ascontiguousarray(self.q)
+        if q.dtype != np.int8 or q.ndim != 2:
+            raise ValueError(f"Int8Weights.q must be a 2-D int8 array, got {q.dtype} {q.shape}")
+        q = q.view()
+        q.flags.writeable = False
+        object.__setattr__(self, "q", q)
+        object.__setattr__(self, "scale", frozen_array(self.scale, (q.shape[0],), "Int8Weights.scale"))
+
+    @property
+    def shape(self):
+        return self.q.shape
+
+    def __getitem__(self, rows):
+        return Int8Weights(self.q[rows], self.scale[rows])
+
+
+def check_int8(form, matrix, name):
+    """``form`` (an Int8Weights or None) fits ``matrix`` (N, K): raises ValueError naming it if not."""
+    if form is None:
+        return None
+    if matrix is None:
+        raise ValueError(f"{name}: an int8 form for a matrix the layer does not have")
+    if not isinstance(form, Int8Weights):
+        raise ValueError(f"{name}: the int8 form must be an Int8Weights (q, scale), got {type(form).__name__}")
+    if form.shape != matrix.shape:
+        raise ValueError(f"{name}: int8 form of shape {form.shape} for a matrix of shape {matrix.shape}")
+    return form
+
+
 def shape_str(shape) -> str:
     """A shape without the batch axis as Keras prints it, batch included: (None, 10, 64)."""
     return "(" + ", ".join(["None"] + ["None" if s is None else str(s) for s in shape]) + ")"
 
 
 def min_lengths(lengths):
-    """Keras merges AND their inputs' masks: with right padding, the shortest valid length wins."""
-    present = [x for x in lengths if x is not None]
-    if not present:
-        return None
-    out = present[0]
-    for x in present[1:]:
-        out = np.minimum(out, x)
-    return out
+    """The AND of the inputs' masks (None entries ignored): with right padding, the shortest
+    valid length wins."""
+    from .mask import combine
+
+    return combine(list(lengths), "and")
 
 
 class Layer:
@@ -80,6 +128,19 @@ class Layer:
         if self.mask_rule == "merge":
             return min_lengths(lengths)
         return None
+
+    def int8_forms(self) -> dict:
+        """{arrays() key: Int8Weights}: the exact int8 forms the source file gave (none here)."""
+        return {}
+
+    def set_int8_forms(self, forms):
+        """Keep the int8 forms read with the arrays (a layer computing in float32 keeps none:
+        an int8 file's values are exact as float32 already)."""
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.pop("_packed", None)  # backend caches: rebuilt on first use
+        return state
 
     def type_name(self) -> str:
         return type(self).__name__

@@ -2,13 +2,13 @@
 TimeDistributed(Dense), PyTorch nn.Linear, ONNX MatMul/Gemm + Add)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
 
 from ..activations import Activation, apply_activation
-from .base import Layer, frozen_array
+from .base import Int8Weights, Layer, check_int8, frozen_array
 
 f32 = np.float32
 DENSE_ACTIVATIONS = ("linear", "softmax", "sigmoid", "tanh", "relu")
@@ -19,12 +19,13 @@ class Dense(Layer):
     """Affine map on the last axis: y = act(x @ W.T + b). W (out, in), b (out,) or None.
 
     activation: "linear", "softmax" / "log_softmax" (over the last axis) or any name of
-    fastrnn.activations."""
+    fastrnn.activations. int8: the exact int8 form of W its source file gave (Int8Weights), or None."""
 
     weight: np.ndarray  # (out, in)
     bias: Optional[np.ndarray] = None  # (out,)
     activation: str = "linear"
     name: str = "dense"
+    int8: Optional[Int8Weights] = field(default=None, compare=False)
 
     kind = "dense"
     per_step = True
@@ -40,6 +41,7 @@ class Dense(Layer):
             self.bias = frozen_array(self.bias, (self.weight.shape[0],), f"{self.name}.bias")
         if self.activation not in ("softmax", "log_softmax"):
             self.activation = Activation.of(self.activation).name if self.activation != "linear" else "linear"
+        self.int8 = check_int8(self.int8, self.weight, f"{self.name}.weight")
 
     @property
     def input_size(self) -> int:
@@ -68,6 +70,12 @@ class Dense(Layer):
 
     def config(self):
         return {"activation": self.activation}
+
+    def int8_forms(self):
+        return {} if self.int8 is None else {"weight": self.int8}
+
+    def set_int8_forms(self, forms):
+        self.int8 = check_int8(forms.get("weight"), self.weight, f"{self.name}.weight")
 
     @classmethod
     def from_config(cls, name, config, arrays):

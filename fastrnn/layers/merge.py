@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .base import Layer, check_axis
+from .mask import combine
 
 f32 = np.float32
 
@@ -59,12 +60,7 @@ class Merge(Layer):
         return _broadcast(shapes, self.name)
 
     def output_lengths(self, lengths, shapes):
-        if any(x is None for x in lengths):
-            return None  # Keras: OR of the masks, none if an input has none
-        out = lengths[0]
-        for x in lengths[1:]:
-            out = np.maximum(out, x)
-        return out
+        return combine(list(lengths), "or")  # Keras: OR of the masks, none if an input has none
 
     def call(self, inputs, lengths=None):
         return merge(self, inputs)
@@ -136,12 +132,7 @@ class Concatenate(Layer):
         ax = check_axis(self.axis, ndim, self.name)
         if ndim < 3 or ax == 1:
             return None  # no time axis left to mask along (or joined along time)
-        if any(x is None for x in lengths):
-            return None  # Keras 3: OR of the masks, an unmasked input all valid
-        out = lengths[0]
-        for x in lengths[1:]:
-            out = np.maximum(out, x)
-        return out
+        return combine(list(lengths), "or")  # Keras 3: OR of the masks, None if an input has none
 
     def call(self, inputs, lengths=None):
         return concatenate(self, inputs)

@@ -1,18 +1,27 @@
 """ONNX import: ``load_model`` (any graph of supported operators -> a fastrnn Model) and
 ``InferenceSession`` (onnxruntime's API, running that same Model).
 
-- graph.py: the file -> nodes, initializers, inputs/outputs (bounded, no external data).
-- translate.py: ONNX nodes -> fastrnn layers and nodes, batch-major, by named pattern rules
-  (Gather on a weight -> Embedding, RNN nodes with their layout glue -> Recurrent, MatMul + Add /
-  Gemm -> Dense, Softmax / Tanh / ... -> Activation, Concat -> Concatenate, ...).
-- recurrent.py: RNN/LSTM/GRU node conventions -> fastrnn.layers.Recurrent.
-- ops.py: the glue operators in NumPy (constant folding at import; the session's fallback),
-  including the quantized ones (QuantizeLinear, DequantizeLinear, DynamicQuantizeLinear,
-  MatMulInteger, com.microsoft MatMulIntegerToFloat / DynamicQuantizeMatMul).
+The package, by layer (each module imports only those listed before it):
 
-onnxruntime-quantized files (quantize_dynamic) load as int8 Models keeping onnxruntime's weight
-integers (translate.py; README "onnxruntime-quantized ONNX files").
-- session.py: InferenceSession.
+- graph.py            the file -> nodes, initializers, inputs/outputs (bounded, no external data)
+- ops.py              the operators in NumPy: constant folding at import and the session's
+                      interpreter, including the quantized ones (QuantizeLinear, DequantizeLinear,
+                      DynamicQuantizeLinear, MatMulInteger, com.microsoft MatMulIntegerToFloat /
+                      DynamicQuantizeMatMul / DynamicQuantizeLSTM)
+- recurrent.py        RNN/LSTM/GRU node conventions (gate orders, biases) -> fastrnn.layers.Recurrent
+- values.py           what the translator knows of each ONNX value (Const, ShapeVec, Zeros,
+                      SeqLens, Tensor views, ...), Untranslatable, and RuleFamily
+- rules_recurrent.py  RNN / LSTM / GRU nodes with their layout glue and initial states -> Recurrent
+- rules_math.py       MatMul / Gemm -> Dense, activations and element-wise functions, Add / Sub /
+                      Mul / Div / Pow / Max / Min -> Merge or Arithmetic, reductions over time
+- rules_shape.py      shape glue (Shape, Gather, Concat, Reshape, Squeeze / Unsqueeze, Transpose,
+                      Slice, Expand, Cast, ...): view changes; Gather on a weight -> Embedding
+- rules_quantized.py  onnxruntime's quantized operators (quantize_dynamic) -> int8 layers keeping
+                      onnxruntime's weight integers (docs/loading.md "onnxruntime-quantized ONNX
+                      files")
+- translate.py        ONNX nodes -> fastrnn layers and nodes, batch-major: the Translator core
+                      (node loop, constant folding, the table of every family's rules, views)
+- session.py          InferenceSession
 
 The Model takes batch-major inputs named as the graph's (token ids as int64, features as float32;
 a time-major graph input (T, B, ...) becomes (B, T, ...)) and returns batch-major outputs (an RNN's

@@ -1,154 +1,56 @@
 """ONNX graph -> fastrnn graph: every ONNX node becomes fastrnn layers (or nothing), batch-major.
 
 The ONNX file computes on tensors in its own layouts (time-major RNN inputs, Y as (T, D, B, H),
-states as (D, B, H)); a fastrnn Model computes on batch-major tensors (B, ...). The translator
-walks the ONNX nodes in order and keeps, for every ONNX value, what it is on the fastrnn side:
+states as (D, B, H)); a fastrnn Model computes on batch-major tensors (B, ...). The Translator
+walks the ONNX nodes in order and keeps, for every ONNX value, what it is on the fastrnn side
+(values.py: ``Const``, ``ShapeVec``, ``Zeros``, ``SeqLens``, ``Tensor``, ...). A ``Tensor`` is a
+fastrnn tensor seen through a *view*: its last axis may be split in two (Y's (D, H) directions and
+units), and its axes are permuted and may carry inserted size-1 axes. ``view.axes[i]`` is the
+fastrnn view axis that ONNX axis i shows (None: a size-1 axis). Transpose, Squeeze, Unsqueeze and
+the Reshape that merges (D, H) back only change the view: they add no node, so the glue
+torch.onnx.export writes around RNN nodes costs nothing.
 
-- ``Const``: known at import time (initializers, Constant nodes, anything computed from them:
-  such nodes are folded with the NumPy glue ops of ops.py);
-- ``ShapeVec``: a shape computed from the graph's tensors (Shape -> Gather -> Unsqueeze -> Concat),
-  entries known integers or symbolic ``Dim`` sizes (the batch, a time axis);
-- ``Zeros``: ConstantOfShape of such a shape (the zero initial states exporters build);
-- ``SeqLens``: a graph input that feeds only RNN nodes' sequence_lens (it becomes ``lengths``);
-- ``Tensor``: a fastrnn tensor seen through a *view*: its last axis may be split in two (Y's
-  (D, H) directions and units), and its axes are permuted and may carry inserted size-1 axes.
-  ``view.axes[i]`` is the fastrnn view axis that ONNX axis i shows (None: a size-1 axis).
-  Transpose, Squeeze, Unsqueeze and the Reshape that merges (D, H) back only change the view:
-  they add no node, so the glue torch.onnx.export writes around RNN nodes costs nothing.
+This module is the core: the node loop (``Translator.run``), constant folding (a node whose inputs
+are all constants is computed at import time with the NumPy ops of ops.py), the dispatch table
+``RULES`` (ONNX op type -> the rules that translate it) and what every rule shares (adding a node,
+symbolic sizes, views and indexing them). The pattern rules live by family, each registering its
+rules with ``@RULES.rule("OpType")`` (search for ``rule("MatMul")``), each beside the name of the
+test that covers it:
 
-Pattern rules (each a method named ``op_<OpType>`` or a helper it calls, each with its own test in
-tests/test_onnx_graphs.py):
+- rules_recurrent.py: RNN / LSTM / GRU -> Recurrent, with their layout glue and initial states;
+- rules_math.py: MatMul / Gemm -> Dense, activations and element-wise functions, Add / Sub / Mul /
+  Div / Pow / Max / Min -> Merge or Arithmetic, ReduceMean / ReduceMax over time -> GlobalPooling1D;
+- rules_shape.py: shape glue (Shape, Gather, Concat, Reshape, Flatten, Squeeze / Unsqueeze,
+  Transpose, Slice, Expand, Cast, ConstantOfShape, Identity, Dropout); Gather on a weight ->
+  Embedding;
+- rules_quantized.py: onnxruntime's quantized operators (quantize_dynamic): DynamicQuantizeLSTM,
+  the MatMulInteger pattern, MatMulIntegerToFloat, DynamicQuantizeMatMul, DequantizeLinear. The
+  Model is then an int8 model whose matrices keep onnxruntime's integers.
 
-- Gather(weight, ids) -> Embedding (the execution plan folds it into the next recurrent layer);
-- RNN/LSTM/GRU -> Recurrent: time-major layouts absorbed, zero initial states (ConstantOfShape)
-  dropped, initial-state tensors passed per direction, Y_h/Y_c read as return_state outputs or,
-  when only Y_h is used, as the layer's final-state output (return_sequences=False);
-- Gather/Slice on the direction axis of Y_h followed by Concat of the pieces in order -> the
-  whole tensor again (``h[-2], h[-1]`` of a bidirectional classifier costs nothing);
-- Gather/Slice on other axes -> Select / Slice (``out[:, -1]``, the last step);
-- MatMul(x, W) [+ Add(b)] and Gemm -> Dense (Add of a bias folds into the Dense);
-- Softmax / LogSoftmax / Tanh / Relu / Sigmoid / ... -> Activation; Exp, Log, Neg, ... -> Math;
-- Add / Sub / Mul / Max / Min between tensors -> Merge; with a constant -> Arithmetic;
-- Concat -> Concatenate; ReduceMean / ReduceMax over time -> GlobalPooling1D;
-- Reshape / Flatten: a view change when possible, else Reshape (after Permute if needed);
-- onnxruntime's quantized operators (quantize_dynamic): DynamicQuantizeLSTM -> Recurrent;
-  DynamicQuantizeLinear(x) -> MatMulInteger(B) -> Cast -> Mul(x scale * B scale) [+ Add(b)],
-  MatMulIntegerToFloat and DynamicQuantizeMatMul -> Dense; Gather of a quantized table ->
-  DequantizeLinear -> Embedding of the dequantized table. The Model is then an int8 model
-  (metadata "quantized") whose matrices keep onnxruntime's integers (int8_rows below).
-
+A rule may return None ("not my pattern"): the next rule registered for that operator is tried
+(rules_quantized.py reads onnxruntime's Mul and Cast steps before the general Mul and Cast).
 What cannot be expressed raises Untranslatable with the reason; the session then runs the graph
 with its interpreter (see session.py for exactly which graphs).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
-from ...graph import Graph, Input, Node
-from ...layers import (Activation, Arithmetic, Concatenate, Dense, Embedding, GlobalPooling1D, Math, Merge,
-                       Permute, Reshape, Select, Slice)
-from .graph import ONNX_DTYPES
+from ...graph import Graph, GraphBuilder, Input, Node
+from ...layers import Concatenate, Permute, Reshape, Select, Slice
+from . import rules_math, rules_quantized, rules_recurrent, rules_shape
 from .ops import OPS
-from .recurrent import RECURRENT_OPS, layers_for_node
+from .recurrent import RECURRENT_OPS
+from .values import BATCH, Const, Dim, SeqLens, Tensor, Untranslatable, WrongBatchAxis, _py
 
-f32 = np.float32
-BIG = 2 ** 62
+# Names that lived in this module before its rules moved into their families: still importable here.
+from .rules_quantized import _per_output, int8_rows  # noqa: E402,F401
+from .rules_shape import _fmt, _groups, _shapevec  # noqa: E402,F401
+from .values import (BIG, IntProduct, Quantized, ScaleProduct, ShapeVec, Zeros, _axes_arg, _ints,  # noqa: E402,F401
+                     f32)
 
-
-class Untranslatable(Exception):
-    """The graph (or one node) has no fastrnn Model equivalent; the message says why."""
-
-
-class WrongBatchAxis(Untranslatable):
-    """The guessed batch axis of a graph input does not fit: another guess may."""
-
-
-# -- the values the translator tracks ----------------------------------------------------------
-
-@dataclass(frozen=True)
-class Dim:
-    """A size only known at run time (the batch "B", or an axis of a model input)."""
-
-    key: object
-
-
-BATCH = Dim("B")
-
-
-@dataclass
-class Const:
-    value: np.ndarray
-
-
-@dataclass
-class ShapeVec:
-    entries: list  # int or Dim
-    scalar: bool = False  # a 0-D shape element (Gather of one index)
-
-
-@dataclass
-class Zeros:
-    shape: list  # int or Dim
-    fill: float
-    dtype: object
-
-
-@dataclass
-class SeqLens:
-    input_name: str
-
-
-@dataclass(eq=False)
-class Quantized:
-    """An output of DynamicQuantizeLinear on the run-time tensor ``source``: part "q" (the uint8
-    values), "scale" or "zero" (its scale and zero point). Only the int8 patterns read these."""
-
-    source: object  # the Tensor quantized (one object per DynamicQuantizeLinear node)
-    part: str
-
-
-@dataclass
-class IntProduct:
-    """MatMulInteger(DynamicQuantizeLinear(source), B): the integer products (``cast``: Cast to float)."""
-
-    source: object
-    weight: np.ndarray  # B (K, N), int8 / uint8
-    zero: np.ndarray  # B's zero point: scalar or (N,)
-    cast: bool = False
-
-
-@dataclass
-class ScaleProduct:
-    """Mul(the dynamic scale of ``source``, B's scale)."""
-
-    source: object
-    scale: np.ndarray  # scalar or (N,)
-
-
-@dataclass
-class Tensor:
-    """ONNX tensor = view of the fastrnn tensor ``ref`` (shape (B,) + shape)."""
-
-    ref: tuple
-    shape: tuple  # fastrnn shape without the batch axis (None = unknown)
-    split: tuple = None  # the fastrnn last axis seen as (outer, inner), or None
-    axes: list = field(default_factory=list)  # per ONNX axis: view axis or None (size 1)
-    dtype: str = "float32"
-    pieces: tuple = None  # (source ref, start, stop) when this is a slice of source's last axis
-
-    @property
-    def view_sizes(self):
-        """Sizes of the view axes (batch first, None for unknown)."""
-        base = [None] + list(self.shape)
-        return base[:-1] + list(self.split) if self.split else base
-
-    def is_split_axis(self, va):
-        return self.split is not None and va >= len(self.shape)
-
-
-# ------------------------------------------------------------------------------------------------
 
 @dataclass
 class Boundary:
@@ -161,14 +63,30 @@ class Boundary:
     int8: dict = None  # quantized operators read: {"exact": [names], "requantized": [names]}, or None
 
 
-class Translator:
+def rule_table(*families):
+    """{ONNX op type: [rule, ...]} from the families' registrations, in the order given."""
+    table = {}
+    for family in families:
+        for op, function in family.rules:
+            table.setdefault(op, []).append(function)
+    return table
+
+
+# quantized first: its Mul and Cast rules read onnxruntime's pattern before the general ones
+RULES = rule_table(rules_quantized.RULES, rules_recurrent.RULES, rules_shape.RULES, rules_math.RULES)
+
+
+class Translator(GraphBuilder):
+    """One translation of an ONNX graph (read by graph.py) with a guess of its inputs' batch axes:
+    ``run()`` -> the graph outputs as Tensor views; the fastrnn nodes are in ``nodes``. The rules
+    receive it as ``tr`` and add nodes through ``tr.add``."""
+
     def __init__(self, g, batch_axes):
         self.g = g
         self.batch_axes = batch_axes
+        super().__init__()
         self.values = {}
-        self.nodes = []
         self.shapes = {}
-        self.names = set()
         self.dim_alias = {}
         self.dense_no_bias = {}  # output ref -> (Dense layer, input ref)
         self.concat_parts = {}  # Concatenate output ref -> [(input ref, start, stop)] on the last axis
@@ -186,13 +104,7 @@ class Translator:
 
     # -- bookkeeping -------------------------------------------------------------------------
     def fresh(self, base):
-        base = base or "node"
-        name, k = base, 1
-        while name in self.names:
-            name = f"{base}_{k}"
-            k += 1
-        self.names.add(name)
-        return name
+        return self.unique(base or "node")
 
     def add(self, base, layer, inputs, keep_leading=True):
         """Add a node; returns its output refs. ``keep_leading``: the output's axes before the last
@@ -327,10 +239,11 @@ class Translator:
             except Exception as exc:  # noqa: BLE001 - a folding failure is the graph's error
                 raise Untranslatable(f"{node.where()}: cannot fold constants: {exc}") from None
             return [Const(np.asarray(o)) for o in outs]
-        handler = getattr(self, f"op_{op}", None)
-        if handler is None:
-            raise Untranslatable(f"{node.where()}: operator {op} on run-time tensors has no fastrnn layer")
-        return handler(node, ins)
+        for rule in RULES.get(op, ()):
+            outs = rule(self, node, ins)
+            if outs is not None:
+                return outs
+        raise Untranslatable(f"{node.where()}: operator {op} on run-time tensors has no fastrnn layer")
 
     # -- views ---------------------------------------------------------------------------------
     def canonical(self, t: Tensor, base="view") -> Tensor:
@@ -383,161 +296,6 @@ class Translator:
         if not -rank <= axis < rank:
             raise Untranslatable(f"{node.where()}: axis {axis} out of range for rank {rank}")
         return axis % rank
-
-    # -- shape-only operators -------------------------------------------------------------------
-    def op_Identity(self, node, ins):
-        return [ins[0]]
-
-    def op_Dropout(self, node, ins):
-        if len(node.outputs) > 1 and node.outputs[1] and self.uses.get(node.outputs[1]):
-            raise Untranslatable(f"{node.where()}: the Dropout mask output is used")
-        return [ins[0], None]
-
-    def op_Cast(self, node, ins):
-        v = ins[0]
-        to = node.attrs.get("to")
-        if isinstance(v, IntProduct) and not v.cast and to == 1:
-            return [IntProduct(v.source, v.weight, v.zero, True)]
-        if isinstance(v, ShapeVec) and to in (6, 7):
-            return [v]
-        if isinstance(v, Zeros):
-            return [Zeros(v.shape, v.fill, ONNX_DTYPES.get(to, np.float32))]
-        if isinstance(v, Tensor):
-            if (v.dtype == "float32" and to == 1) or (v.dtype == "int64" and to in (6, 7)):
-                return [v]
-        if isinstance(v, SeqLens) and to in (6, 7):
-            return [v]
-        raise Untranslatable(f"{node.where()}: Cast of a {v.__class__.__name__} ({getattr(v, 'dtype', '')}) to "
-                             f"type {to}")
-
-    def op_Shape(self, node, ins):
-        v = ins[0]
-        if isinstance(v, Tensor):
-            dims = self.onnx_dims(v)
-        elif isinstance(v, Zeros):
-            dims = list(v.shape)
-        else:
-            raise Untranslatable(f"{node.where()}: Shape of a {v.__class__.__name__}")
-        start, end = node.attrs.get("start", 0), node.attrs.get("end", None)
-        return [_shapevec(dims[start:end])]
-
-    def op_Size(self, node, ins):
-        raise Untranslatable(f"{node.where()}: Size of a run-time tensor")
-
-    def op_ConstantOfShape(self, node, ins):
-        v = ins[0]
-        fill = node.attrs.get("value", np.zeros(1, f32))
-        fill = np.asarray(fill).reshape(-1)
-        if not isinstance(v, ShapeVec):
-            raise Untranslatable(f"{node.where()}: ConstantOfShape of a {v.__class__.__name__}")
-        return [Zeros(list(v.entries), float(fill[0]), fill.dtype)]
-
-    def op_Unsqueeze(self, node, ins):
-        v = ins[0]
-        axes = _axes_arg(node, ins)
-        if axes is None:
-            raise Untranslatable(f"{node.where()}: Unsqueeze without axes")
-        if isinstance(v, ShapeVec):
-            if v.scalar and axes in ([0], [-1]):
-                return [ShapeVec(list(v.entries))]
-            raise Untranslatable(f"{node.where()}: Unsqueeze of a shape vector")
-        rank = (len(v.axes) if isinstance(v, Tensor) else len(v.shape)) + len(axes)
-        axes = sorted(self.onnx_axis(node, a, rank) for a in axes)
-        if isinstance(v, Zeros):
-            shape = list(v.shape)
-            for a in axes:
-                shape.insert(a, 1)
-            return [Zeros(shape, v.fill, v.dtype)]
-        if isinstance(v, Tensor):
-            new = list(v.axes)
-            for a in axes:
-                new.insert(a, None)
-            return [Tensor(v.ref, v.shape, v.split, new, v.dtype, v.pieces)]
-        raise Untranslatable(f"{node.where()}: Unsqueeze of a {v.__class__.__name__}")
-
-    def op_Squeeze(self, node, ins):
-        v = ins[0]
-        axes = _axes_arg(node, ins)
-        if isinstance(v, Zeros):
-            shape = list(v.shape)
-            drop = range(len(shape)) if axes is None else [a % len(shape) for a in axes]
-            drop = [a for a in drop if shape[a] == 1] if axes is None else drop
-            return [Zeros([s for i, s in enumerate(shape) if i not in drop], v.fill, v.dtype)]
-        if not isinstance(v, Tensor):
-            raise Untranslatable(f"{node.where()}: Squeeze of a {v.__class__.__name__}")
-        rank = len(v.axes)
-        dims = self.onnx_dims(v)
-        if axes is None:
-            axes = [i for i, d in enumerate(dims) if d == 1]
-        axes = sorted({self.onnx_axis(node, a, rank) for a in axes}, reverse=True)
-        for a in axes:
-            if dims[a] != 1:
-                raise Untranslatable(f"{node.where()}: squeezing axis {a} of size {dims[a]}")
-            v = self.take(node, v, a, 0, keep=False)
-        return [v]
-
-    def op_Transpose(self, node, ins):
-        v = ins[0]
-        perm = node.attrs.get("perm")
-        if isinstance(v, Tensor):
-            perm = list(reversed(range(len(v.axes)))) if perm is None else perm
-            return [Tensor(v.ref, v.shape, v.split, [v.axes[p] for p in perm], v.dtype, v.pieces)]
-        if isinstance(v, Zeros):
-            perm = list(reversed(range(len(v.shape)))) if perm is None else perm
-            return [Zeros([v.shape[p] for p in perm], v.fill, v.dtype)]
-        raise Untranslatable(f"{node.where()}: Transpose of a {v.__class__.__name__}")
-
-    def op_Expand(self, node, ins):
-        v, shape = ins
-        if isinstance(v, (Const, Zeros)) and isinstance(shape, ShapeVec):
-            vals = np.asarray(v.value).reshape(-1) if isinstance(v, Const) else np.array([v.fill])
-            if vals.size == 1 and np.all(vals == vals[0]):
-                return [Zeros(list(shape.entries), float(vals[0]), np.asarray(vals).dtype)]
-        if isinstance(v, Zeros) and isinstance(shape, Const):
-            return [Zeros([int(e) for e in shape.value.reshape(-1)], v.fill, v.dtype)]
-        if isinstance(v, Tensor) and isinstance(shape, (Const, ShapeVec)):
-            entries = shape.entries if isinstance(shape, ShapeVec) else [int(s) for s in shape.value.reshape(-1)]
-            dims = self.onnx_dims(v)
-            if len(entries) <= len(dims) and all(e == 1 or e == d for e, d in zip(entries[::-1], dims[::-1])):
-                return [v]  # broadcasting to its own shape
-        raise Untranslatable(f"{node.where()}: Expand of a {v.__class__.__name__}")
-
-    def op_Gather(self, node, ins):
-        data, idx = ins
-        axis = node.attrs.get("axis", 0)
-        if isinstance(data, ShapeVec) and isinstance(idx, Const):
-            i = np.asarray(idx.value).astype(np.int64)
-            picked = [data.entries[int(k)] for k in i.reshape(-1)]
-            return [ShapeVec(picked, scalar=i.ndim == 0)]
-        if isinstance(data, Const) and isinstance(idx, Tensor):
-            return [self.embedding(node, data.value, idx, axis)]
-        if isinstance(data, Tensor) and isinstance(idx, Const):
-            i = np.asarray(idx.value).astype(np.int64)
-            a = self.onnx_axis(node, axis, len(data.axes))
-            if i.ndim == 0:
-                return [self.take(node, data, a, int(i), keep=False)]
-            if i.ndim == 1 and i.size >= 1 and ((np.all(np.diff(i) == 1) and np.all(i >= 0)) or list(i) == [-1]):
-                return [self.slice_axis(node, data, a, int(i[0]), int(i[-1]) + 1 if i[-1] != -1 else BIG, 1)]
-        raise Untranslatable(f"{node.where()}: Gather of a {data.__class__.__name__} by a "
-                             f"{idx.__class__.__name__}")
-
-    def embedding(self, node, weight, ids, axis):
-        """Gather on a weight matrix by token ids -> Embedding (folded into the next recurrent layer).
-        A quantized table (int8 / uint8, onnxruntime's quantized Gather) gives an Embedding of its
-        integers, which the DequantizeLinear after it turns into the float Embedding."""
-        if axis != 0 or weight.ndim != 2 or ids.dtype != "int64":
-            raise Untranslatable(f"{node.where()}: Gather on a constant that is not an embedding lookup")
-        if ids.ref[0] not in {i.name for i in self.model_inputs} or ids.split:
-            raise Untranslatable(f"{node.where()}: an embedding lookup reads a graph input of token ids")
-        dtype = "float32"
-        if weight.dtype in (np.int8, np.uint8):
-            dtype = str(weight.dtype)
-        elif weight.dtype != np.float32:
-            raise Untranslatable(f"{node.where()}: an embedding table of type {weight.dtype}")
-        ref = self.add(node.name, Embedding(np.asarray(weight, f32)), [ids.ref])[0]
-        if dtype != "float32":
-            self.int_embeddings[ref] = (ids.ref, np.asarray(weight))
-        return Tensor(ref, self.shapes[ref], None, list(ids.axes) + [len(ids.shape) + 1], dtype)
 
     def take(self, node, t: Tensor, a, index, keep):
         """One index of ONNX axis ``a`` (Gather with a scalar index; Squeeze when keep=False)."""
@@ -604,800 +362,11 @@ class Translator:
                        keep_leading=va == len(t.shape))[0]
         return Tensor(ref, self.shapes[ref], t.split, list(t.axes), t.dtype)
 
-    def op_Slice(self, node, ins):
-        v = ins[0]
-        if "starts" in node.attrs:
-            starts, ends = node.attrs["starts"], node.attrs["ends"]
-            axes, steps = node.attrs.get("axes"), None
-        else:
-            for k in range(1, len(ins)):
-                if ins[k] is not None and not isinstance(ins[k], Const):
-                    raise Untranslatable(f"{node.where()}: Slice with run-time bounds")
-            starts, ends = _ints(ins[1]), _ints(ins[2])
-            axes = _ints(ins[3]) if len(ins) > 3 and ins[3] is not None else None
-            steps = _ints(ins[4]) if len(ins) > 4 and ins[4] is not None else None
-        axes = list(range(len(starts))) if axes is None else axes
-        steps = [1] * len(starts) if steps is None else steps
-        if isinstance(v, ShapeVec):
-            if len(starts) != 1:
-                raise Untranslatable(f"{node.where()}: Slice of a shape")
-            return [ShapeVec(v.entries[slice(_py(starts[0]), _py(ends[0]), steps[0])])]
-        if isinstance(v, Zeros):
-            shape = list(v.shape)
-            for s, e, a, st in zip(starts, ends, axes, steps):
-                n = shape[a]
-                if isinstance(n, Dim):
-                    if not (s == 0 and e >= BIG // 4 and st == 1):
-                        raise Untranslatable(f"{node.where()}: Slice of a run-time size")
-                    continue
-                shape[a] = len(range(*slice(_py(s), _py(e), st).indices(n)))
-            return [Zeros(shape, v.fill, v.dtype)]
-        if isinstance(v, Tensor):
-            for s, e, a, st in zip(starts, ends, axes, steps):
-                if st == 0:
-                    raise Untranslatable(f"{node.where()}: Slice step 0")
-                v = self.slice_axis(node, v, self.onnx_axis(node, a, len(v.axes)), s, e, st)
-            return [v]
-        raise Untranslatable(f"{node.where()}: Slice of a {v.__class__.__name__}")
-
-    def op_Concat(self, node, ins):
-        axis = node.attrs["axis"]
-        vals = [v for v in ins if v is not None]
-        if all(isinstance(v, (Const, ShapeVec)) for v in vals):
-            entries = []
-            for v in vals:
-                entries += list(v.entries) if isinstance(v, ShapeVec) else [int(x) for x in v.value.reshape(-1)]
-            return [_shapevec(entries)]
-        if not all(isinstance(v, Tensor) for v in vals):
-            raise Untranslatable(f"{node.where()}: Concat of tensors with constants")
-        rank = len(vals[0].axes)
-        a = self.onnx_axis(node, axis, rank)
-        if len(vals) == 1:
-            return vals
-        first = vals[0]
-        if not all(v.split is not None and v.split[1] == first.split[1] and v.axes == first.axes
-                   and len(v.shape) == len(first.shape) for v in vals) or first.axes[a] != len(first.shape):
-            vals = [self.norm(v) for v in vals]  # not along the outer part of a split: (1, H) is no split
-        first = vals[0]
-        last = len(first.shape)
-        same_view = all(v.axes == first.axes and len(v.shape) == last for v in vals)
-        va = first.axes[a]
-        if va == 0:
-            raise WrongBatchAxis(f"{node.where()} concatenates along the batch axis")
-        along_last = same_view and va == last and (
-            first.split is None and all(v.split is None for v in vals)
-            or all(v.split is not None and v.split[1] == first.split[1] for v in vals))
-        if along_last:
-            # pieces of one tensor's last axis, in order and complete: that tensor again
-            if all(v.pieces for v in vals):
-                src, pos = first.pieces[0], 0
-                ok = True
-                for v in vals:
-                    ok = ok and v.pieces[0] == src and v.pieces[1] == pos
-                    pos = v.pieces[2]
-                if ok and self.shapes[src][-1] == pos and len(self.shapes[src]) == last:
-                    split = None if first.split is None else (pos // first.split[1], first.split[1])
-                    return [Tensor(src, self.shapes[src], split, list(first.axes), first.dtype)]
-            ref = self.joined(node.name, [v.ref for v in vals])
-            split = None if first.split is None else (sum(v.split[0] for v in vals), first.split[1])
-            return [Tensor(ref, self.shapes[ref], split, list(first.axes), first.dtype)]
-        if same_view and va is not None and va < last and all(v.split == first.split for v in vals):
-            ref = self.add(node.name, Concatenate(axis=va), [v.ref for v in vals], keep_leading=False)[0]
-            return [Tensor(ref, self.shapes[ref], first.split, list(first.axes), first.dtype)]
-        cs = [self.canonical(v, node.name) for v in vals]
-        if any(c.axes != cs[0].axes for c in cs):
-            raise Untranslatable(f"{node.where()}: Concat of tensors with different batch axes")
-        ref = self.add(node.name, Concatenate(axis=cs[0].axes[a]), [c.ref for c in cs])[0]
-        return [Tensor(ref, self.shapes[ref], None, list(cs[0].axes), cs[0].dtype)]
-
-    def op_Reshape(self, node, ins):
-        v, target = ins
-        if isinstance(target, Const):
-            entries = [int(x) for x in target.value.reshape(-1)]
-        elif isinstance(target, ShapeVec):
-            entries = list(target.entries)
-        else:
-            raise Untranslatable(f"{node.where()}: Reshape to a run-time shape")
-        if isinstance(v, Zeros):
-            if all(isinstance(e, (int, Dim)) and e != -1 for e in entries):
-                return [Zeros(entries, v.fill, v.dtype)]
-            raise Untranslatable(f"{node.where()}: Reshape of zeros")
-        if not isinstance(v, Tensor):
-            raise Untranslatable(f"{node.where()}: Reshape of a {v.__class__.__name__}")
-        if not node.attrs.get("allowzero", 0):
-            dims_in = self.onnx_dims(v)
-            entries = [dims_in[i] if (isinstance(e, int) and e == 0 and i < len(dims_in)) else e
-                       for i, e in enumerate(entries)]
-        return [self.reshape(node, v, entries)]
-
-    def op_Flatten(self, node, ins):
-        v = ins[0]
-        if not isinstance(v, Tensor):
-            raise Untranslatable(f"{node.where()}: Flatten of a {v.__class__.__name__}")
-        axis = node.attrs.get("axis", 1)
-        dims = self.onnx_dims(v)
-        axis = axis % len(dims) if axis < 0 else axis
-        if axis != 1:
-            raise Untranslatable(f"{node.where()}: Flatten at axis {axis}")
-        return [self.reshape(node, v, [dims[0], -1])]
-
-    def reshape(self, node, v: Tensor, entries):
-        dims = self.onnx_dims(v)
-        if entries.count(-1) > 1:
-            raise Untranslatable(f"{node.where()}: Reshape with several -1")
-        # resolve a -1 when every other size is known
-        if list(entries) == dims:
-            return v
-        groups = _groups(dims, entries)
-        if groups is None:
-            raise Untranslatable(f"{node.where()}: Reshape from {_fmt(dims)} to {_fmt(entries)}")
-        # the batch must be a group of its own
-        for gi, go in groups:
-            if any(dims[i] is BATCH for i in gi) and not (len(gi) == 1 and len(go) == 1):
-                raise WrongBatchAxis(f"{node.where()} reshapes the batch axis")
-        if BATCH not in dims:
-            raise Untranslatable(f"{node.where()}: no batch axis")
-        # (..., D, H) -> (..., D*H) where (D, H) is the split of the last axis: a view change
-        if v.split is not None:
-            last = len(v.shape)
-            for gi, go in groups:
-                if len(go) == 1 and [v.axes[i] for i in gi] == [last, last + 1]:
-                    new_axes = []
-                    for gj, goj in groups:
-                        if gj is gi:
-                            new_axes.append(last)
-                        else:
-                            new_axes += [v.axes[i] for i in gj] if len(gj) == len(goj) else [None]
-                    others_ok = all(len(a) == len(b) for a, b in groups if a is not gi)
-                    if others_ok:
-                        return Tensor(v.ref, v.shape, None, new_axes, v.dtype)
-        # only size-1 axes come or go: a view change
-        if all(len(gi) == len(go) or all(dims[i] == 1 for i in gi) and all(entries[j] == 1 for j in go)
-               for gi, go in groups):
-            new = []
-            for gi, go in groups:
-                if len(gi) == len(go):
-                    new += [v.axes[i] for i in gi]
-                else:
-                    for i in gi:
-                        if v.axes[i] is not None:
-                            break
-                    else:
-                        new += [None] * len(go)
-                        continue
-                    new = None
-                    break
-            if new is not None:
-                return Tensor(v.ref, v.shape, v.split, new, v.dtype, v.pieces)
-        c = self.canonical(v, node.name)
-        b = c.axes.index(0)
-        out_b = next(go[0] for gi, go in groups if gi == [b])
-        target = [e for j, e in enumerate(entries) if j != out_b]
-        sizes = [e if isinstance(e, int) else None for e in target]
-        unknown = [j for j, s in enumerate(sizes) if s is None or s == -1]
-        if len(unknown) > 1:
-            raise Untranslatable(f"{node.where()}: Reshape to {_fmt(entries)} leaves two sizes unknown")
-        sizes = [-1 if s is None else s for s in sizes]
-        ref = self.add(node.name, Reshape(target_shape=tuple(sizes)), [c.ref], keep_leading=False)[0]
-        others = iter(range(1, len(entries)))
-        return Tensor(ref, self.shapes[ref], None, [0 if j == out_b else next(others) for j in range(len(entries))],
-                      v.dtype)
-
-    # -- recurrent -------------------------------------------------------------------------------
-    def op_RNN(self, node, ins):
-        return self.recurrent(node, ins)
-
-    op_LSTM = op_GRU = op_RNN
-
-    def recurrent(self, node, ins):
-        cell = RECURRENT_OPS[node.op_type]
-        weights = {}
-        for k in (1, 2, 3, 7):
-            if k < len(ins) and ins[k] is not None:
-                if not isinstance(ins[k], Const):
-                    raise Untranslatable(f"{node.where()}: weights computed at run time (input {k})")
-                weights[node.inputs[k]] = ins[k].value
-        layout = int(node.attrs.get("layout", 0))
-        x = ins[0]
-        if not isinstance(x, Tensor) or len(x.axes) != 3:
-            raise Untranslatable(f"{node.where()}: X is not a 3-D tensor")
-        b_pos = 1 if layout == 0 else 0
-        x = self.canonical(x, node.name)
-        if x.axes[b_pos] != 0:
-            raise WrongBatchAxis(f"{node.where()}: X's batch axis")
-        outs = [o if o and (self.uses.get(o) or o in {i.name for i in self.g.outputs}) else "" for o in node.outputs]
-        need_y = len(outs) > 0 and bool(outs[0])
-        need_h = len(outs) > 1 and bool(outs[1])
-        need_c = len(outs) > 2 and bool(outs[2])
-        try:
-            parts = layers_for_node(node, weights, self.g.source, return_sequences=need_y, name=node.name)
-        except Exception as exc:  # noqa: BLE001 - ModelFormatError / UnsupportedLayerError: keep the reason
-            raise Untranslatable(str(exc)) from None
-        D = sum(p.num_directions for p in parts)
-        H = parts[0].hidden_size
-        lengths_in = ins[4] if len(ins) > 4 else None
-        if lengths_in is not None:
-            if not isinstance(lengths_in, SeqLens):
-                raise Untranslatable(f"{node.where()}: sequence_lens computed inside the graph")
-            if x.ref[0] not in {i.name for i in self.model_inputs}:
-                raise Untranslatable(f"{node.where()}: sequence_lens for an X that is not a graph input")
-            prev = self.lengths.get(x.ref[0])
-            if prev is not None and prev != lengths_in.input_name:
-                raise Untranslatable(f"{node.where()}: two sequence_lens for one input")
-            self.lengths[x.ref[0]] = lengths_in.input_name
-        elif x.ref[0] in self.lengths:
-            raise Untranslatable(f"{node.where()}: reads an input with sequence_lens without them")
-        # initial states: zeros are the default; tensors become per-direction inputs (B, H)
-        states = []
-        for k, name in ((5, "initial_h"), (6, "initial_c")):
-            v = ins[k] if len(ins) > k else None
-            if k == 6 and cell != "lstm":
-                continue
-            if v is None or (isinstance(v, Zeros) and v.fill == 0.0) or (
-                    isinstance(v, Const) and not np.any(v.value)):
-                states.append(None)
-            elif isinstance(v, Tensor):
-                if len(v.axes) != 3:
-                    raise Untranslatable(f"{node.where()}: {name} is not 3-D")
-                d_axis = 0 if layout == 0 else 1
-                per = []
-                for d in range(D):
-                    part = self.plain(self.take(node, v, d_axis, d, keep=False), f"{node.name}/{name}{d}")
-                    per.append(part.ref)
-                states.append(per)
-            else:
-                raise Untranslatable(f"{node.where()}: {name} is a {v.__class__.__name__}")
-        if any(s is not None for s in states) and any(s is None for s in states):
-            raise Untranslatable(f"{node.where()}: initial_h and initial_c must both be given (or neither)")
-        state_refs = [] if states[0] is None else states
-        only_h = need_h and not need_y and not need_c and len(parts) == 1
-        ys, hs, cs = [], [], []
-        d0 = 0
-        for p in parts:
-            p.return_sequences = need_y
-            p.return_state = not only_h and (need_h or need_c)
-            extra = []
-            for d in range(d0, d0 + p.num_directions):
-                for s in state_refs:
-                    extra.append(s[d])
-            d0 += p.num_directions
-            refs = self.add(p.name, p, [x.ref] + extra)
-            if p.return_sequences:
-                ys.append(refs[0])
-            if only_h:
-                hs.append(refs[0])
-            elif p.return_state:
-                per = 2 if cell == "lstm" else 1
-                for d in range(p.num_directions):
-                    hs.append(refs[1 + d * per])
-                    if cell == "lstm":
-                        cs.append(refs[2 + d * per])
-        result = []
-
-        def joined(refs, suffix):
-            return refs[0] if len(refs) == 1 else self.joined(f"{node.name}/{suffix}", refs)
-
-        if need_y:
-            y = joined(ys, "Y")
-            axes = [1, 2, 0, 3] if layout == 0 else [0, 1, 2, 3]
-            result.append(Tensor(y, self.shapes[y], (D, H), axes, "float32"))
-        else:
-            result.append(None)
-        state_axes = [1, 0, 2] if layout == 0 else [0, 1, 2]
-        for want, refs, suffix in ((need_h, hs, "Y_h"), (need_c, cs, "Y_c")):
-            if want:
-                r = joined(refs, suffix)
-                result.append(Tensor(r, self.shapes[r], (D, H), state_axes, "float32"))
-            else:
-                result.append(None)
-        return result[:len(node.outputs)]
-
-    # -- dense -----------------------------------------------------------------------------------
-    def op_MatMul(self, node, ins):
-        x, w = ins
-        if isinstance(x, Tensor) and isinstance(w, Const) and w.value.ndim == 2:
-            if not self.last_axis_ok(x):
-                x = self.canonical(x, node.name)
-                if not self.last_axis_ok(x):
-                    raise WrongBatchAxis(f"{node.where()}: the batch is the last axis")
-            layer = Dense(np.ascontiguousarray(np.asarray(w.value, f32).T), None)
-            ref = self.add(node.name, layer, [x.ref])[0]
-            self.dense_no_bias[ref] = (layer, x.ref)
-            return [Tensor(ref, self.shapes[ref], None, list(x.axes), "float32")]
-        raise Untranslatable(f"{node.where()}: MatMul of a {x.__class__.__name__} by a {w.__class__.__name__}")
-
-    def op_Gemm(self, node, ins):
-        a, b = ins[0], ins[1]
-        c = ins[2] if len(ins) > 2 else None
-        at = node.attrs
-        if not (isinstance(a, Tensor) and isinstance(b, Const) and (c is None or isinstance(c, Const))):
-            raise Untranslatable(f"{node.where()}: Gemm needs a tensor times constant weights")
-        if at.get("transA", 0):
-            raise Untranslatable(f"{node.where()}: Gemm with transA")
-        a = self.plain(a, node.name)
-        w = np.asarray(b.value, f32)
-        w = w if at.get("transB", 0) else w.T  # (out, in)
-        w = w * np.float32(at.get("alpha", 1.0))
-        bias = None
-        if c is not None:
-            cv = np.asarray(c.value, f32) * np.float32(at.get("beta", 1.0))
-            if cv.ndim == 2 and cv.shape[0] != 1:
-                raise Untranslatable(f"{node.where()}: Gemm bias with a batch axis")
-            bias = np.broadcast_to(cv.reshape(-1), (w.shape[0],)) if cv.size in (1, w.shape[0]) else None
-            if bias is None:
-                raise Untranslatable(f"{node.where()}: Gemm bias of shape {cv.shape}")
-        ref = self.add(node.name, Dense(w, None if bias is None else np.array(bias)), [a.ref])[0]
-        return [Tensor(ref, self.shapes[ref], None, [0, 1], "float32")]
-
-    # -- element-wise ------------------------------------------------------------------------------
-    def unary(self, node, ins, layer):
-        v = ins[0]
-        if not isinstance(v, Tensor):
-            raise Untranslatable(f"{node.where()}: {node.op_type} of a {v.__class__.__name__}")
-        ref = self.add(node.name, layer, [v.ref])[0]
-        return [Tensor(ref, self.shapes[ref], v.split, list(v.axes), v.dtype)]
-
-    def op_Tanh(self, node, ins):
-        return self.unary(node, ins, Activation("tanh"))
-
-    def op_Relu(self, node, ins):
-        return self.unary(node, ins, Activation("relu"))
-
-    def op_Sigmoid(self, node, ins):
-        return self.unary(node, ins, Activation("sigmoid"))
-
-    def op_LeakyRelu(self, node, ins):
-        return self.unary(node, ins, Activation("leaky_relu", alpha=node.attrs.get("alpha", 0.01), beta=0.0))
-
-    def op_Elu(self, node, ins):
-        return self.unary(node, ins, Activation("elu", alpha=node.attrs.get("alpha", 1.0), beta=0.0))
-
-    def op_Softplus(self, node, ins):
-        return self.unary(node, ins, Activation("softplus"))
-
-    def op_Softsign(self, node, ins):
-        return self.unary(node, ins, Activation("softsign"))
-
-    def op_HardSigmoid(self, node, ins):
-        return self.unary(node, ins, Activation("hard_sigmoid", alpha=node.attrs.get("alpha", 0.2),
-                                                beta=node.attrs.get("beta", 0.5)))
-
-    def op_Neg(self, node, ins):
-        return self.unary(node, ins, Math("neg"))
-
-    def op_Exp(self, node, ins):
-        return self.unary(node, ins, Math("exp"))
-
-    def op_Log(self, node, ins):
-        return self.unary(node, ins, Math("log"))
-
-    def op_Sqrt(self, node, ins):
-        return self.unary(node, ins, Math("sqrt"))
-
-    def op_Abs(self, node, ins):
-        return self.unary(node, ins, Math("abs"))
-
-    def op_Reciprocal(self, node, ins):
-        return self.unary(node, ins, Math("reciprocal"))
-
-    def op_Softmax(self, node, ins):
-        return self.softmax(node, ins, "softmax")
-
-    def op_LogSoftmax(self, node, ins):
-        return self.softmax(node, ins, "log_softmax")
-
-    def softmax(self, node, ins, function):
-        v = ins[0]
-        if not isinstance(v, Tensor):
-            raise Untranslatable(f"{node.where()}: {node.op_type} of a {v.__class__.__name__}")
-        rank = len(v.axes)
-        opset = self.g.opset
-        axis = node.attrs.get("axis", -1 if opset >= 13 else 1)
-        axis = self.onnx_axis(node, axis, rank)
-        if opset < 13 and axis != rank - 1:
-            # opset < 13 flattens to 2-D at axis: only the last axis is a plain softmax
-            raise Untranslatable(f"{node.where()}: {node.op_type} (opset {opset}) over axes {axis}.. of rank {rank}")
-        va = v.axes[axis]
-        if va is None:
-            raise Untranslatable(f"{node.where()}: {node.op_type} over a size-1 axis")
-        if va == 0:
-            raise WrongBatchAxis(f"{node.where()}: softmax over the batch")
-        if v.is_split_axis(va):
-            v = self.canonical(v, node.name)
-            va = v.axes[axis]
-        ax = -1 if va == len(v.shape) else va
-        ref = self.add(node.name, Activation(function, axis=ax), [v.ref])[0]
-        return [Tensor(ref, self.shapes[ref], v.split, list(v.axes), v.dtype)]
-
-    def binary(self, node, ins, merge_op, arith_op):
-        a, b = ins[0], ins[1]
-        if isinstance(a, Tensor) and isinstance(b, Tensor):
-            if merge_op is None:
-                raise Untranslatable(f"{node.where()}: {node.op_type} of two tensors")
-            return [self.merge(node, [a, b], merge_op)]
-        if isinstance(a, Tensor) and isinstance(b, Const):
-            return [self.with_constant(node, a, b.value, arith_op, constant_first=False)]
-        if isinstance(a, Const) and isinstance(b, Tensor):
-            return [self.with_constant(node, b, a.value, arith_op, constant_first=True)]
-        raise Untranslatable(f"{node.where()}: {node.op_type} of a {a.__class__.__name__} and a "
-                             f"{b.__class__.__name__}")
-
-    def merge(self, node, vals, op):
-        if len({len(v.axes) for v in vals}) != 1:
-            raise Untranslatable(f"{node.where()}: {node.op_type} of tensors of different ranks")
-        if all(v.axes == vals[0].axes and v.split == vals[0].split and len(v.shape) == len(vals[0].shape)
-               for v in vals):
-            ref = self.add(node.name, Merge(op=op), [v.ref for v in vals])[0]
-            return Tensor(ref, self.shapes[ref], vals[0].split, list(vals[0].axes), "float32")
-        cs = [self.canonical(v, node.name) for v in vals]
-        if any(c.axes != cs[0].axes for c in cs):
-            raise Untranslatable(f"{node.where()}: {node.op_type} of tensors with different batch axes")
-        ref = self.add(node.name, Merge(op=op), [c.ref for c in cs])[0]
-        return Tensor(ref, self.shapes[ref], None, list(cs[0].axes), "float32")
-
-    def with_constant(self, node, t: Tensor, c, op, constant_first):
-        c = np.asarray(c)
-        if t.dtype != "float32":
-            raise Untranslatable(f"{node.where()}: arithmetic on token ids")
-        # Add of a bias right after MatMul: one Dense with a bias
-        if op == "add" and t.ref in self.dense_no_bias and self.last_axis_ok(t):
-            layer, src = self.dense_no_bias[t.ref]
-            if c.size == layer.output_size and c.shape[-1] == c.size and c.ndim <= len(t.axes):
-                ref = self.add(node.name, Dense(layer.weight, c.reshape(-1).astype(f32)), [src])[0]
-                return Tensor(ref, self.shapes[ref], None, list(t.axes), "float32")
-        rank = len(t.axes)
-        if c.ndim > rank:
-            raise Untranslatable(f"{node.where()}: constant of rank {c.ndim} on a tensor of rank {rank}")
-        if c.size == 1:
-            const = c.reshape(()).astype(f32)
-            ref = self.add(node.name, Arithmetic(op, const, constant_first), [t.ref])[0]
-            return Tensor(ref, self.shapes[ref], t.split, list(t.axes), "float32")
-        t = self.canonical(t, node.name)
-        cp = c.reshape((1,) * (rank - c.ndim) + c.shape)
-        order = [t.axes.index(j) for j in range(rank)]
-        cf = np.transpose(cp, order)
-        if cf.shape[0] != 1:
-            raise WrongBatchAxis(f"{node.where()}: constant spans the batch axis")
-        ref = self.add(node.name, Arithmetic(op, cf[0].astype(f32), constant_first), [t.ref])[0]
-        return Tensor(ref, self.shapes[ref], None, list(t.axes), "float32")
-
-    def op_Add(self, node, ins):
-        return self.binary(node, ins, "add", "add")
-
-    def op_Sub(self, node, ins):
-        return self.binary(node, ins, "subtract", "subtract")
-
-    def op_Mul(self, node, ins):
-        a, b = ins[0], ins[1]
-        for u, v in ((a, b), (b, a)):
-            if isinstance(u, Quantized) and u.part == "scale" and isinstance(v, Const):
-                return [ScaleProduct(u.source, np.asarray(v.value, f32))]
-            if (isinstance(u, IntProduct) and u.cast and isinstance(v, ScaleProduct)
-                    and u.source is v.source):
-                return [self.int8_dense(node, u.source, u.weight, u.zero, v.scale, None)]
-        return self.binary(node, ins, "multiply", "multiply")
-
-    def op_Div(self, node, ins):
-        return self.binary(node, ins, None, "divide")
-
-    def op_Pow(self, node, ins):
-        return self.binary(node, ins, None, "power")
-
-    def op_Max(self, node, ins):
-        return self.variadic(node, ins, "maximum")
-
-    def op_Min(self, node, ins):
-        return self.variadic(node, ins, "minimum")
-
-    def variadic(self, node, ins, op):
-        vals = [v for v in ins if v is not None]
-        if len(vals) == 1:
-            return vals
-        if all(isinstance(v, Tensor) for v in vals):
-            return [self.merge(node, vals, op)]
-        if len(vals) == 2:
-            return self.binary(node, vals, op, op)
-        raise Untranslatable(f"{node.where()}: {node.op_type} of tensors and constants")
-
-    def op_ReduceMean(self, node, ins):
-        return self.reduce(node, ins, "average")
-
-    def op_ReduceMax(self, node, ins):
-        return self.reduce(node, ins, "max")
-
-    def reduce(self, node, ins, op):
-        v = ins[0]
-        axes = _axes_arg(node, ins)
-        if not isinstance(v, Tensor) or axes is None or len(axes) != 1:
-            raise Untranslatable(f"{node.where()}: {node.op_type} other than over one axis of a tensor")
-        keep = bool(node.attrs.get("keepdims", 1))
-        v = self.canonical(v, node.name)
-        a = self.onnx_axis(node, axes[0], len(v.axes))
-        if len(v.axes) != 3 or v.axes[a] != 1:
-            raise Untranslatable(f"{node.where()}: {node.op_type} over an axis that is not time of (B, T, F)")
-        ref = self.add(node.name, GlobalPooling1D(op=op, keepdims=keep, mask_aware=False), [v.ref],
-                       keep_leading=False)[0]
-        axes = list(v.axes) if keep else [0 if b == 0 else 1 for i, b in enumerate(v.axes) if i != a]
-        return [Tensor(ref, self.shapes[ref], None, axes, "float32")]
-
-    # -- quantized operators (onnxruntime's quantize_dynamic) ----------------------------------------
-    # DynamicQuantizeLSTM -> Recurrent, the MatMulInteger pattern / MatMulIntegerToFloat /
-    # DynamicQuantizeMatMul -> Dense, quantized Gather + DequantizeLinear -> Embedding; the float32
-    # weights are onnxruntime's dequantized values and their integers are registered
-    # (fastrnn.quantize.register_exact_int8): the Model is an int8 model computing with them.
-    def note_int8(self, name, arrays):
-        """Register the exact int8 form of each (float32 matrix of a layer, q, scale); q None:
-        the integers did not fit int8 symmetric (they are requantized per row by the int8 rule)."""
-        from ...quantize import register_exact_int8
-
-        if self.int8 is None:
-            self.int8 = {"exact": [], "requantized": []}
-        fits = all(q is not None for _, q, _ in arrays)
-        if fits:
-            for a, q, scale in arrays:
-                register_exact_int8(a, q, scale)
-        self.int8["exact" if fits else "requantized"].append(name)
-
-    def int8_dense(self, node, x, weight, zero, scale, bias):
-        """y = x @ dequantized B (+ bias) as a Dense layer computed by the int8 engine with B's
-        integers. B (K, N) int8 / uint8, zero and scale scalars or per column (N,)."""
-        if not isinstance(x, Tensor) or x.dtype != "float32":
-            raise Untranslatable(f"{node.where()}: a quantized MatMul of a {x.__class__.__name__}")
-        B = np.asarray(weight)
-        if B.ndim != 2 or B.dtype not in (np.int8, np.uint8):
-            raise Untranslatable(f"{node.where()}: a quantized MatMul whose weight is not a 2-D int8/uint8 "
-                                 "constant")
-        N = B.shape[1]
-        scale = _per_output(node, scale, N, "scale", f32)
-        zero = _per_output(node, 0 if zero is None else zero, N, "zero point", np.int64)
-        W, q, sc = int8_rows(B.T, zero, scale)
-        if not self.last_axis_ok(x):
-            x = self.canonical(x, node.name)
-            if not self.last_axis_ok(x):
-                raise WrongBatchAxis(f"{node.where()}: the batch is the last axis")
-        b = None
-        if bias is not None:
-            b = np.asarray(bias, f32).reshape(-1)
-            if b.size != N:
-                raise Untranslatable(f"{node.where()}: bias of {b.size} values for {N} outputs")
-        layer = Dense(W, b)
-        ref = self.add(node.name, layer, [x.ref])[0]
-        self.note_int8(node.name, [(layer.weight, q, sc)])
-        if b is None:
-            self.dense_no_bias[ref] = (layer, x.ref)
-        return Tensor(ref, self.shapes[ref], None, list(x.axes), "float32")
-
-    def op_DynamicQuantizeLinear(self, node, ins):
-        x = ins[0]
-        if not isinstance(x, Tensor) or x.dtype != "float32":
-            raise Untranslatable(f"{node.where()}: DynamicQuantizeLinear of a {x.__class__.__name__}")
-        return [Quantized(x, "q"), Quantized(x, "scale"), Quantized(x, "zero")]
-
-    def op_MatMulInteger(self, node, ins):
-        a, b = ins[0], ins[1]
-        za = ins[2] if len(ins) > 2 else None
-        zb = ins[3] if len(ins) > 3 else None
-        if (isinstance(a, Quantized) and a.part == "q" and isinstance(b, Const)
-                and isinstance(za, Quantized) and za.part == "zero" and za.source is a.source
-                and (zb is None or isinstance(zb, Const))):
-            return [IntProduct(a.source, np.asarray(b.value), None if zb is None else np.asarray(zb.value))]
-        raise Untranslatable(f"{node.where()}: MatMulInteger outside onnxruntime's dynamic-quantization pattern "
-                             "(DynamicQuantizeLinear(x) times constant weights)")
-
-    def op_MatMulIntegerToFloat(self, node, ins):
-        ins = list(ins) + [None] * (7 - len(ins))
-        a, b, sa, sb, za, zb, bias = ins[:7]
-        src = a.source if isinstance(a, Quantized) else None
-        if (src is not None and a.part == "q" and isinstance(b, Const) and isinstance(sa, Quantized)
-                and sa.part == "scale" and sa.source is src and isinstance(sb, Const)
-                and isinstance(za, Quantized) and za.part == "zero" and za.source is src
-                and (zb is None or isinstance(zb, Const)) and (bias is None or isinstance(bias, Const))):
-            return [self.int8_dense(node, src, b.value, None if zb is None else zb.value, sb.value,
-                                    None if bias is None else bias.value)]
-        raise Untranslatable(f"{node.where()}: MatMulIntegerToFloat outside onnxruntime's dynamic-quantization "
-                             "pattern")
-
-    def op_DynamicQuantizeMatMul(self, node, ins):
-        ins = list(ins) + [None] * (5 - len(ins))
-        a, b, sb, zb, bias = ins[:5]
-        if (isinstance(a, Tensor) and isinstance(b, Const) and isinstance(sb, Const)
-                and (zb is None or isinstance(zb, Const)) and (bias is None or isinstance(bias, Const))):
-            return [self.int8_dense(node, a, b.value, None if zb is None else zb.value, sb.value,
-                                    None if bias is None else bias.value)]
-        raise Untranslatable(f"{node.where()}: DynamicQuantizeMatMul needs constant weights, scale and zero point")
-
-    def op_DequantizeLinear(self, node, ins):
-        x, scale = ins[0], ins[1]
-        zero = ins[2] if len(ins) > 2 else None
-        src = self.int_embeddings.get(getattr(x, "ref", None)) if isinstance(x, Tensor) else None
-        if (src is None or not isinstance(scale, Const) or np.asarray(scale.value).size != 1
-                or not (zero is None or (isinstance(zero, Const) and np.asarray(zero.value).size == 1))):
-            raise Untranslatable(f"{node.where()}: DequantizeLinear of a run-time tensor other than a quantized "
-                                 "embedding lookup (per-tensor scale)")
-        s = np.asarray(scale.value, f32).reshape(())
-        z = 0 if zero is None else int(np.asarray(zero.value).reshape(()))
-        key = (x.ref, float(s), z)
-        ref = self.dequantized.get(key)
-        if ref is None:
-            ids_ref, q = src
-            E = ((q.astype(np.int64) - z).astype(f32) * s).astype(f32)
-            ref = self.add(node.name, Embedding(E), [ids_ref])[0]
-            self.dequantized[key] = ref
-            if self.int8 is None:
-                self.int8 = {"exact": [], "requantized": []}
-        return [Tensor(ref, self.shapes[ref], x.split, list(x.axes), "float32", x.pieces)]
-
-    def op_DynamicQuantizeLSTM(self, node, ins):
-        """onnxruntime's int8 LSTM: W [D, I, 4H] and R [D, H, 4H] (transposed against LSTM's)
-        int8 / uint8 with scales and zero points per direction or per column (D, 4H)."""
-        import dataclasses
-
-        from ...layers import Recurrent
-        from .recurrent import _reorder
-
-        ins = list(ins) + [None] * (12 - len(ins))
-        mats = {}
-        for k, (w, sc, zp, what) in enumerate(((ins[1], ins[8], ins[9], "W"), (ins[2], ins[10], ins[11], "R"))):
-            if not isinstance(w, Const) or not isinstance(sc, Const) or not (zp is None or isinstance(zp, Const)):
-                raise Untranslatable(f"{node.where()}: {what}, its scale and zero point must be constants")
-            q = np.asarray(w.value)
-            if q.ndim != 3 or q.dtype not in (np.int8, np.uint8):
-                raise Untranslatable(f"{node.where()}: {what} must be a 3-D int8/uint8 tensor, got {q.dtype} {q.shape}")
-            D, G = q.shape[0], q.shape[2]
-            scale = np.asarray(sc.value, f32)
-            zero = np.zeros((), np.int64) if zp is None else np.asarray(zp.value).astype(np.int64)
-            per = []
-            for d in range(D):
-                s_d = _per_output(node, scale if scale.ndim == 0 or scale.size == 1 else scale.reshape(D, -1)[d], G,
-                                  f"{what}_scale", f32)
-                z_d = _per_output(node, zero if zero.ndim == 0 or zero.size == 1 else zero.reshape(D, -1)[d], G,
-                                  f"{what}_zero_point", np.int64)
-                per.append(int8_rows(q[d].T, z_d, s_d))  # (4H, K) rows in ONNX gate order
-            mats[what] = per
-        wname, rname = node.name + "/W_dequantized", node.name + "/R_dequantized"
-        W = np.stack([m[0] for m in mats["W"]])
-        R = np.stack([m[0] for m in mats["R"]])
-        fake = dataclasses.replace(node, op_type="LSTM", inputs=[node.inputs[0], wname, rname]
-                                   + list(node.inputs[3:8]) + [""] * max(0, 8 - len(node.inputs)))
-        fake_ins = [ins[0], Const(W), Const(R)] + ins[3:8]
-        before = len(self.nodes)
-        outs = self.recurrent(fake, fake_ins)
-        layers = [n.layer for n in self.nodes[before:] if isinstance(n.layer, Recurrent)]
-        H = int(node.attrs.get("hidden_size", R.shape[2]))
-        arrays, d = [], 0
-        for layer in layers:
-            for dw in layer.directions:
-                for field, (_, q, sc) in (("w_ih", mats["W"][d]), ("w_hh", mats["R"][d])):
-                    arrays.append((getattr(dw, field), None if q is None else _reorder(q, "lstm", H),
-                                   None if sc is None else _reorder(sc, "lstm", H)))
-                d += 1
-        self.note_int8(node.name, arrays)
-        return outs
-
-
-def _py(v):
-    """An ONNX slice bound -> a Python one (huge values mean 'to the end')."""
-    if v is None:
-        return None
-    v = int(v)
-    return None if abs(v) >= BIG // 4 else v
-
-
-def _ints(c):
-    return [int(x) for x in np.asarray(c.value).reshape(-1)]
-
-
-def _axes_arg(node, ins):
-    if "axes" in node.attrs:
-        return list(node.attrs["axes"])
-    if len(ins) > 1 and ins[1] is not None:
-        if not isinstance(ins[1], Const):
-            raise Untranslatable(f"{node.where()}: axes computed at run time")
-        return _ints(ins[1])
-    return None
-
-
-def _shapevec(entries):
-    if all(isinstance(e, int) for e in entries):
-        return Const(np.array(entries, np.int64))
-    return ShapeVec(list(entries))
-
-
 def _target(sizes, what):
     unknown = [i for i, s in enumerate(sizes) if s is None or isinstance(s, Dim)]
     if len(unknown) > 1:
         raise Untranslatable(f"cannot {what}: two sizes are only known at run time")
     return tuple(-1 if (s is None or isinstance(s, Dim)) else int(s) for s in sizes)
-
-
-def _fmt(dims):
-    return "(" + ", ".join("B" if d is BATCH else ("?" if isinstance(d, Dim) else str(d)) for d in dims) + ")"
-
-
-def _groups(dims, entries):
-    """Match input axes to output axes of a reshape: [(input axes, output axes)], each group with
-    equal products; symbolic sizes must match one to one. None if it cannot be decided."""
-    entries = list(entries)
-    if -1 in entries:
-        known = [e for e in entries if e != -1]
-        if all(isinstance(d, int) for d in dims) and all(isinstance(e, int) for e in known):
-            total = int(np.prod(dims, dtype=np.int64))
-            rest = int(np.prod(known, dtype=np.int64))
-            if rest == 0 or total % rest:
-                return None
-            entries[entries.index(-1)] = total // rest
-        else:
-            # -1 stands for what the other axes leave: match the symbolic ones first
-            sym_in = [d for d in dims if isinstance(d, Dim)]
-            sym_out = [e for e in entries if isinstance(e, Dim)]
-            missing = [d for d in sym_in if d not in sym_out]
-            ints_in = int(np.prod([d for d in dims if isinstance(d, int)], dtype=np.int64))
-            ints_out = int(np.prod([e for e in entries if isinstance(e, int) and e != -1], dtype=np.int64))
-            if not missing:
-                if ints_out == 0 or ints_in % ints_out:
-                    return None
-                entries[entries.index(-1)] = ints_in // ints_out
-            elif len(missing) == 1 and ints_in == ints_out:
-                entries[entries.index(-1)] = missing[0]
-            else:
-                return None
-    groups, i, j = [], 0, 0
-    while i < len(dims) or j < len(entries):
-        if i < len(dims) and j < len(entries) and (dims[i] == entries[j]) and (
-                isinstance(dims[i], Dim) or dims[i] != 1):
-            groups.append(([i], [j]))
-            i += 1
-            j += 1
-            continue
-        gi, gj = [], []
-        pi = pj = 1
-        while True:
-            if i < len(dims) and (not gi or pi < pj) and isinstance(dims[i], int):
-                pi *= dims[i]
-                gi.append(i)
-                i += 1
-            elif j < len(entries) and isinstance(entries[j], int) and (not gj or pj < pi):
-                pj *= entries[j]
-                gj.append(j)
-                j += 1
-            else:
-                break
-            if pi == pj and gi and gj:
-                break
-        # size-1 axes on either side join the current group
-        while i < len(dims) and dims[i] == 1 and gi:
-            gi.append(i)
-            i += 1
-        while j < len(entries) and entries[j] == 1 and gj:
-            gj.append(j)
-            j += 1
-        if (not gi and not gj) or pi != pj:
-            return None
-        groups.append((gi, gj))
-    return groups
-
-
-def _per_output(node, v, n, what, dtype):
-    """A scale / zero point that is one value or one per output (n,) -> (n,) of ``dtype``."""
-    v = np.asarray(v)
-    if v.size == 1:
-        return np.full(n, v.reshape(()), dtype)
-    if v.size != n:
-        raise Untranslatable(f"{node.where()}: {what} has {v.size} values for {n} outputs")
-    return v.reshape(n).astype(dtype)
-
-
-def int8_rows(wq, zero, scale):
-    """Weights wq (N, K) integers with zero point and scale per row (N,) -> (W float32 (N, K) =
-    (wq - zero) * scale as onnxruntime dequantizes them, q int8, scale): q = wq - zero when that
-    fits [-127, 127] (fastrnn's symmetric per-row int8, exactly onnxruntime's integers), else
-    (W, None, None): the matrix is then requantized per row by fastrnn's int8 rule."""
-    d = np.asarray(wq).astype(np.int64) - np.asarray(zero, np.int64).reshape(-1, 1)
-    scale = np.asarray(scale, f32).reshape(-1)
-    W = (d.astype(f32) * scale[:, None]).astype(f32)
-    if d.size and (d.min() < -127 or d.max() > 127 or not np.all(scale > 0) or not np.all(np.isfinite(scale))):
-        return W, None, None
-    return W, d.astype(np.int8), scale
 
 
 def translate(g, batch_axes):
