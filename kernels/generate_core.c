@@ -191,6 +191,15 @@ int32_t gen_sample_token(const float *logits, const uint8_t *seen, ptrdiff_t V, 
 #if FR_X86_SIMD
 static int half_state = -1; /* -1: not decided, 0: no F16C, 1: F16C */
 
+static int q8_state = -1; /* -1: not decided, 0/1: AVX-512 VNNI (vpdpwssd) for the int8 form */
+
+static int q8_vnni512(void)
+{
+    if (q8_state < 0)
+        q8_state = fr_cpu_has(FR_HAS_AVX512_VNNI);
+    return q8_state;
+}
+
 static int half_supported(void)
 {
     if (half_state < 0)
@@ -329,6 +338,115 @@ static FR_F16C void int8_many(const gen_matrix *w, const int16_t *xq, const floa
         }
     }
 }
+
+/* AVX-512 VNNI: the same integers with vpdpwssd (int16 pairs times int16 pairs, summed into
+ * int32, exact: |acc| stays below 2^31 by gen_int8_xmax) on 16 outputs per zmm; a panel's pair
+ * of inputs is 32 bytes, widened to int16 once (vpmovsxbw) and used by every row. Three times
+ * fewer instructions per weight byte than the AVX2 tile, which a batch-1 step is bound by. The
+ * float epilogue is the AVX2 tile's operations, lane by lane: the same bits. */
+static FR_AVX512VNNI_INLINE __m512i dpwssd512(__m512i acc, __m512i a, __m512i b)
+{
+#if defined(__GNUC__) && !defined(__clang__)
+    __asm__("vpdpwssd %2, %1, %0" : "+v"(acc) : "v"(a), "v"(b)); /* any zmm (see int8_core.c) */
+    return acc;
+#else
+    return _mm512_dpwssd_epi32(acc, a, b);
+#endif
+}
+
+static FR_AVX512VNNI_INLINE void int8_store512(__m512i acc, const float *scale, float xs_r, float *o, ptrdiff_t valid)
+{
+    const __mmask16 mask = valid >= RNN_PANEL ? (__mmask16)0xFFFF : (__mmask16)((1u << valid) - 1u);
+    const __m512 ws = _mm512_mul_ps(_mm512_loadu_ps(scale), _mm512_set1_ps(xs_r));
+    const __m512 t = _mm512_mul_ps(_mm512_cvtepi32_ps(acc), ws);
+    _mm512_mask_storeu_ps(o, mask, _mm512_add_ps(_mm512_maskz_loadu_ps(mask, o), t));
+}
+
+/* MR rows (<= 4) times NPG panels (<= 8 for one row, else <= 4), accumulators c<row><panel>
+ * (named: see int8_core.c's tile); `valid` outputs of the last panel (the others are whole) */
+#define Q8_W(g) (NPG > g ? _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(pk + g * panel_stride))) : zero)
+#define Q8_ROW(r)                                                                                  \
+    if (MR > r) {                                                                                  \
+        int32_t pair;                                                                              \
+        memcpy(&pair, xq + r * K2 + 2 * k2, sizeof pair);                                          \
+        const __m512i x = _mm512_set1_epi32(pair);                                                 \
+        c##r##0 = dpwssd512(c##r##0, w0, x);                                                       \
+        if (NPG > 1) c##r##1 = dpwssd512(c##r##1, w1, x);                                          \
+        if (NPG > 2) c##r##2 = dpwssd512(c##r##2, w2, x);                                          \
+        if (NPG > 3) c##r##3 = dpwssd512(c##r##3, w3, x);                                          \
+    }
+#define Q8_OUT(r, g)                                                                               \
+    if (MR > r && NPG > g)                                                                         \
+        int8_store512(c##r##g, scale + g * RNN_PANEL, xs[r], out + r * ld_out + g * RNN_PANEL,    \
+                      g == NPG - 1 ? valid : RNN_PANEL);
+static FR_AVX512VNNI_INLINE void int8_tile512(const int MR, const int NPG, const int8_t *panel, ptrdiff_t panel_stride,
+                                              ptrdiff_t K2, const int16_t *xq, const float *xs, float *out,
+                                              ptrdiff_t ld_out, ptrdiff_t valid, const float *scale)
+{
+    const __m512i zero = _mm512_setzero_si512();
+    __m512i c00 = zero, c01 = zero, c02 = zero, c03 = zero, c04 = zero, c05 = zero, c06 = zero, c07 = zero;
+    __m512i c10 = zero, c11 = zero, c12 = zero, c13 = zero, c20 = zero, c21 = zero, c22 = zero, c23 = zero;
+    __m512i c30 = zero, c31 = zero, c32 = zero, c33 = zero;
+    for (ptrdiff_t k2 = 0; k2 < K2 / 2; k2++) {
+        const int8_t *pk = panel + k2 * 2 * RNN_PANEL;
+        const __m512i w0 = Q8_W(0), w1 = Q8_W(1), w2 = Q8_W(2), w3 = Q8_W(3);
+        Q8_ROW(0) Q8_ROW(1) Q8_ROW(2) Q8_ROW(3)
+        if (MR == 1 && NPG > 4) { /* one row: four more panels */
+            int32_t pair;
+            memcpy(&pair, xq + 2 * k2, sizeof pair);
+            const __m512i x = _mm512_set1_epi32(pair);
+            c04 = dpwssd512(c04, Q8_W(4), x);
+            if (NPG > 5) c05 = dpwssd512(c05, Q8_W(5), x);
+            if (NPG > 6) c06 = dpwssd512(c06, Q8_W(6), x);
+            if (NPG > 7) c07 = dpwssd512(c07, Q8_W(7), x);
+        }
+    }
+    Q8_OUT(0, 0) Q8_OUT(0, 1) Q8_OUT(0, 2) Q8_OUT(0, 3) Q8_OUT(0, 4) Q8_OUT(0, 5) Q8_OUT(0, 6) Q8_OUT(0, 7)
+    Q8_OUT(1, 0) Q8_OUT(1, 1) Q8_OUT(1, 2) Q8_OUT(1, 3)
+    Q8_OUT(2, 0) Q8_OUT(2, 1) Q8_OUT(2, 2) Q8_OUT(2, 3)
+    Q8_OUT(3, 0) Q8_OUT(3, 1) Q8_OUT(3, 2) Q8_OUT(3, 3)
+}
+
+/* m rows over every panel: groups of NPG_BIG panels (8 for one row, else 4), then one panel at a
+ * time; rows in blocks of 4 */
+#define Q8_CASES(NPG)                                                                              \
+    switch (mr) {                                                                                  \
+    case 1: int8_tile512(1, NPG, pn, stride, K2, x, s, o, ld_out, valid, sc); break;              \
+    case 2: int8_tile512(2, NPG > 4 ? 4 : NPG, pn, stride, K2, x, s, o, ld_out, valid, sc); break; \
+    case 3: int8_tile512(3, NPG > 4 ? 4 : NPG, pn, stride, K2, x, s, o, ld_out, valid, sc); break; \
+    default: int8_tile512(4, NPG > 4 ? 4 : NPG, pn, stride, K2, x, s, o, ld_out, valid, sc); break; \
+    }
+static FR_AVX512VNNI void int8_vnni512(const gen_matrix *w, const int16_t *xq, const float *xs, float *out,
+                                       ptrdiff_t ld_out, ptrdiff_t m)
+{
+    const ptrdiff_t N = w->f32.rows, K2 = (w->f32.cols + 1) / 2 * 2, stride = K2 * RNN_PANEL;
+    const ptrdiff_t full_panels = N / RNN_PANEL, panels = (N + RNN_PANEL - 1) / RNN_PANEL;
+    const ptrdiff_t group = m == 1 ? 8 : 4;
+    for (ptrdiff_t r = 0; r < m; r += 4) {
+        const ptrdiff_t mr = m - r < 4 ? m - r : 4;
+        const int16_t *x = xq + r * K2;
+        const float *s = xs + r;
+        ptrdiff_t p = 0;
+        for (; p + group <= full_panels; p += group) {
+            const int8_t *pn = w->q8 + p * stride;
+            const float *sc = w->scale + p * RNN_PANEL;
+            float *o = out + r * ld_out + p * RNN_PANEL;
+            const ptrdiff_t valid = RNN_PANEL;
+            if (group == 8) {
+                Q8_CASES(8)
+            } else {
+                Q8_CASES(4)
+            }
+        }
+        for (; p < panels; p++) {
+            const int8_t *pn = w->q8 + p * stride;
+            const float *sc = w->scale + p * RNN_PANEL;
+            float *o = out + r * ld_out + p * RNN_PANEL;
+            const ptrdiff_t valid = N - p * RNN_PANEL < RNN_PANEL ? N - p * RNN_PANEL : RNN_PANEL;
+            Q8_CASES(1)
+        }
+    }
+}
 #endif
 
 int32_t gen_int8_xmax(ptrdiff_t K)
@@ -447,6 +565,10 @@ void gen_matmul(const gen_matrix *w, const float *in, ptrdiff_t ld_in, float *ou
     if (w->q8) {
         quantize_rows(in, ld_in, m, w->f32.cols, xq, xs);
 #if FR_X86_SIMD
+        if (rnn_simd_enabled() >= RNN_SIMD_AVX512 && q8_vnni512()) {
+            int8_vnni512(w, xq, xs, out, ld_out, m);
+            return;
+        }
         if (rnn_simd_enabled()) {
             switch (m) {
             case 1: int8_rows_1(w, xq, xs, out, ld_out); break;
