@@ -366,7 +366,7 @@ class CompiledBackend:
     def _task(self, layer, p, xproj, token_ids, lengths, backward, h, c, y, y_offset, cell):
         """One kernel call over a block of rows of one direction (row slices stay C-contiguous),
         as a task for run_tasks. ``xproj`` is the (b, T, G*H) block, or with ``token_ids`` (b, T)
-        the folded table. Long sequences run in chunks of time steps (yielding between them)."""
+        the folded table (T: the steps of one chunk of a long call)."""
         return _SequenceTask(self.kernels, layer, p, xproj, token_ids, lengths, backward, h, c, y, y_offset, cell)
 
 
@@ -404,16 +404,13 @@ class _Into:
         self.where = (slice(b0, b1), slice(t0, t1), slice(offset, offset + yc.shape[2]))
 
     def __call__(self):
-        result = self.task()
-        if result is not None and hasattr(result, "__next__"):
-            for _ in result:  # (a chunk is never long enough for the task to chunk it again)
-                pass
+        self.task()
         self.y[self.where] = self.yc
 
 
 class _SequenceTask:
     """A recurrent kernel call over rows of one direction; ``h`` and ``c`` are INOUT, so a
-    sequence can be run as several calls over consecutive chunks of time steps."""
+    sequence runs as several calls over consecutive chunks of time steps."""
 
     def __init__(self, kernels, layer, p, xproj, token_ids, lengths, backward, h, c, y, y_offset, cell):
         self.k, self.layer, self.p, self.cell = kernels, layer, p, cell
@@ -434,26 +431,8 @@ class _SequenceTask:
                            tokens=token_ids)
 
     def __call__(self):
-        B, T = self.y.shape[:2]
-        layer = self.layer
-        Ho = layer.output_size_per_direction
-        steps = chunk_steps(B, layer.gates * layer.hidden_size * Ho, T)
-        if T <= steps:
-            self.run(self.xproj, self.token_ids, self.lengths, self.y, self.y_offset)
-            return None
-        return self._chunks(T, steps)
-
-    def _chunks(self, T, steps):
-        B, Ho, o = self.y.shape[0], self.layer.output_size_per_direction, self.y_offset
-        for t0, t1 in time_chunks(T, steps, self.backward):
-            local = np.clip(self.lengths - t0, 0, t1 - t0).astype(np.int64)
-            yc = np.empty((B, t1 - t0, Ho), f32)
-            if self.token_ids is None:
-                self.run(np.ascontiguousarray(self.xproj[:, t0:t1]), None, local, yc)
-            else:
-                self.run(self.xproj, np.ascontiguousarray(self.token_ids[:, t0:t1]), local, yc)
-            self.y[:, t0:t1, o:o + Ho] = yc
-            yield
+        """The whole of this task's steps (CompiledBackend.recurrent has cut a long call into chunks)."""
+        self.run(self.xproj, self.token_ids, self.lengths, self.y, self.y_offset)
 
 
 def finish_recurrent(layer: Recurrent, y, h_all, lengths):

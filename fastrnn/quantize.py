@@ -322,8 +322,8 @@ class _Int8Kernels:
 
 
 class Int8CompiledBackend(CompiledBackend):
-    """CompiledBackend's driver (threads over directions and row blocks, the input projection of
-    all steps as one product, the folded embedding) with int8 products: kernels/int8_core.h."""
+    """CompiledBackend's driver (threads over directions and row blocks, the input projection in
+    blocks of time steps, the folded embedding) with int8 products: kernels/int8_core.h."""
 
     def __init__(self, module, kind="int8"):
         super().__init__(f"cython-{kind}", _Int8Kernels(module, kind))
