@@ -144,19 +144,22 @@ def unknown_threshold_of(model, threshold=None):
     return float(threshold)
 
 
-def _unknown_fraction(model, arr) -> float:
-    """Fraction of the unknown-token ids in an encoded input (see Classification)."""
+def _unknown_fraction(model, ids) -> float:
+    """Fraction of the unknown-token ids among an input's own tokens (see Classification): counted
+    before any padding to the model's maxlen (metadata "text_input"), which is not the text's."""
     if not model.takes_tokens:
         return 0.0
-    if arr.shape[0] == 0:
+    ids = np.asarray(ids)
+    if ids.shape[0] == 0:
         return 1.0
     unk = model.vocabulary.unk if model.vocabulary is not None else None
-    return 0.0 if unk is None else float(np.count_nonzero(arr == unk)) / arr.shape[0]
+    return 0.0 if unk is None else float(np.count_nonzero(ids == unk)) / ids.shape[0]
 
 
 def _encoder(model, max_length):
-    """input -> 1-D array (ids (T,) int64, or features (T, F) float32), truncated to max_length.
-    A text is cleaned first (textio.clean_text: BOM and trailing line ending removed)."""
+    """input -> (1-D array (ids (T,) int64, or features (T, F) float32) truncated to max_length,
+    its unknown fraction). A text is cleaned first (textio.clean_text: BOM and trailing line ending
+    removed)."""
     vocab = model.vocabulary
     takes_tokens = model.takes_tokens
     text_input = _text_input(model)
@@ -179,6 +182,7 @@ def _encoder(model, max_length):
                 item = item[: max_length] if cut_text else item
             ids = vocab.encode(item)
             arr = np.asarray(ids, dtype=np.int64)
+            unknown = _unknown_fraction(model, arr)  # of the text's tokens, before padding to maxlen
             if text_input is not None:
                 arr = text_input(arr)
             if mask_zero and arr.size and arr[-1] == 0:  # Keras skips masked (id 0) steps at the end
@@ -190,10 +194,12 @@ def _encoder(model, max_length):
                     raise ValueError(f"input {position}: token ids must be a 1-D sequence of ints, "
                                      f"got shape {arr.shape} dtype {arr.dtype}")
                 arr = arr.astype(np.int64, copy=False)
+                unknown = _unknown_fraction(model, arr)
             else:
                 if arr.ndim != 2:
                     raise ValueError(f"input {position}: features must be 2-D (time, features), got shape {arr.shape}")
                 arr = arr.astype(np.float32, copy=False)
+                unknown = 0.0
         if max_length is not None and (arr.shape[0] > max_length or cut_text):
             if not warned:
                 import warnings
@@ -203,7 +209,7 @@ def _encoder(model, max_length):
                               stacklevel=3)
                 warned.append(position)
             arr = arr[:max_length]
-        return arr
+        return arr, unknown
 
     return encode
 
@@ -295,9 +301,10 @@ def _classify_iter(model, it, activation, labels, batch_size, return_probs, wind
     feature_shape = None if model.takes_tokens else (model.input_size,)
     position = 0
     while True:
-        chunk = [encode(item, position + k) for k, item in enumerate(itertools.islice(it, window))]
-        if not chunk:
+        encoded = [encode(item, position + k) for k, item in enumerate(itertools.islice(it, window))]
+        if not encoded:
             return
+        chunk = [arr for arr, _ in encoded]
         position += len(chunk)
         lengths = np.array([a.shape[0] for a in chunk], dtype=np.int64)
         order = np.argsort(lengths, kind="stable")
@@ -315,7 +322,7 @@ def _classify_iter(model, it, activation, labels, batch_size, return_probs, wind
         best = np.argmax(probs, axis=1)
         for k in range(len(chunk)):
             i = int(best[k])
-            unknown = _unknown_fraction(model, chunk[k])
+            unknown = encoded[k][1]
             p = probs[k].copy() if return_probs else None
             if threshold is not None and unknown > threshold:
                 yield Classification(UNKNOWN_LABEL, None, p, unknown)
