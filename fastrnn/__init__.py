@@ -181,7 +181,24 @@ def _sniff(path) -> str:
         return "keras"
     if lower.endswith(_TORCH_EXTENSIONS):
         raise ModelFormatError("neither a torch.save file (zip archive) nor a fastrnn .safetensors file", path)
-    return "native"  # the native reader says precisely what is wrong
+    if lower.endswith(".safetensors"):
+        return "native"  # the native reader says precisely what is wrong
+    raise ModelFormatError(f"not a model file{_looks_like(head)}: fastrnn reads {MODEL_KINDS}", path)
+
+
+MODEL_KINDS = ("fastrnn .safetensors files, Keras .keras / .h5 files, ONNX .onnx files and PyTorch state_dicts "
+               "(torch.save files)")
+
+
+def _looks_like(head):
+    """" (it starts like text: ...)" when the first bytes are printable text, else ""."""
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return ""  # (16 bytes may cut a character: then say nothing)
+    if text and all(c.isprintable() or c in "\t\r\n" for c in text):
+        return f" (it starts like text: {text[:12]!r})"
+    return ""
 
 
 def from_keras(keras_model, custom_layers=None) -> Model:

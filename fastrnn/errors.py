@@ -11,3 +11,20 @@ class ModelFormatError(ValueError):
 
 class UnsupportedLayerError(ModelFormatError):
     """The model contains a layer or option fastrnn does not implement."""
+
+
+class InputError(ValueError):
+    """One input of many (``classify``) cannot be used: ``position`` is its 0-based index among the
+    inputs, ``reason`` why. The command line names its line number instead."""
+
+    def __init__(self, position, reason):
+        self.position, self.reason = int(position), str(reason)
+        super().__init__(f"input {self.position}: {self.reason}")
+
+
+class InputTooLongWarning(UserWarning):
+    """``classify`` cut an input to ``max_length`` tokens; ``position`` is its 0-based index."""
+
+    def __init__(self, message, position, max_length):
+        super().__init__(message)
+        self.position, self.max_length = int(position), int(max_length)

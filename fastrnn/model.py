@@ -449,6 +449,10 @@ def _as_array(value, name):
     try:
         return np.asarray(value)
     except (ValueError, TypeError) as exc:
+        if "inhomogeneous" in str(exc) or "sequence" in str(exc):  # rows of different lengths
+            raise ValueError(f"{name}: the rows have different lengths; pad them to the longest (zeros at the end) "
+                             f"and pass each row's own length with lengths=, e.g. predict(padded, lengths=[5, 3])"
+                             " - padded steps change nothing") from None
         raise ValueError(f"{name} cannot be read as an array: {exc}") from None
 
 

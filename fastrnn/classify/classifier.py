@@ -31,6 +31,7 @@ from typing import Iterable, Iterator, NamedTuple, Optional
 
 import numpy as np
 
+from ..errors import InputError, InputTooLongWarning
 from ..layers import Activation, Dense, Embedding, Masking
 from ..textio import clean_text
 
@@ -172,7 +173,7 @@ def _encoder(model, max_length):
         if isinstance(item, str):
             item = clean_text(item)
             if not takes_tokens:
-                raise ValueError(f"input {position} is text, but the model takes feature vectors, not tokens")
+                raise ValueError("a text, but the model takes feature vectors, not tokens")
             if vocab is None:
                 raise ValueError("the model has no vocabulary stored with it, so it cannot read text: "
                                  "pass token ids instead (lists of ints)")
@@ -191,22 +192,23 @@ def _encoder(model, max_length):
             arr = np.asarray(item)
             if takes_tokens:
                 if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
-                    raise ValueError(f"input {position}: token ids must be a 1-D sequence of ints, "
-                                     f"got shape {arr.shape} dtype {arr.dtype}")
+                    raise ValueError(f"token ids must be a 1-D sequence of ints, got shape {arr.shape} dtype "
+                                     f"{arr.dtype}")
                 arr = arr.astype(np.int64, copy=False)
                 unknown = _unknown_fraction(model, arr)
             else:
                 if arr.ndim != 2:
-                    raise ValueError(f"input {position}: features must be 2-D (time, features), got shape {arr.shape}")
+                    raise ValueError(f"features must be 2-D (time, features), got shape {arr.shape}")
                 arr = arr.astype(np.float32, copy=False)
                 unknown = 0.0
         if max_length is not None and (arr.shape[0] > max_length or cut_text):
             if not warned:
                 import warnings
 
-                warnings.warn(f"input {position} is longer than max_length={max_length}: only its first "
-                              f"{max_length} tokens are classified (pass a larger max_length for more)",
-                              stacklevel=3)
+                warnings.warn(InputTooLongWarning(
+                    f"input {position} (counting from 0) is longer than max_length={max_length}: only its first "
+                    f"{max_length} tokens are classified (pass a larger max_length for more)", position, max_length),
+                    stacklevel=3)
                 warned.append(position)
             arr = arr[:max_length]
         return arr, unknown
@@ -301,7 +303,12 @@ def _classify_iter(model, it, activation, labels, batch_size, return_probs, wind
     feature_shape = None if model.takes_tokens else (model.input_size,)
     position = 0
     while True:
-        encoded = [encode(item, position + k) for k, item in enumerate(itertools.islice(it, window))]
+        encoded = []
+        for k, item in enumerate(itertools.islice(it, window)):
+            try:
+                encoded.append(encode(item, position + k))
+            except ValueError as exc:  # this input cannot be read: say which one
+                raise InputError(position + k, exc) from None
         if not encoded:
             return
         chunk = [arr for arr, _ in encoded]
