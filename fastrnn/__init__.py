@@ -33,6 +33,37 @@ __all__ = [
 ]
 
 
+def _warn_without_kernels():
+    """Say it once, at import, when this fastrnn has no compiled kernels and no backend was chosen
+    (FASTRNN_BACKEND): a Python session started in a fastrnn checkout imports the source folder
+    fastrnn/, which hides the installed package, and would silently run 2-3x slower."""
+    import importlib.util
+
+    if os.environ.get("FASTRNN_BACKEND"):
+        return  # a backend chosen on purpose (the checked-kernels CI script runs a tree without them)
+    try:
+        if importlib.util.find_spec("fastrnn.kernels._cykernels") is not None:
+            return
+    except (ImportError, ValueError):
+        pass
+    import warnings
+
+    from .errors import KernelsMissingWarning
+
+    folder = os.path.dirname(os.path.abspath(__file__))
+    from .backends import available_backends
+
+    slower = "the Numba JIT backend" if "numba" in available_backends() else "the NumPy reference backend"
+    warnings.warn_explicit(
+        f"fastrnn was imported from {folder}, which has no compiled kernels: models run on {slower}, several "
+        "times slower. A fastrnn checkout's fastrnn/ folder hides the installed package when Python starts in "
+        "the repository root: start Python elsewhere, or build it here with `pip install .` (`pip install -e .` "
+        "to edit it). FASTRNN_BACKEND=numba or numpy chooses a slower backend on purpose (and silences this).",
+        KernelsMissingWarning, folder, 0, module="fastrnn")
+
+
+_warn_without_kernels()
+
 _BUNDLED = {}
 
 

@@ -28,3 +28,8 @@ class InputTooLongWarning(UserWarning):
     def __init__(self, message, position, max_length):
         super().__init__(message)
         self.position, self.max_length = int(position), int(max_length)
+
+
+class KernelsMissingWarning(UserWarning):
+    """``import fastrnn`` found no compiled kernels (a source checkout shadowing the installed
+    package, say): models run on a slower backend."""

@@ -202,6 +202,10 @@ class Model(GenerationMixin, ClassifierMixin, QuantizeMixin):
             lines.append(line(r[:len(cols)]))
             lines.append("_" * width if i < len(rows) - 1 else "=" * width)
         lines.append(f"Total params: {self.count_params():,}")
+        stored = (self.metadata or {}).get("quantized")
+        if stored in ("int8", "float16"):  # fastrnn.quantize / convert --quantize / an onnxruntime int8 file
+            lines.append(f"Weights: {stored} (weight matrices{' and products' if stored == 'int8' else ''} in "
+                         f"{stored}, biases float32)")
         if self.vocabulary is not None:
             lines.append(f"Vocabulary: {len(self.vocabulary)} {self.vocabulary.level} tokens")
         text = "\n".join(lines)

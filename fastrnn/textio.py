@@ -16,8 +16,8 @@ byte-order mark, ...). What happens to a line that is not valid in that encoding
 - ``skip``: leave the line out (no output line for it) and report it on ``report`` (stderr)
   with its line number.
 Lines end at "\n" (a "\r\n" or "\r" before it is removed by clean_text). In UTF-16 and UTF-32
-a line cannot be found before its bytes are decoded: the stream is decoded as a whole, an error
-names the last line read before it, and ``skip`` is refused.
+a line cannot be found before its bytes are decoded: the stream is decoded as a whole (an error
+still names its line) and ``skip`` is refused.
 """
 from __future__ import annotations
 
@@ -119,9 +119,13 @@ class LineReader:
             chunk = self.raw.read(1 << 16)
             try:
                 text = pending + decoder.decode(chunk or b"", final=not chunk)
-            except UnicodeDecodeError as exc:
-                raise ValueError(f"{self.name}: the text after line {self.count} is not valid {self.encoding} "
-                                 f"({exc.reason}); {self._advice()}") from None
+            except UnicodeDecodeError as exc:  # the lines before the bad bytes first, then the error
+                lines = (pending + exc.object[:exc.start].decode(self.codec, errors="ignore")).split("\n")
+                for line in lines[:-1]:
+                    self.count += 1
+                    yield clean_text(line)
+                raise ValueError(f"{self.name}: line {self.count + 1} is not valid {self.encoding} ({exc.reason}); "
+                                 f"{self._advice()}") from None
             self.bytes += len(chunk)
             lines = text.split("\n")
             pending = lines.pop()

@@ -9,7 +9,6 @@ import warnings
 
 from ..bundled import bundled_classifier
 from ..errors import InputError, InputTooLongWarning
-from ..cli import cli_advice
 from ..textio import ERRORS, LineReader
 from .classifier import DEFAULT_BATCH_SIZE, classify, labels_of
 
@@ -188,6 +187,8 @@ def _numbered(results, name, texts, model):
             n += 1
             yield n, r
     except InputError as exc:
+        from ..cli import cli_advice  # here: `import fastrnn` loads this module, fastrnn.cli must come after
+
         where = f"{name} line {texts.line_of(exc.position)}"
         written = f" (the first {n} results were written before it)" if n else " (no result was written)"
         raise ValueError(f"{where}: {cli_advice(exc.reason, model)}{written}") from None
@@ -198,6 +199,8 @@ def _show_warning(name, texts, model):
     numbers, no Python source line."""
 
     def show(message, category, filename, lineno, file=None, line=None):
+        from ..cli import cli_advice
+
         if isinstance(message, InputTooLongWarning):
             text = (f"{name} line {texts.line_of(message.position)} is longer than --max-length "
                     f"{message.max_length}: only its first {message.max_length} tokens are classified (pass a "
