@@ -422,3 +422,73 @@ def test_other_libraries_deprecations_are_filtered_fastrnns_warnings_fail():
     assert caught == []
     with pytest.raises(DeprecationWarning):
         warnings.warn_explicit("old API", DeprecationWarning, "x.py", 1, module="fastrnn.formats.x")
+
+
+# -- 1 / 5. the extras: onnxscript for the exporter, keras for the Keras examples, no unpinned torch --
+
+def test_extras_install_what_the_examples_import():
+    from importlib.metadata import PackageNotFoundError, requires
+
+    extras = pyproject()["project"]["optional-dependencies"]
+    names = {k: {d.split(">")[0].split("=")[0].split("[")[0].strip().lower() for d in v} for k, v in extras.items()}
+    assert {"h5py", "keras"} <= names["keras"]
+    assert {"onnx", "onnxscript"} <= names["onnx"] and "onnxscript" in names["test"]
+    assert "matplotlib" in names["bench"]
+    # every torch requirement of every extra is the pin; onnxscript and keras do not pull torch in
+    assert all(d == "torch==2.13.0" for v in extras.values() for d in v if d.lower().startswith("torch"))
+    for package in ("onnxscript", "onnx_ir", "keras"):
+        try:
+            needs = requires(package) or []
+        except PackageNotFoundError:  # pragma: no cover - the test extra installs them
+            pytest.fail(f"{package} is not installed: pip install \".[test]\"")
+        assert not [r for r in needs if r.lower().startswith("torch")], (package, needs)
+
+
+def test_torch_pin_accepts_the_cpu_build_and_the_docs_say_how_to_get_it():
+    from packaging.specifiers import SpecifierSet
+
+    assert "2.13.0+cpu" in SpecifierSet("==2.13.0")  # the CPU index's wheel satisfies the extras' pin
+    with open(os.path.join(ROOT, "docs", "loading.md"), encoding="utf-8") as f:
+        text = f.read()
+    assert "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu" in text
+
+
+def test_a_second_build_reuses_the_generated_c(tmp_path):
+    """pip builds every `pip install ".[extra]"` in a fresh environment whose Cython include files
+    are newer than the C generated last time: setup.py keeps that C while the .pyx files, Cython,
+    NumPy and the directives are the same, so nothing is compiled again; a changed .pyx is
+    cythonized again, and every extension depends on the C headers."""
+    import shutil
+
+    for name in ("setup.py", "pyproject.toml", "README.md", "MANIFEST.in"):
+        shutil.copy(os.path.join(ROOT, name), tmp_path / name)
+    shutil.copytree(os.path.join(ROOT, "kernels"), tmp_path / "kernels",
+                    ignore=shutil.ignore_patterns("*.so", "_cy*.c", ".cython-stamp.json", "__pycache__"))
+    capture = ("import json, setuptools; setuptools.setup = lambda **kw: print(json.dumps("
+               "[[e.name, e.sources, e.depends] for e in kw['ext_modules']])); exec(open('setup.py').read())")
+
+    def extensions():
+        out = subprocess.run([sys.executable, "-c", capture], capture_output=True, text=True, cwd=tmp_path,
+                             timeout=600)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    first = extensions()  # no generated C yet: Cython writes it
+    assert all("kernels/rnn_core.h" in depends for _, _, depends in first)
+    generated = sorted(tmp_path.glob("kernels/_cy*.c"))
+    assert len(generated) == 3 and (tmp_path / "kernels" / ".cython-stamp.json").exists()
+    # as in pip's fresh build environment: Cython's own include files (libc/*.pxd) newer than the C
+    old = 1_000_000_000 * 10**9  # 2001
+    for p in tmp_path.glob("kernels/_cy*.pyx"):
+        os.utime(p, ns=(old, old))
+    for p in generated:
+        os.utime(p, ns=(old + 10**9, old + 10**9))
+    times = [p.stat().st_mtime_ns for p in generated]
+    again = extensions()  # the same inputs: that C is compiled as it is, nothing regenerated
+    assert [p.stat().st_mtime_ns for p in generated] == times
+    assert all(any(s.endswith(".c") and "/_cy" in s for s in sources) for _, sources, _ in again)
+    assert all("kernels/rnn_core.h" in depends for _, _, depends in again)
+    pyx = tmp_path / "kernels" / "_cyint8.pyx"
+    os.utime(pyx, ns=(pyx.stat().st_atime_ns, max(times) + 10**9))  # an edited .pyx
+    extensions()
+    assert all(p.stat().st_mtime_ns > t for p, t in zip(generated, times))  # cythonized again
