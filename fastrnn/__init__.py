@@ -27,7 +27,7 @@ __all__ = [
     "Activation", "Attention", "BatchNormalization", "Concatenate", "Conv1D", "CustomLayer", "Dot", "Flatten",
     "GlobalPooling1D", "Identity", "LayerNormalization", "Merge", "Permute", "Pooling1D", "RepeatVector",
     "Reshape", "Select", "Slice", "Vocabulary",
-    "load", "save", "from_torch", "from_keras", "available_backends", "set_backend", "get_backend",
+    "load", "save", "from_torch", "from_keras", "export_c", "available_backends", "set_backend", "get_backend",
     "set_num_threads", "get_num_threads",
     "ModelFormatError", "UnsupportedLayerError", "__version__",
 ]
@@ -86,7 +86,7 @@ def save(model: Model, path, quantize=None):
 
 
 def load(path, mmap: bool = False, custom_layers=None, tokenizer=None, padding="pre", truncating="pre",
-         maxlen=None, architecture=None, by_name=False) -> Model:
+         maxlen=None, architecture=None, by_name=False, vocabulary=None) -> Model:
     """Load a model file. Native fastrnn ``.safetensors`` files are read with NumPy only; Keras
     and ONNX files go to their importers.
 
@@ -107,7 +107,8 @@ def load(path, mmap: bool = False, custom_layers=None, tokenizer=None, padding="
     ``tokenizer``: the Keras ``Tokenizer.to_json()`` the model was trained with (a path, or the JSON
     text): it becomes the model's vocabulary, with ``pad_sequences``' ``padding`` / ``truncating``
     side (Keras's default "pre") and ``maxlen``, so ``classify`` on raw text feeds the model the ids
-    and padding Keras did (fastrnn.formats.tokenizers).
+    and padding Keras did (fastrnn.formats.tokenizers). Without ``maxlen``: the model's fixed input
+    length; a model with neither that nor a mask gets a fastrnn.errors.PaddingLengthWarning.
 
     ``architecture``: for a file that holds weights only. A Keras weights-only HDF5 file (Keras 2
     ``save_weights("weights.h5")``, Keras 3 ``.weights.h5``) takes the Keras architecture: the
@@ -115,11 +116,20 @@ def load(path, mmap: bool = False, custom_layers=None, tokenizer=None, padding="
     text, or the parsed dict) or a Keras model in memory; its weight groups are matched to the
     layers in order, as Keras 2's ``load_weights`` does, or by layer name with ``by_name=True``
     (fastrnn.formats.keras.load_weights_h5). A PyTorch state_dict takes fastrnn's architecture
-    JSON (fastrnn.formats.torch_spec)."""
+    JSON (fastrnn.formats.torch_spec).
+
+    ``vocabulary``: text <-> ids to attach (it replaces one the file has): a str of characters
+    (``"helo"``), a list of tokens, a dict {token: id} or a fastrnn.Vocabulary, the same forms
+    as ``Model.vocabulary`` and ``from_torch(vocabulary=)``. For a model without an Embedding
+    (one-hot input) token i is the input vector with a 1 at position i."""
     if architecture is not None:
         model = _load_with_architecture(path, architecture, custom_layers, by_name)
     else:
         model = _load(path, mmap, custom_layers)
+    if vocabulary is not None:
+        if tokenizer is not None:
+            raise ValueError("tokenizer= and vocabulary= both give the vocabulary: pass one of them")
+        model.vocabulary = vocabulary
     if tokenizer is not None:
         from .formats.tokenizers import attach_tokenizer
 
@@ -232,12 +242,15 @@ def _looks_like(head):
     return ""
 
 
-def from_keras(keras_model, custom_layers=None) -> Model:
+def from_keras(keras_model, custom_layers=None, vocabulary=None) -> Model:
     """Build a Model from a Keras model in memory (Sequential or Functional, any graph of the
-    layers fastrnn.formats.keras lists); ``custom_layers`` as for ``load``."""
+    layers fastrnn.formats.keras lists); ``custom_layers`` and ``vocabulary`` as for ``load``."""
     from .formats.keras import from_keras as _from_keras
 
-    return _from_keras(keras_model, custom_layers=custom_layers)
+    model = _from_keras(keras_model, custom_layers=custom_layers)
+    if vocabulary is not None:
+        model.vocabulary = vocabulary
+    return model
 
 
 def from_torch(obj, **kwargs) -> Model:
@@ -245,3 +258,12 @@ def from_torch(obj, **kwargs) -> Model:
     from .formats.torch import from_torch as _from_torch
 
     return _from_torch(obj, **kwargs)
+
+
+def export_c(model, out_dir, name=None, weights=None, example=False, max_steps=None):
+    """Write ``model`` as dependency-free C99 (``NAME.h``, ``NAME.c``, with ``example=True`` also
+    ``main.c``); returns the paths written. See fastrnn.cexport.export_c and
+    docs/running-without-python.md."""
+    from .cexport import export_c as _export_c
+
+    return _export_c(model, out_dir, name=name, weights=weights, example=example, max_steps=max_steps)

@@ -2,11 +2,14 @@
 
     fastrnn summary MODEL
     fastrnn convert SRC DST [--cell lstm|gru|rnn_tanh|rnn_relu] [--architecture FILE] [--by-name]
-                            [--last] [--activation A] [--vocab FILE]
+                            [--last] [--activation A] [--vocab FILE | --vocab-chars CHARS] [--labels NAMES]
                             [--quantize float16|int8] [--tokenizer FILE] [--padding S] [--truncating S] [--maxlen N]
                             [--custom-layers MODULE.py]
     fastrnn generate ...     (fastrnn/generate/cli.py adds it)
     fastrnn classify ...     (fastrnn/classify/cli.py adds it)
+    fastrnn export-c ...     (fastrnn/cexport/cli.py adds it)
+    fastrnn serve ...        (fastrnn/serve/cli.py adds it; Starlette and uvicorn, the serve extra, are
+                              imported only when it runs)
 
 Each feature module that owns a subcommand exposes ``add_cli(subparsers)``; the subparser's
 ``func`` default receives the parsed arguments and returns the exit code.
@@ -23,7 +26,7 @@ import warnings
 from .errors import ModelFormatError
 
 # Feature modules that contribute subcommands (imported lazily only to build the parser).
-FEATURE_MODULES = ("fastrnn.generate", "fastrnn.classify")
+FEATURE_MODULES = ("fastrnn.generate", "fastrnn.classify", "fastrnn.cexport.cli", "fastrnn.serve")
 
 
 def _ensure_utf8_stdio():
@@ -78,6 +81,67 @@ def _read_vocab(path, level, unk=None):
     return Vocabulary(tokens, level=level, unk=unk_id)
 
 
+def _chars_vocab(text):
+    """--vocab-chars STRING: its characters in order, character i = id i."""
+    from .vocab import as_vocabulary
+
+    if text == "":
+        raise ValueError("--vocab-chars: give the characters of the vocabulary in id order, e.g. --vocab-chars helo")
+    if len(set(text)) != len(text):
+        dup = next(c for i, c in enumerate(text) if c in text[:i])
+        raise ValueError(f"--vocab-chars: the character {dup!r} appears twice; each character is one id")
+    return as_vocabulary(text)
+
+
+def _attach_vocab(model, vocab, src, args):
+    """--vocab / --vocab-chars on a loaded model: token ids for a model that starts with an
+    Embedding, one-hot vectors for a model that takes feature vectors (token i = a 1 at
+    feature i), as Model.vocabulary checks."""
+    given = f"--vocab {args.vocab}" if args.vocab else "--vocab-chars"
+    if len(model.inputs) != 1:
+        raise ValueError(f"{given}: {src} has {len(model.inputs)} inputs {model.input_names}; a vocabulary "
+                         "describes the one input of a text model")
+    if not model.takes_tokens and len(model.inputs[0].shape) != 2:
+        raise ValueError(f"{given}: {src} takes inputs of shape {(None,) + tuple(model.inputs[0].shape)}, neither "
+                         "token ids (batch, time) nor one-hot vectors (batch, time, features)")
+    try:
+        model.vocabulary = vocab
+    except ValueError as exc:
+        raise ValueError(f"{given}: {exc}") from None
+
+
+def _read_labels(value):
+    """--labels: a file with one label per line (UTF-8), or the labels separated by commas."""
+    if os.path.isfile(value):
+        with open(value, encoding="utf-8-sig") as f:
+            labels = [line.rstrip("\r\n") for line in f]
+        while labels and labels[-1] == "":
+            labels.pop()
+        where = f"--labels {value}"
+    else:
+        labels = value.split(",")
+        where = "--labels"
+    labels = [x.strip() for x in labels]
+    if not labels or any(x == "" for x in labels):
+        raise ValueError(f"{where}: give one non-empty name per class, e.g. --labels 부정,긍정 (or a file, one "
+                         "name per line)")
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"{where}: the label names {labels} repeat a name")
+    return labels
+
+
+def _attach_labels(model, labels, given):
+    """Store the class names (metadata "labels") once the model is known to classify into that many."""
+    from .classify.classifier import class_count
+
+    n = class_count(model)  # ValueError saying why this model is not a classifier
+    if len(labels) != n:
+        hint = (" (one sigmoid unit gives two classes, [1 - p, p]: name the class of p second, e.g. "
+                "--labels 부정,긍정)" if n == 2 and model.output_size == 1 else "")
+        raise ValueError(f"--labels {given}: {len(labels)} names for a model with {n} classes{hint}")
+    model.metadata["labels"] = labels
+
+
 def cmd_convert(args):
     from . import load, save
 
@@ -85,9 +149,17 @@ def cmd_convert(args):
     if not args.dst.lower().endswith(".safetensors"):
         raise ValueError(f"convert writes fastrnn's native format only: name the output *.safetensors "
                          f"(got {args.dst!r})")
+    if args.vocab and args.vocab_chars is not None:
+        raise ValueError("--vocab and --vocab-chars both give the vocabulary: pass one of them")
     if args.unk is not None and not args.vocab:
         raise ValueError("--unk names the unknown token of a --vocab file: give --vocab FILE too")
-    vocab = _read_vocab(args.vocab, args.vocab_level, args.unk) if args.vocab else None
+    if args.vocab:
+        vocab = _read_vocab(args.vocab, args.vocab_level, args.unk)
+    elif args.vocab_chars is not None:
+        vocab = _chars_vocab(args.vocab_chars)
+    else:
+        vocab = None
+    labels = _read_labels(args.labels) if args.labels is not None else None
     from . import _sniff
 
     if os.path.isfile(src) and _sniff(src) == "torch":  # by content: weights, model.bin, .ckpt, .model ...
@@ -117,20 +189,26 @@ def cmd_convert(args):
                 raise ValueError("--by-name goes with --architecture (a Keras weights-only .h5 file)")
             model = load(src, custom_layers=load_custom_layers(args.custom_layers))
         if vocab is not None:  # --vocab applies to every source (it replaces a stored vocabulary)
-            if not model.takes_tokens:
-                raise ValueError(f"--vocab: {src} takes feature vectors, not token ids, so it has no use for a "
-                                 "vocabulary")
-            if len(vocab) > model.input_size:
-                raise ValueError(f"--vocab: {args.vocab} has {len(vocab)} tokens but the model's embedding only "
-                                 f"{model.input_size} rows")
-            model.vocabulary = vocab
+            _attach_vocab(model, vocab, src, args)
     if args.tokenizer:
         if vocab is not None:
             raise ValueError("--tokenizer and --vocab both give the vocabulary: pass one of them")
-        from .formats.tokenizers import attach_tokenizer
+        import warnings
 
-        attach_tokenizer(model, args.tokenizer, padding=args.padding, truncating=args.truncating,
-                         maxlen=args.maxlen)
+        from .errors import PaddingLengthWarning
+        from .formats.tokenizers import attach_tokenizer, check_maxlen
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", PaddingLengthWarning)
+            attach_tokenizer(model, args.tokenizer, padding=args.padding, truncating=args.truncating,
+                             maxlen=check_maxlen(args.maxlen, "--maxlen"))
+        for w in caught:  # one line on stderr (the others go on as Python would show them)
+            if issubclass(w.category, PaddingLengthWarning):
+                print(f"fastrnn convert: warning: {w.message}", file=sys.stderr)
+            else:
+                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    if labels is not None:
+        _attach_labels(model, labels, args.labels)
     save(model, args.dst, quantize=args.quantize)
     stored = args.quantize or (model.metadata or {}).get("quantized")  # an int8 source (onnxruntime) stays int8
     kind = f", weight matrices stored as {stored}" if stored in ("float16", "int8") else ""
@@ -201,13 +279,22 @@ def build_parser():
                    help="state_dict: apply the final Linear to the last state (classifier) instead of every step")
     p.add_argument("--activation", default="linear", help="activation after the final Linear (e.g. softmax)")
     p.add_argument("--vocab", help="vocabulary file, one token per line (UTF-8), token i = id i; stored with the "
-                                   "model for any source (replaces a vocabulary the source has)")
+                                   "model for any source (replaces a vocabulary the source has); for a model "
+                                   "without an Embedding token i is the one-hot input vector with a 1 at feature i")
     p.add_argument("--vocab-level", choices=["char", "word"], default="char",
                    help="--vocab: the tokens are characters (default) or whitespace-separated words")
     p.add_argument("--unk", metavar="TOKEN",
                    help="--vocab: the file's unknown token, the id of every symbol outside the vocabulary (default: "
                         "a line reading <unk>, <UNK>, [UNK], <OOV> or <oov>, if the file has one; else none, and "
                         "text with such a symbol is refused)")
+    p.add_argument("--vocab-chars", metavar="CHARS",
+                   help="the vocabulary as a string of characters in id order (e.g. helo: h = 0, e = 1, ...), "
+                        "instead of a --vocab file. For a model without an Embedding (one-hot input) token i is fed "
+                        "as the vector with a 1 at feature i")
+    p.add_argument("--labels", metavar="NAMES",
+                   help="class names stored with a classifier, so classify prints them: comma-separated "
+                        "(--labels 부정,긍정) or a file with one name per line. One sigmoid unit is two classes "
+                        "[1 - p, p]: the second name is the class of p")
     p.add_argument("--tokenizer", help="the Keras Tokenizer.to_json() file the model was trained with: stored as "
                                        "its vocabulary, so classify reads raw text as Keras's texts_to_sequences did")
     p.add_argument("--padding", choices=["pre", "post"], default="pre",
@@ -215,7 +302,8 @@ def build_parser():
     p.add_argument("--truncating", choices=["pre", "post"], default="pre",
                    help="--tokenizer: pad_sequences' truncating side in training (default pre)")
     p.add_argument("--maxlen", type=int, help="--tokenizer: pad_sequences' maxlen in training (texts are cut to it; "
-                                              "a model without a mask also sees the padding zeros)")
+                                              "a model without a mask also sees the padding zeros); default: the "
+                                              "model's fixed input length, if it has one")
     p.add_argument("--quantize", choices=["float16", "int8"],
                    help="store the weight matrices as float16 or as int8 with per-row scales (2x / 4x "
                         "smaller); the loaded model computes with them (int8: int8 products in predict, classify "
@@ -279,6 +367,8 @@ CLI_ADVICE = [
      r"pass --custom-layers MODULE.py, a file of yours defining \1 (docs/loading.md)"),
     (r"pass custom_layers=\)?", "pass --custom-layers MODULE.py)"),
     (r"load it without architecture=", "convert it without --architecture"),
+    (r"set model\.vocabulary \(e\.g\. \"helo\"\)",
+     "store its characters with it: fastrnn convert {model} OUT.safetensors --vocab-chars CHARS (e.g. helo)"),
     # a parameter of the Python API named in a message: its option
     (r"^(temperature|top_k|top_p|repetition_penalty|threads|batch_size|max_length|max_new_tokens) must",
      lambda m: f"--{m.group(1).replace('_', '-')} must"),

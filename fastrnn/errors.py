@@ -13,6 +13,11 @@ class UnsupportedLayerError(ModelFormatError):
     """The model contains a layer or option fastrnn does not implement."""
 
 
+class PaddingLengthWarning(UserWarning):
+    """A model without a mask reads texts through a tokenizer, but the padding length it was
+    trained with (pad_sequences' ``maxlen``) is unknown: its results depend on it."""
+
+
 class InputError(ValueError):
     """One input of many (``classify``) cannot be used: ``position`` is its 0-based index among the
     inputs, ``reason`` why. The command line names its line number instead."""
@@ -23,11 +28,12 @@ class InputError(ValueError):
 
 
 class InputTooLongWarning(UserWarning):
-    """``classify`` cut an input to ``max_length`` tokens; ``position`` is its 0-based index."""
+    """``classify`` cut an input to ``max_length`` tokens (its last ones when ``from_end``: a model
+    whose Keras tokenizer truncated at the front); ``position`` is its 0-based index."""
 
-    def __init__(self, message, position, max_length):
+    def __init__(self, message, position, max_length, from_end=False):
         super().__init__(message)
-        self.position, self.max_length = int(position), int(max_length)
+        self.position, self.max_length, self.from_end = int(position), int(max_length), bool(from_end)
 
 
 class KernelsMissingWarning(UserWarning):

@@ -12,9 +12,12 @@ may appear in several nodes (a shared layer); a chain is a graph with one path. 
 graphs; fusions are passes over them (``optimize``) shared by every importer, so a model runs the
 same plan whatever file it came from; ``Plan`` runs a graph on a backend.
 
-Masks travel beside the tensors as ``lengths`` (B,) int64 (right padding), created by
-Embedding(mask_zero) and Masking and propagated by each layer's ``output_lengths`` as Keras
-propagates masks.
+Masks travel beside the tensors, created by Embedding(mask_zero) and Masking (and ``lengths=``
+of predict) and propagated by each layer's ``output_lengths`` as Keras propagates masks: as
+``lengths`` (B,) int64 when they are right padding (the kernels' own form), else as a boolean
+(B, T) array (fastrnn.layers.mask). A recurrent layer runs a (B, T) mask by packing each row's
+real steps to the left, running them with lengths, and putting the outputs back (exact: a
+masked step leaves the state unchanged).
 """
 from __future__ import annotations
 
@@ -28,7 +31,8 @@ from .layers.base import shape_str
 from .layers.custom import CustomLayer
 from .layers.dense import Dense
 from .layers.embedding import Embedding, Masking
-from .layers.recurrent import Recurrent
+from .layers.mask import combine, compact, is_lengths
+from .layers.recurrent import Recurrent, expand_compacted
 from .layers.reshape import Identity
 
 f32 = np.float32
@@ -411,7 +415,7 @@ class Plan:
             ls = [lens[ref] for ref in node.inputs]
             if isinstance(layer, (Embedding, Masking)):
                 x = xs[0]
-                L = ls[0] if ls[0] is not None else layer.mask_lengths(x)
+                L = combine([ls[0], layer.mask_lengths(x)], "and")  # lengths= and the padding ids both mask
                 if isinstance(layer, Masking):
                     y = x
                 elif node.name in self.foldable and backend.can_fold_embedding(
@@ -425,10 +429,13 @@ class Plan:
                 if isinstance(x, _Tokens):
                     x, tokens = x.ids, (x.layer, x.ids)
                 state = layer.states_from_inputs(xs, x.shape[0]) if len(xs) > 1 else states[r]
+                mask = ls[0] if layer.use_mask else None
                 if x.shape[0] == 0:
                     y, st = _empty_recurrent(layer, x)
+                elif mask is not None and not is_lengths(mask):
+                    y, st = _masked_recurrent(backend, layer, x, tokens, mask, state, threads)
                 else:
-                    y, st = backend.recurrent(layer, x, ls[0], state, threads=threads, tokens=tokens)
+                    y, st = backend.recurrent(layer, x, mask, state, threads=threads, tokens=tokens)
                 states_out.append(st)
                 r += 1
                 outs = [y] + layer.states_to_outputs(st) if layer.return_state else [y]
@@ -456,6 +463,22 @@ def _lengths_for(y, L):
     if L is None or isinstance(y, _Tokens):
         return L
     return L if (y.ndim >= 3 or (y.ndim == 2 and y.dtype.kind in "iu")) else None
+
+
+def _masked_recurrent(backend, layer, x, tokens, mask, state, threads):
+    """A recurrent layer under a (B, T) mask that is not right padding: each row's real steps
+    packed to the left (a gather of x, or of the token ids of a folded embedding), run with
+    lengths = their counts, the outputs put back at their positions (expand_compacted)."""
+    order, lengths = compact(mask)
+    if tokens is not None:
+        x = np.take_along_axis(tokens[1], order, axis=1)
+        tokens = (tokens[0], x)
+    else:
+        x = np.take_along_axis(x, order[:, :, None], axis=1)
+    y, st = backend.recurrent(layer, x, lengths, state, threads=threads, tokens=tokens)
+    if layer.return_sequences:
+        y = expand_compacted(layer, y, mask)
+    return y, st
 
 
 def _empty_recurrent(layer, x):

@@ -15,6 +15,7 @@ from .graph import Plan, chain, ref_str, summary_rows, type_name
 from .layers import LAYER_TYPES, Embedding, Recurrent
 from .layers.embedding import lengths_from_mask  # noqa: F401  (public since 0.1)
 from .quantize import QuantizeMixin, int8_backend
+from .vocab import as_vocabulary
 
 LAYER_CLASSES = tuple(LAYER_TYPES.values())
 
@@ -33,7 +34,8 @@ class Model(GenerationMixin, ClassifierMixin, QuantizeMixin):
     Parameters
     ----------
     layers : list of layers from fastrnn.layers, in order (a chain); or None with ``graph``.
-    vocabulary : fastrnn.vocab.Vocabulary or None (text <-> ids for generation/classification).
+    vocabulary : text <-> ids for generation/classification: a fastrnn.Vocabulary, a str of
+        characters, a list of tokens, a dict {token: id}, or None (see ``Model.vocabulary``).
     metadata : dict of JSON-serialisable values (source framework, labels, ...).
     name : the model's name.
     input_shape : a chain's per-example input shape without the batch, e.g. (T, F) or (T,) for
@@ -57,15 +59,40 @@ class Model(GenerationMixin, ClassifierMixin, QuantizeMixin):
         elif layers is not None:
             raise ValueError("give a Model either layers (a chain) or graph=, not both")
         self.graph = graph
-        self.vocabulary = vocabulary
         self.metadata = dict(metadata or {})
         self.name = name
         self._plan = None
         self._plan_lock = threading.Lock()
-        if self.vocabulary is not None and self.takes_tokens:
-            rows = min(n.layer.vocab_size for n in self._token_readers(0))
-            if len(self.vocabulary) > rows:
-                raise ValueError(f"vocabulary has {len(self.vocabulary)} tokens but the embedding only {rows} rows")
+        self.vocabulary = vocabulary
+
+    # -- vocabulary ------------------------------------------------------------------------
+    @property
+    def vocabulary(self):
+        """The model's text <-> ids rule (a fastrnn.Vocabulary), or None.
+
+        Set it with any of the forms ``vocabulary=`` takes everywhere (fastrnn.vocab.as_vocabulary):
+        a Vocabulary, a str of characters (``"helo"``: 'h' is id 0), a list of tokens (id = position)
+        or a dict {token: id}. Its size is checked against what the model reads: the rows of the
+        embedding for token ids, the input's features for a one-hot model (token i = the vector
+        with a 1 at position i)."""
+        return self._vocabulary
+
+    @vocabulary.setter
+    def vocabulary(self, value):
+        vocab = as_vocabulary(value)
+        if vocab is not None and len(self.graph.inputs) == 1:
+            if self.takes_tokens:
+                readers = self._token_readers(0)
+                rows = min(n.layer.vocab_size for n in readers) if readers else None
+                if rows is not None and len(vocab) > rows:
+                    raise ValueError(f"vocabulary has {len(vocab)} tokens but the embedding only {rows} rows")
+            else:
+                shape = self.graph.inputs[0].shape
+                features = shape[-1] if shape else None
+                if features is not None and len(vocab) > features:
+                    raise ValueError(f"vocabulary has {len(vocab)} tokens but the model's input has {features} "
+                                     "features, so a token cannot be fed as a one-hot vector")
+        self._vocabulary = vocab
 
     # -- structure -------------------------------------------------------------------------
     @property

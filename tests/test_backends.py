@@ -15,7 +15,7 @@ from conftest import in_ci, require
 OPTIONAL_TEST_DEPENDENCIES = ["fastrnn.kernels._cykernels", "fastrnn.kernels._cygenerate", "fastrnn.kernels._cyint8",
                               "numba",
                               "fastrnn.kernels.numba_kernels", "torch", "keras", "h5py", "onnx", "onnxruntime",
-                              "hypothesis", "safetensors"]
+                              "hypothesis", "safetensors", "starlette", "uvicorn", "httpx", "openai"]
 
 
 def test_all_backends_present_in_ci():

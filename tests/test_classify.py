@@ -39,6 +39,21 @@ class TorchClassifier(nn.Module):
         return torch.softmax(self.fc(last), 1)
 
 
+class TorchTagger(TorchClassifier):
+    """The same layers with a Linear at every step (a per-step model, not a classifier)."""
+
+    def forward(self, ids):
+        return self.fc(self.rnn(self.embedding(ids))[0])
+
+
+class TorchSigmoidClassifier(TorchClassifier):
+    """One sigmoid unit on the last state (binary sentiment)."""
+
+    def forward(self, ids):
+        _, h = self.rnn(self.embedding(ids))
+        return torch.sigmoid(self.fc(h[-1]))
+
+
 def torch_probs(net, ids):
     with torch.no_grad():
         if len(ids) == 0:  # an empty input: the classifier sees the zero state
@@ -134,7 +149,7 @@ def test_token_ids_and_return_probs_false(torch_pair):
 
 
 def test_not_a_classifier_and_bad_arguments(torch_pair):
-    lm = fastrnn.from_torch(TorchClassifier(), return_sequences=True, vocabulary=VOCAB)  # per-step outputs
+    lm = fastrnn.from_torch(TorchTagger(), return_sequences=True, vocabulary=VOCAB)  # per-step outputs
     with pytest.raises(ValueError, match="not a classifier.*per time step"):
         lm.classify(["abc"])
     _, model = torch_pair
@@ -165,7 +180,7 @@ def test_probabilities_from_each_output_activation():
 
 def test_single_sigmoid_unit_gives_two_classes():
     torch.manual_seed(2)
-    net = TorchClassifier(classes=1, bidirectional=False, layers=1).eval()
+    net = TorchSigmoidClassifier(classes=1, bidirectional=False, layers=1).eval()
     model = fastrnn.from_torch(net, return_sequences=False, activation="sigmoid", vocabulary=VOCAB)
     (r,) = model.classify(["so so"])
     with torch.no_grad():
@@ -200,6 +215,33 @@ def test_keras_classifier_probabilities(tmp_path, rng):
     want = keras.ops.convert_to_numpy(km(padded, training=False))
     assert want.max() - want.min() > 0.5, "the probabilities must depend on the weights and the input"
     assert_close(got, want, FRAMEWORK_ATOL)
+    # the Keras-padded rows themselves: their trailing zeros are masked steps, which Keras skips
+    assert_close(np.array([r.probabilities for r in model.classify(padded, batch_size=6)]), want, FRAMEWORK_ATOL)
+    # zeros before or between tokens are masked steps too (Keras's default pre-padding, issue 22):
+    # classify gives what Keras gives for the same rows
+    front = np.array([[0, 0, 5, 6, 7], [3, 0, 4, 0, 0], [0, 9, 0, 0, 8]], np.int32)
+    want_front = keras.ops.convert_to_numpy(km(front, training=False))
+    assert_close(np.array([r.probabilities for r in model.classify(front)]), want_front, FRAMEWORK_ATOL)
+
+
+def test_keras_masking_classifier_cuts_masked_feature_steps(tmp_path, rng):
+    """Masking(mask_value) -> LSTM -> Dense: feature rows equal to mask_value at the end of an input
+    are padding to Keras, and to classify."""
+    keras = require("keras")
+    L = keras.layers
+    km = keras.Sequential([keras.Input((None, 3)), L.Masking(mask_value=-1.0), L.LSTM(5),
+                           L.Dense(3, activation="softmax")])
+    wrng = np.random.default_rng(5)
+    km.set_weights([(wrng.standard_normal(w.shape) * 0.7).astype(np.float32) for w in km.get_weights()])
+    km.save(tmp_path / "masking.keras")
+    model = fastrnn.load(tmp_path / "masking.keras")
+    x = np.full((4, 7, 3), -1.0, np.float32)
+    for i, n in enumerate([7, 3, 5, 1]):
+        x[i, :n] = rng.standard_normal((n, 3))
+    want = keras.ops.convert_to_numpy(km(x, training=False))
+    assert_close(np.array([r.probabilities for r in model.classify(list(x))]), want, FRAMEWORK_ATOL)
+    assert_close(np.array([r.probabilities for r in model.classify([a[:n] for a, n in zip(x, [7, 3, 5, 1])])]),
+                 want, FRAMEWORK_ATOL)
 
 
 # -- the other shapes of the notes: many-to-many, one-to-many, encoder-decoder -----------------
@@ -322,7 +364,7 @@ def test_cli_csv_file_unicode_and_progress(tmp_path):
 
 def test_cli_errors_are_clear(tmp_path):
     lm_path = tmp_path / "lm.safetensors"
-    fastrnn.save(fastrnn.from_torch(TorchClassifier(), vocabulary=VOCAB), lm_path)
+    fastrnn.save(fastrnn.from_torch(TorchTagger(), vocabulary=VOCAB), lm_path)
     out = run_cli("--model", lm_path, stdin=b"abc\n")
     assert out.returncode == 2 and b"not a classifier" in out.stderr and b"Traceback" not in out.stderr
     out = run_cli(stdin=b"fine\n\xff\xfe bad\n")

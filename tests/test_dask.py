@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -209,10 +210,10 @@ def test_api_rejects_bad_calls(client):
 def test_missing_model_gives_one_clear_error(client, tmp_path):
     missing = tmp_path / "no-such-model.safetensors"
     bag = db.from_sequence(corpus(100), npartitions=8)
-    start = time.monotonic()
-    with pytest.raises(fastrnn.dask.ModelLoadError) as info:
+    pids = client.run(os.getpid)
+    with pytest.raises(fastrnn.dask.ModelLoadError) as info:  # within compute's timeout: no retry loop, no hang
         compute(client, fastrnn.dask.classify(bag, str(missing)))
-    assert time.monotonic() - start < 30
+    assert client.run(os.getpid) == pids  # the error came back from the task: no worker died or restarted
     message = str(info.value)
     assert str(missing) in message and "could not load the model" in message and "Dask worker tcp://" in message
     assert "No such file" in message
@@ -330,21 +331,71 @@ def test_worker_memory_flat_on_long_input(client):
         assert growth < 8 * 2**20, (address, [s[address] / 2**20 for s in samples])
 
 
-def test_sigkill_of_a_worker_mid_run_gives_identical_output(client):
+def wait_for(condition, what, timeout=TIMEOUT):
+    """Poll ``condition`` until it holds (an event to wait for, not a time to sleep): fails after
+    ``timeout`` seconds, so a regression shows as a failure, not a hung run."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def test_sigkill_of_a_worker_mid_run_gives_identical_output(client, tmp_path):
+    """A worker process is SIGKILLed while it runs a partition, after the first results were
+    read: the output is still identical. Deterministic whatever the machine's speed: ``ordered``
+    submits ``window`` partitions, then one more each time it hands out a result; the partitions
+    after the first window write their worker's pid and wait for a release file. So a held
+    partition starts only after partition 0 was read, it is surely running on the worker the test
+    kills, and the release comes after the kill (holding an earlier partition could block both
+    workers before any result exists)."""
     texts = corpus(8000, seed=9, max_words=12)
     expected = list(classify_here(bundled_classifier(), texts))
+    per_partition, window = 250, 6
+    release, started = str(tmp_path / "release"), tmp_path / "started"
+    started.mkdir()
+
+    def hold(items, release=release, started=str(started), first_held=window * per_partition,
+             timeout=TIMEOUT):
+        import os as os_
+        import time as time_
+
+        first = items[0][0]
+        if first >= first_held:
+            open(os_.path.join(started, f"{first}-{os_.getpid()}"), "w").close()
+            deadline = time_.monotonic() + timeout
+            while not os_.path.exists(release):  # held until the test has killed a worker
+                if time_.monotonic() > deadline:
+                    raise TimeoutError("the test never released the partition")
+                time_.sleep(0.01)
+        return [text for _, text in items]
+
+    numbered = db.from_sequence(list(enumerate(texts)), partition_size=per_partition)
+    assert numbered.npartitions == 32
+    bag = fastrnn.dask.classify(numbered.map_partitions(hold))
     pids = client.run(os.getpid)
-    bag = fastrnn.dask.classify(db.from_sequence(texts, npartitions=32))
-    got = []
-    killed = None
-    for item in fastrnn.dask.ordered(bag, client=client, window=6, timeout=TIMEOUT):
-        got.append(item)
-        if killed is None:
-            busy = [addr for addr, keys in client.processing().items() if keys]
-            assert busy, "the run finished before the kill: make the input longer"
-            killed = busy[0]
-            os.kill(pids[killed], signal.SIGKILL)
-    assert killed is not None
+    got, errors = [], []
+
+    def consume():
+        try:
+            for item in fastrnn.dask.ordered(bag, client=client, window=window, timeout=TIMEOUT):
+                got.append(item)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    reader = threading.Thread(target=consume)
+    reader.start()
+    try:
+        wait_for(lambda: errors or any(started.iterdir()), "a held partition to start")
+        assert not errors, errors
+        assert len(got) >= per_partition  # partition 0 was read before the held ones were submitted
+        first, pid = next(started.iterdir()).name.split("-")
+        assert int(pid) in pids.values()
+        os.kill(int(pid), signal.SIGKILL)
+    finally:
+        open(release, "w").close()
+        reader.join(TIMEOUT)
+    assert not reader.is_alive() and not errors, errors
+    assert len(got) == len(texts)
     assert_same_classifications(got, expected)
     client.wait_for_workers(2, timeout=TIMEOUT)  # the nanny restarted it
-    assert killed not in client.run(os.getpid)  # a new worker process took its place
+    assert int(pid) not in client.run(os.getpid).values()  # a new worker process took its place

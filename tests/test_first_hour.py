@@ -307,8 +307,9 @@ def test_convert_vocab_applies_to_a_native_or_keras_source(tmp_path):
                                       cwd=tmp_path), "8 tokens")
     features = fastrnn.Model([random_recurrent(np.random.default_rng(0), "gru")])
     fastrnn.save(features, tmp_path / "features.safetensors")
+    # a model without an Embedding takes token i as a one-hot vector: the vocabulary must fit its features
     assert_one_line_error(fastrnn_cli("convert", "features.safetensors", "x.safetensors", "--vocab", "v.txt",
-                                      cwd=tmp_path), "feature vectors")
+                                      cwd=tmp_path), "5 features, so a token cannot be fed as a one-hot vector")
 
 
 # -- 8. the CLI validates before it prints ----------------------------------------------------------

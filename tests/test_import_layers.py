@@ -213,14 +213,15 @@ def test_features_never_import_model_formats_or_the_top():
     assert "fastrnn.generate.decode" in engines and "fastrnn.classify.classifier" in engines
     above = ("fastrnn", "fastrnn.model", "fastrnn.bundled", "fastrnn.cli", "fastrnn.dask", "fastrnn.generate",
              "fastrnn.classify", "fastrnn.generate.cli", "fastrnn.classify.cli")
-    bad = {m: sorted(t for t in edges[m] if t in above or t.startswith("fastrnn.formats")) for m in engines}
+    bad = {m: sorted(t for t in edges[m] if t in above or t.startswith(("fastrnn.formats", "fastrnn.serve")))
+           for m in engines}
     assert not {m: t for m, t in bad.items() if t}
     # and Model imports the features from below: the mixins, not the façades
     assert {"fastrnn.generate.decode", "fastrnn.classify.classifier", "fastrnn.quantize"} <= set(edges["fastrnn.model"])
 
 
 @pytest.mark.parametrize("package", ["fastrnn.generate", "fastrnn.classify", "fastrnn.formats.keras",
-                                     "fastrnn.formats.onnx"])
+                                     "fastrnn.formats.onnx", "fastrnn.cexport", "fastrnn.serve"])
 def test_package_modules_import_only_those_listed_before_them(package):
     """The package docstring lists its modules by layer: each imports only modules listed above it
     (in fastrnn.formats.onnx: the rule families never import the Translator core, translate.py,
@@ -236,6 +237,53 @@ def test_package_modules_import_only_those_listed_before_them(package):
     upward = [(m, t) for i, m in enumerate(order) for t in edges[m] if t in order[i:]]
     assert not upward, f"imports of modules listed later in {package}'s docstring: {upward}"
     assert package not in {t for m in order for t in edges[m]}, f"a module of {package} imports its __init__"
+
+
+def test_c_export_sits_above_model_and_below_the_top():
+    """fastrnn.cexport (issue 29) reads a Model and the plans of generation and classification: it
+    imports neither the file formats nor the top layer (its cli does, to load files), and nothing
+    below it imports it."""
+    mods = module_files(PACKAGE_DIR, "fastrnn")
+    edges = import_edges(mods, "fastrnn")
+    inside = [m for m in mods if m.startswith("fastrnn.cexport")]
+    assert {"fastrnn.cexport", "fastrnn.cexport.writer", "fastrnn.cexport.chain", "fastrnn.cexport.cli"} <= set(inside)
+    top = ("fastrnn", "fastrnn.cli", "fastrnn.bundled", "fastrnn.dask", "fastrnn.generate.cli", "fastrnn.classify.cli")
+    bad = {m: sorted(t for t in edges[m] if t in top or t.startswith("fastrnn.formats"))
+           for m in inside if m != "fastrnn.cexport.cli"}
+    assert not {m: t for m, t in bad.items() if t}
+    users = sorted(m for m in mods if not m.startswith("fastrnn.cexport") and any(
+        t.startswith("fastrnn.cexport") for t in edges[m]))
+    assert users == ["fastrnn"], users  # the façade's export_c (fastrnn.cli names the cli module in FEATURE_MODULES)
+
+
+def test_the_server_sits_at_the_top():
+    """fastrnn.serve (issue 28) is a top layer beside the command lines: only fastrnn/cli.py imports
+    it (to add ``fastrnn serve``), and within fastrnn it imports the layers below it (the model,
+    generation, classification, the bundled models, the package root for ``load``), never the
+    importers directly. Starlette and uvicorn are imported by the serve modules only, and at
+    module level only by app.py, which cli.py imports when the command runs."""
+    mods = module_files(PACKAGE_DIR, "fastrnn")
+    edges = import_edges(mods, "fastrnn")
+    serve = {m for m in mods if m == "fastrnn.serve" or m.startswith("fastrnn.serve.")}
+    assert {"fastrnn.serve", "fastrnn.serve.app", "fastrnn.serve.cli", "fastrnn.serve.workers"} <= serve
+    importers = sorted(m for m in mods if m not in serve and serve & set(edges[m]))
+    assert importers == []  # fastrnn/cli.py imports it by name, from FEATURE_MODULES, to build the parser
+    import fastrnn.cli
+
+    assert "fastrnn.serve" in fastrnn.cli.FEATURE_MODULES
+    below = [t for m in serve for t in edges[m] if t not in serve]
+    assert below and not [t for t in below if t.startswith("fastrnn.formats") or t == "fastrnn.cli"]
+    # the third-party stack: where each module imports it, and at which level
+    stack_at_top = {}
+    for m in serve:
+        with open(mods[m][0], encoding="utf-8") as f:
+            tree = ast.parse(f.read())
+        for node in tree.body:  # module level only
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if any(n.split(".")[0] in ("starlette", "uvicorn") for n in names):
+                stack_at_top.setdefault(m, node.lineno)
+    assert set(stack_at_top) == {"fastrnn.serve.app"}, stack_at_top
 
 
 def test_a_back_reference_is_caught(tmp_path):

@@ -369,6 +369,52 @@ def test_keras2_gru_reset_before_and_hard_sigmoid(tmp_path, version):
     assert_close(fm.predict(X), keras_out(twin, X), FRAMEWORK_ATOL, FRAMEWORK_RTOL)
 
 
+def k2_activation(name, activation):
+    return {"class_name": "Activation", "config": {"name": name, "trainable": True, "dtype": "float32",
+                                                   "activation": activation}}
+
+
+@pytest.mark.parametrize("version", ["2.2.4", "2.4.0"])
+def test_keras2_hard_sigmoid_outside_the_cell_is_keras2s(tmp_path, version):
+    """hard_sigmoid as a Dense activation and as an Activation layer of a Keras 2 file is Keras 2's
+    clip(0.2x + 0.5, 0, 1) (Keras 3's x/6 + 0.5 differs by up to 1/30 of x): LSTM -> Dense(5,
+    hard_sigmoid) -> Dense(3) -> Activation(hard_sigmoid), checked against that formula in NumPy and
+    against Keras 3 running the same weights with clip(0.2x + 0.5) as a custom activation."""
+    rng = np.random.default_rng(25)  # its own draws: the checks below on the pre-activations hold in any order
+
+    def draw(*shape, scale=0.5):
+        return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+    kernel, rec, bias = draw(8, 24), draw(6, 24), draw(24)
+    k1, b1, k2, b2 = draw(6, 5, scale=2.0), draw(5), draw(5, 3, scale=2.0), draw(3)
+    arch = k2_sequential([k2_rnn("LSTM", "lstm_1", 6, version=version), k2_dense("dense_1", 5, "hard_sigmoid"),
+                          k2_dense("dense_2", 3), k2_activation("activation_1", "hard_sigmoid")], version=version,
+                         name="sequential_1")
+    write_weights_h5(tmp_path / "w.h5", [("lstm_1", k2_names("lstm_1", "LSTM", [kernel, rec, bias])),
+                                         ("dense_1", [("dense_1/kernel:0", k1), ("dense_1/bias:0", b1)]),
+                                         ("dense_2", [("dense_2/kernel:0", k2), ("dense_2/bias:0", b2)]),
+                                         ("activation_1", [])], keras_version=version)
+    fm = fastrnn.load(tmp_path / "w.h5", architecture=arch)
+    rec_act = hard_sigmoid_k2 if version < "2.3" else sigmoid  # the LSTM's own default of that version
+    h = ref_lstm(X, kernel, rec, bias, rec_act)
+    z1 = dense(h, k1, b1)
+    z2 = dense(hard_sigmoid_k2(z1), k2, b2)
+    want = hard_sigmoid_k2(z2)
+    # the inputs reach where the two definitions differ, unclipped, in both hard_sigmoids
+    keras3 = lambda v: np.clip(v / 6 + 0.5, 0.0, 1.0)  # noqa: E731
+    for z in (z1, z2):
+        inside = np.abs(z) < 2.5
+        assert inside.mean() > 0.3 and np.abs(hard_sigmoid_k2(z) - keras3(z))[inside].max() > 0.02
+    assert np.abs(hard_sigmoid_k2(keras3(z1) @ k2 + b2) - want).max() > 0.01  # Keras 3's in the Dense alone
+    assert np.abs(keras3(z2) - want).max() > 0.01  # Keras 3's in the Activation alone
+    assert_close(fm.predict(X), want, REF_ATOL, REF_RTOL)
+    twin = keras.Sequential([keras.Input((None, 8)), L.LSTM(6, recurrent_activation=k2_hard_sigmoid if
+                                                            version < "2.3" else "sigmoid"),
+                             L.Dense(5, activation=k2_hard_sigmoid), L.Dense(3), L.Activation(k2_hard_sigmoid)])
+    twin.set_weights([kernel, rec, bias, k1, b1, k2, b2])
+    assert_close(fm.predict(X), keras_out(twin, X), FRAMEWORK_ATOL, FRAMEWORK_RTOL)
+
+
 def test_keras3_architecture_of_a_rebuilt_model_is_a_different_model(tmp_path):
     """A Keras 3 to_json() of the model rebuilt from Keras 2 code computes Keras 3's hard_sigmoid
     (x/6 + 0.5): the architecture's version decides, not the weights file's."""
@@ -539,6 +585,55 @@ def test_keras1_functional_gru_nine_arrays_and_merge(tmp_path, mode):
               "ave": lambda: (h1 + h2) / 2, "max": lambda: np.maximum(h1, h2)}[mode]()
     assert_close(fm.predict(X), dense(merged, k_d, b_d), REF_ATOL, REF_RTOL)
 
+
+
+@pytest.mark.parametrize("cls", ["Add", "Maximum", "Multiply", "Concatenate"])
+def test_keras2_merge_of_masked_inputs_ands_the_masks(tmp_path, cls):
+    """Keras 1 / 2 merges take the AND of their inputs' masks (``_Merge.compute_mask``: ``K.all``
+    over the masks present) and merge the values as they are; Keras 3 ORs them. Two Masking inputs
+    padded to different lengths -> merge -> LSTM: the LSTM runs the steps where BOTH are real (the
+    shorter length), which the OR rule (the longer length) and Keras 3's masked values would miss."""
+    T, F, U = 6, 4, 5
+    rng = np.random.default_rng(21)
+    a, b = rng.standard_normal((3, T, F)).astype(np.float32), rng.standard_normal((3, T, F)).astype(np.float32)
+    la, lb = np.array([6, 2, 4]), np.array([3, 5, 4])
+    for x, lens in ((a, la), (b, lb)):
+        for r, n in enumerate(lens):
+            x[r, n:] = 0.0  # Masking(0.0): right padding of different lengths per input
+    n_in = 2 * F if cls == "Concatenate" else F
+    kernel, rec, bias = rand(n_in, 4 * U), rand(U, 4 * U), rand(4 * U)
+
+    def inp(name):
+        return {"class_name": "InputLayer", "name": name, "inbound_nodes": [],
+                "config": {"batch_input_shape": [None, T, F], "dtype": "float32", "sparse": False, "ragged": False,
+                           "name": name}}
+
+    def masking(name, src):
+        return {"class_name": "Masking", "name": name, "inbound_nodes": [[[src, 0, 0, {}]]],
+                "config": {"name": name, "trainable": True, "dtype": "float32", "mask_value": 0.0}}
+
+    merge_cfg = {"name": "merge", "trainable": True, "dtype": "float32"}
+    if cls == "Concatenate":
+        merge_cfg["axis"] = -1
+    lstm = k2_rnn("LSTM", "lstm", U)
+    arch = {"class_name": "Functional", "keras_version": "2.4.0", "backend": "tensorflow", "config": {
+        "name": "model", "layers": [
+            inp("in_a"), inp("in_b"), masking("mask_a", "in_a"), masking("mask_b", "in_b"),
+            {"class_name": cls, "name": "merge", "config": merge_cfg,
+             "inbound_nodes": [[["mask_a", 0, 0, {}], ["mask_b", 0, 0, {}]]]},
+            dict(lstm, name="lstm", inbound_nodes=[[["merge", 0, 0, {}]]])],
+        "input_layers": [["in_a", 0, 0], ["in_b", 0, 0]], "output_layers": [["lstm", 0, 0]]}}
+    write_weights_h5(tmp_path / "w.h5", [("in_a", []), ("in_b", []), ("mask_a", []), ("mask_b", []), ("merge", []),
+                                         ("lstm", k2_names("lstm", "LSTM", [kernel, rec, bias], "lstm_cell"))])
+    fm = fastrnn.load(tmp_path / "w.h5", architecture=arch)
+    merged = {"Add": lambda: a + b, "Maximum": lambda: np.maximum(a, b), "Multiply": lambda: a * b,
+              "Concatenate": lambda: np.concatenate([a, b], -1)}[cls]()
+    both = np.minimum(la, lb)  # AND of right-padded masks: the shorter length
+    want = np.stack([ref_lstm(merged[r:r + 1, :n], kernel, rec, bias)[0] for r, n in enumerate(both)])
+    assert_close(fm.predict([a, b]), want, REF_ATOL, REF_RTOL, f"Keras 2 {cls}")
+    # the same model saved natively keeps the Keras 2 rule
+    fastrnn.save(fm, tmp_path / "m.safetensors")
+    assert_close(fastrnn.load(tmp_path / "m.safetensors").predict([a, b]), want, REF_ATOL, REF_RTOL)
 
 def test_keras1_merge_modes_without_an_equivalent_are_refused(tmp_path):
     arrays, _ = k1_gate_arrays("gru_1", 8, 5, "zrh")

@@ -25,6 +25,12 @@ IDS = np.array([[3, 4, 5, 6, 7, 8], [1, 2, 3, 9, 0, 0], [5, 0, 0, 0, 0, 0]])
 MASKED = X.copy()
 MASKED[1, 4:] = 0.0
 MASKED[2, 2:] = 0.0
+# second inputs padded otherwise (lengths 2, 6, 3 and 3, 6, 5 against 6, 4, 1 and 6, 4, 2): the OR
+# of two masks (the longer of two right-paddings) differs from their AND in every row
+IDS_B = np.array([[7, 2, 0, 0, 0, 0], [4, 4, 6, 1, 2, 9], [8, 3, 1, 0, 0, 0]])
+MASKED_B = RNG.standard_normal((3, 6, 4)).astype(np.float32)
+MASKED_B[0, 3:] = 0.0
+MASKED_B[2, 5:] = 0.0
 
 
 def randomize(model, seed=1, scale=0.5):
@@ -138,7 +144,6 @@ MASKED_CASES = {
     "masking_global_average": lambda: seq(L.Masking(), L.GRU(3, return_sequences=True), L.GlobalAveragePooling1D()),
     "masking_concatenate_unmasked": lambda: functional(
         lambda x: L.LSTM(3)(L.Concatenate()([L.Masking()(x), L.Dense(2)(x)]))),
-    "masking_add_or": lambda: functional(lambda x: L.GRU(3)(L.Add()([L.Masking()(x), L.Masking()(x)]))),
     "masking_add_one_unmasked": lambda: functional(lambda x: L.GRU(3)(L.Add()([L.Masking()(x), x]))),
     "masking_concatenate_both": lambda: functional(
         lambda x: L.LSTM(3)(L.Concatenate()([L.Masking()(x), L.Masking()(L.Dense(4)(x))]))),
@@ -158,10 +163,48 @@ def test_masks_propagate_as_in_keras(tmp_path, make):
         assert_close(fm.predict(MASKED, backend=backend), expected, FRAMEWORK_ATOL, FRAMEWORK_RTOL, str(backend))
 
 
-def test_embedding_mask_through_time_distributed_and_merge(tmp_path):
-    model = functional(lambda x: L.LSTM(3)(L.Maximum()([L.Embedding(10, 4, mask_zero=True)(x),
-                                                        L.Embedding(10, 4, mask_zero=True)(x)])),
-                       shape=(None,), dtype="int32")
-    expected = ops.convert_to_numpy(model(IDS, training=False))
+def two_inputs(build, shape=(6, 4), dtype="float32"):
+    a, b = keras.Input(shape, dtype=dtype, name="a"), keras.Input(shape, dtype=dtype, name="b")
+    return randomize(keras.Model([a, b], build(a, b)))
+
+
+MERGES = {"add": L.Add, "subtract": L.Subtract, "multiply": L.Multiply, "average": L.Average,
+          "maximum": L.Maximum, "minimum": L.Minimum, "concatenate": L.Concatenate}
+
+
+@pytest.mark.parametrize("head", ["lstm", "none"])
+@pytest.mark.parametrize("source", ["embedding", "masking"])
+@pytest.mark.parametrize("merge", list(MERGES))
+def test_merge_of_branches_with_different_masks_ors_them(tmp_path, merge, source, head):
+    """Keras 3 merges OR their inputs' masks (a step is valid if it is valid in any branch): two
+    branches padded differently, merged, then a masked LSTM, whose final state is the state at the
+    last step valid in either branch (AND would stop at the shorter branch in every row); or the
+    merged values themselves (Maximum / Minimum / Multiply leave masked steps out of them)."""
+    def build(a, b):
+        if source == "embedding":
+            a, b = L.Embedding(10, 4, mask_zero=True)(a), L.Embedding(10, 4, mask_zero=True)(b)
+        else:
+            a, b = L.Masking()(a), L.Masking()(b)
+        merged = MERGES[merge]()([a, b])
+        return L.LSTM(3)(merged) if head == "lstm" else merged
+
+    if source == "embedding":
+        model, feeds = two_inputs(build, shape=(None,), dtype="int32"), [IDS, IDS_B]
+    else:
+        model, feeds = two_inputs(build), [MASKED, MASKED_B]
+    expected = ops.convert_to_numpy(model(feeds, training=False))
     model.save(str(tmp_path / "m.keras"))
-    assert_close(fastrnn.load(tmp_path / "m.keras").predict(IDS), expected, FRAMEWORK_ATOL, FRAMEWORK_RTOL)
+    fm = fastrnn.load(tmp_path / "m.keras")
+    for backend in ("numpy", None):
+        assert_close(fm.predict(feeds, backend=backend), expected, FRAMEWORK_ATOL, FRAMEWORK_RTOL, str(backend))
+
+
+def test_embedding_masks_through_maximum_of_two_inputs(tmp_path):
+    """Maximum of two Embedding(mask_zero) branches of different padding (lengths 6, 4, 1 and
+    2, 6, 3): the LSTM runs to the longer of the two in each row, as in Keras."""
+    model = two_inputs(lambda a, b: L.LSTM(3)(L.Maximum()([L.Embedding(10, 4, mask_zero=True)(a),
+                                                          L.Embedding(10, 4, mask_zero=True)(b)])),
+                       shape=(None,), dtype="int32")
+    expected = ops.convert_to_numpy(model([IDS, IDS_B], training=False))
+    model.save(str(tmp_path / "m.keras"))
+    assert_close(fastrnn.load(tmp_path / "m.keras").predict([IDS, IDS_B]), expected, FRAMEWORK_ATOL, FRAMEWORK_RTOL)

@@ -1,7 +1,8 @@
 """Loading is near-linear in the size of the model (issue 15): 20,000 recurrent modules in a
 state_dict, a 60,000-layer Keras chain and 20,000 ONNX nodes stored in reverse order each load in
-seconds (they took minutes where a step was quadratic). Bounds are generous, as the machine is
-shared: quadratic behaviour is 10-100x beyond them."""
+seconds (they took minutes where a step was quadratic). The bounds count this process's CPU
+seconds (time.process_time), not wall-clock time: other processes on a busy machine slow the
+test down but add nothing to them. Quadratic behaviour is 10-100x beyond them."""
 import json
 import os
 import time
@@ -16,7 +17,7 @@ from conftest import require  # noqa: E402
 import fastrnn  # noqa: E402
 from fastrnn.formats.torch import from_state_dict  # noqa: E402
 
-BOUND = 30.0  # seconds
+BOUND = 30.0  # CPU seconds of this process
 
 
 def test_state_dict_with_20000_recurrent_modules():
@@ -25,9 +26,9 @@ def test_state_dict_with_20000_recurrent_modules():
         params[f"rnn{i}.weight_ih_l0"] = np.zeros((2, 2), np.float32)
         params[f"rnn{i}.weight_hh_l0"] = np.zeros((2, 2), np.float32)
     params["fc.weight"] = np.zeros((5, 2), np.float32)
-    t = time.perf_counter()
+    t = time.process_time()
     model = from_state_dict(params, "rnn_tanh")
-    assert time.perf_counter() - t < BOUND
+    assert time.process_time() - t < BOUND
     assert len(model.layers) == 20002
 
 
@@ -39,9 +40,9 @@ def test_onnx_20000_nodes_in_reverse_order(tmp_path):
     m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     m.ir_version = 10
     (tmp_path / "big.onnx").write_bytes(m.SerializeToString())
-    t = time.perf_counter()
+    t = time.process_time()
     model = fastrnn.load(tmp_path / "big.onnx")
-    assert time.perf_counter() - t < BOUND
+    assert time.process_time() - t < BOUND
     x = np.full((1, 3), 0.5, np.float32)
     want = x
     for _ in range(n):
@@ -64,9 +65,9 @@ def test_keras_chain_of_60000_layers(tmp_path):
     with zipfile.ZipFile(tmp_path / "big.keras", "w") as zf:
         for name, data in members.items():
             zf.writestr(name, data)
-    t = time.perf_counter()
+    t = time.process_time()
     model = fastrnn.load(tmp_path / "big.keras")
-    assert time.perf_counter() - t < BOUND
+    assert time.process_time() - t < BOUND
     assert len(model.nodes) == 60001
 
 
@@ -74,7 +75,7 @@ def test_live_torch_chain_of_20000_recurrent_modules():
     torch = require("torch")
     modules = [torch.nn.Embedding(5, 2)] + [torch.nn.RNN(2, 2, batch_first=True) for _ in range(20000)]
     net = torch.nn.Sequential(*modules, torch.nn.Linear(2, 5)).eval()
-    t = time.perf_counter()
+    t = time.process_time()
     model = fastrnn.from_torch(net)
-    assert time.perf_counter() - t < BOUND
+    assert time.process_time() - t < BOUND
     assert len(model.layers) == 20002

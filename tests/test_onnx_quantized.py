@@ -24,7 +24,18 @@ quantization = require("onnxruntime.quantization")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 VOCAB, EMB, HID, CLASSES = 40, 16, 24, 5
-TOL = 0.05  # fastrnn vs onnxruntime on the same int8 file, and vs the float model
+# Tolerances are relative to the output's scale (the largest |y| of the float model on the test's
+# inputs; about 0.16-0.27 for these models), from what int8 arithmetic may change: a rounded
+# weight or activation is off by up to half a quantization step, 1/254 of its row's (or tensor's)
+# largest value, 1/126 with reduce_range's 7-bit weights. fastrnn and onnxruntime compute the
+# same int8 weights but round activations differently (fastrnn: int8 per row, symmetric;
+# onnxruntime: uint8 per tensor, with a zero point) at every quantized product on the way to the
+# output (the input and recurrent products of 1-2 recurrent layers at every step, then the head),
+# and the float model has no rounding at all: a few such steps of the output's scale each way.
+# REL_TOL = 3% is about 4 steps of 1/126. Measured (the test prints them): fastrnn vs onnxruntime
+# up to 1.5% of the scale, fastrnn vs the float model up to 2.0% (gru-bi-2 with reduce_range), about
+# what onnxruntime's own int8 output differs from the float model by.
+REL_TOL = 0.03
 # onnxruntime's u8 x s8 products on x64 CPUs without VNNI (AVX2's vpmaddubsw) add pairs of
 # products in int16, which saturates (onnxruntime documents it, and recommends reduce_range=True
 # or its session option session.x64quantprecision=1 there). fastrnn's integer sums are exact, so
@@ -38,6 +49,17 @@ def ort_session(path, precise=True):
     if precise:
         options.add_session_config_entry("session.x64quantprecision", "1")
     return ort.InferenceSession(path if isinstance(path, bytes) else str(path), options)
+
+
+def int8_vs_onnxruntime_bound(x_row, q, scale):
+    """How far fastrnn's and onnxruntime's int8 products of one input row with weights q (N, K) int8
+    and per-output scales (N,) may be apart: each is within its activation rounding of the
+    dequantized product: fastrnn's half step max|x| / 127 / 2 (int8 per row), onnxruntime's uint8
+    step s_o = range / 255 (half a step, plus up to half a step where the rounded zero point moves
+    the clipped range); times sum_k |q_nk| * scale_n. Plus float32 rounding."""
+    xs = np.abs(x_row).max() / 127
+    s_o = (max(x_row.max(), 0) - min(x_row.min(), 0)) / 255
+    return scale * np.abs(q.astype(np.float64)).sum(axis=1) * (xs / 2 + s_o) + 1e-5
 
 
 class Classifier(torch.nn.Module):
@@ -121,16 +143,19 @@ def test_quantized_file_matches_onnxruntime(tmp_path, exported, key, config, dyn
     sq, sd, sf = ort_session(qpath), ort_session(qpath, precise=False), ort.InferenceSession(str(path))
     if dynamo:
         assert_runs_on_the_plan(fastrnn.onnx.InferenceSession(str(qpath)))
-    vs_ort, vs_default, vs_float = [], [], []
+    vs_ort, vs_default, vs_float, scale = [], [], [], 0.0
     for x in inputs(key, rng, path=path):  # one sequence per call
-        y = model.predict(x)
+        y, y_float = model.predict(x), sf.run(None, {"x": x})[0]
         vs_ort.append(np.abs(y - sq.run(None, {"x": x})[0]).max())
         vs_default.append(np.abs(y - sd.run(None, {"x": x})[0]).max())
-        vs_float.append(np.abs(y - sf.run(None, {"x": x})[0]).max())
-    print(f"{key} {config}: vs onnxruntime int8 max {max(vs_ort):.4f} median {np.median(vs_ort):.4f} "
-          f"(default mode max {max(vs_default):.4f}); vs float max {max(vs_float):.4f}")
-    assert max(vs_ort) < TOL, vs_ort
-    assert max(vs_float) < TOL, vs_float
+        vs_float.append(np.abs(y - y_float).max())
+        scale = max(scale, np.abs(y_float).max())
+    print(f"{key} {config}: output scale {scale:.3f}; vs onnxruntime int8 max {max(vs_ort) / scale:.2%} of it, "
+          f"median {np.median(vs_ort) / scale:.2%} (default mode max {max(vs_default) / scale:.2%}); "
+          f"vs float max {max(vs_float) / scale:.2%}")
+    assert scale > 0.1  # the outputs are not all near zero (a relative tolerance would then be tiny)
+    assert max(vs_ort) < REL_TOL * scale, vs_ort
+    assert max(vs_float) < REL_TOL * scale, vs_float
     # the same file through fastrnn.onnx.InferenceSession (the same Model)
     x = next(inputs(key, rng, 1, path))
     np.testing.assert_array_equal(fastrnn.onnx.InferenceSession(str(qpath)).run(None, {"x": x})[0],
@@ -203,7 +228,9 @@ def test_runs_on_the_int8_engine_with_those_integers(tmp_path, backend, dynamo, 
     np.testing.assert_array_equal(y, want)
     float_y = x @ (q_ort * s_ort[:, None]).T + bias
     assert np.abs(y - float_y).max() > 1e-6  # not the dequantized float product
-    assert np.abs(y[:1] - ort_session(qpath).run(None, {"x": x[:1]})[0]).max() < TOL
+    err = np.abs(y[:1] - ort_session(qpath).run(None, {"x": x[:1]})[0])[0]  # one row per call
+    bound = int8_vs_onnxruntime_bound(x[0], q_ort, s_ort)
+    assert np.all(err <= bound), (err, bound)
 
 
 def test_batch_rows_are_independent(tmp_path, rng):
@@ -385,7 +412,8 @@ def test_dynamic_quantize_matmul(rng):
 def test_dynamic_quantize_lstm_in_the_interpreter(tmp_path, rng):
     """A quantized LSTM inside a graph with no Model equivalent (ArgMax over its output) runs on
     the interpreter: DynamicQuantizeLSTM with its dequantized weights."""
-    qpath = quantized(tmp_path, export(tmp_path, "lstm-features"), "s8-channel")
+    path = export(tmp_path, "lstm-features")
+    qpath = quantized(tmp_path, path, "s8-channel")
     m = onnx.load(str(qpath))
     out = m.graph.output[0].name
     m.graph.node.append(helper.make_node("ArgMax", [out], ["label"], axis=1, keepdims=0))
@@ -396,7 +424,8 @@ def test_dynamic_quantize_lstm_in_the_interpreter(tmp_path, rng):
     x = rng.standard_normal((1, 6, EMB)).astype(np.float32)
     y, label = ours.run(None, {"x": x})
     want, _ = ort_session(data).run(None, {"x": x})
-    assert np.abs(y - want).max() < TOL
+    scale = np.abs(ort.InferenceSession(str(path)).run(None, {"x": x})[0]).max()  # the float model's
+    assert scale > 0.1 and np.abs(y - want).max() < REL_TOL * scale  # float activations here (REL_TOL above)
     assert label[0] == np.argmax(y[0])
 
 
@@ -404,7 +433,7 @@ def test_dynamic_quantize_lstm_in_the_interpreter(tmp_path, rng):
 def test_rule_matmul_integer_to_float_and_dynamic_quantize_matmul(tmp_path, rng, op):
     """com.microsoft MatMulIntegerToFloat (of DynamicQuantizeLinear(x)) and DynamicQuantizeMatMul
     on a float graph input: a Dense of the int8 engine with B's integers, bit for bit fastrnn's int8
-    product of them, and onnxruntime's result within TOL (one row per call)."""
+    product of them, and onnxruntime's result within the two activation roundings (one row per call)."""
     K, N = 8, 5
     b = rng.integers(-63, 63, (K, N)).astype(np.int8)  # |b| < 64: see test_dynamic_quantize_matmul
     sb = rng.uniform(0.01, 0.02, N).astype(np.float32)
@@ -433,7 +462,8 @@ def test_rule_matmul_integer_to_float_and_dynamic_quantize_matmul(tmp_path, rng,
                                                   np.broadcast_to(bias, (4, N)).astype(np.float32)))
     sess = ort_session(str(path))
     for row in range(4):
-        assert np.abs(y[row:row + 1] - sess.run(None, {"x": x[row:row + 1]})[0]).max() < TOL
+        err = np.abs(y[row] - sess.run(None, {"x": x[row:row + 1]})[0][0])
+        assert np.all(err <= int8_vs_onnxruntime_bound(x[row], b.T, sb)), row
 
 
 # -- what is refused, and how ----------------------------------------------------------------------
@@ -487,22 +517,26 @@ def test_exact_int8_forms_check_the_matrix_and_slice_by_rows(rng):
 def test_pickled_and_copied_models_keep_onnxruntimes_integers(tmp_path, rng):
     """The integers travel with the layers: a pickled (protocol 5, in this process and another)
     or copied onnxruntime-quantized model gives bit for bit the unpickled model's results, which are
-    onnxruntime's within TOL (one sequence per call); model.quantize("int8") keeps them too."""
+    onnxruntime's within REL_TOL of the output scale (one sequence per call); model.quantize("int8")
+    keeps them too."""
     import copy
     import pickle
     import subprocess
     import sys
 
-    qpath = quantized(tmp_path, export(tmp_path, "lstm-bi-2"), "s8")
+    path = export(tmp_path, "lstm-bi-2")
+    qpath = quantized(tmp_path, path, "s8")
     model = fastrnn.load(str(qpath))
     forms = [w.int8 for layer in model.layers if isinstance(layer, Recurrent) for w in layer.directions]
     assert all(f and set(f) == {"w_ih", "w_hh"} for f in forms)
     assert [layer for layer in model.layers if isinstance(layer, Dense)][0].int8 is not None
     x = rng.integers(0, VOCAB, (3, 9)).astype(np.int64)
     want = model.predict(x)
-    sess = ort_session(qpath)
+    sess, float_sess = ort_session(qpath), ort.InferenceSession(str(path))
+    scale = max(np.abs(float_sess.run(None, {"x": x[b:b + 1]})[0]).max() for b in range(3))
+    assert scale > 0.1
     for b in range(3):
-        assert np.abs(want[b] - sess.run(None, {"x": x[b:b + 1]})[0][0]).max() < TOL
+        assert np.abs(want[b] - sess.run(None, {"x": x[b:b + 1]})[0][0]).max() < REL_TOL * scale
     blob = pickle.dumps(model, protocol=5)
     for other in (pickle.loads(blob), copy.deepcopy(model), copy.copy(model)):
         np.testing.assert_array_equal(other.predict(x), want)

@@ -128,10 +128,10 @@ def test_dense_without_outputs_is_refused():
 
 def test_classify_giant_line_is_cut_to_max_length_with_a_warning():
     model = bundled_classifier()
-    t0 = time.monotonic()
+    t0 = time.process_time()  # CPU seconds of this process: a busy machine does not add to them
     with pytest.warns(UserWarning, match="max_length=10000"):
         got = list(model.classify(["maison " * 2_000_000, "house"]))
-    assert time.monotonic() - t0 < 30
+    assert time.process_time() - t0 < 30
     want = list(model.classify([("maison " * 2_000_000)[:10000], "house"]))
     assert [r.label for r in got] == [r.label for r in want]
     np.testing.assert_array_equal(got[0].probabilities, want[0].probabilities)
@@ -211,10 +211,10 @@ def one_tensor_many_names(tmp_path, names):
 def test_pickle_bombs_are_refused_quickly(tmp_path, make, words):
     path = tmp_path / "bomb.pt"
     torch_archive(path, make())
-    t0 = time.monotonic()
+    t0 = time.process_time()  # CPU seconds of this process: a busy machine does not add to them
     with pytest.raises(fastrnn.ModelFormatError, match=words):
         read_state_dict(path)
-    assert time.monotonic() - t0 < 20
+    assert time.process_time() - t0 < 20
 
 
 def test_one_tensor_referenced_by_many_names_is_refused(tmp_path):

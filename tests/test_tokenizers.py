@@ -66,6 +66,37 @@ def test_classify_raw_text_equals_keras_on_keras_padded_ids(tmp_path, case):
     np.testing.assert_array_equal(np.stack([r.probabilities for r in back.classify(texts)]), got)
 
 
+@pytest.mark.parametrize("truncating", ["pre", "post"])
+@pytest.mark.parametrize("padding", ["pre", "post"])
+def test_masked_model_equals_keras_for_every_padding_and_truncating_side(tmp_path, padding, truncating):
+    """A masked model (Embedding(mask_zero=True)) trained on pad_sequences(..., padding, truncating):
+    fastrnn's classify on the raw texts equals Keras's predict on the Keras-padded ids for all four
+    sides. Truncation decides which words the model sees, so fastrnn cuts as the tokenizer did;
+    the padding zeros are masked, so fastrnn feeds none of them (pre-padding zeros would be masked
+    steps before the text, which Keras skips and fastrnn refuses). maxlen 4 cuts 6 of the 16
+    texts and pads 4: every case has both."""
+    case = "word, mask_zero, post"
+    maxlen = 4
+    tok_path, _, _, ids = keras2_tokenize(case)  # Keras 2's texts_to_sequences of UNSEEN + REVIEWS
+    assert sum(len(s) > maxlen for s in ids) == 6 and sum(0 < len(s) < maxlen for s in ids) == 4
+    padded = keras.utils.pad_sequences(ids, maxlen=maxlen, padding=padding, truncating=truncating)
+    unseen, train_x = padded[:len(UNSEEN)], padded[len(UNSEEN):]
+    keras.utils.set_random_seed(3)
+    inp = keras.Input((None,), dtype="int32")
+    h = keras.layers.LSTM(6)(keras.layers.Embedding(len(read_keras_tokenizer(tok_path)), 8, mask_zero=True)(inp))
+    km = train(keras.Model(inp, keras.layers.Dense(2, activation="softmax")(h)), train_x)
+    km.save(tmp_path / "masked.keras")
+    model = fastrnn.load(tmp_path / "masked.keras", tokenizer=tok_path, padding=padding, truncating=truncating,
+                         maxlen=maxlen)
+    want = km.predict(np.concatenate([train_x, unseen]), verbose=0)
+    got = np.stack([r.probabilities for r in model.classify(REVIEWS + UNSEEN, batch_size=5)])
+    assert_close(got, want, FRAMEWORK_ATOL, FRAMEWORK_RTOL, f"padding={padding} truncating={truncating}")
+    # the sides matter to this model: the other truncation gives other probabilities
+    other = keras.utils.pad_sequences(ids, maxlen=maxlen, padding=padding,
+                                      truncating="post" if truncating == "pre" else "pre")
+    assert np.abs(km.predict(other[len(UNSEEN):], verbose=0) - want[:len(REVIEWS)]).max() > 1e-3
+
+
 def test_ids_equal_keras2_texts_to_sequences():
     """Before padding: every text's ids equal Keras 2's texts_to_sequences (num_words cut-off, oov,
     filters, lower; unknown words dropped without an oov_token)."""

@@ -145,80 +145,137 @@ def unknown_threshold_of(model, threshold=None):
     return float(threshold)
 
 
-def _unknown_fraction(model, ids) -> float:
-    """Fraction of the unknown-token ids among an input's own tokens (see Classification): counted
-    before any padding to the model's maxlen (metadata "text_input"), which is not the text's."""
-    if not model.takes_tokens:
+def _unknown_fraction(model, arr, padding_id=None) -> float:
+    """Fraction of the unknown-token ids in an input's own tokens (see Classification): a text's
+    ids before any padding to the model's maxlen (metadata "text_input"), which is not the text's;
+    the padding id of a model with a mask (Embedding(mask_zero=True): id 0) is not a token and not
+    counted."""
+    if model.vocabulary is None and not model.takes_tokens:
         return 0.0
-    ids = np.asarray(ids)
-    if ids.shape[0] == 0:
+    if padding_id is not None:
+        arr = arr[arr != padding_id]
+    if arr.shape[0] == 0:
         return 1.0
     unk = model.vocabulary.unk if model.vocabulary is not None else None
-    return 0.0 if unk is None else float(np.count_nonzero(ids == unk)) / ids.shape[0]
+    return 0.0 if unk is None else float(np.count_nonzero(arr == unk)) / arr.shape[0]
+
+
+def _padding_id(model):
+    """0 when the model's token ids are masked at id 0 (Embedding(mask_zero=True)), else None."""
+    return 0 if any(isinstance(layer, Embedding) and layer.mask_zero for layer in model.layers) else None
 
 
 def _encoder(model, max_length):
-    """input -> (1-D array (ids (T,) int64, or features (T, F) float32) truncated to max_length,
-    its unknown fraction). A text is cleaned first (textio.clean_text: BOM and trailing line ending
-    removed)."""
+    """input -> (1-D array (ids (T,) int64, or features (T, F) float32) cut to max_length, its
+    unknown fraction (counted before the padding to maxlen)).
+    A text is cleaned first (textio.clean_text: BOM and trailing line ending removed), then cut
+    to max_length tokens on the side the model's ``text_input`` truncates (the front by default,
+    as pad_sequences does), then cut and padded as in training (``_text_input``). Padding ids
+    are left in place: the model's mask skips them wherever they stand, as in ``predict``."""
     vocab = model.vocabulary
     takes_tokens = model.takes_tokens
     text_input = _text_input(model)
-    mask_zero = any(isinstance(layer, Embedding) and layer.mask_zero for layer in model.layers)
+    keep_last = text_input is not None and text_input.truncating == "pre"  # pad_sequences keeps the end
 
     warned = []
+    features = None if takes_tokens else model.input_size
+    padding_id = _padding_id(model)
+
+    def cut(arr, position, from_end, forced=False):
+        """arr cut to max_length; ``from_end``: keep its last tokens (pad_sequences' truncating="pre")."""
+        if max_length is None or not (arr.shape[0] > max_length or forced):
+            return arr
+        if not warned:
+            import warnings
+
+            warnings.warn(InputTooLongWarning(
+                f"input {position} (counting from 0) is longer than max_length={max_length}: only its "
+                f"{'last' if from_end else 'first'} {max_length} tokens are classified (pass a larger max_length "
+                "for more)", position, max_length, from_end), stacklevel=4)
+            warned.append(position)
+        return arr[-max_length:] if from_end else arr[:max_length]
 
     def encode(item, position):
-        cut_text = False
         if isinstance(item, str):
             item = clean_text(item)
-            if not takes_tokens:
-                raise ValueError("a text, but the model takes feature vectors, not tokens")
+            if not takes_tokens and vocab is None:
+                raise ValueError("a text, but the model takes feature vectors and has no vocabulary; for a "
+                                 "one-hot character model set model.vocabulary (e.g. \"helo\")")
             if vocab is None:
                 raise ValueError("the model has no vocabulary stored with it, so it cannot read text: "
                                  "pass token ids instead (lists of ints)")
+            cut_text = False
             if max_length is not None:
                 # bound the work on giant lines before tokenizing (a char is at most one token)
                 cut_text = vocab.level == "char" and not vocab.strip and len(item) > max_length
-                item = item[: max_length] if cut_text else item
-            ids = vocab.encode(item)
-            arr = np.asarray(ids, dtype=np.int64)
-            unknown = _unknown_fraction(model, arr)  # of the text's tokens, before padding to maxlen
-            if text_input is not None:
-                arr = text_input(arr)
-            if mask_zero and arr.size and arr[-1] == 0:  # Keras skips masked (id 0) steps at the end
-                arr = np.trim_zeros(arr, "b")
-        else:
-            arr = np.asarray(item)
-            if takes_tokens:
-                if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
-                    raise ValueError(f"token ids must be a 1-D sequence of ints, got shape {arr.shape} dtype "
-                                     f"{arr.dtype}")
-                arr = arr.astype(np.int64, copy=False)
-                unknown = _unknown_fraction(model, arr)
-            else:
-                if arr.ndim != 2:
-                    raise ValueError(f"features must be 2-D (time, features), got shape {arr.shape}")
-                arr = arr.astype(np.float32, copy=False)
-                unknown = 0.0
-        if max_length is not None and (arr.shape[0] > max_length or cut_text):
-            if not warned:
-                import warnings
-
-                warnings.warn(InputTooLongWarning(
-                    f"input {position} (counting from 0) is longer than max_length={max_length}: only its first "
-                    f"{max_length} tokens are classified (pass a larger max_length for more)", position, max_length),
-                    stacklevel=3)
-                warned.append(position)
-            arr = arr[:max_length]
-        return arr, unknown
+                if cut_text:
+                    item = item[-max_length:] if keep_last else item[:max_length]
+            arr = cut(np.asarray(vocab.encode(item), dtype=np.int64), position, keep_last, cut_text)
+            unknown = _unknown_fraction(model, arr)  # of the text's own tokens, before any padding to maxlen
+            arr = arr if text_input is None else text_input(arr)  # padded after the cut: never only padding
+            return (arr if takes_tokens else one_hot(arr, features)), unknown  # one-hot: token i, a 1 at feature i
+        arr = np.asarray(item)
+        if takes_tokens:
+            if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
+                raise ValueError(f"token ids must be a 1-D sequence of ints, got shape {arr.shape} dtype "
+                                 f"{arr.dtype}")
+            arr = cut(arr.astype(np.int64, copy=False), position, False)
+            return arr, _unknown_fraction(model, arr, padding_id)
+        if arr.ndim != 2:
+            raise ValueError(f"features must be 2-D (time, features), got shape {arr.shape}")
+        return cut(arr.astype(np.float32, copy=False), position, False), 0.0
 
     return encode
 
 
+def one_hot(ids, size):
+    """ids (T,) int -> (T, size) float32 one-hot rows (how a model without an Embedding reads
+    text: token i of its vocabulary is the vector with a 1 at feature i)."""
+    ids = np.asarray(ids, np.int64)
+    if ids.size and (ids.min() < 0 or ids.max() >= size):
+        raise ValueError(f"token id {int(ids.max())} does not fit the model's {size} one-hot features")
+    out = np.zeros((ids.shape[0], size), np.float32)
+    out[np.arange(ids.shape[0]), ids] = 1.0
+    return out
+
+
+#: the largest pad_sequences ``maxlen`` a model's text input may name (texts are padded to it)
+MAX_MAXLEN = 1_000_000
+
+
+def check_maxlen(maxlen, where="maxlen"):
+    """None or an int in 1..MAX_MAXLEN, else a ValueError naming ``where`` and the bound."""
+    if maxlen is None:
+        return None
+    if isinstance(maxlen, bool) or not isinstance(maxlen, (int, np.integer)) or maxlen < 1:
+        raise ValueError(f"{where} must be a positive integer (pad_sequences' maxlen) or None, got {maxlen!r:.60}")
+    if maxlen > MAX_MAXLEN:
+        raise ValueError(f"{where}={maxlen} is beyond fastrnn's bound of {MAX_MAXLEN:,} steps (every text is "
+                         f"padded to maxlen): give the maxlen of pad_sequences in training, at most {MAX_MAXLEN:,}")
+    return int(maxlen)
+
+
+class _TextInput:
+    """The pad_sequences of the model's training as a function on one text's ids."""
+
+    def __init__(self, padding, truncating, maxlen, masked):
+        self.padding, self.truncating, self.maxlen, self.masked = padding, truncating, maxlen, masked
+
+    def __call__(self, ids):
+        maxlen = self.maxlen
+        if maxlen is None:
+            return ids
+        if len(ids) > maxlen:
+            ids = ids[-maxlen:] if self.truncating == "pre" else ids[:maxlen]
+        if not self.masked and len(ids) < maxlen:  # the model saw the padding zeros: feed them too
+            pad = np.zeros(maxlen - len(ids), np.int64)
+            ids = np.concatenate([pad, ids] if self.padding == "pre" else [ids, pad])
+        return ids
+
+
 def _text_input(model):
     """The pad_sequences of the model's training (metadata "text_input", see
-    fastrnn.formats.tokenizers) as a function on one text's ids, or None."""
+    fastrnn.formats.tokenizers) as a _TextInput, or None."""
     spec = (model.metadata or {}).get("text_input")
     if not spec:
         return None
@@ -227,20 +284,10 @@ def _text_input(model):
             maxlen is None or (isinstance(maxlen, int) and not isinstance(maxlen, bool) and maxlen >= 1)):
         raise ValueError(f"model metadata 'text_input' must hold padding/truncating 'pre' or 'post' and maxlen a "
                          f"positive integer or null, got {spec!r:.120}")
+    check_maxlen(maxlen, "model metadata 'text_input' maxlen")
     masked = any(isinstance(layer, Masking) or (isinstance(layer, Embedding) and layer.mask_zero)
                  for layer in model.layers)
-
-    def apply(ids):
-        if maxlen is None:
-            return ids
-        if len(ids) > maxlen:
-            ids = ids[-maxlen:] if truncating == "pre" else ids[:maxlen]
-        if not masked and len(ids) < maxlen:  # the model saw the padding zeros: feed them too
-            pad = np.zeros(maxlen - len(ids), np.int64)
-            ids = np.concatenate([pad, ids] if padding == "pre" else [ids, pad])
-        return ids
-
-    return apply
+    return _TextInput(padding, truncating, maxlen, masked)
 
 
 def _batches(order, lengths, batch_size, max_batch_tokens):
@@ -270,9 +317,11 @@ def classify(model, inputs: Iterable, batch_size: int = DEFAULT_BATCH_SIZE, retu
     batch_size : rows run together (default 64).
     return_probs : include the class probabilities (float32 (C,)).
     window : inputs sorted by length together (default 16 * batch_size); memory is bounded by it.
-    max_length : keep only the first max_length tokens (time steps) of each input; default
-        DEFAULT_MAX_LENGTH (10,000), so that one giant line cannot need gigabytes. A warning
-        names the first input that was cut. Pass a larger value to classify longer inputs.
+    max_length : keep only the first max_length tokens (time steps) of each input (of a text
+        whose model truncates at the front, its ``text_input`` from a Keras tokenizer: the last,
+        as pad_sequences does; cut before the padding to maxlen); default DEFAULT_MAX_LENGTH
+        (10,000), so that one giant line cannot need gigabytes. A warning names the first input
+        that was cut. Pass a larger value to classify longer inputs.
     max_batch_tokens : upper bound of rows x padded length per batch (long inputs run in smaller
         batches), default 32768.
     threads, backend : as for Model.predict.

@@ -203,8 +203,8 @@ def _show_warning(name, texts, model):
 
         if isinstance(message, InputTooLongWarning):
             text = (f"{name} line {texts.line_of(message.position)} is longer than --max-length "
-                    f"{message.max_length}: only its first {message.max_length} tokens are classified (pass a "
-                    "larger --max-length for more)")
+                    f"{message.max_length}: only its {'last' if message.from_end else 'first'} {message.max_length} "
+                    "tokens are classified (pass a larger --max-length for more)")
         else:
             text = cli_advice(str(message), model)
         sys.stderr.write(f"fastrnn classify: warning: {text}\n")

@@ -15,14 +15,19 @@ Keras's rules (keras/preprocessing/text.py of Keras 2, reproduced here as data):
   front. A model with a mask (Embedding(mask_zero=True) or Masking) skips the padding whatever its
   side, which fastrnn reproduces by running each text at its own length; a model without one
   sees the zeros, so fastrnn pads to ``maxlen`` on the same side (recorded in the model's
-  metadata as ``"text_input": {"padding", "truncating", "maxlen"}``).
+  metadata as ``"text_input": {"padding", "truncating", "maxlen"}``). Without ``maxlen`` the
+  model's fixed input length is taken; a model with neither a mask nor a fixed length gets a
+  PaddingLengthWarning (its results depend on the padding length of its training).
 """
 from __future__ import annotations
 
 import json
 import os
+import warnings
 
-from ..errors import ModelFormatError
+from ..classify.classifier import MAX_MAXLEN, check_maxlen  # noqa: F401  (the bound, re-exported)
+from ..errors import ModelFormatError, PaddingLengthWarning
+from ..layers import Embedding, Masking
 from ..vocab import Vocabulary
 
 MAX_TOKENIZER_BYTES = 256 * 1024 * 1024
@@ -109,12 +114,15 @@ def read_keras_tokenizer(source) -> Vocabulary:
 
 def attach_tokenizer(model, source, padding="pre", truncating="pre", maxlen=None):
     """Store the Keras tokenizer ``source`` in ``model`` (in place; returned) with the
-    ``pad_sequences`` options the model was trained with."""
+    ``pad_sequences`` options the model was trained with.
+
+    Without ``maxlen``: the length of the model's input when it is fixed (``Input((20,))``);
+    else, for a model without a mask (whose results depend on the padding it sees), a
+    PaddingLengthWarning saying how to give it. ``maxlen`` is at most MAX_MAXLEN."""
     if padding not in SIDES or truncating not in SIDES:
         raise ValueError(f"padding and truncating must be 'pre' or 'post' (pad_sequences), got {padding!r}, "
                          f"{truncating!r}")
-    if maxlen is not None and (isinstance(maxlen, bool) or not isinstance(maxlen, int) or maxlen < 1):
-        raise ValueError(f"maxlen must be a positive integer or None, got {maxlen!r}")
+    maxlen = check_maxlen(maxlen)
     vocab = read_keras_tokenizer(source)
     if not model.takes_tokens:
         raise ValueError("the model does not take token ids, so a tokenizer does not apply to it")
@@ -124,6 +132,30 @@ def attach_tokenizer(model, source, padding="pre", truncating="pre", maxlen=None
         # with num_words set; without it, a text could produce an id the model cannot look up.
         raise ValueError(f"the tokenizer gives ids up to {len(vocab) - 1} but the model's embedding has {rows} "
                          "rows (was the Tokenizer made with num_words=...? pass the same tokenizer file)")
+    fixed = fixed_length(model)
+    if maxlen is None and fixed is not None:
+        maxlen = check_maxlen(fixed, f"the model's input length {fixed}: maxlen")
+    elif maxlen is not None and fixed is not None and maxlen != fixed:
+        raise ValueError(f"maxlen={maxlen}, but the model's input has a fixed length of {fixed} steps: pad_sequences "
+                         f"in training must have used maxlen={fixed} (or leave maxlen out)")
+    elif maxlen is None and not has_mask(model):
+        warnings.warn(
+            "the tokenizer is attached without maxlen, and this model has no mask and no fixed input length: its "
+            "results depend on the padding length used in training (pad_sequences' maxlen), and texts will be "
+            "classified unpadded. Give that length: maxlen=N in Python (fastrnn.load(..., tokenizer=..., "
+            "maxlen=N)), --maxlen N on the command line", PaddingLengthWarning, stacklevel=3)
     model.vocabulary = vocab
     model.metadata["text_input"] = {"padding": padding, "truncating": truncating, "maxlen": maxlen}
     return model
+
+
+def fixed_length(model):
+    """The fixed time length of a one-input token model (Keras ``Input((20,))``), or None."""
+    shape = model.graph.inputs[0].shape
+    return shape[0] if len(shape) == 1 and shape[0] is not None else None
+
+
+def has_mask(model) -> bool:
+    """True when the model masks padding (Embedding(mask_zero=True) or Masking)."""
+    return any(isinstance(layer, Masking) or (isinstance(layer, Embedding) and layer.mask_zero)
+               for layer in model.layers)

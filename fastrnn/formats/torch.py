@@ -15,10 +15,21 @@ Understood module shapes (``from_torch``):
    classifier shape: ``torch.cat([h_n[-2], h_n[-1]], 1)`` for a bidirectional one). Tensors are
    batch-major (B, T, F); a ``dim`` is read in the module's own layout ((T, B, F) when its
    recurrent modules are not batch_first); nn.Conv1d and nn.BatchNorm1d act on each step's
-   features, as in a forward that permutes to channels-first around them. The module's own
-   ``forward`` is not run or inspected: fastrnn assumes it is this chain.
-3. Any other module, with ``example_inputs=(...)``: its forward is captured with torch.export
-   and mapped operator by operator (fastrnn.formats.torch_export).
+   features, as in a forward that permutes to channels-first around them. A module's own
+   ``forward`` must provably be this chain (never assumed): torch.fx traces it without data and
+   it must call the children once each, in registration order, each on what the previous one
+   returned (indexing, reshaping and torch.cat of those outputs allowed), with at most an
+   activation function after the last child, which must be ``activation=``; then it runs once on
+   a small random input and must give the chain's numbers. Otherwise (a loop over time, a sum of
+   two Linear outputs, a functional activation between children, out[:, -1] of a bidirectional
+   layer read as its final state, ...) UnsupportedLayerError says what to do: pass
+   example_inputs, or build a hand-written recurrence with fastrnn.Recurrent. A module without
+   a forward of its own (a container) and nn.Sequential are read from their children.
+3. A bare ``nn.RNNCell``, ``nn.LSTMCell`` or ``nn.GRUCell``: the layer that applies the cell at
+   every step of a sequence (predict (B, T, I) -> h at every step; one step = T of 1 with
+   ``initial_state`` the cell's hx). Cells used inside a module's forward need example_inputs.
+4. Any other module, with ``example_inputs=(...)``: its forward is captured with torch.export
+   and mapped operator by operator (fastrnn.formats.torch_export), loops over cells included.
 Anything else raises UnsupportedLayerError naming the child that is not understood.
 
 PyTorch facts used here (../shared/CONVENTIONS.md): keys weight_ih_l{k}[_reverse], weight_hh,
@@ -99,6 +110,8 @@ def from_torch(obj, return_sequences=True, activation="linear", vocabulary=None,
 
         return from_exported_module(obj, example_inputs, name=name, vocabulary=vocabulary)
     kind = type(obj).__name__
+    if isinstance(obj, (nn.RNNCell, nn.LSTMCell, nn.GRUCell)):
+        return _model_from_cell(obj, kind, name, vocabulary)
     if isinstance(obj, (nn.RNN, nn.LSTM, nn.GRU)) and kind in CELLS:
         layers = _layers_from_rnn_module(obj, name=kind.lower())
         return Model(layers, name=name or kind.lower(), vocabulary=vocabulary,
@@ -131,6 +144,12 @@ def from_torch(obj, return_sequences=True, activation="linear", vocabulary=None,
                                 None if child.bias is None else _np(child.bias, f"{cname}.bias"), act, cname))
         else:
             layer = _chain_layer(child, cname, where, nn, seq, time_major)
+            if layer is None and isinstance(child, (nn.RNNCell, nn.LSTMCell, nn.GRUCell)):
+                raise UnsupportedLayerError(
+                    f"{where}: a cell is applied by the loop over time written in {kind}.forward, which fastrnn does "
+                    "not read without running it: pass example_inputs=(an example input, ...) and the loop is "
+                    "captured with torch.export (loops over nn.RNNCell / nn.LSTMCell / nn.GRUCell become recurrent "
+                    "layers)")
             if layer is None:
                 raise UnsupportedLayerError(
                     f"{where} at position {i} is not understood: fastrnn reads modules whose children form a chain "
@@ -141,11 +160,242 @@ def from_torch(obj, return_sequences=True, activation="linear", vocabulary=None,
             layers.append(layer)
     if activation != "linear" and not isinstance(children[-1][1], nn.Linear):
         layers.append(_activation_layer(activation, f"{kind}.activation"))
+    # a bare container (no forward) or an nn.Sequential: the children in order are the definition
+    has_forward = type(obj).forward not in (nn.Module.forward, nn.Sequential.forward)
+    if has_forward:
+        _check_forward_structure(obj, kind, children, activation, nn)
     try:
-        return Model(layers, vocabulary=vocabulary, name=name or kind.lower(),
-                     metadata={"source": "torch", "torch_module": kind})
+        model = Model(layers, vocabulary=vocabulary, name=name or kind.lower(),
+                      metadata={"source": "torch", "torch_module": kind})
     except ValueError as exc:
         raise UnsupportedLayerError(f"{kind}: its children do not form a chain fastrnn can run: {exc}") from None
+    if has_forward:
+        _check_forward_numbers(obj, kind, children, model, return_sequences, time_major, nn)
+    return model
+
+
+# -- is forward the chain of the children? --------------------------------------------------------
+# A module read without example_inputs is read from its children; fastrnn accepts that reading only
+# when forward provably computes it: torch.fx traces forward symbolically (no data), and the trace
+# must call the children once each, in registration order, each on what the previous one returned
+# (through indexing, reshaping and torch.cat of its outputs only), with at most an activation after
+# the last one (which must be the activation= asked for). Then forward runs once on a small random
+# input and must give the model's numbers. Anything else is refused with what to do instead.
+_NOT_CHAIN_ADVICE = (
+    "Pass example_inputs=(an example input, ...) to capture forward with torch.export (loops over nn.RNNCell / "
+    "nn.LSTMCell / nn.GRUCell are understood); for a recurrence written by hand with nn.Linear (the lecture notes' "
+    "h = tanh(W_xh x + W_hh h)), build the layer with fastrnn.Recurrent from its matrices (docs/lecture-notes.md, "
+    "'Hand-written weights')")
+_GLUE_METHODS = {"contiguous", "view", "reshape", "flatten", "squeeze", "unsqueeze", "permute", "transpose", "float",
+                 "to", "type", "size", "dim", "detach", "clone", "long", "int", "cpu", "__getitem__", "view_as"}
+_ACTIVATION_FUNCTIONS = {"softmax": "softmax", "log_softmax": "log_softmax", "sigmoid": "sigmoid", "tanh": "tanh",
+                         "relu": "relu"}
+
+
+def _glue_functions():
+    import operator
+
+    import torch
+    import torch.nn.functional as F
+
+    glue = {operator.getitem, torch.cat, torch.concat, torch.flatten, torch.squeeze, torch.unsqueeze, torch.transpose,
+            torch.permute, torch.reshape, getattr, F.dropout}
+    zeros = {torch.zeros, torch.zeros_like}
+    acts = {torch.softmax: "softmax", F.softmax: "softmax", torch.log_softmax: "log_softmax",
+            F.log_softmax: "log_softmax", torch.sigmoid: "sigmoid", F.sigmoid: "sigmoid", torch.tanh: "tanh",
+            F.tanh: "tanh", torch.relu: "relu", F.relu: "relu"}
+    return glue, zeros, acts
+
+
+def _check_forward_structure(module, kind, children, activation, nn):
+    """Raise UnsupportedLayerError unless ``module.forward`` applies ``children`` as a chain."""
+    import inspect
+
+    import torch.fx
+
+    def refuse(why):
+        raise UnsupportedLayerError(f"{kind}: fastrnn reads a module without example_inputs as the chain of its "
+                                    f"children only when its forward provably is that chain, and {why}. "
+                                    + _NOT_CHAIN_ADVICE)
+
+    try:
+        params = list(inspect.signature(module.forward).parameters.values())
+    except (TypeError, ValueError):
+        params = []
+    concrete = {p.name: None for p in params[1:] if p.default is None}  # optional arguments left out
+    try:
+        traced = torch.fx.symbolic_trace(module, concrete_args=concrete or None)
+    except Exception as exc:  # noqa: BLE001 - what fx could not follow (a loop over a size, a branch on data)
+        line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        refuse(f"its forward cannot be traced without data ({type(exc).__name__}: {line[:200]}); a loop over "
+               "time steps or a branch on the data is not a chain")
+    glue, zeros, acts = _glue_functions()
+    names = [c for c, _ in children]
+    passive = {c for c, m in children if isinstance(m, (nn.Dropout, nn.AlphaDropout, nn.Identity))}
+    origin = {}  # fx node -> the set of what it is computed from: "in:<arg>" or a child's name
+    calls, final_acts = [], []
+    placeholders = [n for n in traced.graph.nodes if n.op == "placeholder"]
+    first_input = placeholders[0].name if placeholders else None
+
+    def sources(args):
+        out = set()
+        for a in _flat_nodes(args, torch.fx.Node):
+            out |= origin.get(a, set())
+        return out
+
+    last_module = None
+    for n in traced.graph.nodes:
+        if n.op == "placeholder":
+            origin[n] = {f"in:{n.name}"}
+        elif n.op == "get_attr":
+            origin[n] = set()
+        elif n.op == "call_module":
+            if n.target not in names:
+                refuse(f"its forward calls self.{n.target}, which is not one of the children read as the chain")
+            if n.target in [c for c, _ in calls]:
+                refuse(f"its forward calls self.{n.target} more than once")
+            x_src = sources(n.args[:1])
+            expected = {last_module} if last_module is not None else {f"in:{first_input}"}
+            if n.target in passive and x_src == expected:
+                origin[n] = x_src
+                continue
+            if x_src != expected:
+                what = (f"the output of self.{last_module}" if last_module else f"its input {first_input!r}")
+                got = ", ".join(sorted(s[3:] if s.startswith("in:") else f"self.{s}" for s in x_src)) or "constants"
+                refuse(f"self.{n.target} is applied to a value computed from {got}, not to {what}")
+            extra = sources(list(n.args[1:]) + list(n.kwargs.values()))
+            if extra and (type(module.get_submodule(n.target)).__name__ not in CELLS
+                          or any(not s.startswith("in:") or s == f"in:{first_input}" for s in extra)):
+                refuse(f"self.{n.target} also reads {sorted(extra)} (fastrnn takes initial states of recurrent "
+                       "modules only, given to predict as initial_state=)")
+            if final_acts:
+                refuse(f"its forward applies {final_acts[0]} between self.{last_module} and self.{n.target} (put it "
+                       "in the chain as a module, e.g. nn.Tanh())")
+            calls.append((n.target, n))
+            last_module = n.target
+            origin[n] = {n.target}
+        elif n.op in ("call_function", "call_method"):
+            src = sources((n.args, n.kwargs))
+            modules = {s for s in src if not s.startswith("in:")}
+            target = n.target
+            fname = target if n.op == "call_method" else getattr(target, "__name__", str(target))
+            is_glue = (target in glue) if n.op == "call_function" else (target in _GLUE_METHODS)
+            if n.op == "call_function" and target in zeros or (n.op == "call_method" and target == "new_zeros"):
+                origin[n] = set()  # zero states sized from the input
+                continue
+            act = acts.get(target) if n.op == "call_function" else _ACTIVATION_FUNCTIONS.get(target)
+            if len(modules) > 1:
+                refuse(f"its forward combines the outputs of {', '.join('self.' + m for m in sorted(modules))} "
+                       f"with {fname} (a sum of layers, a loop or a residual is not a chain)")
+            if not is_glue:
+                if act is None or modules != {last_module} or last_module is None:
+                    refuse(f"its forward computes {fname}(...) on "
+                           f"{', '.join(sorted(src)) or 'constants'}, which is not one of the chain's children")
+                final_acts.append(f"torch.{act}")
+                origin[n] = src
+                continue
+            origin[n] = src
+        elif n.op == "output":
+            outs = n.args[0]
+            first = outs[0] if isinstance(outs, (list, tuple)) else outs
+            src = sources([first])
+            if last_module is None or src != {last_module}:
+                refuse("its forward does not return the output of its last child")
+    called = [c for c, _ in calls]
+    missing = [c for c in names if c not in called and c not in passive]
+    if missing:
+        refuse(f"its forward never calls {', '.join('self.' + c for c in missing)}")
+    order = [c for c in names if c in called]
+    if order != called:
+        refuse(f"its forward calls the children in the order {called}, not in the order they are registered "
+               f"({order}), which is the order fastrnn reads")
+    applied = [a.split(".")[1] for a in final_acts]
+    if len(applied) > 1:
+        refuse(f"its forward applies {' and '.join(final_acts)} after the last child")
+    if applied and applied[0] != activation:
+        raise UnsupportedLayerError(
+            f"{kind}.forward applies torch.{applied[0]} to the output of its last child: pass activation="
+            f"{applied[0]!r} to from_torch (it is read from the children, which do not include it)")
+
+
+def _flat_nodes(value, node_type):
+    if isinstance(value, node_type):
+        return [value]
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, (list, tuple)):
+        out = []
+        for v in value:
+            out += _flat_nodes(v, node_type)
+        return out
+    return []
+
+
+def _check_forward_numbers(module, kind, children, model, return_sequences, time_major, nn):
+    """Run forward once on a small random input; refuse when it does not give the model's numbers."""
+    import torch
+
+    first = children[0][1]
+    rng = np.random.default_rng(0)
+    B, T = 2, 5
+    if isinstance(first, nn.Embedding):
+        x = rng.integers(0, first.num_embeddings, size=(B, T))
+        tx = torch.as_tensor(x.T if time_major else x, dtype=torch.long)
+    else:
+        try:
+            features = model.input_size
+        except ValueError:
+            return
+        x = rng.standard_normal((B, T, features)).astype(np.float32)
+        tx = torch.as_tensor(np.ascontiguousarray(x.transpose(1, 0, 2)) if time_major else x)
+    modes = [(m, m.training) for m in module.modules()]  # restored one by one afterwards
+    try:
+        module.eval()
+        with torch.no_grad():
+            out = module(tx)
+    except Exception:  # noqa: BLE001 - a forward that needs more arguments: the structure check stands
+        return
+    finally:
+        for m, training in modes:
+            m.training = training
+    if isinstance(out, (list, tuple)):
+        out = out[0]
+    if not isinstance(out, torch.Tensor):
+        return
+    got = out.detach().cpu().float().numpy()
+    want = model.predict(x)
+    if time_major and got.ndim == 3:
+        got = got.transpose(1, 0, 2)
+    if got.shape != want.shape:
+        raise UnsupportedLayerError(
+            f"{kind}.forward returns shape {tuple(out.shape)} where the chain of its children gives "
+            f"{want.shape} (return_sequences={return_sequences}). " + _NOT_CHAIN_ADVICE)
+    diff = float(np.max(np.abs(got - want))) if got.size else 0.0
+    if not diff <= 1e-4 + 1e-4 * float(np.max(np.abs(got), initial=0.0)):
+        raise UnsupportedLayerError(
+            f"{kind}.forward computes other numbers than the chain of its children (largest difference {diff:.3g} "
+            f"on a random input; return_sequences={return_sequences}). " + _NOT_CHAIN_ADVICE)
+
+
+def _model_from_cell(cell, kind, name, vocabulary):
+    """nn.RNNCell / nn.LSTMCell / nn.GRUCell: the layer that applies the cell at every step of a
+    sequence (its weights, gate order and biases are those of nn.RNN / nn.LSTM / nn.GRU). predict
+    takes (B, T, input_size) and returns h at every step; one step of the cell is predict on
+    T = 1 with initial_state = the cell's hx."""
+    from ..layers import DirectionWeights, Recurrent
+
+    cell_type = {"RNNCell": "rnn", "LSTMCell": "lstm", "GRUCell": "gru"}[kind]
+    act = getattr(cell, "nonlinearity", "tanh")
+    if act not in ("tanh", "relu"):
+        raise UnsupportedLayerError(f"{kind}: nonlinearity {act!r}")
+    weights = DirectionWeights(
+        w_ih=_np(cell.weight_ih, "weight_ih"), w_hh=_np(cell.weight_hh, "weight_hh"),
+        b_ih=None if cell.bias_ih is None else _np(cell.bias_ih, "bias_ih"),
+        b_hh=None if cell.bias_hh is None else _np(cell.bias_hh, "bias_hh"))
+    layer = Recurrent(cell=cell_type, hidden_size=cell.hidden_size, directions=[weights],
+                      activations=(act,) if cell_type == "rnn" else (), name=kind.lower())
+    return Model([layer], name=name or kind.lower(), vocabulary=vocabulary,
+                 metadata={"source": "torch", "torch_module": kind})
 
 
 def _chain_children(module, nn):

@@ -30,8 +30,19 @@ How a captured program becomes a fastrnn graph:
   add / sub / mul / div by tensors, constants and numbers; neg; permute, transpose, t; view,
   reshape, flatten, squeeze, unsqueeze; mean / amax / max over time; conv1d; layer_norm;
   batch_norm (eval); dropout (identity); getitem of tuple outputs; constant sub-expressions
-  (evaluated once here with torch). Anything else raises UnsupportedLayerError naming the ATen
-  operator and the line of the user's source that produced it.
+  (evaluated once here with torch); dtype casts that keep ids ids and numbers numbers
+  (``torch.LongTensor(ids)``, ``ids.long()``, ``x.float()``; ids turned into numbers are refused).
+  Anything else raises UnsupportedLayerError naming the ATen operator and the line of the user's
+  source that produced it.
+- **Loops over time**: torch.export unrolls ``for t in range(x.size(1))`` (and ``x.unbind(1)``);
+  ``x[:, t]`` becomes a Step; an unrolled loop of nn.RNNCell / nn.LSTMCell / nn.GRUCell
+  (aten.rnn_tanh_cell, rnn_relu_cell, lstm_cell, gru_cell) over every step from step 0, from zeros
+  (torch.zeros inside forward) or given states, becomes one Recurrent node; operators applied alike
+  to every step (a Linear head, an activation) are mapped once on the whole sequence;
+  ``torch.stack(outputs, dim)`` / ``torch.cat`` of unsqueezed outputs gives the sequence back, and
+  the last step's value is read from the layer's final state. Steps that depend on each other
+  without a cell (a recurrence written with nn.Linear) are refused, pointing to fastrnn.Recurrent.
+  Give examples with a batch of 2 or more: torch.export fixes a batch of one.
 """
 from __future__ import annotations
 
@@ -94,8 +105,78 @@ class Sym:
     result shape is read from the captured metadata instead."""
 
 
+TIME = "time"  # in a T's order: the fastrnn axis of a loop's time steps (it has no PyTorch axis)
+
+
+class Lazy:
+    """A value computed on first use, once (the final-state form of a loop's last step)."""
+
+    __slots__ = ("fn", "value")
+
+    def __init__(self, fn):
+        self.fn, self.value = fn, None
+
+    def __call__(self):
+        if self.value is None:
+            self.value = self.fn()
+        return self.value
+
+
+class Step:
+    """Step ``t`` (of ``length``) of a sequence, as a loop over time sees it: the PyTorch tensor of
+    one step, held as the whole sequence ``seq`` (a T whose order holds TIME; its ``shape`` is
+    the per-step PyTorch shape). ``index`` is the index the forward used (-1 for the last step).
+    ``final``: a Lazy giving the value through the recurrent layer's final state (the last step
+    of a cell loop), else None. ``loop``: the cell loop whose output this step is. ``expanded``:
+    the step was unsqueezed at that PyTorch axis (to be concatenated along it)."""
+
+    __slots__ = ("seq", "t", "index", "length", "final", "loop", "expanded")
+
+    def __init__(self, seq, t, length, index=None, final=None, loop=None, expanded=None):
+        self.seq, self.t, self.length = seq, t, length
+        self.index = t if index is None else index
+        self.final, self.loop, self.expanded = final, loop, expanded
+
+    @property
+    def shape(self):
+        return self.seq.shape
+
+    @property
+    def ndim(self):
+        return len(self.seq.shape)
+
+
+class CellC:
+    """The cell state c of an LSTM cell loop at step ``t`` (only the next step reads it, or the
+    final c when it is the last step)."""
+
+    __slots__ = ("loop", "t", "final")
+
+    def __init__(self, loop, t, final=None):
+        self.loop, self.t, self.final = loop, t, final
+
+
+class CellLoop:
+    """An unrolled loop of one nn.RNNCell / nn.LSTMCell / nn.GRUCell over the steps of ``x_seq``,
+    mapped to one Recurrent node (``node``)."""
+
+    __slots__ = ("key", "x_seq", "y_seq", "node", "cell", "t", "last_h", "last_c", "kind")
+
+    def __init__(self, key, x_seq, y_seq, node, cell, kind):
+        self.key, self.x_seq, self.y_seq, self.node, self.cell, self.kind = key, x_seq, y_seq, node, cell, kind
+        self.t, self.last_h, self.last_c = -1, None, None
+
+
+CELL_OPS = {"lstm_cell": ("lstm", "tanh", "LSTMCell"), "gru_cell": ("gru", "tanh", "GRUCell"),
+            "rnn_tanh_cell": ("rnn", "tanh", "RNNCell"), "rnn_relu_cell": ("rnn", "relu", "RNNCell")}
+HAND_WRITTEN_ADVICE = (
+    "fastrnn maps loops over time of nn.RNNCell / nn.LSTMCell / nn.GRUCell (and nn.RNN / nn.LSTM / nn.GRU modules); "
+    "a recurrence written with nn.Linear (or other layers) cannot be proven to be one of fastrnn's cells, so "
+    "build that layer with fastrnn.Recurrent from the matrices (docs/lecture-notes.md, 'Hand-written weights')")
+
+
 def _is_graph_value(v):
-    return isinstance(v, (T, States, Zeros))
+    return isinstance(v, (T, States, Zeros, Step, CellC))
 
 
 def _sizes(node):
@@ -103,7 +184,14 @@ def _sizes(node):
     shape = getattr(val, "shape", None)
     if shape is None:
         return None
-    return tuple(int(s) if _concrete(s) else str(s) for s in shape)
+    return tuple(int(s) if _concrete(s) else _size_str(s) for s in shape)
+
+
+def _size_str(s):
+    """A symbolic size as text; a size torch.export specialized (a loop over range(x.size(1)) fixes
+    it) prints as its number, which is read back as an int."""
+    text = str(s)
+    return int(text) if text.isdigit() else text
 
 
 def _concrete(s):
@@ -164,6 +252,9 @@ class Mapper(GraphBuilder):
         self.permute_cache = {}
         self.unbatched = False
         self.input_names = set(input_names)
+        self.step_seqs = {}   # (ref, order) -> the seq T of the Steps selected from that tensor
+        self.step_cache = {}  # per-step operator + its arguments -> the sequence it maps to
+        self.loops = []
 
     # -- graph building --------------------------------------------------------------------
     def unique(self, base):
@@ -205,6 +296,16 @@ class Mapper(GraphBuilder):
     def tensor(self, v, fx, what="input"):
         if isinstance(v, States):
             return self.stack_states(v, fx)
+        if isinstance(v, Step):
+            return self.step_value(v, fx)
+        if isinstance(v, CellC):
+            if v.final is None:
+                self.fail(fx, f"reads the cell state c of step {v.t} of an nn.LSTMCell loop; fastrnn maps the cell "
+                              "state only as the next step's state or the final one")
+            return v.final()
+        if isinstance(v, Zeros):
+            self.fail(fx, "computes with a zero tensor made inside forward (torch.zeros) other than as the initial "
+                          "state of a recurrent module or cell. " + HAND_WRITTEN_ADVICE)
         if not isinstance(v, T):
             self.fail(fx, f"reads a {what} that is not a tensor computed from the model's inputs ({type(v).__name__})")
         return v
@@ -256,20 +357,44 @@ class Mapper(GraphBuilder):
             if any(isinstance(a, Sym) for a in flat):
                 return Sym()  # arithmetic on sizes, read back from the metadata where it is used
             return self.fold(fx, args, kwargs)
+        if name in CELL_OPS:
+            return self.op_cell(fx, name, args)
+        if any(isinstance(a, (Step, CellC)) for a in flat):
+            return self.map_steps(fx, name, args, kwargs, shape, flat)
+        return self.dispatch(fx, name, args, kwargs, shape)
+
+    def dispatch(self, fx, name, args, kwargs, shape):
         method = getattr(self, f"op_{name}", None)
         if method is not None:
             return method(fx, args, kwargs, shape)
         if name in IDENTITY_OPS:
             x = args[0]
             dtype = kwargs.get("dtype", args[1] if name == "to" and len(args) > 1 else None)
-            if name in ("_to_copy", "to") and dtype is not None and "float" not in str(dtype):
-                self.fail(fx, f"converts to {dtype}; fastrnn computes in float32")
+            if name in ("_to_copy", "to") and dtype is not None:
+                self.check_cast(fx, dtype)
             return self.tensor(x, fx) if isinstance(x, States) else x
         if name in ELEMENTWISE:
             return self.activation(fx, args[0], ELEMENTWISE[name])
         if name in RESHAPE_OPS:
             return self.reshape(fx, args, shape, name)
         self.unsupported(fx)
+
+    def check_cast(self, fx, dtype):
+        """A dtype conversion inside forward (``x.long()``, ``torch.LongTensor(x)``, ``x.float()``):
+        nothing to do when it keeps the kind of values (token ids stay ids: int64, int32, ...;
+        features stay float32 for fastrnn); refused when it turns ids into numbers or back."""
+        import torch
+
+        if not isinstance(dtype, torch.dtype):
+            return  # a device or a tensor's dtype given as ``to(other)``: no change of kind recorded here
+        val = fx.args[0].meta.get("val") if isinstance(fx.args[0], torch.fx.Node) else None
+        source = getattr(val, "dtype", None)
+        if source is None or dtype == torch.bool or source == torch.bool or dtype.is_complex:
+            self.fail(fx, f"converts {source} to {dtype}; fastrnn computes with token ids and float32 values only")
+        if source.is_floating_point != dtype.is_floating_point:
+            what = "token ids into numbers" if dtype.is_floating_point else "numbers into integers"
+            self.fail(fx, f"converts {what} ({source} to {dtype}); fastrnn reads token ids only through an "
+                          "embedding and computes everything else in float32")
 
     def fold(self, fx, args, kwargs):
         """An operator on constants only: evaluate it once with torch."""
@@ -314,7 +439,7 @@ class Mapper(GraphBuilder):
     def _softmax(self, fx, args, function):
         x = self.tensor(args[0], fx)
         dim, axis = self.axis_of(x, args[1], fx)
-        nf = x.ndim + (1 if x.order[0] is None else 0)
+        nf = len(x.order)
         return self.activation(fx, x, function, axis=-1 if axis == nf - 1 else axis)
 
     def op_softmax(self, fx, args, kwargs, shape):
@@ -354,10 +479,11 @@ class Mapper(GraphBuilder):
         if c.ndim > x.ndim:
             self.fail(fx, "broadcasts a constant of more axes than the tensor")
         full = c.reshape((1,) * (x.ndim - c.ndim) + c.shape)
-        if x.order[0] is None:
-            arr = full[None]
-        else:
-            arr = np.transpose(full, x.order)
+        axes = [a for a in x.order if a is not None and a != TIME]
+        arr = np.transpose(full, axes)
+        for j, a in enumerate(x.order):  # the batch axis of an unbatched tensor, a loop's time axis
+            if a is None or a == TIME:
+                arr = np.expand_dims(arr, j)
         if arr.shape[0] != 1:
             self.fail(fx, "combines with a constant that varies along the batch axis")
         const = self.add(f"{fx.name}_constant", Constant(arr[0], name=f"{fx.name}_constant"), [])
@@ -561,9 +687,179 @@ class Mapper(GraphBuilder):
                 return T(x.ref, (None,) + _drop(x.order[1:], dim), shape)
             self.fail(fx, "selects from the batch axis")
         axis = x.order.index(dim)
+        size = x.shape[dim]
+        if axis == 1 and len(x.order) == 3 and isinstance(size, int) and -size <= index < size:
+            return self.time_step(x, dim, index % size, index)  # x[:, t]: a step, mapped when it is used
         ref = self.add(fx.name, Select(axis=axis, index=index, name=fx.name), [x.ref])
         return T(ref, (x.order[0] if x.order[0] is None or x.order[0] < dim else x.order[0] - 1,)
                  + _drop(x.order[1:], dim), shape)
+
+    def op_stack(self, fx, args, kwargs, shape):
+        self.fail(fx, "stacks separately computed tensors, as a loop over time steps gathers its outputs, but "
+                      "fastrnn found no loop whose steps it could map (with a batch of one, torch.export fixes the "
+                      "batch: give example inputs with a batch of 2 or more). " + HAND_WRITTEN_ADVICE)
+
+    def op_unbind(self, fx, args, kwargs, shape):
+        x = self.tensor(args[0], fx)
+        dim = int(args[1] if len(args) > 1 else kwargs.get("dim", 0)) % x.ndim
+        size = x.shape[dim]
+        if x.order[0] == dim or not isinstance(size, int) or x.order.index(dim) != 1 or len(x.order) != 3:
+            self.fail(fx, "unbinds an axis other than the time axis of a (batch, time, features) sequence")
+        return [self.time_step(x, dim, t, t) for t in range(size)]
+
+    # -- loops over time -----------------------------------------------------------------------
+    # torch.export unrolls a Python loop over the steps of a sequence. x[:, t] (select / unbind on
+    # the time axis) gives a Step; operators applied alike to every step are mapped once, on the
+    # whole sequence (cached by operator and arguments); an unrolled loop of one recurrent cell
+    # becomes one Recurrent node; torch.stack / torch.cat of every step in order gives the sequence
+    # back. A value that mixes different steps (a recurrence not made of a cell) is refused.
+    def time_step(self, x, dim, t, index):
+        key = (x.ref, x.order, dim)
+        seq = self.step_seqs.get(key)
+        if seq is None:
+            order = tuple(TIME if a == dim else (a if not isinstance(a, int) else a - (a > dim)) for a in x.order)
+            seq = self.step_seqs[key] = T(x.ref, order, tuple(sz for i, sz in enumerate(x.shape) if i != dim))
+        return Step(seq, t, x.shape[dim], index=index)
+
+    def step_value(self, v, fx):
+        """A Step used as a plain tensor: the loop's final state for its last step, else the step
+        selected from the sequence (only right at the example's length for other steps)."""
+        if v.final is not None:
+            return v.final()
+        if v.expanded is not None:
+            self.fail(fx, "uses an unsqueezed step of a loop other than to concatenate the steps")
+        seq = v.seq
+        axis = seq.order.index(TIME)
+        name = self.fresh(f"{seq.ref[0]}_step{v.t}")
+        ref = self.add(name, Select(axis=axis, index=v.index, name=name), [seq.ref])
+        return T(ref, tuple(a for a in seq.order if a != TIME), seq.shape)
+
+    def loop_fail(self, fx, what):
+        raise UnsupportedLayerError(
+            f"torch.export of {self.module_name}: {_op_name(fx.target)} at {_source_line(fx)} {what}: the forward runs "
+            f"a loop over time whose steps depend on each other without a recurrent cell. {HAND_WRITTEN_ADVICE}")
+
+    def map_steps(self, fx, name, args, kwargs, shape, flat):
+        """An operator reading steps of a loop (see time_step)."""
+        steps = [a for a in flat if isinstance(a, Step)]
+        if name == "stack":
+            return self.stack_steps(fx, args[0], int(args[1] if len(args) > 1 else kwargs.get("dim", 0)), shape)
+        if name in ("cat", "concat") and all(isinstance(a, Step) and a.expanded is not None for a in args[0]):
+            dim = int(args[1] if len(args) > 1 else kwargs.get("dim", 0)) % len(shape)
+            if any(a.expanded != dim for a in args[0]):
+                self.fail(fx, "concatenates unsqueezed steps along another axis than the one added")
+            return self.stack_steps(fx, args[0], dim, shape, expanded=True)
+        if name == "unsqueeze" and isinstance(args[0], Step) and args[0].expanded is None:
+            v = args[0]
+            dim = int(args[1]) % (v.ndim + 1)
+            return Step(v.seq, v.t, v.length, v.index, v.final, v.loop, expanded=dim)
+        if any(isinstance(a, CellC) for a in flat):
+            self.loop_fail(fx, "reads the cell state of an nn.LSTMCell step")
+        if any(isinstance(a, Zeros) for a in flat):
+            self.loop_fail(fx, "combines a step with a zero tensor made inside forward")
+        others = [a for a in flat if isinstance(a, (T, States))]
+        if others or len({(a.t, a.length) for a in steps}) > 1:
+            detail = (f"combines step {steps[0].t} of the loop with a value computed outside it" if others else
+                      f"combines steps {sorted({a.t for a in steps})} of the loop")
+            self.loop_fail(fx, detail)
+        if name not in STEP_OPS or any(a.expanded is not None for a in steps):
+            sub = _replace(args, lambda v: self.tensor(v, fx) if isinstance(v, Step) else v)
+            return self.dispatch(fx, name, sub, _replace(kwargs, lambda v: self.tensor(v, fx)
+                                                         if isinstance(v, Step) else v), shape)
+        key = (fx.target, _key(args), _key(kwargs))
+        seq = self.step_cache.get(key)
+        if seq is None:
+            seq = self.dispatch(fx, name, _replace(args, lambda v: v.seq if isinstance(v, Step) else v),
+                                _replace(kwargs, lambda v: v.seq if isinstance(v, Step) else v), shape)
+            if not isinstance(seq, T):
+                self.fail(fx, "on a step of a loop gives more than one tensor")
+            self.step_cache[key] = seq
+        first = steps[0]
+        final = None
+        if all(a.final is not None for a in steps):
+            final = Lazy(lambda: self.dispatch(fx, name, _replace(args, lambda v: v.final() if isinstance(v, Step)
+                                                                  else v),
+                                               _replace(kwargs, lambda v: v.final() if isinstance(v, Step) else v),
+                                               shape))
+        return Step(seq, first.t, first.length, first.index, final)
+
+    def stack_steps(self, fx, parts, dim, shape, expanded=False):
+        """torch.stack(steps, dim) (or torch.cat of unsqueezed steps): every step of one sequence,
+        in order -> that sequence with its time axis at ``dim``."""
+        if not parts or not all(isinstance(p, Step) for p in parts):
+            self.fail(fx, "stacks loop steps with other tensors")
+        seq, n = parts[0].seq, parts[0].length
+        if any(p.seq is not seq for p in parts) or [p.t for p in parts] != list(range(n)):
+            self.fail(fx, f"stacks steps {[p.t for p in parts]} of a loop over {n} steps; fastrnn maps a loop that "
+                          "keeps every step, in order")
+        ndim = len(shape)
+        dim %= ndim
+        order = tuple(dim if a == TIME else (a if not isinstance(a, int) else a + (a >= dim)) for a in seq.order)
+        return T(seq.ref, order, shape)
+
+    def op_cell(self, fx, name, args):
+        """One step of nn.LSTMCell / nn.GRUCell / nn.RNNCell (aten.lstm_cell, gru_cell, rnn_*_cell)."""
+        cell, nonlinearity, cls = CELL_OPS[name]
+        x, hx = args[0], args[1]
+        h, c = (hx[0], hx[1]) if cell == "lstm" else (hx, None)
+        if not isinstance(x, Step) or x.expanded is not None:
+            self.fail(fx, f"applies an nn.{cls} to a value that is not one step of a sequence (x[:, t] in a loop "
+                          "over time); fastrnn maps a cell that runs over the steps of a sequence")
+        key = tuple(getattr(a, "name", a) for a in fx.args[2:])
+        loop = h.loop if isinstance(h, Step) else None
+        if loop is not None and loop.key == key and h is loop.last_h and (c is None or c is loop.last_c):
+            if x.seq is not loop.x_seq or x.t != loop.t + 1:
+                self.fail(fx, f"continues the nn.{cls} loop of step {loop.t} on step {x.t} of "
+                              f"{'another sequence' if x.seq is not loop.x_seq else 'the sequence'}; fastrnn maps "
+                              "a loop over every step in order")
+        else:
+            if x.t != 0:
+                self.fail(fx, f"starts an nn.{cls} loop at step {x.t} or from a state that is not the previous "
+                              "step's; fastrnn maps a loop over every step of a sequence, in order, from step 0")
+            loop = self.start_loop(fx, cell, nonlinearity, cls, key, x, h, c, args)
+        loop.t = x.t
+        last = x.t == x.length - 1
+        node = loop.node
+        y = loop.y_seq
+        h_final = Lazy(lambda: T((node, 1), tuple(a for a in y.order if a != TIME), y.shape)) if last else None
+        loop.last_h = Step(y, x.t, x.length, final=h_final, loop=loop)
+        if cell != "lstm":
+            return loop.last_h
+        c_final = Lazy(lambda: T((node, 2), tuple(a for a in y.order if a != TIME), y.shape[:-1]
+                                 + (loop.cell.hidden_size,))) if last else None
+        loop.last_c = CellC(loop, x.t, c_final)
+        return [loop.last_h, loop.last_c]
+
+    def start_loop(self, fx, cell, nonlinearity, cls, key, x, h, c, args):
+        w_ih, w_hh = self.const(args[2], fx), self.const(args[3], fx)
+        b_ih = None if len(args) < 5 or args[4] is None else self.const(args[4], fx)
+        b_hh = None if len(args) < 6 or args[5] is None else self.const(args[5], fx)
+        G = {"lstm": 4, "gru": 3, "rnn": 1}[cell]
+        hidden = w_ih.shape[0] // G
+        states = [s for s in (h, c) if s is not None]
+        zero = [s is None or isinstance(s, Zeros) or _is_zero_constant(s) for s in states]
+        if any(zero) and not all(zero):
+            self.fail(fx, f"starts the nn.{cls} loop from h given and c zero (or the reverse); give both or neither")
+        layer = Recurrent(cell=cell, hidden_size=hidden,
+                          directions=[DirectionWeights(w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh)],
+                          activations=(nonlinearity,) if cell == "rnn" else (), return_sequences=True,
+                          return_state=True, name=fx.name)
+        seq = x.seq
+        b = seq.order[0]
+        want = (b, TIME) + tuple(a for a in seq.order[1:] if a != TIME)
+        inputs = [self.materialize(seq, want, fx)]
+        if not all(zero):
+            for s in states:
+                s = self.tensor(s, fx)
+                if s.ndim + (1 if s.order[0] is None else 0) != 2 or s.order[0] != b:
+                    self.fail(fx, f"starts the nn.{cls} loop from a state of shape {s.shape}; expected (batch, hidden)")
+                inputs.append(s.ref)
+        node = self.add(fx.name, layer, inputs)[0]
+        h_shape = seq.shape[:-1] + (hidden,)
+        y = T((node, 0), want, h_shape)
+        loop = CellLoop(key, seq, y, node, layer, cls)
+        self.loops.append(loop)
+        return loop
 
     def op_slice(self, fx, args, kwargs, shape):
         x = self.tensor(args[0], fx)
@@ -596,13 +892,13 @@ class Mapper(GraphBuilder):
     def op_permute(self, fx, args, kwargs, shape):
         x = self.tensor(args[0], fx)
         dims = [int(d) % x.ndim for d in args[1]]
-        return T(x.ref, tuple(None if a is None else dims.index(a) for a in x.order), shape)
+        return T(x.ref, tuple(a if not isinstance(a, int) else dims.index(a) for a in x.order), shape)
 
     def op_transpose(self, fx, args, kwargs, shape):
         x = self.tensor(args[0], fx)
         d0, d1 = int(args[1]) % x.ndim, int(args[2]) % x.ndim
         swap = {d0: d1, d1: d0}
-        return T(x.ref, tuple(None if a is None else swap.get(a, a) for a in x.order), shape)
+        return T(x.ref, tuple(a if not isinstance(a, int) else swap.get(a, a) for a in x.order), shape)
 
     def op_t(self, fx, args, kwargs, shape):
         x = self.tensor(args[0], fx)
@@ -655,7 +951,7 @@ class Mapper(GraphBuilder):
         if len(dims) != 1:
             self.fail(fx, f"reduces over {len(dims)} axes (fastrnn pools over the time axis only)")
         dim = int(dims[0]) % x.ndim
-        nf = x.ndim + (1 if x.order[0] is None else 0)
+        nf = len(x.order)
         if x.order[0] == dim or nf != 3:
             self.fail(fx, f"reduces a tensor of shape {x.shape} over axis {dim}; fastrnn pools (batch, time, "
                           "features) over time")
@@ -788,6 +1084,37 @@ class Mapper(GraphBuilder):
         return self._rnn(fx, args, "rnn", "relu")
 
 
+STEP_OPS = (set(ELEMENTWISE) | IDENTITY_OPS | {
+    "linear", "matmul", "mm", "addmm", "add", "sub", "rsub", "mul", "div", "neg", "maximum", "minimum", "softmax",
+    "_softmax", "log_softmax", "_log_softmax", "gelu", "leaky_relu", "elu", "softplus", "hardsigmoid", "cat", "concat",
+    "layer_norm"})
+
+
+def _replace(value, fn):
+    """``value`` (args / kwargs, nested lists and tuples) with fn applied to every leaf."""
+    if isinstance(value, dict):
+        return {k: _replace(v, fn) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_replace(v, fn) for v in value)
+    return fn(value)
+
+
+def _key(value):
+    """A hashable description of an operator's arguments: the same for every step of a loop
+    (a Step counts by its sequence, a tensor constant by identity)."""
+    if isinstance(value, dict):
+        return tuple(sorted((k, _key(v)) for k, v in value.items()))
+    if isinstance(value, (list, tuple)):
+        return tuple(_key(v) for v in value)
+    if isinstance(value, Step):
+        return ("step", id(value.seq), value.expanded)
+    if isinstance(value, (T, States, Zeros, CellC, Sym)):
+        return ("value", id(value))
+    if isinstance(value, (int, float, str, bool, type(None))):
+        return value
+    return ("object", id(value))
+
+
 def _is_zero_constant(v):
     import torch
 
@@ -803,7 +1130,7 @@ def _one(v):
 
 
 def _drop(order, dim):
-    return tuple(a - (a > dim) for a in order if a != dim)
+    return tuple(a if not isinstance(a, int) else a - (a > dim) for a in order if a != dim)
 
 
 def _flatten(args):
@@ -865,10 +1192,12 @@ def from_exported_module(module, example_inputs, name=None, vocabulary=None):
         if n.op != "call_function":
             continue
         op = _short_name(n.target)
-        if op in RNN_TARGETS or op == "conv1d":
+        if op in RNN_TARGETS or op == "conv1d" or op in CELL_OPS:
             shp = _sizes(n.args[0])
             if op == "conv1d":
                 s = shp[0] if len(shp) == 3 else 1
+            elif op in CELL_OPS:  # one step (B, I) of a loop (an unbatched cell reads (I,))
+                s = shp[0] if len(shp) == 2 else 1
             else:
                 s = shp[0 if n.args[8] else 1]
             if not isinstance(s, int):
@@ -938,6 +1267,8 @@ def from_exported_module(module, example_inputs, name=None, vocabulary=None):
         v = lookup(o)
         if isinstance(v, States):
             v = mapper.stack_states(v, o)
+        if isinstance(v, (Step, CellC)):
+            v = mapper.tensor(v, o)
         if not isinstance(v, T):
             raise UnsupportedLayerError(f"torch.export of {kind}: output {getattr(o, 'name', o)!r} is not a tensor "
                                         "computed from the inputs")

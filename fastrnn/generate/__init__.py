@@ -20,6 +20,7 @@ The package, by layer (each module imports only those listed before it, never fa
 - run.py       the sampling run over prompts; default_weights ("auto"), check_arguments
 - beam.py      beam search (num_beams > 1)
 - session.py   Session: token-by-token generation with state
+- batch_session.py  BatchSession: continuous batching, streams joining and leaving one batch at any step
 - decode.py    generate(), and GenerationMixin: Model.generate and Model.session
 - cli.py       ``fastrnn generate`` (a top layer: it loads models; so does bundled_model)
 
@@ -31,6 +32,7 @@ from __future__ import annotations
 # the names of the package, as fastrnn.generate.<name> (the module generate.py had them all)
 from ..bundled import BUNDLED_MODEL, bundled_model
 from . import options
+from .batch_session import BatchSession, BatchStream
 from .beam import beam_search
 from .cli import add_cli, cmd_generate
 from .decode import GenerationMixin, generate

@@ -106,12 +106,11 @@ def beam_search(model, prompt, max_new_tokens=None, num_beams=4, length_penalty=
     stops = _stops(model, plan, stop)
     stop_seqs = [list(s) for s in stops_list(stops)]
     no_stops = _stops(model, plan, None)
-    states = model._check_states(initial_state, B)
     engine = plan.engine_for(get_engine(backend))
     greedy = Sampling(temperature=0.0)
     # the prompts, once per prompt; then each row copied to its beams
     first = Rows(plan, B)
-    plan.state_to_rows(states, first.state)
+    plan.initial_rows(initial_state, B, first.state)
     _Job(plan, engine, first, prompts, greedy, no_stops, 0, threads).run_all()
     rows = Rows(plan, B * K)
     for name in Rows.FIELDS:

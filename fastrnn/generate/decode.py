@@ -29,6 +29,10 @@ def generate(model, prompt, max_new_tokens=None, temperature=None, top_k=None, t
     stream : False -> the result; True -> an iterator of pieces (per row lists for a batch)
         whose concatenation is the result for the same seed.
     initial_state : recurrent states as in Model.predict (batch = number of prompts), or None.
+        For a model with inputs besides the tokens (the Keras inference decoder
+        ``Model([dec_in, h_in, c_in], [y, h, c])``, a captioning model's image features): their
+        values, a list in input order or a dict by name, one row per prompt; they give the
+        recurrent layers their initial states (fastrnn.generate.stepwise).
     backend : "cython" | "numba" | "numpy" for this call (default: the current backend).
     weights : "float32" (exact), "float16", "int8" or "auto" (default: "float32", or the kind
         of a quantized model / file): the matrices read at every step rounded once (half / a

@@ -253,6 +253,10 @@ class GenerationPlan:
                     self.compiled[engine.name] = entry
         return entry
 
+    def initial_rows(self, initial_state, batch, rows_state):
+        """``initial_state`` as in Model.predict (checked) -> rows_state (batch, S) in place."""
+        self.state_to_rows(self.model._check_states(initial_state, batch), rows_state)
+
     def state_to_rows(self, states, rows_state):
         """Model.predict-style states (checked) -> rows_state (B, S) in place."""
         for lp, st in zip(self.layers, states):
@@ -309,5 +313,7 @@ def _build_generation_plan(model, weights):
             except ValueError as exc:
                 problem = str(exc)
         if model.is_chain():
+            if problem and "padded prefix" in problem:  # a last-state chain: say when it could generate
+                raise ValueError(f"{chain_error}; {problem.split('; ', 1)[1]}") from None
             raise  # the chain's own reason says it best
         raise ValueError(f"{chain_error}; nor can it generate step by step: {problem}") from None

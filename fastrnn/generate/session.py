@@ -57,7 +57,7 @@ class Session:
         Sampling(**self.defaults)  # validate now
         self.engine = self.plan.engine_for(get_engine(backend))
         self._rows = Rows(self.plan, 1)
-        self.plan.state_to_rows(self.model._check_states(initial_state, 1), self._rows.state)
+        self.plan.initial_rows(initial_state, 1, self._rows.state)
         self._rows.rng[0] = np.uint64(_seeds(seed, 1)[0])
         self._pending = None  # a sampled token not yet fed
         self._lock = threading.RLock()

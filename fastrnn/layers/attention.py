@@ -15,6 +15,7 @@ import numpy as np
 
 from .base import Layer, frozen_array
 from .dense import softmax
+from .mask import step_mask
 
 f32 = np.float32
 
@@ -105,11 +106,11 @@ def attention(layer: Attention, inputs, query_lengths=None, value_lengths=None):
     B, Tq, Tv = scores.shape
     allowed = np.ones((B, Tq, Tv), bool)
     if value_lengths is not None:
-        allowed &= (np.arange(Tv)[None, :] < value_lengths[:, None])[:, None, :]
+        allowed &= step_mask(value_lengths, Tv)[:, None, :]
     if layer.use_causal_mask:
         allowed &= np.tril(np.ones((Tq, Tv), bool))[None]
     scores = np.where(allowed, scores, scores - np.float32(1e9))
     out = softmax(scores, axis=-1) @ v
     if query_lengths is not None:
-        out = np.where((np.arange(Tq)[None, :] < query_lengths[:, None])[:, :, None], out, 0)
+        out = np.where(step_mask(query_lengths, Tq)[:, :, None], out, 0)
     return np.ascontiguousarray(out, dtype=f32)

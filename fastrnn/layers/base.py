@@ -9,10 +9,12 @@ its options. It never holds running state. Every layer type provides:
 - ``output_shape(shapes)``: the output shape(s) without the batch axis, from the input shapes
   (a list, one per input; ``None`` entries are free sizes);
 - ``call(inputs, lengths)``: the NumPy definition of the layer, batch-major (the spec, and the
-  implementation for every layer that has no compiled kernel). ``lengths`` is one int64 array
-  (B,) per input, or None: the number of valid (unmasked) steps of each row; masks in fastrnn
-  are right padding, as Keras masks of right-padded data are;
-- ``output_lengths(lengths, shapes)``: how the mask propagates (Keras's ``compute_mask``);
+  implementation for every layer that has no compiled kernel). ``lengths`` is one mask per
+  input, or None: int64 (B,), the number of valid steps of each row (right padding), or a
+  boolean (B, T) array for any other pattern (fastrnn.layers.mask: ``step_mask`` gives the
+  (B, T) form of either);
+- ``output_lengths(lengths, shapes)``: how the mask propagates (Keras's ``compute_mask``), in
+  the same forms;
 - ``per_step``: True when the output at step t depends only on the inputs at step t (such a layer
   runs unchanged inside generation, one step at a time);
 - ``count_params()``, ``arrays()`` (name -> array, what the native file stores), ``config()``
@@ -93,14 +95,11 @@ def shape_str(shape) -> str:
 
 
 def min_lengths(lengths):
-    """Keras merges AND their inputs' masks: with right padding, the shortest valid length wins."""
-    present = [x for x in lengths if x is not None]
-    if not present:
-        return None
-    out = present[0]
-    for x in present[1:]:
-        out = np.minimum(out, x)
-    return out
+    """The AND of the inputs' masks (None entries ignored): with right padding, the shortest
+    valid length wins."""
+    from .mask import combine
+
+    return combine(list(lengths), "and")
 
 
 class Layer:

@@ -19,6 +19,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from .base import Layer, frozen_array
+from .mask import step_mask
 
 f32 = np.float32
 
@@ -66,7 +67,7 @@ class CustomLayer(Layer):
     def call(self, inputs, lengths=None):
         masks = None
         if lengths is not None and any(x is not None for x in lengths):
-            masks = [None if L is None else np.arange(x.shape[1])[None, :] < L[:, None] for x, L in zip(inputs, lengths)]
+            masks = [None if L is None else step_mask(L, x.shape[1]) for x, L in zip(inputs, lengths)]
         if self.n_inputs == 1:
             out = self.fn(inputs[0], mask=None if masks is None else masks[0])
         else:

@@ -1,8 +1,8 @@
 """Token lookup (Embedding) and Keras Masking: the layers that create masks.
 
-Masks in fastrnn are right padding: ``lengths`` (B,) valid steps per row. Embedding(mask_zero)
-marks id 0 as padding, Masking a step whose features all equal ``mask_value``; a mask in the
-middle of a row is refused (lengths_from_mask).
+Embedding(mask_zero) marks id 0 as padding wherever it stands, Masking a step whose features all
+equal ``mask_value``. The mask is lengths (B,) when it is right padding, else a boolean (B, T)
+array (fastrnn.layers.mask).
 """
 from __future__ import annotations
 
@@ -12,19 +12,20 @@ from typing import Optional
 import numpy as np
 
 from .base import Int8Weights, Layer, check_int8, frozen_array
+from .mask import check_has_steps, normalize
 
 
 def lengths_from_mask(mask, what):
-    """Per-row lengths from a (B, T) validity mask that must be right-padded."""
+    """Per-row lengths from a (B, T) validity mask that must be right-padded (the real steps of
+    each row first). Models need no such conversion: they run any mask (see fastrnn.layers.mask)."""
     mask = np.asarray(mask, bool)
-    T = mask.shape[1]
-    lengths = np.where(mask.any(axis=1), T - np.argmax(mask[:, ::-1], axis=1), 0).astype(np.int64)
-    if not np.array_equal(mask, np.arange(T)[None, :] < lengths[:, None]):
+    out = normalize(mask)
+    if out.ndim != 1:
         raise ValueError(
-            f"{what}: masked steps must be at the end of each row (right padding); "
-            "fastrnn does not support masked steps in the middle of a sequence"
-        )
-    return lengths
+            f"{what}: this mask is not right padding (a row has a masked step before a real one: left "
+            "padding or a gap), so lengths cannot describe it; a model with Embedding(mask_zero=True) or "
+            "Masking runs such masks itself")
+    return out
 
 
 @dataclass(repr=False)
@@ -59,8 +60,11 @@ class Embedding(Layer):
         return tuple(shapes[0]) + (self.output_size,)
 
     def mask_lengths(self, ids):
-        """The mask this layer creates from its input (None: no mask)."""
-        return lengths_from_mask(ids != 0, f"{self.name}: token id 0 (mask_zero)") if self.mask_zero else None
+        """The mask this layer creates from its input: lengths (B,) or bool (B, T) (None: no mask)."""
+        if not self.mask_zero:
+            return None
+        check_has_steps(ids, f"{self.name} (Embedding with mask_zero)")
+        return normalize(ids != 0)
 
     def call(self, inputs, lengths=None):
         return embedding(self, inputs[0])
@@ -106,7 +110,9 @@ class Masking(Layer):
         return tuple(shapes[0])
 
     def mask_lengths(self, x):
-        return lengths_from_mask(np.any(x != self.mask_value, axis=-1), f"{self.name} (Masking)")
+        """The mask: lengths (B,) or bool (B, T), a step masked when all its features equal mask_value."""
+        check_has_steps(x, f"{self.name} (Masking)")
+        return normalize(np.any(x != self.mask_value, axis=-1))
 
     def call(self, inputs, lengths=None):
         return inputs[0]

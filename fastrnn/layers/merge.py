@@ -4,7 +4,15 @@ Inputs are batch-major arrays; element-wise merges broadcast as NumPy (and Keras
 Masks (Keras 3): Concatenate ORs its inputs' masks, an unmasked input counting as all valid
 (``ops.any`` over the concatenated masks: an unmasked input leaves every step valid); the
 element-wise merges OR them too (no mask if any input has none); Dot drops them. With right
-padding, OR is the longest length.
+padding, OR is the longest length. Maximum, Minimum and Multiply also leave an input's masked
+steps out of the value (Keras 3 since keras-team/keras#19685, 2024): Maximum / Minimum take the
+other inputs' values there, Multiply counts them as 1 and gives 0 where every input is masked.
+Add, Subtract and Average combine the values as they are.
+
+Keras 1 and 2 (and tf.keras 2) did otherwise: ``_Merge.compute_mask`` and
+``Concatenate.compute_mask`` take the AND of the masks present (an unmasked input leaves the others'
+mask as it is), and every merge combines the values as they are. Their importer sets
+``mask_rule="and"`` for that; ``"or"`` (the default) is Keras 3's rule above.
 """
 from __future__ import annotations
 
@@ -13,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .base import Layer, check_axis
+from .mask import combine
 
 f32 = np.float32
 
@@ -39,6 +48,7 @@ class Merge(Layer):
 
     op: str = "add"
     name: str = "merge"
+    mask_rule: str = "or"  # "or": Keras 3; "and": Keras 1 / 2 (see the module doc)
 
     kind = "merge"
     num_inputs = None
@@ -48,6 +58,7 @@ class Merge(Layer):
     def __post_init__(self):
         if self.op not in self.OPS:
             raise ValueError(f"{self.name}: merge op must be one of {self.OPS}, got {self.op!r}")
+        _check_mask_rule(self)
 
     def type_name(self):
         return self.op.capitalize()
@@ -59,27 +70,78 @@ class Merge(Layer):
         return _broadcast(shapes, self.name)
 
     def output_lengths(self, lengths, shapes):
-        if any(x is None for x in lengths):
-            return None  # Keras: OR of the masks, none if an input has none
-        out = lengths[0]
-        for x in lengths[1:]:
-            out = np.maximum(out, x)
-        return out
+        # Keras 3: OR of the masks, none if an input has none; Keras 2: AND of the masks present
+        return combine(list(lengths), self.mask_rule)
 
     def call(self, inputs, lengths=None):
-        return merge(self, inputs)
+        return merge(self, inputs, lengths)
 
     def config(self):
-        return {"op": self.op}
+        return {"op": self.op, **_mask_rule_config(self)}
 
     @classmethod
     def from_config(cls, name, config, arrays):
-        return cls(config.str("op", "add", choices=cls.OPS), name)
+        return cls(config.str("op", "add", choices=cls.OPS), name, config.str("mask_rule", "or", choices=MASK_RULES))
 
 
-def merge(layer: Merge, xs):
+MASK_RULES = ("or", "and")
+
+
+def _check_mask_rule(layer):
+    if layer.mask_rule not in MASK_RULES:
+        raise ValueError(f"{layer.name}: mask_rule must be one of {MASK_RULES}, got {layer.mask_rule!r}")
+
+
+def _mask_rule_config(layer):
+    """The key only when it is not the default, so files without masks read as before."""
+    return {} if layer.mask_rule == "or" else {"mask_rule": layer.mask_rule}
+
+
+def _step_masks(xs, lengths):
+    """Per input: a (B, T, 1, ...) bool mask of its valid steps (right padding), or None."""
+    if lengths is None:
+        return [None] * len(xs)
+    out = []
+    for x, L in zip(xs, lengths):
+        if L is None or x.ndim < 3:
+            out.append(None)
+        else:
+            valid = np.arange(x.shape[1])[None, :] < np.asarray(L)[:, None]
+            out.append(valid.reshape(valid.shape + (1,) * (x.ndim - 2)))
+    return out
+
+
+def merge(layer: Merge, xs, lengths=None):
+    """Element-wise merge of ``xs``; ``lengths`` (one per input, None when unmasked) as Keras 3's
+    masks (see the module doc)."""
     xs = [np.asarray(x, f32) for x in xs]
     op = layer.op
+    masks = _step_masks(xs, lengths) if layer.mask_rule == "or" else [None] * len(xs)  # Keras 2: values as they are
+    if op in ("maximum", "minimum") and any(m is not None for m in masks):
+        # keras.layers.Merge._apply_merge_op_and_or_mask
+        f = np.maximum if op == "maximum" else np.minimum
+        out, out_mask = xs[0], masks[0]
+        for x, mask in zip(xs[1:], masks[1:]):
+            if mask is not None:
+                x = np.where(mask, x, out)
+            if out_mask is not None:
+                out = np.where(out_mask, out, x)
+            out_mask = out_mask | mask if (mask is not None and out_mask is not None) else None
+            out = f(out, x)
+        return np.asarray(out, f32)
+    if op == "multiply" and any(m is not None for m in masks):
+        # keras.layers.Multiply._merge_function: masked steps count as 1, all masked gives 0
+        every = all(m is not None for m in masks)
+        out = out_mask = None
+        for x, mask in zip(xs, masks):
+            if mask is not None:
+                x = np.where(mask, x, f32(1))
+                if every:
+                    out_mask = mask if out_mask is None else out_mask | mask
+            out = x if out is None else out * x
+        if every:
+            out = np.where(out_mask, out, f32(0))
+        return np.asarray(out, f32)
     if op == "subtract":
         out = xs[0] - xs[1]
     elif op == "average":
@@ -101,9 +163,13 @@ class Concatenate(Layer):
 
     axis: int = -1
     name: str = "concatenate"
+    mask_rule: str = "or"  # "or": Keras 3; "and": Keras 1 / 2 (see the module doc)
 
     kind = "concatenate"
     num_inputs = None
+
+    def __post_init__(self):
+        _check_mask_rule(self)
 
     @property
     def per_step(self):
@@ -136,22 +202,18 @@ class Concatenate(Layer):
         ax = check_axis(self.axis, ndim, self.name)
         if ndim < 3 or ax == 1:
             return None  # no time axis left to mask along (or joined along time)
-        if any(x is None for x in lengths):
-            return None  # Keras 3: OR of the masks, an unmasked input all valid
-        out = lengths[0]
-        for x in lengths[1:]:
-            out = np.maximum(out, x)
-        return out
+        # Keras 3: OR of the masks, None if an input has none; Keras 2: AND of the masks present
+        return combine(list(lengths), self.mask_rule)
 
     def call(self, inputs, lengths=None):
         return concatenate(self, inputs)
 
     def config(self):
-        return {"axis": self.axis}
+        return {"axis": self.axis, **_mask_rule_config(self)}
 
     @classmethod
     def from_config(cls, name, config, arrays):
-        return cls(config.int("axis", -1, minimum=-64), name)
+        return cls(config.int("axis", -1, minimum=-64), name, config.str("mask_rule", "or", choices=MASK_RULES))
 
 
 def concatenate(layer: Concatenate, xs):

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .base import Layer
+from .mask import counts, step_mask
 
 f32 = np.float32
 
@@ -63,9 +64,9 @@ def global_pooling1d(layer: GlobalPooling1D, x, lengths=None):
     if layer.op == "max":
         out = x.max(axis=1) if T else np.full((B, F), -np.inf, f32)
     elif lengths is not None and layer.mask_aware:
-        valid = (np.arange(T)[None, :] < lengths[:, None])[:, :, None]
+        valid = step_mask(lengths, T)[:, :, None]
         # Keras: sum(x * mask) / sum(mask); an all-masked row gives 0 / 0 there, 0 here
-        out = np.where(valid, x, 0).sum(axis=1) / np.maximum(lengths, 1)[:, None].astype(f32)
+        out = np.where(valid, x, 0).sum(axis=1) / np.maximum(counts(lengths), 1)[:, None].astype(f32)
     else:
         out = x.mean(axis=1)
     out = out.astype(f32)

@@ -21,6 +21,7 @@ import numpy as np
 
 from ..activations import Activation, apply_activation
 from .base import Layer, check_int8, frozen_array
+from .mask import step_mask
 
 f32 = np.float32
 
@@ -81,8 +82,9 @@ class Recurrent(Layer):
     return_sequences: True -> (B, T, F) outputs; False -> the final state (B, F) of each
         direction (forward: at the row's last valid step; backward: after step 0), merged.
     merge_mode: how a bidirectional layer merges [forward, backward]: concat | sum | mul | ave.
-    masked_output: what a returned sequence holds at padded steps (t >= length): "zero"
-        (PyTorch, ONNX, Keras inside Bidirectional) or "hold" (repeat the last valid output, Keras).
+    masked_output: what a returned sequence holds at masked steps: "zero" (PyTorch, ONNX, Keras
+        inside Bidirectional) or "hold" (repeat the previous output of the scan, 0 before the
+        first real step: Keras's zero_output_for_mask=False).
     clip: ONNX cell clip (None = no clipping); input_forget: ONNX LSTM coupled input/forget gate.
     linear_before_reset: GRU only. True: n = g(W_in x + b_in + r*(W_hn h + b_hn)) (PyTorch,
         Keras reset_after=True, ONNX linear_before_reset=1). False: n = g(W_in x + b_in +
@@ -90,6 +92,9 @@ class Recurrent(Layer):
     return_state: in a graph, the node also outputs the final states, Keras's order: for each
         direction h (B, H_out), then c (B, H) for an LSTM. Its node may take initial states as
         extra inputs in the same order (Keras ``initial_state=[h, c]``).
+    use_mask: False runs every step whatever the mask of the input, which still goes on with a
+        returned sequence (Keras 3 calls a layer given initial_state tensors without its input's
+        mask).
     """
 
     cell: str
@@ -107,6 +112,7 @@ class Recurrent(Layer):
     linear_before_reset: bool = True
     name: str = "recurrent"
     return_state: bool = False
+    use_mask: bool = True
 
     kind = "recurrent"
     num_inputs = None  # x, then optionally the initial states (see return_state)
@@ -248,7 +254,7 @@ class Recurrent(Layer):
 
     def call(self, inputs, lengths=None):
         x = inputs[0]
-        y, state = recurrent(self, x, None if lengths is None else lengths[0],
+        y, state = recurrent(self, x, None if lengths is None or not self.use_mask else lengths[0],
                              self.states_from_inputs(inputs, x.shape[0]))
         return [y] + self.states_to_outputs(state) if self.return_state else y
 
@@ -286,6 +292,7 @@ class Recurrent(Layer):
             "input_forget": self.input_forget,
             "linear_before_reset": self.linear_before_reset,
             "return_state": self.return_state,
+            "use_mask": self.use_mask,
         }
 
     def int8_forms(self):
@@ -320,7 +327,7 @@ class Recurrent(Layer):
             merge_mode=config.str("merge_mode", "concat"), masked_output=config.str("masked_output", "zero"),
             clip=clip, input_forget=config.bool("input_forget", False),
             linear_before_reset=config.bool("linear_before_reset", True), name=name,
-            return_state=config.bool("return_state", False))
+            return_state=config.bool("return_state", False), use_mask=config.bool("use_mask", True))
 
 
 def read_activations(value, where):
@@ -400,15 +407,17 @@ def cell_step(layer: Recurrent, w, x_t, h, c):
 
 
 def run_direction(layer: Recurrent, w, x, lengths, backward, h0, c0):
-    """Scan one direction. x (B, T, I); lengths (B,); backward: from each row's last valid
-    step down to 0. Returns y (B, T, H_out) with outputs at their own time positions and 0 at
-    padded steps, and the final (h, c) (the state after each row's last processed step)."""
+    """Scan one direction. x (B, T, I); lengths: (B,) valid steps per row, or a bool (B, T) mask
+    (fastrnn.layers.mask); backward: from the last step down to 0. A masked step leaves the state
+    alone. Returns y (B, T, H_out) with outputs at their own time positions and 0 at masked
+    steps, and the final (h, c) (the state after each row's last processed step)."""
     B, T, _ = x.shape
+    valid_steps = step_mask(lengths, T)
     h, c = h0.astype(f32), None if c0 is None else c0.astype(f32)
     y = np.zeros((B, T, layer.output_size_per_direction), f32)
     steps = range(T - 1, -1, -1) if backward else range(T)
     for t in steps:
-        valid = (t < lengths)[:, None]  # padded steps leave the state alone
+        valid = valid_steps[:, t, None]  # masked steps leave the state alone
         h_new, c_new = cell_step(layer, w, x[:, t], h, c)
         h = np.where(valid, h_new, h)
         if c is not None:
@@ -417,14 +426,21 @@ def run_direction(layer: Recurrent, w, x, lengths, backward, h0, c0):
     return y, h, c
 
 
+def holds_output(layer: Recurrent) -> bool:
+    """Keras (zero_output_for_mask=False): a returned sequence repeats, at a masked step, the
+    output of the step before it in scan order (0 before the first real step)."""
+    return layer.masked_output == "hold" and not (layer.reverse or layer.bidirectional)
+
+
 def recurrent(layer: Recurrent, x, lengths=None, state=None):
-    """x (B, T, I) -> (y, state).
+    """x (B, T, I) -> (y, state). ``lengths``: (B,) valid steps per row, or a bool (B, T) mask
+    (True = a real step, anywhere in the row), or None (all steps).
 
     y: (B, T, F) if return_sequences else (B, F), F = layer.output_size.
     state: h (D, B, H_out) for rnn/gru, (h, c) with c (D, B, H) for lstm; None = zeros."""
     B, T, _ = x.shape
     D, Ho, H = layer.num_directions, layer.output_size_per_direction, layer.hidden_size
-    lengths = np.full(B, T, np.int64) if lengths is None else np.asarray(lengths, np.int64)
+    mask = np.ones((B, T), bool) if lengths is None else step_mask(np.asarray(lengths), T)
     if state is None:
         h0 = np.zeros((D, B, Ho), f32)
         c0 = np.zeros((D, B, H), f32) if layer.cell == "lstm" else None
@@ -436,14 +452,13 @@ def recurrent(layer: Recurrent, x, lengths=None, state=None):
     ys, hs, cs = [], [], []
     for d, w in enumerate(layer.directions):
         backward = d == 1 or layer.reverse or layer.go_backwards
-        y, h, c = run_direction(layer, w, x, lengths, backward, h0[d], None if c0 is None else c0[d])
+        y, h, c = run_direction(layer, w, x, mask, backward, h0[d], None if c0 is None else c0[d])
+        scan_mask = mask
         if layer.go_backwards:
-            y = y[:, ::-1]  # Keras: output[t] is the t-th step of the reversed scan
-        elif layer.masked_output == "hold" and not backward and D == 1:
-            # Keras: a padded step repeats the last valid output
-            for b in range(B):
-                if 0 < lengths[b] < T:
-                    y[b, lengths[b]:] = y[b, lengths[b] - 1]
+            y, scan_mask = y[:, ::-1], mask[:, ::-1]  # Keras: output[t] is the t-th step of the reversed scan
+        if holds_output(layer):
+            for t in range(1, T):  # Keras: a masked step repeats the previous output of the scan
+                y[:, t] = np.where(scan_mask[:, t, None], y[:, t], y[:, t - 1])
         ys.append(y)
         hs.append(h)
         cs.append(c)
@@ -462,3 +477,28 @@ def recurrent(layer: Recurrent, x, lengths=None, state=None):
     h_n = np.stack(hs)
     new_state = (h_n, np.stack(cs)) if layer.cell == "lstm" else h_n
     return np.ascontiguousarray(out, dtype=f32), new_state
+
+
+def expand_compacted(layer: Recurrent, y, mask):
+    """The sequence output of a run over compacted rows -> the output of the masked run.
+
+    ``mask`` bool (B, T); ``y`` (B, T, F) is what the layer returned (return_sequences) for the
+    rows with their real steps packed to the left (fastrnn.layers.mask.compact) and lengths =
+    the real-step counts. Since a masked step leaves the state unchanged, the k-th output of
+    the packed run is the output at the k-th real step of the masked run; this puts each one
+    back at its position and fills the masked steps as ``recurrent`` does (0, or the previous
+    output of the scan for 'hold' layers). Equal to ``recurrent(layer, x, mask)``."""
+    B, T = mask.shape
+    if T == 0:
+        return y
+    scan_mask = mask[:, ::-1] if layer.go_backwards else mask
+    done = np.cumsum(scan_mask, axis=1)  # real steps scanned so far, at each output position
+    if layer.go_backwards:
+        # the packed run's j-th step of the reversed scan is at T - count + j (outputs in scan order)
+        source = T - done[:, -1:] + done - 1
+    else:
+        source = done - 1  # the packed run writes real step k at position k
+    out = np.take_along_axis(y, np.clip(source, 0, T - 1)[:, :, None], axis=1)
+    keep = done > 0 if holds_output(layer) else scan_mask
+    out[~keep] = 0.0
+    return out

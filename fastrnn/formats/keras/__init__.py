@@ -46,9 +46,12 @@ Keras facts mapped here, and only here (../../../shared/CONVENTIONS.md):
   (linear_before_reset=True). reset_after=False: bias (3U,) -> b_ih, b_hh=None,
   linear_before_reset=False. LSTM / SimpleRNN have one bias -> b_ih, b_hh=None. With b_hh None
   the parameter count equals Keras's.
-- Masking: a unidirectional layer returning sequences repeats the previous output at masked
-  steps unless its ``zero_output_for_mask`` is set -> masked_output "hold" / "zero"; inside
-  Bidirectional Keras forces zeros -> "zero".
+- Masking (masked steps anywhere in a row: pad_sequences pads at the front): a unidirectional
+  layer returning sequences repeats the previous output at masked steps unless its
+  ``zero_output_for_mask`` is set -> masked_output "hold" / "zero"; inside Bidirectional Keras
+  forces zeros -> "zero". ``zero_output_for_mask=True`` without return_sequences returns the
+  scan's last output, 0 when that step is masked -> the layer returns its sequence and a Select
+  node takes the last step.
 - go_backwards: output[t] is the t-th step of the reversed scan -> Recurrent(go_backwards=True).
   Bidirectional: forward layer (go_backwards False) + backward layer (go_backwards True), the
   backward outputs flipped back before merging -> a two-direction Recurrent.

@@ -8,10 +8,11 @@ layers.py, then checks that every custom layer has its factory and makes the Gra
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 from ...errors import ModelFormatError, UnsupportedLayerError
 from ...graph import Graph, GraphBuilder, Input
-from ...layers import Attention, CustomLayer, Embedding
+from ...layers import Attention, CustomLayer, Embedding, Select
 from ...layers.custom import call_factory
 from ...model import Model
 from .. import text_vectorization
@@ -201,6 +202,8 @@ def _expand_model(b, config, weights, prefix, feeds):
                 continue
             ins = [tensors[r] for r in args]
             kw = {key: [tensors[r] for r in refs] if refs else kwargs[key] for key, refs in kw_refs.items()}
+            if kwargs.get("mask") is not None:
+                kw["mask"] = True  # an explicit mask= (fastrnn derives the mask itself; Keras uses it)
             for t, ref in enumerate(_call_layer(b, e, weights, ins, kw, prefix, k, legacy)):
                 tensors[(e["name"], k, t)] = ref
         if len(waiting) == len(pending):
@@ -300,9 +303,22 @@ def _call_layer(b, e, weights, ins, kw, prefix, k, legacy=False):
             raise ctx.unsupported(e, f"a recurrent layer takes one sequence input, got {len(ins)}")
         if extra and len(extra) != len(layer.state_sizes()):
             raise ctx.error(e, f"initial_state has {len(extra)} tensors, expected {len(layer.state_sizes())}")
+        if extra and not ctx.legacy and not kw.get("mask"):
+            # Keras 3 passes a layer its input's mask only when the input is its one tensor argument:
+            # given initial_state tensors, it runs every step (its returned sequence keeps the mask)
+            layer = replace(layer, use_mask=False)
+        last_step = cls != "Bidirectional" and layer.masked_output == "zero" and not layer.return_sequences
+        if last_step:
+            # zero_output_for_mask=True without return_sequences: Keras returns the last output of the
+            # scan, which is 0 when that step is masked (not the final state): the sequence's last step
+            layer = replace(layer, return_sequences=True)
         name = b.add(node_name, layer, ins + extra)[0]
         n_out = 1 + (len(layer.state_sizes()) if layer.return_state else 0)
-        return [(name, i) for i in range(n_out)]
+        outs = [(name, i) for i in range(n_out)]
+        if last_step:
+            outs[0] = b.add(node_name + "/last_step", Select(axis=1, index=-1, name=e["name"] + "/last_step"),
+                            [outs[0]])
+        return outs
     if cls == "TimeDistributed":
         inner = _entry(cfg.get("layer") or {}, ctx.source)
         inner = dict(inner, name=e["name"])

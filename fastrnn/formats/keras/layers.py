@@ -209,12 +209,18 @@ def _elu_layer(ctx, e, cfg, weights, kw):
     return Activation("elu", alpha=float(cfg.get("alpha", 1.0)), name=e["name"])
 
 
+def _merge_mask_rule(ctx):
+    """Keras 3 ORs the masks of a merge's inputs; Keras 1 and 2 took the AND of the masks present
+    (``_Merge.compute_mask``: ``K.all`` over them) and merged the values as they are."""
+    return "and" if ctx.legacy else "or"
+
+
 def _concatenate(ctx, e, cfg, weights, kw):
-    return Concatenate(int(cfg.get("axis", -1)), name=e["name"])
+    return Concatenate(int(cfg.get("axis", -1)), name=e["name"], mask_rule=_merge_mask_rule(ctx))
 
 
 def _merge(ctx, e, cfg, weights, kw):
-    return Merge(MERGE_OPS[e.get("inner_class", e["class_name"])], name=e["name"])
+    return Merge(MERGE_OPS[e.get("inner_class", e["class_name"])], name=e["name"], mask_rule=_merge_mask_rule(ctx))
 
 
 def _keras1_merge(ctx, e, cfg, weights, kw):
@@ -227,9 +233,9 @@ def _keras1_merge(ctx, e, cfg, weights, kw):
         raise ctx.unsupported(e, "a Keras 1 Merge with a Python function as mode is never run; pass "
                                  "custom_layers={'Merge': factory}")
     if mode == "concat":
-        return Concatenate(int(cfg.get("concat_axis", -1)), name=e["name"])
+        return Concatenate(int(cfg.get("concat_axis", -1)), name=e["name"], mask_rule=_merge_mask_rule(ctx))
     if mode in KERAS1_MERGE_MODES:
-        return Merge(KERAS1_MERGE_MODES[mode], name=e["name"])
+        return Merge(KERAS1_MERGE_MODES[mode], name=e["name"], mask_rule=_merge_mask_rule(ctx))
     raise ctx.unsupported(e, f"Keras 1 Merge mode {mode!r} is not supported; fastrnn reads modes concat, "
                              f"{', '.join(KERAS1_MERGE_MODES)}")
 

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ...graph import Graph, Input, Node
+from ...graph import Graph, GraphBuilder, Input, Node
 from ...layers import Concatenate, Permute, Reshape, Select, Slice
 from . import rules_math, rules_quantized, rules_recurrent, rules_shape
 from .unrolled import reroll
@@ -77,7 +77,7 @@ def rule_table(*families):
 RULES = rule_table(rules_quantized.RULES, rules_recurrent.RULES, rules_shape.RULES, rules_math.RULES)
 
 
-class Translator:
+class Translator(GraphBuilder):
     """One translation of an ONNX graph (read by graph.py) with a guess of its inputs' batch axes:
     ``run()`` -> the graph outputs as Tensor views; the fastrnn nodes are in ``nodes``. The rules
     receive it as ``tr`` and add nodes through ``tr.add``."""
@@ -85,10 +85,9 @@ class Translator:
     def __init__(self, g, batch_axes):
         self.g = g
         self.batch_axes = batch_axes
+        super().__init__()
         self.values = {}
-        self.nodes = []
         self.shapes = {}
-        self.names = set()
         self.dim_alias = {}
         self.dense_no_bias = {}  # output ref -> (Dense layer, input ref)
         self.concat_parts = {}  # Concatenate output ref -> [(input ref, start, stop)] on the last axis
@@ -106,13 +105,7 @@ class Translator:
 
     # -- bookkeeping -------------------------------------------------------------------------
     def fresh(self, base):
-        base = base or "node"
-        name, k = base, 1
-        while name in self.names:
-            name = f"{base}_{k}"
-            k += 1
-        self.names.add(name)
-        return name
+        return self.unique(base or "node")
 
     def add(self, base, layer, inputs, keep_leading=True):
         """Add a node; returns its output refs. ``keep_leading``: the output's axes before the last
