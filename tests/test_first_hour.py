@@ -471,12 +471,14 @@ def test_readme_synopses_list_every_option():
     parser, commands = _subcommands()
     synopses = {}
     for i, line in enumerate(lines):  # a synopsis: "fastrnn NAME [...]" and its indented continuation lines
-        m = re.match(r"fastrnn (\w+) (?!\.\.\.)", line)
+        m = re.match(r"fastrnn ([\w-]+) (?!\.\.\.)", line)  # (export-c)
         if m:
             j = i + 1
             while j < len(lines) and lines[j].startswith(" "):
                 j += 1
-            synopses[m.group(1)] = "\n".join(lines[i:j])
+            block = "\n".join(lines[i:j])
+            if block.count("[") >= synopses.get(m.group(1), "").count("["):  # the synopsis, not an example
+                synopses[m.group(1)] = block
     synopses["fastrnn"] = next(line for line in lines if line.startswith("fastrnn ["))
     for name, p in [("fastrnn", parser)] + list(commands.items()):
         synopsis = synopses.get(name)
