@@ -117,10 +117,13 @@ class LineReader:
         pending = ""
         while True:
             chunk = self.raw.read(1 << 16)
+            state = decoder.getstate()  # (bytes held back, byte-order flag)
             try:
                 text = pending + decoder.decode(chunk or b"", final=not chunk)
             except UnicodeDecodeError as exc:  # the lines before the bad bytes first, then the error
-                lines = (pending + exc.object[:exc.start].decode(self.codec, errors="ignore")).split("\n")
+                good = codecs.getincrementaldecoder(self.codec)()
+                good.setstate(state)  # the same byte order as the stream's mark
+                lines = (pending + good.decode(chunk[:max(0, exc.start - len(state[0]))])).split("\n")
                 for line in lines[:-1]:
                     self.count += 1
                     yield clean_text(line)
