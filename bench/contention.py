@@ -81,8 +81,11 @@ def main(argv=None):
         proc = hog(cpus[-1]) if load == "busy" else None
         try:
             time.sleep(0.5)
-            if pool is not None:
-                pool._state.contended_until = 0.0  # each load starts without the other's verdict
+            if pool is not None:  # each load starts without the other's verdict
+                if hasattr(pool, "reset_contention"):
+                    pool.reset_contention()
+                else:  # a build before issue 23's SplitVerdict
+                    pool._state.contended_until = 0.0
             for name, (unit, per_call, fn) in loads.items():
                 res = measure(fn, per_call, args.repeats, args.rounds)
                 print(f"{name:10} {load:5} {res['threads=1']:10.1f}   {res['default']:10.1f}   "

@@ -289,8 +289,8 @@ class CompiledBackend:
         threads that each own a slice of the hidden units and meet at a barrier after every
         step (kernels/rnn_split.h). A chunk gets one thread when no worker is idle; when the
         parts mostly waited for each other (another process busy on a core) the kernel returns
-        early, the chunk is finished on one thread and the next gangs get one part for a while
-        (fastrnn/pool.py)."""
+        early, the chunk is finished on one thread, and fastrnn/pool.py's SplitVerdict decides
+        whether the next gangs get one part for a while."""
         k = self.kernels
         T = y.shape[1]
         Ho, GH = layer.output_size_per_direction, layer.gates * layer.hidden_size
@@ -320,8 +320,7 @@ class CompiledBackend:
                         done[i] = k.split_sequence(ctx, i, args[0], xc, *args[1:4], args[4], local, backward, h,
                                                    c, yc, 0, cell)
                     gang.run([lambda i=i: part(i) for i in range(gang.size)], ctx.abort)
-                    if ctx.degraded:
-                        pool.note_contention()
+                    gang.report(ctx.degraded)
                     if done[0] < n:  # the rest of the chunk on this thread
                         rest = n - done[0]
                         a, b = (0, rest) if backward else (done[0], n)

@@ -17,24 +17,7 @@ cimport numpy as cnp
 cnp.import_array()
 
 
-cdef extern from "rnn_core.h" nogil:
-    ctypedef struct rnn_packed:
-        const float *data
-        ptrdiff_t rows
-        ptrdiff_t cols
-    ctypedef struct rnn_activation:
-        int code
-        float alpha
-        float beta
-    ctypedef struct rnn_cell:
-        rnn_activation act[3]
-        float clip
-        int input_forget
-        int linear_before_reset
-    size_t rnn_packed_size(ptrdiff_t rows, ptrdiff_t cols)
-    void rnn_pack_weight(const float *w, ptrdiff_t rows, ptrdiff_t cols, float *packed)
-    int rnn_simd_enabled()
-    int rnn_select_simd(int level)
+include "rnn_core.pxi"
 
 
 cdef extern from "generate_core.h" nogil:
@@ -120,21 +103,10 @@ cdef extern from "generate_core.h" nogil:
                             void *workspace, ptrdiff_t max_steps, gen_split_shared *shared, int part)
 
 
-# This module links its own copy of rnn_core (its activations and float32 matrix multiply), so
-# it reads FASTRNN_SIMD itself, like _cykernels and _cyint8: plain|avx2|avx512 caps the loop's
-# instruction set (float32, float16 and int8 products, activations), decided once at import.
-SIMD_LEVELS = ("plain", "avx2", "avx512")
-
-
-def _simd_cap():
-    """FASTRNN_SIMD -> level index, -1 = the best (an unknown name: _cykernels warns once)"""
-    import os
-
-    name = os.environ.get("FASTRNN_SIMD", "").strip().lower()
-    return SIMD_LEVELS.index(name) if name in SIMD_LEVELS else -1
-
-
-rnn_select_simd(_simd_cap())
+# This module links its own copy of rnn_core (its activations and float32 matrix multiply):
+# FASTRNN_SIMD=plain|avx2|avx512 caps the loop's instruction set (float32, float16 and int8
+# products, activations), decided once at import by rnn_core.pxi.
+SIMD_LEVELS = FLOAT_SIMD_LEVELS
 
 
 def simd_level():

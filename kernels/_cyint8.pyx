@@ -9,29 +9,7 @@ import numpy as np
 from libc.stdint cimport int8_t, int32_t, int64_t, uint16_t, uintptr_t
 from libc.stdlib cimport free, malloc
 
-cdef extern from "rnn_core.h" nogil:
-    ctypedef struct rnn_activation:
-        int code
-        float alpha
-        float beta
-
-    ctypedef struct rnn_cell:
-        rnn_activation act[3]
-        float clip
-        int input_forget
-        int linear_before_reset
-
-    ctypedef struct rnn_sequence_io:
-        Py_ssize_t batch
-        Py_ssize_t steps
-        const int64_t *lengths
-        int reverse
-        float *y
-        Py_ssize_t y_cols
-        Py_ssize_t y_offset
-        const int64_t *tokens
-
-    int rnn_select_simd(int level)
+include "rnn_core.pxi"
 
 cdef extern from "int8_core.h" nogil:
     enum: I8_PANEL
@@ -75,17 +53,13 @@ SIMD_LEVELS = ("plain", "avx2", "avxvnni", "avx512vnni", "amx")
 CELL_KINDS = {"rnn": 0, "lstm": 1, "gru": 2}
 
 
-def _simd_caps():
-    """FASTRNN_SIMD -> (the float kernels' cap, the int8 kernels' cap); -1 = the best"""
-    import os
-
-    name = os.environ.get("FASTRNN_SIMD", "").strip().lower()
-    return {"plain": 0, "avx2": 1, "avx512": 2}.get(name, -1), {"plain": 0, "avx2": 1}.get(name, -1)
+def _int8_simd_cap():
+    """FASTRNN_SIMD -> the int8 kernels' cap: plain, or avx2 (the vpmaddubsw path); avx512 (or
+    unset) -> the best the CPU has. rnn_core.pxi caps this module's float kernels the same way."""
+    return {"plain": 0, "avx2": 1}.get(_simd_env(), -1)
 
 
-# decided once, at import (this module links its own copy of rnn_core's element-wise steps)
-rnn_select_simd(_simd_caps()[0])
-i8_select_simd(_simd_caps()[1])
+i8_select_simd(_int8_simd_cap())  # decided once, at import
 
 
 def simd_level():
@@ -158,9 +132,7 @@ def pack_int8(q, scale):
     cdef Py_ssize_t rows = qv.shape[0], cols = qv.shape[1]
     cdef Py_ssize_t size = <Py_ssize_t>i8_packed_size(rows, cols)
     cdef Py_ssize_t padded = (rows + I8_PANEL - 1) // I8_PANEL * I8_PANEL
-    raw = np.zeros(size + 64, dtype=np.int8)
-    cdef Py_ssize_t shift = (64 - <uintptr_t>raw.ctypes.data % 64) % 64
-    data = raw[shift:shift + size]
+    data = zeros_aligned(size, np.int8)
     row_sum = np.zeros(padded, np.int32)
     sc = np.zeros(padded, np.float32)
     sc[:rows] = scale
@@ -179,9 +151,7 @@ def pack_bf16(W):
     cdef const float[:, ::1] wv = np.ascontiguousarray(W, dtype=np.float32)
     cdef Py_ssize_t rows = wv.shape[0], cols = wv.shape[1]
     cdef Py_ssize_t size = <Py_ssize_t>bf16_packed_size(rows, cols)
-    raw = np.zeros(size + 32, dtype=np.uint16)
-    cdef Py_ssize_t shift = ((64 - <uintptr_t>raw.ctypes.data % 64) % 64) // 2
-    data = raw[shift:shift + size]
+    data = zeros_aligned(size, np.uint16)
     cdef uint16_t[::1] out = data
     if size > 0:
         with nogil:
@@ -252,20 +222,6 @@ def matmul_quantized(const int8_t[:, ::1] xq, const float[::1] xs, Int8Weight w 
         return
     with nogil:
         i8_matmul(&p, &xq[0, 0], &xs[0], xq.shape[0], NULL, &out[0, 0], out.shape[1])
-
-
-cdef int read_cell(tuple cell, rnn_cell *out) except -1:
-    cdef const int32_t[::1] acts = cell[0]
-    cdef const float[:, ::1] params = cell[1]
-    cdef int i
-    for i in range(3):
-        out.act[i].code = acts[i]
-        out.act[i].alpha = params[i, 0]
-        out.act[i].beta = params[i, 1]
-    out.clip = cell[2]
-    out.input_forget = cell[3]
-    out.linear_before_reset = cell[4]
-    return 0
 
 
 def sequence(str kind, xproj, Int8Weight w_hh_rz not None, Int8Weight w_hh_n, Int8Weight w_hr, peephole, b_hn,

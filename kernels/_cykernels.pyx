@@ -10,75 +10,22 @@ import numpy as np
 from libc.stdint cimport int32_t, int64_t, uintptr_t
 from libc.string cimport memset
 
-cdef extern from "rnn_core.h" nogil:
-    enum: RNN_PANEL
+include "rnn_core.pxi"
 
-    ctypedef struct rnn_packed:
-        const float *data
-        Py_ssize_t rows
-        Py_ssize_t cols
-
-    ctypedef struct rnn_activation:
-        int code
-        float alpha
-        float beta
-
-    ctypedef struct rnn_cell:
-        rnn_activation act[3]
-        float clip
-        int input_forget
-        int linear_before_reset
-
-    ctypedef struct rnn_sequence_io:
-        Py_ssize_t batch
-        Py_ssize_t steps
-        const int64_t *lengths
-        int reverse
-        float *y
-        Py_ssize_t y_cols
-        Py_ssize_t y_offset
-        const int64_t *tokens
-
-    ctypedef struct rnn_lstm_weights:
-        rnn_packed w_hh
-        rnn_packed w_hr
-        const float *peephole
-
-    ctypedef struct rnn_gru_weights:
-        rnn_packed w_hh_rz
-        rnn_packed w_hh_n
-        const float *b_hn
-
-    size_t rnn_packed_size(Py_ssize_t rows, Py_ssize_t cols)
-    void rnn_pack_weight(const float *w, Py_ssize_t rows, Py_ssize_t cols, float *packed)
-    int rnn_sequence_f32(const rnn_sequence_io *io, const float *xproj, const rnn_packed *w_hh,
-                         float *h, const rnn_cell *cell)
-    int lstm_sequence_f32(const rnn_sequence_io *io, const float *xproj, const rnn_lstm_weights *w,
-                          float *h, float *c, const rnn_cell *cell)
-    int gru_sequence_f32(const rnn_sequence_io *io, const float *xproj, const rnn_gru_weights *w,
-                         float *h, const rnn_cell *cell)
-    int rnn_simd_enabled()
-    int rnn_select_simd(int level)
+SIMD_LEVELS = FLOAT_SIMD_LEVELS
 
 
-SIMD_LEVELS = ("plain", "avx2", "avx512")
-
-
-def _simd_cap():
-    """FASTRNN_SIMD=plain|avx2|avx512 caps the instruction set (default: the best the CPU has)."""
-    import os
+def _warn_unknown_simd():
+    """FASTRNN_SIMD=plain|avx2|avx512 caps the instruction set (default: the best the CPU has);
+    rnn_core.pxi applies it. Another name is ignored, with this warning (once, from this module)."""
     import warnings
 
-    name = os.environ.get("FASTRNN_SIMD", "").strip().lower()
-    if not name:
-        return -1
-    if name not in SIMD_LEVELS:
+    name = _simd_env()
+    if name and name not in SIMD_LEVELS:
         warnings.warn(f"FASTRNN_SIMD={name!r} is not one of {SIMD_LEVELS}; using the best available", RuntimeWarning)
-        return -1
-    return SIMD_LEVELS.index(name)
 
 
-rnn_select_simd(_simd_cap())  # decide once, at import, with the GIL held
+_warn_unknown_simd()
 
 
 # -- weights -----------------------------------------------------------------------------------
@@ -121,9 +68,7 @@ def pack_weight(W):
     cdef const float[:, ::1] w = np.ascontiguousarray(W, dtype=np.float32)
     cdef Py_ssize_t rows = w.shape[0], cols = w.shape[1]
     cdef Py_ssize_t size = <Py_ssize_t>rnn_packed_size(rows, cols)
-    raw = np.zeros(size + 16, dtype=np.float32)  # sliced below to start on 64 bytes
-    cdef Py_ssize_t shift = ((64 - <uintptr_t>raw.ctypes.data % 64) % 64) // 4
-    data = raw[shift:shift + size]
+    data = zeros_aligned(size, np.float32)
     cdef float[::1] out = data
     if size > 0:
         with nogil:
@@ -133,21 +78,6 @@ def pack_weight(W):
 
 
 # -- shared helpers ----------------------------------------------------------------------------
-cdef int read_cell(tuple cell, rnn_cell *out) except -1:
-    """cell = (acts int32 (3,), act_params float32 (3, 2), clip, input_forget, linear_before_reset)"""
-    cdef const int32_t[::1] acts = cell[0]
-    cdef const float[:, ::1] params = cell[1]
-    cdef int i
-    for i in range(3):
-        out.act[i].code = acts[i]
-        out.act[i].alpha = params[i, 0]
-        out.act[i].beta = params[i, 1]
-    out.clip = cell[2]
-    out.input_forget = cell[3]
-    out.linear_before_reset = cell[4]
-    return 0
-
-
 cdef int fill_io(rnn_sequence_io *io, Py_ssize_t batch, Py_ssize_t steps,
                  const int64_t[::1] lengths, int reverse, float[:, :, ::1] y,
                  Py_ssize_t y_offset) except -1:
@@ -285,9 +215,6 @@ def _select_simd(level):
 
 
 # -- batch-invariant matmul (input projections and Dense layers) ----------------------------------
-cdef extern from "rnn_core.h" nogil:
-    void rnn_matmul_packed(const rnn_packed *w, const float *inp, Py_ssize_t ld_in,
-                           float *out, Py_ssize_t ld_out, Py_ssize_t m)
 
 
 def matmul_packed(const float[:, ::1] inp, PackedWeight w not None, float[:, ::1] out):

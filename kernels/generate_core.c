@@ -12,17 +12,12 @@
  * operation (same sums in the same order), so the same logits and seed give the same token.
  */
 #include "generate_core.h"
+#include "cpu_features.h"
 #include "spin_barrier.h"
 
 #include <math.h>
 #include <string.h>
 
-#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
-#include <immintrin.h>
-#define GEN_X86 1
-#else
-#define GEN_X86 0
-#endif
 
 /* ============================================================================================
  * 1. random numbers
@@ -193,49 +188,37 @@ int32_t gen_sample_token(const float *logits, const uint8_t *seen, ptrdiff_t V, 
  * 3. the matrix multiply
  * ========================================================================================== */
 
-#if GEN_X86
-#define GEN_HALF __attribute__((target("avx2,fma,f16c")))
-#define GEN_HALF_INLINE __attribute__((target("avx2,fma,f16c"), always_inline)) inline
-
+#if FR_X86_SIMD
 static int half_state = -1; /* -1: not decided, 0: no F16C, 1: F16C */
+
+static int q8_state = -1; /* -1: not decided, 0/1: AVX-512 VNNI (vpdpwssd) for the int8 form */
+
+static int q8_vnni512(void)
+{
+    if (q8_state < 0)
+        q8_state = fr_cpu_has(FR_HAS_AVX512_VNNI);
+    return q8_state;
+}
 
 static int half_supported(void)
 {
-    if (half_state < 0) {
-        __builtin_cpu_init();
-        half_state = __builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx2") &&
-                     __builtin_cpu_supports("fma");
-    }
+    if (half_state < 0)
+        half_state = fr_cpu_has(FR_HAS_F16C);
     return half_state && rnn_simd_enabled(); /* rnn_select_simd(0) turns this path off too */
-}
-
-static GEN_HALF_INLINE __m256i lanes(ptrdiff_t count) /* lanes [0, count) set, count in 1..8 */
-{
-    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)count), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
 /* out (MR, NPG*16) += in (MR, K) @ NPG half panels, each (K, 16): for every k, the panel rows
  * are converted to floats and fused-multiply-added into accumulators that were loaded from out,
  * k = 0 .. K-1 in order: the chain rnn_core's AVX2 kernel computes for the same values.
  * Only NPG == 1 handles a partial last panel (valid < 16). */
-static GEN_HALF_INLINE void half_tile(const int MR, const int NPG, const uint16_t *panel, ptrdiff_t panel_stride,
+static FR_F16C_INLINE void half_tile(const int MR, const int NPG, const uint16_t *panel, ptrdiff_t panel_stride,
                                       ptrdiff_t K, const float *in, ptrdiff_t ld_in, float *out, ptrdiff_t ld_out,
                                       ptrdiff_t valid)
 {
     __m256 acc[4][8];
-    const int full = valid >= RNN_PANEL;
-    const __m256i mask0 = lanes(valid > 8 ? 8 : valid), mask1 = lanes(valid > 8 ? valid - 8 : 1);
     for (int r = 0; r < MR; r++)
-        for (int g = 0; g < NPG; g++) {
-            float *o = out + r * ld_out + g * RNN_PANEL;
-            if (full) {
-                acc[r][2 * g] = _mm256_loadu_ps(o);
-                acc[r][2 * g + 1] = _mm256_loadu_ps(o + 8);
-            } else {
-                acc[r][2 * g] = _mm256_maskload_ps(o, mask0);
-                acc[r][2 * g + 1] = valid > 8 ? _mm256_maskload_ps(o + 8, mask1) : _mm256_setzero_ps();
-            }
-        }
+        for (int g = 0; g < NPG; g++)
+            fr_load16(out + r * ld_out + g * RNN_PANEL, valid, &acc[r][2 * g], &acc[r][2 * g + 1]);
     for (ptrdiff_t k = 0; k < K; k++) {
         __m256 wv[8];
         for (int g = 0; g < NPG; g++) {
@@ -250,22 +233,13 @@ static GEN_HALF_INLINE void half_tile(const int MR, const int NPG, const uint16_
         }
     }
     for (int r = 0; r < MR; r++)
-        for (int g = 0; g < NPG; g++) {
-            float *o = out + r * ld_out + g * RNN_PANEL;
-            if (full) {
-                _mm256_storeu_ps(o, acc[r][2 * g]);
-                _mm256_storeu_ps(o + 8, acc[r][2 * g + 1]);
-            } else {
-                _mm256_maskstore_ps(o, mask0, acc[r][2 * g]);
-                if (valid > 8)
-                    _mm256_maskstore_ps(o + 8, mask1, acc[r][2 * g + 1]);
-            }
-        }
+        for (int g = 0; g < NPG; g++)
+            fr_store16(out + r * ld_out + g * RNN_PANEL, valid, acc[r][2 * g], acc[r][2 * g + 1]);
 }
 
 /* MR rows over every panel: NPG panels at a time while whole groups fit, then one at a time */
 #define HALF_ROWS(MR, NPG)                                                                        \
-    static GEN_HALF void half_rows_##MR(const gen_matrix *w, const float *in, ptrdiff_t ld_in, float *out, \
+    static FR_F16C void half_rows_##MR(const gen_matrix *w, const float *in, ptrdiff_t ld_in, float *out, \
                                         ptrdiff_t ld_out)                                         \
     {                                                                                             \
         const ptrdiff_t N = w->f32.rows, K = w->f32.cols, stride = K * RNN_PANEL;                 \
@@ -285,7 +259,7 @@ HALF_ROWS(4, 1)
 
 /* int8: acc (MR, NPG*16) int32 = q (NPG pair panels) @ xq (MR, K2) int16, exact; then
  * out = out + float(acc) * (scale * xs[r]). One vpmaddwd per 8 outputs and pair of inputs. */
-static GEN_HALF_INLINE void int8_tile(const int MR, const int NPG, const int8_t *panel, ptrdiff_t panel_stride,
+static FR_F16C_INLINE void int8_tile(const int MR, const int NPG, const int8_t *panel, ptrdiff_t panel_stride,
                                       ptrdiff_t K2, const int16_t *xq, const float *xs, float *out,
                                       ptrdiff_t ld_out, ptrdiff_t valid, const float *scale)
 {
@@ -308,31 +282,23 @@ static GEN_HALF_INLINE void int8_tile(const int MR, const int NPG, const int8_t 
                 acc[r][v] = _mm256_add_epi32(acc[r][v], _mm256_madd_epi16(wv[v], xp));
         }
     }
-    const int full = valid >= RNN_PANEL;
-    const __m256i mask0 = lanes(valid > 8 ? 8 : valid), mask1 = lanes(valid > 8 ? valid - 8 : 1);
     for (int r = 0; r < MR; r++) {
         const __m256 sx = _mm256_set1_ps(xs[r]);
         for (int g = 0; g < NPG; g++) {
             float *o = out + r * ld_out + g * RNN_PANEL;
             const __m256 w0 = _mm256_mul_ps(_mm256_loadu_ps(scale + g * RNN_PANEL), sx);
             const __m256 w1 = _mm256_mul_ps(_mm256_loadu_ps(scale + g * RNN_PANEL + 8), sx);
-            const __m256 t0 = _mm256_mul_ps(_mm256_cvtepi32_ps(acc[r][2 * g]), w0);
-            const __m256 t1 = _mm256_mul_ps(_mm256_cvtepi32_ps(acc[r][2 * g + 1]), w1);
-            if (full) {
-                _mm256_storeu_ps(o, _mm256_add_ps(_mm256_loadu_ps(o), t0));
-                _mm256_storeu_ps(o + 8, _mm256_add_ps(_mm256_loadu_ps(o + 8), t1));
-            } else {
-                _mm256_maskstore_ps(o, mask0, _mm256_add_ps(_mm256_maskload_ps(o, mask0), t0));
-                if (valid > 8)
-                    _mm256_maskstore_ps(o + 8, mask1, _mm256_add_ps(_mm256_maskload_ps(o + 8, mask1), t1));
-            }
+            __m256 o0, o1;
+            fr_load16(o, valid, &o0, &o1);
+            fr_store16(o, valid, _mm256_add_ps(o0, _mm256_mul_ps(_mm256_cvtepi32_ps(acc[r][2 * g]), w0)),
+                       _mm256_add_ps(o1, _mm256_mul_ps(_mm256_cvtepi32_ps(acc[r][2 * g + 1]), w1)));
         }
     }
 }
 
 /* MR rows over every panel of an int8 matrix */
 #define INT8_ROWS(MR, NPG)                                                                        \
-    static GEN_HALF void int8_rows_##MR(const gen_matrix *w, const int16_t *xq, const float *xs, float *out, \
+    static FR_F16C void int8_rows_##MR(const gen_matrix *w, const int16_t *xq, const float *xs, float *out, \
                                         ptrdiff_t ld_out)                                         \
     {                                                                                             \
         const ptrdiff_t N = w->f32.rows, K2 = (w->f32.cols + 1) / 2 * 2, stride = K2 * RNN_PANEL; \
@@ -351,7 +317,7 @@ INT8_ROWS(3, 2)
 INT8_ROWS(4, 1)
 
 /* many rows: panel by panel, so that a panel stays in L1 while every block of rows reads it */
-static GEN_HALF void int8_many(const gen_matrix *w, const int16_t *xq, const float *xs, float *out,
+static FR_F16C void int8_many(const gen_matrix *w, const int16_t *xq, const float *xs, float *out,
                                ptrdiff_t ld_out, ptrdiff_t m)
 {
     const ptrdiff_t N = w->f32.rows, K2 = (w->f32.cols + 1) / 2 * 2, stride = K2 * RNN_PANEL;
@@ -369,6 +335,115 @@ static GEN_HALF void int8_many(const gen_matrix *w, const int16_t *xq, const flo
         case 2: int8_tile(2, 1, panel, stride, K2, xq + r * K2, xs + r, o + r * ld_out, ld_out, valid, scale); break;
         case 3: int8_tile(3, 1, panel, stride, K2, xq + r * K2, xs + r, o + r * ld_out, ld_out, valid, scale); break;
         default: break;
+        }
+    }
+}
+
+/* AVX-512 VNNI: the same integers with vpdpwssd (int16 pairs times int16 pairs, summed into
+ * int32, exact: |acc| stays below 2^31 by gen_int8_xmax) on 16 outputs per zmm; a panel's pair
+ * of inputs is 32 bytes, widened to int16 once (vpmovsxbw) and used by every row. Three times
+ * fewer instructions per weight byte than the AVX2 tile, which a batch-1 step is bound by. The
+ * float epilogue is the AVX2 tile's operations, lane by lane: the same bits. */
+static FR_AVX512VNNI_INLINE __m512i dpwssd512(__m512i acc, __m512i a, __m512i b)
+{
+#if defined(__GNUC__) && !defined(__clang__)
+    __asm__("vpdpwssd %2, %1, %0" : "+v"(acc) : "v"(a), "v"(b)); /* any zmm (see int8_core.c) */
+    return acc;
+#else
+    return _mm512_dpwssd_epi32(acc, a, b);
+#endif
+}
+
+static FR_AVX512VNNI_INLINE void int8_store512(__m512i acc, const float *scale, float xs_r, float *o, ptrdiff_t valid)
+{
+    const __mmask16 mask = valid >= RNN_PANEL ? (__mmask16)0xFFFF : (__mmask16)((1u << valid) - 1u);
+    const __m512 ws = _mm512_mul_ps(_mm512_loadu_ps(scale), _mm512_set1_ps(xs_r));
+    const __m512 t = _mm512_mul_ps(_mm512_cvtepi32_ps(acc), ws);
+    _mm512_mask_storeu_ps(o, mask, _mm512_add_ps(_mm512_maskz_loadu_ps(mask, o), t));
+}
+
+/* MR rows (<= 4) times NPG panels (<= 8 for one row, else <= 4), accumulators c<row><panel>
+ * (named: see int8_core.c's tile); `valid` outputs of the last panel (the others are whole) */
+#define Q8_W(g) (NPG > g ? _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(pk + g * panel_stride))) : zero)
+#define Q8_ROW(r)                                                                                  \
+    if (MR > r) {                                                                                  \
+        int32_t pair;                                                                              \
+        memcpy(&pair, xq + r * K2 + 2 * k2, sizeof pair);                                          \
+        const __m512i x = _mm512_set1_epi32(pair);                                                 \
+        c##r##0 = dpwssd512(c##r##0, w0, x);                                                       \
+        if (NPG > 1) c##r##1 = dpwssd512(c##r##1, w1, x);                                          \
+        if (NPG > 2) c##r##2 = dpwssd512(c##r##2, w2, x);                                          \
+        if (NPG > 3) c##r##3 = dpwssd512(c##r##3, w3, x);                                          \
+    }
+#define Q8_OUT(r, g)                                                                               \
+    if (MR > r && NPG > g)                                                                         \
+        int8_store512(c##r##g, scale + g * RNN_PANEL, xs[r], out + r * ld_out + g * RNN_PANEL,    \
+                      g == NPG - 1 ? valid : RNN_PANEL);
+static FR_AVX512VNNI_INLINE void int8_tile512(const int MR, const int NPG, const int8_t *panel, ptrdiff_t panel_stride,
+                                              ptrdiff_t K2, const int16_t *xq, const float *xs, float *out,
+                                              ptrdiff_t ld_out, ptrdiff_t valid, const float *scale)
+{
+    const __m512i zero = _mm512_setzero_si512();
+    __m512i c00 = zero, c01 = zero, c02 = zero, c03 = zero, c04 = zero, c05 = zero, c06 = zero, c07 = zero;
+    __m512i c10 = zero, c11 = zero, c12 = zero, c13 = zero, c20 = zero, c21 = zero, c22 = zero, c23 = zero;
+    __m512i c30 = zero, c31 = zero, c32 = zero, c33 = zero;
+    for (ptrdiff_t k2 = 0; k2 < K2 / 2; k2++) {
+        const int8_t *pk = panel + k2 * 2 * RNN_PANEL;
+        const __m512i w0 = Q8_W(0), w1 = Q8_W(1), w2 = Q8_W(2), w3 = Q8_W(3);
+        Q8_ROW(0) Q8_ROW(1) Q8_ROW(2) Q8_ROW(3)
+        if (MR == 1 && NPG > 4) { /* one row: four more panels */
+            int32_t pair;
+            memcpy(&pair, xq + 2 * k2, sizeof pair);
+            const __m512i x = _mm512_set1_epi32(pair);
+            c04 = dpwssd512(c04, Q8_W(4), x);
+            if (NPG > 5) c05 = dpwssd512(c05, Q8_W(5), x);
+            if (NPG > 6) c06 = dpwssd512(c06, Q8_W(6), x);
+            if (NPG > 7) c07 = dpwssd512(c07, Q8_W(7), x);
+        }
+    }
+    Q8_OUT(0, 0) Q8_OUT(0, 1) Q8_OUT(0, 2) Q8_OUT(0, 3) Q8_OUT(0, 4) Q8_OUT(0, 5) Q8_OUT(0, 6) Q8_OUT(0, 7)
+    Q8_OUT(1, 0) Q8_OUT(1, 1) Q8_OUT(1, 2) Q8_OUT(1, 3)
+    Q8_OUT(2, 0) Q8_OUT(2, 1) Q8_OUT(2, 2) Q8_OUT(2, 3)
+    Q8_OUT(3, 0) Q8_OUT(3, 1) Q8_OUT(3, 2) Q8_OUT(3, 3)
+}
+
+/* m rows over every panel: groups of NPG_BIG panels (8 for one row, else 4), then one panel at a
+ * time; rows in blocks of 4 */
+#define Q8_CASES(NPG)                                                                              \
+    switch (mr) {                                                                                  \
+    case 1: int8_tile512(1, NPG, pn, stride, K2, x, s, o, ld_out, valid, sc); break;              \
+    case 2: int8_tile512(2, NPG > 4 ? 4 : NPG, pn, stride, K2, x, s, o, ld_out, valid, sc); break; \
+    case 3: int8_tile512(3, NPG > 4 ? 4 : NPG, pn, stride, K2, x, s, o, ld_out, valid, sc); break; \
+    default: int8_tile512(4, NPG > 4 ? 4 : NPG, pn, stride, K2, x, s, o, ld_out, valid, sc); break; \
+    }
+static FR_AVX512VNNI void int8_vnni512(const gen_matrix *w, const int16_t *xq, const float *xs, float *out,
+                                       ptrdiff_t ld_out, ptrdiff_t m)
+{
+    const ptrdiff_t N = w->f32.rows, K2 = (w->f32.cols + 1) / 2 * 2, stride = K2 * RNN_PANEL;
+    const ptrdiff_t full_panels = N / RNN_PANEL, panels = (N + RNN_PANEL - 1) / RNN_PANEL;
+    const ptrdiff_t group = m == 1 ? 8 : 4;
+    for (ptrdiff_t r = 0; r < m; r += 4) {
+        const ptrdiff_t mr = m - r < 4 ? m - r : 4;
+        const int16_t *x = xq + r * K2;
+        const float *s = xs + r;
+        ptrdiff_t p = 0;
+        for (; p + group <= full_panels; p += group) {
+            const int8_t *pn = w->q8 + p * stride;
+            const float *sc = w->scale + p * RNN_PANEL;
+            float *o = out + r * ld_out + p * RNN_PANEL;
+            const ptrdiff_t valid = RNN_PANEL;
+            if (group == 8) {
+                Q8_CASES(8)
+            } else {
+                Q8_CASES(4)
+            }
+        }
+        for (; p < panels; p++) {
+            const int8_t *pn = w->q8 + p * stride;
+            const float *sc = w->scale + p * RNN_PANEL;
+            float *o = out + r * ld_out + p * RNN_PANEL;
+            const ptrdiff_t valid = N - p * RNN_PANEL < RNN_PANEL ? N - p * RNN_PANEL : RNN_PANEL;
+            Q8_CASES(1)
         }
     }
 }
@@ -398,9 +473,9 @@ static float quantize_plain(const float *x, ptrdiff_t K, float xmax, int16_t *q)
     return s;
 }
 
-#if GEN_X86
+#if FR_X86_SIMD
 /* the same numbers, 16 at a time (the division and the rounding are exact IEEE operations) */
-static GEN_HALF float quantize_avx2(const float *x, ptrdiff_t K, float xmax, int16_t *q)
+static FR_F16C float quantize_avx2(const float *x, ptrdiff_t K, float xmax, int16_t *q)
 {
     const __m256 sign = _mm256_set1_ps(-0.0f);
     __m256 vtop = _mm256_setzero_ps();
@@ -446,7 +521,7 @@ static void quantize_rows(const float *in, ptrdiff_t ld_in, ptrdiff_t m, ptrdiff
     const float xmax = (float)gen_int8_xmax(K);
     for (ptrdiff_t r = 0; r < m; r++) {
         int16_t *q = xq + r * K2;
-#if GEN_X86
+#if FR_X86_SIMD
         if (rnn_simd_enabled())
             xs[r] = quantize_avx2(in + r * ld_in, K, xmax, q);
         else
@@ -489,7 +564,11 @@ void gen_matmul(const gen_matrix *w, const float *in, ptrdiff_t ld_in, float *ou
         return;
     if (w->q8) {
         quantize_rows(in, ld_in, m, w->f32.cols, xq, xs);
-#if GEN_X86
+#if FR_X86_SIMD
+        if (rnn_simd_enabled() >= RNN_SIMD_AVX512 && q8_vnni512()) {
+            int8_vnni512(w, xq, xs, out, ld_out, m);
+            return;
+        }
         if (rnn_simd_enabled()) {
             switch (m) {
             case 1: int8_rows_1(w, xq, xs, out, ld_out); break;
@@ -504,7 +583,7 @@ void gen_matmul(const gen_matrix *w, const float *in, ptrdiff_t ld_in, float *ou
         int8_plain(w, xq, xs, out, ld_out, m);
         return;
     }
-#if GEN_X86
+#if FR_X86_SIMD
     if (w->half && m <= GEN_SMALL_ROWS && half_supported()) {
         switch (m) {
         case 1: half_rows_1(w, in, ld_in, out, ld_out); return;

@@ -47,7 +47,8 @@ enum { GEN_RNN = 0, GEN_LSTM = 1, GEN_GRU = 2 };
  *   Each input row x is quantized on the fly to int16: s_x = max|x| / X_MAX, xq = rint(x / s_x)
  *   with X_MAX = min(32767, (2^31 - 1) / (127 * K2)) so that no int32 sum can overflow, then
  *   out[n] = out[n] + float(sum_k q[n, k] xq[k]) * (scale[n] * s_x)  (a multiply, then an add).
- *   The integer sums are exact, so every path and every batch gives the same bits.
+ *   The integer sums are exact, so every path and every batch gives the same bits (plain C;
+ *   AVX2 vpmaddwd; AVX-512 VNNI vpdpwssd at the avx512 level where the CPU has it).
  *   q8 panels: for each panel of 16 outputs and each pair of inputs (2k, 2k+1), 32 bytes:
  *   q[n0 + j, 2k], q[n0 + j, 2k + 1] for j = 0..15; K2 = K rounded up to even, zero-padded.
  *   f32.data is unused (NULL) in this form. */

@@ -8,97 +8,35 @@
  *   4. the sequence loop of the three cells (rnn_core's element-wise steps, int8 products)
  */
 #include "int8_core.h"
+#include "cpu_features.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__)) && \
-    !defined(RNN_NO_SIMD)
-#define I8_X86 1
-#include <immintrin.h>
-#define I8_AVX2 __attribute__((target("avx2,fma")))
-#define I8_AVX2_INLINE __attribute__((target("avx2,fma"), always_inline)) inline
-#define I8_AVXVNNI __attribute__((target("avx2,fma,avxvnni")))
-#define I8_AVXVNNI_INLINE __attribute__((target("avx2,fma,avxvnni"), always_inline)) inline
-#define I8_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,fma")))
-#define I8_AVX512_INLINE __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,fma"), always_inline)) inline
-#if defined(__clang__)
-#define I8_UNROLL _Pragma("unroll")
-#define I8_UNROLL16 _Pragma("unroll")
-#else
-#define I8_UNROLL _Pragma("GCC unroll 8")
-#define I8_UNROLL16 _Pragma("GCC unroll 16")
-#endif
-#define I8_AMX __attribute__((target("amx-tile,amx-int8,avx512f,avx512bw,avx512vl,avx512vnni,fma")))
-#include <cpuid.h>
-#if defined(__linux__)
-#include <sys/syscall.h>
-#include <unistd.h>
-#endif
-#else
-#define I8_X86 0
-#endif
-
 /* ============================================================================================
- * 1. instruction set
+ * 1. instruction set (the detection itself: cpu_features.h)
  * ========================================================================================== */
 
 static int i8_state = -1;
 
-/* AMX int8 tiles: the CPU has them and Linux lets this process use their state (asked once) */
-static int amx_usable(void)
-{
-#if I8_X86 && defined(__linux__) && defined(SYS_arch_prctl)
-    static int usable = -1;
-    if (usable < 0) {
-        unsigned a, b, c, d;
-        usable = 0;
-        if (__get_cpuid_count(7, 0, &a, &b, &c, &d) && ((d >> 24) & 1) && ((d >> 25) & 1))
-            usable = syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */) == 0;
-    }
-    return usable;
-#else
-    return 0;
-#endif
-}
-
 static int i8_cpu_level(void)
 {
-#if I8_X86
-    __builtin_cpu_init();
-    if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")))
+    if (!fr_cpu_has(FR_HAS_AVX2_FMA))
         return I8_SIMD_PLAIN;
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni"))
-        return amx_usable() ? I8_SIMD_AMX : I8_SIMD_AVX512VNNI;
-    if (__builtin_cpu_supports("avxvnni"))
-        return I8_SIMD_AVXVNNI;
-    return I8_SIMD_AVX2;
-#else
-    return I8_SIMD_PLAIN;
-#endif
+    if (fr_cpu_has(FR_HAS_AVX512_VNNI))
+        return fr_cpu_has(FR_HAS_AMX_INT8) ? I8_SIMD_AMX : I8_SIMD_AVX512VNNI;
+    return fr_cpu_has(FR_HAS_AVX_VNNI) ? I8_SIMD_AVXVNNI : I8_SIMD_AVX2;
 }
 
-int i8_simd_enabled(void)
-{
-    if (i8_state < 0)
-        i8_state = i8_cpu_level();
-    return i8_state;
-}
+int i8_simd_enabled(void) { return fr_level(&i8_state, i8_cpu_level); }
 
 int i8_select_simd(int level)
 {
-    const int best = i8_cpu_level();
     /* AVX-VNNI is not implied by AVX-512 VNNI: a cap at AVX-VNNI on a CPU without it is AVX2 */
-    if (level == I8_SIMD_AVXVNNI && best >= I8_SIMD_AVX512VNNI) {
-#if I8_X86
-        if (!__builtin_cpu_supports("avxvnni"))
-            level = I8_SIMD_AVX2;
-#endif
-    }
-    i8_state = level < 0 || level > best ? best : level;
-    return i8_state;
+    if (level == I8_SIMD_AVXVNNI && !fr_cpu_has(FR_HAS_AVX_VNNI))
+        level = I8_SIMD_AVX2;
+    return i8_state = fr_cap_level(level, i8_cpu_level());
 }
 
 /* ============================================================================================
@@ -146,8 +84,8 @@ static float quantize_row_plain(const float *x, ptrdiff_t K, ptrdiff_t K4, int8_
     return s;
 }
 
-#if I8_X86
-static I8_AVX512 float quantize_row_avx512(const float *x, ptrdiff_t K, ptrdiff_t K4, int8_t *xq)
+#if FR_X86_SIMD
+static FR_AVX512VNNI float quantize_row_avx512(const float *x, ptrdiff_t K, ptrdiff_t K4, int8_t *xq)
 {
     __m512 vmax = _mm512_setzero_ps();
     ptrdiff_t k = 0;
@@ -170,7 +108,7 @@ static I8_AVX512 float quantize_row_avx512(const float *x, ptrdiff_t K, ptrdiff_
     return s;
 }
 
-static I8_AVX2 float quantize_row_avx2(const float *x, ptrdiff_t K, ptrdiff_t K4, int8_t *xq)
+static FR_AVX2 float quantize_row_avx2(const float *x, ptrdiff_t K, ptrdiff_t K4, int8_t *xq)
 {
     const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
     __m256 vmax = _mm256_setzero_ps();
@@ -209,7 +147,7 @@ static I8_AVX2 float quantize_row_avx2(const float *x, ptrdiff_t K, ptrdiff_t K4
 void i8_quantize_rows(const float *in, ptrdiff_t ld_in, ptrdiff_t m, ptrdiff_t K, int8_t *xq, float *xs)
 {
     const ptrdiff_t K4 = i8_cols_padded(K);
-#if I8_X86
+#if FR_X86_SIMD
     const int level = i8_simd_enabled();
     if (level >= I8_SIMD_AVX512VNNI) {
         for (ptrdiff_t r = 0; r < m; r++)
@@ -258,51 +196,171 @@ static void matmul_plain(const i8_packed *w, const int8_t *xq, const float *xs, 
     }
 }
 
-#if I8_X86
-/* AVX-512 VNNI: out (MR, NPG*16) += MR rows of xq times NPG panels; acc[r][g] holds
- * sum_k (xq + 128) q, the offset is removed with the row sums at the end. `left`: outputs of
- * the matrix from this tile's first column on (only the last panel can be partial). */
-static I8_AVX512_INLINE void tile_vnni512(const int MR, const int NPG, const i8_packed *w, ptrdiff_t p0,
-                                          const int8_t *xq, ptrdiff_t K4, const float *xs, const float *const *src,
-                                          float *out, ptrdiff_t ld_out, ptrdiff_t left)
+#if FR_X86_SIMD
+/* AVX-512 VNNI, two rows or more (compute bound). vpdpbusd multiplies unsigned bytes by signed
+ * ones: the activations enter as xu = xq + 128 (xq ^ 0x80), flipped once per block of rows into
+ * a buffer on the stack (I8_XU_BYTES), and 128 * row_sum[n] is taken back out at the end.
+ *
+ * The tile: MR (<= 6) rows times NPG (<= 4) panels of 16 outputs, the whole of K, in 24 zmm
+ * accumulators named c<row><panel> (named, not an array: gcc kept an array's elements in memory
+ * beside their registers, two moves and a store per vpdpbusd, 41% of the vpdpbusd peak). For
+ * each group of 4 inputs: NPG weight vectors are loaded once and serve MR rows, each row's 4
+ * bytes are broadcast once (a load-port broadcast, no ALU op) and serve NPG panels: MR * NPG
+ * vpdpbusd for NPG + MR loads. `flip`: 1 when xq is still signed (the rows did not fit the
+ * buffer: an xor per broadcast instead). `left`: outputs from this tile's first column on. */
+#define I8_XU_BYTES 32768
+/* acc += the dot products of 4 unsigned bytes of a with 4 signed bytes of b, per int32 lane
+ * (vpdpbusd). In asm because gcc 12 ties the accumulator of _mm512_dpbusd_epi32 to zmm0-15 (the
+ * AVX-VNNI alternative of its pattern): with 24 accumulators that meant a copy in, a copy out
+ * and a store per instruction. */
+static FR_AVX512VNNI_INLINE __m512i dpbusd512(__m512i acc, __m512i a, __m512i b)
 {
-    __m512i acc[6][4];
+#if defined(__GNUC__) && !defined(__clang__)
+    __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(a), "v"(b));
+    return acc;
+#else
+    return _mm512_dpbusd_epi32(acc, a, b);
+#endif
+}
+#define VNNI_W(g) (NPG > g ? _mm512_loadu_si512((const void *)(bk + g * stride)) : zero)
+#define VNNI_ROW(r)                                                                                   \
+    if (MR > r) {                                                                                     \
+        __m512i x = _mm512_set1_epi32(load4((const int8_t *)xu + r * K4 + k));                        \
+        if (flip)                                                                                     \
+            x = _mm512_xor_si512(x, flip_bits);                                                       \
+        c##r##0 = dpbusd512(c##r##0, x, w0);                                                \
+        if (NPG > 1) c##r##1 = dpbusd512(c##r##1, x, w1);                                   \
+        if (NPG > 2) c##r##2 = dpbusd512(c##r##2, x, w2);                                   \
+        if (NPG > 3) c##r##3 = dpbusd512(c##r##3, x, w3);                                   \
+    }
+#define VNNI_OUT(r, g)                                                                                \
+    if (MR > r && NPG > g)                                                                            \
+        vnni512_store(c##r##g, w, p0 + g, left - g * I8_PANEL, xs[r], src ? src[r] : NULL,           \
+                      out + r * ld_out + g * I8_PANEL);
+
+/* Ask for the lines the epilogue of a tile of `rows` rows x `cols` outputs will read and write
+ * (out, and the addend rows src[r] + n0), before the tile's products run: rows of a large output
+ * (an input projection of every step: 26 MB for LSTM(512) B64 T50) or of the step's xproj rows
+ * are far apart and come from memory, which the prefetcher does not foresee (measured: the
+ * AVX-512 VNNI product at M = 3200 ran at 454 GOP/s against 700 at M = 64). */
+static inline void prefetch_outputs(int rows, ptrdiff_t cols, const float *const *src, ptrdiff_t n0, float *out,
+                                    ptrdiff_t ld_out)
+{
+#if defined(__GNUC__) || defined(__clang__)
+    for (int r = 0; r < rows; r++)
+        for (ptrdiff_t j = 0; j < cols; j += 16) {
+            __builtin_prefetch(out + r * ld_out + j, 1, 3);
+            if (src)
+                __builtin_prefetch(src[r] + n0 + j, 0, 3);
+        }
+#else
+    (void)rows, (void)cols, (void)src, (void)n0, (void)out, (void)ld_out;
+#endif
+}
+
+/* o[0..valid) = in + float(acc - 128 row_sum) * (xs_r * scale): in = src_r + n0, or o itself */
+static FR_AVX512VNNI_INLINE void vnni512_store(__m512i acc, const i8_packed *w, ptrdiff_t panel, ptrdiff_t valid,
+                                               float xs_r, const float *src_r, float *o)
+{
+    const __mmask16 mask = valid >= I8_PANEL ? (__mmask16)0xFFFF : (__mmask16)((1u << valid) - 1u);
+    const ptrdiff_t n0 = panel * I8_PANEL;
+    const __m512i off = _mm512_slli_epi32(_mm512_loadu_si512((const void *)(w->row_sum + n0)), 7);
+    const __m512 f = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc, off));
+    const __m512 t = _mm512_mul_ps(_mm512_set1_ps(xs_r), _mm512_loadu_ps(w->scale + n0));
+    const float *in = src_r ? src_r + n0 : o;
+    _mm512_mask_storeu_ps(o, mask, _mm512_add_ps(_mm512_maskz_loadu_ps(mask, in), _mm512_mul_ps(f, t)));
+}
+
+static FR_AVX512VNNI_INLINE void tile_vnni512(const int MR, const int NPG, const int flip, const i8_packed *w,
+                                              ptrdiff_t p0, const uint8_t *xu, ptrdiff_t K4, const float *xs,
+                                              const float *const *src, float *out, ptrdiff_t ld_out, ptrdiff_t left)
+{
     const ptrdiff_t stride = K4 * I8_PANEL;
     const int8_t *panel = w->data + p0 * stride;
-    const __m512i flip = _mm512_set1_epi32((int32_t)0x80808080u);
-    I8_UNROLL for (int r = 0; r < MR; r++)
-        I8_UNROLL for (int g = 0; g < NPG; g++)
-            acc[r][g] = _mm512_setzero_si512();
+    const __m512i zero = _mm512_setzero_si512(), flip_bits = _mm512_set1_epi32((int32_t)0x80808080u);
+    __m512i c00 = zero, c01 = zero, c02 = zero, c03 = zero, c10 = zero, c11 = zero, c12 = zero, c13 = zero;
+    __m512i c20 = zero, c21 = zero, c22 = zero, c23 = zero, c30 = zero, c31 = zero, c32 = zero, c33 = zero;
+    __m512i c40 = zero, c41 = zero, c42 = zero, c43 = zero, c50 = zero, c51 = zero, c52 = zero, c53 = zero;
+    prefetch_outputs(MR, NPG * I8_PANEL, src, p0 * I8_PANEL, out, ld_out);
     for (ptrdiff_t k = 0; k < K4; k += 4) {
-        __m512i wv[4];
-        I8_UNROLL for (int g = 0; g < NPG; g++)
-            wv[g] = _mm512_loadu_si512((const void *)(panel + g * stride + k * I8_PANEL));
-        I8_UNROLL for (int r = 0; r < MR; r++) {
-            const __m512i a = _mm512_xor_si512(_mm512_set1_epi32(load4(xq + r * K4 + k)), flip);
-            I8_UNROLL for (int g = 0; g < NPG; g++)
-                acc[r][g] = _mm512_dpbusd_epi32(acc[r][g], a, wv[g]);
+        const int8_t *bk = panel + k * I8_PANEL;
+        const __m512i w0 = VNNI_W(0), w1 = VNNI_W(1), w2 = VNNI_W(2), w3 = VNNI_W(3);
+        VNNI_ROW(0) VNNI_ROW(1) VNNI_ROW(2) VNNI_ROW(3) VNNI_ROW(4) VNNI_ROW(5)
+    }
+    VNNI_OUT(0, 0) VNNI_OUT(0, 1) VNNI_OUT(0, 2) VNNI_OUT(0, 3)
+    VNNI_OUT(1, 0) VNNI_OUT(1, 1) VNNI_OUT(1, 2) VNNI_OUT(1, 3)
+    VNNI_OUT(2, 0) VNNI_OUT(2, 1) VNNI_OUT(2, 2) VNNI_OUT(2, 3)
+    VNNI_OUT(3, 0) VNNI_OUT(3, 1) VNNI_OUT(3, 2) VNNI_OUT(3, 3)
+    VNNI_OUT(4, 0) VNNI_OUT(4, 1) VNNI_OUT(4, 2) VNNI_OUT(4, 3)
+    VNNI_OUT(5, 0) VNNI_OUT(5, 1) VNNI_OUT(5, 2) VNNI_OUT(5, 3)
+}
+
+/* xu (n,) <- xq ^ 0x80 (xq + 128 as unsigned bytes); n a multiple of 4 */
+static FR_AVX512VNNI void flip_bytes512(const int8_t *xq, ptrdiff_t n, uint8_t *xu)
+{
+    const __m512i bits = _mm512_set1_epi32((int32_t)0x80808080u);
+    ptrdiff_t i = 0;
+    for (; i + 64 <= n; i += 64)
+        _mm512_storeu_si512((void *)(xu + i), _mm512_xor_si512(_mm512_loadu_si512((const void *)(xq + i)), bits));
+    if (i < n) {
+        const __mmask64 m = ((__mmask64)1 << (n - i)) - 1;
+        _mm512_mask_storeu_epi8(xu + i, m, _mm512_xor_si512(_mm512_maskz_loadu_epi8(m, xq + i), bits));
+    }
+}
+
+/* the tile for the literal (mr, npg) of a runtime one (mr 1..6, npg 1..4) */
+#define VNNI_CASE(MR, NPG, FLIP) \
+    case (MR - 1) * 4 + (NPG - 1): tile_vnni512(MR, NPG, FLIP, w, p, x, K4, s, sr, o, ld_out, left); break;
+#define VNNI_CASES_ROW(MR, FLIP) \
+    VNNI_CASE(MR, 1, FLIP) VNNI_CASE(MR, 2, FLIP) VNNI_CASE(MR, 3, FLIP) VNNI_CASE(MR, 4, FLIP)
+#define VNNI_CASES(FLIP) VNNI_CASES_ROW(1, FLIP) VNNI_CASES_ROW(2, FLIP) VNNI_CASES_ROW(3, FLIP) \
+    VNNI_CASES_ROW(4, FLIP) VNNI_CASES_ROW(5, FLIP) VNNI_CASES_ROW(6, FLIP)
+
+/* rows [r0, r1) of xu (flipped, or still signed when flip) over every panel: for each group of
+ * 4 panels (K4 x 64 bytes, kept in L1 while the rows pass), every block of 6 rows */
+static FR_AVX512VNNI void vnni512_rows(const i8_packed *w, const uint8_t *xu, ptrdiff_t rows, int flip,
+                                       const float *xs, const float *const *src, float *out, ptrdiff_t ld_out)
+{
+    const ptrdiff_t N = w->rows, K4 = i8_cols_padded(w->cols), panels = (N + I8_PANEL - 1) / I8_PANEL;
+    for (ptrdiff_t p = 0; p < panels; p += 4) {
+        const ptrdiff_t npg = panels - p < 4 ? panels - p : 4, left = N - p * I8_PANEL;
+        for (ptrdiff_t r = 0; r < rows; r += 6) {
+            const ptrdiff_t mr = rows - r < 6 ? rows - r : 6;
+            const uint8_t *x = xu + r * K4;
+            const float *s = xs + r;
+            const float *const *sr = src ? src + r : NULL;
+            float *o = out + r * ld_out + p * I8_PANEL;
+            if (flip) {
+                switch ((mr - 1) * 4 + (npg - 1)) { VNNI_CASES(1) }
+            } else {
+                switch ((mr - 1) * 4 + (npg - 1)) { VNNI_CASES(0) }
+            }
         }
     }
-    I8_UNROLL for (int g = 0; g < NPG; g++) {
-        const ptrdiff_t valid = left - g * I8_PANEL;
-        const __mmask16 mask = valid >= I8_PANEL ? (__mmask16)0xFFFF : (__mmask16)((1u << valid) - 1u);
-        const ptrdiff_t n0 = (p0 + g) * I8_PANEL;
-        const __m512i off = _mm512_slli_epi32(_mm512_loadu_si512((const void *)(w->row_sum + n0)), 7);
-        const __m512 sc = _mm512_loadu_ps(w->scale + n0);
-        I8_UNROLL for (int r = 0; r < MR; r++) {
-            const __m512 f = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r][g], off));
-            const __m512 t = _mm512_mul_ps(_mm512_set1_ps(xs[r]), sc);
-            float *o = out + r * ld_out + g * I8_PANEL;
-            const float *in = src ? src[r] + n0 : o;
-            _mm512_mask_storeu_ps(o, mask, _mm512_add_ps(_mm512_maskz_loadu_ps(mask, in), _mm512_mul_ps(f, t)));
-        }
+}
+
+/* out (m, N) = src + W xq (see i8_matmul), m >= 2: blocks of rows flipped into the stack buffer */
+static FR_AVX512VNNI void matmul_vnni512(const i8_packed *w, const int8_t *xq, const float *xs, ptrdiff_t m,
+                                         const float *const *src, float *out, ptrdiff_t ld_out)
+{
+    const ptrdiff_t K4 = i8_cols_padded(w->cols);
+    const ptrdiff_t block = K4 > 0 ? I8_XU_BYTES / K4 / 6 * 6 : 6;
+    if (block < 6) { /* rows too long for the buffer: flip at each broadcast */
+        vnni512_rows(w, (const uint8_t *)xq, m, 1, xs, src, out, ld_out);
+        return;
+    }
+    uint8_t xu[I8_XU_BYTES] __attribute__((aligned(64)));
+    for (ptrdiff_t r0 = 0; r0 < m; r0 += block) {
+        const ptrdiff_t rows = m - r0 < block ? m - r0 : block;
+        flip_bytes512(xq + r0 * K4, rows * K4, xu);
+        vnni512_rows(w, xu, rows, 0, xs + r0, src ? src + r0 : NULL, out + r0 * ld_out, ld_out);
     }
 }
 
 /* One row (a batch-1 step, bandwidth bound): 4 panels at a time with two accumulators each
  * (even and odd groups of 4 inputs), so 8 vpdpbusd chains are in flight. Integer sums are
  * exact, so splitting them changes no bit. */
-static I8_AVX512 void gemv_vnni512(const i8_packed *w, const int8_t *xq, const float *xs,
+static FR_AVX512VNNI void gemv_vnni512(const i8_packed *w, const int8_t *xq, const float *xs,
                                    const float *const *src, float *out)
 {
     const ptrdiff_t N = w->rows, K4 = i8_cols_padded(w->cols), stride = K4 * I8_PANEL;
@@ -320,7 +378,7 @@ static I8_AVX512 void gemv_vnni512(const i8_packed *w, const int8_t *xq, const f
             for (; k + 1 < groups; k += 2) {
                 const __m512i a0 = _mm512_xor_si512(_mm512_set1_epi32(load4(xq + 4 * k)), flip);
                 const __m512i a1 = _mm512_xor_si512(_mm512_set1_epi32(load4(xq + 4 * k + 4)), flip);
-                I8_UNROLL for (int g = 0; g < 4; g++) {
+                FR_UNROLL for (int g = 0; g < 4; g++) {
                     const int8_t *b = panel + g * stride + k * 64;
                     acc0[g] = _mm512_dpbusd_epi32(acc0[g], a0, _mm512_loadu_si512((const void *)b));
                     acc1[g] = _mm512_dpbusd_epi32(acc1[g], a1, _mm512_loadu_si512((const void *)(b + 64)));
@@ -346,14 +404,7 @@ static I8_AVX512 void gemv_vnni512(const i8_packed *w, const int8_t *xq, const f
 }
 
 /* AVX-VNNI (ymm) and AVX2: a panel is two ymm halves of 8 outputs. */
-static I8_AVX2_INLINE __m256i dot4_avx2(__m256i acc, __m256i a, __m256i wv, __m256i ones)
-{
-    /* |a| as unsigned bytes times q with a's sign: pair sums <= 2 * 127 * 127, no saturation */
-    const __m256i pairs = _mm256_maddubs_epi16(_mm256_abs_epi8(a), _mm256_sign_epi8(wv, a));
-    return _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, ones));
-}
-
-static I8_AVX2_INLINE void store8_avx2(float *o, const float *in, ptrdiff_t valid, __m256 v)
+static FR_AVX2_INLINE void store8_avx2(float *o, const float *in, ptrdiff_t valid, __m256 v)
 {
     if (valid >= 8) {
         _mm256_storeu_ps(o, _mm256_add_ps(_mm256_loadu_ps(in), v));
@@ -365,29 +416,29 @@ static I8_AVX2_INLINE void store8_avx2(float *o, const float *in, ptrdiff_t vali
     }
 }
 
-/* one ymm tile, VNNI or not (use_vnni is a literal at every call site) */
+/* one AVX-VNNI tile: MR (<= 2) rows times NPG (<= 2) panels, each panel two ymm of 8 outputs */
 #define TILE_YMM_BODY(DOT, OFFSET)                                                                    \
     __m256i acc[2][4];                                                                                \
     const ptrdiff_t stride = K4 * I8_PANEL;                                                           \
     const int8_t *panel = w->data + p0 * stride;                                                      \
-    I8_UNROLL for (int r = 0; r < MR; r++)                                                            \
-        I8_UNROLL for (int g = 0; g < 2 * NPG; g++)                                                   \
+    FR_UNROLL for (int r = 0; r < MR; r++)                                                            \
+        FR_UNROLL for (int g = 0; g < 2 * NPG; g++)                                                   \
             acc[r][g] = _mm256_setzero_si256();                                                       \
     for (ptrdiff_t k = 0; k < K4; k += 4) {                                                           \
         __m256i wv[4];                                                                                \
-        I8_UNROLL for (int g = 0; g < 2 * NPG; g++)                                                   \
+        FR_UNROLL for (int g = 0; g < 2 * NPG; g++)                                                   \
             wv[g] = _mm256_loadu_si256((const __m256i *)(panel + (g / 2) * stride + k * I8_PANEL + (g % 2) * 32)); \
-        I8_UNROLL for (int r = 0; r < MR; r++) {                                                      \
+        FR_UNROLL for (int r = 0; r < MR; r++) {                                                      \
             const __m256i a = _mm256_set1_epi32(load4(xq + r * K4 + k));                              \
-            I8_UNROLL for (int g = 0; g < 2 * NPG; g++)                                               \
+            FR_UNROLL for (int g = 0; g < 2 * NPG; g++)                                               \
                 acc[r][g] = DOT(acc[r][g], a, wv[g]);                                                  \
         }                                                                                             \
     }                                                                                                 \
-    I8_UNROLL for (int g = 0; g < 2 * NPG; g++) {                                                     \
+    FR_UNROLL for (int g = 0; g < 2 * NPG; g++) {                                                     \
         const ptrdiff_t n0 = p0 * I8_PANEL + g * 8;                                                   \
         const __m256i off = OFFSET;                                                                   \
         const __m256 sc = _mm256_loadu_ps(w->scale + n0);                                             \
-        I8_UNROLL for (int r = 0; r < MR; r++) {                                                      \
+        FR_UNROLL for (int r = 0; r < MR; r++) {                                                      \
             const __m256 f = _mm256_cvtepi32_ps(_mm256_sub_epi32(acc[r][g], off));                     \
             const __m256 t = _mm256_mul_ps(_mm256_set1_ps(xs[r]), sc);                                \
             float *o = out + r * ld_out + g * 8;                                                      \
@@ -395,21 +446,12 @@ static I8_AVX2_INLINE void store8_avx2(float *o, const float *in, ptrdiff_t vali
         }                                                                                             \
     }
 
-#define DOT_AVX2(acc, a, wv) dot4_avx2(acc, a, wv, ones)
-static I8_AVX2_INLINE void tile_avx2(const int MR, const int NPG, const i8_packed *w, ptrdiff_t p0,
-                                     const int8_t *xq, ptrdiff_t K4, const float *xs, const float *const *src,
-                                     float *out, ptrdiff_t ld_out, ptrdiff_t left)
-{
-    const __m256i ones = _mm256_set1_epi16(1);
-    TILE_YMM_BODY(DOT_AVX2, _mm256_setzero_si256())
-}
-
-static I8_AVXVNNI_INLINE __m256i dot4_avxvnni(__m256i acc, __m256i a, __m256i wv)
+static FR_AVXVNNI_INLINE __m256i dot4_avxvnni(__m256i acc, __m256i a, __m256i wv)
 {
     return _mm256_dpbusd_avx_epi32(acc, _mm256_xor_si256(a, _mm256_set1_epi32((int32_t)0x80808080u)), wv);
 }
 
-static I8_AVXVNNI_INLINE void tile_avxvnni(const int MR, const int NPG, const i8_packed *w, ptrdiff_t p0,
+static FR_AVXVNNI_INLINE void tile_avxvnni(const int MR, const int NPG, const i8_packed *w, ptrdiff_t p0,
                                            const int8_t *xq, ptrdiff_t K4, const float *xs,
                                            const float *const *src, float *out, ptrdiff_t ld_out, ptrdiff_t left)
 {
@@ -441,18 +483,13 @@ static I8_AVXVNNI_INLINE void tile_avxvnni(const int MR, const int NPG, const i8
     }
 
 #define I8_CASE(TILE, MR, NPG) case (MR - 1) * 4 + (NPG - 1): TILE(MR, NPG, w, p, x, K4, s, sr, o, ld_out, left); break;
-#define I8_CASES_ROW(TILE, MR) I8_CASE(TILE, MR, 1) I8_CASE(TILE, MR, 2) I8_CASE(TILE, MR, 3) I8_CASE(TILE, MR, 4)
 #define I8_CASES_ROW2(TILE, MR) I8_CASE(TILE, MR, 1) I8_CASE(TILE, MR, 2)
-#define I8_CASES_6(TILE) I8_CASES_ROW(TILE, 1) I8_CASES_ROW(TILE, 2) I8_CASES_ROW(TILE, 3) \
-    I8_CASES_ROW(TILE, 4) I8_CASES_ROW(TILE, 5) I8_CASES_ROW(TILE, 6)
 #define I8_CASES_2(TILE) I8_CASES_ROW2(TILE, 1) I8_CASES_ROW2(TILE, 2)
 
-I8_DRIVER(matmul_vnni512, I8_AVX512, tile_vnni512, 6, 4)
-I8_DRIVER(matmul_avxvnni, I8_AVXVNNI, tile_avxvnni, 2, 2)
-I8_DRIVER(matmul_avx2, I8_AVX2, tile_avx2, 2, 2)
+I8_DRIVER(matmul_avxvnni, FR_AVXVNNI, tile_avxvnni, 2, 2)
 
-/* AVX2 without VNNI, written out so that every accumulator stays in a register (the generic
- * ymm tile above spills with gcc), same arithmetic and layout as tile_avx2: |xq| as unsigned
+/* AVX2 without VNNI, written out so that every accumulator stays in a register (a generic
+ * ymm tile like the AVX-VNNI one spilled with gcc): |xq| as unsigned
  * bytes times q with xq's sign (vpsignb), pair sums in int16 (at most 2 * 127^2), vpmaddwd with
  * ones to int32. On a Zen 3 core vpsignb, vpmaddubsw and vpmaddwd issue on different pipes
  * (measured: the three together at about one per cycle), so 32 multiply-adds cost about one
@@ -467,30 +504,30 @@ I8_DRIVER(matmul_avx2, I8_AVX2, tile_avx2, 2, 2)
 #define SGN_MR 6
 #endif
 
-static I8_AVX2_INLINE __m256i sgn_dot(__m256i acc, __m256i ua, __m256i a, const int8_t *wp, __m256i ones)
+static FR_AVX2_INLINE __m256i sgn_dot(__m256i acc, __m256i ua, __m256i a, const int8_t *wp, __m256i ones)
 {
     const __m256i wv = _mm256_loadu_si256((const __m256i *)wp);
     return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(ua, _mm256_sign_epi8(wv, a)), ones));
 }
 
-static I8_AVX2_INLINE void tile_sgn(const int MR, const int8_t *panel, const int8_t *xq, ptrdiff_t K4,
+static FR_AVX2_INLINE void tile_sgn(const int MR, const int8_t *panel, const int8_t *xq, ptrdiff_t K4,
                                     const float *xs, const float *scale, const float *const *src, ptrdiff_t n0,
                                     float *out, ptrdiff_t ld_out, ptrdiff_t valid)
 {
     const __m256i ones = _mm256_set1_epi16(1);
     __m256i a0[SGN_MR], a1[SGN_MR];
-    I8_UNROLL for (int r = 0; r < MR; r++)
+    FR_UNROLL for (int r = 0; r < MR; r++)
         a0[r] = a1[r] = _mm256_setzero_si256();
     for (ptrdiff_t k = 0; k < K4; k += 4) {
         const int8_t *g = panel + k * I8_PANEL;
-        I8_UNROLL for (int r = 0; r < MR; r++) {
+        FR_UNROLL for (int r = 0; r < MR; r++) {
             const __m256i a = _mm256_set1_epi32(load4(xq + r * K4 + k)), ua = _mm256_abs_epi8(a);
             a0[r] = sgn_dot(a0[r], ua, a, g, ones);
             a1[r] = sgn_dot(a1[r], ua, a, g + 32, ones);
         }
     }
     const __m256 sc0 = _mm256_loadu_ps(scale), sc1 = _mm256_loadu_ps(scale + 8);
-    I8_UNROLL for (int r = 0; r < MR; r++) {
+    FR_UNROLL for (int r = 0; r < MR; r++) {
         const __m256 vx = _mm256_set1_ps(xs[r]);
         float *o = out + r * ld_out;
         const float *in = src ? src[r] + n0 : o;
@@ -499,7 +536,7 @@ static I8_AVX2_INLINE void tile_sgn(const int MR, const int8_t *panel, const int
     }
 }
 
-static I8_AVX2 void matmul_avx2_sgn(const i8_packed *w, const int8_t *xq, const float *xs, ptrdiff_t m,
+static FR_AVX2 void matmul_avx2_sgn(const i8_packed *w, const int8_t *xq, const float *xs, ptrdiff_t m,
                                     const float *const *src, float *out, ptrdiff_t ld_out)
 {
     const ptrdiff_t N = w->rows, K4 = i8_cols_padded(w->cols), stride = K4 * I8_PANEL;
@@ -528,22 +565,22 @@ static I8_AVX2 void matmul_avx2_sgn(const i8_packed *w, const int8_t *xq, const 
 }
 
 /* one row: NP panels at a time (see above) */
-static I8_AVX2_INLINE void gemv_avx2_panels(const int NP, const i8_packed *w, ptrdiff_t p, const int8_t *xq,
+static FR_AVX2_INLINE void gemv_avx2_panels(const int NP, const i8_packed *w, ptrdiff_t p, const int8_t *xq,
                                             __m256 vxs, const float *const *src, float *out)
 {
     const ptrdiff_t N = w->rows, K4 = i8_cols_padded(w->cols), stride = K4 * I8_PANEL;
     const __m256i ones = _mm256_set1_epi16(1);
     const int8_t *b = w->data + p * stride;
     __m256i acc[8];
-    I8_UNROLL for (int h = 0; h < 2 * NP; h++)
+    FR_UNROLL for (int h = 0; h < 2 * NP; h++)
         acc[h] = _mm256_setzero_si256();
     for (ptrdiff_t k = 0; k < K4; k += 4) {
         const __m256i a = _mm256_set1_epi32(load4(xq + k)), ua = _mm256_abs_epi8(a);
         const int8_t *g = b + k * I8_PANEL;
-        I8_UNROLL for (int h = 0; h < 2 * NP; h++)
+        FR_UNROLL for (int h = 0; h < 2 * NP; h++)
             acc[h] = sgn_dot(acc[h], ua, a, g + (h / 2) * stride + (h % 2) * 32, ones);
     }
-    I8_UNROLL for (int h = 0; h < 2 * NP; h++) {
+    FR_UNROLL for (int h = 0; h < 2 * NP; h++) {
         const ptrdiff_t n0 = p * I8_PANEL + h * 8;
         if (n0 < N) {
             const __m256 t = _mm256_mul_ps(vxs, _mm256_loadu_ps(w->scale + n0));
@@ -556,7 +593,7 @@ static I8_AVX2_INLINE void gemv_avx2_panels(const int NP, const i8_packed *w, pt
 #ifndef GEMV_NP
 #define GEMV_NP 4
 #endif
-static I8_AVX2 void gemv_avx2(const i8_packed *w, const int8_t *xq, const float *xs, const float *const *src,
+static FR_AVX2 void gemv_avx2(const i8_packed *w, const int8_t *xq, const float *xs, const float *const *src,
                               float *out)
 {
     const ptrdiff_t panels = (w->rows + I8_PANEL - 1) / I8_PANEL;
@@ -579,7 +616,7 @@ typedef struct {
     uint8_t rows[16];
 } amx_config;
 
-static I8_AMX void amx_epilogue(const i8_packed *w, ptrdiff_t p, int np, int nr, const int32_t *cbuf,
+static FR_AMX void amx_epilogue(const i8_packed *w, ptrdiff_t p, int np, int nr, const int32_t *cbuf,
                                 const float *xs, const float *const *src, float *out, ptrdiff_t ld_out)
 {
     for (int g = 0; g < np; g++) {
@@ -597,7 +634,7 @@ static I8_AMX void amx_epilogue(const i8_packed *w, ptrdiff_t p, int np, int nr,
 }
 
 #define AMX_ROWS 256
-static I8_AMX void matmul_amx(const i8_packed *w, const int8_t *xq, const float *xs, ptrdiff_t m,
+static FR_AMX void matmul_amx(const i8_packed *w, const int8_t *xq, const float *xs, ptrdiff_t m,
                               const float *const *src, float *out, ptrdiff_t ld_out)
 {
     const ptrdiff_t N = w->rows, K4 = i8_cols_padded(w->cols), stride = K4 * I8_PANEL;
@@ -621,6 +658,8 @@ static I8_AMX void matmul_amx(const i8_packed *w, const int8_t *xq, const float 
         for (ptrdiff_t r = r0; r < r_end; r += 32) {
             const int nr = r_end - r >= 32 ? 2 : 1;
             const int8_t *a0 = xq + r * K4, *a1 = a0 + 16 * K4;
+            prefetch_outputs(16 * nr, np * I8_PANEL, src ? src + r : NULL, p * I8_PANEL, out + r * ld_out + p * I8_PANEL,
+                             ld_out);
             _tile_zero(0);
             _tile_zero(1);
             _tile_zero(2);
@@ -665,7 +704,7 @@ void i8_matmul(const i8_packed *w, const int8_t *xq, const float *xs, ptrdiff_t 
         bf16_matmul(w, (const uint16_t *)xq, m, src, out, ld_out);
         return;
     }
-#if I8_X86
+#if FR_X86_SIMD
     switch (i8_simd_enabled()) {
     case I8_SIMD_AMX:
         if (m >= 16 && i8_cols_padded(w->cols) % 64 == 0) {
@@ -796,13 +835,11 @@ static void bf16_matmul_plain(const i8_packed *w, const uint16_t *xq, ptrdiff_t 
     }
 }
 
-#if I8_X86
-#define BF16_NATIVE_ATTR __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,fma")))
-#define BF16_NATIVE_INLINE __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,fma"), always_inline)) inline
+#if FR_X86_SIMD
 
 /* out (MR, NPG*16): MR rows times NPG panels; native: vdpbf16ps, else two FMAs of the exact
  * products (odd input first), which round exactly as vdpbf16ps does */
-static BF16_NATIVE_INLINE void tile_bf16(const int MR, const int NPG, const int native, const i8_packed *w,
+static FR_AVX512BF16_INLINE void tile_bf16(const int MR, const int NPG, const int native, const i8_packed *w,
                                          ptrdiff_t p0, const uint16_t *xq, ptrdiff_t K2, const float *const *src,
                                          float *out, ptrdiff_t ld_out, ptrdiff_t left)
 {
@@ -810,24 +847,24 @@ static BF16_NATIVE_INLINE void tile_bf16(const int MR, const int NPG, const int 
     const ptrdiff_t stride = K2 * I8_PANEL;
     const uint16_t *panel = (const uint16_t *)w->data + p0 * stride;
     const __m512i hi_mask = _mm512_set1_epi32((int32_t)0xFFFF0000u);
-    I8_UNROLL for (int r = 0; r < MR; r++)
-        I8_UNROLL for (int g = 0; g < NPG; g++)
+    FR_UNROLL for (int r = 0; r < MR; r++)
+        FR_UNROLL for (int g = 0; g < NPG; g++)
             acc[r][g] = _mm512_setzero_ps();
     for (ptrdiff_t k = 0; k < K2; k += 2) {
         __m512i wv[4];
-        I8_UNROLL for (int g = 0; g < NPG; g++)
+        FR_UNROLL for (int g = 0; g < NPG; g++)
             wv[g] = _mm512_loadu_si512((const void *)(panel + g * stride + k * I8_PANEL));
-        I8_UNROLL for (int r = 0; r < MR; r++) {
+        FR_UNROLL for (int r = 0; r < MR; r++) {
             uint32_t pair;
             memcpy(&pair, xq + r * K2 + k, 4);
             if (native) {
                 const __m512bh a = (__m512bh)_mm512_set1_epi32((int32_t)pair);
-                I8_UNROLL for (int g = 0; g < NPG; g++)
+                FR_UNROLL for (int g = 0; g < NPG; g++)
                     acc[r][g] = _mm512_dpbf16_ps(acc[r][g], a, (__m512bh)wv[g]);
             } else {
                 const __m512 x1 = _mm512_castsi512_ps(_mm512_set1_epi32((int32_t)(pair & 0xFFFF0000u)));
                 const __m512 x0 = _mm512_castsi512_ps(_mm512_set1_epi32((int32_t)(pair << 16)));
-                I8_UNROLL for (int g = 0; g < NPG; g++) {
+                FR_UNROLL for (int g = 0; g < NPG; g++) {
                     const __m512 w1 = _mm512_castsi512_ps(_mm512_and_si512(wv[g], hi_mask));
                     const __m512 w0 = _mm512_castsi512_ps(_mm512_slli_epi32(wv[g], 16));
                     acc[r][g] = _mm512_fmadd_ps(x0, w0, _mm512_fmadd_ps(x1, w1, acc[r][g]));
@@ -835,11 +872,11 @@ static BF16_NATIVE_INLINE void tile_bf16(const int MR, const int NPG, const int 
             }
         }
     }
-    I8_UNROLL for (int g = 0; g < NPG; g++) {
+    FR_UNROLL for (int g = 0; g < NPG; g++) {
         const ptrdiff_t valid = left - g * I8_PANEL;
         const __mmask16 mask = valid >= I8_PANEL ? (__mmask16)0xFFFF : (__mmask16)((1u << valid) - 1u);
         const ptrdiff_t n0 = (p0 + g) * I8_PANEL;
-        I8_UNROLL for (int r = 0; r < MR; r++) {
+        FR_UNROLL for (int r = 0; r < MR; r++) {
             float *o = out + r * ld_out + g * I8_PANEL;
             const float *in = src ? src[r] + n0 : o;
             _mm512_mask_storeu_ps(o, mask, _mm512_add_ps(_mm512_maskz_loadu_ps(mask, in), acc[r][g]));
@@ -852,7 +889,7 @@ static BF16_NATIVE_INLINE void tile_bf16(const int MR, const int NPG, const int 
 #define BF16_ROW(NATIVE, MR) BF16_CASE(NATIVE, MR, 1) BF16_CASE(NATIVE, MR, 2) BF16_CASE(NATIVE, MR, 3) \
     BF16_CASE(NATIVE, MR, 4)
 #define BF16_DRIVER(NAME, NATIVE)                                                                     \
-    static BF16_NATIVE_ATTR void NAME(const i8_packed *w, const uint16_t *xq, ptrdiff_t m,             \
+    static FR_AVX512BF16 void NAME(const i8_packed *w, const uint16_t *xq, ptrdiff_t m,             \
                                       const float *const *src, float *out, ptrdiff_t ld_out)          \
     {                                                                                                 \
         const ptrdiff_t N = w->rows, K2 = cols_even(w->cols), panels = (N + I8_PANEL - 1) / I8_PANEL; \
@@ -879,9 +916,9 @@ BF16_DRIVER(bf16_matmul_fma, 0)
 static void bf16_matmul(const i8_packed *w, const uint16_t *xq, ptrdiff_t m, const float *const *src, float *out,
                         ptrdiff_t ld_out)
 {
-#if I8_X86
+#if FR_X86_SIMD
     if (i8_simd_enabled() >= I8_SIMD_AVX512VNNI) {
-        if (bf16_use_native && __builtin_cpu_supports("avx512bf16"))
+        if (bf16_use_native && fr_cpu_has(FR_HAS_AVX512_BF16))
             bf16_matmul_native(w, xq, m, src, out, ld_out);
         else
             bf16_matmul_fma(w, xq, m, src, out, ld_out);
@@ -899,10 +936,7 @@ static void bf16_matmul(const i8_packed *w, const uint16_t *xq, ptrdiff_t m, con
  * rnn_core.c); working state lives here in sorted order and goes back at the end. */
 typedef struct {
     void *block;
-    ptrdiff_t *order;  /* (B,) */
-    ptrdiff_t *length; /* (B,) */
-    float *h;          /* (B, H_out) */
-    float *c;          /* (B, H) */
+    rnn_rows rows;     /* sorted rows, running h (B, H_out) and c (B, H) */
     float *gates;      /* (B, G*H) */
     float *extra;      /* (B, H): LSTM m; GRU W_hn h or W_hn (r * h) */
     float *extra2;     /* (B, H): GRU r * h */
@@ -916,70 +950,23 @@ static size_t up16(size_t n) { return (n + 15) / 16 * 16; }
 static int ws_alloc(i8_workspace *ws, ptrdiff_t B, ptrdiff_t T, ptrdiff_t h_out, ptrdiff_t H, ptrdiff_t G)
 {
     const ptrdiff_t k4 = i8_cols_padded(h_out > H ? h_out : H);
-    const size_t idx = up16((size_t)(2 * B + T + 1)), nh = up16((size_t)(B * h_out)), nc = up16((size_t)(B * H));
     /* xq: bfloat16 rows take 2 bytes a value */
-    const size_t ng = up16((size_t)(B * G * H)), nq = up16((size_t)(B * k4 * 2)), ns = up16((size_t)B);
-    const size_t bytes = idx * sizeof(ptrdiff_t) + up16((size_t)B) * sizeof(float *) +
-                         (nh + 3 * nc + ng + ns) * sizeof(float) + nq + 64;
-    ws->block = malloc(bytes);
+    const size_t nc = up16((size_t)(B * H)), ng = up16((size_t)(B * G * H));
+    const size_t nq = up16((size_t)(B * k4 * 2)), ns = up16((size_t)B);
+    ws->block = malloc(rnn_rows_bytes(B, T, h_out, H) + up16((size_t)B) * sizeof(float *) +
+                       (2 * nc + ng + ns) * sizeof(float) + nq + 64);
     if (!ws->block)
         return -1;
     char *p = (char *)(((uintptr_t)ws->block + 63) & ~(uintptr_t)63);
-    ws->order = (ptrdiff_t *)p;
-    ws->length = ws->order + B;
-    p += idx * sizeof(ptrdiff_t);
+    p = rnn_rows_place(&ws->rows, p, B, T, h_out, H);
     ws->src = (const float **)p;
     p += up16((size_t)B) * sizeof(float *);
-    ws->h = (float *)p;
-    ws->c = ws->h + nh;
-    ws->extra = ws->c + nc;
+    ws->extra = (float *)p;
     ws->extra2 = ws->extra + nc;
     ws->gates = ws->extra2 + nc;
     ws->xs = ws->gates + ng;
     ws->xq = (int8_t *)(ws->xs + ns);
     return 0;
-}
-
-static ptrdiff_t ws_begin(const rnn_sequence_io *io, i8_workspace *ws, ptrdiff_t h_out, const float *h,
-                          ptrdiff_t H, const float *c)
-{
-    const ptrdiff_t B = io->batch, T = io->steps;
-    ptrdiff_t *count = ws->length + B; /* (T + 1,) counting sort, longest first, stable */
-    for (ptrdiff_t l = 0; l <= T; l++)
-        count[l] = 0;
-    for (ptrdiff_t b = 0; b < B; b++) {
-        const int64_t l = io->lengths[b];
-        count[l < 0 ? 0 : (l > T ? T : l)]++;
-    }
-    for (ptrdiff_t l = T, start = 0; l >= 0; l--) {
-        const ptrdiff_t n = count[l];
-        count[l] = start;
-        start += n;
-    }
-    for (ptrdiff_t b = 0; b < B; b++) {
-        const int64_t l64 = io->lengths[b];
-        const ptrdiff_t l = l64 < 0 ? 0 : (l64 > T ? T : (ptrdiff_t)l64);
-        const ptrdiff_t i = count[l]++;
-        ws->order[i] = b;
-        ws->length[i] = l;
-    }
-    for (ptrdiff_t i = 0; i < B; i++) {
-        const ptrdiff_t b = ws->order[i];
-        memcpy(ws->h + i * h_out, h + b * h_out, (size_t)h_out * sizeof(float));
-        if (c)
-            memcpy(ws->c + i * H, c + b * H, (size_t)H * sizeof(float));
-        for (ptrdiff_t t = ws->length[i]; t < T; t++)
-            memset(io->y + (b * T + t) * io->y_cols + io->y_offset, 0, (size_t)h_out * sizeof(float));
-    }
-    return B > 0 ? ws->length[0] : 0;
-}
-
-static const float *ws_row(const rnn_sequence_io *io, const i8_workspace *ws, const float *xproj,
-                           ptrdiff_t width, ptrdiff_t i, ptrdiff_t s)
-{
-    const ptrdiff_t t = io->reverse ? ws->length[i] - 1 - s : s;
-    const ptrdiff_t bt = ws->order[i] * io->steps + t;
-    return xproj + (io->tokens ? (ptrdiff_t)io->tokens[bt] : bt) * width;
 }
 
 int i8_sequence(int cell_kind, const rnn_sequence_io *io, const float *xproj, const i8_weights *w,
@@ -994,34 +981,27 @@ int i8_sequence(int cell_kind, const rnn_sequence_io *io, const float *xproj, co
     if (ws_alloc(&ws, io->batch, io->steps, h_out, H, G))
         return -1;
     const unsigned csr = rnn_denormals_off();
-    const ptrdiff_t longest = ws_begin(io, &ws, h_out, h, H, lstm ? c : NULL);
+    const ptrdiff_t longest = rnn_rows_begin(io, &ws.rows, h, lstm ? c : NULL);
     ptrdiff_t n = io->batch;
     for (ptrdiff_t s = 0; s < longest; s++) {
-        while (n > 0 && ws.length[n - 1] <= s)
-            n--;
+        n = rnn_rows_active(&ws.rows, n, s);
         for (ptrdiff_t i = 0; i < n; i++) /* xp (bias included) */
-            ws.src[i] = ws_row(io, &ws, xproj, GH, i, s);
+            ws.src[i] = rnn_rows_input(io, &ws.rows, xproj, GH, i, s);
         if (gru) /* a = xp: the n block is read by the element-wise step */
             for (ptrdiff_t i = 0; i < n; i++)
                 memcpy(ws.gates + i * GH, ws.src[i], (size_t)GH * sizeof(float));
-#if defined(__GNUC__) || defined(__clang__)
-        for (ptrdiff_t i = 0; i < n && ws.length[i] > s + 1; i++) { /* next step's rows (folded table) */
-            const char *row = (const char *)ws_row(io, &ws, xproj, GH, i, s + 1);
-            for (ptrdiff_t off = 0; off < GH * (ptrdiff_t)sizeof(float); off += 64)
-                __builtin_prefetch(row + off, 0, 2);
-        }
-#endif
-        i8_prepare_rows(&w->w_hh_rz, ws.h, h_out, n, h_out, ws.xq, ws.xs); /* h, one scale per row */
+        rnn_rows_prefetch(io, &ws.rows, xproj, GH, n, s + 1); /* next step's rows (folded table) */
+        i8_prepare_rows(&w->w_hh_rz, ws.rows.h, h_out, n, h_out, ws.xq, ws.xs); /* h, one scale per row */
         /* a = xp + W_hh h (gru: rows r|z, added to the copy) */
         i8_matmul(&w->w_hh_rz, ws.xq, ws.xs, n, gru ? NULL : ws.src, ws.gates, GH);
         if (lstm) {
             for (ptrdiff_t i = 0; i < n; i++)
-                rnn_lstm_pointwise(ws.gates + i * GH, H, ws.c + i * H, proj ? ws.extra + i * H : ws.h + i * h_out,
+                rnn_lstm_pointwise(ws.gates + i * GH, H, ws.rows.c + i * H, proj ? ws.extra + i * H : ws.rows.h + i * h_out,
                                    w->peephole, H, cell, H);
             if (proj) { /* h' = W_hr m */
-                memset(ws.h, 0, (size_t)(n * h_out) * sizeof(float));
+                memset(ws.rows.h, 0, (size_t)(n * h_out) * sizeof(float));
                 i8_prepare_rows(&w->w_hr, ws.extra, H, n, H, ws.xq, ws.xs);
-                i8_matmul(&w->w_hr, ws.xq, ws.xs, n, NULL, ws.h, h_out);
+                i8_matmul(&w->w_hr, ws.xq, ws.xs, n, NULL, ws.rows.h, h_out);
             }
         } else if (gru) {
             for (ptrdiff_t i = 0; i < n; i++) /* r, z */
@@ -1031,7 +1011,7 @@ int i8_sequence(int cell_kind, const rnn_sequence_io *io, const float *xproj, co
                 i8_matmul(&w->w_hh_n, ws.xq, ws.xs, n, NULL, ws.extra, H);
             } else { /* W_hn (r * h) */
                 for (ptrdiff_t i = 0; i < n; i++) {
-                    const float *r = ws.gates + i * GH, *hi = ws.h + i * H;
+                    const float *r = ws.gates + i * GH, *hi = ws.rows.h + i * H;
                     float *rh = ws.extra2 + i * H;
                     for (ptrdiff_t j = 0; j < H; j++)
                         rh[j] = r[j] * hi[j];
@@ -1040,28 +1020,19 @@ int i8_sequence(int cell_kind, const rnn_sequence_io *io, const float *xproj, co
                 i8_matmul(&w->w_hh_n, ws.xq, ws.xs, n, NULL, ws.extra, H);
             }
             for (ptrdiff_t i = 0; i < n; i++) {
-                float *a = ws.gates + i * GH, *hi = ws.h + i * H;
+                float *a = ws.gates + i * GH, *hi = ws.rows.h + i * H;
                 rnn_gru_pointwise(a + 2 * H, a, a + H, ws.extra + i * H, w->b_hn, hi, hi, cell, H);
             }
         } else {
             for (ptrdiff_t i = 0; i < n; i++) { /* h' = f(a) */
                 float *a = ws.gates + i * GH;
                 rnn_activate(&cell->act[0], cell->clip, a, H);
-                memcpy(ws.h + i * H, a, (size_t)H * sizeof(float));
+                memcpy(ws.rows.h + i * H, a, (size_t)H * sizeof(float));
             }
         }
-        for (ptrdiff_t i = 0; i < n; i++) { /* y[b, t] = h' */
-            const ptrdiff_t b = ws.order[i], t = io->reverse ? ws.length[i] - 1 - s : s;
-            memcpy(io->y + (b * io->steps + t) * io->y_cols + io->y_offset, ws.h + i * h_out,
-                   (size_t)h_out * sizeof(float));
-        }
+        rnn_rows_store(io, &ws.rows, n, s); /* y[b, t] = h' */
     }
-    for (ptrdiff_t i = 0; i < io->batch; i++) {
-        const ptrdiff_t b = ws.order[i];
-        memcpy(h + b * h_out, ws.h + i * h_out, (size_t)h_out * sizeof(float));
-        if (lstm)
-            memcpy(c + b * H, ws.c + i * H, (size_t)H * sizeof(float));
-    }
+    rnn_rows_end(io, &ws.rows, h, lstm ? c : NULL);
     free(ws.block);
     rnn_denormals_restore(csr);
     return 0;
@@ -1071,15 +1042,15 @@ int i8_sequence(int cell_kind, const rnn_sequence_io *io, const float *xproj, co
  * 5. peak probes (bench/floors.py): the core's arithmetic limits, measured
  * ========================================================================================== */
 
-#if I8_X86
-static I8_AVX512 double peak_fma512(int64_t iters)
+#if FR_X86_SIMD
+static FR_AVX512VNNI double peak_fma512(int64_t iters)
 {
     __m512 acc[16];
     const __m512 a = _mm512_set1_ps(0.999f), b = _mm512_set1_ps(1e-7f);
     for (int j = 0; j < 16; j++)
         acc[j] = _mm512_set1_ps((float)j);
     for (int64_t i = 0; i < iters; i++)
-        I8_UNROLL16 for (int j = 0; j < 16; j++)
+        FR_UNROLL for (int j = 0; j < 16; j++)
             acc[j] = _mm512_fmadd_ps(acc[j], a, b);
     __m512 sum = acc[0];
     for (int j = 1; j < 16; j++)
@@ -1089,14 +1060,14 @@ static I8_AVX512 double peak_fma512(int64_t iters)
     return (double)iters * 16 * 16 * 2; /* FLOP */
 }
 
-static I8_AVX2 double peak_fma256(int64_t iters)
+static FR_AVX2 double peak_fma256(int64_t iters)
 {
     __m256 acc[12];
     const __m256 a = _mm256_set1_ps(0.999f), b = _mm256_set1_ps(1e-7f);
     for (int j = 0; j < 12; j++)
         acc[j] = _mm256_set1_ps((float)j);
     for (int64_t i = 0; i < iters; i++)
-        I8_UNROLL16 for (int j = 0; j < 12; j++)
+        FR_UNROLL for (int j = 0; j < 12; j++)
             acc[j] = _mm256_fmadd_ps(acc[j], a, b);
     float lanes[8];
     __m256 sum = acc[0];
@@ -1108,14 +1079,14 @@ static I8_AVX2 double peak_fma256(int64_t iters)
     return (double)iters * 12 * 8 * 2;
 }
 
-static I8_AVX512 double peak_vnni512(int64_t iters)
+static FR_AVX512VNNI double peak_vnni512(int64_t iters)
 {
     __m512i acc[16];
     const __m512i a = _mm512_set1_epi8(1), b = _mm512_set1_epi8(2);
     for (int j = 0; j < 16; j++)
         acc[j] = _mm512_set1_epi32(j);
     for (int64_t i = 0; i < iters; i++)
-        I8_UNROLL16 for (int j = 0; j < 16; j++)
+        FR_UNROLL for (int j = 0; j < 16; j++)
             acc[j] = _mm512_dpbusd_epi32(acc[j], a, b);
     __m512i sum = acc[0];
     for (int j = 1; j < 16; j++)
@@ -1125,7 +1096,7 @@ static I8_AVX512 double peak_vnni512(int64_t iters)
     return (double)iters * 16 * 64 * 2; /* int8 OP: 64 multiply-adds per instruction */
 }
 
-static I8_AMX double peak_amx(int64_t iters)
+static FR_AMX double peak_amx(int64_t iters)
 {
     amx_config cfg;
     memset(&cfg, 0, sizeof cfg);
@@ -1161,10 +1132,10 @@ static I8_AMX double peak_amx(int64_t iters)
 
 double i8_peak_probe(int kind, int64_t iters)
 {
-#if I8_X86
+#if FR_X86_SIMD
     const int level = i8_simd_enabled();
     if (kind == 0)
-        return level >= I8_SIMD_AVX512VNNI || (__builtin_cpu_supports("avx512f")) ? peak_fma512(iters)
+        return level >= I8_SIMD_AVX512VNNI || fr_cpu_has(FR_HAS_AVX512F) ? peak_fma512(iters)
              : (level >= I8_SIMD_AVX2 ? peak_fma256(iters) : 0.0);
     if (kind == 1 && level >= I8_SIMD_AVX512VNNI)
         return peak_vnni512(iters);

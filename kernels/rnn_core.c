@@ -21,77 +21,32 @@
  * other rows of the batch.
  */
 #include "rnn_core.h"
+#include "cpu_features.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-/* Build with -DRNN_NO_SIMD for plain C only (libm expf/tanhf everywhere). */
-#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__)) && \
-    !defined(RNN_NO_SIMD)
-#define RNN_X86_SIMD 1
-#include <immintrin.h>
-#define RNN_AVX2 __attribute__((target("avx2,fma")))
-#define RNN_AVX2_INLINE __attribute__((target("avx2,fma"), always_inline)) inline
-#define RNN_AVX512 __attribute__((target("avx512f,fma")))
-#define RNN_AVX512_INLINE __attribute__((target("avx512f,fma"), always_inline)) inline
-#else
-#define RNN_X86_SIMD 0
-#endif
-
 /* ============================================================================================
- * 1. instruction set
+ * 1. instruction set (the detection itself: cpu_features.h)
  * ========================================================================================== */
 
 static int simd_state = -1; /* -1: not decided yet, else the level in use (RNN_SIMD_*) */
 
 static int cpu_simd_level(void)
 {
-#if RNN_X86_SIMD
-    __builtin_cpu_init();
-    if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")))
+    if (!fr_cpu_has(FR_HAS_AVX2_FMA))
         return RNN_SIMD_PLAIN;
-    return __builtin_cpu_supports("avx512f") ? RNN_SIMD_AVX512 : RNN_SIMD_AVX2;
-#else
-    return RNN_SIMD_PLAIN;
-#endif
+    return fr_cpu_has(FR_HAS_AVX512F) ? RNN_SIMD_AVX512 : RNN_SIMD_AVX2;
 }
 
-int rnn_simd_enabled(void)
-{
-    if (simd_state < 0)
-        simd_state = cpu_simd_level();
-    return simd_state;
-}
+int rnn_simd_enabled(void) { return fr_level(&simd_state, cpu_simd_level); }
 
-int rnn_select_simd(int level)
-{
-    const int best = cpu_simd_level();
-    simd_state = level < 0 || level > best ? best : level;
-    return simd_state;
-}
+int rnn_select_simd(int level) { return simd_state = fr_cap_level(level, cpu_simd_level()); }
 
-/* Denormals flushed to zero for the duration of a sequence call (x86 MXCSR, per thread):
- * a decaying state must not fall onto the slow denormal path. */
-unsigned rnn_denormals_off(void)
-{
-#if RNN_X86_SIMD && defined(__SSE__)
-    unsigned saved = _mm_getcsr();
-    _mm_setcsr(saved | 0x8040); /* FTZ | DAZ */
-    return saved;
-#else
-    return 0;
-#endif
-}
+unsigned rnn_denormals_off(void) { return fr_denormals_off(); }
 
-void rnn_denormals_restore(unsigned saved)
-{
-#if RNN_X86_SIMD && defined(__SSE__)
-    _mm_setcsr(saved);
-#else
-    (void)saved;
-#endif
-}
+void rnn_denormals_restore(unsigned saved) { fr_denormals_restore(saved); }
 
 /* ============================================================================================
  * 2. activations
@@ -141,10 +96,10 @@ static void activate_plain(const rnn_activation *act, float *x, ptrdiff_t n)
     }
 }
 
-#if RNN_X86_SIMD
+#if FR_X86_SIMD
 /* exp(x) for 8 lanes: Cephes expf (Cody-Waite reduction, degree-6 polynomial), ~1 ulp.
  * 2^n is applied in two halves so that overflow gives inf and underflow gives 0/denormal. */
-static RNN_AVX2_INLINE __m256 exp_avx2(__m256 x)
+static FR_AVX2_INLINE __m256 exp_avx2(__m256 x)
 {
     x = _mm256_max_ps(_mm256_set1_ps(-104.0f), x); /* x second: NaN passes through */
     x = _mm256_min_ps(_mm256_set1_ps(89.0f), x);
@@ -170,7 +125,7 @@ static RNN_AVX2_INLINE __m256 exp_avx2(__m256 x)
 
 /* tanh(x) for 8 lanes: Cephes tanhf, ~2 ulp. |x| <= 0.625: x + x^3 P(x^2);
  * else sign(x) (1 - 2 / (exp(2|x|) + 1)). */
-static RNN_AVX2_INLINE __m256 tanh_avx2(__m256 x)
+static FR_AVX2_INLINE __m256 tanh_avx2(__m256 x)
 {
     const __m256 sign = _mm256_set1_ps(-0.0f), one = _mm256_set1_ps(1.0f);
     __m256 ax = _mm256_andnot_ps(sign, x);
@@ -188,19 +143,13 @@ static RNN_AVX2_INLINE __m256 tanh_avx2(__m256 x)
 }
 
 /* 1 / (1 + exp(-x)), true division */
-static RNN_AVX2_INLINE __m256 sigmoid_avx2(__m256 x)
+static FR_AVX2_INLINE __m256 sigmoid_avx2(__m256 x)
 {
     const __m256 one = _mm256_set1_ps(1.0f);
     return _mm256_div_ps(one, _mm256_add_ps(one, exp_avx2(_mm256_sub_ps(_mm256_setzero_ps(), x))));
 }
 
-/* lanes [0, count) set, count in 1..8 */
-static RNN_AVX2_INLINE __m256i tail_mask(ptrdiff_t count)
-{
-    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)count), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-}
-
-static RNN_AVX2_INLINE __m256 activate8(int code, __m256 v, __m256 alpha, __m256 beta)
+static FR_AVX2_INLINE __m256 activate8(int code, __m256 v, __m256 alpha, __m256 beta)
 {
     switch (code) {
     case 0: return sigmoid_avx2(v);
@@ -213,7 +162,7 @@ static RNN_AVX2_INLINE __m256 activate8(int code, __m256 v, __m256 alpha, __m256
 }
 
 /* x (n,) <- act(clip(x)); sigmoid, tanh, scaled_tanh, swish vectorised, the rest plain C */
-RNN_AVX2 static void activate_avx2(const rnn_activation *act, float clip, float *x, ptrdiff_t n)
+FR_AVX2 static void activate_avx2(const rnn_activation *act, float clip, float *x, ptrdiff_t n)
 {
     const int code = act->code, do_clip = clip < INFINITY;
     if (code != 0 && code != 1 && code != 7 && code != 13) {
@@ -232,7 +181,7 @@ RNN_AVX2 static void activate_avx2(const rnn_activation *act, float clip, float 
         _mm256_storeu_ps(x + i, activate8(code, v, alpha, beta));
     }
     if (i < n) { /* the tail goes through the same vector code */
-        __m256i mask = tail_mask(n - i);
+        __m256i mask = fr_lanes8(n - i);
         __m256 v = _mm256_maskload_ps(x + i, mask);
         if (do_clip)
             v = _mm256_min_ps(hi, _mm256_max_ps(lo, v));
@@ -242,12 +191,12 @@ RNN_AVX2 static void activate_avx2(const rnn_activation *act, float clip, float 
 
 /* The same functions for 16 lanes (AVX-512F): exactly the operations of the AVX2 versions in
  * the same order, lane by lane, so both paths give the same bits. */
-static RNN_AVX512_INLINE __m512 and512(__m512 a, __m512 b)
+static FR_AVX512_INLINE __m512 and512(__m512 a, __m512 b)
 {
     return _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(a), _mm512_castps_si512(b)));
 }
 
-static RNN_AVX512_INLINE __m512 exp_avx512(__m512 x)
+static FR_AVX512_INLINE __m512 exp_avx512(__m512 x)
 {
     x = _mm512_max_ps(_mm512_set1_ps(-104.0f), x); /* x second: NaN passes through */
     x = _mm512_min_ps(_mm512_set1_ps(89.0f), x);
@@ -271,7 +220,7 @@ static RNN_AVX512_INLINE __m512 exp_avx512(__m512 x)
     return _mm512_mul_ps(_mm512_mul_ps(p, s1), s2);
 }
 
-static RNN_AVX512_INLINE __m512 tanh_avx512(__m512 x)
+static FR_AVX512_INLINE __m512 tanh_avx512(__m512 x)
 {
     const __m512 sign = _mm512_set1_ps(-0.0f), one = _mm512_set1_ps(1.0f);
     const __m512 ax = _mm512_castsi512_ps(_mm512_andnot_si512(_mm512_castps_si512(sign), _mm512_castps_si512(x)));
@@ -288,13 +237,13 @@ static RNN_AVX512_INLINE __m512 tanh_avx512(__m512 x)
     return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(ax, _mm512_set1_ps(0.625f), _CMP_GT_OQ), small, big);
 }
 
-static RNN_AVX512_INLINE __m512 sigmoid_avx512(__m512 x)
+static FR_AVX512_INLINE __m512 sigmoid_avx512(__m512 x)
 { /* 1 / (1 + exp(-x)), true division */
     const __m512 one = _mm512_set1_ps(1.0f);
     return _mm512_div_ps(one, _mm512_add_ps(one, exp_avx512(_mm512_sub_ps(_mm512_setzero_ps(), x))));
 }
 
-static RNN_AVX512_INLINE __m512 activate16(int code, __m512 v, __m512 alpha, __m512 beta)
+static FR_AVX512_INLINE __m512 activate16(int code, __m512 v, __m512 alpha, __m512 beta)
 {
     const __m512 one = _mm512_set1_ps(1.0f);
     switch (code) {
@@ -307,7 +256,7 @@ static RNN_AVX512_INLINE __m512 activate16(int code, __m512 v, __m512 alpha, __m
 }
 
 /* activate_avx2 in 16 lanes; the other activations go to the same plain C */
-RNN_AVX512 static void activate_avx512(const rnn_activation *act, float clip, float *x, ptrdiff_t n)
+FR_AVX512 static void activate_avx512(const rnn_activation *act, float clip, float *x, ptrdiff_t n)
 {
     const int code = act->code, do_clip = clip < INFINITY;
     if (code != 0 && code != 1 && code != 7 && code != 13) {
@@ -330,7 +279,7 @@ RNN_AVX512 static void activate_avx512(const rnn_activation *act, float clip, fl
 
 void rnn_activate(const rnn_activation *act, float clip, float *x, ptrdiff_t n)
 {
-#if RNN_X86_SIMD
+#if FR_X86_SIMD
     const int level = rnn_simd_enabled();
     if (level == RNN_SIMD_AVX512) {
         activate_avx512(act, clip, x, n);
@@ -426,16 +375,14 @@ static void matmul_plain(const rnn_packed *w, const float *in, ptrdiff_t ld_in,
     }
 }
 
-#if RNN_X86_SIMD
+#if FR_X86_SIMD
 /* The micro-kernel: out (MR, NPG*16) += in (MR, kb) @ NPG panels (kb, 16), accumulators in
  * 2*MR*NPG ymm registers (at most 12). For each k: broadcast in[r, k], FMA with the panel
  * vectors. MR and NPG are literal constants at every call, so the loops unroll fully.
  * Only NPG == 1 handles a partial last panel (valid < 16, masked load/store of out). */
 #define MR_MAX 6
-/* the small loops over rows and panels must unroll fully, so that acc lives in registers */
-#define UNROLL _Pragma("GCC unroll 16")
 #define NPG_MAX 4
-static RNN_AVX2_INLINE void tile_avx2(const int MR, const int NPG,
+static FR_AVX2_INLINE void tile_avx2(const int MR, const int NPG,
                                       const float *panel,     /* (NPG, K, 16), kb rows used */
                                       ptrdiff_t panel_stride, /* K*16: from one panel to the next */
                                       ptrdiff_t kb,
@@ -444,50 +391,30 @@ static RNN_AVX2_INLINE void tile_avx2(const int MR, const int NPG,
                                       ptrdiff_t valid)
 {
     __m256 acc[MR_MAX][2 * NPG_MAX];
-    const int full = valid >= RNN_PANEL;
-    const __m256i mask0 = tail_mask(valid > 8 ? 8 : valid);
-    const __m256i mask1 = tail_mask(valid > 8 ? valid - 8 : 1); /* unused when valid <= 8 */
-    UNROLL for (int r = 0; r < MR; r++)
-        UNROLL for (int g = 0; g < NPG; g++) {
-            float *o = out + r * ld_out + g * RNN_PANEL;
-            if (full) {
-                acc[r][2 * g] = _mm256_loadu_ps(o);
-                acc[r][2 * g + 1] = _mm256_loadu_ps(o + 8);
-            } else {
-                acc[r][2 * g] = _mm256_maskload_ps(o, mask0);
-                acc[r][2 * g + 1] = valid > 8 ? _mm256_maskload_ps(o + 8, mask1) : _mm256_setzero_ps();
-            }
-        }
+    FR_UNROLL for (int r = 0; r < MR; r++)
+        FR_UNROLL for (int g = 0; g < NPG; g++)
+            fr_load16(out + r * ld_out + g * RNN_PANEL, valid, &acc[r][2 * g], &acc[r][2 * g + 1]);
     for (ptrdiff_t k = 0; k < kb; k++) {
         __m256 wv[2 * NPG_MAX];
-        UNROLL for (int g = 0; g < NPG; g++) {
+        FR_UNROLL for (int g = 0; g < NPG; g++) {
             wv[2 * g] = _mm256_loadu_ps(panel + g * panel_stride + k * RNN_PANEL);
             wv[2 * g + 1] = _mm256_loadu_ps(panel + g * panel_stride + k * RNN_PANEL + 8);
         }
-        UNROLL for (int r = 0; r < MR; r++) {
+        FR_UNROLL for (int r = 0; r < MR; r++) {
             __m256 a = _mm256_broadcast_ss(in + r * ld_in + k);
-            UNROLL for (int v = 0; v < 2 * NPG; v++)
+            FR_UNROLL for (int v = 0; v < 2 * NPG; v++)
                 acc[r][v] = _mm256_fmadd_ps(a, wv[v], acc[r][v]);
         }
     }
-    UNROLL for (int r = 0; r < MR; r++)
-        UNROLL for (int g = 0; g < NPG; g++) {
-            float *o = out + r * ld_out + g * RNN_PANEL;
-            if (full) {
-                _mm256_storeu_ps(o, acc[r][2 * g]);
-                _mm256_storeu_ps(o + 8, acc[r][2 * g + 1]);
-            } else {
-                _mm256_maskstore_ps(o, mask0, acc[r][2 * g]);
-                if (valid > 8)
-                    _mm256_maskstore_ps(o + 8, mask1, acc[r][2 * g + 1]);
-            }
-        }
+    FR_UNROLL for (int r = 0; r < MR; r++)
+        FR_UNROLL for (int g = 0; g < NPG; g++)
+            fr_store16(out + r * ld_out + g * RNN_PANEL, valid, acc[r][2 * g], acc[r][2 * g + 1]);
 }
 
 /* one block of MR rows (m <= 5) over every panel, the whole of K: NPG panels at a time while
  * whole groups fit, then one at a time */
 #define ROW_BLOCK(MR, NPG)                                                                     \
-    static RNN_AVX2 void row_block_##MR(const rnn_packed *w, const float *in, ptrdiff_t ld_in, \
+    static FR_AVX2 void row_block_##MR(const rnn_packed *w, const float *in, ptrdiff_t ld_in, \
                                         float *out, ptrdiff_t ld_out)                          \
     {                                                                                          \
         const ptrdiff_t N = w->rows, K = w->cols, stride = K * RNN_PANEL;                      \
@@ -509,7 +436,7 @@ ROW_BLOCK(5, 1)
 
 /* MR rows on one panel (MR = 3..6): 2*MR accumulators */
 #define PANEL_ROWS(MR)                                                                         \
-    static RNN_AVX2 void panel_rows_##MR(const float *panel, ptrdiff_t kb, const float *in,   \
+    static FR_AVX2 void panel_rows_##MR(const float *panel, ptrdiff_t kb, const float *in,   \
                                          ptrdiff_t ld_in, float *out, ptrdiff_t ld_out,       \
                                          ptrdiff_t valid)                                     \
     {                                                                                          \
@@ -525,7 +452,7 @@ PANEL_ROWS(6)
 #define KC 256
 
 /* out (m, N) += in (m, K) @ W.T */
-static RNN_AVX2 void matmul_avx2(const rnn_packed *w, const float *in, ptrdiff_t ld_in,
+static FR_AVX2 void matmul_avx2(const rnn_packed *w, const float *in, ptrdiff_t ld_in,
                                  float *out, ptrdiff_t ld_out, ptrdiff_t m)
 {
     const ptrdiff_t N = w->rows, K = w->cols, panels = (N + RNN_PANEL - 1) / RNN_PANEL;
@@ -573,32 +500,32 @@ static RNN_AVX2 void matmul_avx2(const rnn_packed *w, const float *in, ptrdiff_t
 }
 #endif
 
-#if RNN_X86_SIMD
+#if FR_X86_SIMD
 /* The AVX-512 micro-kernel: one panel row (16 outputs) is one zmm register. out (MR, NPG*16)
  * += in (MR, kb) @ NPG panels (kb, 16), MR*NPG accumulators (at most 24 of the 32 registers).
  * Every output is the same chain of FMAs over k as in tile_avx2 (starting from out, k in
  * increasing order), so both paths give the same bits. Only NPG == 1 handles a partial panel. */
-static RNN_AVX512_INLINE void tile_avx512(const int MR, const int NPG, const float *panel, ptrdiff_t panel_stride,
+static FR_AVX512_INLINE void tile_avx512(const int MR, const int NPG, const float *panel, ptrdiff_t panel_stride,
                                           ptrdiff_t kb, const float *in, ptrdiff_t ld_in, float *out,
                                           ptrdiff_t ld_out, ptrdiff_t valid)
 {
     __m512 acc[12][4];
     const __mmask16 mask = valid >= RNN_PANEL ? (__mmask16)0xFFFF : (__mmask16)((1u << valid) - 1u);
-    UNROLL for (int r = 0; r < MR; r++)
-        UNROLL for (int g = 0; g < NPG; g++)
+    FR_UNROLL for (int r = 0; r < MR; r++)
+        FR_UNROLL for (int g = 0; g < NPG; g++)
             acc[r][g] = _mm512_maskz_loadu_ps(mask, out + r * ld_out + g * RNN_PANEL);
     for (ptrdiff_t k = 0; k < kb; k++) {
         __m512 wv[4];
-        UNROLL for (int g = 0; g < NPG; g++)
+        FR_UNROLL for (int g = 0; g < NPG; g++)
             wv[g] = _mm512_loadu_ps(panel + g * panel_stride + k * RNN_PANEL);
-        UNROLL for (int r = 0; r < MR; r++) {
+        FR_UNROLL for (int r = 0; r < MR; r++) {
             const __m512 a = _mm512_set1_ps(in[r * ld_in + k]);
-            UNROLL for (int g = 0; g < NPG; g++)
+            FR_UNROLL for (int g = 0; g < NPG; g++)
                 acc[r][g] = _mm512_fmadd_ps(a, wv[g], acc[r][g]);
         }
     }
-    UNROLL for (int r = 0; r < MR; r++)
-        UNROLL for (int g = 0; g < NPG; g++)
+    FR_UNROLL for (int r = 0; r < MR; r++)
+        FR_UNROLL for (int g = 0; g < NPG; g++)
             _mm512_mask_storeu_ps(out + r * ld_out + g * RNN_PANEL, mask, acc[r][g]);
 }
 
@@ -617,7 +544,7 @@ static RNN_AVX512_INLINE void tile_avx512(const int MR, const int NPG, const flo
  * within a block, for each group of 4 panels, every block of 6 rows goes over the group's
  * (KC512, 64) weights, which stay in L1 (32 KiB) while the rows pass. */
 #define KC512 128
-static RNN_AVX512 void matmul_avx512(const rnn_packed *w, const float *in, ptrdiff_t ld_in,
+static FR_AVX512 void matmul_avx512(const rnn_packed *w, const float *in, ptrdiff_t ld_in,
                                      float *out, ptrdiff_t ld_out, ptrdiff_t m)
 {
     const ptrdiff_t N = w->rows, K = w->cols, kc = m > 5 ? KC512 : K, stride = K * RNN_PANEL;
@@ -649,7 +576,7 @@ void rnn_matmul_packed(const rnn_packed *w, const float *in, ptrdiff_t ld_in,
 {
     if (m <= 0 || w->rows <= 0)
         return;
-#if RNN_X86_SIMD
+#if FR_X86_SIMD
     const int level = rnn_simd_enabled();
     if (level == RNN_SIMD_AVX512) {
         matmul_avx512(w, in, ld_in, out, ld_out, m);
@@ -670,10 +597,7 @@ void rnn_matmul_packed(const rnn_packed *w, const float *in, ptrdiff_t ld_in,
 /* Everything a sequence call needs besides its arguments, allocated once per call. */
 typedef struct {
     void *block;          /* the one malloc */
-    ptrdiff_t *order;     /* (B,) rows by length, longest first (stable) */
-    ptrdiff_t *length;    /* (B,) length of order[i] */
-    float *h;             /* (B, H_out) running h, sorted rows */
-    float *c;             /* (B, H) running c (LSTM), sorted rows */
+    rnn_rows rows;        /* rows by length, longest first; running h, c in that order */
     float *gates;         /* (B, G*H) one step's pre-activations */
     float *extra;         /* (B, H) LSTM: m = o * h(c'); GRU: W_hn h or W_hn (r * h) */
     float *extra2;        /* (B, H) GRU linear_before_reset = 0: r * h */
@@ -685,82 +609,121 @@ static size_t round_up16(size_t n) { return (n + 15) / 16 * 16; }
 static int workspace_alloc(workspace *ws, ptrdiff_t B, ptrdiff_t T, ptrdiff_t h_out, ptrdiff_t c_size,
                            ptrdiff_t gates, ptrdiff_t extra, ptrdiff_t extra2)
 {
-    size_t idx = round_up16((size_t)(2 * B + T + 1)); /* order, length, counting-sort counts */
-    size_t nh = round_up16((size_t)(B * h_out)), nc = round_up16((size_t)(B * c_size));
-    size_t ng = round_up16((size_t)(B * gates)), ne = round_up16((size_t)(B * extra));
-    size_t ne2 = round_up16((size_t)(B * extra2));
-    size_t bytes = idx * sizeof(ptrdiff_t) + (nh + nc + ng + ne + ne2) * sizeof(float) + 64;
-    ws->block = malloc(bytes);
+    const size_t ng = round_up16((size_t)(B * gates)), ne = round_up16((size_t)(B * extra));
+    const size_t ne2 = round_up16((size_t)(B * extra2));
+    ws->block = malloc(rnn_rows_bytes(B, T, h_out, c_size) + (ng + ne + ne2) * sizeof(float) + 64);
     if (!ws->block)
         return -1;
     char *p = (char *)(((uintptr_t)ws->block + 63) & ~(uintptr_t)63);
-    ws->order = (ptrdiff_t *)p;
-    ws->length = ws->order + B;
-    p += idx * sizeof(ptrdiff_t);
-    ws->h = (float *)p;
-    ws->c = ws->h + nh;
-    ws->gates = ws->c + nc;
+    ws->gates = (float *)rnn_rows_place(&ws->rows, p, B, T, h_out, c_size);
     ws->extra = ws->gates + ng;
     ws->extra2 = ws->extra + ne;
     return 0;
 }
 
-/* Sort rows by length, longest first, stable (counting sort); zero y at t >= len; copy the
- * initial state into the workspace in sorted order. Returns the longest length. */
-static ptrdiff_t sequence_begin(const rnn_sequence_io *io, workspace *ws, ptrdiff_t h_out,
-                                const float *h, ptrdiff_t H, const float *c)
+size_t rnn_rows_bytes(ptrdiff_t B, ptrdiff_t T, ptrdiff_t h_out, ptrdiff_t c_size)
 {
-    const ptrdiff_t B = io->batch, T = io->steps;
-    ptrdiff_t *count = ws->length + B; /* (T + 1,) */
+    const size_t idx = round_up16((size_t)(2 * B + T + 1)); /* order, length, counting-sort counts */
+    return idx * sizeof(ptrdiff_t) + (round_up16((size_t)(B * h_out)) + round_up16((size_t)(B * c_size))) * sizeof(float);
+}
+
+char *rnn_rows_place(rnn_rows *rows, char *p, ptrdiff_t B, ptrdiff_t T, ptrdiff_t h_out, ptrdiff_t c_size)
+{
+    rows->order = (ptrdiff_t *)p;
+    rows->length = rows->order + B;
+    rows->h_out = h_out;
+    rows->c_size = c_size;
+    rows->h = (float *)(p + round_up16((size_t)(2 * B + T + 1)) * sizeof(ptrdiff_t));
+    rows->c = rows->h + round_up16((size_t)(B * h_out));
+    return (char *)(rows->c + round_up16((size_t)(B * c_size)));
+}
+
+ptrdiff_t rnn_rows_begin(const rnn_sequence_io *io, rnn_rows *rows, const float *h, const float *c)
+{
+    const ptrdiff_t B = io->batch, T = io->steps, h_out = rows->h_out, H = rows->c_size;
+    ptrdiff_t *count = rows->length + B; /* (T + 1,) counting sort, longest first, stable */
     for (ptrdiff_t l = 0; l <= T; l++)
         count[l] = 0;
     for (ptrdiff_t b = 0; b < B; b++) {
-        int64_t l = io->lengths[b];
+        const int64_t l = io->lengths[b];
         count[l < 0 ? 0 : (l > T ? T : l)]++; /* clamped for memory safety only */
     }
     for (ptrdiff_t l = T, start = 0; l >= 0; l--) {
-        ptrdiff_t n = count[l];
+        const ptrdiff_t n = count[l];
         count[l] = start;
         start += n;
     }
     for (ptrdiff_t b = 0; b < B; b++) {
-        int64_t l64 = io->lengths[b];
-        ptrdiff_t l = l64 < 0 ? 0 : (l64 > T ? T : (ptrdiff_t)l64);
-        ptrdiff_t i = count[l]++;
-        ws->order[i] = b;
-        ws->length[i] = l;
+        const int64_t l64 = io->lengths[b];
+        const ptrdiff_t l = l64 < 0 ? 0 : (l64 > T ? T : (ptrdiff_t)l64);
+        const ptrdiff_t i = count[l]++;
+        rows->order[i] = b;
+        rows->length[i] = l;
     }
     for (ptrdiff_t i = 0; i < B; i++) {
-        const ptrdiff_t b = ws->order[i];
-        memcpy(ws->h + i * h_out, h + b * h_out, (size_t)h_out * sizeof(float));
+        const ptrdiff_t b = rows->order[i];
+        memcpy(rows->h + i * h_out, h + b * h_out, (size_t)h_out * sizeof(float));
         if (c)
-            memcpy(ws->c + i * H, c + b * H, (size_t)H * sizeof(float));
-        for (ptrdiff_t t = ws->length[i]; t < T; t++)
+            memcpy(rows->c + i * H, c + b * H, (size_t)H * sizeof(float));
+        for (ptrdiff_t t = rows->length[i]; t < T; t++)
             memset(io->y + (b * T + t) * io->y_cols + io->y_offset, 0, (size_t)h_out * sizeof(float));
     }
-    return B > 0 ? ws->length[0] : 0;
+    return B > 0 ? rows->length[0] : 0;
 }
 
-/* rows still running at step s: a prefix of the sorted rows */
-static ptrdiff_t rows_active(const workspace *ws, ptrdiff_t n_active, ptrdiff_t s)
+ptrdiff_t rnn_rows_active(const rnn_rows *rows, ptrdiff_t n, ptrdiff_t s)
 {
-    while (n_active > 0 && ws->length[n_active - 1] <= s)
-        n_active--;
-    return n_active;
+    while (n > 0 && rows->length[n - 1] <= s)
+        n--;
+    return n;
 }
 
 /* the time index of sorted row i at step s */
-static ptrdiff_t step_time(const rnn_sequence_io *io, const workspace *ws, ptrdiff_t i, ptrdiff_t s)
+static ptrdiff_t step_time(const rnn_sequence_io *io, const rnn_rows *rows, ptrdiff_t i, ptrdiff_t s)
 {
-    return io->reverse ? ws->length[i] - 1 - s : s;
+    return io->reverse ? rows->length[i] - 1 - s : s;
 }
 
-/* sorted row i's input at step s: xproj[b, t], or table[tokens[b, t]] (width floats) */
-static const float *step_row(const rnn_sequence_io *io, const workspace *ws, const float *xproj,
-                             ptrdiff_t width, ptrdiff_t i, ptrdiff_t s)
+const float *rnn_rows_input(const rnn_sequence_io *io, const rnn_rows *rows, const float *xproj, ptrdiff_t width,
+                            ptrdiff_t i, ptrdiff_t s)
 {
-    const ptrdiff_t bt = ws->order[i] * io->steps + step_time(io, ws, i, s);
+    const ptrdiff_t bt = rows->order[i] * io->steps + step_time(io, rows, i, s);
     return xproj + (io->tokens ? (ptrdiff_t)io->tokens[bt] : bt) * width;
+}
+
+void rnn_rows_prefetch(const rnn_sequence_io *io, const rnn_rows *rows, const float *xproj, ptrdiff_t width,
+                       ptrdiff_t n, ptrdiff_t s)
+{
+#if defined(__GNUC__) || defined(__clang__)
+    if (!io->tokens) /* (B, T, G*H) rows: each row is read in order, the hardware prefetches it */
+        return;
+    for (ptrdiff_t i = 0; i < n && rows->length[i] > s; i++) {
+        const char *row = (const char *)rnn_rows_input(io, rows, xproj, width, i, s);
+        for (ptrdiff_t off = 0; off < width * (ptrdiff_t)sizeof(float); off += 64)
+            __builtin_prefetch(row + off, 0, 2);
+    }
+#else
+    (void)io, (void)rows, (void)xproj, (void)width, (void)n, (void)s;
+#endif
+}
+
+void rnn_rows_store(const rnn_sequence_io *io, const rnn_rows *rows, ptrdiff_t n, ptrdiff_t s)
+{
+    for (ptrdiff_t i = 0; i < n; i++) {
+        const ptrdiff_t b = rows->order[i], t = step_time(io, rows, i, s);
+        memcpy(io->y + (b * io->steps + t) * io->y_cols + io->y_offset, rows->h + i * rows->h_out,
+               (size_t)rows->h_out * sizeof(float));
+    }
+}
+
+void rnn_rows_end(const rnn_sequence_io *io, const rnn_rows *rows, float *h, float *c)
+{
+    for (ptrdiff_t i = 0; i < io->batch; i++) {
+        const ptrdiff_t b = rows->order[i];
+        memcpy(h + b * rows->h_out, rows->h + i * rows->h_out, (size_t)rows->h_out * sizeof(float));
+        if (c)
+            memcpy(c + b * rows->c_size, rows->c + i * rows->c_size, (size_t)rows->c_size * sizeof(float));
+    }
 }
 
 /* gates (n_active, width) <- every running row's input at step s */
@@ -768,47 +731,8 @@ static void load_xproj(const rnn_sequence_io *io, const workspace *ws, const flo
                        ptrdiff_t width, ptrdiff_t n_active, ptrdiff_t s)
 {
     for (ptrdiff_t i = 0; i < n_active; i++)
-        memcpy(ws->gates + i * width, step_row(io, ws, xproj, width, i, s), (size_t)width * sizeof(float));
-}
-
-/* Ask for the rows step s will load, while step s - 1 computes: folded-table rows are scattered
- * over a table of many MB, and each would otherwise be a cache miss at load_xproj. */
-static void prefetch_xproj(const rnn_sequence_io *io, const workspace *ws, const float *xproj,
-                           ptrdiff_t width, ptrdiff_t n_active, ptrdiff_t s)
-{
-#if defined(__GNUC__) || defined(__clang__)
-    for (ptrdiff_t i = 0; i < n_active && ws->length[i] > s; i++) {
-        const char *row = (const char *)step_row(io, ws, xproj, width, i, s);
-        for (ptrdiff_t off = 0; off < width * (ptrdiff_t)sizeof(float); off += 64)
-            __builtin_prefetch(row + off, 0, 2);
-    }
-#else
-    (void)io, (void)ws, (void)xproj, (void)width, (void)n_active, (void)s;
-#endif
-}
-
-/* y[b, t, y_offset:] <- h of every running row */
-static void store_outputs(const rnn_sequence_io *io, const workspace *ws, ptrdiff_t h_out,
-                          ptrdiff_t n_active, ptrdiff_t s)
-{
-    for (ptrdiff_t i = 0; i < n_active; i++) {
-        const ptrdiff_t b = ws->order[i], t = step_time(io, ws, i, s);
-        memcpy(io->y + (b * io->steps + t) * io->y_cols + io->y_offset, ws->h + i * h_out,
-               (size_t)h_out * sizeof(float));
-    }
-}
-
-/* final states back to the caller's rows, then free */
-static void sequence_end(const rnn_sequence_io *io, workspace *ws, ptrdiff_t h_out, float *h,
-                         ptrdiff_t H, float *c)
-{
-    for (ptrdiff_t i = 0; i < io->batch; i++) {
-        const ptrdiff_t b = ws->order[i];
-        memcpy(h + b * h_out, ws->h + i * h_out, (size_t)h_out * sizeof(float));
-        if (c)
-            memcpy(c + b * H, ws->c + i * H, (size_t)H * sizeof(float));
-    }
-    free(ws->block);
+        memcpy(ws->gates + i * width, rnn_rows_input(io, &ws->rows, xproj, width, i, s),
+               (size_t)width * sizeof(float));
 }
 
 /* ============================================================================================
@@ -823,21 +747,22 @@ int rnn_sequence_f32(const rnn_sequence_io *io, const float *xproj, const rnn_pa
     if (workspace_alloc(&ws, io->batch, io->steps, H, 0, H, 0, 0))
         return -1;
     const unsigned csr = rnn_denormals_off();
-    const ptrdiff_t longest = sequence_begin(io, &ws, H, h, 0, NULL);
+    const ptrdiff_t longest = rnn_rows_begin(io, &ws.rows, h, NULL);
     ptrdiff_t n_active = io->batch;
     for (ptrdiff_t s = 0; s < longest; s++) {
-        n_active = rows_active(&ws, n_active, s);
+        n_active = rnn_rows_active(&ws.rows, n_active, s);
         load_xproj(io, &ws, xproj, H, n_active, s);
-        prefetch_xproj(io, &ws, xproj, H, n_active, s + 1);
-        rnn_matmul_packed(w_hh, ws.h, H, ws.gates, H, n_active); /* a = xp + W_hh h */
+        rnn_rows_prefetch(io, &ws.rows, xproj, H, n_active, s + 1);
+        rnn_matmul_packed(w_hh, ws.rows.h, H, ws.gates, H, n_active); /* a = xp + W_hh h */
         for (ptrdiff_t i = 0; i < n_active; i++) {               /* h' = f(a) */
             float *a = ws.gates + i * H;
             rnn_activate(&cell->act[0], cell->clip, a, H);
-            memcpy(ws.h + i * H, a, (size_t)H * sizeof(float));
+            memcpy(ws.rows.h + i * H, a, (size_t)H * sizeof(float));
         }
-        store_outputs(io, &ws, H, n_active, s);
+        rnn_rows_store(io, &ws.rows, n_active, s);
     }
-    sequence_end(io, &ws, H, h, 0, NULL);
+    rnn_rows_end(io, &ws.rows, h, NULL);
+    free(ws.block);
     rnn_denormals_restore(csr);
     return 0;
 }
@@ -878,16 +803,16 @@ static void lstm_pointwise_any(float *a, ptrdiff_t a_stride, float *c, float *m,
         m[j] = a_o[j] * a_g[j];
 }
 
-#if RNN_X86_SIMD
+#if FR_X86_SIMD
 /* The usual cell (sigmoid, tanh, tanh; no clip, no input_forget; peepholes or not) in one
  * pass: each group of 8 (16) units goes through all four gates while it is in registers. Every
  * unit sees exactly the operations of lstm_pointwise_any, in the same order, so the bits are
  * the same. a is not written. */
-static RNN_AVX2 void lstm_pointwise_avx2(const float *a, ptrdiff_t a_stride, float *c, float *m,
+static FR_AVX2 void lstm_pointwise_avx2(const float *a, ptrdiff_t a_stride, float *c, float *m,
                                          const float *peephole, ptrdiff_t p_stride, ptrdiff_t n)
 {
     for (ptrdiff_t j = 0; j < n; j += 8) {
-        const __m256i mask = tail_mask(n - j < 8 ? n - j : 8);
+        const __m256i mask = fr_lanes8(n - j < 8 ? n - j : 8);
         __m256 a_i = _mm256_maskload_ps(a + j, mask), a_f = _mm256_maskload_ps(a + a_stride + j, mask);
         __m256 a_g = _mm256_maskload_ps(a + 2 * a_stride + j, mask);
         __m256 a_o = _mm256_maskload_ps(a + 3 * a_stride + j, mask), cv = _mm256_maskload_ps(c + j, mask);
@@ -904,7 +829,7 @@ static RNN_AVX2 void lstm_pointwise_avx2(const float *a, ptrdiff_t a_stride, flo
     }
 }
 
-static RNN_AVX512 void lstm_pointwise_avx512(const float *a, ptrdiff_t a_stride, float *c, float *m,
+static FR_AVX512 void lstm_pointwise_avx512(const float *a, ptrdiff_t a_stride, float *c, float *m,
                                              const float *peephole, ptrdiff_t p_stride, ptrdiff_t n)
 {
     for (ptrdiff_t j = 0; j < n; j += 16) {
@@ -929,7 +854,7 @@ static RNN_AVX512 void lstm_pointwise_avx512(const float *a, ptrdiff_t a_stride,
 void rnn_lstm_pointwise(float *a, ptrdiff_t a_stride, float *c, float *m, const float *peephole,
                         ptrdiff_t p_stride, const rnn_cell *cell, ptrdiff_t n)
 {
-#if RNN_X86_SIMD
+#if FR_X86_SIMD
     const int usual = cell->act[0].code == 0 && cell->act[1].code == 1 && cell->act[2].code == 1 &&
                       !(cell->clip < INFINITY) && !cell->input_forget;
     const int level = rnn_simd_enabled();
@@ -969,15 +894,15 @@ static void gru_pointwise_any(float *n, const float *r, const float *z, const fl
         h_new[j] = (1.0f - z[j]) * n[j] + z[j] * h[j];
 }
 
-#if RNN_X86_SIMD
+#if FR_X86_SIMD
 /* The usual candidate activation (tanh, no clip) in one pass: the operations of
  * gru_pointwise_any per unit, in the same order, so the same bits. n is not written. */
-static RNN_AVX2 void gru_pointwise_avx2(const float *n, const float *r, const float *z, const float *hn,
+static FR_AVX2 void gru_pointwise_avx2(const float *n, const float *r, const float *z, const float *hn,
                                         const float *b_hn, const float *h, float *h_new, int lbr, ptrdiff_t count)
 {
     const __m256 one = _mm256_set1_ps(1.0f);
     for (ptrdiff_t j = 0; j < count; j += 8) {
-        const __m256i mask = tail_mask(count - j < 8 ? count - j : 8);
+        const __m256i mask = fr_lanes8(count - j < 8 ? count - j : 8);
         const __m256 rv = _mm256_maskload_ps(r + j, mask), zv = _mm256_maskload_ps(z + j, mask);
         __m256 a = _mm256_maskload_ps(n + j, mask), hv = _mm256_maskload_ps(hn + j, mask);
         const __m256 bv = b_hn ? _mm256_maskload_ps(b_hn + j, mask) : _mm256_setzero_ps();
@@ -992,7 +917,7 @@ static RNN_AVX2 void gru_pointwise_avx2(const float *n, const float *r, const fl
     }
 }
 
-static RNN_AVX512 void gru_pointwise_avx512(const float *n, const float *r, const float *z, const float *hn,
+static FR_AVX512 void gru_pointwise_avx512(const float *n, const float *r, const float *z, const float *hn,
                                             const float *b_hn, const float *h, float *h_new, int lbr,
                                             ptrdiff_t count)
 {
@@ -1017,7 +942,7 @@ static RNN_AVX512 void gru_pointwise_avx512(const float *n, const float *r, cons
 void rnn_gru_pointwise(float *n, const float *r, const float *z, const float *hn, const float *b_hn,
                        const float *h, float *h_new, const rnn_cell *cell, ptrdiff_t count)
 {
-#if RNN_X86_SIMD
+#if FR_X86_SIMD
     const int usual = cell->act[1].code == 1 && !(cell->clip < INFINITY);
     const int level = rnn_simd_enabled();
     if (usual && level == RNN_SIMD_AVX512) {
@@ -1041,23 +966,24 @@ int lstm_sequence_f32(const rnn_sequence_io *io, const float *xproj, const rnn_l
     if (workspace_alloc(&ws, io->batch, io->steps, h_out, H, G4, proj ? H : 0, 0))
         return -1;
     const unsigned csr = rnn_denormals_off();
-    const ptrdiff_t longest = sequence_begin(io, &ws, h_out, h, H, c);
+    const ptrdiff_t longest = rnn_rows_begin(io, &ws.rows, h, c);
     ptrdiff_t n_active = io->batch;
     for (ptrdiff_t s = 0; s < longest; s++) {
-        n_active = rows_active(&ws, n_active, s);
+        n_active = rnn_rows_active(&ws.rows, n_active, s);
         load_xproj(io, &ws, xproj, G4, n_active, s);
-        prefetch_xproj(io, &ws, xproj, G4, n_active, s + 1);
-        rnn_matmul_packed(&w->w_hh, ws.h, h_out, ws.gates, G4, n_active); /* a = xp + W_hh h */
+        rnn_rows_prefetch(io, &ws.rows, xproj, G4, n_active, s + 1);
+        rnn_matmul_packed(&w->w_hh, ws.rows.h, h_out, ws.gates, G4, n_active); /* a = xp + W_hh h */
         for (ptrdiff_t i = 0; i < n_active; i++) /* without projection, m is h' itself */
-            rnn_lstm_pointwise(ws.gates + i * G4, H, ws.c + i * H, proj ? ws.extra + i * H : ws.h + i * h_out,
+            rnn_lstm_pointwise(ws.gates + i * G4, H, ws.rows.c + i * H, proj ? ws.extra + i * H : ws.rows.h + i * h_out,
                                w->peephole, H, cell, H);
         if (proj) { /* h' = W_hr m */
-            memset(ws.h, 0, (size_t)(n_active * h_out) * sizeof(float));
-            rnn_matmul_packed(&w->w_hr, ws.extra, H, ws.h, h_out, n_active);
+            memset(ws.rows.h, 0, (size_t)(n_active * h_out) * sizeof(float));
+            rnn_matmul_packed(&w->w_hr, ws.extra, H, ws.rows.h, h_out, n_active);
         }
-        store_outputs(io, &ws, h_out, n_active, s);
+        rnn_rows_store(io, &ws.rows, n_active, s);
     }
-    sequence_end(io, &ws, h_out, h, H, c);
+    rnn_rows_end(io, &ws.rows, h, c);
+    free(ws.block);
     rnn_denormals_restore(csr);
     return 0;
 }
@@ -1071,22 +997,22 @@ int gru_sequence_f32(const rnn_sequence_io *io, const float *xproj, const rnn_gr
     if (workspace_alloc(&ws, io->batch, io->steps, H, 0, G3, H, lbr ? 0 : H))
         return -1;
     const unsigned csr = rnn_denormals_off();
-    const ptrdiff_t longest = sequence_begin(io, &ws, H, h, 0, NULL);
+    const ptrdiff_t longest = rnn_rows_begin(io, &ws.rows, h, NULL);
     ptrdiff_t n_active = io->batch;
     for (ptrdiff_t s = 0; s < longest; s++) {
-        n_active = rows_active(&ws, n_active, s);
+        n_active = rnn_rows_active(&ws.rows, n_active, s);
         load_xproj(io, &ws, xproj, G3, n_active, s);
-        prefetch_xproj(io, &ws, xproj, G3, n_active, s + 1);
+        rnn_rows_prefetch(io, &ws.rows, xproj, G3, n_active, s + 1);
         /* r = f(xp_r + W_hr h), z = f(xp_z + W_hz h) */
-        rnn_matmul_packed(&w->w_hh_rz, ws.h, H, ws.gates, G3, n_active);
+        rnn_matmul_packed(&w->w_hh_rz, ws.rows.h, H, ws.gates, G3, n_active);
         for (ptrdiff_t i = 0; i < n_active; i++)
             rnn_activate(&cell->act[0], cell->clip, ws.gates + i * G3, 2 * H);
         memset(ws.extra, 0, (size_t)(n_active * H) * sizeof(float));
         if (lbr) { /* extra = W_hn h */
-            rnn_matmul_packed(&w->w_hh_n, ws.h, H, ws.extra, H, n_active);
+            rnn_matmul_packed(&w->w_hh_n, ws.rows.h, H, ws.extra, H, n_active);
         } else { /* extra = W_hn (r * h) */
             for (ptrdiff_t i = 0; i < n_active; i++) {
-                const float *r = ws.gates + i * G3, *hi = ws.h + i * H;
+                const float *r = ws.gates + i * G3, *hi = ws.rows.h + i * H;
                 float *rh = ws.extra2 + i * H;
                 for (ptrdiff_t j = 0; j < H; j++)
                     rh[j] = r[j] * hi[j];
@@ -1094,12 +1020,13 @@ int gru_sequence_f32(const rnn_sequence_io *io, const float *xproj, const rnn_gr
             rnn_matmul_packed(&w->w_hh_n, ws.extra2, H, ws.extra, H, n_active);
         }
         for (ptrdiff_t i = 0; i < n_active; i++) { /* n = g(...), h' = (1 - z) * n + z * h */
-            float *a = ws.gates + i * G3, *hi = ws.h + i * H;
+            float *a = ws.gates + i * G3, *hi = ws.rows.h + i * H;
             rnn_gru_pointwise(a + 2 * H, a, a + H, ws.extra + i * H, w->b_hn, hi, hi, cell, H);
         }
-        store_outputs(io, &ws, H, n_active, s);
+        rnn_rows_store(io, &ws.rows, n_active, s);
     }
-    sequence_end(io, &ws, H, h, 0, NULL);
+    rnn_rows_end(io, &ws.rows, h, NULL);
+    free(ws.block);
     rnn_denormals_restore(csr);
     return 0;
 }

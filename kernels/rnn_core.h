@@ -125,6 +125,42 @@ int gru_sequence_f32(const rnn_sequence_io *io,
                      float *h,                  /* INOUT (B, H) */
                      const rnn_cell *cell);
 
+/* ---- rows of a sequence call (shared by the float32 loops here and int8_core.c) ----------
+ * A sequence call sorts its rows by length, longest first (stable counting sort), so the rows
+ * still running at step s are a prefix of the sorted rows (the matrix multiply covers only
+ * those), and keeps the running state in that order. Sorted row i is the caller's row order[i]
+ * and takes t = s (forward) or t = length[i] - 1 - s (reverse) at step s. */
+typedef struct {
+    ptrdiff_t *order;  /* (B,) the caller's row of sorted row i */
+    ptrdiff_t *length; /* (B + T + 1,): length of sorted row i, then the counting sort's scratch */
+    float *h;          /* (B, h_out) running h, sorted rows */
+    float *c;          /* (B, c_size) running c (LSTM), sorted rows; unused when c_size == 0 */
+    ptrdiff_t h_out;   /* H_out */
+    ptrdiff_t c_size;  /* H (LSTM) or 0 */
+} rnn_rows;
+
+/* bytes of the rows' buffers for B rows of T steps; rnn_rows_place lays them out from p (64-byte
+ * aligned) and returns the first byte after them (64-byte aligned) */
+size_t rnn_rows_bytes(ptrdiff_t B, ptrdiff_t T, ptrdiff_t h_out, ptrdiff_t c_size);
+char *rnn_rows_place(rnn_rows *rows, char *p, ptrdiff_t B, ptrdiff_t T, ptrdiff_t h_out, ptrdiff_t c_size);
+/* Sort io's rows; rows->h (and c, when c != NULL) <- the initial state h (B, h_out), c (B, c_size)
+ * in sorted order; y <- 0 at t >= len. Returns the longest length. */
+ptrdiff_t rnn_rows_begin(const rnn_sequence_io *io, rnn_rows *rows, const float *h, const float *c);
+/* the number of rows running at step s, given the n that ran at step s - 1 */
+ptrdiff_t rnn_rows_active(const rnn_rows *rows, ptrdiff_t n, ptrdiff_t s);
+/* sorted row i's input at step s: xproj[b, t] (width floats), or table row tokens[b, t] */
+const float *rnn_rows_input(const rnn_sequence_io *io, const rnn_rows *rows, const float *xproj, ptrdiff_t width,
+                            ptrdiff_t i, ptrdiff_t s);
+/* ask for the inputs of the first n rows at step s (while step s - 1 computes: folded-table rows
+ * are scattered over many MB, each would otherwise be a cache miss); nothing for xproj rows,
+ * which the hardware prefetcher follows (asking for them cost 5% of a batch-64 int8 LSTM) */
+void rnn_rows_prefetch(const rnn_sequence_io *io, const rnn_rows *rows, const float *xproj, ptrdiff_t width,
+                       ptrdiff_t n, ptrdiff_t s);
+/* y[b, t, y_offset:] <- rows->h of the first n rows at step s */
+void rnn_rows_store(const rnn_sequence_io *io, const rnn_rows *rows, ptrdiff_t n, ptrdiff_t s);
+/* the final h (and c, when c != NULL) back to the caller's rows */
+void rnn_rows_end(const rnn_sequence_io *io, const rnn_rows *rows, float *h, float *c);
+
 /* ---- instruction set ----------------------------------------------------------------------
  * The instruction set in use: RNN_SIMD_PLAIN (plain C), RNN_SIMD_AVX2 (AVX2 + FMA kernels) or
  * RNN_SIMD_AVX512 (the matrix multiply in AVX-512F, the rest AVX2), the best the CPU has unless

@@ -10,9 +10,16 @@
  * waiter made every step wait for a whole scheduler time slice (30-60x slower than one thread).
  *
  * Contention verdict: the waiting time of all parts is summed over windows of
- * SPIN_BARRIER_WINDOW_NS of wall time; when, over a window, the parts spent more than half of
- * their time waiting, `stop` is set (sticky). The split loops read it after the barrier that
- * ends a step and return early, all at the same step; the caller continues on one thread.
+ * SPIN_BARRIER_WINDOW_NS of wall time. Over a window of elapsed time E, the parts' busy time is
+ * P E - waited; at P = 2 the split step is slower than one thread doing both halves exactly when
+ * waited > E, i.e. when the parts waited more than half their time, which is the rule (kept for
+ * every P: the split's step time against the one-thread step time estimated from the parts' busy
+ * time). Start-up and transients are not judged: the first window of a barrier is a warm-up (its
+ * waits, and those before it, are dropped: a partner thread being woken, cold caches), and
+ * `stop` is set only after SPIN_BARRIER_BAD_WINDOWS consecutive windows in which waiting
+ * dominated. `stop` is sticky; the split loops read it after the barrier that ends a step and
+ * return early, all at the same step; the caller continues on one thread and tells fastrnn's
+ * pool (fastrnn/pool.py decides whether, and for how long, the next calls run on one thread).
  * `stop` is written only by the last part to arrive, before it releases the others, so every
  * part reads the same value after that barrier (a later write needs all parts to arrive again).
  *
@@ -41,6 +48,7 @@
 
 #define SPIN_BARRIER_SPIN_NS 50000           /* spin this long before blocking */
 #define SPIN_BARRIER_WINDOW_NS 10000000      /* contention verdict over windows of 10 ms */
+#define SPIN_BARRIER_BAD_WINDOWS 2           /* ... this many in a row with waiting dominant */
 
 typedef struct {
     int parts;            /* P */
@@ -51,6 +59,8 @@ typedef struct {
     int stop;             /* 1: waiting dominated, the loops should return (sticky) */
     int64_t wait_ns;      /* waiting time of all parts in this window (atomic) */
     int64_t window_start; /* start of the window (written by last arrivers only); 0 = not started */
+    int windows;          /* windows ended so far (the first is the warm-up; last arrivers only) */
+    int bad_windows;      /* consecutive judged windows in which waiting dominated (last arrivers) */
 } spin_barrier;
 
 static inline int64_t spin_barrier_now(void)
@@ -97,12 +107,16 @@ static inline int spin_barrier_wait(spin_barrier *b)
         return -1;
     if (__atomic_add_fetch(&b->arrived, 1, __ATOMIC_ACQ_REL) == b->parts) {
         const int64_t now = spin_barrier_now();
-        if (b->window_start == 0) {
+        if (b->window_start == 0) { /* the warm-up window starts: earlier waits are start-up */
             b->window_start = now;
+            __atomic_store_n(&b->wait_ns, 0, __ATOMIC_RELEASE);
         } else if (now - b->window_start >= SPIN_BARRIER_WINDOW_NS) {
             const int64_t waited = __atomic_exchange_n(&b->wait_ns, 0, __ATOMIC_ACQ_REL);
-            if (2 * waited > (now - b->window_start) * (int64_t)b->parts)
-                b->stop = 1;
+            if (b->windows++ > 0) { /* not the warm-up */
+                b->bad_windows = 2 * waited > (now - b->window_start) * (int64_t)b->parts ? b->bad_windows + 1 : 0;
+                if (b->bad_windows >= SPIN_BARRIER_BAD_WINDOWS)
+                    b->stop = 1;
+            }
             b->window_start = now;
         }
         __atomic_store_n(&b->arrived, 0, __ATOMIC_RELAXED);

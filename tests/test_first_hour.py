@@ -471,7 +471,7 @@ def test_readme_synopses_list_every_option():
     parser, commands = _subcommands()
     synopses = {}
     for i, line in enumerate(lines):  # a synopsis: "fastrnn NAME [...]" and its indented continuation lines
-        m = re.match(r"fastrnn ([\w-]+) (?!\.\.\.)", line)  # (export-c)
+        m = re.match(r"fastrnn ([\w-]+) (?!\.\.\.)", line)
         if m:
             j = i + 1
             while j < len(lines) and lines[j].startswith(" "):
@@ -523,7 +523,8 @@ def test_quantize_accuracy_skips_the_classifier_without_word_lists(tmp_path, mon
 
 GENERATED_C = {"_cykernels.c", "_cygenerate.c", "_cyint8.c"}
 HAND_WRITTEN = {"rnn_core.c", "generate_core.c", "rnn_split.c", "rnn_core.h", "generate_core.h", "rnn_split.h",
-                "spin_barrier.h", "_cykernels.pyx", "_cygenerate.pyx", "int8_core.c", "int8_core.h", "_cyint8.pyx"}
+                "spin_barrier.h", "_cykernels.pyx", "_cygenerate.pyx", "int8_core.c", "int8_core.h", "_cyint8.pyx",
+                "cpu_features.h", "rnn_core.pxi"}
 
 
 def test_license_is_an_spdx_string():

@@ -78,7 +78,7 @@ def padded_floats(lengths=(6, 3, 1), T=6, F=4, pad=0.0):
 
 # -- the models of the lecture notes --------------------------------------------------------------
 def test_simple_rnn_has_42_params_and_keras_summary(tmp_path):
-    model = seq((2, 10), L.SimpleRNN(3))
+    model = seq((2, 10), L.SimpleRNN(3, name="simple_rnn"))  # named: Keras numbers unnamed layers per process
     x = RNG.standard_normal((4, 2, 10)).astype(np.float32)
     for fm in check_model(model, x, tmp_path):
         assert fm.count_params() == 42

@@ -80,3 +80,33 @@ def test_environment_cap_reaches_the_generation_loop():
         np.testing.assert_array_equal(np.array(i8, np.float32), logits(m, "int8"))
     finally:
         cg._select_simd(None)
+
+
+@pytest.mark.parametrize("batch", [1, 3, 9])
+def test_int8_rows_state_and_logits_bitwise_across_simd_levels(batch):
+    """The int8 form's products for 1 to 9 rows (AVX-512 VNNI: vpdpwssd tiles of up to 4 rows x
+    8 panels; AVX2: vpmaddwd tiles): after a prompt and a few sampled steps, every row's state
+    and logits are the same bits at avx2 and avx512 (the same integers, the same float epilogue)."""
+    from fastrnn.generate.engines import Rows, get_engine
+    from fastrnn.generate.job import _Job
+    from fastrnn.generate.options import _stops
+    from fastrnn.generate.plan import generation_plan
+    from fastrnn.generate.sampling import Sampling
+
+    if "avx512" not in LEVELS:
+        pytest.skip(f"this CPU's best level is {BEST}: no AVX-512 form to compare")
+    m = char_model(seed=5, cell="gru", H=48, proj_size=0)  # 3H = 144: 9 panels, and V = 12: a partial one
+    plan = generation_plan(m, "int8")
+
+    def run():
+        rows = Rows(plan, batch)
+        rows.rng[:] = np.arange(batch, dtype=np.uint64) + 11
+        prompts = [PROMPT[: 3 + b] for b in range(batch)]
+        job = _Job(plan, get_engine("cython"), rows, prompts, Sampling(temperature=1.0), _stops(m, plan, None), 6)
+        job.run(len(PROMPT) + 3)
+        return rows.state.copy(), rows.logits.copy()
+
+    got = at_levels(run)
+    np.testing.assert_array_equal(got["avx512"][0], got["avx2"][0])
+    np.testing.assert_array_equal(got["avx512"][1], got["avx2"][1])
+    assert np.abs(got["avx2"][1]).max() > 0  # the loop ran

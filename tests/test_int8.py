@@ -60,6 +60,18 @@ def test_quantize_rows_equal_spec_at_every_level(M, K, at_level, rng):
 def test_matmul_equal_spec_at_every_level(N, K, m, at_level, rng):
     """Every instruction set (plain C, AVX2 vpmaddubsw, AVX-VNNI, AVX-512 VNNI, AMX) computes
     the same integers and the same float operations as the spec: the same bits."""
+    check_matmul_levels(N, K, m, at_level, rng)
+
+
+@pytest.mark.parametrize("N,K,m", [(100, 512, 130), (37, 5500, 7), (64, 8192, 2)])
+def test_matmul_row_blocks_and_long_rows_equal_spec(N, K, m, at_level, rng):
+    """AVX-512 VNNI flips the activations to unsigned bytes once per block of rows that fits its
+    32 KB buffer (64 rows of K = 512: 130 rows are three blocks); rows longer than the buffer
+    holds for 6 rows (K4 > 5461) are flipped at each broadcast instead. Same bits either way."""
+    check_matmul_levels(N, K, m, at_level, rng)
+
+
+def check_matmul_levels(N, K, m, at_level, rng):
     W = (rng.standard_normal((N, K)) * 0.3).astype(np.float32)
     q, scale = quantize_int8(W)
     w = k.pack_int8(q, scale)

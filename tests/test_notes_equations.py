@@ -1,4 +1,4 @@
-"""The recipe of docs/lecture-notes-models.md "Hand-written weights" (issue 22.7): the notes'
+"""The recipe of docs/lecture-notes.md "Hand-written weights" (issue 22.7): the notes'
 NumPy equations, written here as the notes write them, equal fastrnn.Recurrent built from the
 same matrices (orientation out = W @ in, note 004's transposed form, gate orders, the GRU's update
 gate u = 1 - z with the reset before the product, a sigmoid state), on every backend; and the

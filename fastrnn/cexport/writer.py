@@ -712,7 +712,7 @@ class Writer:
             return
         c("L = steps;")
         if ch.mask == "zero_id":
-            c("/* id 0 is padding (mask_zero): only at the end of the sequence, as fastrnn requires */")
+            c("/* id 0 is padding (mask_zero): the exported C takes it at the end only (right padding) */")
             c("while (L > 0 && tokens[L - 1] == 0)", "    L--;")
             c("for (t = 0; t < L; t++)", f"    if (tokens[t] == 0) return {P}ERR_MASK;")
         elif ch.mask == "value":

@@ -165,8 +165,8 @@ class _Job:
             except BaseException:
                 self.split_runners.pop(gang.size, None)  # may be aborted: never reused
                 raise
-            if runner.degraded:  # the parts mostly waited: one thread from here on, for a while
-                pool.note_contention()
+            gang.report(runner.degraded)  # the pool decides whether the next gangs split
+            if runner.degraded:  # the parts mostly waited: this chunk went on with one thread
                 self.split_runners.pop(gang.size, None)
             return left[0]
 

@@ -152,7 +152,12 @@ class LayerPlan:
         b_hh = zeros if w.b_hh is None else w.b_hh.astype(np.float64)
         if layer.cell == "gru":  # b_hn stays inside the reset product
             b_hh = np.concatenate([b_hh[:2 * H], np.zeros(H)])
-        return (np.asarray(x, np.float64) @ w.w_ih.T.astype(np.float64) + b_ih + b_hh).astype(f32)
+        # float64 sums of the exact float32 products, rounded once. einsum without `optimize` runs
+        # NumPy's own loops, never BLAS: a BLAS call here started OpenBLAS's threads, which then
+        # spun on the other core through the first generation calls (threads=1 was not one core,
+        # and a split generation took the spinner for contention; issue 23)
+        prod = np.einsum("vk,nk->vn", np.asarray(x, np.float64), w.w_ih.astype(np.float64), optimize=False)
+        return (prod + b_ih + b_hh).astype(f32)
 
 
 class GenerationPlan:
