@@ -1,7 +1,15 @@
 """Classification throughput on a Dask cluster vs one process (issue 16; never in CI).
 
-    python bench/bench_dask.py                 # 1,000,000 lines, the bundled language identifier
-    python bench/bench_dask.py --lines 200000 --repeats 1 --skip-cli
+    python bench/bench_dask.py --lines 100000 --repeats 1 --skip-cli   # a first look: about a minute
+    python bench/bench_dask.py                 # 1,000,000 lines: 20-30 minutes (see below)
+
+How long: the corpus is classified 2 x --repeats times through the API and, unless --skip-cli,
+2 x --repeats + 1 times more through the command line, plus task-cost probes (about 300,000
+lines and 10,000 tasks: half a minute); on a loaded 2-core machine one pass of 1,000,000 lines
+takes 30-45 seconds through the API and several minutes through the command line (JSON lines
+written: about 8 times the API's time), so the default run takes 20-30 minutes there, 3-5 with
+--skip-cli. After the first round the run prints its own estimate of the time left. Ctrl-C stops it and removes the generated corpus (a
+temporary folder, about 16 MB per million lines).
 
 Run it as a script (not `python -m` from the repository root, which would import the source
 tree's fastrnn/ without its compiled kernels): it needs `pip install .[bench]`.
@@ -27,6 +35,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -176,12 +185,29 @@ def fit(costs, which):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--lines", type=int, default=1_000_000)
-    ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--skip-cli", action="store_true")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                 epilog="The default run takes 20-30 minutes on a 2-core machine (3-5 with --skip-cli); "
+                                        "--lines 100000 --repeats 1 --skip-cli about a minute. Ctrl-C stops it and removes the generated corpus.")
+    ap.add_argument("--lines", type=int, default=1_000_000,
+                    help="lines of the generated corpus (default 1,000,000, about 16 MB; the run's time is "
+                         "proportional to it)")
+    ap.add_argument("--repeats", type=int, default=2, help="rounds of each measurement, the best kept (default 2)")
+    ap.add_argument("--skip-cli", action="store_true",
+                    help="leave out the command-line runs (half of the default run's time)")
     args = ap.parse_args(argv)
+    if args.lines < 20_000 or args.repeats < 1:
+        ap.error("--lines must be at least 20,000 (the task-cost probes read 20,000 lines) and --repeats at least 1")
+    tmp = tempfile.mkdtemp(prefix="fastrnn-bench-dask-")
+    try:
+        run(args, tmp)
+    except KeyboardInterrupt:
+        print("\ninterrupted: the generated corpus is removed", file=sys.stderr)
+        sys.exit(130)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
+
+def run(args, tmp):
     from distributed import Client
 
     import fastrnn.dask
@@ -195,14 +221,25 @@ def main(argv=None):
     cores = len(os.sched_getaffinity(0))
     print(f"CPU: {cpu_name()}, {cores} cores; Python {platform.python_version()}; fastrnn backend {backend}; "
           f"load average at start {os.getloadavg()[0]:.1f}", flush=True)
-    tmp = tempfile.mkdtemp(prefix="fastrnn-bench-dask-")
     path = os.path.join(tmp, "corpus.txt")
     make_corpus(path, args.lines)
-    print(f"corpus: {args.lines:,} lines, {os.path.getsize(path) / 2**20:.1f} MiB", flush=True)
+    print(f"corpus: {args.lines:,} lines, {os.path.getsize(path) / 2**20:.1f} MiB in {tmp} (removed at the end, "
+          "or on Ctrl-C)", flush=True)
 
     cluster = fastrnn.dask.local_cluster(2, threads_per_worker=1)
     client = Client(cluster)
+    try:
+        measure(args, path, client, cores)
+    finally:
+        client.close()
+        cluster.close()
+
+
+def measure(args, path, client, cores):
+    import fastrnn.dask
+
     single, spread, single_cpu, spread_cpu = [], [], [], []
+    started = time.perf_counter()
     for r in range(args.repeats):  # interleaved: A B A B
         n, t, c = single_process(path)
         single.append(n / t)
@@ -214,6 +251,11 @@ def main(argv=None):
         print(f"  round {r + 1}: one process {n / t:,.0f} lines/s ({c / n * 1e6:.1f} CPU-us/line), "
               f"LocalCluster(2) {n2 / t2:,.0f} lines/s ({c2 / n * 1e6:.1f} CPU-us/line, workers + client "
               f"+ scheduler); load average {os.getloadavg()[0]:.1f}", flush=True)
+        if r == 0:  # passes left: API rounds, CLI runs (each about 8 API passes: JSON out), probes
+            passes = 2 * (args.repeats - 1) + (0 if args.skip_cli else 8 * (2 * args.repeats + 1)) + 300_000 / n
+            left = (time.perf_counter() - started) / 2 * passes + 30  # + the scheduler probe
+            when = f"{left / 60:.0f} more minutes" if left >= 120 else f"{left:.0f} more seconds"
+            print(f"  about {when} at this rate (--lines and --repeats make it shorter)", flush=True)
     best_single, best_spread = max(single), max(spread)
     cpu_single, cpu_spread = min(single_cpu), min(spread_cpu)
 
@@ -226,8 +268,6 @@ def main(argv=None):
     client_per_line = None
     if not args.skip_cli:
         client_per_line = cli_client_cpu(client.scheduler.address, path) / args.lines
-    client.close()
-    cluster.close()
 
     cli_single = cli_spread = None
     if not args.skip_cli:
@@ -271,8 +311,6 @@ def main(argv=None):
     print("(compute = N x cores x P / t(P) with the CPU fit; capped by the scheduler at P / its CPU per task and,"
           " for the CLI, by the client's CPU per line)")
     print(f"load average at the end: {os.getloadavg()[0]:.1f} (other processes share these cores)")
-    os.remove(path)
-    os.rmdir(tmp)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Generation speed, side by side: fastrnn vs PyTorch vs ONNX Runtime (../shared/BENCH.md).
+"""Generation speed, side by side: fastrnn vs PyTorch vs ONNX Runtime (docs/performance.md).
 
     python bench/bench_generate.py                 # gen256, gen512, batchgen at 1 thread
     python bench/bench_generate.py -t 1 2 -r 7     # 1 and 2 threads, 7 repeats

@@ -1,5 +1,6 @@
-"""Side-by-side comparison of fastrnn, PyTorch and ONNX Runtime on the standard workloads
-(../shared/BENCH.md), in one process, same thread count, medians over repeats.
+"""Side-by-side comparison of fastrnn, PyTorch and ONNX Runtime on the standard workloads (their
+models in bench/models.py, the figures in docs/performance.md), in one process, same thread count,
+medians over repeats.
 
     python -m bench.compare                       # all workloads, 1 and 2 threads
     python -m bench.compare -w gen512 cls -t 1    # a subset
@@ -406,13 +407,20 @@ def bench_startup(threads, repeats, tmp):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m bench.compare", description=__doc__.split("\n\n")[0])
-    ap.add_argument("-w", "--workloads", nargs="+", default=list(WORKLOADS), choices=WORKLOADS)
-    ap.add_argument("-t", "--threads", nargs="+", type=int, default=[1, 2])
-    ap.add_argument("-r", "--repeats", type=int, default=5)
-    ap.add_argument("--plot", help="write a bar chart of the ratios to this PNG")
+    ap.add_argument("-w", "--workloads", nargs="+", default=list(WORKLOADS), choices=WORKLOADS,
+                    help="the workloads to run (default: all)")
+    ap.add_argument("-t", "--threads", nargs="+", type=int, default=[1, 2], help="thread counts (default: 1 2)")
+    ap.add_argument("-r", "--repeats", type=int, default=5, help="timed runs per measurement (default 5)")
+    ap.add_argument("--plot", metavar="PNG", help="write a bar chart of the ratios to this PNG (needs matplotlib: "
+                                                  "pip install \".[bench]\")")
     ap.add_argument("--bf16", choices=("auto", "on", "off"), default="auto",
                     help="time fastrnn's bfloat16 engine: auto = only where the CPU has AVX512_BF16")
     args = ap.parse_args(argv)
+    if args.plot:  # say it now, not after the whole run
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            ap.error("--plot needs matplotlib: pip install matplotlib (or pip install \".[bench]\")")
     global BF16
     BF16 = args.bf16
 

@@ -1,5 +1,5 @@
 """Contention: the default thread count against threads=1, with both cores free and with another
-process busy on one core (../shared/BENCH.md, "Contention"; issue 15).
+process busy on one core (docs/performance.md; issue 15).
 
     python -m bench.contention [--repeats 5] [--rounds 3]
 

@@ -1,4 +1,4 @@
-"""The standard workloads' models (../shared/BENCH.md), defined once for every benchmark script.
+"""The standard workloads' models (docs/performance.md), defined once for every benchmark script.
 
 PyTorch modules with random weights (speed does not depend on their values); fastrnn loads them
 with ``fastrnn.from_torch``. torch is optional: without it the classes exist but cannot be built.

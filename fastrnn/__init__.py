@@ -34,6 +34,37 @@ __all__ = [
 ]
 
 
+def _warn_without_kernels():
+    """Say it once, at import, when this fastrnn has no compiled kernels and no backend was chosen
+    (FASTRNN_BACKEND): a Python session started in a fastrnn checkout imports the source folder
+    fastrnn/, which hides the installed package, and would silently run 2-3x slower."""
+    import importlib.util
+
+    if os.environ.get("FASTRNN_BACKEND"):
+        return  # a backend chosen on purpose (the checked-kernels CI script runs a tree without them)
+    try:
+        if importlib.util.find_spec("fastrnn.kernels._cykernels") is not None:
+            return
+    except (ImportError, ValueError):
+        pass
+    import warnings
+
+    from .errors import KernelsMissingWarning
+
+    folder = os.path.dirname(os.path.abspath(__file__))
+    from .backends import available_backends
+
+    slower = "the Numba JIT backend" if "numba" in available_backends() else "the NumPy reference backend"
+    warnings.warn_explicit(
+        f"fastrnn was imported from {folder}, which has no compiled kernels: models run on {slower}, several "
+        "times slower. A fastrnn checkout's fastrnn/ folder hides the installed package when Python starts in "
+        "the repository root: start Python elsewhere, or build it here with `pip install .` (`pip install -e .` "
+        "to edit it). FASTRNN_BACKEND=numba or numpy chooses a slower backend on purpose (and silences this).",
+        KernelsMissingWarning, folder, 0, module="fastrnn")
+
+
+_warn_without_kernels()
+
 _BUNDLED = {}
 
 
@@ -202,7 +233,24 @@ def _sniff(path) -> str:
         return "keras"
     if lower.endswith(_TORCH_EXTENSIONS):
         raise ModelFormatError("neither a torch.save file (zip archive) nor a fastrnn .safetensors file", path)
-    return "native"  # the native reader says precisely what is wrong
+    if lower.endswith(".safetensors"):
+        return "native"  # the native reader says precisely what is wrong
+    raise ModelFormatError(f"not a model file{_looks_like(head)}: fastrnn reads {MODEL_KINDS}", path)
+
+
+MODEL_KINDS = ("fastrnn .safetensors files, Keras .keras / .h5 files, ONNX .onnx files and PyTorch state_dicts "
+               "(torch.save files)")
+
+
+def _looks_like(head):
+    """" (it starts like text: ...)" when the first bytes are printable text, else ""."""
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return ""  # (16 bytes may cut a character: then say nothing)
+    if text and all(c.isprintable() or c in "\t\r\n" for c in text):
+        return f" (it starts like text: {text[:12]!r})"
+    return ""
 
 
 def from_keras(keras_model, custom_layers=None, vocabulary=None) -> Model:

@@ -21,6 +21,7 @@ import json
 import importlib
 import os
 import sys
+import warnings
 
 from .errors import ModelFormatError
 
@@ -51,8 +52,13 @@ def cmd_summary(args):
     return 0
 
 
-def _read_vocab(path, level):
-    """A vocabulary file: one token per line (UTF-8, a BOM and CR line endings allowed)."""
+UNKNOWN_TOKENS = ("<unk>", "<UNK>", "[UNK]", "<OOV>", "<oov>")  # recognised in a --vocab file
+
+
+def _read_vocab(path, level, unk=None):
+    """A vocabulary file: one token per line (UTF-8, a BOM and CR line endings allowed). Its unknown
+    token (the id of every symbol outside it) is ``unk`` if given (``--unk``), else the line that
+    reads one of UNKNOWN_TOKENS, else none."""
     from .vocab import Vocabulary
 
     with open(path, encoding="utf-8-sig") as f:
@@ -62,7 +68,17 @@ def _read_vocab(path, level):
     tokens = [t[:-1] if t.endswith("\r") else t for t in tokens]
     if not tokens:
         raise ValueError(f"--vocab {path}: the file holds no tokens")
-    return Vocabulary(tokens, level=level)
+    if unk is not None:
+        if unk not in tokens:
+            raise ValueError(f"--unk {unk!r} is not a line of --vocab {path}: add it to the file (its line number "
+                             "minus one is its id)")
+        unk_id = tokens.index(unk)
+    else:
+        found = [t for t in UNKNOWN_TOKENS if t in tokens]
+        if len(found) > 1:
+            raise ValueError(f"--vocab {path} has several unknown tokens ({', '.join(found)}): choose one with --unk")
+        unk_id = tokens.index(found[0]) if found else None
+    return Vocabulary(tokens, level=level, unk=unk_id)
 
 
 def _chars_vocab(text):
@@ -135,8 +151,10 @@ def cmd_convert(args):
                          f"(got {args.dst!r})")
     if args.vocab and args.vocab_chars is not None:
         raise ValueError("--vocab and --vocab-chars both give the vocabulary: pass one of them")
+    if args.unk is not None and not args.vocab:
+        raise ValueError("--unk names the unknown token of a --vocab file: give --vocab FILE too")
     if args.vocab:
-        vocab = _read_vocab(args.vocab, args.vocab_level)
+        vocab = _read_vocab(args.vocab, args.vocab_level, args.unk)
     elif args.vocab_chars is not None:
         vocab = _chars_vocab(args.vocab_chars)
     else:
@@ -265,6 +283,10 @@ def build_parser():
                                    "without an Embedding token i is the one-hot input vector with a 1 at feature i")
     p.add_argument("--vocab-level", choices=["char", "word"], default="char",
                    help="--vocab: the tokens are characters (default) or whitespace-separated words")
+    p.add_argument("--unk", metavar="TOKEN",
+                   help="--vocab: the file's unknown token, the id of every symbol outside the vocabulary (default: "
+                        "a line reading <unk>, <UNK>, [UNK], <OOV> or <oov>, if the file has one; else none, and "
+                        "text with such a symbol is refused)")
     p.add_argument("--vocab-chars", metavar="CHARS",
                    help="the vocabulary as a string of characters in id order (e.g. helo: h = 0, e = 1, ...), "
                         "instead of a --vocab file. For a model without an Embedding (one-hot input) token i is fed "
@@ -308,7 +330,9 @@ def main(argv=None):
             from . import set_backend
 
             set_backend(args.backend)
-        return args.func(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning(args.command, getattr(args, "model", None))
+            return args.func(args)
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
@@ -320,17 +344,65 @@ def main(argv=None):
     except Exception as exc:  # every error is one line and exit code 2 (FASTRNN_DEBUG=1: the traceback)
         if os.environ.get("FASTRNN_DEBUG"):
             raise
-        print(f"fastrnn {args.command}: error: {error_message(exc)}", file=sys.stderr)
+        print(f"fastrnn {args.command}: error: {error_message(exc, getattr(args, 'model', None))}",
+              file=sys.stderr)
         return 2
 
 
-def error_message(exc) -> str:
-    """One line saying what went wrong: the message of the errors fastrnn raises on purpose, the
-    OS's words and the file name for OSError, the exception's type as well for anything else."""
+# The Python API's advice, said with the command line's options (issue 26.6): (pattern, advice).
+# ``{model}`` is the --model file. tests/test_first_hour2.py checks every pattern still meets the
+# message fastrnn raises.
+CLI_ADVICE = [
+    (r"pass token ids instead \(lists of ints\)",
+     "store a vocabulary with the model: fastrnn convert {model} OUT.safetensors --vocab VOCAB.txt (one token "
+     "per line) or --tokenizer tokenizer.json (a Keras Tokenizer), then use --model OUT.safetensors"),
+    (r"and the vocabulary has no unknown-token id",
+     "and the vocabulary has no unknown token: store one that has: fastrnn convert {model} OUT.safetensors "
+     "--vocab VOCAB.txt with a line <unk> (or [UNK], <OOV>) in VOCAB.txt, or --unk TOKEN naming its token"),
+    (r"Use model\.predict for per-step outputs or model\.generate for text",
+     "Use fastrnn generate --model {model} for text"),
+    (r"call model\.predict with all the inputs", "the command line reads one input per line; in Python, call "
+                                                 "model.predict with all the inputs"),
+    (r"pass custom_layers=\{'([^']*)': factory\}",
+     r"pass --custom-layers MODULE.py, a file of yours defining \1 (docs/loading.md)"),
+    (r"pass custom_layers=\)?", "pass --custom-layers MODULE.py)"),
+    (r"load it without architecture=", "convert it without --architecture"),
+    (r"set model\.vocabulary \(e\.g\. \"helo\"\)",
+     "store its characters with it: fastrnn convert {model} OUT.safetensors --vocab-chars CHARS (e.g. helo)"),
+    # a parameter of the Python API named in a message: its option
+    (r"^(temperature|top_k|top_p|repetition_penalty|threads|batch_size|max_length|max_new_tokens) must",
+     lambda m: f"--{m.group(1).replace('_', '-')} must"),
+]
+
+
+def _one_line_warning(command, model):
+    """Warnings as one line on stderr, "fastrnn COMMAND: warning: ...", without the Python source
+    line Python's default display adds (a command-line user has no use for it)."""
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = " ".join(cli_advice(str(message), model).split())
+        sys.stderr.write(f"fastrnn {command}: warning: {text}\n")
+
+    return show
+
+
+def cli_advice(text, model=None):
+    """``text`` with the Python API's advice replaced by the command line's (CLI_ADVICE)."""
+    import re
+
+    for pattern, advice in CLI_ADVICE:
+        text = re.sub(pattern, advice if callable(advice) else advice.replace("{model}", model or "MODEL"), text)
+    return text
+
+
+def error_message(exc, model=None) -> str:
+    """One line saying what went wrong: the message of the errors fastrnn raises on purpose (its
+    advice in command-line terms, ``model``: the --model file), the OS's words and the file name
+    for OSError, the exception's type as well for anything else."""
     if isinstance(exc, OSError) and exc.strerror:
         return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
     if isinstance(exc, (ModelFormatError, ValueError, IndexError, ImportError, RuntimeError, OSError)):
-        text = str(exc)
+        text = cli_advice(str(exc), model)
     else:
         text = f"{type(exc).__name__}: {exc}"
     return " ".join(text.split()) or type(exc).__name__

@@ -679,14 +679,19 @@ def cmd_generate_batch(args, seed, options):
     ref = model_ref(args.model, "char_lstm")
     options = dict(options, backend=getattr(args, "backend", None))
     out = sys.stdout
-    f = sys.stdin if args.batch == "-" else open(args.batch, encoding="utf-8")
+    from .textio import LineReader
+
+    f = sys.stdin.buffer if args.batch == "-" else open(args.batch, "rb")
+    name = "<stdin>" if args.batch == "-" else args.batch
+    reader = LineReader(f, name, errors=getattr(args, "errors", "strict"), command="fastrnn generate",
+                        encoding=getattr(args, "encoding", "utf-8"))
     pending = collections.deque()  # prompts sent and not yet written: bounded by the window
 
-    def prompts():
-        for number, line in enumerate(f, 1):
-            line = line.rstrip("\r\n")
+    def prompts():  # the lines as without --dask: a blank line is no prompt (skipped, and said)
+        for line in reader:
             if line == "":
-                raise ValueError(f"{args.batch}: line {number} is empty (every line is a prompt)")
+                sys.stderr.write(f"fastrnn generate: skipped line {reader.count} of {name}: empty\n")
+                continue
             pending.append(line)
             yield line
 
@@ -701,6 +706,6 @@ def cmd_generate_batch(args, seed, options):
     finally:
         if cluster is not None:
             cluster.close()
-        if f is not sys.stdin:
+        if f is not sys.stdin.buffer:
             f.close()
     return 0

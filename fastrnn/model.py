@@ -229,6 +229,10 @@ class Model(GenerationMixin, ClassifierMixin, QuantizeMixin):
             lines.append(line(r[:len(cols)]))
             lines.append("_" * width if i < len(rows) - 1 else "=" * width)
         lines.append(f"Total params: {self.count_params():,}")
+        stored = (self.metadata or {}).get("quantized")
+        if stored in ("int8", "float16"):  # fastrnn.quantize / convert --quantize / an onnxruntime int8 file
+            lines.append(f"Weights: {stored} (weight matrices{' and products' if stored == 'int8' else ''} in "
+                         f"{stored}, biases float32)")
         if self.vocabulary is not None:
             lines.append(f"Vocabulary: {len(self.vocabulary)} {self.vocabulary.level} tokens")
         text = "\n".join(lines)
@@ -501,6 +505,10 @@ def _as_array(value, name):
     try:
         return np.asarray(value)
     except (ValueError, TypeError) as exc:
+        if "inhomogeneous" in str(exc) or "sequence" in str(exc):  # rows of different lengths
+            raise ValueError(f"{name}: the rows have different lengths; pad them to the longest (zeros at the end) "
+                             f"and pass each row's own length with lengths=, e.g. predict(padded, lengths=[5, 3])"
+                             " - padded steps change nothing") from None
         raise ValueError(f"{name} cannot be read as an array: {exc}") from None
 
 

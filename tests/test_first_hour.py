@@ -314,11 +314,11 @@ def test_convert_vocab_applies_to_a_native_or_keras_source(tmp_path):
 
 # -- 8. the CLI validates before it prints ----------------------------------------------------------
 
-@pytest.mark.parametrize("args, fragment", [(["-n", "-5"], "max_new_tokens"),
+@pytest.mark.parametrize("args, fragment", [(["-n", "-5"], "--max-new-tokens"),  # the option, not the parameter
                                             (["--prompt", "abz"], "vocabulary"),
                                             (["--stop", ""], "empty stop"),
                                             (["--temperature", "-1"], "temperature"),
-                                            (["--top-p", "2"], "top_p"),
+                                            (["--top-p", "2"], "--top-p"),
                                             (["--threads", "0"], "thread")])
 @pytest.mark.parametrize("stream", ["--stream", "--no-stream"])
 def test_generate_prints_nothing_before_an_argument_error(tmp_path, args, fragment, stream):
@@ -328,7 +328,7 @@ def test_generate_prints_nothing_before_an_argument_error(tmp_path, args, fragme
 
 
 def test_generate_batch_checks_arguments_before_reading(tmp_path):
-    assert_one_line_error(fastrnn_cli("generate", "--batch", "-", "-n", "-5", stdin=b"def \n"), "max_new_tokens")
+    assert_one_line_error(fastrnn_cli("generate", "--batch", "-", "-n", "-5", stdin=b"def \n"), "--max-new-tokens")
 
 
 # -- 9. ONNX files with external data: the error says what to do ------------------------------------
@@ -476,7 +476,9 @@ def test_readme_synopses_list_every_option():
             j = i + 1
             while j < len(lines) and lines[j].startswith(" "):
                 j += 1
-            synopses[m.group(1)] = "\n".join(lines[i:j])
+            block = "\n".join(lines[i:j])
+            if block.count("[") >= synopses.get(m.group(1), "").count("["):  # the synopsis, not an example
+                synopses[m.group(1)] = block
     synopses["fastrnn"] = next(line for line in lines if line.startswith("fastrnn ["))
     for name, p in [("fastrnn", parser)] + list(commands.items()):
         synopsis = synopses.get(name)

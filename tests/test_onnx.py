@@ -10,7 +10,9 @@
   real sequence_lens, peepholes, initial states, clip, input_forget, activations with alpha and
   beta, omitted optional outputs, and layout=1 (onnxruntime refuses it: compared with the same
   node in layout 0).
-- torch.onnx.export (dynamo=False) of nn.RNN/LSTM/GRU and of two Embedding models, compared with
+- torch.onnx.export of nn.RNN/LSTM/GRU and of two Embedding models, with both exporters (the
+  TorchScript one, dynamo=False, and the default dynamo one, whose shape arithmetic and unrolled
+  nn.RNN must fold too: its files run on the Model, not the interpreter), compared with
   onnxruntime and torch; load_model gives a Model that matches and survives fastrnn.save/load.
 Tolerance: FRAMEWORK_ATOL (1e-4).
 """
@@ -26,6 +28,7 @@ from torch import nn
 import fastrnn
 import fastrnn.onnx as fonnx
 from conftest import FRAMEWORK_ATOL, assert_close, require
+from helpers import EXPORTERS, assert_runs_on_the_plan, export_onnx, onnx_input_shape
 
 onnx = require("onnx")
 ort = require("onnxruntime")
@@ -207,11 +210,8 @@ def test_layout_1_equals_layout_0(cell, direction):
 
 # -- models exported by PyTorch -------------------------------------------------------------------
 
-def export(module, args, path, input_names, output_names, dynamic=None):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module, args, str(path), dynamo=False, input_names=input_names,
-                          output_names=output_names, dynamic_axes=dynamic, opset_version=17)
+def export(module, args, path, input_names, output_names, dynamic=None, dynamo=False):
+    export_onnx(module, args, path, input_names, output_names, dynamic, dynamo)
 
 
 class Wrap(nn.Module):
@@ -224,17 +224,24 @@ class Wrap(nn.Module):
         return (y, *h) if isinstance(h, tuple) else (y, h)
 
 
+@pytest.mark.parametrize("dynamo", EXPORTERS)
 @pytest.mark.parametrize("kind", ["RNN", "LSTM", "GRU"])
 @pytest.mark.parametrize("batch_first", [False, True])
-def test_torch_exported_rnn_modules(kind, batch_first, tmp_path):
+def test_torch_exported_rnn_modules(kind, batch_first, dynamo, tmp_path):
+    """The dynamo exporter writes nn.RNN unrolled over the example's steps (rolled back into one
+    RNN node per direction, unrolled.py) and fixes the sizes torch.export specialises (the time
+    axis; time-major, the batch too): the file then declares them and the run uses them."""
     torch.manual_seed(0)
     rnn = getattr(nn, kind)(5, 8, num_layers=2, bidirectional=True, batch_first=batch_first).eval()
     x = torch.randn(3, 6, 5) if batch_first else torch.randn(6, 3, 5)
     outs = ["y", "h", "c"] if kind == "LSTM" else ["y", "h"]
-    axes = {0: "b", 1: "t"} if batch_first else {0: "t", 1: "b"}
-    export(Wrap(rnn), (x,), tmp_path / "m.onnx", ["x"], outs, dynamic={"x": axes})
-    x2 = (torch.randn(2, 9, 5) if batch_first else torch.randn(9, 2, 5)).numpy()  # other sizes than exported
+    axes = {0: "b", 1: "t"} if batch_first else {1: "b"} if dynamo else {0: "t", 1: "b"}
+    export(Wrap(rnn).eval(), (x,), tmp_path / "m.onnx", ["x"], outs, dynamic={"x": axes}, dynamo=dynamo)
+    shape = onnx_input_shape(tmp_path / "m.onnx", "x", (2, 9, 5) if batch_first else (9, 2, 5))
+    x2 = torch.randn(*shape).numpy()  # other sizes than exported, where the file allows them
     sess = fonnx.InferenceSession(tmp_path / "m.onnx")
+    if dynamo:
+        assert_runs_on_the_plan(sess)
     assert [o.name for o in sess.get_outputs()] == outs and sess.get_inputs()[0].name == "x"
     got = sess.run(None, {"x": x2})
     want = ort_run(onnx.load(str(tmp_path / "m.onnx")), {"x": x2})
@@ -268,12 +275,15 @@ class BiGRUClassifier(nn.Module):
         return torch.softmax(self.fc(torch.cat([h[-2], h[-1]], 1)), 1)
 
 
-def test_torch_char_model_session_load_model_and_native(tmp_path):
+@pytest.mark.parametrize("dynamo", EXPORTERS)
+def test_torch_char_model_session_load_model_and_native(tmp_path, dynamo):
     torch.manual_seed(1)
     net = CharModel().eval()
     ids = torch.randint(0, 30, (2, 11))
-    export(net, (ids,), tmp_path / "char.onnx", ["ids"], ["logits"], dynamic={"ids": {0: "b", 1: "t"}})
-    probe = np.random.default_rng(2).integers(0, 30, (3, 17))
+    export(net, (ids,), tmp_path / "char.onnx", ["ids"], ["logits"], dynamic={"ids": {0: "b", 1: "t"}},
+           dynamo=dynamo)
+    probe = np.random.default_rng(2).integers(0, 30, onnx_input_shape(tmp_path / "char.onnx", "ids", (3, 17)))
+    assert_runs_on_the_plan(fonnx.InferenceSession(tmp_path / "char.onnx"))
     with torch.no_grad():
         want = net(torch.from_numpy(probe)).numpy()
     got = fonnx.InferenceSession(tmp_path / "char.onnx").run(["logits"], {"ids": probe})[0]
@@ -289,12 +299,14 @@ def test_torch_char_model_session_load_model_and_native(tmp_path):
     assert len(again.generate([1, 2, 3], max_new_tokens=5, seed=1)) == 5  # usable for generation
 
 
-def test_torch_bigru_classifier(tmp_path):
+@pytest.mark.parametrize("dynamo", EXPORTERS)
+def test_torch_bigru_classifier(tmp_path, dynamo):
     torch.manual_seed(3)
     net = BiGRUClassifier().eval()
     export(net, (torch.randint(0, 40, (2, 9)),), tmp_path / "cls.onnx", ["ids"], ["probs"],
-           dynamic={"ids": {0: "b", 1: "t"}})
-    probe = np.random.default_rng(4).integers(0, 40, (5, 13))
+           dynamic={"ids": {0: "b", 1: "t"}}, dynamo=dynamo)
+    probe = np.random.default_rng(4).integers(0, 40, onnx_input_shape(tmp_path / "cls.onnx", "ids", (5, 13)))
+    assert_runs_on_the_plan(fonnx.InferenceSession(tmp_path / "cls.onnx"))
     with torch.no_grad():
         want = net(torch.from_numpy(probe)).numpy()
     got = fonnx.InferenceSession(tmp_path / "cls.onnx").run(None, {"ids": probe})[0]
@@ -305,15 +317,16 @@ def test_torch_bigru_classifier(tmp_path):
     assert_close(probs, want, FRAMEWORK_ATOL)
 
 
-def test_cli_convert_onnx(tmp_path):
+@pytest.mark.parametrize("dynamo", EXPORTERS)
+def test_cli_convert_onnx(tmp_path, dynamo):
     torch.manual_seed(5)
     net = CharModel().eval()
-    export(net, (torch.randint(0, 30, (1, 4)),), tmp_path / "c.onnx", ["ids"], ["logits"],
-           dynamic={"ids": {0: "b", 1: "t"}})
+    export(net, (torch.randint(0, 30, (2, 4)),), tmp_path / "c.onnx", ["ids"], ["logits"],
+           dynamic={"ids": {0: "b", 1: "t"}}, dynamo=dynamo)
     out = subprocess.run([sys.executable, "-m", "fastrnn.cli", "convert", str(tmp_path / "c.onnx"),
                           str(tmp_path / "c.safetensors")], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
-    probe = np.random.default_rng(6).integers(0, 30, (2, 8))
+    probe = np.random.default_rng(6).integers(0, 30, onnx_input_shape(tmp_path / "c.onnx", "ids", (2, 8)))
     with torch.no_grad():
         assert_close(fastrnn.load(tmp_path / "c.safetensors").predict(probe), net(torch.from_numpy(probe)).numpy(),
                      FRAMEWORK_ATOL)

@@ -1,5 +1,6 @@
 """ONNX files with external data (issue 13): PyTorch 2.13's exporter writes the weights to a file
-beside the .onnx. fastrnn reads them from the model's folder only: relative paths, no "..", no
+beside the .onnx (the dynamo exporter by default, the TorchScript one's file re-saved so here).
+fastrnn reads them from the model's folder only: relative paths, no "..", no
 absolute paths, no links out of the folder, offsets and lengths checked against the file."""
 import os
 
@@ -12,6 +13,7 @@ import torch
 import fastrnn
 import fastrnn.onnx
 from conftest import FRAMEWORK_ATOL, FRAMEWORK_RTOL, assert_close
+from helpers import assert_runs_on_the_plan, export_onnx, onnx_input_shape
 
 
 class Tagger(torch.nn.Module):
@@ -46,6 +48,24 @@ def test_external_data_loads_and_matches_onnxruntime(exported):
     assert_close(fastrnn.load(path).predict(ids), want, FRAMEWORK_ATOL, FRAMEWORK_RTOL)
     assert_close(fastrnn.onnx.InferenceSession(path).run(None, {"ids": ids})[0], want, FRAMEWORK_ATOL,
                  FRAMEWORK_RTOL)
+
+
+def test_the_dynamo_exporters_own_external_data(tmp_path):
+    """PyTorch's default (dynamo) exporter writes the weights beside the .onnx by itself; the file
+    runs on the Model (not the interpreter) and matches onnxruntime and torch."""
+    torch.manual_seed(1)
+    m = Tagger().eval()
+    path = tmp_path / "tagger.onnx"
+    export_onnx(m, (torch.randint(0, 30, (3, 7)),), path, ["x"], ["y"], {"x": {0: "b", 1: "t"}}, dynamo=True)
+    assert (tmp_path / "tagger.onnx.data").stat().st_size > 1000
+    ids = np.random.default_rng(2).integers(0, 30, onnx_input_shape(path, "x", (4, 9)))
+    want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": ids})[0]
+    with torch.no_grad():
+        assert_close(want, m(torch.from_numpy(ids)).numpy(), FRAMEWORK_ATOL, FRAMEWORK_RTOL)
+    sess = fastrnn.onnx.InferenceSession(path)
+    assert_runs_on_the_plan(sess)
+    assert_close(sess.run(None, {"x": ids})[0], want, FRAMEWORK_ATOL, FRAMEWORK_RTOL)
+    assert_close(fastrnn.load(path).predict(ids), want, FRAMEWORK_ATOL, FRAMEWORK_RTOL)
 
 
 def _rewrite(path, edit):

@@ -1,17 +1,17 @@
 """ONNX graphs -> fastrnn Models (issue 12): fastrnn.load("x.onnx") for any graph of supported
 operators, and fastrnn.onnx.InferenceSession running that same Model.
 
-- Graph models exported by torch.onnx.export (dynamo=False): two inputs joined by Concatenate,
-  Tanh / LogSoftmax between layers (time-major), the last step of a sequence, a bidirectional
-  classifier. Each: fastrnn.load against onnxruntime, saved natively and reloaded, classified;
-  the session gives exactly the Model's numbers in ONNX layouts.
+- Graph models exported by torch.onnx.export, with both exporters (dynamo=False and the default
+  dynamo one): two inputs joined by Concatenate, Tanh / LogSoftmax between layers (time-major),
+  the last step of a sequence, a bidirectional classifier. Each: fastrnn.load against
+  onnxruntime, saved natively and reloaded, classified; the session gives exactly the Model's
+  numbers in ONNX layouts.
 - Every pattern rule of fastrnn/formats/onnx/rules_*.py on a small graph, against onnxruntime,
   with the layers it must (or must not) produce.
 - Random-weight RNN / LSTM / GRU nodes for every cell, direction and peephole setting against
   onnxruntime, run through the Model (the proof of the gate orders, issue 18).
 Tolerance: FRAMEWORK_ATOL (1e-4).
 """
-import warnings
 
 import numpy as np
 import pytest
@@ -21,6 +21,7 @@ from torch import nn
 import fastrnn
 import fastrnn.onnx as fonnx
 from conftest import FRAMEWORK_ATOL, assert_close, require
+from helpers import EXPORTERS, assert_runs_on_the_plan, export_onnx, onnx_input_shape
 
 onnx = require("onnx")  # a skip outside CI, a failure in CI
 ort = require("onnxruntime")
@@ -29,11 +30,10 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from test_onnx import make_node_model, ort_run  # noqa: E402
 
 
-def export(module, args, path, input_names, output_names, dynamic):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module, args, str(path), dynamo=False, input_names=input_names,
-                          output_names=output_names, dynamic_axes=dynamic, opset_version=17)
+def export(module, args, path, input_names, output_names, dynamic, dynamo=False):
+    export_onnx(module, args, path, input_names, output_names, dynamic, dynamo)
+    if dynamo:
+        assert_runs_on_the_plan(fonnx.InferenceSession(path))
 
 
 def ort_file(path, feed):
@@ -72,13 +72,15 @@ class TwoInputs(nn.Module):
         return torch.softmax(self.fc(torch.cat([ha[-1], hb[-1]], dim=1)), dim=1)
 
 
-def test_two_inputs_concatenate(tmp_path):
+@pytest.mark.parametrize("dynamo", EXPORTERS)
+def test_two_inputs_concatenate(tmp_path, dynamo):
     torch.manual_seed(0)
     net = TwoInputs().eval()
     export(net, (torch.randint(0, 50, (2, 5)), torch.randn(2, 7, 4)), tmp_path / "two.onnx", ["ids", "feats"],
-           ["probs"], {"ids": {0: "b", 1: "t"}, "feats": {0: "b", 1: "u"}})
+           ["probs"], {"ids": {0: "b", 1: "t"}, "feats": {0: "b", 1: "u"}}, dynamo)
     rng = np.random.default_rng(1)
-    ids, feats = rng.integers(0, 50, (4, 9)), rng.standard_normal((4, 6, 4)).astype(np.float32)
+    ids = rng.integers(0, 50, onnx_input_shape(tmp_path / "two.onnx", "ids", (4, 9)))
+    feats = rng.standard_normal(onnx_input_shape(tmp_path / "two.onnx", "feats", (4, 6, 4))).astype(np.float32)
     want = ort_file(tmp_path / "two.onnx", {"ids": ids, "feats": feats})[0]
     with torch.no_grad():
         assert_close(want, net(torch.from_numpy(ids), torch.from_numpy(feats)).numpy(), FRAMEWORK_ATOL)
@@ -110,12 +112,14 @@ class TimeMajorTagger(nn.Module):
         return self.log_softmax(self.out(self.act(self.hidden(y))))
 
 
-def test_tanh_and_log_softmax_between_layers_time_major(tmp_path):
+@pytest.mark.parametrize("dynamo", EXPORTERS)
+def test_tanh_and_log_softmax_between_layers_time_major(tmp_path, dynamo):
     torch.manual_seed(2)
     net = TimeMajorTagger().eval()
     export(net, (torch.randint(0, 40, (6, 2)),), tmp_path / "tag.onnx", ["ids"], ["logp"],
-           {"ids": {0: "t", 1: "b"}})
-    ids_tb = np.random.default_rng(3).integers(0, 40, (11, 3))  # (T, B) as the graph takes it
+           {"ids": {0: "t", 1: "b"}}, dynamo)
+    # (T, B) as the graph takes it
+    ids_tb = np.random.default_rng(3).integers(0, 40, onnx_input_shape(tmp_path / "tag.onnx", "ids", (11, 3)))
     want = ort_file(tmp_path / "tag.onnx", {"ids": ids_tb})[0]  # (T, B, 40)
     with torch.no_grad():
         assert_close(want, net(torch.from_numpy(ids_tb)).numpy(), FRAMEWORK_ATOL)
@@ -142,11 +146,13 @@ class LastStep(nn.Module):
         return self.fc(y[:, -1])
 
 
-def test_last_step(tmp_path):
+@pytest.mark.parametrize("dynamo", EXPORTERS)
+def test_last_step(tmp_path, dynamo):
     torch.manual_seed(4)
     net = LastStep().eval()
-    export(net, (torch.randn(2, 5, 6),), tmp_path / "last.onnx", ["x"], ["logits"], {"x": {0: "b", 1: "t"}})
-    x = np.random.default_rng(5).standard_normal((3, 8, 6)).astype(np.float32)
+    export(net, (torch.randn(2, 5, 6),), tmp_path / "last.onnx", ["x"], ["logits"], {"x": {0: "b", 1: "t"}}, dynamo)
+    shape = onnx_input_shape(tmp_path / "last.onnx", "x", (3, 8, 6))
+    x = np.random.default_rng(5).standard_normal(shape).astype(np.float32)
     want = ort_file(tmp_path / "last.onnx", {"x": x})[0]
     with torch.no_grad():
         assert_close(want, net(torch.from_numpy(x)).numpy(), FRAMEWORK_ATOL)
@@ -174,12 +180,13 @@ class BiClassifier(nn.Module):
         return torch.softmax(self.head(torch.cat([h[-2], h[-1]], dim=1)), dim=1)
 
 
-def test_bidirectional_classifier(tmp_path):
+@pytest.mark.parametrize("dynamo", EXPORTERS)
+def test_bidirectional_classifier(tmp_path, dynamo):
     torch.manual_seed(6)
     net = BiClassifier().eval()
     export(net, (torch.randint(0, 60, (2, 5)),), tmp_path / "bi.onnx", ["ids"], ["probs"],
-           {"ids": {0: "b", 1: "t"}})
-    ids = np.random.default_rng(7).integers(0, 60, (5, 12))
+           {"ids": {0: "b", 1: "t"}}, dynamo)
+    ids = np.random.default_rng(7).integers(0, 60, onnx_input_shape(tmp_path / "bi.onnx", "ids", (5, 12)))
     want = ort_file(tmp_path / "bi.onnx", {"ids": ids})[0]
     model = fastrnn.load(tmp_path / "bi.onnx")
     # h[-2], h[-1] then Concat is the final-state output itself; the softmax folds into the Dense;
@@ -213,15 +220,16 @@ class EncoderDecoder(nn.Module):
         return torch.log_softmax(self.out(torch.relu(y)), -1)
 
 
-def test_encoder_decoder_states_pass_between_layers(tmp_path):
+@pytest.mark.parametrize("dynamo", EXPORTERS)
+def test_encoder_decoder_states_pass_between_layers(tmp_path, dynamo):
     """h / c concatenated over layers by the exporter, then sliced per layer for the decoder:
     each decoder layer reads the encoder layer's state output directly (no Slice, no Reshape)."""
     torch.manual_seed(8)
     net = EncoderDecoder().eval()
     export(net, (torch.randint(0, 20, (2, 5)), torch.randint(0, 20, (2, 4))), tmp_path / "s2s.onnx",
-           ["src", "tgt"], ["logp"], {"src": {0: "b", 1: "s"}, "tgt": {0: "b", 1: "t"}})
+           ["src", "tgt"], ["logp"], {"src": {0: "b", 1: "s"}, "tgt": {0: "b", 1: "t"}}, dynamo)
     rng = np.random.default_rng(9)
-    feed = {"src": rng.integers(0, 20, (3, 7)), "tgt": rng.integers(0, 20, (3, 5))}
+    feed = {k: rng.integers(0, 20, onnx_input_shape(tmp_path / "s2s.onnx", k, (3, t))) for k, t in (("src", 7), ("tgt", 5))}
     want = ort_file(tmp_path / "s2s.onnx", feed)[0]
     model = fastrnn.load(tmp_path / "s2s.onnx")
     assert sorted(kinds(model)) == sorted(["Embedding"] * 2 + ["Recurrent"] * 4 + ["Activation", "Dense"])
@@ -240,11 +248,14 @@ class TimeMajorPooling(nn.Module):
         return self.fc(y.mean(0) * 0.5 - y.max(0).values)
 
 
-def test_time_major_mean_and_max_over_time(tmp_path):
+@pytest.mark.parametrize("dynamo", EXPORTERS)
+def test_time_major_mean_and_max_over_time(tmp_path, dynamo):
     torch.manual_seed(10)
     net = TimeMajorPooling().eval()
-    export(net, (torch.randn(5, 2, 4),), tmp_path / "pool.onnx", ["x"], ["out"], {"x": {0: "t", 1: "b"}})
-    x = np.random.default_rng(11).standard_normal((7, 3, 4)).astype(np.float32)
+    export(net, (torch.randn(5, 2, 4),), tmp_path / "pool.onnx", ["x"], ["out"],
+           {"x": {1: "b"} if dynamo else {0: "t", 1: "b"}}, dynamo)
+    shape = onnx_input_shape(tmp_path / "pool.onnx", "x", (7, 3, 4))
+    x = np.random.default_rng(11).standard_normal(shape).astype(np.float32)
     want = ort_file(tmp_path / "pool.onnx", {"x": x})[0]
     model = fastrnn.load(tmp_path / "pool.onnx")
     assert sorted(kinds(model)) == ["Arithmetic", "Dense", "GlobalPooling1D", "GlobalPooling1D", "Merge",
@@ -430,6 +441,89 @@ def test_rule_reshape_flatten_and_slice(tmp_path):
     assert kinds(model) == ["Slice", "Reshape", "Reshape"]
 
 
+def test_rule_shape_arithmetic(tmp_path):
+    """The dynamo exporter's glue: Y (T, D, B, H) -> Transpose -> Shape -> Slice each size ->
+    Mul(D, H) -> Concat (T, B, D*H) -> Reshape folds at import (no node besides the RNN); a
+    run-time size times 1, divided by 1, plus 0 is itself."""
+    one, zero = np.array([1], np.int64), np.array([0], np.int64)
+    bounds = {f"i{k}": np.array([k], np.int64) for k in range(5)}
+    m = make([helper.make_node("RNN", ["x", "W", "R"], ["y"], hidden_size=4, direction="bidirectional"),
+              helper.make_node("Transpose", ["y"], ["yt"], perm=[0, 2, 1, 3]),
+              helper.make_node("Shape", ["yt"], ["s"]),
+              *[helper.make_node("Slice", ["s", f"i{k}", f"i{k + 1}"], [f"s{k}"]) for k in range(4)],
+              helper.make_node("Mul", ["s2", "s3"], ["dh"]),
+              helper.make_node("Mul", ["s0", "one"], ["t"]),
+              helper.make_node("Div", ["s1", "one"], ["b1"]),
+              helper.make_node("Add", ["b1", "zero"], ["b"]),
+              helper.make_node("Concat", ["t", "b", "dh"], ["shape"], axis=0),
+              helper.make_node("Reshape", ["yt", "shape"], ["out"])],
+             [fin("x", ["t", "b", 3])], [fout("out")],
+             [("W", w(2, 4, 3)), ("R", w(2, 4, 4)), ("one", one), ("zero", zero), *bounds.items()])
+    model = against_ort(m, {"x": RNG.standard_normal((5, 2, 3)).astype(np.float32)}, tmp_path)
+    assert kinds(model) == ["Recurrent"]
+
+
+def unrolled_rnn(T, time, reverse=False, activation="Tanh", read_state=None):
+    """nn.RNN as the dynamo exporter writes it: one group of nodes per step of a (T, B, 3) input,
+    hidden size 4, h0 a graph input (1, B, 4). Outputs: the states (T, B, 4) and the last (B, 4)."""
+    I, H = 3, 4
+    nodes = [helper.make_node("MatMul", ["x", "Wi"], ["xw"]), helper.make_node("Add", ["xw", "bi"], ["p"])]
+    inits = [("Wi", w(I, H)), ("bi", w(H)), ("Wh", w(H, H)), ("bh", w(H)), ("ax0", np.array([0], np.int64))]
+    source = "p"
+    if reverse:
+        inits += [("m1", np.array([-1], np.int64)), ("end", np.array([-2 ** 63], np.int64))]
+        nodes.append(helper.make_node("Slice", ["p", "m1", "end", "ax0", "m1"], ["flip"]))
+        source = "flip"
+    prev, states = "h0", []
+    for t in range(T):
+        inits += [(f"t{t}", np.array([t], np.int64)), (f"u{t}", np.array([t + 1], np.int64))]
+        nodes += [helper.make_node("Slice", [source, f"t{t}", f"u{t}", "ax0"], [f"sl{t}"]),
+                  helper.make_node("Squeeze", [f"sl{t}", "ax0"], [f"x{t}"]),
+                  helper.make_node("MatMul", [prev, "Wh"], [f"hw{t}"]),
+                  helper.make_node("Add", [f"hw{t}", "bh"], [f"lin{t}"]),
+                  helper.make_node("Add", [f"lin{t}", f"x{t}"], [f"a{t}"]),
+                  helper.make_node(activation, [f"a{t}"], [f"state{t}"])]
+        prev = f"state{t}"
+        states.append(prev)
+    nodes += [helper.make_node("Concat", states[::-1] if reverse else states, ["ys"], axis=0),
+              helper.make_node("Squeeze", [prev, "ax0"], ["hn"])]
+    outputs = [fout("ys"), fout("hn")] + ([fout(read_state)] if read_state else [])
+    return make(nodes, [fin("x", [time, "b", I]), fin("h0", [1, "b", H])], outputs, inits)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("activation", ["Tanh", "Relu"])
+def test_rule_unrolled_rnn_is_one_recurrent_layer(tmp_path, reverse, activation):
+    """An RNN unrolled step by step (PyTorch's dynamo exporter writes nn.RNN so) over a fixed
+    number of steps becomes one RNN node again (unrolled.py): one Recurrent layer."""
+    m = unrolled_rnn(5, 5, reverse, activation)
+    feed = {"x": RNG.standard_normal((5, 2, 3)).astype(np.float32),
+            "h0": RNG.standard_normal((1, 2, 4)).astype(np.float32)}
+    model = against_ort(m, feed, tmp_path)
+    assert kinds(model) == ["Select", "Recurrent"]  # the Select takes h0's one direction
+    assert model.recurrent_layers[0].activations[0].name == activation.lower()
+
+
+def test_rule_unrolled_rnn_over_a_run_time_length_or_read_inside_stays_unrolled(tmp_path):
+    """Unrolled over 4 steps but the input's length is only known at run time: the file is only
+    right for 4 steps, the interpreter runs it as written (and says why). A chain whose
+    intermediate state is also read elsewhere is not rolled up."""
+    from fastrnn.formats.onnx import graph as graph_mod
+    from fastrnn.formats.onnx.unrolled import reroll
+
+    m = unrolled_rnn(4, "t")
+    sess = fonnx.InferenceSession(m.SerializeToString())
+    assert sess.model is None and "unrolled this RNN over 4 steps" in sess.fallback_reason
+    feed = {"x": RNG.standard_normal((4, 3, 3)).astype(np.float32),
+            "h0": RNG.standard_normal((1, 3, 4)).astype(np.float32)}
+    for got, want in zip(sess.run(None, feed), ort_run(m, feed)):
+        assert_close(got, want, FRAMEWORK_ATOL)
+    rolled = reroll(graph_mod.parse(m.SerializeToString()))
+    assert [n.op_type for n in rolled.nodes if n.op_type in ("RNN", "Tanh")] == ["RNN"]
+    read_inside = graph_mod.parse(unrolled_rnn(4, 4, read_state="state1").SerializeToString())
+    assert reroll(read_inside) is read_inside
+
+
 def test_rule_elementwise_functions(tmp_path):
     """The element-wise functions the graphs above do not use, one node each (Log, Sqrt and
     Reciprocal on a positive input), Pow by a constant and Min of two tensors."""
@@ -547,7 +641,12 @@ def test_the_names_of_translate_stay_reachable():
     for name in ("Boundary", "Translator", "translate", "translate_graph", "batch_axis_guesses", "to_model_inputs",
                  "to_onnx_output", "_target"):
         assert callable(getattr(translate, name)), name
-    assert translate.RULES["Mul"] == [rules_quantized.dequantizing_mul, rules_math.arithmetic]
+    # shape vectors' arithmetic (the dynamo exporter's glue) before the element-wise rules
+    assert translate.RULES["Mul"] == [rules_quantized.dequantizing_mul, rules_shape.shape_arithmetic,
+                                      rules_math.arithmetic]
+    for op in ("Add", "Sub", "Div"):
+        assert translate.RULES[op] == [rules_shape.shape_arithmetic, rules_math.arithmetic]
     assert translate.RULES["Cast"] == [rules_quantized.cast_of_integer_products, rules_shape.cast]
     assert translate.RULES["LSTM"] == [rules_recurrent.recurrent]
-    assert all(len(rules) == 1 for op, rules in translate.RULES.items() if op not in ("Mul", "Cast"))
+    assert all(len(rules) == 1 for op, rules in translate.RULES.items()
+               if op not in ("Mul", "Cast", "Add", "Sub", "Div"))

@@ -11,6 +11,7 @@ import pytest
 import fastrnn
 import fastrnn.onnx
 from conftest import require
+from helpers import EXPORTERS, assert_runs_on_the_plan, export_onnx, onnx_input_shape
 from fastrnn.formats import native
 from fastrnn.formats.onnx.ops import OPS
 from fastrnn.layers import Dense, Recurrent
@@ -89,15 +90,27 @@ CONFIGS = {  # (weight_type, per_channel, reduce_range); onnxruntime's default i
 }
 
 
-def export(tmp_path, key, seed=0):
+def export(tmp_path, key, seed=0, dynamo=False):
     cell, bi, layers, tokens = MODELS[key]
     torch.manual_seed(seed)
     m = Classifier(cell, bi, layers, tokens).eval()
-    x = torch.randint(0, VOCAB, (1, 6)) if tokens else torch.randn(1, 6, EMB)
+    x = torch.randint(0, VOCAB, (2, 6)) if tokens else torch.randn(2, 6, EMB)
     path = tmp_path / f"{key}.onnx"
-    torch.onnx.export(m, (x,), str(path), dynamo=False, input_names=["x"], output_names=["y"],
-                      dynamic_axes={"x": {0: "batch", 1: "time"}})
+    export_onnx(m, (x,), path, ["x"], ["y"], {"x": {0: "batch", 1: "time"}}, dynamo)
     return path
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """export(key, dynamo) once per module (the dynamo exporter takes seconds)."""
+    files = {}
+
+    def get(key, dynamo=False):
+        if (key, dynamo) not in files:
+            folder = tmp_path_factory.mktemp(f"{key}-{'dynamo' if dynamo else 'torchscript'}")
+            files[key, dynamo] = export(folder, key, dynamo=dynamo)
+        return files[key, dynamo]
+    return get
 
 
 def quantized(tmp_path, path, config):
@@ -108,25 +121,30 @@ def quantized(tmp_path, path, config):
     return out
 
 
-def inputs(key, rng, n=12):
+def inputs(key, rng, n=12, path=None):
+    """n single sequences of random lengths (the length ``path`` fixes, if it does)."""
     tokens = MODELS[key][3]
     for _ in range(n):
         T = int(rng.integers(1, 12))
+        T = T if path is None else onnx_input_shape(path, "x", (1, T))[1]
         yield rng.integers(0, VOCAB, (1, T)).astype(np.int64) if tokens else \
             rng.standard_normal((1, T, EMB)).astype(np.float32)
 
 
+@pytest.mark.parametrize("dynamo", EXPORTERS)
 @pytest.mark.parametrize("config", list(CONFIGS))
 @pytest.mark.parametrize("key", list(MODELS))
-def test_quantized_file_matches_onnxruntime(tmp_path, key, config, rng):
-    path = export(tmp_path, key)
+def test_quantized_file_matches_onnxruntime(tmp_path, exported, key, config, dynamo, rng):
+    path = exported(key, dynamo)
     qpath = quantized(tmp_path, path, config)
     model = fastrnn.load(str(qpath))
     assert model.metadata["quantized"] == "int8"
     assert model.metadata["onnx_int8"]["exact"] or model.metadata["onnx_int8"]["requantized"]
     sq, sd, sf = ort_session(qpath), ort_session(qpath, precise=False), ort.InferenceSession(str(path))
+    if dynamo:
+        assert_runs_on_the_plan(fastrnn.onnx.InferenceSession(str(qpath)))
     vs_ort, vs_default, vs_float, scale = [], [], [], 0.0
-    for x in inputs(key, rng):  # one sequence per call
+    for x in inputs(key, rng, path=path):  # one sequence per call
         y, y_float = model.predict(x), sf.run(None, {"x": x})[0]
         vs_ort.append(np.abs(y - sq.run(None, {"x": x})[0]).max())
         vs_default.append(np.abs(y - sd.run(None, {"x": x})[0]).max())
@@ -139,7 +157,7 @@ def test_quantized_file_matches_onnxruntime(tmp_path, key, config, rng):
     assert max(vs_ort) < REL_TOL * scale, vs_ort
     assert max(vs_float) < REL_TOL * scale, vs_float
     # the same file through fastrnn.onnx.InferenceSession (the same Model)
-    x = next(inputs(key, rng, 1))
+    x = next(inputs(key, rng, 1, path))
     np.testing.assert_array_equal(fastrnn.onnx.InferenceSession(str(qpath)).run(None, {"x": x})[0],
                                   model.predict(x))
 
@@ -185,16 +203,16 @@ def test_weights_keep_onnxruntimes_integers(tmp_path, config):
     np.testing.assert_array_equal(scale, np.broadcast_to(inits["fc.weight_Transposed_scale"], (CLASSES,)))
 
 
+@pytest.mark.parametrize("dynamo", EXPORTERS)
 @pytest.mark.parametrize("backend", ["cython", "numpy"])
-def test_runs_on_the_int8_engine_with_those_integers(tmp_path, backend, rng):
+def test_runs_on_the_int8_engine_with_those_integers(tmp_path, backend, dynamo, rng):
     """A quantized Linear: predict equals, bit for bit, fastrnn's int8 product (per-row activation
     quantization, quantize.py's spec) of onnxruntime's integers, and not the float product."""
     require("fastrnn.kernels._cyint8")
     torch.manual_seed(1)
     lin = torch.nn.Linear(EMB, 8).eval()
     path = tmp_path / "linear.onnx"
-    torch.onnx.export(lin, (torch.randn(2, EMB),), str(path), dynamo=False, input_names=["x"],
-                      output_names=["y"], dynamic_axes={"x": {0: "batch"}})
+    export_onnx(lin, (torch.randn(2, EMB),), path, ["x"], ["y"], {"x": {0: "batch"}}, dynamo)
     qpath = tmp_path / "linear.int8.onnx"
     quantization.quantize_dynamic(str(path), str(qpath), weight_type=quantization.QuantType.QInt8,
                                   reduce_range=True)  # q in [-64, 64]: the int8 rule alone would differ

@@ -235,7 +235,7 @@ def test_one_tensor_referenced_by_many_names_is_refused(tmp_path):
     ["classify", "{dir}/missing.txt"],
 ])
 def test_cli_errors_are_one_line_exit_2_and_nothing_on_stdout(tmp_path, argv):
-    (tmp_path / "late_error.txt").write_text("def \n" * 300 + "\n" + "x\n", encoding="utf-8")  # line 301 empty
+    (tmp_path / "late_error.txt").write_bytes(b"def \n" * 300 + b"\xff\n" + b"x\n")  # line 301 not UTF-8
     argv = [a.replace("{dir}", str(tmp_path)) for a in argv]
     out = subprocess.run([sys.executable, "-c", "import sys; from fastrnn.cli import main; sys.exit(main())", *argv],
                          capture_output=True, text=True, timeout=60,

@@ -31,6 +31,7 @@ from typing import Iterable, Iterator, NamedTuple, Optional
 
 import numpy as np
 
+from ..errors import InputError, InputTooLongWarning
 from ..layers import Activation, Dense, Embedding, Masking
 from ..textio import clean_text
 
@@ -145,9 +146,11 @@ def unknown_threshold_of(model, threshold=None):
 
 
 def _unknown_fraction(model, arr, padding_id=None) -> float:
-    """Fraction of the unknown-token ids in an encoded input (see Classification); the padding
-    id of a model with a mask (Embedding(mask_zero=True): id 0) is not a token and not counted."""
-    if not model.takes_tokens:
+    """Fraction of the unknown-token ids in an input's own tokens (see Classification): a text's
+    ids before any padding to the model's maxlen (metadata "text_input"), which is not the text's;
+    the padding id of a model with a mask (Embedding(mask_zero=True): id 0) is not a token and not
+    counted."""
+    if model.vocabulary is None and not model.takes_tokens:
         return 0.0
     if padding_id is not None:
         arr = arr[arr != padding_id]
@@ -163,7 +166,8 @@ def _padding_id(model):
 
 
 def _encoder(model, max_length):
-    """input -> 1-D array (ids (T,) int64, or features (T, F) float32), cut to max_length.
+    """input -> (1-D array (ids (T,) int64, or features (T, F) float32) cut to max_length, its
+    unknown fraction (counted before the padding to maxlen)).
     A text is cleaned first (textio.clean_text: BOM and trailing line ending removed), then cut
     to max_length tokens on the side the model's ``text_input`` truncates (the front by default,
     as pad_sequences does), then cut and padded as in training (``_text_input``). Padding ids
@@ -175,6 +179,7 @@ def _encoder(model, max_length):
 
     warned = []
     features = None if takes_tokens else model.input_size
+    padding_id = _padding_id(model)
 
     def cut(arr, position, from_end, forced=False):
         """arr cut to max_length; ``from_end``: keep its last tokens (pad_sequences' truncating="pre")."""
@@ -183,9 +188,10 @@ def _encoder(model, max_length):
         if not warned:
             import warnings
 
-            warnings.warn(f"input {position} is longer than max_length={max_length}: only its "
-                          f"{'last' if from_end else 'first'} {max_length} tokens are classified (pass a larger "
-                          "max_length for more)", stacklevel=4)
+            warnings.warn(InputTooLongWarning(
+                f"input {position} (counting from 0) is longer than max_length={max_length}: only its "
+                f"{'last' if from_end else 'first'} {max_length} tokens are classified (pass a larger max_length "
+                "for more)", position, max_length, from_end), stacklevel=4)
             warned.append(position)
         return arr[-max_length:] if from_end else arr[:max_length]
 
@@ -193,8 +199,8 @@ def _encoder(model, max_length):
         if isinstance(item, str):
             item = clean_text(item)
             if not takes_tokens and vocab is None:
-                raise ValueError(f"input {position} is text, but the model takes feature vectors and has no "
-                                 "vocabulary; for a one-hot character model set model.vocabulary (e.g. \"helo\")")
+                raise ValueError("a text, but the model takes feature vectors and has no vocabulary; for a "
+                                 "one-hot character model set model.vocabulary (e.g. \"helo\")")
             if vocab is None:
                 raise ValueError("the model has no vocabulary stored with it, so it cannot read text: "
                                  "pass token ids instead (lists of ints)")
@@ -207,19 +213,19 @@ def _encoder(model, max_length):
             else:
                 ids, longer = vocab.encode(item), False
             arr = cut(np.asarray(ids, dtype=np.int64), position, keep_last, longer)
+            unknown = _unknown_fraction(model, arr)  # of the text's own tokens, before any padding to maxlen
             arr = arr if text_input is None else text_input(arr)  # padded after the cut: never only padding
-            return arr if takes_tokens else one_hot(arr, features)  # token i: a 1 at feature i
+            return (arr if takes_tokens else one_hot(arr, features)), unknown  # one-hot: token i, a 1 at feature i
         arr = np.asarray(item)
         if takes_tokens:
             if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
-                raise ValueError(f"input {position}: token ids must be a 1-D sequence of ints, "
-                                 f"got shape {arr.shape} dtype {arr.dtype}")
-            arr = arr.astype(np.int64, copy=False)
-        else:
-            if arr.ndim != 2:
-                raise ValueError(f"input {position}: features must be 2-D (time, features), got shape {arr.shape}")
-            arr = arr.astype(np.float32, copy=False)
-        return cut(arr, position, False)
+                raise ValueError(f"token ids must be a 1-D sequence of ints, got shape {arr.shape} dtype "
+                                 f"{arr.dtype}")
+            arr = cut(arr.astype(np.int64, copy=False), position, False)
+            return arr, _unknown_fraction(model, arr, padding_id)
+        if arr.ndim != 2:
+            raise ValueError(f"features must be 2-D (time, features), got shape {arr.shape}")
+        return cut(arr.astype(np.float32, copy=False), position, False), 0.0
 
     return encode
 
@@ -345,13 +351,18 @@ def classify(model, inputs: Iterable, batch_size: int = DEFAULT_BATCH_SIZE, retu
 def _classify_iter(model, it, activation, labels, batch_size, return_probs, window, max_length,
                    max_batch_tokens, threads, backend, threshold=None):
     encode = _encoder(model, max_length)
-    padding_id = _padding_id(model)
     feature_shape = None if model.takes_tokens else (model.input_size,)
     position = 0
     while True:
-        chunk = [encode(item, position + k) for k, item in enumerate(itertools.islice(it, window))]
-        if not chunk:
+        encoded = []
+        for k, item in enumerate(itertools.islice(it, window)):
+            try:
+                encoded.append(encode(item, position + k))
+            except ValueError as exc:  # this input cannot be read: say which one
+                raise InputError(position + k, exc) from None
+        if not encoded:
             return
+        chunk = [arr for arr, _ in encoded]
         position += len(chunk)
         lengths = np.array([a.shape[0] for a in chunk], dtype=np.int64)
         order = np.argsort(lengths, kind="stable")
@@ -369,7 +380,7 @@ def _classify_iter(model, it, activation, labels, batch_size, return_probs, wind
         best = np.argmax(probs, axis=1)
         for k in range(len(chunk)):
             i = int(best[k])
-            unknown = _unknown_fraction(model, chunk[k], padding_id)
+            unknown = encoded[k][1]
             p = probs[k].copy() if return_probs else None
             if threshold is not None and unknown > threshold:
                 yield Classification(UNKNOWN_LABEL, None, p, unknown)

@@ -5,8 +5,10 @@ import json
 import os
 import sys
 import time
+import warnings
 
 from ..bundled import bundled_classifier
+from ..errors import InputError, InputTooLongWarning
 from ..textio import ERRORS, LineReader
 from .classifier import DEFAULT_BATCH_SIZE, classify, labels_of
 
@@ -76,6 +78,9 @@ def add_cli(subparsers):
     p.add_argument("--errors", choices=ERRORS, default="strict",
                    help="a line that is not UTF-8: strict = stop with an error naming it (default), replace = "
                         "decode it with U+FFFD for bad bytes, skip = leave it out and report its line number on stderr")
+    p.add_argument("--encoding", default="utf-8",
+                   help="the input's text encoding (default utf-8; e.g. cp949 or euc-kr for Korean files from "
+                        "Windows, utf-16 with its byte-order mark)")
     from ..dask import add_cli_options  # --dask, --partition-size (issue 16; Dask imported only when used)
 
     add_cli_options(p, "lines")
@@ -98,31 +103,39 @@ def cmd_classify(args):
             total = os.fstat(raw.fileno()).st_size or None
         except OSError:
             total = None
-    reader = LineReader(raw, name, errors=args.errors, command="fastrnn classify")
+    try:
+        reader = LineReader(raw, name, errors=args.errors, command="fastrnn classify",
+                            encoding=getattr(args, "encoding", "utf-8"))
+    except ValueError:
+        if raw is not sys.stdin.buffer:
+            raw.close()
+        raise
     progress = Progress(sys.stderr, total, enabled=args.progress)
     out = sys.stdout
     writer = None
     if args.format == "csv":
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(["text", "label"] + [str(x) for x in labels] + ["unknown_fraction"])
-    texts = _remember(reader)
+    texts = _remember(reader, lambda: reader.count)
     try:
         results = classify(model, texts, batch_size=args.batch_size, threads=args.threads, max_length=args.max_length)
         if getattr(args, "dask", None):  # the same results, in order, from a Dask cluster (issue 16)
             from ..dask import cli_classify
 
             results = cli_classify(args, texts)
-        for n, r in enumerate(results, 1):
-            text = texts.pop()
-            p = r.probabilities
-            if writer is not None:
-                writer.writerow([text, r.label] + [f"{v:.6g}" for v in p.tolist()] + [f"{r.unknown_fraction:.6g}"])
-            else:
-                out.write(json.dumps({"text": text, "label": r.label,
-                                      "probabilities": {str(k): round(float(v), 6) for k, v in zip(labels, p.tolist())},
-                                      "unknown_fraction": round(r.unknown_fraction, 6)},
-                                     ensure_ascii=False) + "\n")
-            progress.update(n, reader.bytes)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning(name, texts, args.model)
+            for n, r in _numbered(results, name, texts, args.model):
+                text = texts.pop()
+                p = r.probabilities
+                if writer is not None:
+                    writer.writerow([text, r.label] + [f"{v:.6g}" for v in p.tolist()] + [f"{r.unknown_fraction:.6g}"])
+                else:
+                    out.write(json.dumps({"text": text, "label": r.label,
+                                          "probabilities": {str(k): round(float(v), 6) for k, v in zip(labels, p.tolist())},
+                                          "unknown_fraction": round(r.unknown_fraction, 6)},
+                                         ensure_ascii=False) + "\n")
+                progress.update(n, reader.bytes)
         out.flush()
     finally:
         progress.close()
@@ -133,13 +146,17 @@ def cmd_classify(args):
 
 class _remember:
     """Pass items through while keeping those not yet consumed by the caller's output loop (the
-    classifier reads a window ahead); memory is bounded by that window."""
+    classifier reads a window ahead), with their line numbers (``line()``: the number of the item
+    just read); memory is bounded by that window."""
 
-    def __init__(self, iterable):
+    def __init__(self, iterable, line=None):
         from collections import deque
 
         self.it = iter(iterable)
         self.pending = deque()
+        self.lines = deque()
+        self.line = line
+        self.popped = 0
 
     def __iter__(self):
         return self
@@ -147,7 +164,49 @@ class _remember:
     def __next__(self):
         item = next(self.it)
         self.pending.append(item)
+        self.lines.append(self.line() if self.line else self.popped + len(self.pending))
         return item
 
     def pop(self):
+        self.popped += 1
+        self.lines.popleft()
         return self.pending.popleft()
+
+    def line_of(self, position):
+        """The line number of the input at 0-based ``position`` (one not yet written out)."""
+        k = position - self.popped
+        return self.lines[k] if 0 <= k < len(self.lines) else position + 1
+
+
+def _numbered(results, name, texts, model):
+    """enumerate(results, 1), an input the model cannot read reported by its line number, with
+    what was written before it (results are written in input order as they come)."""
+    n = 0
+    try:
+        for r in results:
+            n += 1
+            yield n, r
+    except InputError as exc:
+        from ..cli import cli_advice  # here: `import fastrnn` loads this module, fastrnn.cli must come after
+
+        where = f"{name} line {texts.line_of(exc.position)}"
+        written = f" (the first {n} results were written before it)" if n else " (no result was written)"
+        raise ValueError(f"{where}: {cli_advice(exc.reason, model)}{written}") from None
+
+
+def _show_warning(name, texts, model):
+    """Warnings on stderr as one line: "fastrnn classify: warning: ...", input positions as line
+    numbers, no Python source line."""
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        from ..cli import cli_advice
+
+        if isinstance(message, InputTooLongWarning):
+            text = (f"{name} line {texts.line_of(message.position)} is longer than --max-length "
+                    f"{message.max_length}: only its {'last' if message.from_end else 'first'} {message.max_length} "
+                    "tokens are classified (pass a larger --max-length for more)")
+        else:
+            text = cli_advice(str(message), model)
+        sys.stderr.write(f"fastrnn classify: warning: {text}\n")
+
+    return show

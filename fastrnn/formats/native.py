@@ -27,6 +27,7 @@ in its kind unless ``quantize`` says otherwise.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 
@@ -53,9 +54,19 @@ VOCABULARY_KEYS = frozenset({"level", "tokens", "unk", "pad", "lowercase", "filt
 QUANTIZE_KINDS = ("float16", "int8")
 
 
+# Suffixes of the formats fastrnn reads but does not write: save refuses them (a native file under
+# such a name would be mistaken for one by other tools).
+OTHER_FORMATS = {".onnx": "ONNX", ".keras": "Keras", ".h5": "Keras HDF5", ".hdf5": "Keras HDF5",
+                 ".pt": "PyTorch", ".pth": "PyTorch"}
+
+
 def save(model: Model, path, quantize=None):
     """Write ``model`` to ``path`` as a fastrnn safetensors file; ``quantize`` = None (float32),
     "float16" or "int8" stores the weight matrices in reduced precision (see the module doc)."""
+    suffix = os.path.splitext(os.fspath(path))[1]
+    if suffix.lower() in OTHER_FORMATS:
+        raise ValueError(f"fastrnn.save writes fastrnn's native safetensors format, not {OTHER_FORMATS[suffix.lower()]}: "
+                         f"name the file *.safetensors (got {os.fspath(path)!r})")
     if quantize not in (None, "float32") + QUANTIZE_KINDS:
         raise ValueError(f"quantize must be one of float16, int8 (or None), got {quantize!r}")
     quantize = None if quantize == "float32" else quantize
@@ -94,8 +105,14 @@ def save(model: Model, path, quantize=None):
     }
     meta = {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION),
             "model": json.dumps(spec, ensure_ascii=False)}
+    folder = os.path.dirname(os.fspath(path)) or "."
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(errno.ENOENT, f"cannot save {os.fspath(path)}: no such folder", folder)
     check = f"{os.fspath(path)}.check-{os.getpid()}"
-    safetensors.write(check, tensors, meta)
+    try:
+        safetensors.write(check, tensors, meta)
+    except OSError as exc:  # say the user's file name, not the temporary one
+        raise type(exc)(exc.errno, exc.strerror, os.fspath(path)) from None
     try:
         try:  # the loader's own rules (finite weights, clip > 0, ...) before the file takes its name
             load(check, mmap=False)

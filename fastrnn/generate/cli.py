@@ -56,10 +56,21 @@ def add_cli(subparsers):
                    help="--batch: a line that is not UTF-8: strict = stop with an error naming it (default), "
                         "replace = decode it with U+FFFD for bad bytes, skip = leave it out and report its line "
                         "number on stderr")
+    p.add_argument("--encoding", default="utf-8",
+                   help="--batch: the file's text encoding (default utf-8; e.g. cp949 or euc-kr for Korean files "
+                        "from Windows, utf-16 with its byte-order mark)")
     from ..dask import add_cli_options  # --dask, --partition-size for --batch (issue 16)
 
     add_cli_options(p, "prompts of --batch")
     p.set_defaults(func=cmd_generate)
+
+
+class _quiet:
+    """A report stream that drops what it is told (the first, checking pass of --batch: the second
+    pass reports the skipped lines)."""
+
+    def write(self, text):
+        pass
 
 
 def cmd_generate(args):
@@ -67,9 +78,17 @@ def cmd_generate(args):
 
     from .. import load
 
+    if args.batch and (args.prompt is not None or args.stream):
+        raise ValueError(f"{'--prompt' if args.prompt is not None else '--stream'} and --batch do not go together: "
+                         "the prompts of --batch are the lines of its file, each printed whole as one JSON line")
+    encoding = getattr(args, "encoding", "utf-8")
+    if encoding != "utf-8" and not args.batch:
+        raise ValueError("--encoding is the encoding of the --batch file (--prompt is already text)")
     model = load(args.model) if args.model else bundled_model()
     if model.vocabulary is None:
-        raise ValueError("this model has no vocabulary, so the command line cannot read or print text")
+        raise ValueError("this model has no vocabulary, so the command line cannot read or print text: store one "
+                         f"with it: fastrnn convert {args.model} OUT.safetensors --vocab VOCAB.txt (one token per "
+                         "line) or --tokenizer tokenizer.json (a Keras Tokenizer), then use --model OUT.safetensors")
     kw = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
               top_p=args.top_p, repetition_penalty=args.repetition_penalty, stop=args.stop, weights=args.weights,
               threads=args.threads)
@@ -81,16 +100,15 @@ def cmd_generate(args):
 
         return cmd_generate_batch(args, seed, kw)
     if args.batch:
-        import itertools
-
         from ..textio import LineReader
 
         if args.batch != "-":  # a file can be read twice: every line is checked before anything is printed
             with open(args.batch, "rb") as first_pass:
-                reader = LineReader(first_pass, args.batch, errors=args.errors, command="fastrnn generate")
+                reader = LineReader(first_pass, args.batch, errors=args.errors, command="fastrnn generate",
+                                    encoding=encoding, report=_quiet())
                 for line in reader:
                     if line == "":
-                        raise ValueError(f"{args.batch}: line {reader.count} is empty (every line is a prompt)")
+                        continue  # skipped, and said, on the second pass
                     try:
                         model.vocabulary.encode(line)
                     except ValueError as exc:
@@ -99,14 +117,17 @@ def cmd_generate(args):
         name = "<stdin>" if args.batch == "-" else args.batch
         try:
             # read lazily (memory stays flat on long files); line endings and a BOM removed as for classify
-            reader = LineReader(raw, name, errors=args.errors, command="fastrnn generate")
+            reader = LineReader(raw, name, errors=args.errors, command="fastrnn generate", encoding=encoding)
             lines = iter(reader)
             while True:
                 prompts = []
-                for line in itertools.islice(lines, 256):  # rows decoded together
-                    if line == "":
-                        raise ValueError(f"{name}: line {reader.count} is empty (every line is a prompt)")
+                for line in lines:  # up to 256 rows decoded together
+                    if line == "":  # a blank line (one at the end of a file, say) is no prompt
+                        sys.stderr.write(f"fastrnn generate: skipped line {reader.count} of {name}: empty\n")
+                        continue
                     prompts.append(line)
+                    if len(prompts) == 256:
+                        break
                 if not prompts:
                     break
                 texts = generate(model, prompts, seed=seed, **kw)

@@ -9,6 +9,8 @@ The package, by layer (each module imports only those listed before it):
                       DynamicQuantizeLinear, MatMulInteger, com.microsoft MatMulIntegerToFloat /
                       DynamicQuantizeMatMul / DynamicQuantizeLSTM)
 - recurrent.py        RNN/LSTM/GRU node conventions (gate orders, biases) -> fastrnn.layers.Recurrent
+- unrolled.py         a graph rewrite before translation: an RNN unrolled step by step (PyTorch's
+                      dynamo exporter writes nn.RNN so) -> one RNN node again
 - values.py           what the translator knows of each ONNX value (Const, ShapeVec, Zeros,
                       SeqLens, Tensor views, ...), Untranslatable, and RuleFamily
 - rules_recurrent.py  RNN / LSTM / GRU nodes with their layout glue and initial states -> Recurrent

@@ -40,6 +40,10 @@ def recurrent(tr, node, ins):
     x = tr.canonical(x, node.name)
     if x.axes[b_pos] != 0:
         raise WrongBatchAxis(f"{node.where()}: X's batch axis")
+    steps = node.attrs.get("_unrolled_steps")  # an RNN rolled back from its T steps (unrolled.py)
+    if steps is not None and tr.onnx_dims(x)[1 - b_pos] != steps:
+        raise Untranslatable(f"{node.where()}: the exporter unrolled this RNN over {steps} steps, but the "
+                             "length of its input is only known at run time")
     outs = [o if o and (tr.uses.get(o) or o in {i.name for i in tr.g.outputs}) else "" for o in node.outputs]
     need_y = len(outs) > 0 and bool(outs[0])
     need_h = len(outs) > 1 and bool(outs[1])

@@ -171,6 +171,55 @@ def expand(tr, node, ins):
     raise Untranslatable(f"{node.where()}: Expand of a {v.__class__.__name__}")
 
 
+# tested by tests/test_onnx_graphs.py::test_rule_shape_arithmetic
+@RULES.rule("Add", "Sub", "Mul", "Div")
+def shape_arithmetic(tr, node, ins):
+    """Arithmetic on shape vectors, at import time. PyTorch's dynamo exporter (torch.onnx.export's
+    default) merges an RNN's (D, H) axes with Shape -> Slice -> Mul -> Concat -> Reshape; the
+    TorchScript exporter writes the sizes as constants. Known sizes compute; a run-time size times 1
+    (plus 0, ...) is itself; any other result is a new symbolic size that only matches itself.
+    Not a shape vector: None (the element-wise rules of rules_math.py take the node)."""
+    if not any(isinstance(v, ShapeVec) for v in ins):
+        return None
+    if len(ins) != 2 or not all(isinstance(v, (ShapeVec, Const)) for v in ins):
+        raise Untranslatable(f"{node.where()}: {node.op_type} of a shape vector and a "
+                             f"{next(v for v in ins if not isinstance(v, ShapeVec)).__class__.__name__}")
+    sides = []
+    for v in ins:
+        if isinstance(v, Const):
+            if not np.issubdtype(np.asarray(v.value).dtype, np.integer) or np.ndim(v.value) > 1:
+                raise Untranslatable(f"{node.where()}: {node.op_type} of a shape vector and a non-integer constant")
+            sides.append(([int(x) for x in np.asarray(v.value).reshape(-1)], np.ndim(v.value) == 0))
+        else:
+            sides.append((list(v.entries), v.scalar))
+    (a, a_scalar), (b, b_scalar) = sides
+    if len(a) != len(b) and 1 not in (len(a), len(b)):
+        raise Untranslatable(f"{node.where()}: {node.op_type} of shape vectors of lengths {len(a)} and {len(b)}")
+    n = max(len(a), len(b))
+    a, b = (a * n if len(a) == 1 else a), (b * n if len(b) == 1 else b)
+    out = [_size_arithmetic(node.op_type, x, y) for x, y in zip(a, b)]
+    return [_shapevec(out, scalar=a_scalar and b_scalar)]
+
+
+def _size_arithmetic(op, x, y):
+    """One entry of Add / Sub / Mul / Div on sizes (int or Dim); ONNX's integer Div truncates."""
+    if isinstance(x, int) and isinstance(y, int):
+        if op == "Div":
+            if y == 0:
+                raise Untranslatable("a shape divided by 0")
+            q = abs(x) // abs(y)
+            return q if (x >= 0) == (y >= 0) else -q
+        return {"Add": x + y, "Sub": x - y, "Mul": x * y}[op]
+    neutral = {"Add": (0, 0), "Sub": (None, 0), "Mul": (1, 1), "Div": (None, 1)}[op]
+    if y == neutral[1]:
+        return x
+    if x == neutral[0]:
+        return y
+    if op in ("Add", "Mul"):  # commutative: one key for both orders
+        x, y = sorted((x, y), key=repr)
+    return Dim((op, x, y))
+
+
 # tested by tests/test_onnx_graphs.py::test_rule_gather_on_weight_is_a_folded_embedding
 #       and tests/test_onnx_graphs.py::test_rule_direction_pieces_concatenated_are_the_final_state
 @RULES.rule("Gather")
@@ -180,7 +229,7 @@ def gather(tr, node, ins):
     if isinstance(data, ShapeVec) and isinstance(idx, Const):
         i = np.asarray(idx.value).astype(np.int64)
         picked = [data.entries[int(k)] for k in i.reshape(-1)]
-        return [ShapeVec(picked, scalar=i.ndim == 0)]
+        return [_shapevec(picked, scalar=i.ndim == 0)]
     if isinstance(data, Const) and isinstance(idx, Tensor):
         return [embedding(tr, node, data.value, idx, axis)]
     if isinstance(data, Tensor) and isinstance(idx, Const):
@@ -233,7 +282,7 @@ def slice_by_constants(tr, node, ins):
     if isinstance(v, ShapeVec):
         if len(starts) != 1:
             raise Untranslatable(f"{node.where()}: Slice of a shape")
-        return [ShapeVec(v.entries[slice(_py(starts[0]), _py(ends[0]), steps[0])])]
+        return [_shapevec(v.entries[slice(_py(starts[0]), _py(ends[0]), steps[0])])]
     if isinstance(v, Zeros):
         shape = list(v.shape)
         for s, e, a, st in zip(starts, ends, axes, steps):
@@ -348,6 +397,12 @@ def reshape(tr, node, v: Tensor, entries):
     dims = tr.onnx_dims(v)
     if entries.count(-1) > 1:
         raise Untranslatable(f"{node.where()}: Reshape with several -1")
+    if tr.static_batch is not None and BATCH in dims and BATCH not in entries:
+        # a graph exported for one batch size writes that size where the batch goes (PyTorch's
+        # dynamo exporter when it specialises the batch): the batch axis at the same position
+        b = dims.index(BATCH)
+        if b < len(entries) and entries[b] == tr.static_batch:
+            entries = entries[:b] + [BATCH] + entries[b + 1:]
     # resolve a -1 when every other size is known
     if list(entries) == dims:
         return v
@@ -407,10 +462,11 @@ def reshape(tr, node, v: Tensor, entries):
                   v.dtype)
 
 
-def _shapevec(entries):
+def _shapevec(entries, scalar=False):
+    """A shape vector; a Const when every entry is known (later nodes then fold at import)."""
     if all(isinstance(e, int) for e in entries):
-        return Const(np.array(entries, np.int64))
-    return ShapeVec(list(entries))
+        return Const(np.array(entries[0] if scalar else entries, np.int64))
+    return ShapeVec(list(entries), scalar=scalar)
 
 
 def _fmt(dims):

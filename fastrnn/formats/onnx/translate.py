@@ -41,6 +41,7 @@ import numpy as np
 from ...graph import Graph, GraphBuilder, Input, Node
 from ...layers import Concatenate, Permute, Reshape, Select, Slice
 from . import rules_math, rules_quantized, rules_recurrent, rules_shape
+from .unrolled import reroll
 from .ops import OPS
 from .recurrent import RECURRENT_OPS
 from .values import BATCH, Const, Dim, SeqLens, Tensor, Untranslatable, WrongBatchAxis, _py
@@ -421,7 +422,9 @@ def batch_axis_guesses(g, limit=64):
 
 
 def translate_graph(g):
-    """The first batch-axis assignment that translates -> (Graph, Boundary)."""
+    """The first batch-axis assignment that translates -> (Graph, Boundary). Unrolled RNNs (PyTorch's
+    dynamo exporter writes nn.RNN step by step) are rolled back into RNN nodes first (unrolled.py)."""
+    g = reroll(g)
     last = None
     for guess in batch_axis_guesses(g):
         try:
