@@ -36,6 +36,7 @@ import argparse
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -201,9 +202,11 @@ def main(argv=None):
     try:
         run(args, tmp)
     except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not stop the cleanup
         print("\ninterrupted: the generated corpus is removed", file=sys.stderr)
         sys.exit(130)
     finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -222,6 +225,7 @@ def run(args, tmp):
     print(f"CPU: {cpu_name()}, {cores} cores; Python {platform.python_version()}; fastrnn backend {backend}; "
           f"load average at start {os.getloadavg()[0]:.1f}", flush=True)
     path = os.path.join(tmp, "corpus.txt")
+    print(f"writing the corpus ({args.lines:,} lines) in {tmp}", flush=True)
     make_corpus(path, args.lines)
     print(f"corpus: {args.lines:,} lines, {os.path.getsize(path) / 2**20:.1f} MiB in {tmp} (removed at the end, "
           "or on Ctrl-C)", flush=True)
