@@ -162,7 +162,16 @@ def _load(path, mmap, custom_layers):
 def _load_with_architecture(path, architecture, custom_layers, by_name):
     """A weights-only file plus the architecture it needs (``load(path, architecture=...)``)."""
     path = os.fspath(path)
-    kind = _sniff(path)
+    try:
+        kind = _sniff(path)
+    except ModelFormatError as exc:
+        if "not a model file" not in str(exc):
+            raise
+        # the usual slip: the architecture JSON given as the path (the weights belong there)
+        raise ModelFormatError("architecture= goes with a file that holds weights only (a Keras weights HDF5 file "
+                               "or a PyTorch state_dict); this file is not one" + _looks_like(_head(path)) +
+                               ": pass the weights file as the path and the architecture JSON as architecture=",
+                               path) from None
     if kind == "keras" and not os.path.isdir(path):
         with open(path, "rb") as f:
             hdf5 = f.read(8) == _HDF5_MAGIC
@@ -240,6 +249,15 @@ def _sniff(path) -> str:
 
 MODEL_KINDS = ("fastrnn .safetensors files, Keras .keras / .h5 files, ONNX .onnx files and PyTorch state_dicts "
                "(torch.save files)")
+
+
+def _head(path, n=16) -> bytes:
+    """The first ``n`` bytes of a regular file (b"" when it cannot be read)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(n)
+    except OSError:
+        return b""
 
 
 def _looks_like(head):
