@@ -7,7 +7,7 @@ Rebuilds: pip builds every ``pip install ".[extra]"`` in a fresh build environme
 include files (libc/*.pxd) are newer than the C files generated last time, so Cython would
 regenerate them all and everything would be compiled again (about two minutes) for an install
 that only adds packages. The generated C files are therefore reused when they are newer than the
-.pyx files and were generated with the same Cython, NumPy and directives (kernels/.cython-stamp.json);
+.pyx files (and the .pxi / .pxd files they include) and were generated with the same Cython, NumPy and directives (kernels/.cython-stamp.json);
 setuptools then skips each extension whose build/ output is newer than its sources and headers.
 """
 import glob
@@ -81,10 +81,12 @@ def _generated_c_is_current():
                 return False, want
     except (OSError, ValueError):
         return False, want
+    included = glob.glob("kernels/*.pxi") + glob.glob("kernels/*.pxd")  # what every .pyx may include
     for ext in extensions:
         for pyx in (src for src in ext.sources if src.endswith(".pyx")):
             c = pyx[:-4] + ".c"
-            if not os.path.exists(c) or os.path.getmtime(c) < os.path.getmtime(pyx):
+            newest = max(os.path.getmtime(f) for f in [pyx] + included)
+            if not os.path.exists(c) or os.path.getmtime(c) < newest:
                 return False, want
     return True, want
 
