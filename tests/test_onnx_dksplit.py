@@ -13,6 +13,9 @@ On dksplit's own file the difference reaches 0.26 on logits of up to 13 (300 dom
 both are within 0.08 of the float model, and the CRF segmentations were all equal
 (docs/loading.md, "onnxruntime-quantized ONNX files").
 """
+import importlib.util
+import os
+
 import numpy as np
 import pytest
 
@@ -22,7 +25,6 @@ from conftest import require
 onnx = require("onnx")
 ort = require("onnxruntime")
 torch = require("torch")
-from onnx import numpy_helper  # noqa: E402
 
 V, E, H = 38, 16, 24
 
@@ -52,74 +54,14 @@ def int8_file(tmp_path_factory):
     return module, d / "int8.onnx"
 
 
-def read_int8(path):
-    """The integers and scales of the file: [(W, W scale, R, R scale, B) per LSTM], embedding, head."""
-    m = onnx.load(str(path))
-    init = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
-    ops = [n.op_type for n in m.graph.node]
-    assert ops.count("DynamicQuantizeLSTM") == 3 and "MatMulInteger" in ops and "DynamicQuantizeLinear" in ops
-    lstms = []
-    for n in m.graph.node:
-        if n.op_type == "DynamicQuantizeLSTM":
-            i = list(n.input)
-            assert not init[i[9]].any() and not init[i[11]].any()  # int8 weights, zero points 0
-            lstms.append((init[i[1]].astype(np.float64), init[i[8]].astype(np.float64),
-                          init[i[2]].astype(np.float64), init[i[10]].astype(np.float64), init[i[3]]))
-        if n.op_type == "MatMulInteger":
-            head_q = init[n.input[1]].astype(np.float64)
-            assert not init[n.input[3]].any()
-        if n.op_type == "Mul" and any(k.endswith("_scale") and k in init for k in n.input):
-            head_scale = float(next(init[k] for k in n.input if k in init))
-        if n.op_type == "Add" and any(k in init for k in n.input):
-            head_bias = next(init[k] for k in n.input if k in init)
-    gather = next(n for n in m.graph.node if n.op_type == "Gather" and n.input[0] in init)
-    table = init[gather.input[0]]
-    if table.dtype != np.float32:  # a quantized table, then DequantizeLinear
-        deq = next(n for n in m.graph.node if n.op_type == "DequantizeLinear" and n.input[0] == gather.output[0])
-        table = (table.astype(np.float32) - init[deq.input[2]].astype(np.float32)) * init[deq.input[1]]
-    return lstms, table.astype(np.float32), (head_q, head_scale, head_bias)
-
-
-def per_tensor_u8(a):
-    """onnxruntime's dynamic activation rule: uint8, one scale and zero point for the tensor."""
-    lo, hi = min(float(a.min()), 0.0), max(float(a.max()), 0.0)
-    scale = np.float32((hi - lo) / 255.0) if hi > lo else np.float32(1.0)
-    zero = np.float32(np.clip(np.rint(-lo / scale), 0, 255))
-    return np.clip(np.rint(a / scale) + zero, 0, 255) - zero, np.float64(scale)
-
-
-def per_row_s8(a):
-    """fastrnn's int8 activation rule (fastrnn.quantize): symmetric int8, one scale per row."""
-    top = np.abs(a).max(axis=-1, keepdims=True).astype(np.float32)
-    scale = np.where(top > 0, top / np.float32(127), np.float32(1)).astype(np.float32)
-    return np.clip(np.rint(a * (np.float32(1) / scale)), -127, 127), scale.astype(np.float64)
-
-
-def emulate(path, ids, rule):
-    """The file's integer model on one sequence, activations quantized by ``rule``."""
-    lstms, table, (head_q, head_scale, head_bias) = read_int8(path)
-
-    def product(x, q, scale):  # x (M, K) float32 times the int8 matrix q (K, N) of scale ``scale``
-        xq, xs = rule(np.asarray(x, np.float32))
-        return (xq.astype(np.float64) @ q) * (xs * scale)
-
-    sig = lambda a: 1 / (1 + np.exp(-a))  # noqa: E731
-    x = table[ids]
-    for W, Ws, R, Rs, B in lstms:
-        outs = []
-        for d in range(2):
-            Hd = R.shape[1]
-            xw = product(x, W[d], Ws[d]) + B[d][:4 * Hd] + B[d][4 * Hd:]  # every step at once
-            h, c, out = np.zeros(Hd, np.float32), np.zeros(Hd), np.zeros((len(ids), Hd), np.float32)
-            for t in (range(len(ids)) if d == 0 else range(len(ids) - 1, -1, -1)):
-                g = xw[t] + product(h[None], R[d], Rs[d])[0]
-                i, o, f, cc = np.split(g, 4)  # ONNX gate order i o f c
-                c = sig(f) * c + sig(i) * np.tanh(cc)
-                h = (sig(o) * np.tanh(c)).astype(np.float32)
-                out[t] = h
-            outs.append(out)
-        x = np.concatenate(outs, axis=1)
-    return (product(x, head_q, head_scale) + head_bias).astype(np.float32)
+# The file reader and the two emulations are tools/dksplit_gap.py's (the script that measures the
+# same on dksplit's own file): one copy, so the test pins exactly what the script reports.
+_spec = importlib.util.spec_from_file_location(
+    "dksplit_gap", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "dksplit_gap.py"))
+dksplit_gap = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(dksplit_gap)
+read_int8, per_tensor_u8, per_row_s8, emulate = (dksplit_gap.read_int8, dksplit_gap.per_tensor_u8,
+                                                 dksplit_gap.per_row_s8, dksplit_gap.emulate)
 
 
 def test_fastrnn_and_onnxruntime_part_at_the_activation_rule(int8_file):
