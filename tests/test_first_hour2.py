@@ -514,7 +514,9 @@ def test_a_second_build_reuses_the_generated_c(tmp_path):
     assert len(generated) == 3 and (tmp_path / "kernels" / ".cython-stamp.json").exists()
     # as in pip's fresh build environment: Cython's own include files (libc/*.pxd) newer than the C
     old = 1_000_000_000 * 10**9  # 2001
-    for p in tmp_path.glob("kernels/_cy*.pyx"):
+    sources = [p for pattern in ("*.pyx", "*.pxi", "*.pxd") for p in tmp_path.glob("kernels/" + pattern)]
+    assert any(p.suffix == ".pxi" for p in sources)  # rnn_core.pxi: included by every .pyx
+    for p in sources:  # the .pyx files and what they include, all older than the C
         os.utime(p, ns=(old, old))
     for p in generated:
         os.utime(p, ns=(old + 10**9, old + 10**9))
@@ -525,5 +527,10 @@ def test_a_second_build_reuses_the_generated_c(tmp_path):
     assert all("kernels/rnn_core.h" in depends for _, _, depends in again)
     pyx = tmp_path / "kernels" / "_cyint8.pyx"
     os.utime(pyx, ns=(pyx.stat().st_atime_ns, max(times) + 10**9))  # an edited .pyx
+    extensions()
+    assert all(p.stat().st_mtime_ns > t for p, t in zip(generated, times))  # cythonized again
+    times = [p.stat().st_mtime_ns for p in generated]
+    pxi = tmp_path / "kernels" / "rnn_core.pxi"
+    os.utime(pxi, ns=(pxi.stat().st_atime_ns, max(times) + 10**9))  # an edited include file alone
     extensions()
     assert all(p.stat().st_mtime_ns > t for p, t in zip(generated, times))  # cythonized again
