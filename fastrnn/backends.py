@@ -48,12 +48,20 @@ MIN_ROWS_PER_TASK = 4
 MIN_SPLIT_HIDDEN = 128  # batch 1: split the hidden units across threads from this size on
 MAX_FOLDED_TABLE_BYTES = 96 * 1024 * 1024  # per direction
 # Long calls run in chunks of time steps (the state carried from one to the next), so that
-# Ctrl-C is seen between chunks: about this many multiply-adds per chunk (about 10 ms).
-CHUNK_MACS = 1 << 26
+# Ctrl-C is seen between chunks: about this many multiply-adds per chunk (about 10 ms of float32
+# on an AVX-512 core, 2-4 ms of int8; 0.1-0.3 s in plain C). A call whose work is under
+# WHOLE_CALL_MACS (about 80 ms) and whose input projection fits in one block runs as one kernel
+# call: chunks cost a Python round trip, a copy of their projection and of their output each,
+# which at one step per chunk (batch 64, LSTM(512): 67M multiply-adds a step) took a third of an
+# int8 call and kept the second thread from helping.
+CHUNK_MACS = 1 << 29
+WHOLE_CALL_MACS = 8 * CHUNK_MACS
 # The input projection of a long call is computed a block of chunks at a time: at most this many
-# bytes and multiply-adds per block (about 4 chunks' work).
+# bytes and multiply-adds per block (about 4 chunks' work); a chunk's projection is at most half
+# a block. A call run whole holds its projection up to WHOLE_CALL_BYTES.
 PROJECTION_BYTES = 8 * 1024 * 1024
 PROJECTION_MACS = 4 * CHUNK_MACS
+WHOLE_CALL_BYTES = 4 * PROJECTION_BYTES
 
 
 def _default_threads():
@@ -99,13 +107,17 @@ def check_threads(threads):
 run_tasks = pool.run_tasks
 
 
-def chunk_steps(rows, macs_per_row_step, steps):
+def chunk_steps(rows, macs_per_row_step, steps, floats_per_row_step=0):
     """Time steps per chunk for ``rows`` rows costing ``macs_per_row_step`` each, over ``steps``
-    steps: all of them in one call when the whole call is short (under 16 chunks' work, about
-    0.1-0.3 s), so that ordinary calls pay nothing for the chunking (copies of the chunks)."""
-    if rows * macs_per_row_step * steps < 16 * CHUNK_MACS:
+    steps: all of them in one call when the whole call is short (under WHOLE_CALL_MACS) and its
+    input projection (``floats_per_row_step`` floats a row and step) is at most
+    WHOLE_CALL_BYTES, so that ordinary calls pay nothing for the chunking; else about
+    CHUNK_MACS of work per chunk, and a projection of at most half a block (PROJECTION_BYTES)."""
+    row_step_bytes = 4 * rows * floats_per_row_step
+    if rows * macs_per_row_step * steps < WHOLE_CALL_MACS and row_step_bytes * steps <= WHOLE_CALL_BYTES:
         return max(1, steps)
-    return max(1, CHUNK_MACS // max(1, rows * macs_per_row_step))
+    return max(1, min(CHUNK_MACS // max(1, rows * macs_per_row_step),
+                      PROJECTION_BYTES // 2 // max(1, row_step_bytes)))
 
 
 def time_chunks(T, steps, backward):
@@ -268,7 +280,7 @@ class CompiledBackend:
         packs = [self.packed(layer, d) for d in range(D)]
         backwards = [int(d == 1 or layer.reverse or layer.go_backwards) for d in range(D)]
         parts = self._split_parts(layer, B, T, threads)
-        steps = chunk_steps(B, G * H * Ho, T)
+        steps = chunk_steps(B, G * H * Ho, T, G * H if tokens is None else 0)  # (a folded table is read in place)
         if tokens is not None:
             tables = [self.folded_table(layer, d, tokens[0], threads) for d in range(D)]
             projections = [_Projection(lambda t0, t1, d=d: tables[d][token_ids[:, t0:t1]], T, steps, B, G * H)
