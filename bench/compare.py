@@ -79,7 +79,7 @@ def median_time(fn, repeats, warmup_s=0.3, min_total_s=0.5, max_runs=200):
     return statistics.median(times)
 
 
-PAIR_GAP_S = 0.05
+PAIR_WARM_S = 0.04
 
 
 def paired_times(fast, peer, repeats, min_total_s=1.0, max_pairs=60):
@@ -87,12 +87,12 @@ def paired_times(fast, peer, repeats, min_total_s=1.0, max_pairs=60):
     both see the same load: (median s of fast, median s of peer, median of the per-pair speed-ups
     peer / fast, (2.5%, 97.5%) bootstrap interval of that median).
 
-    Every call starts PAIR_GAP_S after the one before, whichever engine ran it: onnxruntime's
-    intra-op threads keep spinning for 10-30 ms after a run (measured with 2 threads: fastrnn's
-    2-thread call right after one took 42 ms, 27 ms after a 30 ms pause), so back to back the
-    engine that follows would share its second core with the other's spinner. fastrnn's idle
-    workers block, so the gap is symmetric in effect: neither engine runs beside the other's
-    leftovers, as in a process that runs only one of them."""
+    Each timed call follows untimed calls of the same engine lasting at least PAIR_WARM_S:
+    onnxruntime's intra-op threads keep spinning for 10-30 ms after a run (measured with 2
+    threads: fastrnn's 2-thread call right after one took 42 ms, 27 ms after a 30 ms pause), and
+    on this VM a call that follows 50 ms of other work (or of sleep) runs 10-20% slower than one
+    that follows its own kind. Timed back to back, the engine that follows would pay for the
+    other one; so each engine is timed as in a process that runs only it."""
     time.sleep(0.3)
     for fn in (fast, peer, fast, peer):
         fn()
@@ -100,7 +100,10 @@ def paired_times(fast, peer, repeats, min_total_s=1.0, max_pairs=60):
     while len(tf) < max(repeats, 9) or (total < min_total_s and len(tf) < max_pairs):
         order = ((fast, tf), (peer, tp)) if len(tf) % 2 == 0 else ((peer, tp), (fast, tf))
         for fn, times in order:
-            time.sleep(PAIR_GAP_S)
+            t_end = time.perf_counter() + PAIR_WARM_S
+            fn()
+            while time.perf_counter() < t_end:
+                fn()
             t0 = time.perf_counter()
             fn()
             times.append(time.perf_counter() - t0)

@@ -382,6 +382,46 @@ def test_long_predict_memory_is_bounded_by_a_chunk(batch, compiled_backend):
     np.testing.assert_array_equal(y[:, :300], want)
 
 
+def test_chunks_are_long_enough_to_cost_nothing_and_bounded():
+    """Chunks exist for Ctrl-C and memory, and each costs a Python round trip and copies: a
+    batch-64 LSTM(512) call of 50 steps (3.4G multiply-adds a layer: issue 23's lstm_b64) runs as
+    one kernel call; longer calls run in chunks of at most CHUNK_MACS whose projection is at most
+    half a block; a call run whole holds at most WHOLE_CALL_BYTES of projection."""
+    from fastrnn.backends import (CHUNK_MACS, PROJECTION_BYTES, WHOLE_CALL_BYTES, WHOLE_CALL_MACS,
+                                  chunk_steps)
+
+    macs, floats = 4 * 512 * 512, 4 * 512  # a row-step of LSTM(512): multiply-adds, projection floats
+    assert chunk_steps(64, macs, 50, floats) == 50
+    assert chunk_steps(1, macs, 2000, floats) == 2000  # batch 1: 2,000 steps are one call
+    for rows, steps in ((64, 5000), (8, 100_000), (1, 10_000_000)):
+        n = chunk_steps(rows, macs, steps, floats)
+        assert 1 <= n < steps
+        assert rows * macs * n <= CHUNK_MACS and 4 * rows * floats * n <= PROJECTION_BYTES // 2
+    # a call under WHOLE_CALL_MACS whose projection would exceed WHOLE_CALL_BYTES is chunked
+    steps = WHOLE_CALL_BYTES // (4 * 64 * 64 * 16) + 1  # LSTM(16) rows: little work, a wide projection
+    assert 64 * 4 * 16 * 16 * steps < WHOLE_CALL_MACS
+    assert chunk_steps(64, 4 * 16 * 16, steps, 64 * 16) < steps
+
+
+def test_a_batch_64_predict_is_one_kernel_call_a_layer(monkeypatch, compiled_backend):
+    """LSTM(512) x 2 at batch 64 and 50 steps on one thread: two kernel calls, not one a step."""
+    from fastrnn import backends
+
+    calls = []
+    original = backends._SequenceTask.run
+
+    def counted(self, *args, **kwargs):
+        calls.append(args[0].shape)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(backends._SequenceTask, "run", counted)
+    rng = np.random.default_rng(5)
+    model = fastrnn.Model([random_recurrent(rng, "lstm", input_size=512, hidden_size=512, scale=0.05),
+                           random_recurrent(rng, "lstm", input_size=512, hidden_size=512, scale=0.05)])
+    model.predict(rng.standard_normal((64, 50, 512)).astype(np.float32), backend=compiled_backend, threads=1)
+    assert calls == [(64, 50, 4 * 512)] * 2
+
+
 @pytest.mark.parametrize("engine", ["float32", "int8"])
 def test_projection_blocks_and_row_blocks_change_no_bit(monkeypatch, engine):
     """Chunks of one step, projection blocks of one to three chunks and Dense products in blocks of

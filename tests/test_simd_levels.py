@@ -102,6 +102,25 @@ def test_matmul_avx512_equals_avx2_bitwise(N, K, m, at_level):
     np.testing.assert_array_equal(outs["avx512"], outs["avx2"])
 
 
+# past the kernels' blocks: K over 512 (AVX-512's K blocks) and over 256 (AVX2's), and row counts
+# over a row block (AVX-512: 192 rows, AVX2: 96) with every remainder kind of the last block
+BLOCKED_CASES = [(70, 600, 103), (64, 257, 200), (33, 40, 389), (16, 520, 199)]
+
+
+@pytest.mark.parametrize("N,K,m", BLOCKED_CASES)
+def test_matmul_blocks_of_rows_and_k_equal_numpy_and_every_level(N, K, m, at_level):
+    """The input projection of a batch of rows x steps runs as one product of hundreds or
+    thousands of rows, in blocks of rows and of K: every level equals NumPy, and AVX-512 and
+    AVX2 give the same bits (the same chain of multiply-adds over k for every output)."""
+    W, x, start = matmul_case(N, K, m, N + K + m)
+    want = start.astype(np.float64) + x.astype(np.float64) @ W.T.astype(np.float64)
+    outs = at_level(lambda: run_matmul(W, x, start))
+    for level, out in outs.items():
+        np.testing.assert_allclose(out, want, atol=KERNEL_ATOL * np.sqrt(K), rtol=KERNEL_RTOL, err_msg=level)
+    if "avx512" in outs:
+        np.testing.assert_array_equal(outs["avx512"], outs["avx2"])
+
+
 @pytest.mark.parametrize("cell,options", [
     ("lstm", {"peephole": True, "clip": 0.9}), ("lstm", {"proj_size": 19}), ("gru", {}),
     ("gru", {"linear_before_reset": False}), ("rnn", {"activations": ("relu",)}), ("lstm", {"bidirectional": True}),
