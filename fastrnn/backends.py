@@ -280,7 +280,9 @@ class CompiledBackend:
         packs = [self.packed(layer, d) for d in range(D)]
         backwards = [int(d == 1 or layer.reverse or layer.go_backwards) for d in range(D)]
         parts = self._split_parts(layer, B, T, threads)
-        steps = chunk_steps(B, G * H * Ho, T, G * H if tokens is None else 0)  # (a folded table is read in place)
+        # (with a folded table the projection is counted too: the batch-1 split takes it from the
+        # table in blocks, and Numba's kernels gather it)
+        steps = chunk_steps(B, G * H * Ho, T, G * H)
         if tokens is not None:
             tables = [self.folded_table(layer, d, tokens[0], threads) for d in range(D)]
             projections = [_Projection(lambda t0, t1, d=d: tables[d][token_ids[:, t0:t1]], T, steps, B, G * H)
