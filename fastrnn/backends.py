@@ -271,12 +271,13 @@ class CompiledBackend:
         packed matmul: b (activations, not weights) is packed for this call.
 
         Why this and not np.einsum (NumPy's own loops, single-threaded like this) or a kernel of
-        its own: packing b[i] copies N*K floats against M*N*K multiply-adds, and one call per
-        item costs a few microseconds; measured for attention shapes (B 1-64, T 50-300, d 64-256,
-        one thread) this ran at 1.1-1.4x the time of OpenBLAS on one thread and 3-7x faster than
-        einsum (whose float32 loops do not use the FMA units as a blocked product does). Items
-        (or, for fewer items than threads, blocks of rows of one) run on the thread pool; each
-        output row is one FMA chain per element, whatever the split."""
+        its own: packing b[i] copies N*K floats against M*N*K multiply-adds, plus a few
+        microseconds of calls per item. Measured on one thread (python -m bench.attention_products,
+        on a loaded 2-core machine), for B 1-64, T 50-300, d 64-256: 0.4-1.3x the time of
+        OpenBLAS on one thread from B x T ~ 1000 up, 3-3.5x at the smallest shapes (B 1-8, T 50:
+        0.03-0.2 ms for both products); einsum 1.3-9.5x (its float32 loops do not block for the
+        FMA units). Items (or, for fewer items than threads, blocks of rows of one) run on the
+        thread pool; each output is one FMA chain, whatever the split."""
         a = np.ascontiguousarray(a, dtype=f32)
         B, M, _ = a.shape
         N = b.shape[1]
@@ -284,11 +285,21 @@ class CompiledBackend:
         if out.size == 0:
             return out
         k = self.kernels
+
+        def item(i):  # (packing releases the GIL too)
+            k.matmul_packed(a[i], k.pack_weight(np.ascontiguousarray(b[i], dtype=f32)), out[i])
+
+        if threads <= 1:
+            for i in range(B):
+                item(i)
+            return out
+        if B >= threads or M < 64 * threads:
+            run_tasks([(lambda i=i: item(i)) for i in range(B)], threads)
+            return out
+        # fewer items than threads: each item's rows in blocks, its right operand packed once
         packs = [k.pack_weight(np.ascontiguousarray(b[i], dtype=f32)) for i in range(B)]
-        row_parts = 1 if B >= threads or M < 64 * threads else max(1, threads // B)
-        tasks = [(lambda i=i, r0=r0, r1=r1: k.matmul_packed(a[i, r0:r1], packs[i], out[i, r0:r1]))
-                 for i in range(B) for r0, r1 in split_rows(M, row_parts)]
-        run_tasks(tasks, threads)
+        run_tasks([(lambda i=i, r0=r0, r1=r1: k.matmul_packed(a[i, r0:r1], packs[i], out[i, r0:r1]))
+                   for i in range(B) for r0, r1 in split_rows(M, max(1, threads // B))], threads)
         return out
 
     def can_fold_embedding(self, embedding, layer):
