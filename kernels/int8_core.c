@@ -647,7 +647,15 @@ static FR_AMX void matmul_amx(const i8_packed *w, const int8_t *xq, const float 
         cfg.rows[t] = 16;
     }
     _tile_loadconfig(&cfg);
-    int32_t cbuf[32 * 32] __attribute__((aligned(64)));
+    /* The epilogue of a block runs after the next block's products are issued, from the other of
+     * two buffers: it then reads tiles stored a block earlier, and its vector work overlaps the
+     * tile products instead of waiting for the last of them (3200 x 512 -> 2048: 8.5 -> 7.0 ms
+     * on a Sapphire Rapids class core). The same operations: the same bits. (Blocks of 4 row
+     * tiles on one panel, loading each weight tile once for 64 rows, measured slower: 10 ms.) */
+    int32_t cbuf[2][32 * 32] __attribute__((aligned(64)));
+    int cur = 0, pending = 0;
+    ptrdiff_t pend_p = 0, pend_r = 0;
+    int pend_np = 0, pend_nr = 0;
     /* chunks of AMX_ROWS rows (their quantized inputs stay in L2 while every panel passes);
      * inside, each pair of panels (their 2 x K4 x 16 bytes stay in L1) meets every row pair */
     for (ptrdiff_t r0 = 0; r0 < m16; r0 += AMX_ROWS)
@@ -679,13 +687,20 @@ static FR_AMX void matmul_amx(const i8_packed *w, const int8_t *xq, const float 
                         _tile_dpbssd(3, 5, 7);
                 }
             }
-            _tile_stored(0, cbuf, 128);
-            _tile_stored(1, cbuf + 16, 128);
-            _tile_stored(2, cbuf + 16 * 32, 128);
-            _tile_stored(3, cbuf + 16 * 32 + 16, 128);
-            amx_epilogue(w, p, np, nr, cbuf, xs + r, src ? src + r : NULL, out + r * ld_out, ld_out);
+            if (pending) /* the block before, from the other buffer */
+                amx_epilogue(w, pend_p, pend_np, pend_nr, cbuf[cur ^ 1], xs + pend_r, src ? src + pend_r : NULL,
+                             out + pend_r * ld_out, ld_out);
+            _tile_stored(0, cbuf[cur], 128);
+            _tile_stored(1, cbuf[cur] + 16, 128);
+            _tile_stored(2, cbuf[cur] + 16 * 32, 128);
+            _tile_stored(3, cbuf[cur] + 16 * 32 + 16, 128);
+            pending = 1, pend_p = p, pend_r = r, pend_np = np, pend_nr = nr;
+            cur ^= 1;
         }
     }
+    if (pending)
+        amx_epilogue(w, pend_p, pend_np, pend_nr, cbuf[cur ^ 1], xs + pend_r, src ? src + pend_r : NULL,
+                     out + pend_r * ld_out, ld_out);
     _tile_release();
     if (m16 < m)
         matmul_vnni512(w, xq + m16 * K4, xs + m16, m - m16, src ? src + m16 : NULL, out + m16 * ld_out, ld_out);

@@ -63,11 +63,14 @@ def test_matmul_equal_spec_at_every_level(N, K, m, at_level, rng):
     check_matmul_levels(N, K, m, at_level, rng)
 
 
-@pytest.mark.parametrize("N,K,m", [(100, 512, 130), (37, 5500, 7), (64, 8192, 2)])
+@pytest.mark.parametrize("N,K,m", [(100, 512, 130), (37, 5500, 7), (64, 8192, 2), (48, 256, 280)])
 def test_matmul_row_blocks_and_long_rows_equal_spec(N, K, m, at_level, rng):
     """AVX-512 VNNI flips the activations to unsigned bytes once per block of rows that fits its
     32 KB buffer (64 rows of K = 512: 130 rows are three blocks); rows longer than the buffer
-    holds for 6 rows (K4 > 5461) are flipped at each broadcast instead. Same bits either way."""
+    holds for 6 rows (K4 > 5461) are flipped at each broadcast instead. AMX works in chunks of
+    256 rows, pairs of 16-row blocks and pairs of panels, each block's epilogue run after the next
+    block's products (280 rows: a second chunk of one 16-row block, 8 rows left to VNNI; 3
+    panels: a pair and a single). Same bits either way."""
     check_matmul_levels(N, K, m, at_level, rng)
 
 
