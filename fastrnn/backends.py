@@ -14,12 +14,18 @@ of rows runs the time loop with the GIL released; long sequences do both in chun
 The backend is chosen by ``fastrnn.set_backend(name)``, else the ``FASTRNN_BACKEND`` environment
 variable, else the first available of cython, numba, numpy.
 
-Batch invariance: in the compiled backends every matmul (input projections, Dense layers, the
-recurrent steps) goes through the kernels' packed matmul, whose outputs are each one FMA chain
-over k. A row's result is therefore bitwise identical whatever else is in the batch and however
-the rows are split across threads (BLAS does not promise that: its gemv path for one row and its
-gemm edge kernels round differently). Classification relies on it: bucketed batches give
-exactly the results of running each input alone.
+Batch invariance: in the compiled backends every matmul (input projections, Dense and Conv1D
+layers, attention's products, the recurrent steps) goes through the kernels' packed matmul,
+whose outputs are each one FMA chain over k. A row's result is therefore bitwise identical
+whatever else is in the batch and however the rows are split across threads (BLAS does not
+promise that: its gemv path for one row and its gemm edge kernels round differently).
+Classification relies on it: bucketed batches give exactly the results of running each input
+alone.
+
+Threads: a compiled backend computes on at most ``threads`` threads, its own. No NumPy product
+(OpenBLAS, multi-threaded, whose pool threads keep spinning after a product) runs on its paths:
+the layers with products (Dense, Conv1D, Attention) have a method here; the other layers run
+their NumPy definition, which has none.
 """
 from __future__ import annotations
 
@@ -31,7 +37,8 @@ import threading
 import numpy as np
 
 from . import pool, reference
-from .layers import Dense, Recurrent
+from .layers import Attention, Conv1D, Dense, Recurrent
+from .layers.conv import conv_activation, conv_matrix, conv_windows
 
 f32 = np.float32
 BACKEND_NAMES = ("cython", "numba", "numpy")
@@ -151,6 +158,13 @@ class NumpyBackend:
     def dense(self, layer: Dense, x, threads=1):
         return reference.dense(layer, x)
 
+    def conv1d(self, layer: Conv1D, x, threads=1):
+        return reference.conv1d(layer, x)
+
+    def attention(self, layer: Attention, inputs, lengths, threads=1):
+        """``lengths``: the inputs' masks (query, value, ...), each None, (B,) or (B, T)."""
+        return reference.attention(layer, inputs, lengths[0], lengths[1])
+
 
 class CompiledBackend:
     """Drives a kernel module that implements the contract in kernels/README.md."""
@@ -219,17 +233,74 @@ class CompiledBackend:
             run_tasks([(lambda a=a, b=b: k.matmul_packed(x[a:b], packed, out[a:b])) for a, b in rows], threads)
         return out
 
-    def dense(self, layer: Dense, x, threads=1):
-        """Dense on (..., in) through the packed matmul; then the activation (element-wise, or
-        a per-row softmax) as in the reference."""
+    def layer_matrix(self, layer, matrix, int8=None):
+        """The packed form of a layer's fixed weight matrix (N, K), made once per layer and backend
+        and cached on the layer; ``matrix``: a function returning it (called the first time only)."""
         cache = layer.__dict__.setdefault("_packed", {})
         packed = cache.get(self.name)
         if packed is None:
-            packed = cache[self.name] = self.pack_matrix(layer.weight, layer.int8)
+            packed = cache[self.name] = self.pack_matrix(matrix(), int8)
+        return packed
+
+    def dense(self, layer: Dense, x, threads=1):
+        """Dense on (..., in) through the packed matmul; then the activation (element-wise, or
+        a per-row softmax) as in the reference."""
+        packed = self.layer_matrix(layer, lambda: layer.weight, layer.int8)
         shape = x.shape
         y = self.matmul(x.reshape(-1, shape[-1]), packed, layer.output_size, layer.bias, threads)
         y = y.reshape(shape[:-1] + (layer.output_size,))
         return reference.dense_activation(layer, y)
+
+    def conv1d(self, layer: Conv1D, x, threads=1):
+        """Conv1D as the reference computes it (the windows gathered, then one product), the
+        product through the packed matmul with the filters packed once."""
+        packed = self.layer_matrix(layer, lambda: conv_matrix(layer))
+        windows = conv_windows(layer, x)  # (B, T', k*C)
+        B, T_out, KC = windows.shape
+        y = self.matmul(windows.reshape(B * T_out, KC), packed, layer.filters, layer.bias, threads)
+        return conv_activation(layer, y.reshape(B, T_out, layer.filters))
+
+    def attention(self, layer: Attention, inputs, lengths, threads=1):
+        """The reference's attention with its two products (q k^T, weights v) through
+        ``batch_products``."""
+        return reference.attention(layer, inputs, lengths[0], lengths[1],
+                                   products=lambda a, b: self.batch_products(a, b, threads))
+
+    def batch_products(self, a, b, threads=1):
+        """a (B, M, K), b (B, N, K) -> a[i] @ b[i].T for each i, (B, M, N) float32, through the
+        packed matmul: b (activations, not weights) is packed for this call.
+
+        Why this and not np.einsum (NumPy's own loops, single-threaded like this) or a kernel of
+        its own: packing b[i] copies N*K floats against M*N*K multiply-adds, plus a few
+        microseconds of calls per item. Measured on one thread (python -m bench.attention_products,
+        on a loaded 2-core machine), for B 1-64, T 50-300, d 64-256: 0.4-1.3x the time of
+        OpenBLAS on one thread from B x T ~ 1000 up, 3-3.5x at the smallest shapes (B 1-8, T 50:
+        0.03-0.2 ms for both products); einsum 1.3-9.5x (its float32 loops do not block for the
+        FMA units). Items (or, for fewer items than threads, blocks of rows of one) run on the
+        thread pool; each output is one FMA chain, whatever the split."""
+        a = np.ascontiguousarray(a, dtype=f32)
+        B, M, _ = a.shape
+        N = b.shape[1]
+        out = np.zeros((B, M, N), f32)
+        if out.size == 0:
+            return out
+        k = self.kernels
+
+        def item(i):  # (packing releases the GIL too)
+            k.matmul_packed(a[i], k.pack_weight(np.ascontiguousarray(b[i], dtype=f32)), out[i])
+
+        if threads <= 1:
+            for i in range(B):
+                item(i)
+            return out
+        if B >= threads or M < 64 * threads:
+            run_tasks([(lambda i=i: item(i)) for i in range(B)], threads)
+            return out
+        # fewer items than threads: each item's rows in blocks, its right operand packed once
+        packs = [k.pack_weight(np.ascontiguousarray(b[i], dtype=f32)) for i in range(B)]
+        run_tasks([(lambda i=i, r0=r0, r1=r1: k.matmul_packed(a[i, r0:r1], packs[i], out[i, r0:r1]))
+                   for i in range(B) for r0, r1 in split_rows(M, max(1, threads // B))], threads)
+        return out
 
     def can_fold_embedding(self, embedding, layer):
         """Fold Embedding -> first layer's input projection into one lookup table per direction,
@@ -280,7 +351,9 @@ class CompiledBackend:
         packs = [self.packed(layer, d) for d in range(D)]
         backwards = [int(d == 1 or layer.reverse or layer.go_backwards) for d in range(D)]
         parts = self._split_parts(layer, B, T, threads)
-        steps = chunk_steps(B, G * H * Ho, T, G * H if tokens is None else 0)  # (a folded table is read in place)
+        # (with a folded table the projection is counted too: the batch-1 split takes it from the
+        # table in blocks, and Numba's kernels gather it)
+        steps = chunk_steps(B, G * H * Ho, T, G * H)
         if tokens is not None:
             tables = [self.folded_table(layer, d, tokens[0], threads) for d in range(D)]
             projections = [_Projection(lambda t0, t1, d=d: tables[d][token_ids[:, t0:t1]], T, steps, B, G * H)

@@ -27,7 +27,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from .layers.activation import AXIS_FUNCTIONS, Activation
+from .layers.attention import Attention
 from .layers.base import shape_str
+from .layers.conv import Conv1D
 from .layers.custom import CustomLayer
 from .layers.dense import Dense
 from .layers.embedding import Embedding, Masking
@@ -442,8 +444,14 @@ class Plan:
                 ol = layer.output_lengths(ls, None)
                 out_lens = ol if isinstance(ol, list) else [ol]
             else:
+                # the layers with matrix products run on the backend (on its threads: never
+                # NumPy's BLAS under a compiled backend); the others run their NumPy definition
                 if isinstance(layer, Dense):
                     outs = [backend.dense(layer, xs[0], threads=threads)]
+                elif isinstance(layer, Conv1D):
+                    outs = [backend.conv1d(layer, xs[0], threads=threads)]
+                elif isinstance(layer, Attention):
+                    outs = [backend.attention(layer, xs, ls, threads=threads)]
                 else:
                     res = layer.call(xs, ls)
                     outs = res if isinstance(res, list) else [res]

@@ -6,7 +6,9 @@ Kinds
   float32) is rounded per output row: ``W[n] ~ scale[n] * q[n]``, ``scale[n] = max|W[n]| / 127``,
   ``q = rint(W / scale)`` in [-127, 127] (int8_rule below, the rule of int8 files too).
   ``predict``, ``classify`` and ``generate`` then compute with int8 weights directly: every
-  matrix product quantizes its input rows on the fly (below) and sums integers.
+  product with these matrices quantizes its input rows on the fly (below) and sums integers.
+  Conv1D filters are not rounded: Conv1D and attention's products (between activations)
+  compute in float32, on the float kernels.
 - ``"bfloat16"``: the matrices rounded to bfloat16 (to nearest even). predict and classify
   compute bfloat16 products: each input row rounded to bfloat16 too, products accumulated in
   float32 pairwise as AVX512_BF16's vdpbf16ps does (below; on CPUs without AVX-512 the same
@@ -326,10 +328,21 @@ class _Int8Kernels:
 
 class Int8CompiledBackend(CompiledBackend):
     """CompiledBackend's driver (threads over directions and row blocks, the input projection in
-    blocks of time steps, the folded embedding) with int8 products: kernels/int8_core.h."""
+    blocks of time steps, the folded embedding) with int8 products: kernels/int8_core.h.
 
-    def __init__(self, module, kind="int8"):
+    The layers whose weights ``quantize`` leaves in float32 (Conv1D) and attention's products
+    between activations compute in float32, as the int8 reference (Int8ReferenceBackend) does,
+    on ``float_backend``'s packed matmul: on this engine's threads, never on NumPy's BLAS."""
+
+    def __init__(self, module, kind="int8", float_backend=None):
         super().__init__(f"cython-{kind}", _Int8Kernels(module, kind))
+        self.float_backend = float_backend
+
+    def conv1d(self, layer, x, threads=1):
+        return self.float_backend.conv1d(layer, x, threads)
+
+    def attention(self, layer, inputs, lengths, threads=1):
+        return self.float_backend.attention(layer, inputs, lengths, threads)
 
     def pack_matrix(self, a, int8=None):
         return self.kernels.pack_weight(np.ascontiguousarray(a, dtype=f32), int8)
@@ -388,13 +401,15 @@ ENGINE_KINDS = ("int8", "bfloat16")  # the kinds with their own products (float1
 
 def int8_backend(backend, kind="int8"):
     """The int8 (or bfloat16) engine for a float backend: the NumPy spec for "numpy", else the
-    compiled one (the NumPy spec when the extension is not built)."""
-    name = ("reference" if backend.name == "numpy" else "compiled", kind)
+    compiled one (the NumPy spec when the extension is not built), whose float32 layers run on
+    ``backend``."""
+    name = ("reference", kind) if backend.name == "numpy" else (backend.name, kind)
     with _engines_lock:
         engine = _engines.get(name)
         if engine is None:
-            module = _compiled_module() if name[0] == "compiled" else None
-            engine = Int8CompiledBackend(module, kind) if module is not None else Int8ReferenceBackend(kind)
+            module = _compiled_module() if name[0] != "reference" else None
+            engine = (Int8CompiledBackend(module, kind, backend) if module is not None
+                      else Int8ReferenceBackend(kind))
             _engines[name] = engine
     return engine
 

@@ -9,6 +9,8 @@ functions are tested against PyTorch, Keras and ONNX Runtime.
 """
 from __future__ import annotations
 
+from .layers.attention import attention  # noqa: F401
+from .layers.conv import conv1d  # noqa: F401
 from .layers.dense import dense, dense_activation, log_softmax, softmax  # noqa: F401
 from .layers.embedding import embedding  # noqa: F401
 from .layers.recurrent import cell_step, recurrent, run_direction  # noqa: F401

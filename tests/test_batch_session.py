@@ -238,3 +238,120 @@ def test_word_vocabulary_pieces_and_held_back_stops():
     for i, req in enumerate(requests):  # the same pieces as a stream of generate, step by step
         want = model.generate(req["prompt"], **{k: v for k, v in req.items() if k != "prompt"}, stream=True)
         assert [p for p in served[i][1] if p] == [p for p in want if p]
+
+
+# ---------------------------------------------------------------------------------------------
+# Stop sequences: one matcher per row (job._StopMatcher) detects them and decides the hold-back
+# ---------------------------------------------------------------------------------------------
+def longest_stop(out, stops):
+    """The longest stop that ``out`` ends with (0: none), by comparing the ends."""
+    return max((len(s) for s in stops if len(s) <= len(out) and out[len(out) - len(s):] == s), default=0)
+
+
+def longest_prefix(out, stops):
+    """The longest proper prefix of a stop that ``out`` ends with: what streaming holds back."""
+    return max((L for s in stops for L in range(1, len(s)) if L <= len(out) and out[len(out) - L:] == s[:L]),
+               default=0)
+
+
+def test_stop_matcher_detects_the_longest_stop_and_holds_the_longest_prefix():
+    """Fed one token at a time (as BatchSession feeds it) or in chunks (as generate's streaming
+    feeds it): ``feed`` returns the longest stop the output ends with, ``hold`` the longest proper
+    prefix; ``sequences`` keeps every stop as given, one-token ones included. Small alphabets make
+    one-token stops, stops that are prefixes of others and overlaps ("aab" in "aaab") common."""
+    rng = np.random.default_rng(1)
+    for trial in range(300):
+        stops = [rng.integers(0, 3, rng.integers(1, 6)).tolist() for _ in range(rng.integers(1, 5))]
+        if trial % 3 == 0:
+            stops.append(stops[0][:1])  # a one-token prefix of another stop
+        out = rng.integers(0, 3, rng.integers(1, 40)).tolist()
+        one, chunked = gen._StopMatcher(stops), gen._StopMatcher(stops)
+        assert one.sequences == stops
+        for n in range(1, len(out) + 1):
+            assert one.feed((out[n - 1],)) == longest_stop(out[:n], stops), (stops, out[:n])
+            assert one.hold() == longest_prefix(out[:n], stops), (stops, out[:n])
+        cut = int(rng.integers(0, len(out) + 1))
+        chunked.feed(out[:cut])
+        assert chunked.feed(out[cut:]) == (longest_stop(out, stops) if cut < len(out) else 0)
+        assert chunked.hold() == longest_prefix(out, stops)
+    m = gen._StopMatcher([[1, 1, 2]])  # the KMP fallback: "aab" found in "aaab"
+    assert [m.feed((t,)) for t in (1, 1, 1, 2)] == [0, 0, 0, 3]
+
+
+def stop_cases(model, prompt, seed, temperature, n=200):
+    """Stop lists read off what ``model`` generates without stops (so each one is produced):
+    a one-token stop, a stop that is a prefix of another (and one whose end is another's end:
+    the longer wins), an overlap (c c d where the output has c c c d), a stop made of the
+    prompt's last symbol and the first generated one (matched on the generated part only), and
+    several at once with one the model cannot produce (Hangul on an ASCII model: dropped)."""
+    import re
+
+    t = model.generate(prompt, max_new_tokens=n, seed=seed, temperature=temperature)
+    single = next(c for i, c in enumerate(t) if i >= 5 and c not in t[:i])
+    i = next(i for i in range(5, len(t) - 3) if t[i + 1:i + 3] not in t[:i + 2] and len(set(t[i:i + 3])) > 1)
+    word = t[i:i + 3]
+    run = re.search(r"(.)\1\1(?!\1)(.)", t[1:])
+    assert run, t
+    cases = [[single], [word, word[:2]], [word[1:], word], [run.group(1) * 2 + run.group(2)],
+             [prompt[-1] + t[0]], [word, "하나", single, t[-3:]]]
+    return t, cases
+
+
+def check_stops_served(model, requests):
+    """Serve ``requests`` in one session (capacity below their count: streams join mid-way);
+    at every step each stream holds back exactly the longest stop prefix its tokens end with;
+    its text, finish reason and streamed pieces are generate's alone, and where generate's text
+    ends is where a brute-force match over the generated tokens says it ends."""
+    vocab = model.vocabulary
+    session = BatchSession(model, capacity=max(1, len(requests) - 2))
+    pending, served = list(range(len(requests))), {}
+    while pending or not session.idle:
+        while pending and session.free:
+            i = pending.pop(0)
+            kw = dict(requests[i])
+            kw.pop("base")
+            stream = session.make_stream(kw.pop("prompt"), **kw)
+            stream.tag = i
+            served[i] = (stream, [])
+            session.add(stream)
+        for s in session.step():
+            served[s.tag][1].append(s.take_piece())
+            stops = [vocab.encode(x) for x in requests[s.tag]["stop"] if all(c in vocab.index for c in x)]
+            held = len(s.tokens) - s.visible
+            if s.finish_reason is None:
+                assert held == longest_prefix(s.tokens, stops), (requests[s.tag], s.tokens)
+            elif s.finish_reason == "stop":
+                assert held == longest_stop(s.tokens, stops) > 0, (requests[s.tag], s.tokens)
+    for i, req in enumerate(requests):
+        req = dict(req)
+        base = req.pop("base")
+        prompt = req.pop("prompt")
+        stream, pieces = served[i]
+        want = model.generate(prompt, **req)
+        assert stream.text() == want, (i, requests[i])
+        assert [p for p in pieces if p] == [p for p in model.generate(prompt, **req, stream=True) if p]
+        stops = [vocab.encode(x) for x in req["stop"] if all(c in vocab.index for c in x)]
+        ids = vocab.encode(base)
+        end = next((n for n in range(1, len(ids) + 1) if longest_stop(ids[:n], stops)), None)
+        assert end is not None and stream.finish_reason == "stop", (i, requests[i])
+        assert want == base[:end - longest_stop(ids[:end], stops)], (i, requests[i])
+
+
+@pytest.mark.parametrize("prompt", ["def ", "안녕하세요 ", "    "])
+def test_stop_cases_on_the_bundled_model_equal_generate_alone(prompt):
+    model = gen.bundled_model()
+    base, cases = stop_cases(model, prompt, seed=5, temperature=0.8)
+    requests = [dict(prompt=prompt, base=base, stop=stops, max_new_tokens=200, seed=5, temperature=0.8)
+                for stops in cases]
+    check_stops_served(model, requests)
+
+
+def test_hangul_stops_on_a_hangul_model_equal_generate_alone():
+    """A character model over Hangul syllables: the stops are Hangul (one-token, prefixes,
+    overlaps), the prompt too."""
+    model = lm("gru", seed=7, vocab="가나다라마바사아자차 .")
+    base, cases = stop_cases(model, "가나 ", seed=2, temperature=0.9)
+    cases = [c for c in cases if "하나" not in c]  # every symbol here is produced: no dropped stop
+    requests = [dict(prompt="가나 ", base=base, stop=stops, max_new_tokens=200, seed=2, temperature=0.9)
+                for stops in cases]
+    check_stops_served(model, requests)

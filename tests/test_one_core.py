@@ -1,7 +1,9 @@
 """threads=1 is one core (issue 23): no call of predict / classify / generate, float32 or int8,
 may start another library's threads. A NumPy product on these paths used to run on OpenBLAS's
 threads, which then spun on the other cores while fastrnn computed (1.85 cores busy at
-threads=1), and which the batch-1 split took for contention.
+threads=1), and which the batch-1 split took for contention. Models with a Conv1D or an
+attention layer are checked too: their products (im2col @ filters, q k^T, weights v) ran on
+NumPy's matmul before they went through the backend's packed matmul.
 
 Measured in a fresh interpreter with OPENBLAS_NUM_THREADS / OMP_NUM_THREADS / MKL_NUM_THREADS
 unset (BLAS free to use every core), over a run of threads=1 calls, first calls included (where
@@ -23,7 +25,8 @@ SCRIPT = """
     import sys, time
     import numpy as np
     import fastrnn
-    from fastrnn.layers import Dense, Embedding
+    from fastrnn.graph import Graph, Input, Node
+    from fastrnn.layers import Attention, Conv1D, Dense, Embedding, GlobalPooling1D
     sys.path.insert(0, sys.argv[1])
     from helpers import random_recurrent
 
@@ -38,6 +41,22 @@ SCRIPT = """
                                           return_sequences=False),
                          Dense((rng.standard_normal((3, 2 * H)) * 0.1).astype(np.float32), np.zeros(3, np.float32),
                                activation="softmax")])
+    # Conv1D (im2col then one product) and attention (two products of activations): BLAS-sized
+    conv = fastrnn.Model([Embedding(rng.standard_normal((V, E)).astype(np.float32)),
+                          Conv1D((rng.standard_normal((H, E, 3)) * 0.1).astype(np.float32), np.zeros(H, np.float32),
+                                 padding="same", activation="relu"),
+                          random_recurrent(rng, "gru", input_size=H, hidden_size=H, scale=0.1, return_sequences=False),
+                          Dense((rng.standard_normal((3, H)) * 0.1).astype(np.float32), np.zeros(3, np.float32),
+                                activation="softmax")])
+    att = fastrnn.Model(graph=Graph(
+        [Input("ids", (None,), "int64")],
+        [Node("emb", Embedding(rng.standard_normal((V, E)).astype(np.float32), mask_zero=True), ["ids"]),
+         Node("lstm", random_recurrent(rng, "lstm", input_size=E, hidden_size=H, scale=0.1), ["emb"]),
+         Node("att", Attention(use_causal_mask=True), ["lstm", "lstm"]),
+         Node("pool", GlobalPooling1D(), ["att"]),
+         Node("out", Dense((rng.standard_normal((3, H)) * 0.1).astype(np.float32), np.zeros(3, np.float32),
+                           activation="softmax"), ["pool"])],
+        ["out"]))
     ids = rng.integers(0, V, (8, 60))
     docs = [list(rng.integers(0, V, int(n))) for n in rng.integers(5, 80, 40)]
 
@@ -50,6 +69,12 @@ SCRIPT = """
         "int8 predict": lambda: lm.quantize("int8").predict(ids, threads=1),
         "int8 generate": lambda: lm.quantize("int8").generate([1, 2, 3], max_new_tokens=60, seed=0, threads=1),
         "int8 classify": lambda: list(cls.quantize("int8").classify(docs, threads=1)),
+        "conv predict": lambda: conv.predict(ids, threads=1),
+        "conv classify": lambda: list(conv.classify(docs, threads=1)),
+        "int8 conv predict": lambda: conv.quantize("int8").predict(ids, threads=1),
+        "attention predict": lambda: att.predict(ids, threads=1),
+        "attention classify": lambda: list(att.classify(docs, threads=1)),
+        "int8 attention predict": lambda: att.quantize("int8").predict(ids, threads=1),
     }
     for name, call in calls.items():
         wall, cpu, own = time.perf_counter(), time.process_time(), time.thread_time()
@@ -69,7 +94,7 @@ def test_threads_1_keeps_one_core_busy(tmp_path):
                          timeout=600, cwd=tmp_path, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     rows = [line for line in out.stdout.splitlines() if " cores, " in line]
-    assert len(rows) == 8, out.stdout
+    assert len(rows) == 14, out.stdout
     for line in rows:
         name, rest = line.split(": ", 1)
         cores, own = float(rest.split()[0]), float(rest.split(", ")[1].split()[0])

@@ -382,6 +382,30 @@ def test_long_predict_memory_is_bounded_by_a_chunk(batch, compiled_backend):
     np.testing.assert_array_equal(y[:, :300], want)
 
 
+def test_long_token_predict_at_batch_1_memory_is_bounded(compiled_backend):
+    """Token ids into a folded embedding, batch 1, 2 threads (the split over the hidden units
+    takes its input projection from the table, in blocks): 60,000 steps are under
+    WHOLE_CALL_MACS of work, but their projection (123 MB) is not held at once."""
+    rng = np.random.default_rng(2)
+    T = 60_000
+    model = fastrnn.Model([fastrnn.Embedding(rng.standard_normal((50, 16)).astype(np.float32)),
+                           random_recurrent(rng, "lstm", input_size=16, hidden_size=128, scale=0.1)])
+    ids = rng.integers(0, 50, (1, T))
+    want = model.predict(ids[:, :300], backend=compiled_backend, threads=2)
+    tracemalloc.start()
+    try:
+        y = model.predict(ids, backend=compiled_backend, threads=2)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    from fastrnn.backends import PROJECTION_BYTES
+
+    output = T * 128 * 4
+    assert y.nbytes == output
+    assert peak < output + PROJECTION_BYTES + 8 * 2**20, f"{(peak - output) / 2**20:.0f} MB beyond the output"
+    np.testing.assert_array_equal(y[:, :300], want)
+
+
 def test_chunks_are_long_enough_to_cost_nothing_and_bounded():
     """Chunks exist for Ctrl-C and memory, and each costs a Python round trip and copies: a
     batch-64 LSTM(512) call of 50 steps (3.4G multiply-adds a layer: issue 23's lstm_b64) runs as

@@ -445,6 +445,7 @@ BAD_FIELDS = [
     ({"prompt": "a", "seed": "one"}, "seed"), ({"prompt": "a", "seed": 1.0}, "seed"),
     ({"prompt": "a", "stop": 5}, "stop"), ({"prompt": "a", "stop": ["a", ""]}, "stop"),
     ({"prompt": "a", "stop": ["a", "b", "c", "d", "e"]}, "stop"), ({"prompt": "a", "stream": "yes"}, "stream"),
+    ({"prompt": "a", "stop": "x" * 65}, "stop"), ({"prompt": "a", "stop": ["\n", "y" * 65]}, "stop"),  # > 64 tokens
     ({"prompt": "a", "stream_options": {"include_usage": True}}, "stream_options"),
     ({"prompt": "a", "model": 3}, "model"), ({"prompt": "a", "max_token": 3}, "max_token"),
     ({"prompt": "a", "n": 2}, "n"), ({"prompt": "a", "echo": True}, "echo"),
@@ -465,6 +466,26 @@ def test_bad_fields_are_400_naming_the_field(client, body, param):
     error = r.json()["error"]
     assert error["param"] == param and error["type"] == "invalid_request_error"
     assert error["message"].startswith((param, f"{param}[")) or param == "model"
+
+
+def test_stop_too_long_counts_the_tokens_of_every_stop(lm):
+    """The cap on stop tokens reads the stream's stop sequences: every one the model can produce,
+    one-token ones included (a stop of symbols the model never produces is dropped, as generate
+    drops it, and costs nothing)."""
+    from fastrnn.generate import BatchSession
+    from fastrnn.serve.protocol import APIError, Limits, stop_too_long
+
+    session = BatchSession(lm, capacity=1)
+
+    def check(stop, cap):
+        stop_too_long(session.make_stream("def ", max_new_tokens=5, stop=stop), Limits(max_stop_tokens=cap))
+
+    for stop, cap in [("x" * 65, 64), (["a", "b" * 65], 64), ("abcd", 3), ("a", 0), (["\n", "b"], 0), ([7], 0)]:
+        with pytest.raises(APIError, match=f"longer than {cap} tokens") as info:
+            check(stop, cap)
+        assert info.value.status == 400 and info.value.param == "stop"
+    for stop, cap in [("x" * 64, 64), ("abc", 3), (["a", "\n"], 1), ("하" * 100, 64), (None, 0)]:
+        check(stop, cap)
 
 
 def test_malformed_json_is_400(client):

@@ -61,39 +61,6 @@ FILL_IDLE_SECONDS = 0.02
 MAX_FILL_STEPS = 4096
 
 
-class _RowStops:
-    """The stop sequences of one row, matched incrementally (KMP, O(1) per token and stop):
-    ``feed(token)`` returns the length of the longest stop the output now ends with (0: none);
-    ``hold()`` the tokens at the end that may still become a stop (not shown while streaming)."""
-
-    __slots__ = ("seqs", "fail", "state", "holder")
-
-    def __init__(self, seqs):
-        self.seqs = [list(s) for s in seqs]
-        self.fail = [_StopMatcher._failure(s) for s in self.seqs]
-        self.state = [0] * len(self.seqs)
-        self.holder = _StopMatcher(self.seqs)  # generate's own hold-back rule
-
-    def feed(self, token):
-        best = 0
-        for j, (s, f) in enumerate(zip(self.seqs, self.fail)):
-            k, n = self.state[j], len(s)
-            if k == n:
-                k = f[k - 1]
-            while k and token != s[k]:
-                k = f[k - 1]
-            if token == s[k]:
-                k += 1
-            self.state[j] = k
-            if k == n and n > best:
-                best = n
-        self.holder.feed([token])
-        return best
-
-    def hold(self):
-        return self.holder.hold()
-
-
 class BatchStream:
     """One sequence decoding in a BatchSession (made by ``BatchSession.make_stream``).
 
@@ -114,7 +81,7 @@ class BatchStream:
         self.key = sampling.as_tuple()     # rows with equal keys are sampled together
         self.max_new = max_new
         self.seed = seed
-        self.stops = _RowStops(stops) if stops else None
+        self.stops = _StopMatcher(stops) if stops else None  # the row's stop sequences (one matcher)
         self.formatter = formatter
         self.tokens = []
         self.visible = 0                   # tokens final for the output (a possible stop held back)
@@ -380,7 +347,7 @@ class BatchSession:
         n = len(s.tokens)
         hold = 0
         if s.stops is not None:
-            stop_len = s.stops.feed(tok)
+            stop_len = s.stops.feed((tok,))
             if stop_len:
                 s.visible = n - stop_len
                 self._finish(s, "stop")

@@ -10,14 +10,24 @@ from .engines import BAD_LOGITS, FINISHED, HAS_LOGITS, LEN, LIMIT, NOUT, POS, ST
 
 
 class _StopMatcher:
-    """Incremental KMP over every stop sequence for one row: after feeding tokens, ``hold()`` is
-    the longest proper prefix of a stop that the output ends with (tokens to hold back while
-    streaming). Each token costs O(1) amortised per stop, so a very long stop stays linear."""
+    """The stop sequences of one row, matched incrementally (KMP): ``feed(tokens)`` returns the
+    length of the longest stop the output ends with after them (0: none); ``hold()`` is the
+    longest proper prefix of a stop that the output ends with (tokens to hold back while
+    streaming). Each token costs O(1) amortised per stop, so a very long stop stays linear.
+
+    ``sequences`` holds every stop as given, one-token ones included (the serve request check
+    reads their lengths). A one-token stop is never a proper prefix of anything held back, so it
+    is a set lookup on the last token (``single``), not an automaton; ``kmp_seqs`` are the
+    others, each with its failure table and matched-prefix length."""
+
+    __slots__ = ("sequences", "single", "kmp_seqs", "fail", "state")
 
     def __init__(self, seqs):
-        self.seqs = [s for s in seqs if len(s) > 1]
-        self.fail = [self._failure(s) for s in self.seqs]
-        self.state = [0] * len(self.seqs)
+        self.sequences = [list(s) for s in seqs]
+        self.single = frozenset(s[0] for s in self.sequences if len(s) == 1)
+        self.kmp_seqs = [s for s in self.sequences if len(s) > 1]
+        self.fail = [self._failure(s) for s in self.kmp_seqs]
+        self.state = [0] * len(self.kmp_seqs)
 
     @staticmethod
     def _failure(s):
@@ -32,7 +42,9 @@ class _StopMatcher:
         return f
 
     def feed(self, tokens):
-        for j, (s, f) in enumerate(zip(self.seqs, self.fail)):
+        """Advance over ``tokens`` (a sequence of ints); the longest stop the output now ends with."""
+        best = 0
+        for j, (s, f) in enumerate(zip(self.kmp_seqs, self.fail)):
             k, n = self.state[j], len(s)
             for t in tokens:
                 if k == n:  # a whole match (the row ends there): continue as KMP does
@@ -42,9 +54,15 @@ class _StopMatcher:
                 if t == s[k]:
                     k += 1
             self.state[j] = k
+            if k == n and n > best:
+                best = n
+        if not best and tokens and tokens[-1] in self.single:
+            best = 1
+        return best
 
     def hold(self):
-        return max((k if k < len(s) else f[k - 1] for k, s, f in zip(self.state, self.seqs, self.fail)), default=0)
+        return max((k if k < len(s) else f[k - 1] for k, s, f in zip(self.state, self.kmp_seqs, self.fail)),
+                   default=0)
 
 
 class GenerationError(ValueError):

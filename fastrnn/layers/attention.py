@@ -85,12 +85,20 @@ class Attention(Layer):
                    arrays.get("concat_score_weight"), config.bool("use_causal_mask", False), name)
 
 
-def attention(layer: Attention, inputs, query_lengths=None, value_lengths=None):
+def numpy_products(a, b):
+    """a (B, M, K), b (B, N, K) -> a[i] @ b[i].T for each i, (B, M, N): NumPy's matmul (the spec)."""
+    return a @ np.swapaxes(b, -1, -2)
+
+
+def attention(layer: Attention, inputs, query_lengths=None, value_lengths=None, products=numpy_products):
+    """[query (B, Tq, d), value (B, Tv, dv)(, key (B, Tv, d))] -> (B, Tq, dv). ``products``: how
+    the two batched products between activations are computed (numpy_products's contract); the
+    compiled backends pass theirs (fastrnn.backends.CompiledBackend.attention)."""
     q = np.asarray(inputs[0], f32)
     v = np.asarray(inputs[1], f32)
     k = np.asarray(inputs[2], f32) if len(inputs) > 2 else v
     if layer.score_mode == "dot":
-        scores = q @ np.swapaxes(k, -1, -2)
+        scores = products(q, k)  # q k^T
         if layer.scale is not None:
             scores = scores * layer.scale[0]
     else:
@@ -110,7 +118,7 @@ def attention(layer: Attention, inputs, query_lengths=None, value_lengths=None):
     if layer.use_causal_mask:
         allowed &= np.tril(np.ones((Tq, Tv), bool))[None]
     scores = np.where(allowed, scores, scores - np.float32(1e9))
-    out = softmax(scores, axis=-1) @ v
+    out = products(softmax(scores, axis=-1), np.swapaxes(v, -1, -2))  # weights @ v
     if query_lengths is not None:
         out = np.where(step_mask(query_lengths, Tq)[:, :, None], out, 0)
     return np.ascontiguousarray(out, dtype=f32)

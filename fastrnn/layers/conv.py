@@ -112,8 +112,9 @@ class Conv1D(Layer):
                    config.int("dilation_rate", 1, minimum=1), config.str("activation", "linear"), name)
 
 
-def conv1d(layer: Conv1D, x):
-    """x (B, T, C) -> (B, T', filters): one matmul over the gathered windows (im2col)."""
+def conv_windows(layer: Conv1D, x):
+    """x (B, T, C) -> the windows the filters see (im2col), (B, T', kernel_size * C) float32:
+    windows[b, t, j*C + c] = x_padded[b, t*stride + j*dilation, c]."""
     x = np.asarray(x, f32)
     B, T, C = x.shape
     k, d, s = layer.kernel_size, layer.dilation_rate, layer.strides
@@ -123,11 +124,26 @@ def conv1d(layer: Conv1D, x):
     starts = np.arange(T_out) * s
     taps = starts[:, None] + np.arange(k)[None, :] * d  # (T', k)
     windows = xp[:, taps, :]  # (B, T', k, C)
-    w = layer.weight.transpose(2, 1, 0).reshape(k * C, layer.filters)  # (k*C, filters)
-    y = windows.reshape(B, T_out, k * C) @ w
-    if layer.bias is not None:
-        y = y + layer.bias
-    y = y.astype(f32)
+    return windows.reshape(B, T_out, k * C)
+
+
+def conv_matrix(layer: Conv1D):
+    """The filters as one matrix (filters, kernel_size * in_channels) in conv_windows' column
+    order: matrix[o, j*C + c] = weight[o, c, j]."""
+    return np.ascontiguousarray(layer.weight.transpose(0, 2, 1).reshape(layer.filters, -1))
+
+
+def conv_activation(layer: Conv1D, y):
+    """The activation of a Conv1D on its affine output y (B, T', filters) float32."""
     if layer.activation != "linear":
         y = apply_activation(ActivationFunction.of(layer.activation), y)
-    return np.ascontiguousarray(y)
+    return np.ascontiguousarray(y, dtype=f32)
+
+
+def conv1d(layer: Conv1D, x):
+    """x (B, T, C) -> (B, T', filters): one matmul over the gathered windows (im2col). (The
+    compiled backends run the same product through their packed matmul: fastrnn.backends.)"""
+    y = conv_windows(layer, x) @ conv_matrix(layer).T
+    if layer.bias is not None:
+        y = y + layer.bias
+    return conv_activation(layer, y.astype(f32))

@@ -229,8 +229,9 @@ def check_prompt_length(prompt, index, count, vocabulary, limits: Limits):
 
 
 def stop_too_long(stream, limits: Limits):
-    """400 when a stop sequence has more than max_stop_tokens tokens (checked on the tokens)."""
-    if stream.stops is not None and any(len(s) > limits.max_stop_tokens for s in stream.stops.seqs):
+    """400 when a stop sequence has more than max_stop_tokens tokens (checked on the tokens, of
+    every stop the model can produce, one-token ones included)."""
+    if stream.stops is not None and any(len(s) > limits.max_stop_tokens for s in stream.stops.sequences):
         raise _bad("stop", f"a stop sequence is longer than {limits.max_stop_tokens} tokens")
 
 
