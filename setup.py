@@ -59,7 +59,7 @@ extensions = [
     ),
     Extension(
         "fastrnn.kernels._cyint8",
-        sources=["kernels/_cyint8.pyx", "kernels/int8_core.c", "kernels/rnn_core.c"],
+        sources=["kernels/_cyint8.pyx", "kernels/int8_core.c", "kernels/int8_split.c", "kernels/rnn_core.c"],
         include_dirs=[numpy.get_include(), "kernels"],
         extra_compile_args=C_FLAGS,
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],

@@ -23,7 +23,7 @@ trap 'rm -rf "$work"' EXIT
 
 kernel_tests=("$repo/tests/test_kernels.py" "$repo/tests/test_fuzz.py::test_every_backend_equals_the_reference")
 c_only_tests=("$repo/tests/test_split.py" "$repo/tests/test_simd_levels.py" "$repo/tests/test_generate_split.py"
-              "$repo/tests/test_int8.py")
+              "$repo/tests/test_int8.py" "$repo/tests/test_int8_split.py")
 
 # A tree with fastrnn/ and its kernels as fastrnn.kernels, like the installed package.
 make_tree() {  # make_tree DEST SRC

@@ -394,11 +394,14 @@ class CompiledBackend:
         new_state = (h_all, c_all) if layer.cell == "lstm" else h_all
         return finish_recurrent(layer, y, h_all, lengths), new_state
 
+    min_split_hidden = MIN_SPLIT_HIDDEN  # the int8 engine (fastrnn/quantize.py) has its own
+
     def _split_parts(self, layer, B, T, threads):
-        """Threads for a batch-1 call split over the hidden units (kernels/rnn_split.h), or 1."""
+        """Threads for a batch-1 call split over the hidden units (kernels/rnn_split.h; the
+        kernels object provides SplitContext and split_sequence), or 1."""
         H = layer.hidden_size
         if (B != 1 or T == 0 or threads < 2 or layer.num_directions != 1 or layer.proj_size
-                or H < MIN_SPLIT_HIDDEN or H % 16 or not hasattr(self.kernels, "split_sequence")):
+                or H < self.min_split_hidden or H % 16 or not hasattr(self.kernels, "split_sequence")):
             return 1
         return min(threads, H // 16)
 
@@ -408,7 +411,9 @@ class CompiledBackend:
         units and meet at a barrier after every step (kernels/rnn_split.h). A chunk gets one thread
         when no worker is idle; when the parts mostly waited for each other (another process busy
         on a core) the kernel returns early, the chunk is finished on one thread, and
-        fastrnn/pool.py's SplitVerdict decides whether the next gangs get one part for a while."""
+        fastrnn/pool.py's SplitVerdict decides whether the next gangs get one part for a while.
+        The int8 engine runs this driver too: its kernels object has the same SplitContext and
+        split_sequence (kernels/int8_split.h), its _task the same ``run``."""
         k = self.kernels
         T = y.shape[1]
         Ho = layer.output_size_per_direction

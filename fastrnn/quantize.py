@@ -61,11 +61,12 @@ import threading
 import numpy as np
 
 from . import reference
-from .backends import CompiledBackend, NumpyBackend
+from .backends import MIN_SPLIT_HIDDEN, CompiledBackend, NumpyBackend, _SequenceTask
 from .layers import Dense, DirectionWeights, Embedding, Int8Weights, Recurrent
 
 f32 = np.float32
 KINDS = ("int8", "float16", "bfloat16")
+MIN_SPLIT_HIDDEN_INT8 = 2 * MIN_SPLIT_HIDDEN  # batch 1: split the hidden units from this size on
 
 
 # -- rounding the weights ----------------------------------------------------------------------
@@ -312,6 +313,8 @@ class _Int8Kernels:
 
     def __init__(self, module, kind):
         self.module, self.kind = module, kind
+        if hasattr(module, "split_sequence"):  # batch 1 over the hidden units (kernels/int8_split.h)
+            self.SplitContext, self.split_sequence = module.SplitContext, module.split_sequence
 
     def pack_weight(self, w, exact=None):
         """w (N, K) float32 (``exact``: its Int8Weights, int8 only) -> the kernels' packed form."""
@@ -359,16 +362,27 @@ class Int8CompiledBackend(CompiledBackend):
         run_tasks(tasks, threads)
         return out
 
-    def _split_parts(self, layer, B, T, threads):
-        return 1  # no hidden-unit split for int8: a batch-1 direction runs on one thread
+    # Batch 1 splits the hidden units across threads as the float32 engine does (its driver,
+    # CompiledBackend._run_split, with kernels/int8_split.c), from this size on: an int8 W_hh of
+    # H = 256 is as many bytes as a float32 one of H = 128, the float32 engine's threshold.
+    min_split_hidden = MIN_SPLIT_HIDDEN_INT8
 
     def _task(self, layer, p, xproj, token_ids, lengths, backward, h, c, y, y_offset, cell):
-        k = self.kernels.module
-        if layer.cell == "gru":
+        return _Int8SequenceTask(self.kernels.module, layer, p, xproj, token_ids, lengths, backward, h, c, y,
+                                 y_offset, cell)
+
+
+class _Int8SequenceTask(_SequenceTask):
+    """One int8 kernel call (kernels/_cyint8 sequence) over rows of one direction; ``run`` as the
+    float32 task's (CompiledBackend._run_split finishes a stopped split chunk with it)."""
+
+    def run(self, xproj, token_ids, lengths, y, y_offset=0):
+        k, p = self.k, self.p
+        if self.layer.cell == "gru":
             args = ("gru", xproj, p["w_hh_rz"], p["w_hh_n"], None, None, p["b_hn"])
         else:
-            args = (layer.cell, xproj, p["w_hh"], None, p["w_hr"], p["peephole"], None)
-        return lambda: k.sequence(*args, lengths, backward, h, c, y, y_offset, cell, tokens=token_ids)
+            args = (self.layer.cell, xproj, p["w_hh"], None, p["w_hr"], p["peephole"], None)
+        k.sequence(*args, lengths, self.backward, self.h, self.c, y, y_offset, self.cell, tokens=token_ids)
 
 
 _engines = {}

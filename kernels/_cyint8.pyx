@@ -8,8 +8,10 @@ import numpy as np
 
 from libc.stdint cimport int8_t, int32_t, int64_t, uint16_t, uintptr_t
 from libc.stdlib cimport free, malloc
+from libc.string cimport memset
 
 include "rnn_core.pxi"
+include "split_context.pxi"
 
 cdef extern from "int8_core.h" nogil:
     enum: I8_PANEL
@@ -283,6 +285,61 @@ def sequence(str kind, xproj, Int8Weight w_hh_rz not None, Int8Weight w_hh_n, In
         rc = i8_sequence(cell_kind, &io, xp, &w, &h[0, 0], cptr, &c_cell)
     if rc != 0:
         raise MemoryError("int8 sequence: out of memory for the workspace")
+
+
+cdef extern from "int8_split.h" nogil:
+    Py_ssize_t i8_split_sequence(int cell_kind, const rnn_sequence_io *io, const float *xproj, const i8_weights *w,
+                                 float *h, float *c, const rnn_cell *cell, rnn_split_shared *shared, int part)
+
+
+def split_sequence(SplitContext ctx not None, int part, str kind, const float[:, :, ::1] xproj,
+                   Int8Weight w_a not None, Int8Weight w_n, b_hn, peephole, const int64_t[::1] lengths,
+                   int reverse, float[:, ::1] h, c, float[:, :, ::1] y, Py_ssize_t y_offset, tuple cell):
+    """One part of a batch-1 int8 sequence split over the hidden units (kernels/int8_split.h);
+    the arguments of _cykernels.split_sequence, with int8 (or bfloat16) weights.
+
+    kind "rnn" | "lstm" | "gru"; xproj (1, T, G*H) IN (gates i|f|g|o, r|z|n); w_a: rnn W_hh
+    (H <- H), lstm W_hh (4H <- H), gru rows r|z (2H <- H); w_n gru rows n (H <- H) else None;
+    b_hn (H,) for gru; peephole (3, H) rows i|f|o or None; h (1, H) OUT (own units); c (1, H)
+    INOUT for lstm else None; y (1, T, Y) OUT, own columns of [y_offset, y_offset + H).
+
+    Returns the steps done: lengths[0], or fewer when waiting dominated (ctx.degraded; the
+    caller runs the rest on one thread)."""
+    cdef rnn_sequence_io io
+    cdef rnn_cell c_cell
+    cdef i8_weights w
+    cdef const float[::1] bv
+    cdef const float[:, ::1] pv
+    cdef float[:, ::1] cv
+    cdef float *cptr = NULL
+    cdef int cell_kind = CELL_KINDS[kind]
+    cdef Py_ssize_t rc
+    read_cell(cell, &c_cell)
+    io.batch, io.steps, io.tokens = 1, xproj.shape[1], NULL
+    io.lengths = &lengths[0]
+    io.reverse = reverse
+    io.y = &y[0, 0, 0]
+    io.y_cols = y.shape[2]
+    io.y_offset = y_offset
+    w.w_hh_rz = w_a.packed()
+    w.w_hh_n = no_matrix() if w_n is None else w_n.packed()
+    w.w_hr = no_matrix()
+    w.peephole = NULL
+    w.b_hn = NULL
+    if peephole is not None:
+        pv = peephole
+        w.peephole = &pv[0, 0]
+    if b_hn is not None:
+        bv = b_hn
+        w.b_hn = &bv[0]
+    if c is not None:
+        cv = c
+        cptr = &cv[0, 0]
+    with nogil:
+        rc = i8_split_sequence(cell_kind, &io, &xproj[0, 0, 0], &w, &h[0, 0], cptr, &c_cell, &ctx.shared, part)
+    if rc < 0:
+        raise MemoryError("split_sequence: out of memory for the scratch buffers (or aborted)")
+    return rc
 
 
 def peak_probe(kind, iterations):

@@ -232,20 +232,13 @@ def matmul_packed(const float[:, ::1] inp, PackedWeight w not None, float[:, ::1
 
 
 # -- batch 1 with the hidden units split across threads (kernels/rnn_split.h) --------------------
+include "split_context.pxi"
+
 cdef extern from "rnn_split.h" nogil:
     enum:
         RNN_SPLIT_RNN
         RNN_SPLIT_LSTM
         RNN_SPLIT_GRU
-    ctypedef struct spin_barrier:
-        int parts
-        int stop
-    void spin_barrier_abort(spin_barrier *b)
-    ctypedef struct rnn_split_shared:
-        spin_barrier bar
-        int failed
-        float *h2
-        float *shared_rh
     ctypedef struct rnn_split_weights:
         int cell
         const rnn_packed *w_a
@@ -254,37 +247,6 @@ cdef extern from "rnn_split.h" nogil:
         const float *peephole
     ptrdiff_t rnn_split_sequence(const rnn_sequence_io *io, const float *xproj, const rnn_split_weights *w,
                            float *h, float *c, const rnn_cell *cell, rnn_split_shared *shared, int part)
-
-
-cdef class SplitContext:
-    """What the P parts of one split call share: the barrier and the double-buffered h (2, H),
-    whose first half is the initial h. Made once per call by fastrnn.backends; each part then
-    runs split_sequence(ctx, part, ...) on its own thread, all P at the same time."""
-
-    cdef rnn_split_shared shared
-    cdef float[:, ::1] _h2
-    cdef float[::1] _rh
-
-    def __init__(self, int parts, const float[:, ::1] h0):
-        cdef Py_ssize_t H = h0.shape[1]
-        if parts < 1 or h0.shape[0] != 1:
-            raise ValueError("SplitContext: parts >= 1 and an initial h of shape (1, H)")
-        self._h2 = np.zeros((2, H), dtype=np.float32)
-        self._h2[0, :] = h0[0, :]
-        self._rh = np.zeros(H, dtype=np.float32)
-        memset(&self.shared, 0, sizeof(rnn_split_shared))
-        self.shared.bar.parts = parts
-        self.shared.h2 = &self._h2[0, 0]
-        self.shared.shared_rh = &self._rh[0]
-
-    def abort(self):
-        """Release every part waiting at the barrier (a part will never come)."""
-        spin_barrier_abort(&self.shared.bar)
-
-    @property
-    def degraded(self):
-        """True once the parts mostly waited for each other: they returned early (see split_sequence)."""
-        return bool(self.shared.bar.stop)
 
 
 def split_sequence(SplitContext ctx not None, int part, str kind, const float[:, :, ::1] xproj,

@@ -186,8 +186,10 @@ FIRST_CALL_SCRIPT = """
     from test_generate import char_model
 
     rng = np.random.default_rng(0)
-    if sys.argv[2] == "predict":
+    if sys.argv[2] in ("predict", "predict-int8"):
         model = fastrnn.Model([random_recurrent(rng, "gru", input_size=8, hidden_size=256, scale=0.05)])
+        if sys.argv[2] == "predict-int8":
+            model = model.quantize("int8")  # the int8 engine's split (kernels/int8_split.c)
         x = rng.standard_normal((1, 300, 8)).astype(np.float32)
         model.predict(x, threads=2)
     else:
@@ -201,7 +203,7 @@ FIRST_CALL_SCRIPT = """
 """
 
 
-@pytest.mark.parametrize("call", ["predict", "generate"])
+@pytest.mark.parametrize("call", ["predict", "predict-int8", "generate"])
 def test_first_split_call_of_a_fresh_process_keeps_splitting(tmp_path, call):
     """Issue 23: the first split call of a process (a command-line run is often nothing else) used
     to set a 2 s back-off from its cold start. Whatever the machine's load, its one gang does not

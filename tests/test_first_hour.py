@@ -524,7 +524,7 @@ def test_quantize_accuracy_skips_the_classifier_without_word_lists(tmp_path, mon
 GENERATED_C = {"_cykernels.c", "_cygenerate.c", "_cyint8.c"}
 HAND_WRITTEN = {"rnn_core.c", "generate_core.c", "rnn_split.c", "rnn_core.h", "generate_core.h", "rnn_split.h",
                 "spin_barrier.h", "_cykernels.pyx", "_cygenerate.pyx", "int8_core.c", "int8_core.h", "_cyint8.pyx",
-                "cpu_features.h", "rnn_core.pxi"}
+                "cpu_features.h", "rnn_core.pxi", "int8_split.c", "int8_split.h", "split_context.pxi"}
 
 
 def test_license_is_an_spdx_string():

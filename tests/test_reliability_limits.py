@@ -463,7 +463,9 @@ def test_projection_blocks_and_row_blocks_change_no_bit(monkeypatch, engine):
                        fastrnn.Dense(rng.standard_normal((5, 16)).astype(np.float32))]),
         fastrnn.Model([random_recurrent(rng, "gru", input_size=6, hidden_size=8, scale=0.3, go_backwards=True),
                        random_recurrent(rng, "rnn", input_size=8, hidden_size=8, scale=0.3, reverse=True)]),
-        fastrnn.Model([random_recurrent(rng, "lstm", input_size=6, hidden_size=128, scale=0.1)]),  # split at B=1
+        # split at B=1 (each engine from its own size on: int8 from MIN_SPLIT_HIDDEN_INT8)
+        fastrnn.Model([random_recurrent(rng, "lstm", input_size=6, hidden_size=256 if engine == "int8" else 128,
+                                        scale=0.1)]),
     ]
     T = 41
     inputs = [dict(x=rng.integers(0, 20, (5, T)), lengths=np.array([T, 0, 1, 20, 36])),
@@ -471,6 +473,11 @@ def test_projection_blocks_and_row_blocks_change_no_bit(monkeypatch, engine):
               dict(x=rng.standard_normal((1, T, 6)).astype(np.float32), lengths=np.array([29]))]
     if engine == "int8":
         models = [m.quantize("int8") for m in models]
+    if backend == "cython":  # the batch-1 model really splits, in either engine
+        from fastrnn.quantize import int8_backend
+
+        runs = backends.get_backend(backend) if engine != "int8" else int8_backend(backends.get_backend(backend))
+        assert runs._split_parts(models[2].layers[0], 1, T, 2) == 2
     want = [m.predict(**kw, backend=backend, threads=2, return_state=True) for m, kw in zip(models, inputs)]
     monkeypatch.setattr(backends, "CHUNK_MACS", 1)
     for block_bytes, block_macs in ((10**9, 1), (2000, 10**12), (7000, 10**12)):  # one chunk per block, then a few
