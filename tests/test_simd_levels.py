@@ -103,8 +103,10 @@ def test_matmul_avx512_equals_avx2_bitwise(N, K, m, at_level):
 
 
 # past the kernels' blocks: K over 512 (AVX-512's K blocks) and over 256 (AVX2's), and row counts
-# over a row block (AVX-512: 192 rows, AVX2: 96) with every remainder kind of the last block
-BLOCKED_CASES = [(70, 600, 103), (64, 257, 200), (33, 40, 389), (16, 520, 199)]
+# over a row block (AVX-512: 192 rows, AVX2: 96) with every remainder kind of the last block;
+# batched steps of 6 to 96 rows (AVX-512: K in blocks of 128)
+BLOCKED_CASES = [(70, 600, 103), (64, 257, 200), (33, 40, 389), (16, 520, 199),
+                 (70, 300, 64), (33, 129, 96), (80, 1030, 6)]
 
 
 @pytest.mark.parametrize("N,K,m", BLOCKED_CASES)
