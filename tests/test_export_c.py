@@ -260,6 +260,32 @@ def test_example_program_refuses_bad_arguments(char_f32):
         assert res.returncode == 2 and b"usage" in res.stderr, args
 
 
+# the C library functions <math.h> declares (float and double spellings) that an export may call
+MATH_H = {f + suffix for f in ("exp", "expm1", "log", "log1p", "tanh", "sqrt", "fabs", "floor", "ceil", "pow",
+                               "erf", "fmax", "fmin", "round", "lrint", "lrintf") for suffix in ("", "f")}
+
+
+@pytest.mark.parametrize("which", ["char_f32", "char_i8", "langid_f32"])
+def test_model_source_needs_only_math_h_and_no_dynamic_memory(which, request):
+    """NAME.c and NAME.h include <math.h> and <stdint.h> only, allocate nothing and keep no mutable
+    file-scope data (the state is the caller's struct); the compiled object calls nothing outside
+    <math.h> (its undefined symbols, read with nm)."""
+    exported = request.getfixturevalue(which)
+    name = exported.name
+    for path in (exported.dir / f"{name}.c", exported.dir / f"{name}.h"):
+        text = path.read_text()
+        includes = set(re.findall(r"^\s*#\s*include\s*(\S+)", text, re.M))
+        assert includes <= {"<math.h>", "<stdint.h>", f'"{name}.h"'}, (path.name, includes)
+        assert not re.search(r"\b(malloc|calloc|realloc|free|alloca)\s*\(", text), path.name
+        mutable = re.findall(r"^static\s+(?!const\b)[^(=;]*\[[^(]*[;=]", text, re.M)
+        assert not mutable, (path.name, mutable[:3])
+    tool("nm")
+    undefined = subprocess.run(["nm", "-u", str(exported.dir / f"{name}.o")], capture_output=True, text=True,
+                               check=True).stdout.split()
+    called = {sym for sym in undefined if sym != "U"}
+    assert called <= MATH_H, called - MATH_H
+
+
 def test_bundled_char_model_int8_integers_are_fastrnns(char_i8, char_model, workdir):
     """Every weight matrix in the C is fastrnn's int8 rule (q and scale, bit for bit), and the C
     quantizes activation rows to the integers of fastrnn.quantize.quantize_rows."""

@@ -631,6 +631,22 @@ def test_api_key(keyed):
     assert m['fastrnn_requests_total{endpoint="/v1/completions",status="401"}'] == 5
 
 
+def test_the_api_key_flag_wins_over_the_environment(tmp_path):
+    """``--api-key`` sets the key (the bundled models, ``--threads 1``), and a FASTRNN_API_KEY in
+    the environment beside it is not a second key: only the flag's key is let in."""
+    s = ServerProcess(tmp_path / "server.log", "--api-key", "flag-key", "--threads", "1",
+                      env={"FASTRNN_API_KEY": "env-key"})
+    try:
+        for key, status in (("flag-key", 200), ("env-key", 401), (None, 401)):
+            headers = {"Authorization": f"Bearer {key}"} if key else {}
+            assert httpx.get(s.url + "/v1/models", headers=headers, timeout=TIMEOUT).status_code == status, key
+        r = httpx.post(s.url + "/v1/completions", json={"prompt": "def ", "max_tokens": 4, "seed": 1},
+                       headers={"Authorization": "Bearer flag-key"}, timeout=TIMEOUT)
+        assert r.status_code == 200 and len(r.json()["choices"][0]["text"]) > 0
+    finally:
+        assert s.terminate() == 0
+
+
 def test_the_key_is_compared_in_constant_time(monkeypatch):
     """Server.check_key compares the SHA-256 of the given key with the key's by hmac.compare_digest
     (whatever the given key's length), and refuses a wrong scheme only after comparing."""
