@@ -11,6 +11,7 @@ import pytest
 
 import fastrnn
 from fastrnn.formats.tokenizers import attach_tokenizer, read_keras_tokenizer
+from conftest import require
 from helpers import random_recurrent
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
@@ -217,7 +218,7 @@ def free_port():
 def test_refused_dask_connection_fails_at_once(capsys, one_line, command):
     """A refused connection was retried for 60 s; now it is reported at once (the bound here only
     catches the retrying: it is far above a normal run and far below the old 60 s)."""
-    pytest.importorskip("distributed")
+    require("distributed")  # a skip outside CI only: .[test] installs it
     import time
 
     argv = [command, one_line] if command == "classify" else [command, "--batch", one_line]
@@ -231,7 +232,7 @@ def test_refused_dask_connection_fails_at_once(capsys, one_line, command):
 def test_silent_server_waits_for_dask_connect_timeout(capsys, one_line):
     """A server that accepts the connection but never speaks Dask: distributed's client waits for
     its handshake without a timeout; --dask-connect-timeout bounds the wait."""
-    pytest.importorskip("distributed")
+    require("distributed")  # a skip outside CI only: .[test] installs it
     import socket
     import time
 
@@ -261,14 +262,14 @@ def test_silent_server_waits_for_dask_connect_timeout(capsys, one_line):
     (["--dask", "tcp://127.0.0.1:9", "--dask-connect-timeout", "1e300"], "--dask-connect-timeout must be"),
 ])
 def test_dask_sizes_and_addresses_are_checked_before_anything_starts(capsys, one_line, argv, words):
-    pytest.importorskip("distributed")
+    require("distributed")  # a skip outside CI only: .[test] installs it
     import re
 
     assert re.search(words, cli_error(capsys, "classify", one_line, *argv))
 
 
 def test_local_cluster_size_is_bounded_in_python_too():
-    pytest.importorskip("distributed")
+    require("distributed")  # a skip outside CI only: .[test] installs it
     from fastrnn.dask import local_cluster, max_local_workers
 
     for n in (max_local_workers() + 1, 1000, 0, 2.0):

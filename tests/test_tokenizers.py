@@ -73,7 +73,8 @@ def test_masked_model_equals_keras_for_every_padding_and_truncating_side(tmp_pat
     fastrnn's classify on the raw texts equals Keras's predict on the Keras-padded ids for all four
     sides. Truncation decides which words the model sees, so fastrnn cuts as the tokenizer did;
     the padding zeros are masked, so fastrnn feeds none of them (pre-padding zeros would be masked
-    steps before the text, which Keras skips and fastrnn refuses). maxlen 4 cuts 6 of the 16
+    steps before the text, which Keras skips: the same result, at the cost of the padded steps).
+    maxlen 4 cuts 6 of the 16
     texts and pads 4: every case has both."""
     case = "word, mask_zero, post"
     maxlen = 4

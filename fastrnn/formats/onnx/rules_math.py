@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...layers import Activation, Arithmetic, Dense, GlobalPooling1D, Math, Merge
+from ...layers.activation import FRAMEWORK_ACTIVATIONS
 from .values import Const, RuleFamily, Tensor, Untranslatable, WrongBatchAxis, _axes_arg, f32
 
 RULES = RuleFamily("math")
@@ -66,18 +67,21 @@ def gemm(tr, node, ins):
 # -- element-wise functions --------------------------------------------------------------------------
 
 # ONNX op -> the layer computing it from the node's attributes
+# ONNX operators -> layers. The parameter-free functions go through the importers' one name table
+# (FRAMEWORK_ACTIVATIONS, keyed by the lower-case name); the others carry their own attributes
+# (LeakyRelu / Elu alpha, HardSigmoid alpha and beta) or are not activations (Exp, Neg, Log, ...).
 ELEMENTWISE = {
     # tested by tests/test_onnx_graphs.py::test_rule_activations_on_any_axis
-    "Tanh": lambda at: Activation("tanh"),
+    "Tanh": lambda at: Activation(FRAMEWORK_ACTIVATIONS["tanh"]),
     "LeakyRelu": lambda at: Activation("leaky_relu", alpha=at.get("alpha", 0.01), beta=0.0),
     "Exp": lambda at: Math("exp"),
     # tested by tests/test_onnx_graphs.py::test_rule_matmul_add_is_one_dense_and_gemm_folds_alpha_beta
-    "Relu": lambda at: Activation("relu"),
-    "Sigmoid": lambda at: Activation("sigmoid"),
+    "Relu": lambda at: Activation(FRAMEWORK_ACTIVATIONS["relu"]),
+    "Sigmoid": lambda at: Activation(FRAMEWORK_ACTIVATIONS["sigmoid"]),
     # tested by tests/test_onnx_graphs.py::test_rule_elementwise_functions
     "Elu": lambda at: Activation("elu", alpha=at.get("alpha", 1.0), beta=0.0),
-    "Softplus": lambda at: Activation("softplus"),
-    "Softsign": lambda at: Activation("softsign"),
+    "Softplus": lambda at: Activation(FRAMEWORK_ACTIVATIONS["softplus"]),
+    "Softsign": lambda at: Activation(FRAMEWORK_ACTIVATIONS["softsign"]),
     "HardSigmoid": lambda at: Activation("hard_sigmoid", alpha=at.get("alpha", 0.2), beta=at.get("beta", 0.5)),
     "Neg": lambda at: Math("neg"),
     "Log": lambda at: Math("log"),
