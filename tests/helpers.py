@@ -1,5 +1,7 @@
 """Random layers and models for tests, built directly in fastrnn's internal layout; ONNX files
 written by either of PyTorch's exporters."""
+import signal
+
 import numpy as np
 import pytest
 
@@ -74,3 +76,11 @@ def onnx_input_shape(path, name, wanted):
 def assert_runs_on_the_plan(session):
     """A fastrnn.onnx.InferenceSession that translated its graph to a Model (not the interpreter)."""
     assert session.model is not None and session.fallback_reason is None, session.fallback_reason
+
+
+def default_sigint():
+    """preexec_fn of a child process that gets SIGINT: SIGINT as a terminal gives it. A shell starts
+    background jobs (``pytest ... &``, nohup, some CI runners) with SIGINT ignored, children inherit
+    that, and a Python started so installs no KeyboardInterrupt handler: Ctrl-C tests would hang or
+    see the call finish."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

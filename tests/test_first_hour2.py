@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import fastrnn
+from helpers import default_sigint
 from test_first_hour import ROOT, assert_one_line_error, fastrnn_cli, pyproject
 
 
@@ -417,7 +418,7 @@ def test_bench_dask_says_how_long_documents_lines_and_cleans_up(tmp_path):
     env = dict(BENCH_ENV, TMPDIR=str(tmp_path))
     proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "bench", "bench_dask.py"), "--lines", "5000000",
                              "--repeats", "1", "--skip-cli"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env, cwd=tmp_path)
+                            text=True, env=env, cwd=tmp_path, preexec_fn=default_sigint)
     try:
         for line in proc.stdout:  # wait until the corpus is being written
             if line.startswith("writing the corpus"):

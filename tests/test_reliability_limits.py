@@ -12,7 +12,7 @@ import pytest
 import fastrnn
 from fastrnn.formats.tokenizers import attach_tokenizer, read_keras_tokenizer
 from conftest import require
-from helpers import random_recurrent
+from helpers import default_sigint, random_recurrent
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
 
@@ -348,7 +348,7 @@ def test_ctrl_c_lands_within_a_few_chunks_of_a_long_predict():
     """
     out = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True,
                          timeout=600, cwd=os.path.dirname(os.path.abspath(__file__)),
-                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}, preexec_fn=default_sigint)
     assert out.returncode == 0, out.stderr[-3000:]
     for line in out.stdout.strip().splitlines():
         name, latency, chunk = line.split("\t")

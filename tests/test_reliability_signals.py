@@ -24,19 +24,13 @@ import fastrnn
 from conftest import require
 from fastrnn import generate as gen
 from fastrnn.generate import bundled_model
+from helpers import default_sigint
 
 # CPU seconds the process spends (all its threads) from SIGINT to KeyboardInterrupt: the work left in
 # the chunk that is running when the signal comes. Counted in CPU time, not wall-clock time, so that
 # other processes on a busy machine (which delay the process, up to ~2.5 s seen on a shared 2-core
 # box) do not count; a loop that never looked at signals would run on for minutes.
 INTERRUPT_LIMIT = 3.0
-
-
-def default_sigint():
-    """In the child before it starts: SIGINT as a terminal gives it. A shell starts background jobs
-    (``pytest ... &``, nohup, some CI runners) with SIGINT ignored, children inherit that, and a
-    Python started so installs no KeyboardInterrupt handler: the tests below would hang."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def run_python(script, *args, timeout=120):
