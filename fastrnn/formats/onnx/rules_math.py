@@ -66,8 +66,7 @@ def gemm(tr, node, ins):
 
 # -- element-wise functions --------------------------------------------------------------------------
 
-# ONNX op -> the layer computing it from the node's attributes
-# ONNX operators -> layers. The parameter-free functions go through the importers' one name table
+# ONNX operators -> the layers computing them from the node's attributes. The parameter-free functions go through the importers' one name table
 # (FRAMEWORK_ACTIVATIONS, keyed by the lower-case name); the others carry their own attributes
 # (LeakyRelu / Elu alpha, HardSigmoid alpha and beta) or are not activations (Exp, Neg, Log, ...).
 ELEMENTWISE = {
