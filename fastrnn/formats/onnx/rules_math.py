@@ -66,9 +66,10 @@ def gemm(tr, node, ins):
 
 # -- element-wise functions --------------------------------------------------------------------------
 
-# ONNX operators -> the layers computing them from the node's attributes. The parameter-free functions go through the importers' one name table
-# (FRAMEWORK_ACTIVATIONS, keyed by the lower-case name); the others carry their own attributes
-# (LeakyRelu / Elu alpha, HardSigmoid alpha and beta) or are not activations (Exp, Neg, Log, ...).
+# ONNX operators -> the layers computing them from the node's attributes. The parameter-free
+# functions go through the importers' one name table (FRAMEWORK_ACTIVATIONS, keyed by the
+# lower-case name); the others carry their own attributes (LeakyRelu / Elu alpha, HardSigmoid
+# alpha and beta) or are not activations (Exp, Neg, Log, ...).
 ELEMENTWISE = {
     # tested by tests/test_onnx_graphs.py::test_rule_activations_on_any_axis
     "Tanh": lambda at: Activation(FRAMEWORK_ACTIVATIONS["tanh"]),
