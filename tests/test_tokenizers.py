@@ -74,8 +74,7 @@ def test_masked_model_equals_keras_for_every_padding_and_truncating_side(tmp_pat
     sides. Truncation decides which words the model sees, so fastrnn cuts as the tokenizer did;
     the padding zeros are masked, so fastrnn feeds none of them (pre-padding zeros would be masked
     steps before the text, which Keras skips: the same result, at the cost of the padded steps).
-    maxlen 4 cuts 6 of the 16
-    texts and pads 4: every case has both."""
+    maxlen 4 cuts 6 of the 16 texts and pads 4: every case has both."""
     case = "word, mask_zero, post"
     maxlen = 4
     tok_path, _, _, ids = keras2_tokenize(case)  # Keras 2's texts_to_sequences of UNSEEN + REVIEWS
